@@ -1,0 +1,133 @@
+//! API errors as `{"error": {"code", "message"}}` with the right status; a JSON body extractor
+//! that answers malformed input with 400/413/422 instead of a 500.
+
+use crate::tasks::TaskError;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+/// An error answered to an API caller. 4xx messages are for the caller; 5xx causes are logged and
+/// hidden.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed request (bad JSON, bad query).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No key, or a key we do not know.
+    #[error("missing or invalid API key (send X-Bot-Key or Authorization: Bearer)")]
+    Unauthorized,
+    /// The key may not touch this assignee or task.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such task or route.
+    #[error("{0}")]
+    NotFound(String),
+    /// The task's state does not allow this.
+    #[error("{message}")]
+    Conflict {
+        /// Machine-readable reason.
+        code: &'static str,
+        /// Human-readable reason.
+        message: String,
+    },
+    /// The body is over the limit.
+    #[error("request body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    /// Well-formed but invalid values.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// NATS is unreachable or failing.
+    #[error("the task store is unavailable; try again")]
+    Unavailable(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if let Self::Unavailable(cause) = &self {
+            tracing::error!(error.cause_chain = ?cause, error.message = %cause, "request failed");
+        }
+        let body = serde_json::json!({ "error": { "code": code, "message": self.to_string() } });
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<TaskError> for ApiError {
+    fn from(e: TaskError) -> Self {
+        match e {
+            TaskError::NotFound(id) => Self::NotFound(format!("task {id} not found")),
+            TaskError::Invalid(m) => Self::Unprocessable(m),
+            TaskError::IllegalTransition(message) => Self::Conflict {
+                code: "illegal_transition",
+                message,
+            },
+            TaskError::StaleLease(message) => Self::Conflict {
+                code: "stale_lease",
+                message,
+            },
+            e @ TaskError::Contended(_) => Self::Conflict {
+                code: "contended",
+                message: e.to_string(),
+            },
+            TaskError::Bus(b) => Self::Unavailable(b.into()),
+        }
+    }
+}
+
+/// A JSON body parsed regardless of `Content-Type` (bots' curl scripts are not always careful).
+/// An empty body parses as JSON `null`, so `Option<T>` bodies may be omitted.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req
+            .extensions()
+            .get::<BodyLimit>()
+            .map(|l| l.0)
+            .unwrap_or(usize::MAX);
+        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
+            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(limit)
+            } else {
+                ApiError::BadRequest(format!("cannot read request body: {rej}"))
+            }
+        })?;
+        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"null"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(text).map(JsonBody).map_err(|e| {
+            use serde_json::error::Category;
+            match e.classify() {
+                Category::Data => ApiError::Unprocessable(e.to_string()),
+                _ => ApiError::BadRequest(format!("malformed JSON: {e}")),
+            }
+        })
+    }
+}
+
+/// The body limit in force, put in request extensions so errors can name it.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);

@@ -1,0 +1,100 @@
+//! Liveness, metrics, request timing and the JSON 404.
+
+use super::error::ApiError;
+use super::state::AppState;
+use crate::bus::subjects;
+use crate::metrics::{HttpLabels, TaskLabels};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use std::time::Instant;
+
+/// `GET /healthz` (no auth): 200 while NATS is connected, 503 otherwise.
+pub(super) async fn healthz(State(state): State<AppState>) -> Response {
+    let connected = state.tasks.bus().is_connected();
+    let status = if connected {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if connected { "ok" } else { "degraded" },
+        "nats": if connected { "connected" } else { "disconnected" },
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    (status, Json(body)).into_response()
+}
+
+/// `GET /metrics` (no auth): Prometheus text; queue depth is read from the stream on each scrape.
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    let metrics = state.tasks.metrics();
+    match state
+        .tasks
+        .bus()
+        .topology
+        .tasks
+        .info_with_subjects(subjects::ALL_TASKS)
+        .await
+    {
+        Ok(mut info) => {
+            metrics.queue_depth.clear();
+            let mut counts = std::collections::HashMap::<TaskLabels, i64>::new();
+            while let Some(Ok((subject, n))) = futures::StreamExt::next(&mut info).await {
+                if let Some((a, p, _)) = subjects::parse_task(&subject) {
+                    *counts
+                        .entry(TaskLabels {
+                            assignee: a.to_string(),
+                            priority: p.to_string(),
+                        })
+                        .or_default() += n as i64;
+                }
+            }
+            for (labels, n) in counts {
+                metrics.queue_depth.get_or_create(&labels).set(n);
+            }
+        }
+        Err(e) => tracing::warn!(error.message = %e, "queue depth unavailable"),
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+        .into_response()
+}
+
+/// Records the latency of every request by route template.
+pub(super) async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let response = next.run(req).await;
+    state
+        .tasks
+        .metrics()
+        .http_latency
+        .get_or_create(&HttpLabels {
+            method,
+            route,
+            status: response.status().as_u16().to_string(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Unknown routes: a JSON 404 like every other error.
+pub(super) async fn not_found(req: Request) -> ApiError {
+    ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+}

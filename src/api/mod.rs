@@ -1,0 +1,83 @@
+//! The HTTP API: OpenTask routes (seed 001) plus taskfleet's extensions.
+//!
+//! - `tasks.rs`: create, get, list, pending;
+//! - `actions.rs`: start, complete, fail, cancel, retry;
+//! - `events.rs`: the task log and the live SSE feed;
+//! - `health.rs`: `/healthz`, `/metrics` and request timing;
+//! - `auth.rs`, `error.rs`, `state.rs`: keys, errors, shared state.
+
+mod actions;
+pub mod auth;
+mod error;
+mod events;
+mod health;
+mod state;
+mod tasks;
+
+pub use error::{ApiError, BodyLimit, JsonBody};
+pub use state::{AppState, Limits};
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use axum::Router;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Every route, with limits, timeouts and metrics applied.
+pub fn router(state: AppState, request_timeout: Duration) -> Router {
+    let limit = state.limits.body;
+    let timed = Router::new()
+        .route("/api/tasks", post(tasks::create).get(tasks::list))
+        .route("/api/tasks/pending", get(tasks::pending))
+        .route("/api/tasks/{id}", get(tasks::get_one))
+        .route(
+            "/api/tasks/{id}/start",
+            put(actions::start).post(actions::start),
+        )
+        .route(
+            "/api/tasks/{id}/complete",
+            put(actions::complete).post(actions::complete),
+        )
+        .route(
+            "/api/tasks/{id}/fail",
+            put(actions::fail).post(actions::fail),
+        )
+        .route(
+            "/api/tasks/{id}/cancel",
+            put(actions::cancel).post(actions::cancel),
+        )
+        .route(
+            "/api/tasks/{id}/retry",
+            put(actions::retry).post(actions::retry),
+        )
+        .route("/api/tasks/{id}/logs", get(events::logs))
+        .route("/healthz", get(health::healthz))
+        .route("/metrics", get(health::metrics))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ));
+    let streaming = Router::new().route("/api/tasks/{id}/events", get(events::feed));
+    timed
+        .merge(streaming)
+        .fallback(health::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            health::observe,
+        ))
+        .layer(axum::Extension(BodyLimit(limit)))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then finishes in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}

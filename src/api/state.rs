@@ -1,0 +1,30 @@
+//! What every handler shares.
+
+use super::auth::Keys;
+use crate::tasks::TaskService;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Shared handler state. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// Task operations.
+    pub tasks: TaskService,
+    /// Accepted API keys.
+    pub keys: Arc<Keys>,
+    /// Page sizes and limits.
+    pub limits: Limits,
+    /// Cancelled on shutdown; long-lived responses (SSE) end with it.
+    pub shutdown: CancellationToken,
+}
+
+/// Sizes the API enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest request body in bytes.
+    pub body: usize,
+    /// Default page size.
+    pub default_page: usize,
+    /// Largest page size.
+    pub max_page: usize,
+}

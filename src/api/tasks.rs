@@ -1,0 +1,133 @@
+//! Create, read and list tasks.
+
+use super::auth::Principal;
+use super::error::{ApiError, JsonBody};
+use super::state::AppState;
+use crate::domain::{Assignee, NewTask, Task, TaskId, TaskStatus};
+use crate::tasks::ListFilter;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+
+/// Parses a task id from the path; anything that cannot be an id is simply not found.
+pub(super) fn path_id(raw: &str) -> Result<TaskId, ApiError> {
+    TaskId::parse(raw).map_err(|_| ApiError::NotFound(format!("task {raw} not found")))
+}
+
+/// Loads a task and checks the caller may touch it.
+pub(super) async fn authorized_task(
+    state: &AppState,
+    who: &Principal,
+    raw_id: &str,
+) -> Result<Task, ApiError> {
+    let task = state.tasks.get(&path_id(raw_id)?).await?;
+    who.check(&task.assigned_to)?;
+    Ok(task)
+}
+
+/// `POST /api/tasks` → 201 with the task; 200 with the earlier task for a repeated idempotency key.
+pub(super) async fn create(
+    State(state): State<AppState>,
+    who: Principal,
+    JsonBody(new): JsonBody<NewTask>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.check(&new.assigned_to)?;
+    let created = state.tasks.create(new, &who.name).await?;
+    let status = if created.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let location = format!("/api/tasks/{}", created.task.id);
+    Ok((status, [(header::LOCATION, location)], Json(created.task)))
+}
+
+/// `GET /api/tasks/{id}`.
+pub(super) async fn get_one(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
+    Ok(Json(authorized_task(&state, &who, &id).await?))
+}
+
+/// Query of the list endpoints; parsed by hand so bad values get clear 400s.
+#[derive(Debug, Deserialize)]
+pub(super) struct ListQuery {
+    assigned_to: Option<String>,
+    status: Option<String>,
+    limit: Option<String>,
+}
+
+fn parse_assignee(raw: Option<&str>) -> Result<Option<Assignee>, ApiError> {
+    raw.filter(|s| !s.is_empty())
+        .map(|s| Assignee::parse(s).map_err(|e| ApiError::BadRequest(e.to_string())))
+        .transpose()
+}
+
+fn parse_limit(raw: Option<&str>, state: &AppState) -> Result<usize, ApiError> {
+    let Some(raw) = raw.filter(|s| !s.is_empty()) else {
+        return Ok(state.limits.default_page);
+    };
+    match raw.parse::<usize>() {
+        Ok(n) if (1..=state.limits.max_page).contains(&n) => Ok(n),
+        _ => Err(ApiError::BadRequest(format!(
+            "limit must be a number from 1 to {}, got {raw:?}",
+            state.limits.max_page
+        ))),
+    }
+}
+
+/// `GET /api/tasks?assigned_to=&status=&limit=`, newest first.
+pub(super) async fn list(
+    State(state): State<AppState>,
+    who: Principal,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<Task>>, ApiError> {
+    let assignee = parse_assignee(q.assigned_to.as_deref())?;
+    if let Some(a) = &assignee {
+        who.check(a)?;
+    }
+    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(TaskStatus::parse(s).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "status must be one of pending, running, completed, failed, cancelled, got {s:?}"
+            ))
+        })?),
+    };
+    let filter = ListFilter {
+        assignee,
+        status,
+        scope: who.visible(),
+        limit: parse_limit(q.limit.as_deref(), &state)?,
+    };
+    Ok(Json(state.tasks.list(&filter).await?))
+}
+
+/// `GET /api/tasks/pending?assigned_to=&limit=`: P0 first, oldest first within a priority.
+pub(super) async fn pending(
+    State(state): State<AppState>,
+    who: Principal,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<Task>>, ApiError> {
+    let limit = parse_limit(q.limit.as_deref(), &state)?;
+    let assignee = match parse_assignee(q.assigned_to.as_deref())? {
+        Some(a) => {
+            who.check(&a)?;
+            Some(a)
+        }
+        None => match who.visible() {
+            None => None,
+            Some(set) if set.len() == 1 => set.into_iter().next(),
+            Some(_) => {
+                return Err(ApiError::BadRequest(
+                    "assigned_to is required for a key scoped to several assignees".into(),
+                ))
+            }
+        },
+    };
+    Ok(Json(state.tasks.pending(assignee.as_ref(), limit).await?))
+}

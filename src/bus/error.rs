@@ -1,0 +1,60 @@
+//! Errors at the NATS boundary, classified once from async-nats error kinds.
+
+use std::time::Duration;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A NATS or JetStream operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The server refused or dropped the connection.
+    #[error("cannot connect to NATS at {url}")]
+    Connect {
+        /// Server URL (credentials removed).
+        url: String,
+        /// Cause.
+        source: BoxError,
+    },
+    /// No connection within the allowed time.
+    #[error("no connection to NATS at {url} after {after:?}")]
+    ConnectTimeout {
+        /// Server URL (credentials removed).
+        url: String,
+        /// How long we tried.
+        after: Duration,
+    },
+    /// A compare-and-set lost against a concurrent writer.
+    #[error("the record changed concurrently")]
+    RevisionConflict,
+    /// A stored message or record could not be decoded.
+    #[error("cannot decode {what}")]
+    Decode {
+        /// What was being decoded.
+        what: &'static str,
+        /// Cause.
+        source: serde_json::Error,
+    },
+    /// Any other failed operation.
+    #[error("NATS operation `{op}` failed")]
+    Op {
+        /// The operation, e.g. `kv update`.
+        op: &'static str,
+        /// Cause.
+        source: BoxError,
+    },
+}
+
+/// Adds the operation name to async-nats errors: `js.publish(..).await.op("publish task")?`.
+pub trait NatsResultExt<T> {
+    /// Wraps the error as [`BusError::Op`].
+    fn op(self, op: &'static str) -> Result<T, BusError>;
+}
+
+impl<T, E: std::error::Error + Send + Sync + 'static> NatsResultExt<T> for Result<T, E> {
+    fn op(self, op: &'static str) -> Result<T, BusError> {
+        self.map_err(|e| BusError::Op {
+            op,
+            source: Box::new(e),
+        })
+    }
+}

@@ -1,0 +1,108 @@
+//! Everything that talks to NATS: the connection, the JetStream topology, and the wire format.
+//!
+//! Named by role (`bus`) so it never shadows the `async_nats` crate.
+
+mod codec;
+mod error;
+pub mod subjects;
+mod topology;
+
+pub use codec::{decode, encode, message_headers, HEADER_TRACEPARENT};
+pub use error::{BusError, NatsResultExt};
+pub use topology::{Topology, TopologyConfig};
+
+use async_nats::jetstream;
+use std::time::Duration;
+
+/// How to reach NATS.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Server URL(s), comma separated.
+    pub url: String,
+    /// Name shown in the server's connection list.
+    pub name: String,
+    /// How long to keep trying the first connection.
+    pub connect_timeout: Duration,
+    /// Optional user name (per-container credentials).
+    pub user: Option<String>,
+    /// Optional password.
+    pub password: Option<String>,
+}
+
+/// A live connection with its JetStream context and the fleet's streams and buckets.
+#[derive(Clone, Debug)]
+pub struct Bus {
+    /// The core NATS client.
+    pub client: async_nats::Client,
+    /// JetStream context.
+    pub js: jetstream::Context,
+    /// Streams and buckets.
+    pub topology: Topology,
+}
+
+impl Bus {
+    /// Connects and makes sure the topology exists (idempotent; safe when many processes start
+    /// at once).
+    pub async fn connect(opts: &ConnectOptions, topo: &TopologyConfig) -> Result<Self, BusError> {
+        let client = connect_client(opts).await?;
+        let js = jetstream::new(client.clone());
+        let topology = Topology::ensure(&js, topo).await?;
+        Ok(Self {
+            client,
+            js,
+            topology,
+        })
+    }
+
+    /// Whether the client is currently connected.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+/// Connects a plain client, retrying the first connection until `connect_timeout` passes.
+pub async fn connect_client(opts: &ConnectOptions) -> Result<async_nats::Client, BusError> {
+    let mut o = async_nats::ConnectOptions::new()
+        .name(&opts.name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2));
+    if let (Some(u), Some(p)) = (&opts.user, &opts.password) {
+        o = o.user_and_password(u.clone(), p.clone());
+    }
+    let connect = o.connect(opts.url.as_str());
+    match tokio::time::timeout(opts.connect_timeout, connect).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(BusError::Connect {
+            url: redact_url(&opts.url),
+            source: Box::new(e),
+        }),
+        Err(_) => Err(BusError::ConnectTimeout {
+            url: redact_url(&opts.url),
+            after: opts.connect_timeout,
+        }),
+    }
+}
+
+/// A URL with any `user:password@` part removed, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}{}", &u[..s + 3], &u[at + 1..]),
+            (None, Some(at)) => u[at + 1..].to_string(),
+            _ => u.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_never_reach_messages() {
+        assert_eq!(
+            super::redact_url("nats://anna:s3cret@127.0.0.1:4222,nats://b:4223"),
+            "nats://127.0.0.1:4222,nats://b:4223"
+        );
+        assert_eq!(super::redact_url("u:p@host:1"), "host:1");
+    }
+}

@@ -1,0 +1,148 @@
+//! Streams and buckets, created idempotently at start-up.
+
+use super::{subjects, BusError, NatsResultExt};
+use async_nats::jetstream::{self, kv, stream};
+use std::time::Duration;
+
+/// Sizes and retention of the topology.
+#[derive(Debug, Clone)]
+pub struct TopologyConfig {
+    /// Replicas of every stream and bucket (1 on a single server, 3 on a cluster).
+    pub replicas: usize,
+    /// How long events (the task log) are kept.
+    pub events_max_age: Duration,
+    /// How long idempotency keys are remembered.
+    pub idempotency_ttl: Duration,
+    /// Largest message the streams accept, in bytes.
+    pub max_msg_size: i32,
+}
+
+impl Default for TopologyConfig {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            events_max_age: Duration::from_secs(7 * 24 * 3600),
+            idempotency_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_msg_size: 2 * 1024 * 1024,
+        }
+    }
+}
+
+/// Handles to the fleet's streams and buckets.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    /// Queued tasks (work-queue retention).
+    pub tasks: stream::Stream,
+    /// Task events (limits retention, max age).
+    pub events: stream::Stream,
+    /// Current state of every task.
+    pub state: kv::Store,
+    /// Idempotency key → task id.
+    pub idempotency: kv::Store,
+}
+
+const DEDUP_WINDOW: Duration = Duration::from_secs(120);
+
+impl Topology {
+    /// Creates or updates every stream and bucket.
+    pub async fn ensure(js: &jetstream::Context, cfg: &TopologyConfig) -> Result<Self, BusError> {
+        let tasks = ensure_stream(
+            js,
+            stream::Config {
+                name: subjects::TASKS_STREAM.into(),
+                description: Some("taskfleet: queued tasks".into()),
+                subjects: vec![subjects::ALL_TASKS.into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                num_replicas: cfg.replicas,
+                duplicate_window: DEDUP_WINDOW,
+                allow_direct: true,
+                max_message_size: cfg.max_msg_size,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let events = ensure_stream(
+            js,
+            stream::Config {
+                name: subjects::EVENTS_STREAM.into(),
+                description: Some("taskfleet: task events, the task log".into()),
+                subjects: vec![subjects::ALL_EVENTS.into()],
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                num_replicas: cfg.replicas,
+                max_age: cfg.events_max_age,
+                duplicate_window: DEDUP_WINDOW,
+                allow_direct: true,
+                max_message_size: cfg.max_msg_size,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let state = ensure_bucket(
+            js,
+            kv::Config {
+                bucket: subjects::STATE_BUCKET.into(),
+                description: "taskfleet: current state of every task".into(),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: cfg.replicas,
+                max_value_size: cfg.max_msg_size,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let idempotency = ensure_bucket(
+            js,
+            kv::Config {
+                bucket: subjects::IDEMPOTENCY_BUCKET.into(),
+                description: "taskfleet: idempotency key to task id".into(),
+                history: 1,
+                max_age: cfg.idempotency_ttl,
+                storage: stream::StorageType::File,
+                num_replicas: cfg.replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok(Self {
+            tasks,
+            events,
+            state,
+            idempotency,
+        })
+    }
+}
+
+/// Several processes may race here at start-up; the server answers identical creates
+/// idempotently, and a lost race is retried.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, BusError> {
+    let mut last = None;
+    for attempt in 0..5u64 {
+        match js.create_or_update_stream(config.clone()).await {
+            Ok(_) => return js.get_stream(&config.name).await.op("get stream"),
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
+            }
+        }
+    }
+    Err(last.expect("loop ran")).op("create stream")
+}
+
+async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, BusError> {
+    let mut last = None;
+    for attempt in 0..5u64 {
+        match js.create_or_update_key_value(config.clone()).await {
+            Ok(store) => return Ok(store),
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
+            }
+        }
+    }
+    Err(last.expect("loop ran")).op("create bucket")
+}

@@ -1,0 +1,401 @@
+//! `taskfleet task …`: the API from the shell. Tables by default, `--json` for scripts; errors
+//! print the server's message and exit non-zero.
+
+use crate::client::{ApiClient, ClientError};
+use crate::domain::{EventKind, LogEntry, Task};
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Flags shared by every `task` subcommand.
+#[derive(Debug, Args)]
+pub struct TaskArgs {
+    /// API base URL.
+    #[arg(
+        long = "api",
+        env = "TASKFLEET_API_URL",
+        default_value = "http://127.0.0.1:8090",
+        global = true
+    )]
+    api: String,
+    /// API key [default: $TASKFLEET_API_KEY, else <data-dir>/api-key].
+    #[arg(long, env = "TASKFLEET_API_KEY", hide_env_values = true, global = true)]
+    key: Option<String>,
+    /// Where `taskfleet up` wrote the generated key.
+    #[arg(
+        long,
+        env = "TASKFLEET_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
+    data_dir: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: TaskCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum TaskCmd {
+    /// Create a task.
+    Create {
+        /// Task name.
+        #[arg(long, short = 'n')]
+        name: String,
+        /// Assignee (container), e.g. anna.
+        #[arg(long, short = 'a')]
+        assignee: String,
+        /// P0, P1 or P2.
+        #[arg(long, short = 'p', default_value = "P1")]
+        priority: String,
+        /// manual (default), exec, agent, hook, noop.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Longer description.
+        #[arg(long)]
+        description: Option<String>,
+        /// Kind-specific payload as a JSON object.
+        #[arg(long)]
+        payload: Option<String>,
+        /// Step names.
+        #[arg(long, num_args = 1..)]
+        steps: Vec<String>,
+        /// Who asks.
+        #[arg(long)]
+        created_by: Option<String>,
+        /// Attempts before failing for good.
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// Per-attempt timeout in seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Repeated creates with this key return the first task.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Show one task.
+    Get { id: String },
+    /// List tasks, newest first.
+    List {
+        #[arg(long, short = 'a')]
+        assignee: Option<String>,
+        #[arg(long, short = 's')]
+        status: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Pending tasks, P0 first.
+    Pending {
+        #[arg(long, short = 'a')]
+        assignee: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Claim a pending task.
+    Start { id: String },
+    /// Finish a running task.
+    Complete {
+        id: String,
+        /// Result text (or JSON with --result-json).
+        #[arg(long, short = 'r')]
+        result: Option<String>,
+        /// Parse --result as JSON.
+        #[arg(long)]
+        result_json: bool,
+        /// Fencing token from `start`.
+        #[arg(long)]
+        fencing_token: Option<String>,
+    },
+    /// Fail a running task.
+    Fail {
+        id: String,
+        #[arg(long, short = 'e')]
+        error: String,
+        #[arg(long)]
+        fencing_token: Option<String>,
+    },
+    /// Cancel a pending or running task.
+    Cancel {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Queue a failed or cancelled task again.
+    Retry { id: String },
+    /// The task log.
+    Logs { id: String },
+    /// Follow a task's events live until it finishes.
+    Watch {
+        id: String,
+        /// Keep following after the task finishes.
+        #[arg(long)]
+        follow: bool,
+    },
+}
+
+fn resolve_key(args: &TaskArgs) -> Option<String> {
+    args.key.clone().or_else(|| {
+        std::fs::read_to_string(args.data_dir.join("api-key"))
+            .ok()
+            .map(|s| s.trim().to_string())
+    })
+}
+
+/// Runs one `task` subcommand.
+pub(super) async fn run(args: TaskArgs) -> ExitCode {
+    let client = ApiClient::new(&args.api, resolve_key(&args));
+    match execute(&client, &args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            if matches!(&e, ClientError::Api { status: 401, .. }) {
+                eprintln!(
+                    "hint: set TASKFLEET_API_KEY, or run where `taskfleet up` wrote data/api-key"
+                );
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(client: &ApiClient, args: &TaskArgs) -> Result<(), ClientError> {
+    let out = Output { json: args.json };
+    match &args.cmd {
+        TaskCmd::Create {
+            name,
+            assignee,
+            priority,
+            kind,
+            description,
+            payload,
+            steps,
+            created_by,
+            max_attempts,
+            timeout,
+            idempotency_key,
+        } => {
+            let payload: Option<Value> = match payload {
+                Some(p) => Some(serde_json::from_str(p).map_err(|e| ClientError::Api {
+                    status: 400,
+                    code: "bad_request".into(),
+                    message: format!("--payload is not JSON: {e}"),
+                })?),
+                None => None,
+            };
+            let mut body = json!({
+                "task_name": name, "assigned_to": assignee, "priority": priority,
+            });
+            let fields = [
+                ("kind", kind.clone().map(Value::from)),
+                ("description", description.clone().map(Value::from)),
+                ("payload", payload),
+                ("created_by", created_by.clone().map(Value::from)),
+                ("max_attempts", max_attempts.map(Value::from)),
+                ("timeout_s", timeout.map(Value::from)),
+                ("idempotency_key", idempotency_key.clone().map(Value::from)),
+                (
+                    (!steps.is_empty()).then_some("steps").unwrap_or("_"),
+                    Some(json!(steps)),
+                ),
+            ];
+            for (k, v) in fields {
+                if let (Some(v), false) = (v, k == "_") {
+                    body[k] = v;
+                }
+            }
+            out.task(&client.create_task(&body).await?);
+        }
+        TaskCmd::Get { id } => out.task(&client.get_task(id).await?),
+        TaskCmd::List {
+            assignee,
+            status,
+            limit,
+        } => {
+            let q = query(&[
+                ("assigned_to", assignee.clone()),
+                ("status", status.clone()),
+                ("limit", limit.map(|l| l.to_string())),
+            ]);
+            out.tasks(&client.list_tasks(&q).await?);
+        }
+        TaskCmd::Pending { assignee, limit } => {
+            let q = query(&[
+                ("assigned_to", assignee.clone()),
+                ("limit", limit.map(|l| l.to_string())),
+            ]);
+            out.tasks(&client.pending(&q).await?);
+        }
+        TaskCmd::Start { id } => out.task(&client.action(id, "start", None).await?),
+        TaskCmd::Complete {
+            id,
+            result,
+            result_json,
+            fencing_token,
+        } => {
+            let result = match (result, result_json) {
+                (Some(r), true) => serde_json::from_str(r).map_err(|e| ClientError::Api {
+                    status: 400,
+                    code: "bad_request".into(),
+                    message: format!("--result is not JSON: {e}"),
+                })?,
+                (Some(r), false) => Value::from(r.as_str()),
+                (None, _) => Value::Null,
+            };
+            let body = json!({ "result": result, "fencing_token": fencing_token });
+            out.task(&client.action(id, "complete", Some(&body)).await?);
+        }
+        TaskCmd::Fail {
+            id,
+            error,
+            fencing_token,
+        } => {
+            let body = json!({ "error": error, "fencing_token": fencing_token });
+            out.task(&client.action(id, "fail", Some(&body)).await?);
+        }
+        TaskCmd::Cancel { id, reason } => {
+            let body = json!({ "reason": reason });
+            out.task(&client.action(id, "cancel", Some(&body)).await?);
+        }
+        TaskCmd::Retry { id } => out.task(&client.action(id, "retry", None).await?),
+        TaskCmd::Logs { id } => out.logs(&client.logs(id).await?),
+        TaskCmd::Watch { id, follow } => {
+            eprintln!("watching task {id} (Ctrl-C to stop) …");
+            let events = client.watch(id).await?;
+            futures::pin_mut!(events);
+            while let Some(ev) = events.next().await {
+                let ev = ev?;
+                if out.json {
+                    println!("{}", serde_json::to_string(&ev).unwrap_or_default());
+                } else {
+                    println!(
+                        "{}  {:<10} {}",
+                        ev.time.format("%Y-%m-%d %H:%M:%S"),
+                        ev.kind.as_str(),
+                        ev.message.as_deref().unwrap_or("")
+                    );
+                }
+                let terminal = matches!(
+                    ev.kind,
+                    EventKind::Completed | EventKind::Failed | EventKind::Cancelled
+                );
+                if terminal && !follow {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn query(pairs: &[(&'static str, Option<String>)]) -> Vec<(&'static str, String)> {
+    pairs
+        .iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (*k, v)))
+        .collect()
+}
+
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn task(&self, t: &Task) {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(t).unwrap_or_default());
+            return;
+        }
+        println!("id:          {}", t.id);
+        println!("name:        {}", t.task_name);
+        println!(
+            "assigned_to: {}   priority: {}   kind: {}",
+            t.assigned_to, t.priority, t.kind
+        );
+        println!(
+            "status:      {}   attempt: {}/{}",
+            t.status, t.attempt, t.max_attempts
+        );
+        if t.progress.total > 0 {
+            println!(
+                "progress:    {}/{} {}",
+                t.progress.done,
+                t.progress.total,
+                t.progress.current.as_deref().unwrap_or("")
+            );
+        }
+        if let Some(l) = &t.lease {
+            println!("lease:       {} (fencing token {})", l.holder, l.token);
+        }
+        if let Some(r) = &t.result {
+            println!(
+                "result:      {}",
+                r.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| r.to_string())
+            );
+        }
+        if let Some(e) = &t.error {
+            println!("error:       {e}");
+        }
+        println!(
+            "created:     {} by {}",
+            t.created_time.format("%Y-%m-%d %H:%M:%S"),
+            t.created_by.as_deref().unwrap_or("-")
+        );
+    }
+
+    fn tasks(&self, tasks: &[Task]) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(tasks).unwrap_or_default()
+            );
+            return;
+        }
+        if tasks.is_empty() {
+            println!("(no tasks)");
+            return;
+        }
+        println!(
+            "{:<26}  {:<3} {:<9} {:<14} {:<6} {:<19} NAME",
+            "ID", "PRI", "STATUS", "ASSIGNEE", "KIND", "CREATED"
+        );
+        for t in tasks {
+            println!(
+                "{:<26}  {:<3} {:<9} {:<14} {:<6} {:<19} {}",
+                t.id.as_str(),
+                t.priority.as_str(),
+                t.status.as_str(),
+                t.assigned_to.as_str(),
+                t.kind.as_str(),
+                t.created_time.format("%Y-%m-%d %H:%M:%S").to_string(),
+                t.task_name
+            );
+        }
+    }
+
+    fn logs(&self, rows: &[LogEntry]) {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(rows).unwrap_or_default());
+            return;
+        }
+        let st = |s: Option<crate::domain::TaskStatus>| s.map(|s| s.as_str()).unwrap_or("-");
+        println!(
+            "{:<19}  {:<9} {:<9} {:<9} {:<12} MESSAGE",
+            "TIME", "ACTION", "FROM", "TO", "OPERATOR"
+        );
+        for r in rows {
+            println!(
+                "{:<19}  {:<9} {:<9} {:<9} {:<12} {}",
+                r.created_time.format("%Y-%m-%d %H:%M:%S").to_string(),
+                r.action,
+                st(r.old_status),
+                st(r.new_status),
+                r.operator,
+                r.message.as_deref().unwrap_or("")
+            );
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! An HTTP client for the taskfleet API, shared by the CLI and the integration tests.
+
+use crate::domain::{LogEntry, Task, TaskEvent};
+use futures::{Stream, StreamExt};
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// A call to the API failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The API answered with an error.
+    #[error("{message} (HTTP {status} {code})")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The error code from the body.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The API could not be reached.
+    #[error("cannot reach the taskfleet API at {url}: {source}")]
+    Unreachable {
+        /// Base URL.
+        url: String,
+        /// Cause.
+        source: reqwest::Error,
+    },
+    /// The response was not what the API sends.
+    #[error("unexpected response from the API: {0}")]
+    Decode(String),
+}
+
+/// A client for one API base URL and key.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+    key: Option<String>,
+}
+
+impl ApiClient {
+    /// A client for `base` (e.g. `http://127.0.0.1:8090`) sending `key` as `X-Bot-Key`.
+    pub fn new(base: &str, key: Option<String>) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .build()
+                .expect("reqwest client"),
+            base: base.trim_end_matches('/').to_string(),
+            key,
+        }
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// A request to `path` (starting with `/`) carrying the key.
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(k) = &self.key {
+            r = r.header("X-Bot-Key", k);
+        }
+        r
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
+        if !status.is_success() {
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let err = &body["error"];
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                code: err["code"].as_str().unwrap_or("unknown").to_string(),
+                message: err["message"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// `POST /api/tasks`.
+    pub async fn create_task(&self, body: &Value) -> Result<Task, ClientError> {
+        self.send(self.request(Method::POST, "/api/tasks").json(body))
+            .await
+    }
+
+    /// `GET /api/tasks/{id}`.
+    pub async fn get_task(&self, id: &str) -> Result<Task, ClientError> {
+        self.send(self.request(Method::GET, &format!("/api/tasks/{id}")))
+            .await
+    }
+
+    /// `GET /api/tasks?…`.
+    pub async fn list_tasks(&self, query: &[(&str, String)]) -> Result<Vec<Task>, ClientError> {
+        self.send(self.request(Method::GET, "/api/tasks").query(query))
+            .await
+    }
+
+    /// `GET /api/tasks/pending?…`.
+    pub async fn pending(&self, query: &[(&str, String)]) -> Result<Vec<Task>, ClientError> {
+        self.send(self.request(Method::GET, "/api/tasks/pending").query(query))
+            .await
+    }
+
+    /// `PUT /api/tasks/{id}/{verb}` with an optional JSON body.
+    pub async fn action(
+        &self,
+        id: &str,
+        verb: &str,
+        body: Option<&Value>,
+    ) -> Result<Task, ClientError> {
+        let mut req = self.request(Method::PUT, &format!("/api/tasks/{id}/{verb}"));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        self.send(req).await
+    }
+
+    /// `GET /api/tasks/{id}/logs`.
+    pub async fn logs(&self, id: &str) -> Result<Vec<LogEntry>, ClientError> {
+        self.send(self.request(Method::GET, &format!("/api/tasks/{id}/logs")))
+            .await
+    }
+
+    /// `GET /api/tasks/{id}/events`: every event so far, then live ones.
+    pub async fn watch(
+        &self,
+        id: &str,
+    ) -> Result<impl Stream<Item = Result<TaskEvent, ClientError>>, ClientError> {
+        let resp = self
+            .request(Method::GET, &format!("/api/tasks/{id}/events"))
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            return Err(ClientError::Api {
+                status,
+                code: body["error"]["code"].as_str().unwrap_or("unknown").into(),
+                message: body["error"]["message"].as_str().unwrap_or("").into(),
+            });
+        }
+        let bytes = resp.bytes_stream();
+        Ok(sse_events(bytes))
+    }
+}
+
+/// Splits a server-sent-events byte stream into the JSON `data:` payloads of its events.
+fn sse_events(
+    bytes: impl Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
+) -> impl Stream<Item = Result<TaskEvent, ClientError>> {
+    futures::stream::unfold((bytes, String::new()), |(mut bytes, mut buf)| async move {
+        loop {
+            if let Some(end) = buf.find("\n\n") {
+                let block: String = buf.drain(..end + 2).collect();
+                let data: Vec<&str> = block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                if data.is_empty() {
+                    continue; // keep-alive comment
+                }
+                let parsed = serde_json::from_str::<TaskEvent>(&data.join("\n"))
+                    .map_err(|e| ClientError::Decode(e.to_string()));
+                return Some((parsed, (bytes, buf)));
+            }
+            match bytes.next().await {
+                Some(Ok(chunk)) => buf.push_str(&String::from_utf8_lossy(&chunk)),
+                Some(Err(e)) => {
+                    return Some((Err(ClientError::Decode(e.to_string())), (bytes, buf)))
+                }
+                None => return None,
+            }
+        }
+    })
+}

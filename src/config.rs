@@ -1,0 +1,321 @@
+//! Layered configuration: built-in defaults → TOML file (`--config`) → `TASKFLEET_<SECTION>__<FIELD>`
+//! environment variables → the documented shortcuts (`NATS_URL`, `TASKFLEET_API_KEY`) → `validate()`.
+//!
+//! Every field is documented in `config/taskfleet.example.toml`.
+
+use crate::domain::Assignee;
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file or variable did not parse.
+    #[error("configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    /// A value parsed but makes no sense.
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// Everything taskfleet processes read at start-up.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where NATS is and how streams are sized.
+    pub nats: NatsConfig,
+    /// The HTTP API.
+    pub api: ApiConfig,
+    /// Event retention.
+    pub events: EventsConfig,
+    /// What `taskfleet up` runs besides the API.
+    pub fleet: FleetConfig,
+    /// Logs and traces.
+    pub telemetry: TelemetryConfig,
+}
+
+/// NATS connection and topology sizing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL(s); when unset, `up` starts a local nats-server. Env: `NATS_URL`.
+    pub url: Option<String>,
+    /// Optional NATS user for this process.
+    pub user: Option<String>,
+    /// Password of `user`.
+    pub password: Option<SecretString>,
+    /// Replicas of every stream and bucket: 1 on a single server, 3 on a cluster.
+    pub replicas: usize,
+    /// Seconds to keep trying the first connection.
+    pub connect_timeout_s: u64,
+    /// Client port of the nats-server that `up` starts.
+    pub local_port: u16,
+    /// Path of the nats-server binary `up` starts (else `NATS_SERVER_BIN`, `.tools/nats`, PATH).
+    pub server_bin: Option<PathBuf>,
+    /// Largest message, in bytes.
+    pub max_msg_size: i32,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            user: None,
+            password: None,
+            replicas: 1,
+            connect_timeout_s: 30,
+            local_port: 4222,
+            server_bin: None,
+            max_msg_size: 2 * 1024 * 1024,
+        }
+    }
+}
+
+/// One API key scoped to some assignees.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// A name for logs and the task log's `operator` column (never the key itself).
+    pub name: String,
+    /// The key. Prefer `key_env` so the file holds no secret.
+    pub key: Option<SecretString>,
+    /// Name of an environment variable holding the key.
+    pub key_env: Option<String>,
+    /// Assignees this key may read and change; `["*"]` means all (an admin key).
+    pub assignees: Vec<String>,
+}
+
+/// The HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Listen address (`up --api-addr` overrides).
+    pub addr: SocketAddr,
+    /// Largest request body, in bytes (bigger ones get 413).
+    pub body_limit: usize,
+    /// The admin key. Env: `TASKFLEET_API_KEY`. When unset, `up` generates one.
+    pub admin_key: Option<SecretString>,
+    /// Keys scoped to assignees.
+    pub keys: Vec<ApiKeyConfig>,
+    /// Seconds a request may take before it is answered 503 (SSE streams excepted).
+    pub request_timeout_s: u64,
+    /// Default and largest page size of list endpoints.
+    pub default_limit: usize,
+    /// Largest page size of list endpoints.
+    pub max_limit: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            body_limit: 1024 * 1024,
+            admin_key: None,
+            keys: Vec::new(),
+            request_timeout_s: 30,
+            default_limit: 100,
+            max_limit: 1000,
+        }
+    }
+}
+
+/// Event retention.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Seconds events (the task log) are kept. Default 7 days.
+    pub max_age_s: u64,
+    /// Seconds idempotency keys are remembered. Default 7 days.
+    pub idempotency_ttl_s: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            max_age_s: 7 * 24 * 3600,
+            idempotency_ttl_s: 7 * 24 * 3600,
+        }
+    }
+}
+
+/// What `taskfleet up` runs besides the API.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// Assignees that get a worker under `up` (e.g. `["anna", "trump", "cc", "session_agent"]`).
+    pub assignees: Vec<Assignee>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logs and traces.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `human` or `json`.
+    pub log_format: LogFormat,
+    /// Filter in `RUST_LOG` syntax (`RUST_LOG` wins when set).
+    pub log_filter: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Human,
+            log_filter: "info,async_nats=warn".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file`, then the environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::new();
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    f.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        fig = fig.merge(
+            Env::prefixed("TASKFLEET_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
+        let mut cfg: Config = fig.extract().map_err(Box::new)?;
+        if let Some(url) = non_empty_env("NATS_URL") {
+            cfg.nats.url = Some(url);
+        }
+        if let Some(key) = non_empty_env("TASKFLEET_API_KEY") {
+            cfg.api.admin_key = Some(SecretString::from(key));
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !(1..=5).contains(&self.nats.replicas) {
+            return bad(format!(
+                "nats.replicas must be 1..=5, got {}",
+                self.nats.replicas
+            ));
+        }
+        if self.api.body_limit < 1024 {
+            return bad("api.body_limit must be at least 1024 bytes".into());
+        }
+        if self.api.default_limit == 0 || self.api.default_limit > self.api.max_limit {
+            return bad("api.default_limit must be between 1 and api.max_limit".into());
+        }
+        if self.events.max_age_s < 60 {
+            return bad("events.max_age_s must be at least 60".into());
+        }
+        for k in &self.api.keys {
+            if k.key.is_none() == k.key_env.is_none() {
+                return bad(format!(
+                    "api.keys `{}`: set exactly one of key, key_env",
+                    k.name
+                ));
+            }
+            if k.assignees.is_empty() {
+                return bad(format!(
+                    "api.keys `{}`: assignees must not be empty",
+                    k.name
+                ));
+            }
+            for a in &k.assignees {
+                if a != "*" && Assignee::parse(a).is_err() {
+                    return bad(format!("api.keys `{}`: bad assignee {a:?}", k.name));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The topology sizes this config asks for.
+    pub fn topology(&self) -> crate::bus::TopologyConfig {
+        crate::bus::TopologyConfig {
+            replicas: self.nats.replicas,
+            events_max_age: Duration::from_secs(self.events.max_age_s),
+            idempotency_ttl: Duration::from_secs(self.events.idempotency_ttl_s),
+            max_msg_size: self.nats.max_msg_size,
+        }
+    }
+
+    /// Connection options for a process named `name`, against `url`.
+    pub fn connect_options(&self, url: &str, name: &str) -> crate::bus::ConnectOptions {
+        use secrecy::ExposeSecret;
+        crate::bus::ConnectOptions {
+            url: url.to_string(),
+            name: name.to_string(),
+            connect_timeout: Duration::from_secs(self.nats.connect_timeout_s),
+            user: self.nats.user.clone(),
+            password: self
+                .nats
+                .password
+                .as_ref()
+                .map(|p| p.expose_secret().to_string()),
+        }
+    }
+}
+
+fn non_empty_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Config::default();
+        assert_eq!(c.api.addr.to_string(), "127.0.0.1:8090");
+        assert_eq!(c.api.body_limit, 1024 * 1024);
+        assert_eq!(c.events.max_age_s, 7 * 24 * 3600);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn a_toml_file_overrides_defaults_and_typos_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[nats]\nreplicas = 3\n[fleet]\nassignees = [\"anna\"]\n[[api.keys]]\nname = \"anna-bot\"\nkey_env = \"ANNA_KEY\"\nassignees = [\"anna\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&f)).unwrap();
+        assert_eq!(c.nats.replicas, 3);
+        assert_eq!(c.fleet.assignees[0].as_str(), "anna");
+        assert_eq!(c.api.keys[0].name, "anna-bot");
+
+        std::fs::write(&f, "[nats]\nreplica = 3\n").unwrap();
+        assert!(Config::load(Some(&f)).is_err());
+        std::fs::write(&f, "[fleet]\nassignees = [\"Anna\"]\n").unwrap();
+        assert!(Config::load(Some(&f)).is_err());
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error_not_a_silent_default() {
+        assert!(Config::load(Some(Path::new("/nonexistent/taskfleet.toml"))).is_err());
+    }
+}

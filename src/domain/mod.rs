@@ -1,0 +1,17 @@
+//! The vocabulary of taskfleet: ids, names, priorities, statuses, tasks and their events.
+//!
+//! Everything here is pure data plus the rules that govern it (parsing, the state machine);
+//! nothing in this module talks to NATS or HTTP.
+
+mod event;
+mod names;
+mod task;
+
+pub use event::{EventKind, LogEntry, TaskEvent};
+pub use names::{Assignee, DomainError, Priority, TaskId, TaskKind};
+pub use task::{limits, Action, Lease, NewTask, Progress, Task, TaskStatus, DEFAULT_MAX_ATTEMPTS};
+
+/// Current time, as stored in every record (UTC, RFC 3339 on the wire).
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}

@@ -1,0 +1,32 @@
+//! taskfleet: a task fleet for multi-container AI-bot deployments, built on NATS JetStream.
+//!
+//! A task API publishes tasks to JetStream subjects per assignee and priority; bots (and, later,
+//! workers) claim them in strict priority order; every change is recorded as an event.
+//!
+//! # Layout
+//!
+//! - [`domain`]: ids, names, priorities, the task record, events and the state machine (pure).
+//! - [`bus`]: NATS connection, the JetStream topology, and every subject name (`bus::subjects`).
+//! - [`tasks`]: the task service: create, claim, finish, cancel, retry, pending list, logs.
+//! - [`api`]: the HTTP API (OpenTask routes, auth, errors, SSE, health, metrics).
+//! - [`serve`]: wiring a process: `taskfleet api` and the API part of `up`.
+//! - [`up`] and [`natsd`]: `taskfleet up`, with its own nats-server child process.
+//! - [`client`]: the HTTP client used by the CLI and the integration tests.
+//! - [`cli`]: the command line (`main` only parses and dispatches).
+//! - [`config`], [`telemetry`], [`metrics`], [`shutdown`]: the process plumbing.
+#![deny(unreachable_pub)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod bus;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod domain;
+pub mod metrics;
+pub mod natsd;
+pub mod serve;
+pub mod shutdown;
+pub mod tasks;
+pub mod telemetry;
+pub mod up;

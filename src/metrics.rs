@@ -1,0 +1,122 @@
+//! Prometheus metrics of one process (`GET /metrics`). Each process owns its registry, so tests
+//! that run many fleets in one binary never mix their figures.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::Mutex;
+
+/// Labels of the task counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    /// The task's assignee.
+    pub assignee: String,
+    /// `P0`, `P1` or `P2`.
+    pub priority: String,
+}
+
+/// Labels of finished tasks.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FinishedLabels {
+    /// The task's assignee.
+    pub assignee: String,
+    /// `P0`, `P1` or `P2`.
+    pub priority: String,
+    /// `completed`, `failed` or `cancelled`.
+    pub status: String,
+}
+
+/// Labels of HTTP request timings.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// Request method.
+    pub method: String,
+    /// Route template, e.g. `/api/tasks/{id}`.
+    pub route: String,
+    /// Response status code.
+    pub status: String,
+}
+
+type HistogramFamily = Family<HttpLabels, Histogram, fn() -> Histogram>;
+
+/// The metrics of one process.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// Tasks created.
+    pub tasks_created: Family<TaskLabels, Counter>,
+    /// Attempts started.
+    pub tasks_started: Family<TaskLabels, Counter>,
+    /// Tasks that reached a terminal status.
+    pub tasks_finished: Family<FinishedLabels, Counter>,
+    /// Messages waiting in the task queue (refreshed on every scrape).
+    pub queue_depth: Family<TaskLabels, Gauge>,
+    /// HTTP request latency in seconds.
+    pub http_latency: HistogramFamily,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("taskfleet");
+        let tasks_created = Family::<TaskLabels, Counter>::default();
+        let tasks_started = Family::<TaskLabels, Counter>::default();
+        let tasks_finished = Family::<FinishedLabels, Counter>::default();
+        let queue_depth = Family::<TaskLabels, Gauge>::default();
+        let http_latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register("tasks_created", "Tasks created", tasks_created.clone());
+        registry.register(
+            "tasks_started",
+            "Task attempts started",
+            tasks_started.clone(),
+        );
+        registry.register(
+            "tasks_finished",
+            "Tasks that reached completed, failed or cancelled",
+            tasks_finished.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Messages waiting in the task queue, including ones being worked on",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            http_latency.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            tasks_created,
+            tasks_started,
+            tasks_finished,
+            queue_depth,
+            http_latency,
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().expect("metrics registry lock");
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Labels for a task.
+pub fn task_labels(task: &crate::domain::Task) -> TaskLabels {
+    TaskLabels {
+        assignee: task.assigned_to.to_string(),
+        priority: task.priority.to_string(),
+    }
+}

@@ -1,0 +1,58 @@
+//! Wiring one process: connect to NATS, build the API state, serve until shutdown.
+
+use crate::api::{self, auth::Keys, AppState, Limits};
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::tasks::TaskService;
+use anyhow::Context;
+use secrecy::SecretString;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Connects to NATS at `url` as `name` and ensures the topology.
+pub async fn connect(cfg: &Config, url: &str, name: &str) -> anyhow::Result<Bus> {
+    Bus::connect(&cfg.connect_options(url, name), &cfg.topology())
+        .await
+        .with_context(|| format!("connecting to NATS at {}", crate::bus::redact_url(url)))
+}
+
+/// Builds the API's shared state.
+pub fn api_state(
+    cfg: &Config,
+    bus: Bus,
+    admin_key: Option<&SecretString>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<AppState> {
+    let keys = Keys::from_config(&cfg.api, admin_key)?;
+    Ok(AppState {
+        tasks: TaskService::new(bus, Arc::new(Metrics::default())),
+        keys: Arc::new(keys),
+        limits: Limits {
+            body: cfg.api.body_limit,
+            default_page: cfg.api.default_limit,
+            max_page: cfg.api.max_limit,
+        },
+        shutdown,
+    })
+}
+
+/// Serves the API on `listener` against NATS at `nats_url` until `shutdown` is cancelled, then
+/// drains the NATS connection.
+pub async fn run_api(
+    cfg: &Config,
+    nats_url: &str,
+    listener: TcpListener,
+    admin_key: Option<&SecretString>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let bus = connect(cfg, nats_url, "taskfleet-api").await?;
+    let client = bus.client.clone();
+    let state = api_state(cfg, bus, admin_key, shutdown.clone())?;
+    let router = api::router(state, Duration::from_secs(cfg.api.request_timeout_s));
+    let served = api::serve(listener, router, shutdown).await;
+    let _ = client.drain().await;
+    served.context("serving the API")
+}

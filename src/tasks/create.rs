@@ -1,0 +1,151 @@
+//! Creating tasks: idempotency keys, the queue message, the state entry, the `created` event.
+
+use super::{transition_event, TaskError, TaskService};
+use crate::bus::{encode, message_headers, subjects, BusError, NatsResultExt};
+use crate::domain::{EventKind, NewTask, Task, TaskId};
+use async_nats::jetstream::kv;
+use sha2::{Digest, Sha256};
+
+/// The outcome of a create: the task, and whether this call created it (201) or an earlier call
+/// with the same idempotency key did (200).
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The task.
+    pub task: Task,
+    /// False when an earlier create with the same idempotency key made it.
+    pub created: bool,
+}
+
+enum Reserved {
+    Fresh(TaskId),
+    Existing(TaskId),
+}
+
+impl TaskService {
+    /// Creates a task: validates it, queues it on `tasks.<assignee>.<priority>[.<kind>]` and
+    /// records its state. With an idempotency key, repeated calls return the first task.
+    #[tracing::instrument(skip_all, fields(task_id = tracing::field::Empty, assignee = %new.assigned_to))]
+    pub async fn create(&self, mut new: NewTask, operator: &str) -> Result<Created, TaskError> {
+        new.validate().map_err(TaskError::Invalid)?;
+        new.id = None;
+        if new.created_by.is_none() {
+            new.created_by = Some(operator.to_string());
+        }
+        let id = match new.idempotency_key.as_deref() {
+            None => TaskId::generate(),
+            Some(key) => match self.reserve(key).await? {
+                Reserved::Fresh(id) => id,
+                Reserved::Existing(id) => match self.load(&id).await? {
+                    Some(task) => {
+                        return Ok(Created {
+                            task,
+                            created: false,
+                        })
+                    }
+                    // An earlier call reserved the id but died before finishing: finish it.
+                    None => id,
+                },
+            },
+        };
+        tracing::Span::current().record("task_id", id.as_str());
+        self.enqueue_new(id, new, operator).await
+    }
+
+    async fn reserve(&self, key: &str) -> Result<Reserved, TaskError> {
+        let bucket = &self.bus.topology.idempotency;
+        let hashed = idempotency_entry(key);
+        let id = TaskId::generate();
+        match bucket.create(&hashed, id.as_str().to_string().into()).await {
+            Ok(_) => Ok(Reserved::Fresh(id)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let existing = bucket.get(&hashed).await.op("kv get")?.unwrap_or_default();
+                let text = String::from_utf8_lossy(&existing);
+                TaskId::parse(&text)
+                    .map(Reserved::Existing)
+                    .map_err(|_| TaskError::Contended(id))
+            }
+            Err(e) => Err(BusError::from_op("kv create", e).into()),
+        }
+    }
+
+    /// Publishes the queue message (de-duplicated on the task id), then creates the state entry.
+    async fn enqueue_new(
+        &self,
+        id: TaskId,
+        mut new: NewTask,
+        operator: &str,
+    ) -> Result<Created, TaskError> {
+        new.id = Some(id.clone());
+        let subject = subjects::task(&new.assigned_to, new.priority, new.kind);
+        let ack = self
+            .bus
+            .js
+            .publish_with_headers(subject, message_headers(id.as_str()), encode(&new))
+            .await
+            .op("publish task")?
+            .await
+            .op("publish task ack")?;
+        let mut task = Task::from_new(id.clone(), new);
+        task.queue_seq = Some(ack.sequence);
+        match self.record_new(&mut task, operator).await? {
+            true => Ok(Created {
+                task,
+                created: true,
+            }),
+            // A reader of the queue materialised it first: it is still this call's task.
+            false => Ok(Created {
+                task: self.get(&id).await?,
+                created: true,
+            }),
+        }
+    }
+
+    /// Creates the state entry of a queued task and records `created`. False when the entry
+    /// already existed (nothing written).
+    pub(crate) async fn record_new(
+        &self,
+        task: &mut Task,
+        operator: &str,
+    ) -> Result<bool, TaskError> {
+        match self
+            .bus
+            .topology
+            .state
+            .create(task.id.as_str(), encode(&*task))
+            .await
+        {
+            Ok(rev) => {
+                task.revision = rev;
+                let mut event = transition_event(None, task, EventKind::Created, operator, None);
+                // One `created` per task even when two processes race to record it.
+                event.id = format!("evt_{}_created", task.id);
+                event.message = Some(task.task_name.clone());
+                self.emit(&event).await;
+                self.metrics
+                    .tasks_created
+                    .get_or_create(&crate::metrics::task_labels(task))
+                    .inc();
+                Ok(true)
+            }
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(BusError::from_op("kv create", e).into()),
+        }
+    }
+}
+
+/// The idempotency bucket's key for a caller's idempotency key (hashed: any text is allowed).
+fn idempotency_entry(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn idempotency_keys_of_any_text_become_valid_kv_keys() {
+        let k = super::idempotency_entry("order #42 / 发送");
+        assert_eq!(k.len(), 64);
+        assert!(k.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(k, super::idempotency_entry("order #43 / 发送"));
+    }
+}

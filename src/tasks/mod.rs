@@ -1,0 +1,192 @@
+//! The task service: every task state change goes through here, as a compare-and-set on the
+//! task's entry in the state bucket, followed by an event in the event stream.
+//!
+//! - [`create`](TaskService::create): publish to the queue, then create the state entry;
+//! - transitions (`start`, `complete`, `fail`, `cancel`, `retry`) in `transitions.rs`;
+//! - the pending list, read straight from the queue stream, in `queue.rs`;
+//! - listing, logs and live event feeds in `history.rs`.
+
+mod create;
+mod history;
+mod queue;
+mod transitions;
+
+pub use create::Created;
+pub use history::ListFilter;
+
+use crate::bus::{decode, encode, message_headers, subjects, Bus, BusError, NatsResultExt};
+use crate::domain::{EventKind, Task, TaskEvent, TaskId};
+use crate::metrics::Metrics;
+use async_nats::jetstream::kv;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a task operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// No task with this id.
+    #[error("task {0} not found")]
+    NotFound(TaskId),
+    /// The request is well-formed but its values are not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The task's status does not allow this action.
+    #[error("{0}")]
+    IllegalTransition(String),
+    /// The caller's fencing token no longer holds the task.
+    #[error("{0}")]
+    StaleLease(String),
+    /// Too many concurrent writers; the caller may retry.
+    #[error("task {0} is being changed by many callers at once; try again")]
+    Contended(TaskId),
+    /// NATS failed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// Task operations over the fleet's NATS topology. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct TaskService {
+    bus: Bus,
+    metrics: Arc<Metrics>,
+}
+
+const CAS_ATTEMPTS: usize = 64;
+
+impl TaskService {
+    /// A service over `bus`, counting into `metrics`.
+    pub fn new(bus: Bus, metrics: Arc<Metrics>) -> Self {
+        Self { bus, metrics }
+    }
+
+    /// The underlying connection.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// The metrics this service counts into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The current state of a task.
+    pub async fn get(&self, id: &TaskId) -> Result<Task, TaskError> {
+        self.load(id)
+            .await?
+            .ok_or_else(|| TaskError::NotFound(id.clone()))
+    }
+
+    async fn load(&self, id: &TaskId) -> Result<Option<Task>, TaskError> {
+        let entry = self
+            .bus
+            .topology
+            .state
+            .entry(id.as_str())
+            .await
+            .op("kv entry")?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put => Ok(Some(decode_entry(&e)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Applies `f` to the current state and writes the result if nobody wrote in between;
+    /// re-reads and re-applies on conflict. `f` refuses by returning an error, which is passed on
+    /// with nothing written. Returns the states before and after.
+    pub(crate) async fn change<F>(&self, id: &TaskId, mut f: F) -> Result<(Task, Task), TaskError>
+    where
+        F: FnMut(&Task) -> Result<Task, TaskError>,
+    {
+        let state = &self.bus.topology.state;
+        for attempt in 0..CAS_ATTEMPTS {
+            let before = self
+                .load(id)
+                .await?
+                .ok_or_else(|| TaskError::NotFound(id.clone()))?;
+            let mut after = f(&before)?;
+            after.updated_time = crate::domain::now();
+            match state
+                .update(id.as_str(), encode(&after), before.revision)
+                .await
+            {
+                Ok(rev) => {
+                    after.revision = rev;
+                    return Ok((before, after));
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    let jitter = rand::random::<u64>() % (1 + attempt as u64 * 2);
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                }
+                Err(e) => return Err(BusError::from_op("kv update", e).into()),
+            }
+        }
+        Err(TaskError::Contended(id.clone()))
+    }
+
+    /// Appends an event to the task's event stream. The state change it reports has already
+    /// happened, so a failure here is retried a few times and then logged rather than returned.
+    pub(crate) async fn emit(&self, event: &TaskEvent) {
+        let subject = subjects::event(&event.assigned_to, &event.task_id, event.kind);
+        let payload = encode(event);
+        for attempt in 0..5u64 {
+            let res = async {
+                self.bus
+                    .js
+                    .publish_with_headers(
+                        subject.clone(),
+                        message_headers(&event.id),
+                        payload.clone(),
+                    )
+                    .await?
+                    .await
+            }
+            .await;
+            match res {
+                Ok(_) => return,
+                Err(e) if attempt == 4 => {
+                    tracing::error!(task_id = %event.task_id, event = event.kind.as_str(),
+                        error.message = %e, "event could not be recorded");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await,
+            }
+        }
+    }
+
+    /// Removes a task's message from the queue (it was claimed or cancelled without a worker).
+    pub(crate) async fn dequeue(&self, seq: Option<u64>) {
+        let Some(seq) = seq else { return };
+        if let Err(e) = self.bus.topology.tasks.delete_message(seq).await {
+            // Already gone (acked by a worker, or deleted by an earlier call): nothing to do.
+            tracing::debug!(seq, error.message = %e, "queue message already removed");
+        }
+    }
+}
+
+/// An event describing a status change from `before` to `after`.
+pub(crate) fn transition_event(
+    before: Option<&Task>,
+    after: &Task,
+    kind: EventKind,
+    operator: &str,
+    message: Option<String>,
+) -> TaskEvent {
+    let mut e = TaskEvent::new(&after.id, &after.assigned_to, kind, operator);
+    e.attempt = after.attempt;
+    e.old_status = before.map(|b| b.status);
+    e.new_status = Some(after.status);
+    e.message = message;
+    e
+}
+
+fn decode_entry(e: &kv::Entry) -> Result<Task, TaskError> {
+    let mut t: Task = decode("task state", &e.value)?;
+    t.revision = e.revision;
+    Ok(t)
+}
+
+impl BusError {
+    /// Wraps an async-nats error with the operation's name.
+    pub fn from_op<E: std::error::Error + Send + Sync + 'static>(op: &'static str, e: E) -> Self {
+        Err::<(), E>(e).op(op).unwrap_err()
+    }
+}

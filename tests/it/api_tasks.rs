@@ -1,0 +1,287 @@
+//! Creating, reading and listing tasks; the queue as bots see it.
+
+use crate::harness::TestApp;
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn seed_001_walkthrough_create_pending_start_complete_and_log() {
+    // Arrange
+    let app = TestApp::spawn().await;
+
+    // Act: the four curl calls of seed 001.
+    let (status, created) = app
+        .call(app.req(Method::POST, "/api/tasks").json(&json!({
+            "task_name": "发送消息", "assigned_to": "anna", "priority": "P1", "created_by": "hope"
+        })))
+        .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let (_, pending) = app
+        .call(app.req(Method::GET, "/api/tasks/pending?assigned_to=anna"))
+        .await;
+    let (start_status, started) = app
+        .call(app.req(Method::PUT, &format!("/api/tasks/{id}/start")))
+        .await;
+    let (done_status, done) = app
+        .call(
+            app.req(Method::PUT, &format!("/api/tasks/{id}/complete"))
+                .header("Content-Type", "application/json")
+                .body(r#"{"result":"执行成功"}"#),
+        )
+        .await;
+    let (_, logs) = app
+        .call(app.req(Method::GET, &format!("/api/tasks/{id}/logs")))
+        .await;
+
+    // Assert
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(created["status"], "pending");
+    assert_eq!(created["priority"], "P1");
+    assert_eq!(created["created_by"], "hope");
+    assert_eq!(pending.as_array().unwrap().len(), 1);
+    assert_eq!(pending[0]["id"], id.as_str());
+    assert_eq!(start_status, StatusCode::OK);
+    assert_eq!(started["status"], "running");
+    assert_eq!(started["attempt"], 1);
+    assert_eq!(done_status, StatusCode::OK);
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["result"], "执行成功");
+    let actions: Vec<&str> = logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["create", "start", "complete"]);
+    let complete = &logs[2];
+    for field in [
+        "task_id",
+        "action",
+        "old_status",
+        "new_status",
+        "message",
+        "operator",
+        "created_time",
+    ] {
+        assert!(
+            complete.get(field).is_some(),
+            "log row lacks {field}: {complete}"
+        );
+    }
+    assert_eq!(complete["old_status"], "running");
+    assert_eq!(complete["new_status"], "completed");
+    assert_eq!(complete["message"], "执行成功");
+    assert_eq!(complete["operator"], "admin");
+}
+
+#[tokio::test]
+async fn pending_lists_p0_before_p1_before_p2_and_oldest_first_within_a_priority() {
+    let app = TestApp::spawn().await;
+    let p2a = app.create("p2 first", "anna", "P2").await;
+    let p1a = app.create("p1 first", "anna", "P1").await;
+    let p0a = app.create("p0 first", "anna", "P0").await;
+    let p2b = app.create("p2 second", "anna", "P2").await;
+    let p0b = app.create("p0 second", "anna", "P0").await;
+    let _other = app.create("someone else's", "trump", "P0").await;
+
+    let pending = app
+        .admin
+        .pending(&[("assigned_to", "anna".into())])
+        .await
+        .unwrap();
+
+    let ids: Vec<String> = pending.iter().map(|t| t.id.to_string()).collect();
+    assert_eq!(ids, [p0a, p0b, p1a, p2a, p2b]);
+}
+
+#[tokio::test]
+async fn pending_honours_limit_and_skips_started_tasks() {
+    let app = TestApp::spawn().await;
+    let first = app.create("one", "anna", "P1").await;
+    let second = app.create("two", "anna", "P1").await;
+    let third = app.create("three", "anna", "P1").await;
+    app.admin.action(&first, "start", None).await.unwrap();
+
+    let page = app
+        .admin
+        .pending(&[("assigned_to", "anna".into()), ("limit", "1".into())])
+        .await
+        .unwrap();
+    let all = app
+        .admin
+        .pending(&[("assigned_to", "anna".into())])
+        .await
+        .unwrap();
+
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].id.as_str(), second);
+    let ids: Vec<&str> = all.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, [second.as_str(), third.as_str()]);
+}
+
+#[tokio::test]
+async fn a_task_is_queued_on_its_assignee_and_priority_subject_with_its_id_as_msg_id() {
+    let app = TestApp::spawn().await;
+    let id = app.create("x", "session_agent", "P0").await;
+
+    let js = app.jetstream().await;
+    let stream = js.get_stream("TASKS").await.unwrap();
+    let msg = stream
+        .direct_get_last_for_subject("tasks.session_agent.p0")
+        .await
+        .unwrap();
+
+    assert_eq!(
+        msg.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+        Some(id.as_str())
+    );
+    let body: Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(body["task_name"], "x");
+}
+
+#[tokio::test]
+async fn starting_a_task_takes_it_off_the_queue_stream() {
+    let app = TestApp::spawn().await;
+    let id = app.create("x", "anna", "P1").await;
+    let js = app.jetstream().await;
+    let mut stream = js.get_stream("TASKS").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 1);
+
+    app.admin.action(&id, "start", None).await.unwrap();
+
+    assert_eq!(stream.info().await.unwrap().state.messages, 0);
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_returns_the_same_task_with_200() {
+    let app = TestApp::spawn().await;
+    let body = json!({"task_name": "once", "assigned_to": "anna", "idempotency_key": "req-42"});
+
+    let (s1, first) = app
+        .call(app.req(Method::POST, "/api/tasks").json(&body))
+        .await;
+    let (s2, second) = app
+        .call(app.req(Method::POST, "/api/tasks").json(&body))
+        .await;
+    let pending = app
+        .admin
+        .pending(&[("assigned_to", "anna".into())])
+        .await
+        .unwrap();
+
+    assert_eq!(s1, StatusCode::CREATED);
+    assert_eq!(s2, StatusCode::OK);
+    assert_eq!(first["id"], second["id"]);
+    assert_eq!(pending.len(), 1);
+}
+
+#[tokio::test]
+async fn a_task_published_to_nats_directly_shows_up_as_pending() {
+    // A producer in another language publishes to the documented subject.
+    let app = TestApp::spawn().await;
+    let js = app.jetstream().await;
+    js.publish(
+        "tasks.anna.p0",
+        serde_json::to_vec(&json!({"task_name": "from python"}))
+            .unwrap()
+            .into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    let pending = app
+        .admin
+        .pending(&[("assigned_to", "anna".into())])
+        .await
+        .unwrap();
+
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].task_name, "from python");
+    assert_eq!(pending[0].priority.as_str(), "P0");
+    let id = pending[0].id.to_string();
+    let started = app.admin.action(&id, "start", None).await.unwrap();
+    assert_eq!(started.status.as_str(), "running");
+}
+
+#[tokio::test]
+async fn list_filters_by_assignee_and_status_newest_first() {
+    let app = TestApp::spawn().await;
+    let a1 = app.create("a1", "anna", "P1").await;
+    let a2 = app.create("a2", "anna", "P2").await;
+    let _t1 = app.create("t1", "trump", "P1").await;
+    app.admin.action(&a1, "start", None).await.unwrap();
+
+    let anna = app
+        .admin
+        .list_tasks(&[("assigned_to", "anna".into())])
+        .await
+        .unwrap();
+    let running = app
+        .admin
+        .list_tasks(&[("status", "running".into())])
+        .await
+        .unwrap();
+    let all = app.admin.list_tasks(&[]).await.unwrap();
+
+    let ids: Vec<&str> = anna.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, [a2.as_str(), a1.as_str()]);
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0].id.as_str(), a1);
+    assert_eq!(all.len(), 3);
+}
+
+#[tokio::test]
+async fn the_event_feed_streams_history_then_live_events() {
+    let app = TestApp::spawn().await;
+    let id = app.create("watched", "anna", "P1").await;
+    let feed = app.admin.watch(&id).await.unwrap();
+    futures::pin_mut!(feed);
+
+    let first = feed.next().await.unwrap().unwrap();
+    app.admin.action(&id, "start", None).await.unwrap();
+    let second = tokio::time::timeout(std::time::Duration::from_secs(10), feed.next())
+        .await
+        .expect("a live event")
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(first.kind.as_str(), "created");
+    assert_eq!(second.kind.as_str(), "started");
+    assert_eq!(second.task_id.as_str(), id);
+}
+
+#[tokio::test]
+async fn health_needs_no_key_and_metrics_count_tasks_and_queue_depth() {
+    let app = TestApp::spawn().await;
+    app.create("m", "anna", "P0").await;
+
+    let health = app
+        .http
+        .get(format!("{}/healthz", app.url))
+        .send()
+        .await
+        .unwrap();
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    assert_eq!(health.status(), StatusCode::OK);
+    assert!(
+        metrics.contains(r#"taskfleet_tasks_created_total{assignee="anna",priority="P0"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"taskfleet_queue_depth{assignee="anna",priority="P0"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("taskfleet_http_request_duration_seconds_bucket"));
+}

@@ -1,0 +1,129 @@
+//! `TestApp`: a nats-server plus the API served on 127.0.0.1:0, with request helpers.
+
+use super::nats::NatsServer;
+use reqwest::{Method, StatusCode};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use taskfleet::client::ApiClient;
+use taskfleet::config::{ApiKeyConfig, Config};
+use tokio_util::sync::CancellationToken;
+
+/// The admin key of every test app.
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+/// A key scoped to `anna`.
+pub const ANNA_KEY: &str = "test-anna-key-0123456789";
+
+/// A running API against its own nats-server. Dropping it stops the API.
+pub struct TestApp {
+    /// The server (tests may kill and restart it).
+    pub nats: NatsServer,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    /// Client with the admin key.
+    pub admin: ApiClient,
+    /// Client with the key scoped to `anna`.
+    pub anna: ApiClient,
+    /// Plain HTTP client for raw requests.
+    pub http: reqwest::Client,
+    token: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The config every test app uses, pointed at `nats_url`.
+pub fn test_config(nats_url: &str) -> Config {
+    let mut cfg = Config::default();
+    cfg.nats.url = Some(nats_url.to_string());
+    cfg.nats.connect_timeout_s = 10;
+    cfg.api.admin_key = Some(SecretString::from(ADMIN_KEY));
+    cfg.api.keys = vec![ApiKeyConfig {
+        name: "anna-bot".into(),
+        key: Some(SecretString::from(ANNA_KEY)),
+        key_env: None,
+        assignees: vec!["anna".into()],
+    }];
+    cfg
+}
+
+impl TestApp {
+    /// Starts nats-server and the API, and waits until `/healthz` answers.
+    pub async fn spawn() -> Self {
+        taskfleet::telemetry::init_for_tests();
+        let nats = NatsServer::start().await;
+        let cfg = test_config(&nats.url());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let token = CancellationToken::new();
+        let (t, nats_url) = (token.clone(), nats.url());
+        let handle = tokio::spawn(async move {
+            let key = cfg.api.admin_key.clone();
+            taskfleet::serve::run_api(&cfg, &nats_url, listener, key.as_ref(), t).await
+        });
+        let app = Self {
+            nats,
+            admin: ApiClient::new(&url, Some(ADMIN_KEY.into())),
+            anna: ApiClient::new(&url, Some(ANNA_KEY.into())),
+            http: reqwest::Client::new(),
+            url,
+            token,
+            handle: Some(handle),
+        };
+        super::eventually(
+            "the API to answer /healthz",
+            std::time::Duration::from_secs(20),
+            || async {
+                let r = app
+                    .http
+                    .get(format!("{}/healthz", app.url))
+                    .send()
+                    .await
+                    .ok()?;
+                (r.status() == StatusCode::OK).then_some(())
+            },
+        )
+        .await;
+        app
+    }
+
+    /// A raw request with the admin key.
+    pub fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .header("X-Bot-Key", ADMIN_KEY)
+    }
+
+    /// Sends a raw request and returns status and JSON body (`Null` when not JSON).
+    pub async fn call(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let r = req.send().await.expect("request");
+        let status = r.status();
+        let body = r.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// Creates a manual task for `assignee` at `priority` and returns its id.
+    pub async fn create(&self, name: &str, assignee: &str, priority: &str) -> String {
+        let (status, body) = self
+            .call(self.req(Method::POST, "/api/tasks").json(&json!({
+                "task_name": name, "assigned_to": assignee, "priority": priority, "created_by": "test"
+            })))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().expect("string id").to_string()
+    }
+
+    /// A JetStream context on the test's server, for looking at streams directly.
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(async_nats::connect(self.nats.url()).await.unwrap())
+    }
+
+    /// Stops the API and waits for it to finish.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.token.cancel();
+        self.handle.take().unwrap().await?
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}

@@ -1,0 +1,11 @@
+//! Test harness: a real nats-server per test, a real API on 127.0.0.1:0, and polling helpers.
+
+pub mod app;
+pub mod nats;
+pub mod wait;
+
+pub use app::TestApp;
+#[allow(unused_imports)]
+pub use nats::NatsServer;
+#[allow(unused_imports)]
+pub use wait::eventually;

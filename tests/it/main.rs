@@ -1,0 +1,11 @@
+//! One integration test binary. Every test starts its own nats-server (random port, temp store,
+//! loopback) through `harness`, so tests run in parallel and share nothing.
+
+mod harness;
+
+mod api_auth;
+mod api_errors;
+mod api_tasks;
+mod cli;
+mod durability;
+mod transitions;
