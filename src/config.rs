@@ -315,6 +315,18 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_parses_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/taskfleet.example.toml");
+        let c = Config::load(Some(&path)).unwrap();
+        let d = Config::default();
+        assert_eq!(c.api.addr, d.api.addr);
+        assert_eq!(c.api.body_limit, d.api.body_limit);
+        assert_eq!(c.events.max_age_s, d.events.max_age_s);
+        assert_eq!(c.nats.max_msg_size, d.nats.max_msg_size);
+        assert_eq!(c.fleet.assignees.len(), 4);
+    }
+
+    #[test]
     fn a_missing_config_file_is_an_error_not_a_silent_default() {
         assert!(Config::load(Some(Path::new("/nonexistent/taskfleet.toml"))).is_err());
     }

@@ -28,7 +28,7 @@ pub enum Command {
     /// Serve the API alone against an existing NATS.
     Api(ApiArgs),
     /// Create, inspect and change tasks over the API.
-    Task(task::TaskArgs),
+    Task(Box<task::TaskArgs>),
 }
 
 /// Flags of `taskfleet up`.
@@ -62,7 +62,7 @@ pub struct ApiArgs {
 /// Runs a parsed command line and returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.command {
-        Command::Task(args) => return task::run(args).await,
+        Command::Task(args) => return task::run(*args).await,
         Command::Up(args) => {
             serve_command(cli.config, |cfg, token| async move {
                 let opts = crate::up::UpOptions {

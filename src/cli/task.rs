@@ -196,13 +196,10 @@ async fn execute(client: &ApiClient, args: &TaskArgs) -> Result<(), ClientError>
                 ("max_attempts", max_attempts.map(Value::from)),
                 ("timeout_s", timeout.map(Value::from)),
                 ("idempotency_key", idempotency_key.clone().map(Value::from)),
-                (
-                    (!steps.is_empty()).then_some("steps").unwrap_or("_"),
-                    Some(json!(steps)),
-                ),
+                ("steps", (!steps.is_empty()).then(|| json!(steps))),
             ];
             for (k, v) in fields {
-                if let (Some(v), false) = (v, k == "_") {
+                if let Some(v) = v {
                     body[k] = v;
                 }
             }

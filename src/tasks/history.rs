@@ -73,7 +73,7 @@ impl TaskService {
             Ok(r) => r?,
             Err(_) => tracing::warn!("task listing stopped after {SNAPSHOT_TIMEOUT:?}"),
         }
-        out.sort_by(|a, b| b.created_time.cmp(&a.created_time));
+        out.sort_by_key(|t| std::cmp::Reverse(t.created_time));
         out.truncate(filter.limit);
         Ok(out)
     }

@@ -285,3 +285,15 @@ async fn health_needs_no_key_and_metrics_count_tasks_and_queue_depth() {
     );
     assert!(metrics.contains("taskfleet_http_request_duration_seconds_bucket"));
 }
+
+#[tokio::test]
+async fn stopping_the_api_ends_open_event_feeds_instead_of_hanging() {
+    let app = TestApp::spawn().await;
+    let id = app.create("watched", "anna", "P1").await;
+    let feed = app.admin.watch(&id).await.unwrap();
+
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(10), app.stop()).await;
+
+    assert!(matches!(stopped, Ok(Ok(()))), "{stopped:?}");
+    drop(feed);
+}

@@ -1,1 +1,239 @@
-//! placeholder
+//! The `taskfleet` binary: `task` subcommands against a running API, and `up` as a user runs it.
+
+use crate::harness::app::ADMIN_KEY;
+use crate::harness::{eventually, TestApp};
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_taskfleet");
+
+async fn taskfleet(app: &TestApp, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("TASKFLEET_API_URL", &app.url)
+        .env("TASKFLEET_API_KEY", ADMIN_KEY)
+        .output()
+        .await
+        .expect("run taskfleet")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn task_commands_create_list_start_complete_and_show_the_log() {
+    let app = TestApp::spawn().await;
+
+    let created = taskfleet(
+        &app,
+        &[
+            "task", "create", "-n", "greet", "-a", "anna", "-p", "P0", "--json",
+        ],
+    )
+    .await;
+    assert!(created.status.success(), "{created:?}");
+    let task: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let id = task["id"].as_str().unwrap();
+    let pending = taskfleet(&app, &["task", "pending", "-a", "anna"]).await;
+    let started = taskfleet(&app, &["task", "start", id]).await;
+    let completed = taskfleet(&app, &["task", "complete", id, "-r", "sent", "--json"]).await;
+    let logs = taskfleet(&app, &["task", "logs", id]).await;
+
+    assert!(stdout(&pending).contains(id), "{}", stdout(&pending));
+    assert!(stdout(&pending).contains("greet"));
+    assert!(started.status.success());
+    assert!(stdout(&started).contains("running"));
+    let done: serde_json::Value = serde_json::from_slice(&completed.stdout).unwrap();
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["result"], "sent");
+    let log = stdout(&logs);
+    for action in ["create", "start", "complete"] {
+        assert!(log.contains(action), "{log}");
+    }
+}
+
+#[tokio::test]
+async fn task_commands_exit_non_zero_with_the_servers_message() {
+    let app = TestApp::spawn().await;
+    let id = app.create("x", "anna", "P1").await;
+
+    let illegal = taskfleet(&app, &["task", "complete", &id]).await;
+    let unauthorized = Command::new(BIN)
+        .args([
+            "task",
+            "get",
+            &id,
+            "--api",
+            &app.url,
+            "--key",
+            "wrong-key-0123456789",
+        ])
+        .output()
+        .await
+        .unwrap();
+
+    assert!(!illegal.status.success());
+    let err = String::from_utf8_lossy(&illegal.stderr);
+    assert!(
+        err.contains("cannot complete") && err.contains("409"),
+        "{err}"
+    );
+    assert!(!unauthorized.status.success());
+    assert!(String::from_utf8_lossy(&unauthorized.stderr).contains("401"));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn alive(pid: i32) -> bool {
+    // Signal 0 checks existence; a zombie is reaped by init quickly, so also look at /proc state.
+    let exists = unsafe { libc::kill(pid, 0) } == 0;
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.split_whitespace().nth(2) == Some("Z"))
+        .unwrap_or(false);
+    exists && !zombie
+}
+
+fn up_command(data: &Path, api_port: u16, nats_port: u16) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["up", "--data-dir"])
+        .arg(data)
+        .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
+        .args([
+            "--nats-config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/nats.conf"),
+        ])
+        .env("TASKFLEET_NATS__LOCAL_PORT", nats_port.to_string())
+        .env_remove("TASKFLEET_API_KEY")
+        .env_remove("NATS_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Reads `up`'s stdout until the banner is complete; returns the nats-server pid it printed.
+async fn wait_until_up(child: &mut tokio::process::Child) -> i32 {
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut pid = None;
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("pid ").nth(1) {
+                pid = rest
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|p| p.parse().ok());
+            }
+            if line.starts_with("Press Ctrl-C") {
+                return;
+            }
+        }
+        panic!("taskfleet up exited before it was ready");
+    };
+    tokio::time::timeout(Duration::from_secs(90), read)
+        .await
+        .expect("up became ready");
+    pid.expect("banner names the nats-server pid")
+}
+
+#[tokio::test]
+async fn up_serves_the_api_with_a_generated_key_and_stops_nats_on_sigterm() {
+    // Arrange
+    let data = tempfile::tempdir().unwrap();
+    let api_port = free_port();
+    let mut child = up_command(data.path(), api_port, free_port())
+        .spawn()
+        .unwrap();
+
+    // Act
+    let nats_pid = wait_until_up(&mut child).await;
+    let key_file = data.path().join("api-key");
+    let key = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let pending = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{api_port}/api/tasks/pending?assigned_to=anna"
+        ))
+        .header("X-Bot-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("up exits after SIGTERM")
+        .unwrap();
+
+    // Assert
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(key.len() >= 32);
+    assert_eq!(pending.status(), reqwest::StatusCode::OK);
+    assert!(status.success(), "{status:?}");
+    eventually("nats-server to exit", Duration::from_secs(10), || async {
+        (!alive(nats_pid)).then_some(())
+    })
+    .await;
+    assert!(data.path().join("nats").join("jetstream").is_dir());
+}
+
+#[tokio::test]
+async fn up_that_fails_halfway_leaves_no_nats_server_behind() {
+    // Arrange: the API port is taken, so `up` fails after nats-server started.
+    let data = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api_port = taken.local_addr().unwrap().port();
+
+    // Act
+    let out = up_command(data.path(), api_port, free_port())
+        .output()
+        .await
+        .unwrap();
+
+    // Assert
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("binding the API"), "{err}");
+    let pid: i32 = err
+        .split("pid ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .expect("stderr names the nats-server pid");
+    eventually("nats-server to exit", Duration::from_secs(10), || async {
+        (!alive(pid)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn up_killed_with_sigkill_takes_its_nats_server_with_it() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = up_command(data.path(), free_port(), free_port())
+        .spawn()
+        .unwrap();
+    let nats_pid = wait_until_up(&mut child).await;
+
+    child.kill().await.unwrap();
+
+    eventually(
+        "the orphaned nats-server to exit",
+        Duration::from_secs(10),
+        || async { (!alive(nats_pid)).then_some(()) },
+    )
+    .await;
+}
