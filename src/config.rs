@@ -35,6 +35,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// What `taskfleet up` runs besides the API.
     pub fleet: FleetConfig,
+    /// How workers pull and run tasks.
+    pub worker: WorkerConfig,
     /// Logs and traces.
     pub telemetry: TelemetryConfig,
 }
@@ -132,6 +134,8 @@ pub struct EventsConfig {
     pub max_age_s: u64,
     /// Seconds idempotency keys are remembered. Default 7 days.
     pub idempotency_ttl_s: u64,
+    /// Seconds dead letters (tasks that used up their attempts) are kept. Default 30 days.
+    pub dead_letter_max_age_s: u64,
 }
 
 impl Default for EventsConfig {
@@ -139,16 +143,109 @@ impl Default for EventsConfig {
         Self {
             max_age_s: 7 * 24 * 3600,
             idempotency_ttl_s: 7 * 24 * 3600,
+            dead_letter_max_age_s: 30 * 24 * 3600,
         }
     }
 }
 
-/// What `taskfleet up` runs besides the API.
+/// What `taskfleet up` runs besides the API, and what API and workers share.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct FleetConfig {
     /// Assignees that get a worker under `up` (e.g. `["anna", "trump", "cc", "session_agent"]`).
     pub assignees: Vec<Assignee>,
+    /// Secret that signs task-scoped tokens; the API and every worker need the same one.
+    /// Env: `TASKFLEET_FLEET__TASK_TOKEN_SECRET`. `up` generates one into the data dir.
+    pub task_token_secret: Option<SecretString>,
+}
+
+/// A command template for an external coding agent (seed 004). Each element is one argv entry;
+/// `{prompt}`, `{cwd}` and `{task_id}` are replaced inside elements. Never run through a shell.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentTemplate {
+    /// One-shot (`mode: run`) command.
+    pub argv: Vec<String>,
+    /// Command for `mode: session` (stdin stays open for follow-ups); defaults to `argv`.
+    #[serde(default)]
+    pub session_argv: Option<Vec<String>>,
+}
+
+fn agent(argv: &[&str]) -> AgentTemplate {
+    AgentTemplate {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        session_argv: None,
+    }
+}
+
+/// How workers pull and run tasks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Tasks one worker process runs at once (`worker --concurrency` overrides).
+    pub concurrency: usize,
+    /// Seconds without a lease renewal after which JetStream gives the task to another replica.
+    pub ack_wait_s: u64,
+    /// Seconds running tasks get to finish on SIGTERM before they are handed back.
+    pub shutdown_grace_s: u64,
+    /// Milliseconds between queue checks while idle (new tasks wake workers at once anyway).
+    pub idle_poll_ms: u64,
+    /// Bytes of output tail kept per stream of a running command.
+    pub output_cap_bytes: usize,
+    /// Milliseconds between `output` events of one task (output is coalesced in between).
+    pub output_interval_ms: u64,
+    /// Default time limit of `exec` tasks, in seconds.
+    pub exec_timeout_s: u64,
+    /// Seconds between SIGTERM and SIGKILL when a command is stopped.
+    pub kill_grace_s: u64,
+    /// Where `hook` tasks are POSTed (a bot's local gateway).
+    pub hook_url: Option<String>,
+    /// The API URL given to running tasks as `TASKFLEET_API_URL` [default: http://<api.addr>].
+    pub api_url: Option<String>,
+    /// Agent used when a task names an unknown `agent_id` (unset: such tasks fail at once).
+    pub fallback_agent: Option<String>,
+    /// Agent id → command template.
+    pub agents: std::collections::BTreeMap<String, AgentTemplate>,
+    /// Weighted pulling instead of strict priority: out of every `p0+p1+p2` pulls (when all
+    /// priorities have work), this many go to each. Unset: strict P0 > P1 > P2.
+    pub weights: Option<[u32; 3]>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            ack_wait_s: 30,
+            shutdown_grace_s: 20,
+            idle_poll_ms: 1000,
+            output_cap_bytes: 1024 * 1024,
+            output_interval_ms: 250,
+            exec_timeout_s: 1800,
+            kill_grace_s: 5,
+            hook_url: None,
+            api_url: None,
+            fallback_agent: None,
+            agents: [
+                (
+                    "codex",
+                    agent(&[
+                        "codex",
+                        "exec",
+                        "--full-auto",
+                        "--skip-git-repo-check",
+                        "{prompt}",
+                    ]),
+                ),
+                ("claude", agent(&["claude", "-p", "{prompt}"])),
+                ("gemini", agent(&["gemini", "-p", "{prompt}"])),
+                ("opencode", agent(&["opencode", "run", "{prompt}"])),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            weights: None,
+        }
+    }
 }
 
 /// Log output format.
@@ -228,6 +325,31 @@ impl Config {
         if self.events.max_age_s < 60 {
             return bad("events.max_age_s must be at least 60".into());
         }
+        let w = &self.worker;
+        if !(1..=1024).contains(&w.concurrency) {
+            return bad("worker.concurrency must be 1..=1024".into());
+        }
+        if w.ack_wait_s < 3 {
+            return bad("worker.ack_wait_s must be at least 3".into());
+        }
+        if w.output_cap_bytes < 1024 {
+            return bad("worker.output_cap_bytes must be at least 1024".into());
+        }
+        if let Some(f) = &w.fallback_agent {
+            if !w.agents.contains_key(f) {
+                return bad(format!(
+                    "worker.fallback_agent {f:?} is not in worker.agents"
+                ));
+            }
+        }
+        for (id, a) in &w.agents {
+            if a.argv.is_empty() || a.session_argv.as_ref().is_some_and(Vec::is_empty) {
+                return bad(format!("worker.agents.{id}: argv must not be empty"));
+            }
+        }
+        if w.weights.is_some_and(|ws| ws.iter().all(|&x| x == 0)) {
+            return bad("worker.weights must not all be 0".into());
+        }
         for k in &self.api.keys {
             if k.key.is_none() == k.key_env.is_none() {
                 return bad(format!(
@@ -256,6 +378,7 @@ impl Config {
             replicas: self.nats.replicas,
             events_max_age: Duration::from_secs(self.events.max_age_s),
             idempotency_ttl: Duration::from_secs(self.events.idempotency_ttl_s),
+            dead_letter_max_age: Duration::from_secs(self.events.dead_letter_max_age_s),
             max_msg_size: self.nats.max_msg_size,
         }
     }

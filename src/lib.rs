@@ -13,6 +13,8 @@
 //! - [`up`] and [`natsd`]: `taskfleet up`, with its own nats-server child process.
 //! - [`client`]: the HTTP client used by the CLI and the integration tests.
 //! - [`cli`]: the command line (`main` only parses and dispatches).
+//! - [`worker`]: pulls an assignee's tasks in strict priority order and runs them.
+//! - [`token`]: task-scoped tokens handed to running tasks.
 //! - [`config`], [`telemetry`], [`metrics`], [`shutdown`]: the process plumbing.
 #![deny(unreachable_pub)]
 #![warn(missing_docs)]
@@ -29,4 +31,6 @@ pub mod serve;
 pub mod shutdown;
 pub mod tasks;
 pub mod telemetry;
+pub mod token;
 pub mod up;
+pub mod worker;

@@ -26,7 +26,7 @@ pub fn api_state(
     admin_key: Option<&SecretString>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<AppState> {
-    let keys = Keys::from_config(&cfg.api, admin_key)?;
+    let keys = Keys::from_config(&cfg.api, admin_key, cfg.fleet.task_token_secret.as_ref())?;
     Ok(AppState {
         tasks: TaskService::new(bus, Arc::new(Metrics::default())),
         keys: Arc::new(keys),

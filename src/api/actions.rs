@@ -4,11 +4,12 @@
 //! `X-Fencing-Token` header); when given, only the current lease may finish the task.
 
 use super::auth::Principal;
+use super::error::IdPath;
 use super::error::{ApiError, JsonBody};
 use super::state::AppState;
 use super::tasks::authorized_task;
 use crate::domain::Task;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
@@ -37,7 +38,7 @@ fn fence(headers: &HeaderMap, body: &ActionBody) -> Option<String> {
 pub(super) async fn start(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     JsonBody(_body): JsonBody<Option<Value>>,
 ) -> Result<Json<Task>, ApiError> {
     let task = authorized_task(&state, &who, &id).await?;
@@ -48,7 +49,7 @@ pub(super) async fn start(
 pub(super) async fn complete(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     headers: HeaderMap,
     JsonBody(body): JsonBody<Option<ActionBody>>,
 ) -> Result<Json<Task>, ApiError> {
@@ -57,7 +58,13 @@ pub(super) async fn complete(
     let fence = fence(&headers, &body);
     let done = state
         .tasks
-        .complete(&task.id, body.result, fence.as_deref(), &who.name)
+        .complete(
+            &task.id,
+            body.result,
+            fence.as_deref(),
+            &who.name,
+            Value::Null,
+        )
         .await?;
     Ok(Json(done))
 }
@@ -66,7 +73,7 @@ pub(super) async fn complete(
 pub(super) async fn fail(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     headers: HeaderMap,
     JsonBody(body): JsonBody<Option<ActionBody>>,
 ) -> Result<Json<Task>, ApiError> {
@@ -85,7 +92,7 @@ pub(super) async fn fail(
         .unwrap_or_else(|| "failed (no reason given)".into());
     let failed = state
         .tasks
-        .fail(&task.id, error, fence.as_deref(), &who.name)
+        .fail(&task.id, error, fence.as_deref(), &who.name, Value::Null)
         .await?;
     Ok(Json(failed))
 }
@@ -94,7 +101,7 @@ pub(super) async fn fail(
 pub(super) async fn cancel(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     JsonBody(body): JsonBody<Option<ActionBody>>,
 ) -> Result<Json<Task>, ApiError> {
     let body = body.unwrap_or_default();
@@ -107,7 +114,7 @@ pub(super) async fn cancel(
 pub(super) async fn retry(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     JsonBody(_body): JsonBody<Option<Value>>,
 ) -> Result<Json<Task>, ApiError> {
     let task = authorized_task(&state, &who, &id).await?;

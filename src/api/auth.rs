@@ -4,7 +4,7 @@
 use super::error::ApiError;
 use super::state::AppState;
 use crate::config::ApiConfig;
-use crate::domain::Assignee;
+use crate::domain::{Assignee, Task, TaskId};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use secrecy::{ExposeSecret, SecretString};
@@ -19,6 +19,8 @@ pub enum Scope {
     All,
     /// These assignees only.
     Assignees(HashSet<Assignee>),
+    /// One attempt of one task (a task-scoped token from a worker).
+    Task(TaskId, u32),
 }
 
 /// The authenticated caller.
@@ -36,10 +38,25 @@ impl Principal {
         match &self.scope {
             Scope::All => Ok(()),
             Scope::Assignees(set) if set.contains(assignee) => Ok(()),
+            Scope::Task(..) => Err(ApiError::Forbidden(
+                "a task-scoped token may only report on its own task".into(),
+            )),
             Scope::Assignees(_) => Err(ApiError::Forbidden(format!(
                 "key `{}` may not access tasks assigned to {assignee}",
                 self.name
             ))),
+        }
+    }
+
+    /// Refuses with 403 unless this caller may touch `task`.
+    pub fn check_task(&self, task: &Task) -> Result<(), ApiError> {
+        match &self.scope {
+            Scope::Task(id, attempt) if *id == task.id && *attempt == task.attempt => Ok(()),
+            Scope::Task(..) => Err(ApiError::Forbidden(
+                "this task-scoped token does not hold that task (other task, or an old attempt)"
+                    .into(),
+            )),
+            _ => self.check(&task.assigned_to),
         }
     }
 
@@ -48,6 +65,7 @@ impl Principal {
         match &self.scope {
             Scope::All => None,
             Scope::Assignees(s) => Some(s.clone()),
+            Scope::Task(..) => Some(HashSet::new()),
         }
     }
 }
@@ -56,6 +74,7 @@ impl Principal {
 #[derive(Debug, Default)]
 pub struct Keys {
     entries: Vec<([u8; 32], Principal)>,
+    task_token_secret: Option<SecretString>,
 }
 
 /// A configured key could not be read.
@@ -72,8 +91,15 @@ fn digest(key: &str) -> [u8; 32] {
 
 impl Keys {
     /// The admin key plus every scoped key of the config (reading `key_env` variables).
-    pub fn from_config(cfg: &ApiConfig, admin: Option<&SecretString>) -> Result<Self, KeyError> {
-        let mut keys = Self::default();
+    pub fn from_config(
+        cfg: &ApiConfig,
+        admin: Option<&SecretString>,
+        task_token_secret: Option<&SecretString>,
+    ) -> Result<Self, KeyError> {
+        let mut keys = Self {
+            task_token_secret: task_token_secret.cloned(),
+            ..Self::default()
+        };
         if let Some(k) = admin {
             keys.add(k.expose_secret(), "admin", Scope::All);
         }
@@ -120,6 +146,15 @@ impl Keys {
 
     /// The caller a presented key belongs to.
     pub fn authenticate(&self, presented: &str) -> Option<Principal> {
+        if crate::token::is_task_token(presented) {
+            let secret = self.task_token_secret.as_ref()?;
+            let (task, attempt) =
+                crate::token::verify(secret.expose_secret().as_bytes(), presented)?;
+            return Some(Principal {
+                name: format!("task:{task}"),
+                scope: Scope::Task(task, attempt),
+            });
+        }
         let d = digest(presented);
         let mut found = None;
         for (known, principal) in &self.entries {

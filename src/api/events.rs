@@ -2,10 +2,11 @@
 
 use super::auth::Principal;
 use super::error::ApiError;
+use super::error::IdPath;
 use super::state::AppState;
 use super::tasks::authorized_task;
 use crate::domain::LogEntry;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
 use futures::{Stream, StreamExt};
@@ -16,7 +17,7 @@ use std::time::Duration;
 pub(super) async fn logs(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<Vec<LogEntry>>, ApiError> {
     let task = authorized_task(&state, &who, &id).await?;
     Ok(Json(state.tasks.logs(&task.id).await?))
@@ -27,7 +28,7 @@ pub(super) async fn logs(
 pub(super) async fn feed(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let task = authorized_task(&state, &who, &id).await?;
     let events = state.tasks.follow(&task.id).await?;

@@ -98,3 +98,12 @@ pub(super) async fn not_found(req: Request) -> ApiError {
         req.uri().path()
     ))
 }
+
+/// Known routes with the wrong method: a JSON 405.
+pub(super) async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{} is not allowed on {}",
+        req.method(),
+        req.uri().path()
+    ))
+}

@@ -14,7 +14,7 @@ mod health;
 mod state;
 mod tasks;
 
-pub use error::{ApiError, BodyLimit, JsonBody};
+pub use error::{ApiError, BodyLimit, IdPath, JsonBody, Params};
 pub use state::{AppState, Limits};
 
 use axum::extract::DefaultBodyLimit;
@@ -62,10 +62,12 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     timed
         .merge(streaming)
         .fallback(health::not_found)
+        .method_not_allowed_fallback(health::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             health::observe,
         ))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(axum::Extension(BodyLimit(limit)))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

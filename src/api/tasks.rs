@@ -2,10 +2,11 @@
 
 use super::auth::Principal;
 use super::error::{ApiError, JsonBody};
+use super::error::{IdPath, Params};
 use super::state::AppState;
 use crate::domain::{Assignee, NewTask, Task, TaskId, TaskStatus};
 use crate::tasks::ListFilter;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
@@ -23,7 +24,7 @@ pub(super) async fn authorized_task(
     raw_id: &str,
 ) -> Result<Task, ApiError> {
     let task = state.tasks.get(&path_id(raw_id)?).await?;
-    who.check(&task.assigned_to)?;
+    who.check_task(&task)?;
     Ok(task)
 }
 
@@ -48,7 +49,7 @@ pub(super) async fn create(
 pub(super) async fn get_one(
     State(state): State<AppState>,
     who: Principal,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<Task>, ApiError> {
     Ok(Json(authorized_task(&state, &who, &id).await?))
 }
@@ -84,7 +85,7 @@ fn parse_limit(raw: Option<&str>, state: &AppState) -> Result<usize, ApiError> {
 pub(super) async fn list(
     State(state): State<AppState>,
     who: Principal,
-    Query(q): Query<ListQuery>,
+    Params(q): Params<ListQuery>,
 ) -> Result<Json<Vec<Task>>, ApiError> {
     let assignee = parse_assignee(q.assigned_to.as_deref())?;
     if let Some(a) = &assignee {
@@ -111,7 +112,7 @@ pub(super) async fn list(
 pub(super) async fn pending(
     State(state): State<AppState>,
     who: Principal,
-    Query(q): Query<ListQuery>,
+    Params(q): Params<ListQuery>,
 ) -> Result<Json<Vec<Task>>, ApiError> {
     let limit = parse_limit(q.limit.as_deref(), &state)?;
     let assignee = match parse_assignee(q.assigned_to.as_deref())? {

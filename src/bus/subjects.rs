@@ -17,8 +17,12 @@ pub const STATE_BUCKET: &str = "tasks";
 pub const STATE_STREAM: &str = "KV_tasks";
 /// KV bucket mapping idempotency keys to task ids.
 pub const IDEMPOTENCY_BUCKET: &str = "task_idempotency";
+/// Limits stream holding tasks that used up their attempts (dead letters).
+pub const DEAD_STREAM: &str = "TASKS_DEAD";
 /// Every task subject.
 pub const ALL_TASKS: &str = "tasks.>";
+/// Every dead-letter subject.
+pub const ALL_DEAD: &str = "dead.>";
 /// Every event subject.
 pub const ALL_EVENTS: &str = "events.>";
 
@@ -67,6 +71,46 @@ pub fn event(assignee: &Assignee, task: &TaskId, kind: EventKind) -> String {
 /// Every event of one task.
 pub fn task_events(task: &TaskId) -> String {
     format!("events.*.{task}.>")
+}
+
+/// The durable pull consumer shared by every worker replica of `assignee` at `priority`.
+pub fn worker_consumer(assignee: &Assignee, priority: Priority) -> String {
+    format!("worker_{assignee}_{}", priority.token())
+}
+
+/// Every queue subject of one assignee (a worker's doorbell: any publish wakes it up).
+pub fn assignee_tasks(assignee: &Assignee) -> String {
+    format!("tasks.{assignee}.>")
+}
+
+/// Wakes idle workers of `assignee` (core NATS, outside every stream), e.g. after a hand-back.
+pub fn wake(assignee: &Assignee) -> String {
+    format!("wake.{assignee}")
+}
+
+/// Requests to the worker running a task (stdin writes), answered by that worker.
+pub fn control(assignee: &Assignee, task: &TaskId, verb: &str) -> String {
+    format!("control.{assignee}.{task}.{verb}")
+}
+
+/// Every control request for `assignee`'s running tasks.
+pub fn assignee_control(assignee: &Assignee) -> String {
+    format!("control.{assignee}.>")
+}
+
+/// Every `cancelled` event of one assignee (workers stop the process at once).
+pub fn assignee_cancellations(assignee: &Assignee) -> String {
+    format!("events.{assignee}.*.cancelled")
+}
+
+/// The dead-letter subject of one task.
+pub fn dead(assignee: &Assignee, task: &TaskId) -> String {
+    format!("dead.{assignee}.{task}")
+}
+
+/// Every dead letter of one assignee, or of all when `None`.
+pub fn dead_filter(assignee: Option<&Assignee>) -> String {
+    format!("dead.{}.*", assignee.map_or("*", Assignee::as_str))
 }
 
 /// Every event of one assignee.
@@ -120,6 +164,19 @@ mod tests {
         ] {
             assert_eq!(parse_task(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn worker_subjects_are_scoped_to_one_assignee() {
+        let id = TaskId::parse("T1").unwrap();
+        assert_eq!(worker_consumer(&anna(), Priority::P1), "worker_anna_p1");
+        assert_eq!(assignee_tasks(&anna()), "tasks.anna.>");
+        assert_eq!(wake(&anna()), "wake.anna");
+        assert_eq!(control(&anna(), &id, "input"), "control.anna.T1.input");
+        assert_eq!(assignee_control(&anna()), "control.anna.>");
+        assert_eq!(assignee_cancellations(&anna()), "events.anna.*.cancelled");
+        assert_eq!(dead(&anna(), &id), "dead.anna.T1");
+        assert_eq!(dead_filter(None), "dead.*.*");
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub struct TopologyConfig {
     pub events_max_age: Duration,
     /// How long idempotency keys are remembered.
     pub idempotency_ttl: Duration,
+    /// How long dead letters are kept.
+    pub dead_letter_max_age: Duration,
     /// Largest message the streams accept, in bytes.
     pub max_msg_size: i32,
 }
@@ -23,6 +25,7 @@ impl Default for TopologyConfig {
             replicas: 1,
             events_max_age: Duration::from_secs(7 * 24 * 3600),
             idempotency_ttl: Duration::from_secs(7 * 24 * 3600),
+            dead_letter_max_age: Duration::from_secs(30 * 24 * 3600),
             max_msg_size: 2 * 1024 * 1024,
         }
     }
@@ -35,6 +38,8 @@ pub struct Topology {
     pub tasks: stream::Stream,
     /// Task events (limits retention, max age).
     pub events: stream::Stream,
+    /// Tasks that used up their attempts (limits retention, max age).
+    pub dead: stream::Stream,
     /// Current state of every task.
     pub state: kv::Store,
     /// Idempotency key → task id.
@@ -79,6 +84,22 @@ impl Topology {
             },
         )
         .await?;
+        let dead = ensure_stream(
+            js,
+            stream::Config {
+                name: subjects::DEAD_STREAM.into(),
+                description: Some("taskfleet: tasks that used up their attempts".into()),
+                subjects: vec![subjects::ALL_DEAD.into()],
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                num_replicas: cfg.replicas,
+                max_age: cfg.dead_letter_max_age,
+                allow_direct: true,
+                max_message_size: cfg.max_msg_size,
+                ..Default::default()
+            },
+        )
+        .await?;
         let state = ensure_bucket(
             js,
             kv::Config {
@@ -108,6 +129,7 @@ impl Topology {
         Ok(Self {
             tasks,
             events,
+            dead,
             state,
             idempotency,
         })

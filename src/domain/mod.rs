@@ -5,6 +5,7 @@
 
 mod event;
 mod names;
+pub mod payload;
 mod task;
 
 pub use event::{EventKind, LogEntry, TaskEvent};

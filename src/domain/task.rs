@@ -245,6 +245,8 @@ impl NewTask {
                 return Err("payload must be a JSON object".into());
             }
         }
+        let empty = Value::Object(Default::default());
+        super::payload::validate(self.kind, self.payload.as_ref().unwrap_or(&empty))?;
         if self.steps.len() > limits::STEPS {
             return Err(format!("at most {} steps", limits::STEPS));
         }

@@ -33,7 +33,8 @@ impl TaskService {
         }
         let id = match new.idempotency_key.as_deref() {
             None => TaskId::generate(),
-            Some(key) => match self.reserve(key).await? {
+            // Keys are namespaced by assignee: a key scoped to anna can never reach trump's task.
+            Some(key) => match self.reserve(&format!("{}\n{key}", new.assigned_to)).await? {
                 Reserved::Fresh(id) => id,
                 Reserved::Existing(id) => match self.load(&id).await? {
                     Some(task) => {

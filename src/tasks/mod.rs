@@ -6,13 +6,16 @@
 //! - the pending list, read straight from the queue stream, in `queue.rs`;
 //! - listing, logs and live event feeds in `history.rs`.
 
+mod claim;
 mod create;
 mod history;
 mod queue;
 mod transitions;
 
+pub use claim::ClaimOutcome;
 pub use create::Created;
 pub use history::ListFilter;
+pub use queue::QueuedMessage;
 
 use crate::bus::{decode, encode, message_headers, subjects, Bus, BusError, NatsResultExt};
 use crate::domain::{EventKind, Task, TaskEvent, TaskId};

@@ -67,12 +67,39 @@ impl<'a> QueueWalk<'a> {
     }
 }
 
+/// A message of the queue stream, however it was read (direct get or pulled by a worker).
+#[derive(Debug, Clone, Copy)]
+pub struct QueuedMessage<'a> {
+    /// Its subject (`tasks.<assignee>.<prio>[.<kind>]`).
+    pub subject: &'a str,
+    /// Its headers.
+    pub headers: Option<&'a async_nats::HeaderMap>,
+    /// The create request.
+    pub payload: &'a [u8],
+    /// Stream sequence.
+    pub seq: u64,
+    /// When it was published, in nanoseconds since the epoch.
+    pub published_ns: i128,
+}
+
+impl<'a> From<&'a StreamMessage> for QueuedMessage<'a> {
+    fn from(m: &'a StreamMessage) -> Self {
+        Self {
+            subject: m.subject.as_str(),
+            headers: Some(&m.headers),
+            payload: &m.payload,
+            seq: m.sequence,
+            published_ns: m.time.unix_timestamp_nanos(),
+        }
+    }
+}
+
 /// Reads a queue message: the body is a create request; fields it omits come from the subject.
-pub(crate) fn decode_queued(msg: &StreamMessage) -> Result<(TaskId, NewTask), String> {
-    let (assignee, priority, kind) = subjects::parse_task(msg.subject.as_str())
+pub(crate) fn decode_queued(msg: QueuedMessage<'_>) -> Result<(TaskId, NewTask), String> {
+    let (assignee, priority, kind) = subjects::parse_task(msg.subject)
         .ok_or_else(|| format!("subject {} is not a task subject", msg.subject))?;
     let mut body: serde_json::Value =
-        serde_json::from_slice(&msg.payload).map_err(|e| format!("body is not JSON: {e}"))?;
+        serde_json::from_slice(msg.payload).map_err(|e| format!("body is not JSON: {e}"))?;
     let obj = body.as_object_mut().ok_or("body is not a JSON object")?;
     obj.entry("assigned_to").or_insert(assignee.as_str().into());
     obj.entry("priority").or_insert(priority.as_str().into());
@@ -81,12 +108,12 @@ pub(crate) fn decode_queued(msg: &StreamMessage) -> Result<(TaskId, NewTask), St
     new.validate()?;
     let header_id = msg
         .headers
-        .get(async_nats::header::NATS_MESSAGE_ID)
+        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
         .and_then(|v| TaskId::parse(v.as_str()).ok());
     let id = new.id.clone().or(header_id).unwrap_or_else(|| {
         // Deterministic, so every reader derives the same id for the same message.
-        let ms = (msg.time.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
-        TaskId::parse(&ulid::Ulid::from_parts(ms, msg.sequence as u128).to_string())
+        let ms = (msg.published_ns / 1_000_000).max(0) as u64;
+        TaskId::parse(&ulid::Ulid::from_parts(ms, msg.seq as u128).to_string())
             .expect("a ULID is a valid task id")
     });
     Ok((id, new))
@@ -118,7 +145,7 @@ impl TaskService {
                     break;
                 }
                 let tasks: Vec<Option<Task>> = futures::stream::iter(batch)
-                    .map(|m| async move { self.task_for_message(&m).await })
+                    .map(|m| async move { self.task_for_message((&m).into()).await })
                     .buffered(32)
                     .try_collect()
                     .await?;
@@ -137,12 +164,17 @@ impl TaskService {
     /// it to NATS directly. `None` for messages that are not valid tasks.
     pub(crate) async fn task_for_message(
         &self,
-        msg: &StreamMessage,
+        msg: QueuedMessage<'_>,
     ) -> Result<Option<Task>, TaskError> {
         let (id, new) = match decode_queued(msg) {
             Ok(v) => v,
             Err(why) => {
-                tracing::warn!(seq = msg.sequence, subject = %msg.subject, why, "skipping invalid task message");
+                tracing::warn!(
+                    seq = msg.seq,
+                    subject = msg.subject,
+                    why,
+                    "skipping invalid task message"
+                );
                 return Ok(None);
             }
         };
@@ -150,9 +182,8 @@ impl TaskService {
             return Ok(Some(t));
         }
         let mut task = Task::from_new(id.clone(), new);
-        task.queue_seq = Some(msg.sequence);
-        let published =
-            chrono::DateTime::from_timestamp_nanos(msg.time.unix_timestamp_nanos() as i64);
+        task.queue_seq = Some(msg.seq);
+        let published = chrono::DateTime::from_timestamp_nanos(msg.published_ns as i64);
         task.created_time = published;
         task.updated_time = published;
         if self.record_new(&mut task, "nats").await? {

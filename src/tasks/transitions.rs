@@ -88,6 +88,7 @@ impl TaskService {
         result: Option<Value>,
         fence: Option<&str>,
         operator: &str,
+        detail: Value,
     ) -> Result<Task, TaskError> {
         let (before, after) = self
             .change(id, |t| {
@@ -106,8 +107,15 @@ impl TaskService {
             })
             .await?;
         let message = after.result.as_ref().map(summary);
-        self.finished(&before, &after, EventKind::Completed, operator, message)
-            .await;
+        self.finished(
+            &before,
+            &after,
+            EventKind::Completed,
+            operator,
+            message,
+            detail,
+        )
+        .await;
         Ok(after)
     }
 
@@ -119,6 +127,7 @@ impl TaskService {
         error: String,
         fence: Option<&str>,
         operator: &str,
+        detail: Value,
     ) -> Result<Task, TaskError> {
         let (before, after) = self
             .change(id, |t| {
@@ -132,8 +141,15 @@ impl TaskService {
                 Ok(n)
             })
             .await?;
-        self.finished(&before, &after, EventKind::Failed, operator, Some(error))
-            .await;
+        self.finished(
+            &before,
+            &after,
+            EventKind::Failed,
+            operator,
+            Some(error),
+            detail,
+        )
+        .await;
         Ok(after)
     }
 
@@ -158,8 +174,15 @@ impl TaskService {
             })
             .await?;
         self.dequeue(before.queue_seq).await;
-        self.finished(&before, &after, EventKind::Cancelled, operator, reason)
-            .await;
+        self.finished(
+            &before,
+            &after,
+            EventKind::Cancelled,
+            operator,
+            reason,
+            Value::Null,
+        )
+        .await;
         Ok(after)
     }
 
@@ -235,10 +258,21 @@ impl TaskService {
         kind: EventKind,
         operator: &str,
         message: Option<String>,
+        detail: Value,
     ) {
         let mut event = transition_event(Some(before), after, kind, operator, message);
+        let mut data = match detail {
+            Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
         if let (Some(start), Some(end)) = (before.started_time, after.finished_time) {
-            event.data = serde_json::json!({ "duration_ms": (end - start).num_milliseconds() });
+            data.insert(
+                "duration_ms".into(),
+                (end - start).num_milliseconds().into(),
+            );
+        }
+        if !data.is_empty() {
+            event.data = Value::Object(data);
         }
         self.emit(&event).await;
         self.metrics

@@ -1,0 +1,240 @@
+//! What workers do to tasks: claim a queue message (taking over a task whose holder died),
+//! give up after `max_attempts` (dead letter), and hand a task back on shutdown.
+
+use super::queue::{decode_queued, QueuedMessage};
+use super::{transition_event, TaskError, TaskService};
+use crate::bus::{encode, message_headers, subjects, NatsResultExt};
+use crate::domain::{now, EventKind, Lease, Task, TaskStatus};
+use crate::metrics::task_labels;
+
+/// What a worker should do with a message it pulled.
+#[derive(Debug, Clone)]
+pub enum ClaimOutcome {
+    /// Run it: the task is `running` under this worker's lease.
+    Run(Task),
+    /// Nothing to run (finished, cancelled, claimed over the API, or not a valid task): ack it.
+    Skip(String),
+    /// The attempts are used up: the task is now `failed` and dead-lettered; ack it.
+    GaveUp(Task),
+}
+
+enum Claimed {
+    Started,
+    TookOver { previous: String },
+    GaveUp,
+}
+
+impl TaskService {
+    /// Claims the task a pulled queue message stands for. `redelivered` is true when JetStream
+    /// delivered this message before (the previous holder stopped acknowledging it).
+    #[tracing::instrument(skip_all, fields(worker = worker, seq = msg.seq))]
+    pub async fn claim_for_worker(
+        &self,
+        msg: QueuedMessage<'_>,
+        worker: &str,
+        redelivered: bool,
+    ) -> Result<ClaimOutcome, TaskError> {
+        let id = match decode_queued(msg) {
+            Ok((id, _)) => id,
+            Err(why) => return Ok(ClaimOutcome::Skip(format!("not a valid task: {why}"))),
+        };
+        if self.task_for_message(msg).await?.is_none() {
+            return Ok(ClaimOutcome::Skip("not a valid task".into()));
+        }
+        let mut what = Claimed::Started;
+        let changed = self
+            .change(&id, |t| {
+                let mut n = t.clone();
+                match t.status {
+                    TaskStatus::Pending => what = Claimed::Started,
+                    TaskStatus::Running if redelivered => {
+                        let previous = t
+                            .lease
+                            .as_ref()
+                            .map(|l| l.holder.clone())
+                            .unwrap_or_default();
+                        if t.attempt >= t.max_attempts {
+                            what = Claimed::GaveUp;
+                            n.status = TaskStatus::Failed;
+                            n.error = Some(format!(
+                                "gave up after {} attempts: {previous} stopped renewing its lease",
+                                t.attempt
+                            ));
+                            n.finished_time = Some(now());
+                            n.lease = None;
+                            return Ok(n);
+                        }
+                        what = Claimed::TookOver { previous };
+                    }
+                    other => {
+                        return Err(TaskError::IllegalTransition(format!(
+                            "task is {other}, not pending"
+                        )))
+                    }
+                }
+                n.status = TaskStatus::Running;
+                n.attempt += 1;
+                n.lease = Some(Lease::new(worker, n.attempt));
+                n.started_time = Some(now());
+                n.queue_seq = None;
+                n.result = None;
+                n.error = None;
+                Ok(n)
+            })
+            .await;
+        let (before, after) = match changed {
+            Ok(pair) => pair,
+            Err(TaskError::IllegalTransition(why)) => return Ok(ClaimOutcome::Skip(why)),
+            Err(e) => return Err(e),
+        };
+        match what {
+            Claimed::GaveUp => {
+                let message = after.error.clone();
+                let e = transition_event(Some(&before), &after, EventKind::Failed, worker, message);
+                self.emit(&e).await;
+                self.dead_letter(&after).await?;
+                Ok(ClaimOutcome::GaveUp(after))
+            }
+            Claimed::TookOver { previous } => {
+                let mut retried = transition_event(
+                    Some(&before),
+                    &after,
+                    EventKind::Retried,
+                    worker,
+                    Some(format!(
+                        "lease of {previous} expired; attempt {} of {} on {worker}",
+                        after.attempt, after.max_attempts
+                    )),
+                );
+                retried.old_status = Some(TaskStatus::Running);
+                retried.new_status = Some(TaskStatus::Pending);
+                self.emit(&retried).await;
+                self.started(&before, &after, worker).await;
+                Ok(ClaimOutcome::Run(after))
+            }
+            Claimed::Started => {
+                self.started(&before, &after, worker).await;
+                Ok(ClaimOutcome::Run(after))
+            }
+        }
+    }
+
+    async fn started(&self, before: &Task, after: &Task, worker: &str) {
+        let mut e = transition_event(Some(before), after, EventKind::Started, worker, None);
+        e.old_status = Some(TaskStatus::Pending);
+        e.data = serde_json::json!({ "worker": worker, "attempt": after.attempt });
+        self.emit(&e).await;
+        self.metrics
+            .tasks_started
+            .get_or_create(&task_labels(after))
+            .inc();
+    }
+
+    /// Copies a task that used up its attempts to the dead-letter stream.
+    async fn dead_letter(&self, task: &Task) -> Result<(), TaskError> {
+        self.bus
+            .js
+            .publish_with_headers(
+                subjects::dead(&task.assigned_to, &task.id),
+                message_headers(&format!("dead-{}-{}", task.id, task.attempt)),
+                encode(task),
+            )
+            .await
+            .op("publish dead letter")?
+            .await
+            .op("publish dead letter ack")?;
+        Ok(())
+    }
+
+    /// Puts a running task back to `pending` (the worker is shutting down and will nak the
+    /// message so another replica starts it at once). Only the lease `token` may do this.
+    pub async fn hand_back(
+        &self,
+        task: &Task,
+        token: &str,
+        worker: &str,
+        seq: u64,
+    ) -> Result<Task, TaskError> {
+        let (before, after) = self
+            .change(&task.id, |t| {
+                if t.status != TaskStatus::Running
+                    || t.lease.as_ref().map(|l| l.token.as_str()) != Some(token)
+                {
+                    return Err(TaskError::StaleLease(format!(
+                        "task {} is no longer held by {worker}",
+                        t.id
+                    )));
+                }
+                let mut n = t.clone();
+                n.status = TaskStatus::Pending;
+                n.lease = None;
+                n.started_time = None;
+                n.queue_seq = Some(seq);
+                Ok(n)
+            })
+            .await?;
+        let e = transition_event(
+            Some(&before),
+            &after,
+            EventKind::Retried,
+            worker,
+            Some(format!("handed back by {worker}, which is shutting down")),
+        );
+        self.emit(&e).await;
+        Ok(after)
+    }
+
+    /// Whether `token` still holds the running task (checked on every lease renewal).
+    pub async fn holds(&self, task: &Task, token: &str) -> Result<bool, TaskError> {
+        let t = self.get(&task.id).await?;
+        Ok(t.status == TaskStatus::Running && t.lease.is_some_and(|l| l.token == token))
+    }
+
+    /// Records a non-transition event (output, step, heartbeat…) for a task.
+    pub async fn record(
+        &self,
+        task: &Task,
+        kind: EventKind,
+        operator: &str,
+        message: Option<String>,
+        data: serde_json::Value,
+    ) {
+        let mut e = crate::domain::TaskEvent::new(&task.id, &task.assigned_to, kind, operator);
+        e.attempt = task.attempt;
+        e.message = message;
+        e.data = data;
+        self.emit(&e).await;
+    }
+
+    /// Dead letters, oldest first: tasks that used up their attempts.
+    pub async fn dead_letters(
+        &self,
+        assignee: Option<&crate::domain::Assignee>,
+        limit: usize,
+    ) -> Result<Vec<Task>, TaskError> {
+        let stream = &self.bus.topology.dead;
+        let filter = subjects::dead_filter(assignee);
+        let mut out = Vec::new();
+        let mut seq = 1;
+        while out.len() < limit {
+            match stream
+                .direct_get_next_for_subject(filter.clone(), Some(seq))
+                .await
+            {
+                Ok(m) => {
+                    seq = m.sequence + 1;
+                    if let Ok(t) = crate::bus::decode::<Task>("dead letter", &m.payload) {
+                        out.push(t);
+                    }
+                }
+                Err(e)
+                    if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound =>
+                {
+                    break
+                }
+                Err(e) => return Err(crate::bus::BusError::from_op("direct get", e).into()),
+            }
+        }
+        Ok(out)
+    }
+}
