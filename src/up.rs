@@ -111,26 +111,109 @@ async fn run_services(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (key, source) = ensure_api_key(cfg, &opts.data_dir)?;
+    let mut cfg = cfg.clone();
+    if cfg.fleet.task_token_secret.is_none() {
+        cfg.fleet.task_token_secret =
+            Some(ensure_secret(&opts.data_dir.join("task-token-secret"))?);
+    }
     let addr = opts.api_addr.unwrap_or(cfg.api.addr);
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the API to {addr} (is another taskfleet running?)"))?;
+    let api_addr = listener.local_addr()?;
     eprintln!(
         "creating streams and buckets on {} …",
         crate::bus::redact_url(url)
     );
-    let bus = serve::connect(cfg, url, "taskfleet-up").await?;
-    let client = bus.client.clone();
-    let state = serve::api_state(cfg, bus, Some(&key), shutdown.clone())?;
+    let bus = serve::connect(&cfg, url, "taskfleet-up").await?;
+    let state = serve::api_state(&cfg, bus.clone(), Some(&key), shutdown.clone())?;
     let router = api::router(state, Duration::from_secs(cfg.api.request_timeout_s));
-    print_banner(listener.local_addr()?, url, local, &source);
-    let served = api::serve(listener, router, shutdown).await;
+
+    // Every subsystem stops when the signal comes or when any of them fails.
+    let stop = shutdown.child_token();
+    let mut set = tokio::task::JoinSet::new();
+    let token = stop.clone();
+    set.spawn(async move {
+        let r = api::serve(listener, router, token).await;
+        ("api".to_string(), r.map_err(anyhow::Error::from))
+    });
+    let api_url = cfg
+        .worker
+        .api_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{api_addr}"));
+    for assignee in &cfg.fleet.assignees {
+        let opts = crate::worker::WorkerOptions {
+            assignee: assignee.clone(),
+            concurrency: cfg.worker.concurrency,
+            worker_id: crate::worker::default_worker_id(assignee),
+            api_url: api_url.clone(),
+            task_token_secret: cfg.fleet.task_token_secret.clone(),
+            settings: cfg.worker.clone(),
+        };
+        let (bus, token, name) = (bus.clone(), stop.clone(), format!("worker {assignee}"));
+        set.spawn(async move {
+            let r = crate::worker::run(bus, opts, token).await;
+            (name, r.map_err(anyhow::Error::from))
+        });
+    }
+    print_banner(api_addr, url, local, &source, &cfg.fleet.assignees);
+    let mut first_error = None;
+    while let Some(joined) = set.join_next().await {
+        let (name, result) = joined.unwrap_or_else(|e| ("a subsystem".into(), Err(e.into())));
+        match result {
+            Ok(()) if !stop.is_cancelled() => {
+                tracing::warn!(subsystem = name, "stopped unexpectedly; stopping the fleet");
+                stop.cancel();
+            }
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(subsystem = name, error.cause_chain = ?e, "failed; stopping the fleet");
+                first_error.get_or_insert(e.context(format!("{name} failed")));
+                stop.cancel();
+            }
+        }
+    }
     eprintln!("shutting down: draining the NATS connection …");
-    let _ = client.drain().await;
-    served.context("serving the API")
+    let _ = bus.client.drain().await;
+    first_error.map_or(Ok(()), Err)
 }
 
-fn print_banner(api: SocketAddr, nats: &str, local: Option<&LocalNats>, source: &KeySource) {
+/// A random secret kept in `path` (mode 0600), created on first use.
+fn ensure_secret(path: &Path) -> anyhow::Result<SecretString> {
+    if let Ok(s) = std::fs::read_to_string(path) {
+        if s.trim().len() >= 32 {
+            return Ok(SecretString::from(s.trim().to_string()));
+        }
+    }
+    let secret = format!(
+        "{:032x}{:032x}",
+        rand::random::<u128>(),
+        rand::random::<u128>()
+    );
+    write_private(path, &secret)?;
+    Ok(SecretString::from(secret))
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(f, "{text}")?;
+    Ok(())
+}
+
+fn print_banner(
+    api: SocketAddr,
+    nats: &str,
+    local: Option<&LocalNats>,
+    source: &KeySource,
+    workers: &[crate::domain::Assignee],
+) {
     let api_url = format!("http://{api}");
     let key_line = match source {
         KeySource::Configured => "from TASKFLEET_API_KEY / config".to_string(),
@@ -158,6 +241,12 @@ fn print_banner(api: SocketAddr, nats: &str, local: Option<&LocalNats>, source: 
     println!("  API:     {api_url}");
     println!("  NATS:    {nats_line}");
     println!("  API key: {key_line}");
+    if workers.is_empty() {
+        println!("  workers: none (list assignees in [fleet] assignees of a --config file)");
+    } else {
+        let names: Vec<&str> = workers.iter().map(|a| a.as_str()).collect();
+        println!("  workers: {}", names.join(", "));
+    }
     println!(
         "  try:     curl -H \"X-Bot-Key: $TASKFLEET_API_KEY\" \"{api_url}/api/tasks/pending?assigned_to=anna\""
     );

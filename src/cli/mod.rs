@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
 
 /// taskfleet: a task fleet for multi-container AI-bot deployments, on NATS JetStream.
 #[derive(Debug, Parser)]
@@ -27,6 +28,8 @@ pub enum Command {
     Up(UpArgs),
     /// Serve the API alone against an existing NATS.
     Api(ApiArgs),
+    /// Pull an assignee's tasks in strict priority order and run them.
+    Worker(WorkerArgs),
     /// Create, inspect and change tasks over the API.
     Task(Box<task::TaskArgs>),
 }
@@ -59,36 +62,28 @@ pub struct ApiArgs {
     pub nats_url: Option<String>,
 }
 
+/// Flags of `taskfleet worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Whose tasks to run, e.g. anna.
+    #[arg(long, env = "TASKFLEET_ASSIGNEE")]
+    pub assignee: String,
+    /// Tasks run at once [default: worker.concurrency, 4].
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// NATS server or cluster [default: nats://127.0.0.1:4222].
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+}
+
 /// Runs a parsed command line and returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
+    let config = cli.config;
     let outcome = match cli.command {
         Command::Task(args) => return task::run(*args).await,
-        Command::Up(args) => {
-            serve_command(cli.config, |cfg, token| async move {
-                let opts = crate::up::UpOptions {
-                    data_dir: args.data_dir,
-                    api_addr: args.api_addr,
-                    nats_url: args.nats_url,
-                    nats_config: args.nats_config,
-                };
-                crate::up::run(cfg, opts, token).await
-            })
-            .await
-        }
-        Command::Api(args) => {
-            serve_command(cli.config, |cfg, token| async move {
-                let url = args
-                    .nats_url
-                    .or(cfg.nats.url.clone())
-                    .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
-                let addr = args.api_addr.unwrap_or(cfg.api.addr);
-                let listener = tokio::net::TcpListener::bind(addr).await?;
-                tracing::info!(addr = %listener.local_addr()?, "API listening");
-                let key = cfg.api.admin_key.clone();
-                crate::serve::run_api(&cfg, &url, listener, key.as_ref(), token).await
-            })
-            .await
-        }
+        Command::Up(args) => serve_command(config, |cfg, t| up(cfg, args, t)).await,
+        Command::Api(args) => serve_command(config, |cfg, t| api(cfg, args, t)).await,
+        Command::Worker(args) => serve_command(config, |cfg, t| worker(cfg, args, t)).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,10 +94,65 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+fn nats_url(flag: Option<String>, cfg: &Config) -> String {
+    flag.or(cfg.nats.url.clone())
+        .unwrap_or_else(|| "nats://127.0.0.1:4222".into())
+}
+
+async fn up(cfg: Config, args: UpArgs, token: CancellationToken) -> anyhow::Result<()> {
+    let opts = crate::up::UpOptions {
+        data_dir: args.data_dir,
+        api_addr: args.api_addr,
+        nats_url: args.nats_url,
+        nats_config: args.nats_config,
+    };
+    crate::up::run(cfg, opts, token).await
+}
+
+async fn api(cfg: Config, args: ApiArgs, token: CancellationToken) -> anyhow::Result<()> {
+    let url = nats_url(args.nats_url, &cfg);
+    let key = cfg.api.admin_key.clone();
+    if key.is_none() && cfg.api.keys.is_empty() {
+        anyhow::bail!(
+            "no API key configured: set TASKFLEET_API_KEY or add [[api.keys]] to the config"
+        );
+    }
+    let addr = args.api_addr.unwrap_or(cfg.api.addr);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "API listening");
+    crate::serve::run_api(&cfg, &url, listener, key.as_ref(), token).await
+}
+
+async fn worker(cfg: Config, args: WorkerArgs, token: CancellationToken) -> anyhow::Result<()> {
+    let url = nats_url(args.nats_url, &cfg);
+    let assignee = crate::domain::Assignee::parse(&args.assignee)?;
+    let name = crate::worker::default_worker_id(&assignee);
+    let bus = crate::serve::connect(&cfg, &url, &name).await?;
+    if cfg.fleet.task_token_secret.is_none() {
+        tracing::warn!("no fleet.task_token_secret: running tasks get no TASKFLEET_TASK_TOKEN");
+    }
+    let opts = crate::worker::WorkerOptions {
+        assignee,
+        concurrency: args.concurrency.unwrap_or(cfg.worker.concurrency),
+        worker_id: name,
+        api_url: cfg
+            .worker
+            .api_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", cfg.api.addr)),
+        task_token_secret: cfg.fleet.task_token_secret.clone(),
+        settings: cfg.worker.clone(),
+    };
+    let client = bus.client.clone();
+    let result = crate::worker::run(bus, opts, token).await;
+    let _ = client.drain().await;
+    Ok(result?)
+}
+
 /// Loads config, installs telemetry and a signal token, runs `f`, flushes telemetry.
 async fn serve_command<F, Fut>(config: Option<PathBuf>, f: F) -> anyhow::Result<()>
 where
-    F: FnOnce(Config, tokio_util::sync::CancellationToken) -> Fut,
+    F: FnOnce(Config, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let cfg = Config::load(config.as_deref())?;

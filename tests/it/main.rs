@@ -9,3 +9,4 @@ mod api_tasks;
 mod cli;
 mod durability;
 mod transitions;
+mod workers;

@@ -5,11 +5,13 @@ use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
 use serde_json::{json, Value};
 use taskfleet::client::ApiClient;
-use taskfleet::config::{ApiKeyConfig, Config};
+use taskfleet::config::{ApiKeyConfig, Config, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 /// The admin key of every test app.
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+/// The secret API and workers share for task-scoped tokens.
+pub const TASK_TOKEN_SECRET: &str = "test-task-token-secret-0123456789abcdef";
 /// A key scoped to `anna`.
 pub const ANNA_KEY: &str = "test-anna-key-0123456789";
 
@@ -35,6 +37,7 @@ pub fn test_config(nats_url: &str) -> Config {
     cfg.nats.url = Some(nats_url.to_string());
     cfg.nats.connect_timeout_s = 10;
     cfg.api.admin_key = Some(SecretString::from(ADMIN_KEY));
+    cfg.fleet.task_token_secret = Some(SecretString::from(TASK_TOKEN_SECRET));
     cfg.api.keys = vec![ApiKeyConfig {
         name: "anna-bot".into(),
         key: Some(SecretString::from(ANNA_KEY)),
@@ -123,6 +126,70 @@ impl TestApp {
 }
 
 impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// A worker running inside the test process.
+pub struct TestWorker {
+    token: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<Result<(), taskfleet::worker::WorkerError>>>,
+}
+
+impl TestApp {
+    /// Starts an in-process worker for `assignee` with `settings` (see `worker_settings`).
+    pub async fn worker(
+        &self,
+        assignee: &str,
+        concurrency: usize,
+        settings: WorkerConfig,
+    ) -> TestWorker {
+        let cfg = test_config(&self.nats.url());
+        let bus = taskfleet::serve::connect(&cfg, &self.nats.url(), "test-worker")
+            .await
+            .expect("worker connects");
+        let assignee = taskfleet::domain::Assignee::parse(assignee).unwrap();
+        let opts = taskfleet::worker::WorkerOptions {
+            worker_id: taskfleet::worker::default_worker_id(&assignee),
+            assignee,
+            concurrency,
+            api_url: self.url.clone(),
+            task_token_secret: cfg.fleet.task_token_secret.clone(),
+            settings,
+        };
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(taskfleet::worker::run(bus, opts, token.clone()));
+        TestWorker {
+            token,
+            handle: Some(handle),
+        }
+    }
+}
+
+/// Worker settings for tests: short waits so failures show quickly.
+pub fn worker_settings() -> WorkerConfig {
+    WorkerConfig {
+        ack_wait_s: 5,
+        shutdown_grace_s: 2,
+        idle_poll_ms: 200,
+        output_interval_ms: 50,
+        kill_grace_s: 1,
+        ..WorkerConfig::default()
+    }
+}
+
+impl TestWorker {
+    /// Asks the worker to stop (as on SIGTERM) and waits for it.
+    pub async fn stop(mut self) {
+        self.token.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.expect("worker task").expect("worker ran");
+        }
+    }
+}
+
+impl Drop for TestWorker {
     fn drop(&mut self) {
         self.token.cancel();
     }

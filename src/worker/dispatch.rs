@@ -1,0 +1,129 @@
+//! Pulling in strict priority order without prefetching.
+//!
+//! Each free slot asks the P0 consumer for one message (no wait), then P1, then P2, so the oldest
+//! P0 always goes first and nothing is pulled ahead of a free slot. When every priority is empty
+//! the worker sleeps on a doorbell: a core-NATS subscription to the assignee's queue subjects (any
+//! publish rings it) plus `wake.<assignee>` (hand-backs), with `idle_poll` as a fallback for
+//! redeliveries.
+
+use super::WorkerError;
+use crate::bus::{subjects, Bus, NatsResultExt};
+use crate::domain::{Assignee, Priority};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::Message;
+use futures::{FutureExt, StreamExt};
+use std::time::Duration;
+
+/// The three durable consumers of one assignee and the doorbell.
+pub(super) struct Queue {
+    consumers: Vec<(Priority, PullConsumer)>,
+    doorbell: futures::stream::SelectAll<async_nats::Subscriber>,
+    idle_poll: Duration,
+    weights: Option<[u32; 3]>,
+    served: [u64; 3],
+}
+
+impl Queue {
+    /// Creates (or joins) the assignee's consumers; every replica shares them.
+    pub(super) async fn open(
+        bus: &Bus,
+        assignee: &Assignee,
+        ack_wait: Duration,
+        idle_poll: Duration,
+        weights: Option<[u32; 3]>,
+    ) -> Result<Self, WorkerError> {
+        let mut consumers = Vec::new();
+        for priority in Priority::ALL {
+            let name = subjects::worker_consumer(assignee, priority);
+            let config = pull::Config {
+                durable_name: Some(name.clone()),
+                description: Some(format!("taskfleet workers of {assignee}, {priority}")),
+                filter_subject: subjects::worker_filter(assignee, priority),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait,
+                max_deliver: -1,
+                max_ack_pending: 10_000,
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            };
+            let consumer = bus
+                .topology
+                .tasks
+                .create_consumer(config)
+                .await
+                .op("create worker consumer")?;
+            consumers.push((priority, consumer));
+        }
+        let mut doorbell = futures::stream::SelectAll::new();
+        doorbell.push(
+            bus.client
+                .subscribe(subjects::assignee_tasks(assignee))
+                .await
+                .op("subscribe doorbell")?,
+        );
+        doorbell.push(
+            bus.client
+                .subscribe(subjects::wake(assignee))
+                .await
+                .op("subscribe wake")?,
+        );
+        Ok(Self {
+            consumers,
+            doorbell,
+            idle_poll,
+            weights,
+            served: [0; 3],
+        })
+    }
+
+    /// Priorities in the order this pull should try them.
+    fn order(&self) -> [usize; 3] {
+        let mut order = [0, 1, 2];
+        if let Some(w) = self.weights {
+            // Most under-served first, relative to its weight (P0 wins ties).
+            order.sort_by_key(|&i| {
+                if w[i] == 0 {
+                    u64::MAX
+                } else {
+                    self.served[i] * 1_000 / u64::from(w[i])
+                }
+            });
+        }
+        order
+    }
+
+    /// The next message, waiting (without pulling ahead) while every priority is empty.
+    pub(super) async fn next(&mut self) -> Result<Message, WorkerError> {
+        loop {
+            // Rings from before this check are covered by the check itself.
+            while let Some(Some(_)) = self.doorbell.next().now_or_never() {}
+            for i in self.order() {
+                if let Some(msg) = fetch_one(&self.consumers[i].1).await? {
+                    self.served[i] += 1;
+                    return Ok(msg);
+                }
+            }
+            tokio::select! {
+                _ = self.doorbell.next() => {}
+                _ = tokio::time::sleep(self.idle_poll) => {}
+            }
+        }
+    }
+}
+
+async fn fetch_one(consumer: &PullConsumer) -> Result<Option<Message>, WorkerError> {
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1)
+        .messages()
+        .await
+        .op("pull task")?;
+    match batch.next().await {
+        Some(Ok(m)) => Ok(Some(m)),
+        Some(Err(e)) => Err(WorkerError::Bus(crate::bus::BusError::Op {
+            op: "pull task",
+            source: e,
+        })),
+        None => Ok(None),
+    }
+}

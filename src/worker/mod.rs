@@ -1,0 +1,175 @@
+//! Workers: `taskfleet worker --assignee NAME` pulls the assignee's worker-run tasks (`exec`,
+//! `agent`, `hook`, `noop`) in strict priority order and runs them.
+//!
+//! - `dispatch.rs`: the three durable consumers (one per priority, shared by every replica) and
+//!   the strict-priority, no-prefetch pull with a doorbell for idle waits;
+//! - `run.rs`: one message from claim to ack: lease renewal, fenced finish, hand-back;
+//! - `kinds.rs`: what each kind does; `process.rs` + `output.rs`: child processes;
+//! - `control.rs`: cancellations and stdin writes reaching the running task.
+
+mod control;
+mod dispatch;
+mod kinds;
+pub mod output;
+pub mod process;
+mod run;
+
+use crate::bus::{Bus, BusError};
+use crate::config::WorkerConfig;
+use crate::domain::{Assignee, Task};
+use crate::tasks::{TaskError, TaskService};
+use secrecy::{ExposeSecret, SecretString};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A worker could not start or keep pulling.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// NATS failed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// A task operation failed.
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+
+/// Who this worker is and what it runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Whose tasks it pulls.
+    pub assignee: Assignee,
+    /// Tasks run at once.
+    pub concurrency: usize,
+    /// Shown as the lease holder and the events' operator.
+    pub worker_id: String,
+    /// Handed to running tasks as `TASKFLEET_API_URL`.
+    pub api_url: String,
+    /// Signs the task-scoped tokens handed to running tasks.
+    pub task_token_secret: Option<SecretString>,
+    /// Timings, limits, agents.
+    pub settings: WorkerConfig,
+}
+
+/// A readable, unique worker id: `<host>-<pid>-<random>`.
+pub fn default_worker_id(assignee: &Assignee) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!(
+        "{assignee}@{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+/// What every task handler shares.
+#[derive(Debug)]
+struct Ctx {
+    tasks: TaskService,
+    settings: WorkerConfig,
+    worker_id: String,
+    api_url: String,
+    token_secret: Option<SecretString>,
+    running: control::Running,
+    ack_wait: Duration,
+    http: reqwest::Client,
+}
+
+impl Ctx {
+    fn task_token(&self, task: &Task) -> Option<String> {
+        self.token_secret
+            .as_ref()
+            .map(|s| crate::token::mint(s.expose_secret().as_bytes(), &task.id, task.attempt))
+    }
+}
+
+/// Pulls and runs tasks until `shutdown`; then stops pulling, lets running tasks finish within
+/// the grace period, and hands the rest back so another replica starts them at once.
+pub async fn run(
+    bus: Bus,
+    opts: WorkerOptions,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let s = &opts.settings;
+    let ack_wait = Duration::from_secs(s.ack_wait_s);
+    let mut queue = dispatch::Queue::open(
+        &bus,
+        &opts.assignee,
+        ack_wait,
+        Duration::from_millis(s.idle_poll_ms),
+        s.weights,
+    )
+    .await?;
+    let ctx = Arc::new(Ctx {
+        tasks: TaskService::new(bus.clone(), Arc::new(crate::metrics::Metrics::default())),
+        settings: opts.settings.clone(),
+        worker_id: opts.worker_id.clone(),
+        api_url: opts.api_url.clone(),
+        token_secret: opts.task_token_secret.clone(),
+        running: control::Running::default(),
+        ack_wait,
+        http: reqwest::Client::new(),
+    });
+    let listening = CancellationToken::new();
+    let listener = tokio::spawn(control::listen(
+        bus.clone(),
+        opts.assignee.clone(),
+        ctx.running.clone(),
+        listening.clone(),
+    ));
+    tracing::info!(assignee = %opts.assignee, worker = %opts.worker_id, concurrency = opts.concurrency, "worker pulling");
+
+    let slots = Arc::new(Semaphore::new(opts.concurrency));
+    let tracker = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = shutdown.cancelled() => break,
+        };
+        let msg = tokio::select! {
+            m = queue.next() => m,
+            _ = shutdown.cancelled() => break,
+        };
+        match msg {
+            Ok(msg) => {
+                let ctx = ctx.clone();
+                tracker.spawn(async move {
+                    run::handle(ctx, msg).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error.message = %e, "pull failed; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    tracker.close();
+    let running = ctx.running.len();
+    if running > 0 {
+        tracing::info!(
+            running,
+            grace_s = s.shutdown_grace_s,
+            "stopping: waiting for running tasks"
+        );
+    }
+    if tokio::time::timeout(Duration::from_secs(s.shutdown_grace_s), tracker.wait())
+        .await
+        .is_err()
+    {
+        let left = ctx.running.all();
+        tracing::info!(tasks = left.len(), "grace period over: handing tasks back");
+        for h in left {
+            h.stop(control::StopReason::HandBack);
+        }
+        tracker.wait().await;
+    }
+    listening.cancel();
+    let _ = listener.await;
+    Ok(())
+}

@@ -1,0 +1,752 @@
+//! The child-process runner behind `exec` and `agent` tasks.
+//!
+//! [`run`] starts one program from an argv (never through a shell: callers that take a
+//! `command` string wrap it in `sh -c` themselves) and drives it to the end:
+//!
+//! - the child leads its own process group (a new session under a pseudo-terminal), and every
+//!   kill signals the whole group, so grandchildren go too; a parent-death signal (Linux) kills
+//!   the child if this process dies first;
+//! - stdout and stderr are read concurrently into a [`TailBuffer`](super::output::TailBuffer)
+//!   each, and streamed as [`OutputChunk`]s, coalesced per [`ProcessSpec::chunk_interval`];
+//!   a slow consumer never blocks the child (see [`run`]);
+//! - cancellation and timeouts send SIGTERM to the group, then SIGKILL after
+//!   [`ProcessSpec::kill_grace`]; processes left in the group after the program exits get the
+//!   same treatment, so nothing of the group outlives [`run`].
+
+use super::output::Coalescer;
+pub use super::output::{OutputChunk, Stream};
+use std::io;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc::{Receiver, Sender};
+use tokio::time::{interval, sleep_until, Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+/// Default for [`ProcessSpec::output_cap`]: 1 MiB of tail per stream.
+pub const DEFAULT_OUTPUT_CAP: usize = 1024 * 1024;
+/// Default for [`ProcessSpec::chunk_interval`].
+pub const DEFAULT_CHUNK_INTERVAL: Duration = Duration::from_millis(250);
+/// Default for [`ProcessSpec::kill_grace`].
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// How often the group is checked for survivors once the program has exited.
+const GROUP_POLL: Duration = Duration::from_millis(20);
+/// How long output is still read once no process of the group is left (a process that left the
+/// group, e.g. a daemon, may hold the pipe open for ever).
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
+/// How long the group may take to vanish after SIGKILL before [`run`] gives up waiting.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How long the last chunks may wait for room in the output channel.
+const FINAL_FLUSH_WAIT: Duration = Duration::from_millis(500);
+/// Bytes read from a pipe at a time.
+const READ_BUF: usize = 16 * 1024;
+
+/// What to run and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessSpec {
+    /// The program (`argv[0]`, looked up in `PATH`) and its arguments. Never run through a shell.
+    pub argv: Vec<String>,
+    /// Working directory; `None` keeps ours.
+    pub cwd: Option<PathBuf>,
+    /// Variables added to (or replacing in) the inherited environment.
+    pub env: Vec<(String, String)>,
+    /// Wall-clock limit; `None` means none.
+    pub timeout: Option<Duration>,
+    /// Time between SIGTERM and SIGKILL to the process group.
+    pub kill_grace: Duration,
+    /// Run under a pseudo-terminal: the child sees a tty, stderr is merged into stdout.
+    pub pty: bool,
+    /// Bytes of tail kept per stream for [`ProcessOutcome`].
+    pub output_cap: usize,
+    /// Output is delivered at most this often (one chunk per stream per interval).
+    pub chunk_interval: Duration,
+}
+
+impl ProcessSpec {
+    /// A spec for `argv` with the defaults: no timeout, pipes, [`DEFAULT_KILL_GRACE`],
+    /// [`DEFAULT_OUTPUT_CAP`] and [`DEFAULT_CHUNK_INTERVAL`].
+    pub fn new<I, S>(argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            argv: argv.into_iter().map(Into::into).collect(),
+            cwd: None,
+            env: Vec::new(),
+            timeout: None,
+            kill_grace: DEFAULT_KILL_GRACE,
+            pty: false,
+            output_cap: DEFAULT_OUTPUT_CAP,
+            chunk_interval: DEFAULT_CHUNK_INTERVAL,
+        }
+    }
+}
+
+/// Input for the child's stdin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StdinInput {
+    /// Bytes to write.
+    Data(Vec<u8>),
+    /// End of input: closes the pipe (under a pty, sends the terminal's EOF character, ^D).
+    Eof,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessOutcome {
+    /// The child's process id, which is also its process group id.
+    pub pid: u32,
+    /// Exit code, if the program exited by itself.
+    pub exit_code: Option<i32>,
+    /// The signal that ended the program, if one did.
+    pub signal: Option<i32>,
+    /// It was killed because [`ProcessSpec::timeout`] passed.
+    pub timed_out: bool,
+    /// It was killed because the cancellation token fired.
+    pub cancelled: bool,
+    /// From spawn until every process of the group was gone and the output read.
+    pub duration: Duration,
+    /// The last [`ProcessSpec::output_cap`] bytes of stdout (lossy UTF-8, from a char boundary).
+    pub stdout_tail: String,
+    /// The last [`ProcessSpec::output_cap`] bytes of stderr (empty under a pty).
+    pub stderr_tail: String,
+    /// Bytes written to stdout in all.
+    pub stdout_bytes: u64,
+    /// Bytes written to stderr in all.
+    pub stderr_bytes: u64,
+}
+
+impl ProcessOutcome {
+    /// The program exited by itself with code 0.
+    pub fn success(&self) -> bool {
+        self.exit_code == Some(0) && !self.timed_out && !self.cancelled
+    }
+}
+
+/// The process could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// `argv` was empty.
+    #[error("nothing to run: argv is empty")]
+    EmptyArgv,
+    /// Starting the program failed (not found, not executable, bad `cwd`…).
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        /// `argv[0]`.
+        program: String,
+        /// Cause.
+        source: io::Error,
+    },
+    /// No pseudo-terminal could be set up.
+    #[error("cannot open a pseudo-terminal: {0}")]
+    Pty(#[source] io::Error),
+    /// Waiting for the program failed.
+    #[error("cannot wait for {program}: {source}")]
+    Wait {
+        /// `argv[0]`.
+        program: String,
+        /// Cause.
+        source: io::Error,
+    },
+}
+
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A started child and its ends of stdio.
+struct Spawned {
+    child: tokio::process::Child,
+    pgid: u32,
+    stdout: Reader,
+    stderr: Option<Reader>,
+    stdin: Writer,
+}
+
+/// Runs the process to the end and reports how it ended.
+///
+/// - **Output**: chunks go to `output`, at most one per stream per `chunk_interval`, each at
+///   most [`MAX_CHUNK_BYTES`](super::output::MAX_CHUNK_BYTES), cut after the last complete line
+///   when there is one. Sending never waits while the child runs: if the channel is full the
+///   chunk stays pending and keeps growing up to the cap, and what does not fit is counted in
+///   the next chunk's `dropped_bytes` (it still counts in the totals and the tails). At the end
+///   the last chunks wait at most 500 ms for room. A closed channel just discards chunks.
+/// - **Stdin**: `Data` is written as it comes. With pipes, stdin is closed on `Eof` *or when
+///   every sender is dropped* (drop the sender at once for "no input"). Under a pty, `Eof`
+///   sends ^D and dropping the senders leaves the terminal open.
+/// - **Stopping**: `cancel` (→ `cancelled`) or the timeout (→ `timed_out`) sends SIGTERM to the
+///   process group and SIGKILL after `kill_grace`. When the program exits by itself while other
+///   processes of its group still run, those get the same sequence. `run` returns once no live
+///   process of the group is left (zombies that only init can reap don't count).
+///
+/// Dropping the future kills the whole group with SIGKILL.
+pub async fn run(
+    spec: ProcessSpec,
+    output: Sender<OutputChunk>,
+    stdin: Receiver<StdinInput>,
+    cancel: CancellationToken,
+) -> Result<ProcessOutcome, ProcessError> {
+    let started = Instant::now();
+    let program = spec.argv.first().ok_or(ProcessError::EmptyArgv)?.clone();
+    let Spawned {
+        mut child,
+        pgid,
+        stdout: mut out_reader,
+        stderr,
+        stdin: stdin_writer,
+    } = spawn(&spec)?;
+    let mut guard = GroupGuard { pgid, armed: true };
+    tracing::debug!(pid = pgid, %program, pty = spec.pty, "child started");
+
+    let mut out = Coalescer::new(Stream::Stdout, spec.output_cap);
+    let mut err = Coalescer::new(Stream::Stderr, spec.output_cap);
+    let (mut out_eof, mut err_eof) = (false, stderr.is_none());
+    let mut err_reader: Reader = stderr.unwrap_or_else(|| Box::new(tokio::io::empty()));
+    let (mut out_buf, mut err_buf) = (vec![0u8; READ_BUF], vec![0u8; READ_BUF]);
+
+    let stdin_task = pump_stdin(stdin, stdin_writer, spec.pty);
+    tokio::pin!(stdin_task);
+    let mut stdin_done = false;
+
+    let mut ticker = interval(spec.chunk_interval.max(Duration::from_millis(1)));
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut poll = interval(GROUP_POLL);
+    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+    let deadline = spec.timeout.map(|t| started + t);
+    let mut status: Option<ExitStatus> = None;
+    let (mut timed_out, mut cancelled) = (false, false);
+    let mut kill_at: Option<Instant> = None;
+    let mut killed_at: Option<Instant> = None;
+    let mut group_gone = false;
+    let mut drain_until: Option<Instant> = None;
+
+    loop {
+        let drained = out_eof && err_eof;
+        if group_gone && (drained || drain_until.is_some_and(|d| Instant::now() >= d)) {
+            break;
+        }
+        if killed_at.is_some_and(|k| Instant::now() >= k + KILL_WAIT) {
+            tracing::warn!(
+                pid = pgid,
+                "process group still alive after SIGKILL; giving up"
+            );
+            break;
+        }
+        let stopping = status.is_some() || kill_at.is_some();
+        tokio::select! {
+            n = out_reader.read(&mut out_buf), if !out_eof => match n {
+                Ok(n) if n > 0 => out.push(&out_buf[..n]),
+                _ => out_eof = true, // EOF, or EIO once a pty has no slave left
+            },
+            n = err_reader.read(&mut err_buf), if !err_eof => match n {
+                Ok(n) if n > 0 => err.push(&err_buf[..n]),
+                _ => err_eof = true,
+            },
+            _ = ticker.tick() => {
+                out.flush(&output);
+                err.flush(&output);
+            }
+            () = &mut stdin_task, if !stdin_done => stdin_done = true,
+            st = child.wait(), if status.is_none() => {
+                status = Some(st.map_err(|source| ProcessError::Wait {
+                    program: program.clone(),
+                    source,
+                })?);
+                if group_alive(pgid) {
+                    if kill_at.is_none() {
+                        tracing::debug!(pid = pgid, "program exited; stopping the rest of its group");
+                        let _ = signal_group(pgid, libc::SIGTERM);
+                        kill_at = Some(Instant::now() + spec.kill_grace);
+                    }
+                } else {
+                    group_gone = true;
+                    drain_until = Some(Instant::now() + DRAIN_GRACE);
+                }
+            }
+            () = cancel.cancelled(), if !stopping => {
+                cancelled = true;
+                let _ = signal_group(pgid, libc::SIGTERM);
+                kill_at = Some(Instant::now() + spec.kill_grace);
+            }
+            () = sleep_opt(deadline), if !stopping => {
+                timed_out = true;
+                let _ = signal_group(pgid, libc::SIGTERM);
+                kill_at = Some(Instant::now() + spec.kill_grace);
+            }
+            () = sleep_opt(kill_at), if killed_at.is_none() && !group_gone => {
+                tracing::debug!(pid = pgid, "grace over; SIGKILL to the group");
+                let _ = signal_group(pgid, libc::SIGKILL);
+                killed_at = Some(Instant::now());
+            }
+            _ = poll.tick(), if status.is_some() && !group_gone => {
+                if !group_alive(pgid) {
+                    group_gone = true;
+                    drain_until = Some(Instant::now() + DRAIN_GRACE);
+                }
+            }
+            () = sleep_opt(drain_until), if !drained => {}
+        }
+    }
+    if group_gone {
+        guard.armed = false;
+    }
+
+    let flush_deadline = Instant::now() + FINAL_FLUSH_WAIT;
+    out.flush_final(&output, flush_deadline).await;
+    err.flush_final(&output, flush_deadline).await;
+    Ok(ProcessOutcome {
+        pid: pgid,
+        exit_code: status.and_then(|s| s.code()),
+        signal: status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)),
+        timed_out,
+        cancelled,
+        duration: started.elapsed(),
+        stdout_tail: out.tail().tail(),
+        stderr_tail: err.tail().tail(),
+        stdout_bytes: out.tail().total(),
+        stderr_bytes: err.tail().total(),
+    })
+}
+
+/// Starts the child: with pipes in a new process group, or on a new pty in a new session.
+fn spawn(spec: &ProcessSpec) -> Result<Spawned, ProcessError> {
+    let program = spec.argv[0].clone();
+    let spawn_err = |source| ProcessError::Spawn {
+        program: program.clone(),
+        source,
+    };
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&spec.argv[1..])
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .kill_on_drop(true);
+    if let Some(dir) = &spec.cwd {
+        cmd.current_dir(dir);
+    }
+    die_with_parent(&mut cmd);
+    let (child, stdout, stderr, stdin): (_, Reader, Option<Reader>, Writer) = if spec.pty {
+        let (pty, pts) = pty_process::open().map_err(|e| ProcessError::Pty(pty_io(e)))?;
+        pty.resize(pty_process::Size::new(24, 80))
+            .map_err(|e| ProcessError::Pty(pty_io(e)))?;
+        // setsid() in the child makes it the leader of a new session and process group.
+        let child = pty_process::Command::from(cmd)
+            .spawn(pts)
+            .map_err(|e| spawn_err(pty_io(e)))?;
+        let (read, write) = pty.into_split();
+        (child, Box::new(read), None, Box::new(write))
+    } else {
+        cmd.process_group(0)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        let (stdin, stdout, stderr) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let missing = || spawn_err(io::Error::other("child stdio was not captured"));
+        let stdin: Writer = Box::new(stdin.ok_or_else(missing)?);
+        let stdout: Reader = Box::new(stdout.ok_or_else(missing)?);
+        let stderr: Reader = Box::new(stderr.ok_or_else(missing)?);
+        (child, stdout, Some(stderr), stdin)
+    };
+    let pgid = child
+        .id()
+        .ok_or_else(|| spawn_err(io::Error::other("child has no pid")))?;
+    Ok(Spawned {
+        child,
+        pgid,
+        stdout,
+        stderr,
+        stdin,
+    })
+}
+
+fn pty_io(e: pty_process::Error) -> io::Error {
+    match e {
+        pty_process::Error::Io(e) => e,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// Feeds the child's stdin until `Eof` or until every sender is gone.
+async fn pump_stdin(mut rx: Receiver<StdinInput>, mut sink: Writer, pty: bool) {
+    let mut at_line_start = true;
+    while let Some(input) = rx.recv().await {
+        match input {
+            StdinInput::Data(data) if data.is_empty() => {}
+            StdinInput::Data(data) => {
+                if sink.write_all(&data).await.is_err() || sink.flush().await.is_err() {
+                    return;
+                }
+                at_line_start = data.ends_with(b"\n");
+            }
+            StdinInput::Eof if pty => {
+                // A pending partial line takes one ^D to be read, an empty line one more.
+                let eof: &[u8] = if at_line_start { b"\x04" } else { b"\x04\x04" };
+                let _ = sink.write_all(eof).await;
+                return;
+            }
+            StdinInput::Eof => return,
+        }
+    }
+    // Returning drops `sink`: closes the pipe (a pty's write half only shares the master).
+}
+
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGKILLs the group if [`run`] is dropped before the group is gone.
+struct GroupGuard {
+    pgid: u32,
+    armed: bool,
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = signal_group(self.pgid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Sends `sig` to every process of group `pgid` (0 only checks that the group exists).
+#[allow(unsafe_code)]
+fn signal_group(pgid: u32, sig: libc::c_int) -> io::Result<()> {
+    let pgid = libc::pid_t::try_from(pgid).map_err(io::Error::other)?;
+    if pgid <= 1 {
+        // kill(-1) would signal every process we may signal.
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: kill(2) only reads its two integer arguments; `-pgid` names the group we created.
+    let rc = unsafe { libc::kill(-pgid, sig) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether any process of group `pgid` is still alive (zombies don't count: orphans left to an
+/// init that does not reap would otherwise look alive for ever).
+fn group_alive(pgid: u32) -> bool {
+    if signal_group(pgid, 0).is_err() {
+        return false;
+    }
+    #[cfg(target_os = "linux")]
+    return live_members(pgid).map_or(true, |n| n > 0);
+    #[cfg(not(target_os = "linux"))]
+    true
+}
+
+/// Non-zombie processes of group `pgid`, from `/proc/*/stat`.
+#[cfg(target_os = "linux")]
+fn live_members(pgid: u32) -> io::Result<usize> {
+    let mut n = 0;
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue; // gone meanwhile
+        };
+        // "pid (comm) state ppid pgrp …"; comm may hold spaces and parentheses.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("Z");
+        let pgrp = fields.nth(1).and_then(|p| p.parse::<u32>().ok());
+        if pgrp == Some(pgid) && state != "Z" && state != "X" {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Asks Linux to SIGKILL the child when the thread that spawned it ends (on a tokio runtime, a
+/// worker thread, which lives as long as the runtime).
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut tokio::process::Command) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: the closure runs between fork and exec; prctl is async-signal-safe and touches no
+    // memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant as StdInstant;
+
+    fn sh(script: &str) -> ProcessSpec {
+        let mut spec = ProcessSpec::new(["sh", "-c", script]);
+        spec.chunk_interval = Duration::from_millis(50);
+        spec.kill_grace = Duration::from_millis(500);
+        spec
+    }
+
+    /// Runs `spec` with `input` queued on stdin (then the sender dropped) and collects every chunk.
+    async fn run_with(
+        spec: ProcessSpec,
+        input: Vec<StdinInput>,
+        cancel: CancellationToken,
+    ) -> (Result<ProcessOutcome, ProcessError>, Vec<OutputChunk>) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        let (in_tx, in_rx) = tokio::sync::mpsc::channel(16);
+        for item in input {
+            in_tx.send(item).await.unwrap();
+        }
+        drop(in_tx);
+        let collector = tokio::spawn(async move {
+            let mut chunks = Vec::new();
+            while let Some(c) = rx.recv().await {
+                chunks.push(c);
+            }
+            chunks
+        });
+        let result = run(spec, tx, in_rx, cancel).await;
+        (result, collector.await.unwrap())
+    }
+
+    async fn run_simple(spec: ProcessSpec) -> (ProcessOutcome, Vec<OutputChunk>) {
+        let (result, chunks) = run_with(spec, Vec::new(), CancellationToken::new()).await;
+        (result.expect("run"), chunks)
+    }
+
+    fn text_of(chunks: &[OutputChunk], stream: Stream) -> String {
+        chunks
+            .iter()
+            .filter(|c| c.stream == stream)
+            .map(|c| c.text.as_str())
+            .collect()
+    }
+
+    fn assert_group_gone(pgid: u32) {
+        assert!(
+            !group_alive(pgid),
+            "a process of group {pgid} is still alive"
+        );
+        assert_eq!(live_members(pgid).unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_successful_program_reports_exit_zero_and_its_stdout() {
+        let (outcome, chunks) = run_simple(ProcessSpec::new(["echo", "hello world"])).await;
+        assert!(outcome.success());
+        assert_eq!(outcome.exit_code, Some(0));
+        assert_eq!(outcome.signal, None);
+        assert_eq!(outcome.stdout_tail, "hello world\n");
+        assert_eq!(outcome.stdout_bytes, 12);
+        assert_eq!(text_of(&chunks, Stream::Stdout), "hello world\n");
+        assert_group_gone(outcome.pid);
+    }
+
+    #[tokio::test]
+    async fn a_failing_program_reports_its_exit_code_and_stderr_tail() {
+        let (outcome, chunks) = run_simple(sh("echo out; echo oops >&2; exit 3")).await;
+        assert_eq!(outcome.exit_code, Some(3));
+        assert!(!outcome.success());
+        assert_eq!(outcome.stderr_tail, "oops\n");
+        assert_eq!((outcome.stdout_bytes, outcome.stderr_bytes), (4, 5));
+        assert_eq!(text_of(&chunks, Stream::Stderr), "oops\n");
+    }
+
+    #[tokio::test]
+    async fn the_output_cap_keeps_the_tail_and_counts_every_byte() {
+        let mut spec = ProcessSpec::new(["seq", "1", "200000"]);
+        spec.output_cap = 1000;
+        let (outcome, chunks) = run_simple(spec).await;
+        let expected: u64 = (1..=200_000u64)
+            .map(|n| n.to_string().len() as u64 + 1)
+            .sum();
+        assert_eq!(outcome.stdout_bytes, expected);
+        assert!(outcome.stdout_tail.len() <= 1000);
+        assert!(outcome.stdout_tail.ends_with("199999\n200000\n"));
+        let sent: u64 = chunks.iter().map(|c| c.text.len() as u64).sum();
+        let dropped: u64 = chunks.iter().map(|c| c.dropped_bytes).sum();
+        assert_eq!(sent + dropped, expected);
+        assert!(chunks.iter().all(|c| c.text.len() <= MAX_CHUNK));
+    }
+    const MAX_CHUNK: usize = super::super::output::MAX_CHUNK_BYTES;
+
+    #[tokio::test]
+    async fn a_timeout_kills_the_program_within_timeout_and_grace() {
+        let mut spec = ProcessSpec::new(["sleep", "600"]);
+        spec.timeout = Some(Duration::from_millis(300));
+        spec.kill_grace = Duration::from_millis(500);
+        let t0 = StdInstant::now();
+        let (outcome, _) = run_simple(spec).await;
+        assert!(t0.elapsed() < Duration::from_millis(800 + 500));
+        assert!(outcome.timed_out && !outcome.cancelled);
+        assert_eq!(outcome.signal, Some(libc::SIGTERM));
+        assert_group_gone(outcome.pid);
+    }
+
+    #[tokio::test]
+    async fn cancelling_kills_the_whole_process_group_quickly() {
+        let cancel = CancellationToken::new();
+        let trigger = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            trigger.cancel();
+        });
+        let t0 = StdInstant::now();
+        let spec = sh("sleep 600 & sleep 600 & wait");
+        let (result, _) = run_with(spec, Vec::new(), cancel).await;
+        let outcome = result.unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        assert!(outcome.cancelled && !outcome.timed_out);
+        assert_group_gone(outcome.pid);
+    }
+
+    #[tokio::test]
+    async fn a_program_that_ignores_sigterm_is_sigkilled_after_the_grace() {
+        let mut spec = sh("trap '' TERM; sleep 600 & sleep 600");
+        spec.timeout = Some(Duration::from_millis(200));
+        spec.kill_grace = Duration::from_millis(400);
+        let t0 = StdInstant::now();
+        let (outcome, _) = run_simple(spec).await;
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_millis(600), "took {took:?}");
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        assert!(outcome.timed_out);
+        assert_eq!(outcome.signal, Some(libc::SIGKILL));
+        assert_group_gone(outcome.pid);
+    }
+
+    #[tokio::test]
+    async fn background_processes_left_by_a_finished_program_are_stopped() {
+        let (outcome, _) = run_simple(sh("sleep 600 & echo started")).await;
+        assert_eq!(outcome.exit_code, Some(0));
+        assert_eq!(outcome.stdout_tail, "started\n");
+        assert!(outcome.duration < Duration::from_secs(2));
+        assert_group_gone(outcome.pid);
+    }
+
+    #[tokio::test]
+    async fn stdin_data_reaches_the_program_and_eof_closes_it() {
+        let input = vec![
+            StdinInput::Data(b"line one\n".to_vec()),
+            StdinInput::Data(b"line two\n".to_vec()),
+            StdinInput::Eof,
+        ];
+        let mut spec = ProcessSpec::new(["cat"]);
+        spec.timeout = Some(Duration::from_secs(5));
+        let (result, _) = run_with(spec, input, CancellationToken::new()).await;
+        let outcome = result.unwrap();
+        assert!(outcome.success(), "{outcome:?}");
+        assert_eq!(outcome.stdout_tail, "line one\nline two\n");
+    }
+
+    #[tokio::test]
+    async fn env_and_cwd_are_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = sh("echo \"$TASKFLEET_TEST_VAR\"; pwd -P");
+        spec.env
+            .push(("TASKFLEET_TEST_VAR".into(), "from the spec".into()));
+        spec.cwd = Some(dir.path().to_path_buf());
+        let (outcome, _) = run_simple(spec).await;
+        let cwd = dir.path().canonicalize().unwrap();
+        assert_eq!(
+            outcome.stdout_tail,
+            format!("from the spec\n{}\n", cwd.display())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pty_run_sees_a_terminal_and_merges_stderr_into_stdout() {
+        let mut spec = sh("test -t 1 && echo tty; echo err >&2");
+        spec.pty = true;
+        spec.timeout = Some(Duration::from_secs(5));
+        let (outcome, chunks) = run_simple(spec).await;
+        assert_eq!(outcome.exit_code, Some(0), "{outcome:?}");
+        assert_eq!(outcome.stdout_tail, "tty\r\nerr\r\n");
+        assert_eq!(outcome.stderr_bytes, 0);
+        assert!(chunks.iter().all(|c| c.stream == Stream::Stdout));
+        assert_eq!(text_of(&chunks, Stream::Stdout), "tty\r\nerr\r\n");
+        assert_group_gone(outcome.pid);
+    }
+
+    #[tokio::test]
+    async fn a_pty_run_takes_stdin_and_eof() {
+        let mut spec = ProcessSpec::new(["head", "-c", "100"]);
+        spec.pty = true;
+        spec.timeout = Some(Duration::from_secs(5));
+        let input = vec![StdinInput::Data(b"typed".to_vec()), StdinInput::Eof];
+        let (result, _) = run_with(spec, input, CancellationToken::new()).await;
+        let outcome = result.unwrap();
+        assert!(outcome.success(), "{outcome:?}");
+        // The terminal echoes the input, then `head` prints it back.
+        assert!(outcome.stdout_tail.starts_with("typed"), "{outcome:?}");
+        assert!(outcome.stdout_tail.ends_with("typed"), "{outcome:?}");
+    }
+
+    #[tokio::test]
+    async fn many_quick_lines_arrive_in_few_chunks_that_add_up_to_the_output() {
+        let mut spec = ProcessSpec::new(["seq", "1", "1000"]);
+        spec.chunk_interval = Duration::from_millis(250);
+        let (outcome, chunks) = run_simple(spec).await;
+        let expected: String = (1..=1000).map(|n| format!("{n}\n")).collect();
+        assert!(chunks.len() < 10, "{} chunks", chunks.len());
+        assert_eq!(text_of(&chunks, Stream::Stdout), expected);
+        assert_eq!(outcome.stdout_tail, expected);
+        assert!(chunks.iter().all(|c| c.dropped_bytes == 0));
+        let mut line = 0;
+        for c in &chunks {
+            assert_eq!(c.first_line, line);
+            line += c.text.matches('\n').count() as u64;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_output_channel_does_not_block_the_program() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let (_in_tx, in_rx) = tokio::sync::mpsc::channel(1);
+        let mut spec = ProcessSpec::new(["seq", "1", "100000"]);
+        spec.chunk_interval = Duration::from_millis(5);
+        let t0 = StdInstant::now();
+        let outcome = run(spec, tx, in_rx, CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(3));
+        assert_eq!(outcome.exit_code, Some(0));
+        assert!(outcome.stdout_tail.ends_with("99999\n100000\n"));
+        assert!(rx.recv().await.unwrap().first_line == 0);
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_spawn_error_naming_it() {
+        let spec = ProcessSpec::new(["taskfleet-no-such-program"]);
+        let (result, _) = run_with(spec, Vec::new(), CancellationToken::new()).await;
+        match result {
+            Err(ProcessError::Spawn { program, source }) => {
+                assert_eq!(program, "taskfleet-no-such-program");
+                assert_eq!(source.kind(), io::ErrorKind::NotFound);
+            }
+            other => panic!("expected a spawn error, got {other:?}"),
+        }
+        let (result, _) = run_with(
+            ProcessSpec::new(Vec::<String>::new()),
+            Vec::new(),
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(matches!(result, Err(ProcessError::EmptyArgv)));
+    }
+}
