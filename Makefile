@@ -4,6 +4,7 @@
 #   make test [ARGS="filter ..."]  ensure nats-server, run all tests (nextest if present)
 #   make check                     rustfmt --check + clippy -D warnings
 #   make nats                      just ensure nats-server and print its path
+#   make bench-workers             worker latency/throughput figures (see docs/benchmarks.md)
 #
 # nats-server >= 2.11 comes from $NATS_SERVER_BIN, PATH, or is installed into
 # .tools/nats by scripts/ensure-nats.sh; its path is exported as NATS_SERVER_BIN.
@@ -25,10 +26,10 @@ export NATS_SERVER_BIN; \
 echo "==> using NATS_SERVER_BIN=$$NATS_SERVER_BIN ($$("$$NATS_SERVER_BIN" --version 2>&1))" >&2
 endef
 
-.PHONY: help run test check nats
+.PHONY: help run test check nats bench-workers
 
 help:
-	@sed -n '3,6p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,7p' Makefile | sed 's/^# \{0,1\}//'
 
 nats:
 	@$(ENSURE_NATS)
@@ -57,3 +58,9 @@ check:
 	$(CARGO) fmt --all -- --check; \
 	echo "==> cargo clippy --all-targets -- -D warnings (first build takes several minutes on 2 cores)…" >&2; \
 	$(CARGO) clippy --all-targets -- -D warnings
+
+bench-workers:
+	@$(with_nats); \
+	echo "==> building release binaries (several minutes on 2 cores the first time)…" >&2; \
+	$(CARGO) build --release --bin taskfleet --example bench; \
+	$(CARGO) run --release --quiet --example bench -- $(ARGS)

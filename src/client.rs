@@ -145,6 +145,31 @@ impl ApiClient {
             .await
     }
 
+    /// `GET /api/tasks/{id}/output?…`: captured output lines.
+    pub async fn output(&self, id: &str, query: &[(&str, String)]) -> Result<Value, ClientError> {
+        self.send(
+            self.request(Method::GET, &format!("/api/tasks/{id}/output"))
+                .query(query),
+        )
+        .await
+    }
+
+    /// `POST /api/tasks/{id}/input`: writes to the running process's stdin.
+    pub async fn input(&self, id: &str, data: &str, eof: bool) -> Result<Value, ClientError> {
+        let body = serde_json::json!({ "data": data, "eof": eof });
+        self.send(
+            self.request(Method::POST, &format!("/api/tasks/{id}/input"))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// `GET /api/dead-letters?…`: tasks that used up their attempts.
+    pub async fn dead_letters(&self, query: &[(&str, String)]) -> Result<Vec<Task>, ClientError> {
+        self.send(self.request(Method::GET, "/api/dead-letters").query(query))
+            .await
+    }
+
     /// `GET /api/tasks/{id}/events`: every event so far, then live ones.
     pub async fn watch(
         &self,

@@ -3,6 +3,7 @@
 //! - `tasks.rs`: create, get, list, pending;
 //! - `actions.rs`: start, complete, fail, cancel, retry;
 //! - `events.rs`: the task log and the live SSE feed;
+//! - `runs.rs`: output and stdin of running commands, dead letters;
 //! - `health.rs`: `/healthz`, `/metrics` and request timing;
 //! - `auth.rs`, `error.rs`, `state.rs`: keys, errors, shared state.
 
@@ -11,6 +12,7 @@ pub mod auth;
 mod error;
 mod events;
 mod health;
+mod runs;
 mod state;
 mod tasks;
 
@@ -52,6 +54,9 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             put(actions::retry).post(actions::retry),
         )
         .route("/api/tasks/{id}/logs", get(events::logs))
+        .route("/api/tasks/{id}/output", get(runs::output))
+        .route("/api/tasks/{id}/input", post(runs::input))
+        .route("/api/dead-letters", get(runs::dead_letters))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(health::metrics))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

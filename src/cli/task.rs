@@ -127,6 +127,33 @@ enum TaskCmd {
     Retry { id: String },
     /// The task log.
     Logs { id: String },
+    /// Captured output of a command task (the last lines, or from --offset).
+    Output {
+        id: String,
+        #[arg(long)]
+        offset: Option<usize>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Write to a running command's stdin.
+    Input {
+        id: String,
+        /// Text to write (add \n yourself, or use --line).
+        data: String,
+        /// Append a newline.
+        #[arg(long)]
+        line: bool,
+        /// Close stdin afterwards.
+        #[arg(long)]
+        eof: bool,
+    },
+    /// Tasks that used up their attempts.
+    Dead {
+        #[arg(long, short = 'a')]
+        assignee: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// Follow a task's events live until it finishes.
     Watch {
         id: String,
@@ -258,6 +285,69 @@ async fn execute(client: &ApiClient, args: &TaskArgs) -> Result<(), ClientError>
         }
         TaskCmd::Retry { id } => out.task(&client.action(id, "retry", None).await?),
         TaskCmd::Logs { id } => out.logs(&client.logs(id).await?),
+        TaskCmd::Output { id, offset, limit } => {
+            let q = query(&[
+                ("offset", offset.map(|o| o.to_string())),
+                ("limit", limit.map(|l| l.to_string())),
+            ]);
+            let page = client.output(id, &q).await?;
+            if out.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&page).unwrap_or_default()
+                );
+            } else {
+                for line in page["lines"].as_array().into_iter().flatten() {
+                    println!("{}", line.as_str().unwrap_or_default());
+                }
+            }
+        }
+        TaskCmd::Input {
+            id,
+            data,
+            line,
+            eof,
+        } => {
+            let text = if *line {
+                format!("{data}\n")
+            } else {
+                data.clone()
+            };
+            let answer = client.input(id, &text, *eof).await?;
+            if out.json {
+                println!("{answer}");
+            } else {
+                println!(
+                    "wrote {} bytes{}",
+                    text.len(),
+                    if *eof { " and closed stdin" } else { "" }
+                );
+            }
+        }
+        TaskCmd::Dead { assignee, limit } => {
+            let q = query(&[
+                ("assigned_to", assignee.clone()),
+                ("limit", limit.map(|l| l.to_string())),
+            ]);
+            let dead = client.dead_letters(&q).await?;
+            if out.json {
+                out.tasks(&dead);
+            } else {
+                for t in &dead {
+                    println!(
+                        "{}  {}  {}  attempts {}  {}",
+                        t.id,
+                        t.assigned_to,
+                        t.task_name,
+                        t.attempt,
+                        t.error.as_deref().unwrap_or("")
+                    );
+                }
+                if dead.is_empty() {
+                    println!("(no dead letters)");
+                }
+            }
+        }
         TaskCmd::Watch { id, follow } => {
             eprintln!("watching task {id} (Ctrl-C to stop) …");
             let events = client.watch(id).await?;
