@@ -237,3 +237,43 @@ async fn up_killed_with_sigkill_takes_its_nats_server_with_it() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn up_runs_a_worker_per_configured_assignee_and_exec_tasks_complete() {
+    // Arrange
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("fleet.toml");
+    std::fs::write(&config, "[fleet]\nassignees = [\"anna\", \"cc\"]\n").unwrap();
+    let api_port = free_port();
+    let mut cmd = up_command(data.path(), api_port, free_port());
+    cmd.arg("--config").arg(&config);
+    let mut child = cmd.spawn().unwrap();
+    wait_until_up(&mut child).await;
+    let key = std::fs::read_to_string(data.path().join("api-key")).unwrap();
+    let client = taskfleet::client::ApiClient::new(
+        &format!("http://127.0.0.1:{api_port}"),
+        Some(key.trim().to_string()),
+    );
+
+    // Act: the program reports on its own task with the token it was given.
+    let task = client
+        .create_task(&serde_json::json!({
+            "task_name": "hello", "assigned_to": "cc", "kind": "exec",
+            "payload": {"command": "curl -s -o /dev/null -w '%{http_code}' -H \"X-Bot-Key: $TASKFLEET_TASK_TOKEN\" \"$TASKFLEET_API_URL/api/tasks/$TASKFLEET_TASK_ID\""}
+        }))
+        .await
+        .unwrap();
+    let id = task.id.to_string();
+    let done = eventually("the exec task to finish", Duration::from_secs(30), || async {
+        let t = client.get_task(&id).await.ok()?;
+        t.status.is_terminal().then_some(t)
+    })
+    .await;
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(40), child.wait()).await;
+
+    // Assert
+    assert_eq!(done.status.as_str(), "completed", "{done:?}");
+    assert_eq!(done.result, Some(serde_json::json!("200")));
+    assert!(matches!(status, Ok(Ok(s)) if s.success()), "{status:?}");
+}
