@@ -1,5 +1,6 @@
 //! The command line. `main` parses [`Cli`] and calls [`run`], which dispatches to one function.
 
+mod output;
 mod task;
 
 use crate::config::Config;

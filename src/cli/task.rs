@@ -1,8 +1,9 @@
 //! `taskfleet task …`: the API from the shell. Tables by default, `--json` for scripts; errors
 //! print the server's message and exit non-zero.
 
+use super::output::Output;
 use crate::client::{ApiClient, ClientError};
-use crate::domain::{EventKind, LogEntry, Task};
+use crate::domain::EventKind;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -382,107 +383,4 @@ fn query(pairs: &[(&'static str, Option<String>)]) -> Vec<(&'static str, String)
         .iter()
         .filter_map(|(k, v)| v.clone().map(|v| (*k, v)))
         .collect()
-}
-
-struct Output {
-    json: bool,
-}
-
-impl Output {
-    fn task(&self, t: &Task) {
-        if self.json {
-            println!("{}", serde_json::to_string_pretty(t).unwrap_or_default());
-            return;
-        }
-        println!("id:          {}", t.id);
-        println!("name:        {}", t.task_name);
-        println!(
-            "assigned_to: {}   priority: {}   kind: {}",
-            t.assigned_to, t.priority, t.kind
-        );
-        println!(
-            "status:      {}   attempt: {}/{}",
-            t.status, t.attempt, t.max_attempts
-        );
-        if t.progress.total > 0 {
-            println!(
-                "progress:    {}/{} {}",
-                t.progress.done,
-                t.progress.total,
-                t.progress.current.as_deref().unwrap_or("")
-            );
-        }
-        if let Some(l) = &t.lease {
-            println!("lease:       {} (fencing token {})", l.holder, l.token);
-        }
-        if let Some(r) = &t.result {
-            println!(
-                "result:      {}",
-                r.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| r.to_string())
-            );
-        }
-        if let Some(e) = &t.error {
-            println!("error:       {e}");
-        }
-        println!(
-            "created:     {} by {}",
-            t.created_time.format("%Y-%m-%d %H:%M:%S"),
-            t.created_by.as_deref().unwrap_or("-")
-        );
-    }
-
-    fn tasks(&self, tasks: &[Task]) {
-        if self.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(tasks).unwrap_or_default()
-            );
-            return;
-        }
-        if tasks.is_empty() {
-            println!("(no tasks)");
-            return;
-        }
-        println!(
-            "{:<26}  {:<3} {:<9} {:<14} {:<6} {:<19} NAME",
-            "ID", "PRI", "STATUS", "ASSIGNEE", "KIND", "CREATED"
-        );
-        for t in tasks {
-            println!(
-                "{:<26}  {:<3} {:<9} {:<14} {:<6} {:<19} {}",
-                t.id.as_str(),
-                t.priority.as_str(),
-                t.status.as_str(),
-                t.assigned_to.as_str(),
-                t.kind.as_str(),
-                t.created_time.format("%Y-%m-%d %H:%M:%S").to_string(),
-                t.task_name
-            );
-        }
-    }
-
-    fn logs(&self, rows: &[LogEntry]) {
-        if self.json {
-            println!("{}", serde_json::to_string_pretty(rows).unwrap_or_default());
-            return;
-        }
-        let st = |s: Option<crate::domain::TaskStatus>| s.map(|s| s.as_str()).unwrap_or("-");
-        println!(
-            "{:<19}  {:<9} {:<9} {:<9} {:<12} MESSAGE",
-            "TIME", "ACTION", "FROM", "TO", "OPERATOR"
-        );
-        for r in rows {
-            println!(
-                "{:<19}  {:<9} {:<9} {:<9} {:<12} {}",
-                r.created_time.format("%Y-%m-%d %H:%M:%S").to_string(),
-                r.action,
-                st(r.old_status),
-                st(r.new_status),
-                r.operator,
-                r.message.as_deref().unwrap_or("")
-            );
-        }
-    }
 }
