@@ -13,6 +13,7 @@
 //! - [`up`] and [`natsd`]: `taskfleet up`, with its own nats-server child process.
 //! - [`client`]: the HTTP client used by the CLI and the integration tests.
 //! - [`cli`]: the command line (`main` only parses and dispatches).
+//! - [`relay`]: the relay's pure parts: webhook signing, chat messages, splitting, SSRF, retries.
 //! - [`worker`]: pulls an assignee's tasks in strict priority order and runs them.
 //! - [`token`]: task-scoped tokens handed to running tasks.
 //! - [`config`], [`telemetry`], [`metrics`], [`shutdown`]: the process plumbing.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod domain;
 pub mod metrics;
 pub mod natsd;
+pub mod relay;
 pub mod serve;
 pub mod shutdown;
 pub mod tasks;
