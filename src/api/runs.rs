@@ -53,15 +53,14 @@ pub(super) async fn output(
             "limit must be 1 to {MAX_LINES}"
         )));
     }
-    let mut text = String::new();
-    let mut dropped = 0;
-    for e in state.tasks.events(&task.id).await? {
-        if e.kind == EventKind::Output && e.attempt == task.attempt {
-            text.push_str(e.data["text"].as_str().unwrap_or_default());
-            dropped += e.data["dropped_bytes"].as_u64().unwrap_or(0);
-        }
-    }
-    let all: Vec<&str> = text.lines().collect();
+    let chunks = state
+        .tasks
+        .events(&task.id)
+        .await?
+        .into_iter()
+        .filter(|e| e.kind == EventKind::Output && e.attempt == task.attempt)
+        .map(|e| e.data);
+    let (all, dropped) = assemble_lines(chunks);
     let offset = q
         .offset
         .unwrap_or(all.len().saturating_sub(limit))
@@ -78,6 +77,55 @@ pub(super) async fn output(
         dropped_bytes: dropped,
         running: task.status == TaskStatus::Running,
     }))
+}
+
+/// Rebuilds output lines from `output` event chunks (`{stream, text, dropped_bytes}`), keeping
+/// stdout and stderr lines apart. A chunk's `dropped_bytes` were cut *after* its text (output came
+/// faster than the worker's cap): the line cut there is discarded, a
+/// `[… N bytes of stdout dropped …]` line stands in its place, and the stream's next chunk is read
+/// from its first whole line, so no line is shown that the command did not print.
+fn assemble_lines(chunks: impl Iterator<Item = Value>) -> (Vec<String>, u64) {
+    #[derive(Default)]
+    struct StreamState {
+        partial: String,
+        resume_mid_line: bool,
+    }
+    let mut lines = Vec::new();
+    let mut streams: std::collections::BTreeMap<String, StreamState> = Default::default();
+    let mut dropped_total = 0;
+    for c in chunks {
+        let stream = c["stream"].as_str().unwrap_or("stdout").to_string();
+        let mut text = c["text"].as_str().unwrap_or_default();
+        let dropped = c["dropped_bytes"].as_u64().unwrap_or(0);
+        let st = streams.entry(stream.clone()).or_default();
+        if st.resume_mid_line {
+            match text.split_once('\n') {
+                Some((_, rest)) => {
+                    text = rest;
+                    st.resume_mid_line = false;
+                }
+                None => text = "",
+            }
+        }
+        st.partial.push_str(text);
+        while let Some(pos) = st.partial.find('\n') {
+            let line: String = st.partial.drain(..=pos).collect();
+            lines.push(line.trim_end_matches(['\n', '\r']).to_string());
+        }
+        if dropped > 0 {
+            dropped_total += dropped;
+            st.partial.clear();
+            st.resume_mid_line = true;
+            lines.push(format!("[… {dropped} bytes of {stream} dropped …]"));
+        }
+    }
+    lines.extend(
+        streams
+            .into_values()
+            .filter(|s| !s.partial.is_empty())
+            .map(|s| s.partial),
+    );
+    (lines, dropped_total)
 }
 
 /// Body of `/input`.
@@ -172,4 +220,35 @@ pub(super) async fn dead_letters(
             .filter(|t| visible.as_ref().is_none_or(|v| v.contains(&t.assigned_to)))
             .collect(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::assemble_lines;
+    use serde_json::json;
+
+    #[test]
+    fn lines_are_rebuilt_per_stream_and_drops_never_glue_partial_lines() {
+        let chunks = vec![
+            json!({"stream": "stdout", "text": "a\nb\n12", "dropped_bytes": 0}),
+            json!({"stream": "stderr", "text": "warn\n", "dropped_bytes": 0}),
+            json!({"stream": "stdout", "text": "74\nc\nlin", "dropped_bytes": 500}),
+            json!({"stream": "stdout", "text": "e-77\nd\ne", "dropped_bytes": 0}),
+        ];
+        let (lines, dropped) = assemble_lines(chunks.into_iter());
+        assert_eq!(
+            lines,
+            [
+                "a",
+                "b",
+                "warn",
+                "1274",
+                "c",
+                "[… 500 bytes of stdout dropped …]",
+                "d",
+                "e"
+            ]
+        );
+        assert_eq!(dropped, 500);
+    }
 }

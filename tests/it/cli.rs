@@ -264,10 +264,14 @@ async fn up_runs_a_worker_per_configured_assignee_and_exec_tasks_complete() {
         .await
         .unwrap();
     let id = task.id.to_string();
-    let done = eventually("the exec task to finish", Duration::from_secs(30), || async {
-        let t = client.get_task(&id).await.ok()?;
-        t.status.is_terminal().then_some(t)
-    })
+    let done = eventually(
+        "the exec task to finish",
+        Duration::from_secs(30),
+        || async {
+            let t = client.get_task(&id).await.ok()?;
+            t.status.is_terminal().then_some(t)
+        },
+    )
     .await;
     unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
     let status = tokio::time::timeout(Duration::from_secs(40), child.wait()).await;

@@ -10,3 +10,6 @@ mod cli;
 mod durability;
 mod transitions;
 mod workers;
+mod workers_agents;
+mod workers_io;
+mod workers_process;

@@ -1,9 +1,10 @@
 //! Workers: pulling in priority order, running commands and agents, leases, cancellation.
 
 use crate::harness::app::worker_settings;
+use crate::harness::process::{processes_with, unique_sleep};
 use crate::harness::{eventually, TestApp};
 use serde_json::{json, Value};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use taskfleet::domain::Task;
 
 /// Creates a worker-run task and returns its id.
@@ -32,6 +33,39 @@ pub(crate) async fn finished(app: &TestApp, id: &str, limit: Duration) -> Task {
         t.status.is_terminal().then_some(t)
     })
     .await
+}
+
+/// Waits until the task is running and returns it.
+pub(crate) async fn running(app: &TestApp, id: &str) -> Task {
+    eventually(
+        &format!("task {id} to run"),
+        Duration::from_secs(15),
+        || async {
+            let t = app.admin.get_task(id).await.ok()?;
+            (t.status.as_str() == "running").then_some(t)
+        },
+    )
+    .await
+}
+
+/// Waits until the task's captured output has a line equal to `line`.
+pub(crate) async fn output_line(app: &TestApp, id: &str, line: &str) {
+    eventually(
+        &format!("task {id} to print {line:?}"),
+        Duration::from_secs(15),
+        || async {
+            let page = app.admin.output(id, &[]).await.ok()?;
+            let lines = page["lines"].as_array()?;
+            lines.iter().any(|l| l == line).then_some(())
+        },
+    )
+    .await
+}
+
+/// The task log's actions, in order.
+pub(crate) async fn actions(app: &TestApp, id: &str) -> Vec<String> {
+    let logs = app.admin.logs(id).await.expect("logs");
+    logs.into_iter().map(|l| l.action).collect()
 }
 
 #[tokio::test]
@@ -111,4 +145,172 @@ async fn a_stopping_worker_hands_its_running_task_back_and_another_replica_start
                 && l.message.as_deref().unwrap_or("").contains("handed back")),
         "{logs:?}"
     );
+}
+
+#[tokio::test]
+async fn a_single_slot_worker_runs_a_mixed_backlog_p0_first_then_p1_then_p2_oldest_first() {
+    // Arrange: the whole backlog is queued before any worker exists; kinds and priorities mix.
+    let app = TestApp::spawn().await;
+    let plan = [
+        ("P2", "noop"),
+        ("P1", "exec"),
+        ("P0", "noop"),
+        ("P2", "exec"),
+        ("P0", "exec"),
+        ("P1", "noop"),
+        ("P0", "noop"),
+        ("P2", "noop"),
+        ("P1", "exec"),
+    ];
+    let mut created = Vec::new();
+    for (i, (priority, kind)) in plan.into_iter().enumerate() {
+        let payload = match kind {
+            "exec" => json!({"argv": ["echo", format!("task {i}")]}),
+            _ => json!({}),
+        };
+        let id = create_kind(&app, "anna", priority, kind, payload).await;
+        created.push((priority, id));
+    }
+    let for_a_bot = app.create("claimed over the API", "anna", "P0").await;
+
+    // Act
+    let _worker = app.worker("anna", 1, worker_settings()).await;
+    let mut done = Vec::new();
+    for (_, id) in &created {
+        done.push(finished(&app, id, Duration::from_secs(20)).await);
+    }
+
+    // Assert
+    assert!(
+        done.iter().all(|t| t.status.as_str() == "completed"),
+        "{done:?}"
+    );
+    done.sort_by_key(|t| t.started_time.expect("started"));
+    let run_order: Vec<String> = done.iter().map(|t| t.id.to_string()).collect();
+    let mut expected = created.clone();
+    expected.sort_by_key(|(priority, _)| *priority); // stable: creation order within a priority
+    let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(run_order, expected);
+    let manual = app.admin.get_task(&for_a_bot).await.unwrap();
+    assert_eq!(
+        manual.status.as_str(),
+        "pending",
+        "workers leave manual tasks to bots"
+    );
+}
+
+#[tokio::test]
+async fn a_task_cancelled_while_pending_is_never_started() {
+    // Arrange: the only slot is busy until we write to the blocker's stdin.
+    let app = TestApp::spawn().await;
+    let _worker = app.worker("anna", 1, worker_settings()).await;
+    let blocker = create_kind(
+        &app,
+        "anna",
+        "P0",
+        "exec",
+        json!({"command": "echo ready; head -n 1"}),
+    )
+    .await;
+    output_line(&app, &blocker, "ready").await;
+    let doomed = create_kind(&app, "anna", "P1", "noop", json!({})).await;
+    let later = create_kind(&app, "anna", "P1", "noop", json!({})).await;
+
+    // Act
+    let cancelled = app
+        .admin
+        .action(&doomed, "cancel", Some(&json!({"reason": "not needed"})))
+        .await
+        .unwrap();
+    app.admin.input(&blocker, "go\n", false).await.unwrap();
+    let later = finished(&app, &later, Duration::from_secs(20)).await;
+
+    // Assert: the slot moved on past the cancelled task without starting it.
+    assert_eq!(cancelled.status.as_str(), "cancelled");
+    assert_eq!(later.status.as_str(), "completed");
+    let doomed_now = app.admin.get_task(&doomed).await.unwrap();
+    assert_eq!(doomed_now.status.as_str(), "cancelled");
+    assert_eq!(doomed_now.attempt, 0);
+    assert_eq!(doomed_now.started_time, None);
+    assert_eq!(actions(&app, &doomed).await, ["create", "cancel"]);
+}
+
+#[tokio::test]
+async fn cancelling_a_running_sleep_600_stops_it_within_2_s_and_leaves_no_process() {
+    // Arrange: the command leaves two sleeps in its process group.
+    let app = TestApp::spawn().await;
+    let _worker = app.worker("anna", 1, worker_settings()).await;
+    let marker = unique_sleep();
+    let id = create_kind(
+        &app,
+        "anna",
+        "P1",
+        "exec",
+        json!({"command": format!("sleep {marker} & sleep {marker}; echo never")}),
+    )
+    .await;
+    eventually("the sleeps to run", Duration::from_secs(15), || async {
+        (processes_with(&marker).len() >= 2).then_some(())
+    })
+    .await;
+
+    // Act
+    let asked = Instant::now();
+    let cancelled = app.admin.action(&id, "cancel", None).await.unwrap();
+    eventually(
+        "every process of the task to be gone",
+        Duration::from_secs(10),
+        || async { processes_with(&marker).is_empty().then_some(()) },
+    )
+    .await;
+    let took = asked.elapsed();
+    // The worker is done with it once its only slot runs something else.
+    let next = create_kind(&app, "anna", "P1", "noop", json!({})).await;
+    let next = finished(&app, &next, Duration::from_secs(10)).await;
+
+    // Assert
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_eq!(cancelled.status.as_str(), "cancelled");
+    assert_eq!(next.status.as_str(), "completed");
+    let task = app.admin.get_task(&id).await.unwrap();
+    assert_eq!(task.status.as_str(), "cancelled", "{task:?}");
+    let log = actions(&app, &id).await;
+    assert_eq!(log.last().map(String::as_str), Some("cancel"), "{log:?}");
+    assert!(
+        !log.iter().any(|a| a == "complete" || a == "fail"),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_command_over_its_timeout_fails_with_the_reason_and_leaves_no_process() {
+    // Arrange
+    let app = TestApp::spawn().await;
+    let _worker = app.worker("anna", 1, worker_settings()).await;
+    let marker = unique_sleep();
+
+    // Act
+    let id = create_kind(
+        &app,
+        "anna",
+        "P1",
+        "exec",
+        json!({"command": format!("sleep {marker}"), "timeout_s": 1}),
+    )
+    .await;
+    let task = finished(&app, &id, Duration::from_secs(15)).await;
+
+    // Assert: 1 s limit, then SIGTERM (1 s grace at most).
+    assert_eq!(task.status.as_str(), "failed", "{task:?}");
+    let error = task.error.clone().unwrap_or_default();
+    assert!(error.contains("timed out after 1 s"), "{error}");
+    let ran = (task.finished_time.unwrap() - task.started_time.unwrap())
+        .to_std()
+        .unwrap();
+    assert!(
+        ran >= Duration::from_secs(1) && ran < Duration::from_secs(3),
+        "ran {ran:?}"
+    );
+    assert_eq!(processes_with(&marker), Vec::<u32>::new());
+    assert_eq!(task.attempt, 1);
 }

@@ -1,7 +1,9 @@
 //! Test harness: a real nats-server per test, a real API on 127.0.0.1:0, and polling helpers.
 
 pub mod app;
+pub mod events;
 pub mod nats;
+pub mod process;
 pub mod wait;
 
 pub use app::TestApp;
