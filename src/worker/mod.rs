@@ -171,5 +171,7 @@ pub async fn run(
     }
     listening.cancel();
     let _ = listener.await;
+    // Acks and hand-backs must reach the server before the process may exit.
+    let _ = bus.client.flush().await;
     Ok(())
 }

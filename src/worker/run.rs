@@ -100,13 +100,16 @@ async fn run_claimed(ctx: &Ctx, msg: &Message, task: Task, seq: u64) {
             .await
         {
             Ok(_) => {
-                let _ = msg.ack_with(AckKind::Nak(None)).await;
-                let _ = ctx
-                    .tasks
-                    .bus()
-                    .client
+                // Confirmed by the server, so the message is redelivered now even if this
+                // process exits right after.
+                if let Err(e) = msg.double_ack_with(AckKind::Nak(None)).await {
+                    tracing::warn!(error.message = %e, "hand-back nak not confirmed");
+                }
+                let client = &ctx.tasks.bus().client;
+                let _ = client
                     .publish(subjects::wake(&task.assigned_to), "".into())
                     .await;
+                let _ = client.flush().await;
                 tracing::info!("handed back for another replica");
             }
             Err(e) => tracing::warn!(error.message = %e, "hand-back refused"),
