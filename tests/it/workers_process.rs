@@ -303,7 +303,6 @@ async fn sigterm_makes_a_worker_process_hand_its_task_back_and_the_other_starts_
 }
 
 #[tokio::test]
-#[ignore = "bug: PR_SET_PDEATHSIG reaches only the direct child; kill -9 of a worker leaves grandchildren running"]
 async fn after_kill_9_of_a_worker_nothing_of_its_command_keeps_running() {
     // Arrange: `sh -c` forks the sleep (a grandchild of the worker), as most commands do.
     let app = TestApp::spawn().await;

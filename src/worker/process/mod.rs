@@ -318,8 +318,19 @@ fn spawn(spec: &ProcessSpec) -> Result<Spawned, ProcessError> {
         program: program.clone(),
         source,
     };
-    let mut cmd = tokio::process::Command::new(&program);
-    cmd.args(&spec.argv[1..])
+    let path = spec
+        .env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| std::ffi::OsString::from(v))
+        .or_else(|| std::env::var_os("PATH"));
+    resolve_program(&program, path.as_deref(), spec.cwd.as_deref()).map_err(spawn_err)?;
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(guard_script(spec.kill_grace))
+        .arg("taskfleet-task")
+        .args(&spec.argv)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .kill_on_drop(true);
     if let Some(dir) = &spec.cwd {
@@ -472,8 +483,54 @@ fn live_members(pgid: u32) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Asks Linux to SIGKILL the child when the thread that spawned it ends (on a tokio runtime, a
-/// worker thread, which lives as long as the runtime).
+/// The shell every program runs under (`sh -c GUARD taskfleet-task argv…`). It runs the program
+/// in the background of the same process group with the original stdin, waits for it and exits
+/// with its status. On SIGTERM — sent by the worker to the group, or by Linux when the worker
+/// dies (parent-death signal) — it stops the whole group, grandchildren included: SIGTERM, then
+/// SIGKILL as soon as the program is gone or after the grace. So a `kill -9` of the worker
+/// leaves nothing of the task running.
+fn guard_script(grace: Duration) -> String {
+    let grace = format!("{:.1}", grace.as_secs_f64().max(0.1));
+    // `trap : TERM` first: the guard's own copy of `kill -TERM 0` must not re-enter the trap,
+    // and (unlike an ignored signal) a caught one is reset to default in the children.
+    // A program that died by a signal is re-raised on the guard, so the worker sees the signal.
+    // The guard's own stderr (job reports like "Terminated") goes to /dev/null; the program
+    // keeps the real one (fd 4 while the guard runs).
+    format!(
+        "exec 3<&0 4>&2 2>/dev/null; \
+         reraise() {{ if [ \"$1\" -gt 128 ]; then trap - TERM; kill -$(($1-128)) $$; fi; exit \"$1\"; }}; \
+         trap 'trap : TERM; kill -TERM 0; (sleep {grace}; kill -KILL 0) & k=$!; wait $c; st=$?; kill $k 2>/dev/null; reraise $st' TERM; \
+         \"$@\" <&3 3<&- 2>&4 4>&- & c=$!; exec 3<&- 4>&-; wait $c; reraise $?"
+    )
+}
+
+/// Checks that `program` exists and is executable (the guard shell would otherwise start and
+/// fail with 127), searching `path` for bare names like a shell does.
+fn resolve_program(
+    program: &str,
+    path: Option<&std::ffi::OsStr>,
+    cwd: Option<&std::path::Path>,
+) -> io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let not_found = || io::Error::new(io::ErrorKind::NotFound, "program not found");
+    if program.contains('/') {
+        let p = match cwd {
+            Some(dir) if !program.starts_with('/') => dir.join(program),
+            _ => PathBuf::from(program),
+        };
+        return executable(&p).then_some(p).ok_or_else(not_found);
+    }
+    std::env::split_paths(path.unwrap_or_default())
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
+        .ok_or_else(not_found)
+}
+
+/// Asks Linux to send SIGTERM to the guard shell when the thread that spawned it ends (on a tokio
+/// runtime, a worker thread, which lives as long as the runtime); the guard then stops the group.
 #[allow(unsafe_code)]
 fn die_with_parent(cmd: &mut tokio::process::Command) {
     #[cfg(target_os = "linux")]
@@ -481,7 +538,7 @@ fn die_with_parent(cmd: &mut tokio::process::Command) {
     // memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
             Ok(())
         });
     }
