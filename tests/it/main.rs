@@ -11,5 +11,6 @@ mod durability;
 mod transitions;
 mod workers;
 mod workers_agents;
+mod workers_hook;
 mod workers_io;
 mod workers_process;
