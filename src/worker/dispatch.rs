@@ -76,28 +76,12 @@ impl Queue {
         })
     }
 
-    /// Priorities in the order this pull should try them.
-    fn order(&self) -> [usize; 3] {
-        let mut order = [0, 1, 2];
-        if let Some(w) = self.weights {
-            // Most under-served first, relative to its weight (P0 wins ties).
-            order.sort_by_key(|&i| {
-                if w[i] == 0 {
-                    u64::MAX
-                } else {
-                    self.served[i] * 1_000 / u64::from(w[i])
-                }
-            });
-        }
-        order
-    }
-
     /// The next message, waiting (without pulling ahead) while every priority is empty.
     pub(super) async fn next(&mut self) -> Result<Message, WorkerError> {
         loop {
             // Rings from before this check are covered by the check itself.
             while let Some(Some(_)) = self.doorbell.next().now_or_never() {}
-            for i in self.order() {
+            for i in pull_order(self.weights, self.served) {
                 if let Some(msg) = fetch_one(&self.consumers[i].1).await? {
                     self.served[i] += 1;
                     return Ok(msg);
@@ -109,6 +93,23 @@ impl Queue {
             }
         }
     }
+}
+
+/// The order in which one pull tries the priorities (indexes into P0, P1, P2): strict P0 > P1 >
+/// P2 without weights; with weights, the most under-served priority relative to its weight first
+/// (P0 wins ties), so over many pulls with work everywhere each gets its share.
+fn pull_order(weights: Option<[u32; 3]>, served: [u64; 3]) -> [usize; 3] {
+    let mut order = [0, 1, 2];
+    if let Some(w) = weights {
+        order.sort_by_key(|&i| {
+            if w[i] == 0 {
+                u64::MAX
+            } else {
+                served[i] * 1_000 / u64::from(w[i])
+            }
+        });
+    }
+    order
 }
 
 async fn fetch_one(consumer: &PullConsumer) -> Result<Option<Message>, WorkerError> {
@@ -125,5 +126,32 @@ async fn fetch_one(consumer: &PullConsumer) -> Result<Option<Message>, WorkerErr
             source: e,
         })),
         None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pull_order;
+
+    #[test]
+    fn without_weights_p0_always_goes_first() {
+        assert_eq!(pull_order(None, [0, 0, 0]), [0, 1, 2]);
+        assert_eq!(pull_order(None, [1000, 0, 0]), [0, 1, 2]);
+    }
+
+    #[test]
+    fn with_weights_every_priority_gets_its_share_when_all_have_work() {
+        let weights = Some([4, 2, 1]);
+        let mut served = [0u64; 3];
+        for _ in 0..700 {
+            let first = pull_order(weights, served)[0];
+            served[first] += 1;
+        }
+        assert_eq!(served, [400, 200, 100]);
+    }
+
+    #[test]
+    fn a_zero_weight_priority_is_tried_last() {
+        assert_eq!(pull_order(Some([1, 0, 1]), [5, 0, 5])[2], 1);
     }
 }
