@@ -37,6 +37,8 @@ pub struct Config {
     pub fleet: FleetConfig,
     /// How workers pull and run tasks.
     pub worker: WorkerConfig,
+    /// Where progress goes: destinations, routes, message templates, retries.
+    pub relay: RelayConfig,
     /// Logs and traces.
     pub telemetry: TelemetryConfig,
 }
@@ -248,6 +250,66 @@ impl Default for WorkerConfig {
     }
 }
 
+/// A routing rule: events matching every non-empty filter go to `destinations`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Only these assignees (empty: all).
+    pub assignees: Vec<crate::domain::Assignee>,
+    /// Only these priorities (empty: all).
+    pub priorities: Vec<crate::domain::Priority>,
+    /// Only these event types (empty: all).
+    pub events: Vec<crate::domain::EventKind>,
+    /// Names of `[relay.destinations.*]`.
+    pub destinations: Vec<String>,
+}
+
+/// Where progress goes, and how it reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Built-in message language: `en` or `zh`.
+    pub language: crate::relay::message::Language,
+    /// Message templates by event type, replacing the built-in ones (see README).
+    pub templates: std::collections::BTreeMap<String, String>,
+    /// Heartbeats, progress and output of one task reach a destination at most this often (s).
+    pub throttle_s: u64,
+    /// A running task with no event for this long gets one `stalled` event (s).
+    pub stall_after_s: u64,
+    /// Time limit of one delivery attempt (s).
+    pub attempt_timeout_s: u64,
+    /// Delays before attempts 1, 2, … in seconds (±20 % jitter); after the last, dead letter.
+    pub retry_schedule_s: Vec<u64>,
+    /// Internal addresses or host names deliveries may reach anyway (CIDRs, IPs or names),
+    /// e.g. `["127.0.0.1/32"]` for a gateway on the same machine. Everything internal is refused
+    /// otherwise.
+    pub allow: Vec<String>,
+    /// Named destinations (`[relay.destinations.ops] type = "webhook" …`).
+    pub destinations: std::collections::BTreeMap<String, crate::relay::destination::Destination>,
+    /// Routing rules by assignee, priority and event type.
+    pub routes: Vec<RouteConfig>,
+    /// The destination `POST /api/push` (and `pulse push`) delivers to; its session id is
+    /// replaced by the push's `sessionId`.
+    pub push_destination: Option<String>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            language: crate::relay::message::Language::En,
+            templates: Default::default(),
+            throttle_s: 30,
+            stall_after_s: 180,
+            attempt_timeout_s: 15,
+            retry_schedule_s: vec![0, 5, 300, 1800, 7200, 18000, 36000, 36000],
+            allow: Vec::new(),
+            destinations: Default::default(),
+            routes: Vec::new(),
+            push_destination: None,
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -324,6 +386,37 @@ impl Config {
         }
         if self.events.max_age_s < 60 {
             return bad("events.max_age_s must be at least 60".into());
+        }
+        let r = &self.relay;
+        if r.retry_schedule_s.is_empty() {
+            return bad("relay.retry_schedule_s must not be empty".into());
+        }
+        if r.attempt_timeout_s == 0 {
+            return bad("relay.attempt_timeout_s must be positive".into());
+        }
+        if let Err(e) = crate::relay::ssrf::AllowList::new(r.allow.iter()) {
+            return bad(format!("relay.allow: {e}"));
+        }
+        for name in r.destinations.keys() {
+            if Assignee::parse(name).is_err() {
+                return bad(format!(
+                    "relay.destinations.{name}: names must match [a-z0-9_-]{{1,64}}"
+                ));
+            }
+        }
+        for route in &r.routes {
+            for d in &route.destinations {
+                if !r.destinations.contains_key(d) {
+                    return bad(format!("relay.routes: unknown destination {d:?}"));
+                }
+            }
+        }
+        if let Some(p) = &r.push_destination {
+            if !r.destinations.contains_key(p) {
+                return bad(format!(
+                    "relay.push_destination {p:?} is not in relay.destinations"
+                ));
+            }
         }
         let w = &self.worker;
         if !(1..=1024).contains(&w.concurrency) {

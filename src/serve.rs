@@ -36,6 +36,7 @@ pub fn api_state(
             max_page: cfg.api.max_limit,
         },
         shutdown,
+        push_destination: cfg.relay.push_destination.clone(),
     })
 }
 

@@ -142,6 +142,13 @@ async fn run_services(
         .api_url
         .clone()
         .unwrap_or_else(|| format!("http://{api_addr}"));
+    {
+        let (bus, token, relay_cfg) = (bus.clone(), stop.clone(), cfg.relay.clone());
+        set.spawn(async move {
+            let r = crate::relay::run(bus, relay_cfg, token).await;
+            ("relay".to_string(), r.map_err(anyhow::Error::from))
+        });
+    }
     for assignee in &cfg.fleet.assignees {
         let opts = crate::worker::WorkerOptions {
             assignee: assignee.clone(),

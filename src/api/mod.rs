@@ -4,11 +4,13 @@
 //! - `actions.rs`: start, complete, fail, cancel, retry;
 //! - `events.rs`: the task log and the live SSE feed;
 //! - `runs.rs`: output and stdin of running commands, dead letters;
+//! - `deliveries.rs`: push ingest and the relay's deliveries (list, replay);
 //! - `health.rs`: `/healthz`, `/metrics` and request timing;
 //! - `auth.rs`, `error.rs`, `state.rs`: keys, errors, shared state.
 
 mod actions;
 pub mod auth;
+mod deliveries;
 mod error;
 mod events;
 mod health;
@@ -57,6 +59,14 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/api/tasks/{id}/output", get(runs::output))
         .route("/api/tasks/{id}/input", post(runs::input))
         .route("/api/dead-letters", get(runs::dead_letters))
+        .route("/api/push", post(deliveries::push))
+        .route("/api/deliveries", get(deliveries::list))
+        .route("/api/deliveries/{id}", get(deliveries::get_one))
+        .route("/api/deliveries/{id}/replay", post(deliveries::replay))
+        .route(
+            "/api/destinations/{id}/replay",
+            post(deliveries::replay_destination),
+        )
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(health::metrics))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

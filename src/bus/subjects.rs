@@ -19,6 +19,16 @@ pub const STATE_STREAM: &str = "KV_tasks";
 pub const IDEMPOTENCY_BUCKET: &str = "task_idempotency";
 /// Limits stream holding tasks that used up their attempts (dead letters).
 pub const DEAD_STREAM: &str = "TASKS_DEAD";
+/// Work-queue stream of relay deliveries, one subject per destination.
+pub const DELIVERIES_STREAM: &str = "DELIVERIES";
+/// KV bucket with one record per delivery (attempts, status).
+pub const DELIVERY_BUCKET: &str = "deliveries";
+/// KV bucket with the state of destinations (disabled after a 410).
+pub const DESTINATION_BUCKET: &str = "relay_destinations";
+/// The relay's durable consumer of every task event.
+pub const RELAY_EVENTS_CONSUMER: &str = "relay_events";
+/// Every delivery subject.
+pub const ALL_DELIVERIES: &str = "deliveries.>";
 /// Every task subject.
 pub const ALL_TASKS: &str = "tasks.>";
 /// Every dead-letter subject.
@@ -111,6 +121,16 @@ pub fn dead(assignee: &Assignee, task: &TaskId) -> String {
 /// Every dead letter of one assignee, or of all when `None`.
 pub fn dead_filter(assignee: Option<&Assignee>) -> String {
     format!("dead.{}.*", assignee.map_or("*", Assignee::as_str))
+}
+
+/// The queue of one destination (`key` from `Destination::key`).
+pub fn delivery(key: &str) -> String {
+    format!("deliveries.{key}")
+}
+
+/// The durable consumer that delivers to one destination.
+pub fn delivery_consumer(key: &str) -> String {
+    format!("relay_{key}")
 }
 
 /// Every event of one assignee.

@@ -1,6 +1,7 @@
 //! Streams and buckets, created idempotently at start-up.
 
 use super::{subjects, BusError, NatsResultExt};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, kv, stream};
 use std::time::Duration;
 
@@ -40,6 +41,12 @@ pub struct Topology {
     pub events: stream::Stream,
     /// Tasks that used up their attempts (limits retention, max age).
     pub dead: stream::Stream,
+    /// Relay deliveries, one subject per destination (work-queue retention).
+    pub deliveries: stream::Stream,
+    /// One record per delivery (attempts, status).
+    pub delivery_records: kv::Store,
+    /// Destination state (disabled after a 410).
+    pub destinations: kv::Store,
     /// Current state of every task.
     pub state: kv::Store,
     /// Idempotency key → task id.
@@ -126,10 +133,74 @@ impl Topology {
             },
         )
         .await?;
+        let deliveries = ensure_stream(
+            js,
+            stream::Config {
+                name: subjects::DELIVERIES_STREAM.into(),
+                description: Some("taskfleet: relay deliveries per destination".into()),
+                subjects: vec![subjects::ALL_DELIVERIES.into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                num_replicas: cfg.replicas,
+                duplicate_window: DEDUP_WINDOW,
+                allow_direct: true,
+                max_message_size: cfg.max_msg_size,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let delivery_records = ensure_bucket(
+            js,
+            kv::Config {
+                bucket: subjects::DELIVERY_BUCKET.into(),
+                description: "taskfleet: relay delivery records".into(),
+                history: 1,
+                max_age: cfg.events_max_age,
+                storage: stream::StorageType::File,
+                num_replicas: cfg.replicas,
+                max_value_size: cfg.max_msg_size,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let destinations = ensure_bucket(
+            js,
+            kv::Config {
+                bucket: subjects::DESTINATION_BUCKET.into(),
+                description: "taskfleet: relay destination state".into(),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: cfg.replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        // The relay's cursor exists from the first start of any process, so events published
+        // before the relay first runs are still delivered.
+        events
+            .get_or_create_consumer(
+                subjects::RELAY_EVENTS_CONSUMER,
+                pull::Config {
+                    durable_name: Some(subjects::RELAY_EVENTS_CONSUMER.into()),
+                    description: Some("taskfleet relay: every task event".into()),
+                    filter_subject: subjects::ALL_EVENTS.into(),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(60),
+                    max_deliver: -1,
+                    max_ack_pending: 1000,
+                    deliver_policy: DeliverPolicy::New,
+                    ..Default::default()
+                },
+            )
+            .await
+            .op("create relay consumer")?;
         Ok(Self {
             tasks,
             events,
             dead,
+            deliveries,
+            delivery_records,
+            destinations,
             state,
             idempotency,
         })

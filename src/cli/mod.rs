@@ -1,5 +1,6 @@
 //! The command line. `main` parses [`Cli`] and calls [`run`], which dispatches to one function.
 
+mod delivery;
 mod output;
 mod task;
 
@@ -31,6 +32,10 @@ pub enum Command {
     Api(ApiArgs),
     /// Pull an assignee's tasks in strict priority order and run them.
     Worker(WorkerArgs),
+    /// Deliver task events to chat sessions and webhooks.
+    Relay(RelayArgs),
+    /// List and replay the relay's deliveries over the API.
+    Delivery(Box<delivery::DeliveryArgs>),
     /// Create, inspect and change tasks over the API.
     Task(Box<task::TaskArgs>),
 }
@@ -77,6 +82,14 @@ pub struct WorkerArgs {
     pub nats_url: Option<String>,
 }
 
+/// Flags of `taskfleet relay`.
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// NATS server or cluster [default: nats://127.0.0.1:4222].
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+}
+
 /// Runs a parsed command line and returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     let config = cli.config;
@@ -85,6 +98,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Up(args) => serve_command(config, |cfg, t| up(cfg, args, t)).await,
         Command::Api(args) => serve_command(config, |cfg, t| api(cfg, args, t)).await,
         Command::Worker(args) => serve_command(config, |cfg, t| worker(cfg, args, t)).await,
+        Command::Relay(args) => serve_command(config, |cfg, t| relay(cfg, args, t)).await,
+        Command::Delivery(args) => return delivery::run(*args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -122,6 +137,15 @@ async fn api(cfg: Config, args: ApiArgs, token: CancellationToken) -> anyhow::Re
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "API listening");
     crate::serve::run_api(&cfg, &url, listener, key.as_ref(), token).await
+}
+
+async fn relay(cfg: Config, args: RelayArgs, token: CancellationToken) -> anyhow::Result<()> {
+    let url = nats_url(args.nats_url, &cfg);
+    let bus = crate::serve::connect(&cfg, &url, "taskfleet-relay").await?;
+    let client = bus.client.clone();
+    let result = crate::relay::run(bus, cfg.relay.clone(), token).await;
+    let _ = client.drain().await;
+    Ok(result?)
 }
 
 async fn worker(cfg: Config, args: WorkerArgs, token: CancellationToken) -> anyhow::Result<()> {

@@ -1,6 +1,10 @@
-//! The relay's building blocks: everything `taskfleet relay` needs to turn task events into
-//! webhook calls and chat messages, without touching NATS.
+//! The relay: `taskfleet relay` turns task events into webhook calls and chat messages.
 //!
+//! - `fanout.rs`: every event → one delivery job per destination (notify + routes), throttled,
+//!   plus stall detection; `deliver.rs`: one ordered, retrying loop per destination;
+//!   `server.rs`: wiring ([`run`]).
+//!
+//! - [`destination`]: where to deliver (config-named or per-task `notify`) and its queue key.
 //! - [`signature`]: Standard Webhooks signing and verification (`webhook-id`,
 //!   `webhook-timestamp`, `webhook-signature`), checked against the reference library's vectors.
 //! - [`message`]: human messages in the Live Task Pulse format (≤ 3 lines), English and Chinese
@@ -15,8 +19,16 @@
 //!
 //! Every module is pure (or, for the resolver, only does DNS) and unit-tested in place.
 
+mod deliver;
+mod fanout;
+mod server;
+
+pub use server::{resolve_destinations, run, templates, RelayError};
+pub mod destination;
+pub mod job;
 pub mod message;
 pub mod retry;
 pub mod signature;
+pub mod sinks;
 pub mod split;
 pub mod ssrf;

@@ -8,6 +8,7 @@ mod api_errors;
 mod api_tasks;
 mod cli;
 mod durability;
+mod relay;
 mod transitions;
 mod workers;
 mod workers_agents;

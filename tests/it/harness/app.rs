@@ -5,7 +5,7 @@ use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
 use serde_json::{json, Value};
 use taskfleet::client::ApiClient;
-use taskfleet::config::{ApiKeyConfig, Config, WorkerConfig};
+use taskfleet::config::{ApiKeyConfig, Config, RelayConfig, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 /// The admin key of every test app.
@@ -190,6 +190,56 @@ impl TestWorker {
 }
 
 impl Drop for TestWorker {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// A relay running inside the test process.
+#[allow(dead_code)]
+pub struct TestRelay {
+    token: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<Result<(), taskfleet::relay::RelayError>>>,
+}
+
+impl TestApp {
+    /// Starts an in-process relay with `settings` (see `relay_settings`).
+    pub async fn relay(&self, settings: RelayConfig) -> TestRelay {
+        let cfg = test_config(&self.nats.url());
+        let bus = taskfleet::serve::connect(&cfg, &self.nats.url(), "test-relay")
+            .await
+            .expect("relay connects");
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(taskfleet::relay::run(bus, settings, token.clone()));
+        TestRelay {
+            token,
+            handle: Some(handle),
+        }
+    }
+}
+
+/// Relay settings for tests: loopback allowed (receivers run on 127.0.0.1), short retries.
+pub fn relay_settings() -> RelayConfig {
+    RelayConfig {
+        allow: vec!["127.0.0.1/32".into()],
+        retry_schedule_s: vec![0, 1, 1, 1],
+        attempt_timeout_s: 5,
+        ..RelayConfig::default()
+    }
+}
+
+#[allow(dead_code)]
+impl TestRelay {
+    /// Stops the relay (as on SIGTERM) and waits for it.
+    pub async fn stop(mut self) {
+        self.token.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.expect("relay task").expect("relay ran");
+        }
+    }
+}
+
+impl Drop for TestRelay {
     fn drop(&mut self) {
         self.token.cancel();
     }

@@ -1,0 +1,150 @@
+//! `taskfleet delivery …`: the relay's deliveries over the API.
+
+use crate::client::ApiClient;
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Flags shared by every `delivery` subcommand.
+#[derive(Debug, Args)]
+pub struct DeliveryArgs {
+    /// API base URL.
+    #[arg(
+        long = "api",
+        env = "TASKFLEET_API_URL",
+        default_value = "http://127.0.0.1:8090",
+        global = true
+    )]
+    api: String,
+    /// Admin API key [default: $TASKFLEET_API_KEY, else <data-dir>/api-key].
+    #[arg(long, env = "TASKFLEET_API_KEY", hide_env_values = true, global = true)]
+    key: Option<String>,
+    /// Where `taskfleet up` wrote the generated key.
+    #[arg(
+        long,
+        env = "TASKFLEET_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
+    data_dir: PathBuf,
+    /// Print JSON instead of lines.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: DeliveryCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeliveryCmd {
+    /// Deliveries, newest first (`--status dead` lists dead letters).
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        /// Destination name or key.
+        #[arg(long)]
+        destination: Option<String>,
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// One delivery with every attempt.
+    Get { id: String },
+    /// Queue one delivery again.
+    Replay { id: String },
+    /// Queue every dead delivery of a destination again, optionally since a time (RFC 3339).
+    ReplayDestination {
+        destination: String,
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+/// Runs one `delivery` subcommand.
+pub(super) async fn run(args: DeliveryArgs) -> ExitCode {
+    let key = args.key.clone().or_else(|| {
+        std::fs::read_to_string(args.data_dir.join("api-key"))
+            .ok()
+            .map(|s| s.trim().to_string())
+    });
+    let client = ApiClient::new(&args.api, key);
+    let (method, path, body, query): (Method, String, Option<Value>, Vec<(&str, String)>) =
+        match &args.cmd {
+            DeliveryCmd::List {
+                status,
+                destination,
+                task,
+                limit,
+            } => {
+                let q = [
+                    ("status", status.clone()),
+                    ("destination", destination.clone()),
+                    ("task_id", task.clone()),
+                    ("limit", limit.map(|l| l.to_string())),
+                ]
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k, v)))
+                .collect();
+                (Method::GET, "/api/deliveries".into(), None, q)
+            }
+            DeliveryCmd::Get { id } => (Method::GET, format!("/api/deliveries/{id}"), None, vec![]),
+            DeliveryCmd::Replay { id } => (
+                Method::POST,
+                format!("/api/deliveries/{id}/replay"),
+                None,
+                vec![],
+            ),
+            DeliveryCmd::ReplayDestination { destination, since } => (
+                Method::POST,
+                format!("/api/destinations/{destination}/replay"),
+                Some(serde_json::json!({ "since": since })),
+                vec![],
+            ),
+        };
+    let mut req = client.request(method, &path).query(&query);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "error: cannot reach the taskfleet API at {}: {e}",
+                client.base()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let status = resp.status();
+    let value: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let msg = value["error"]["message"]
+            .as_str()
+            .unwrap_or("request failed");
+        eprintln!("error: {msg} (HTTP {})", status.as_u16());
+        return ExitCode::FAILURE;
+    }
+    if args.json || !value.is_array() {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+    } else {
+        for r in value.as_array().into_iter().flatten() {
+            println!(
+                "{}  {:<9} {:<20} attempts {}  {}",
+                r["job"]["id"].as_str().unwrap_or(""),
+                r["status"].as_str().unwrap_or(""),
+                r["job"]["name"]
+                    .as_str()
+                    .or(r["job"]["key"].as_str())
+                    .unwrap_or(""),
+                r["attempts"].as_array().map_or(0, Vec::len),
+                r["reason"].as_str().unwrap_or("")
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}

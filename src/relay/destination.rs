@@ -1,0 +1,287 @@
+//! Where the relay delivers: destinations named in the config (`[relay.destinations.<name>]`) or
+//! given per task (`notify` on create), and the stable key each one is queued under.
+
+use crate::domain::EventKind;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// A destination could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DestinationError {
+    /// The JSON/TOML does not describe a destination.
+    #[error("invalid destination: {0}")]
+    Invalid(String),
+    /// A name that the config does not define.
+    #[error("unknown destination {0:?}")]
+    UnknownName(String),
+    /// A secret comes from an environment variable that is not set.
+    #[error("destination {name:?}: environment variable {var} is not set")]
+    MissingEnv {
+        /// The destination.
+        name: String,
+        /// The variable.
+        var: String,
+    },
+}
+
+/// One place to deliver to. Secrets can be given inline or, better, as `*_env` variable names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Destination {
+    /// POST the JSON event envelope, signed per Standard Webhooks when a `whsec_` secret is set.
+    Webhook {
+        /// Target URL.
+        url: String,
+        /// `whsec_…` signing secret.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret: Option<String>,
+        /// Variable holding the signing secret.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret_env: Option<String>,
+        /// Only these event types (default: all but `output`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        events: Vec<EventKind>,
+    },
+    /// Seed 000's push endpoint: `{sessionId, content, role: "assistant"}` with a Bearer token.
+    Chat {
+        /// Push endpoint URL.
+        url: String,
+        /// Session to push to.
+        session_id: String,
+        /// Bearer token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        /// Variable holding the Bearer token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_env: Option<String>,
+    },
+    /// The OpenClaw gateway's `POST /hooks/agent` (token header).
+    Openclaw {
+        /// Gateway base URL, e.g. `http://127.0.0.1:18789`.
+        url: String,
+        /// Hook token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        /// Variable holding the hook token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_env: Option<String>,
+        /// Extra fields merged into the request body (e.g. `{"channel": "telegram", "to": "…"}`).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        fields: BTreeMap<String, String>,
+    },
+    /// Run a command: argv template with `{text}`, `{task_id}`, `{task_name}`, `{event}` and any
+    /// key of `vars` (e.g. `{channel}`, `{target}`). Never through a shell.
+    Command {
+        /// The argv template.
+        argv: Vec<String>,
+        /// Values for extra placeholders.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        vars: BTreeMap<String, String>,
+    },
+    /// Telegram `sendMessage` (4096-character limit).
+    Telegram {
+        /// Bot token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bot_token: Option<String>,
+        /// Variable holding the bot token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bot_token_env: Option<String>,
+        /// Chat id.
+        chat_id: String,
+        /// API base (default `https://api.telegram.org`; tests point it at a local receiver).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_base: Option<String>,
+    },
+    /// A Discord webhook (2000-character limit).
+    Discord {
+        /// Webhook URL.
+        url: String,
+    },
+    /// A Slack incoming webhook.
+    Slack {
+        /// Webhook URL.
+        url: String,
+    },
+    /// Print to the relay's log (development).
+    Log {},
+}
+
+impl Destination {
+    /// The stable key this destination is queued under: `n_<name>` for named ones,
+    /// `h_<hash>` for ad-hoc ones. Safe as a subject token and a consumer name.
+    pub fn key(&self, name: Option<&str>) -> String {
+        match name {
+            Some(n) => format!("n_{n}"),
+            None => {
+                let canonical = serde_json::to_vec(self).expect("destinations serialize");
+                let d = Sha256::digest(&canonical);
+                let hex: String = d.iter().take(10).map(|b| format!("{b:02x}")).collect();
+                format!("h_{hex}")
+            }
+        }
+    }
+
+    /// The kind of destination, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Webhook { .. } => "webhook",
+            Self::Chat { .. } => "chat",
+            Self::Openclaw { .. } => "openclaw",
+            Self::Command { .. } => "command",
+            Self::Telegram { .. } => "telegram",
+            Self::Discord { .. } => "discord",
+            Self::Slack { .. } => "slack",
+            Self::Log {} => "log",
+        }
+    }
+
+    /// Whether this destination wants an event of `kind`. Machines (webhooks) get every event but
+    /// raw `output`; people's channels get what renders as a message.
+    pub fn wants(&self, kind: EventKind) -> bool {
+        match self {
+            Self::Webhook { events, .. } if !events.is_empty() => events.contains(&kind),
+            Self::Webhook { .. } => kind != EventKind::Output,
+            _ => kind != EventKind::Output && kind != EventKind::Created,
+        }
+    }
+
+    /// Copies secrets named by `*_env` into the destination, so delivery needs no environment.
+    pub fn resolve_env(mut self, name: &str) -> Result<Self, DestinationError> {
+        fn take(
+            name: &str,
+            inline: &mut Option<String>,
+            var: &mut Option<String>,
+        ) -> Result<(), DestinationError> {
+            if let Some(v) = var.take() {
+                let value = std::env::var(&v).map_err(|_| DestinationError::MissingEnv {
+                    name: name.to_string(),
+                    var: v.clone(),
+                })?;
+                *inline = Some(value);
+            }
+            Ok(())
+        }
+        match &mut self {
+            Self::Webhook {
+                secret, secret_env, ..
+            } => take(name, secret, secret_env)?,
+            Self::Chat {
+                token, token_env, ..
+            }
+            | Self::Openclaw {
+                token, token_env, ..
+            } => take(name, token, token_env)?,
+            Self::Telegram {
+                bot_token,
+                bot_token_env,
+                ..
+            } => take(name, bot_token, bot_token_env)?,
+            _ => {}
+        }
+        Ok(self)
+    }
+
+    /// The URL this destination calls, if it calls one (for the SSRF check).
+    pub fn url(&self) -> Option<String> {
+        match self {
+            Self::Webhook { url, .. }
+            | Self::Chat { url, .. }
+            | Self::Openclaw { url, .. }
+            | Self::Discord { url }
+            | Self::Slack { url } => Some(url.clone()),
+            Self::Telegram { api_base, .. } => Some(
+                api_base
+                    .clone()
+                    .unwrap_or_else(|| "https://api.telegram.org".into()),
+            ),
+            Self::Command { .. } | Self::Log {} => None,
+        }
+    }
+}
+
+/// An entry of a task's `notify`: a configured destination's name, or a destination object.
+pub fn parse_notify(entry: &serde_json::Value) -> Result<NotifyEntry, DestinationError> {
+    match entry {
+        serde_json::Value::String(name) => Ok(NotifyEntry::Named(name.clone())),
+        obj @ serde_json::Value::Object(_) => serde_json::from_value(obj.clone())
+            .map(NotifyEntry::Inline)
+            .map_err(|e| DestinationError::Invalid(e.to_string())),
+        other => Err(DestinationError::Invalid(format!(
+            "expected a destination name or object, got {other}"
+        ))),
+    }
+}
+
+/// A parsed `notify` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyEntry {
+    /// `"ops"`: a destination of the config.
+    Named(String),
+    /// `{"type": "webhook", …}`.
+    Inline(Destination),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn notify_entries_are_names_or_typed_objects() {
+        assert_eq!(
+            parse_notify(&json!("ops")).unwrap(),
+            NotifyEntry::Named("ops".into())
+        );
+        let w = parse_notify(&json!({"type": "webhook", "url": "https://example.com/h"})).unwrap();
+        assert!(matches!(
+            w,
+            NotifyEntry::Inline(Destination::Webhook { .. })
+        ));
+        assert!(parse_notify(&json!({"type": "pager", "url": "x"})).is_err());
+        assert!(parse_notify(&json!({"type": "webhook"})).is_err());
+        assert!(parse_notify(&json!(42)).is_err());
+    }
+
+    #[test]
+    fn keys_are_stable_subject_tokens_and_differ_by_content() {
+        let a = Destination::Discord {
+            url: "https://d/1".into(),
+        };
+        let b = Destination::Discord {
+            url: "https://d/2".into(),
+        };
+        assert_eq!(a.key(None), a.clone().key(None));
+        assert_ne!(a.key(None), b.key(None));
+        assert_eq!(a.key(Some("ops")), "n_ops");
+        assert!(a
+            .key(None)
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_'));
+    }
+
+    #[test]
+    fn webhooks_get_every_event_but_output_and_people_skip_created() {
+        let w = Destination::Webhook {
+            url: "u".into(),
+            secret: None,
+            secret_env: None,
+            events: vec![],
+        };
+        assert!(w.wants(EventKind::Heartbeat) && !w.wants(EventKind::Output));
+        let c = Destination::Log {};
+        assert!(c.wants(EventKind::Completed) && !c.wants(EventKind::Created));
+    }
+
+    #[test]
+    fn secrets_from_missing_variables_are_an_error_naming_the_variable() {
+        let d = Destination::Chat {
+            url: "u".into(),
+            session_id: "s".into(),
+            token: None,
+            token_env: Some("TASKFLEET_TEST_SURELY_UNSET_VAR".into()),
+        };
+        let e = d.resolve_env("chat").unwrap_err();
+        assert!(e.to_string().contains("TASKFLEET_TEST_SURELY_UNSET_VAR"));
+    }
+}

@@ -1,0 +1,336 @@
+//! Fan-out: every task event, read once through the relay's durable consumer, becomes one
+//! delivery job per destination (the task's `notify` plus matching routes). Heartbeats, progress
+//! and output are throttled per (task, destination), keeping the latest; transitions always go
+//! through. The same loop watches running tasks for stalls.
+
+use super::deliver::Delivery;
+use super::destination::{parse_notify, Destination, NotifyEntry};
+use super::job::DeliveryJob;
+use super::message::Templates;
+use crate::bus::{decode, encode, message_headers, subjects, BusError, NatsResultExt};
+use crate::config::RouteConfig;
+use crate::domain::{EventKind, Task, TaskEvent, TaskId, TaskStatus};
+use crate::tasks::{ListFilter, TaskService};
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::AckKind;
+use futures::StreamExt;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How the fan-out decides.
+#[derive(Debug)]
+pub(super) struct FanOut {
+    pub(super) tasks: TaskService,
+    pub(super) delivery: Arc<Delivery>,
+    pub(super) named: BTreeMap<String, Destination>,
+    pub(super) routes: Vec<RouteConfig>,
+    pub(super) templates: Templates,
+    pub(super) throttle: Duration,
+    pub(super) stall_after: Duration,
+    /// Throttled jobs waiting for their window, by (task, destination key).
+    held: HashMap<(TaskId, String), (DeliveryJob, Instant)>,
+    /// When a throttled kind last went out, by (task, destination key).
+    last_sent: HashMap<(TaskId, String), Instant>,
+    /// Running tasks: when their last event came, and whether a stall was reported.
+    running: HashMap<TaskId, (Instant, bool)>,
+}
+
+fn throttled(kind: EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Heartbeat | EventKind::Progress | EventKind::Output
+    )
+}
+
+impl FanOut {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        tasks: TaskService,
+        delivery: Arc<Delivery>,
+        named: BTreeMap<String, Destination>,
+        routes: Vec<RouteConfig>,
+        templates: Templates,
+        throttle: Duration,
+        stall_after: Duration,
+    ) -> Self {
+        Self {
+            tasks,
+            delivery,
+            named,
+            routes,
+            templates,
+            throttle,
+            stall_after,
+            held: HashMap::new(),
+            last_sent: HashMap::new(),
+            running: HashMap::new(),
+        }
+    }
+
+    /// Reads events until `shutdown`.
+    pub(super) async fn run(&mut self, shutdown: CancellationToken) -> Result<(), BusError> {
+        self.seed_running().await;
+        let consumer: PullConsumer = self
+            .tasks
+            .bus()
+            .topology
+            .events
+            .get_consumer(subjects::RELAY_EVENTS_CONSUMER)
+            .await
+            .map_err(|source| BusError::Op {
+                op: "open relay consumer",
+                source,
+            })?;
+        let mut messages = consumer.messages().await.op("read events")?;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tick.tick() => {
+                    self.flush_due().await;
+                    self.check_stalls().await;
+                }
+                msg = messages.next() => {
+                    let Some(msg) = msg else { return Ok(()) };
+                    let msg = match msg {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(error.message = %e, "event stream hiccup");
+                            continue;
+                        }
+                    };
+                    match decode::<TaskEvent>("task event", &msg.payload) {
+                        Ok(event) => match self.handle(event).await {
+                            Ok(()) => { let _ = msg.double_ack().await; }
+                            Err(e) => {
+                                tracing::warn!(error.message = %e, "fan-out failed; retrying the event");
+                                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                            }
+                        },
+                        Err(e) => {
+                            tracing::warn!(error.message = %e, "undecodable event; skipping");
+                            let _ = msg.ack_with(AckKind::Term).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Running tasks at start-up count as just heard from (the relay cannot know better).
+    async fn seed_running(&mut self) {
+        let filter = ListFilter {
+            status: Some(TaskStatus::Running),
+            limit: 100_000,
+            ..Default::default()
+        };
+        if let Ok(tasks) = self.tasks.list(&filter).await {
+            for t in tasks {
+                self.running.insert(t.id, (Instant::now(), false));
+            }
+        }
+    }
+
+    async fn handle(&mut self, event: TaskEvent) -> Result<(), BusError> {
+        self.track(&event);
+        let task = match self.tasks.get(&event.task_id).await {
+            Ok(t) => t,
+            Err(crate::tasks::TaskError::NotFound(_)) => return Ok(()),
+            Err(crate::tasks::TaskError::Bus(e)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(error.message = %e, "cannot read the task; skipping its event");
+                return Ok(());
+            }
+        };
+        for (key, name, dest) in self.targets(&task, &event) {
+            if !dest.wants(event.kind) {
+                continue;
+            }
+            let text = self.templates.render(&task, &event).unwrap_or_default();
+            if text.is_empty() && !matches!(dest, Destination::Webhook { .. }) {
+                continue;
+            }
+            let job = DeliveryJob {
+                id: format!("{}.{key}", event.id),
+                key: key.clone(),
+                name: name.clone(),
+                destination: if name.is_some() {
+                    None
+                } else {
+                    Some(dest.clone())
+                },
+                event: Some(event.clone()),
+                task: Some(public_view(&task)),
+                text,
+                session_id: None,
+                created_time: crate::domain::now(),
+            };
+            let slot = (task.id.clone(), key.clone());
+            if throttled(event.kind) {
+                let now = Instant::now();
+                match self.last_sent.get(&slot) {
+                    Some(&last) if now.duration_since(last) < self.throttle => {
+                        self.held.insert(slot, (job, last + self.throttle));
+                        continue;
+                    }
+                    _ => {
+                        self.last_sent.insert(slot, now);
+                    }
+                }
+            } else {
+                // A transition supersedes a held heartbeat of the same task.
+                self.held.remove(&slot);
+            }
+            publish(&self.tasks, &self.delivery, &job).await?;
+        }
+        if event.kind.is_transition() && event.new_status.is_some_and(TaskStatus::is_terminal) {
+            self.last_sent.retain(|(t, _), _| *t != event.task_id);
+        }
+        Ok(())
+    }
+
+    /// The task's `notify` destinations plus every route that matches, each once.
+    fn targets(
+        &self,
+        task: &Task,
+        event: &TaskEvent,
+    ) -> Vec<(String, Option<String>, Destination)> {
+        let mut out: Vec<(String, Option<String>, Destination)> = Vec::new();
+        let mut add = |name: Option<&str>, dest: Destination| {
+            let key = dest.key(name);
+            if !out.iter().any(|(k, _, _)| *k == key) {
+                out.push((key, name.map(str::to_string), dest));
+            }
+        };
+        for entry in &task.notify {
+            match parse_notify(entry) {
+                Ok(NotifyEntry::Inline(d)) => add(None, d),
+                Ok(NotifyEntry::Named(n)) => match self.named.get(&n) {
+                    Some(d) => add(Some(&n), d.clone()),
+                    None => {
+                        tracing::warn!(task_id = %task.id, destination = n, "unknown destination in notify")
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(task_id = %task.id, error.message = %e, "bad notify entry")
+                }
+            }
+        }
+        for r in &self.routes {
+            let matches = (r.assignees.is_empty() || r.assignees.contains(&task.assigned_to))
+                && (r.priorities.is_empty() || r.priorities.contains(&task.priority))
+                && (r.events.is_empty() || r.events.contains(&event.kind));
+            if matches {
+                for n in &r.destinations {
+                    if let Some(d) = self.named.get(n) {
+                        add(Some(n), d.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn track(&mut self, event: &TaskEvent) {
+        match event.kind {
+            EventKind::Completed | EventKind::Failed | EventKind::Cancelled => {
+                self.running.remove(&event.task_id);
+            }
+            EventKind::Created | EventKind::Stalled => {}
+            _ => {
+                self.running
+                    .insert(event.task_id.clone(), (Instant::now(), false));
+            }
+        }
+    }
+
+    async fn flush_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<_> = self
+            .held
+            .iter()
+            .filter(|(_, (_, at))| *at <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for slot in due {
+            if let Some((job, _)) = self.held.remove(&slot) {
+                self.last_sent.insert(slot, now);
+                if let Err(e) = publish(&self.tasks, &self.delivery, &job).await {
+                    tracing::warn!(error.message = %e, "could not queue a throttled delivery");
+                }
+            }
+        }
+    }
+
+    /// Reports each running task that went quiet for `stall_after`, once until its next event.
+    async fn check_stalls(&mut self) {
+        let now = Instant::now();
+        let quiet: Vec<TaskId> = self
+            .running
+            .iter()
+            .filter(|(_, (last, flagged))| {
+                !flagged && now.duration_since(*last) >= self.stall_after
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in quiet {
+            let Some(entry) = self.running.get_mut(&id) else {
+                continue;
+            };
+            entry.1 = true;
+            let since = entry.0;
+            let Ok(task) = self.tasks.get(&id).await else {
+                continue;
+            };
+            if task.status != TaskStatus::Running {
+                self.running.remove(&id);
+                continue;
+            }
+            let minutes = (now.duration_since(since).as_secs() / 60).max(1);
+            let mut e = TaskEvent::new(&task.id, &task.assigned_to, EventKind::Stalled, "relay");
+            // Replicas reporting the same silence de-duplicate on this id.
+            e.id = format!(
+                "evt_{}_stalled_{}",
+                task.id,
+                task.updated_time.timestamp_millis()
+            );
+            e.attempt = task.attempt;
+            e.message = Some(format!("no update for {minutes} min"));
+            e.data = serde_json::json!({ "minutes": minutes });
+            self.tasks.emit(&e).await;
+        }
+    }
+}
+
+/// The task as deliveries show it: without `notify` (it may hold other destinations' secrets)
+/// and without the lease token.
+fn public_view(task: &Task) -> Task {
+    let mut t = task.clone();
+    t.notify = Vec::new();
+    t.lease = None;
+    t
+}
+
+/// Queues a job on its destination's subject (de-duplicated on the job id).
+pub(super) async fn publish(
+    tasks: &TaskService,
+    delivery: &Arc<Delivery>,
+    job: &DeliveryJob,
+) -> Result<(), BusError> {
+    tasks
+        .bus()
+        .js
+        .publish_with_headers(
+            subjects::delivery(&job.key),
+            message_headers(&job.id),
+            encode(job),
+        )
+        .await
+        .op("queue delivery")?
+        .await
+        .op("queue delivery ack")?;
+    delivery.ensure(&job.key);
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! What travels through the delivery queue, and what the relay records about each attempt.
+
+use super::destination::Destination;
+use crate::domain::{Task, TaskEvent};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// One message for one destination (a stream message on `deliveries.<key>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryJob {
+    /// Stable across retries (`webhook-id`; receivers de-duplicate on it).
+    pub id: String,
+    /// The destination's queue key.
+    pub key: String,
+    /// The configured name, when it is a named destination (resolved again at delivery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The destination itself for per-task ones (named ones come from the config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Destination>,
+    /// The task event, if this delivers one (a push has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<TaskEvent>,
+    /// The task as it was when the event was fanned out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<Task>,
+    /// The message for people (Live Task Pulse format, or a push's content).
+    pub text: String,
+    /// For pushes: the chat session to deliver to (overrides the destination's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// When the job was queued.
+    pub created_time: DateTime<Utc>,
+}
+
+impl DeliveryJob {
+    /// The event type as webhook receivers see it: `task.completed`, …, or `push`.
+    pub fn event_type(&self) -> String {
+        match &self.event {
+            Some(e) => format!("task.{}", e.kind.as_str()),
+            None => "push".into(),
+        }
+    }
+
+    /// The JSON body a webhook receives.
+    pub fn envelope(&self) -> serde_json::Value {
+        serde_json::json!({
+            "type": self.event_type(),
+            "id": self.id,
+            "timestamp": self.created_time,
+            "data": {
+                "event": self.event,
+                "task": self.task,
+                "text": self.text,
+            },
+        })
+    }
+}
+
+/// How one attempt went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// When it started.
+    pub time: DateTime<Utc>,
+    /// HTTP status, when there was a response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// How long it took.
+    pub duration_ms: u64,
+    /// The response body (at most 4 KiB) or the error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+    /// When the next attempt is due (none after the last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_time: Option<DateTime<Utc>>,
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Queued or waiting for a retry.
+    Pending,
+    /// The destination accepted it.
+    Delivered,
+    /// Given up: attempts exhausted, a permanent error, or a disabled destination.
+    Dead,
+}
+
+/// Everything the relay knows about one delivery (KV bucket `deliveries`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    /// The job.
+    pub job: DeliveryJob,
+    /// Where it stands.
+    pub status: DeliveryStatus,
+    /// Every attempt so far, oldest first.
+    pub attempts: Vec<Attempt>,
+    /// Why it is dead, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Last change.
+    pub updated_time: DateTime<Utc>,
+}
+
+/// Largest response body kept per attempt.
+pub const MAX_RESPONSE_BYTES: usize = 4096;
+
+/// Cuts a response body to [`MAX_RESPONSE_BYTES`] at a character boundary.
+pub fn clip_response(body: &str) -> String {
+    if body.len() <= MAX_RESPONSE_BYTES {
+        return body.to_string();
+    }
+    let mut end = MAX_RESPONSE_BYTES;
+    while !body.is_char_boundary(end) {
+        end -= 1;
+    }
+    body[..end].to_string()
+}

@@ -1,0 +1,98 @@
+//! `taskfleet relay`: wires the fan-out and the delivery loops from the config and runs them
+//! until shutdown.
+
+use super::deliver::Delivery;
+use super::destination::{Destination, DestinationError};
+use super::fanout::FanOut;
+use super::message::Templates;
+use super::retry::RetrySchedule;
+use super::sinks::SinkContext;
+use super::ssrf::AllowList;
+use crate::bus::{Bus, BusError};
+use crate::config::RelayConfig;
+use crate::domain::EventKind;
+use crate::tasks::TaskService;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The relay could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// NATS failed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// A destination of the config is unusable.
+    #[error(transparent)]
+    Destination(#[from] DestinationError),
+    /// Another setting is unusable.
+    #[error("relay configuration: {0}")]
+    Config(String),
+}
+
+/// Named destinations with their `*_env` secrets read from the environment.
+pub fn resolve_destinations(
+    cfg: &RelayConfig,
+) -> Result<BTreeMap<String, Destination>, DestinationError> {
+    cfg.destinations
+        .iter()
+        .map(|(name, d)| Ok((name.clone(), d.clone().resolve_env(name)?)))
+        .collect()
+}
+
+/// Message templates from the config: the built-in language plus overrides.
+pub fn templates(cfg: &RelayConfig) -> Result<Templates, RelayError> {
+    let mut overrides = Vec::new();
+    for (kind, text) in &cfg.templates {
+        let kind: EventKind = serde_json::from_value(serde_json::Value::String(kind.clone()))
+            .map_err(|_| {
+                RelayError::Config(format!("relay.templates: unknown event type {kind:?}"))
+            })?;
+        overrides.push((kind, text.clone()));
+    }
+    Templates::builtin(cfg.language)
+        .with_overrides(overrides)
+        .map_err(|e| RelayError::Config(format!("relay.templates: {e}")))
+}
+
+/// Runs the relay until `shutdown`: fans events out to destinations and delivers them.
+pub async fn run(
+    bus: Bus,
+    cfg: RelayConfig,
+    shutdown: CancellationToken,
+) -> Result<(), RelayError> {
+    let named = resolve_destinations(&cfg)?;
+    let allow = AllowList::new(cfg.allow.iter()).map_err(|e| RelayError::Config(e.to_string()))?;
+    let sinks = SinkContext::new(allow, Duration::from_secs(cfg.attempt_timeout_s))
+        .map_err(|e| RelayError::Config(e.to_string()))?;
+    let schedule = RetrySchedule::new(
+        cfg.retry_schedule_s
+            .iter()
+            .map(|s| Duration::from_secs(*s))
+            .collect(),
+        0.2,
+    )
+    .map_err(|e| RelayError::Config(e.to_string()))?;
+    let tasks = TaskService::new(bus.clone(), Arc::new(crate::metrics::Metrics::default()));
+    let delivery = Delivery::new(bus, sinks, schedule, named.clone(), shutdown.clone());
+    delivery.resume_all().await?;
+    let mut fanout = FanOut::new(
+        tasks,
+        delivery.clone(),
+        named,
+        cfg.routes.clone(),
+        templates(&cfg)?,
+        Duration::from_secs(cfg.throttle_s),
+        Duration::from_secs(cfg.stall_after_s),
+    );
+    tracing::info!(
+        destinations = cfg.destinations.len(),
+        routes = cfg.routes.len(),
+        "relay running"
+    );
+    let result = fanout.run(shutdown.clone()).await;
+    shutdown.cancel();
+    delivery.wait().await;
+    Ok(result?)
+}

@@ -1,0 +1,292 @@
+//! The HTTP plumbing the HTTP sinks share: the SSRF check, one JSON `POST`, reading a bounded
+//! body, classifying the answer, and keeping secrets out of what is reported.
+
+use super::{Attempt, SinkContext};
+use crate::relay::job::clip_response;
+use crate::relay::retry::{classify_status, classify_transport_error, parse_retry_after, Verdict};
+use crate::relay::ssrf::check_url;
+use std::time::Duration;
+
+/// Most response bytes read (enough for any JSON a platform answers; the rest is dropped).
+const MAX_READ_BYTES: usize = 64 * 1024;
+
+/// What stands in for a secret in reported text.
+const REDACTED: &str = "[redacted]";
+
+/// Replaces a destination's secrets (tokens, URL paths carrying tokens) in reported text.
+#[derive(Debug, Default)]
+pub(super) struct Redactor {
+    secrets: Vec<String>,
+}
+
+impl Redactor {
+    /// A redactor for these secrets; empty ones are ignored.
+    pub(super) fn new<'a>(secrets: impl IntoIterator<Item = Option<&'a str>>) -> Self {
+        let mut secrets: Vec<String> = secrets
+            .into_iter()
+            .flatten()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        // Longest first, so a secret containing another is replaced whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Self { secrets }
+    }
+
+    /// Also redacts the path and query of `url`, where webhook URLs keep their tokens.
+    pub(super) fn with_url_path(mut self, url: &str) -> Self {
+        if let Ok(u) = url::Url::parse(url) {
+            let path = u.path().trim_start_matches('/');
+            if !path.is_empty() {
+                self.secrets.push(path.to_string());
+            }
+            if let Some(q) = u.query().filter(|q| !q.is_empty()) {
+                self.secrets.push(q.to_string());
+            }
+            self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        }
+        self
+    }
+
+    /// `text` with every secret replaced.
+    pub(super) fn apply(&self, text: &str) -> String {
+        self.secrets
+            .iter()
+            .fold(text.to_string(), |t, s| t.replace(s.as_str(), REDACTED))
+    }
+
+    /// `text` redacted and clipped to the response limit; `None` when empty.
+    pub(super) fn report(&self, text: &str) -> Option<String> {
+        let text = self.apply(text.trim());
+        (!text.is_empty()).then(|| clip_response(&text))
+    }
+}
+
+/// A response, read.
+#[derive(Debug, Clone)]
+pub(super) struct Reply {
+    /// HTTP status.
+    pub(super) status: u16,
+    /// The `Retry-After` header, if any.
+    pub(super) retry_after: Option<String>,
+    /// The body (at most [`MAX_READ_BYTES`], lossily decoded).
+    pub(super) body: String,
+}
+
+impl Reply {
+    /// The verdict for this reply per [`classify_status`].
+    pub(super) fn verdict(&self) -> Verdict {
+        classify_status(self.status, self.retry_after.as_deref())
+    }
+
+    /// This reply as an attempt with `verdict`, its body redacted and clipped.
+    pub(super) fn attempt(&self, verdict: Verdict, redact: &Redactor) -> Attempt {
+        Attempt::new(verdict, Some(self.status), redact.report(&self.body))
+    }
+
+    /// The body as JSON, if it is.
+    pub(super) fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.body).ok()
+    }
+}
+
+/// POSTs `body` as JSON to `url` with `headers`. `Err` is the finished attempt when there is no
+/// reply to judge: the URL was refused (permanent, nothing sent) or the request failed.
+pub(super) async fn post_json(
+    ctx: &SinkContext,
+    url: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+    redact: &Redactor,
+) -> Result<Reply, Attempt> {
+    if let Err(e) = check_url(url, &ctx.allow) {
+        return Err(Attempt::permanent(redact.apply(&format!("refused: {e}"))));
+    }
+    let mut request = ctx
+        .http
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body);
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let mut response = request
+        .send()
+        .await
+        .map_err(|e| transport_failure(e, ctx.timeout, redact))?;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let mut bytes = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = MAX_READ_BYTES - bytes.len();
+                bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if bytes.len() >= MAX_READ_BYTES {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return Err(transport_failure(e, ctx.timeout, redact)),
+        }
+    }
+    Ok(Reply {
+        status,
+        retry_after,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    })
+}
+
+/// A request that got no usable response, classified and described without its URL.
+fn transport_failure(err: reqwest::Error, timeout: Duration, redact: &Redactor) -> Attempt {
+    let verdict = classify_transport_error(&err);
+    let status = err.status().map(|s| s.as_u16());
+    let text = if err.is_timeout() {
+        format!("timed out after {timeout:?}")
+    } else {
+        describe(&err.without_url())
+    };
+    Attempt::new(verdict, status, redact.report(&text))
+}
+
+/// An error and its causes, joined by `: `.
+fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = e.source();
+    }
+    text
+}
+
+/// A wait in seconds as platforms give it: a `Retry-After` value (delta-seconds or HTTP date) or
+/// fractional seconds (`1.5`, Discord). Negative, non-finite or absurd values are `None`.
+pub(super) fn parse_seconds(value: &str) -> Option<Duration> {
+    parse_retry_after(value).or_else(|| {
+        let secs: f64 = value.trim().parse().ok()?;
+        if secs.is_finite() && secs >= 0.0 {
+            Duration::try_from_secs_f64(secs).ok()
+        } else {
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{ctx, job, Answer, Receiver};
+    use super::super::{send, SinkContext};
+    use super::*;
+    use crate::relay::destination::Destination;
+    use crate::relay::ssrf::AllowList;
+
+    fn slack(rx: &Receiver) -> Destination {
+        Destination::Slack {
+            url: rx.url("/hook"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_500_is_retried_with_the_body_as_response() {
+        let rx = Receiver::answering(|_| Answer::status(500).body("boom")).await;
+        let out = send(&ctx(), &slack(&rx), &job("hi")).await;
+        assert_eq!(out.verdict, Verdict::Retry { after: None });
+        assert_eq!(out.status, Some(500));
+        assert_eq!(out.response.as_deref(), Some("boom"));
+    }
+
+    #[tokio::test]
+    async fn a_404_is_permanent() {
+        let rx = Receiver::answering(|_| Answer::status(404)).await;
+        let out = send(&ctx(), &slack(&rx), &job("hi")).await;
+        assert_eq!(out.verdict, Verdict::Permanent);
+        assert_eq!(out.status, Some(404));
+    }
+
+    #[tokio::test]
+    async fn a_410_disables_the_destination() {
+        let rx = Receiver::answering(|_| Answer::status(410).body("channel_is_archived")).await;
+        let out = send(&ctx(), &slack(&rx), &job("hi")).await;
+        assert_eq!(out.verdict, Verdict::Disable);
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_and_is_permanent() {
+        let rx = Receiver::answering(|_| {
+            Answer::status(302).header("location", "http://169.254.169.254/latest/meta-data/")
+        })
+        .await;
+        let out = send(&ctx(), &slack(&rx), &job("hi")).await;
+        assert_eq!(out.verdict, Verdict::Permanent);
+        assert_eq!(rx.seen().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn loopback_without_an_allowlist_is_refused_before_any_request() {
+        let rx = Receiver::ok().await;
+        let strict = SinkContext::new(AllowList::default(), Duration::from_secs(5)).unwrap();
+        for url in [
+            rx.url("/hook"),
+            rx.url("/hook").replace("127.0.0.1", "localhost"),
+        ] {
+            let out = send(&strict, &Destination::Slack { url }, &job("hi")).await;
+            assert_eq!(out.verdict, Verdict::Permanent);
+            assert!(out.response.unwrap().starts_with("refused"));
+        }
+        assert!(rx.seen().is_empty(), "the receiver saw a request");
+    }
+
+    #[tokio::test]
+    async fn a_receiver_slower_than_the_timeout_is_retried() {
+        let rx = Receiver::answering(|_| Answer::status(200).delay(Duration::from_secs(3))).await;
+        let allow = AllowList::new(["127.0.0.1/32"]).unwrap();
+        let quick = SinkContext::new(allow, Duration::from_millis(300)).unwrap();
+        let out = send(&quick, &slack(&rx), &job("hi")).await;
+        assert_eq!(out.verdict, Verdict::Retry { after: None });
+        assert!(out.response.unwrap().contains("timed out"));
+        assert!(out.duration < Duration::from_secs(2), "{:?}", out.duration);
+        assert_eq!(rx.seen().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_retried_and_reported_without_the_url() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}/services/T0/B0/SECRETPATH");
+        let out = send(&ctx(), &Destination::Slack { url }, &job("hi")).await;
+        assert_eq!(out.verdict, Verdict::Retry { after: None });
+        let response = out.response.unwrap();
+        assert!(!response.contains("SECRETPATH"), "{response}");
+        assert!(!response.contains("127.0.0.1"), "{response}");
+    }
+
+    #[test]
+    fn the_redactor_hides_secrets_and_url_paths() {
+        let r = Redactor::new([Some("tok123"), None, Some(" ")])
+            .with_url_path("https://hooks.slack.com/services/T/B/xyz?key=k9");
+        let text = r.apply("bad tok123 at /services/T/B/xyz?key=k9");
+        assert_eq!(text, "bad [redacted] at /[redacted]?[redacted]");
+    }
+
+    #[test]
+    fn platform_waits_parse_as_seconds_fractions_or_dates() {
+        assert_eq!(parse_seconds("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_seconds("1.5"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_seconds("-1"), None);
+        assert_eq!(parse_seconds("NaN"), None);
+        assert_eq!(parse_seconds("1e300"), None);
+    }
+}

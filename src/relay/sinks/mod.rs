@@ -1,0 +1,237 @@
+//! Sending one delivery job to one destination, once. Retrying, ordering and bookkeeping are the
+//! caller's (`relay::deliver`); a sink only reports how the attempt went.
+//!
+//! One file per sink family:
+//!
+//! - `webhook`: the JSON event envelope, signed per Standard Webhooks.
+//! - `chat`: seed 000's push format, `{sessionId, content, role: "assistant"}` with a Bearer token.
+//! - `openclaw`: the OpenClaw gateway's `POST /hooks/agent`.
+//! - `command`: a configured argv template, run without a shell.
+//! - `platforms`: Telegram `sendMessage`, Discord and Slack webhooks, long text split to fit.
+//! - `log` (here): one `tracing` line, for development.
+//!
+//! Every HTTP request goes through `http`: the URL is checked against [`ssrf::check_url`] first
+//! (a refusal is [`Verdict::Permanent`], and no request is made), the client's
+//! [`ssrf::SafeResolver`] refuses names that resolve to internal addresses, statuses go through
+//! [`retry::classify_status`] and transport errors through [`retry::classify_transport_error`].
+//!
+//! Tokens, secrets and URLs never appear in [`SendOutcome::response`] or in logs: reqwest errors
+//! are stripped of their URL, and the destination's secrets are replaced by `[redacted]` in
+//! anything a receiver or an error could echo.
+//!
+//! A destination for people (everything but `webhook`) given an empty `job.text` has nothing to
+//! say: the attempt is [`Verdict::Delivered`] without a request.
+//!
+//! [`ssrf::check_url`]: super::ssrf::check_url
+//! [`ssrf::SafeResolver`]: super::ssrf::SafeResolver
+//! [`retry::classify_status`]: super::retry::classify_status
+//! [`retry::classify_transport_error`]: super::retry::classify_transport_error
+
+mod chat;
+mod command;
+mod http;
+mod openclaw;
+mod platforms;
+mod webhook;
+
+#[cfg(test)]
+mod testkit;
+
+use super::destination::Destination;
+use super::job::DeliveryJob;
+use super::retry::Verdict;
+use super::ssrf::{AllowList, SafeResolver};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The per-attempt time limit used when the config names none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The `User-Agent` of every request.
+pub const USER_AGENT: &str = concat!("taskfleet/", env!("CARGO_PKG_VERSION"));
+
+/// Why the sinks could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// reqwest refused the client configuration (e.g. no TLS backend).
+    #[error("cannot build the relay's HTTP client")]
+    Client(#[from] reqwest::Error),
+}
+
+/// What every sink shares: an HTTP client that refuses internal addresses (unless allowlisted),
+/// follows no redirects and uses no proxy, and the per-attempt timeout.
+#[derive(Debug, Clone)]
+pub struct SinkContext {
+    /// The outbound HTTP client.
+    pub http: reqwest::Client,
+    /// Internal addresses/hosts allowed anyway (e.g. a local gateway).
+    pub allow: AllowList,
+    /// Per-attempt time limit.
+    pub timeout: Duration,
+}
+
+impl SinkContext {
+    /// Builds the shared client: no proxy (a proxy would resolve names past the
+    /// [`SafeResolver`]), no redirects (a redirect target is a new, unchecked URL), the safe
+    /// resolver with `allow`, a `timeout` per request and a `taskfleet/<version>` user agent.
+    pub fn new(allow: AllowList, timeout: Duration) -> Result<SinkContext, SinkError> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(SafeResolver::new(allow.clone())))
+            .timeout(timeout)
+            .user_agent(USER_AGENT)
+            .build()?;
+        Ok(SinkContext {
+            http,
+            allow,
+            timeout,
+        })
+    }
+}
+
+/// How one attempt went.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendOutcome {
+    /// Delivered, retry (maybe after a time), permanent failure, or disable the destination.
+    pub verdict: Verdict,
+    /// HTTP status of the (last) response, if any.
+    pub status: Option<u16>,
+    /// Response body (≤ 4 KiB) or error text.
+    pub response: Option<String>,
+    /// How long the attempt took.
+    pub duration: Duration,
+}
+
+/// Sends `job` to `dest` once.
+pub async fn send(ctx: &SinkContext, dest: &Destination, job: &DeliveryJob) -> SendOutcome {
+    let start = Instant::now();
+    let attempt = if is_for_people(dest) && job.text.trim().is_empty() {
+        Attempt::new(
+            Verdict::Delivered,
+            None,
+            Some("empty message: nothing to send".into()),
+        )
+    } else {
+        dispatch(ctx, dest, job).await
+    };
+    let outcome = SendOutcome {
+        verdict: attempt.verdict,
+        status: attempt.status,
+        response: attempt.response,
+        duration: start.elapsed(),
+    };
+    tracing::debug!(
+        sink = dest.kind(),
+        job_id = %job.id,
+        verdict = ?outcome.verdict,
+        status = ?outcome.status,
+        duration_ms = outcome.duration.as_millis() as u64,
+        "delivery attempt"
+    );
+    outcome
+}
+
+async fn dispatch(ctx: &SinkContext, dest: &Destination, job: &DeliveryJob) -> Attempt {
+    match dest {
+        Destination::Webhook { url, secret, .. } => {
+            webhook::send(ctx, url, secret.as_deref(), job).await
+        }
+        Destination::Chat {
+            url,
+            session_id,
+            token,
+            ..
+        } => chat::send(ctx, url, session_id, token.as_deref(), job).await,
+        Destination::Openclaw {
+            url, token, fields, ..
+        } => openclaw::send(ctx, url, token.as_deref(), fields, job).await,
+        Destination::Command { argv, vars } => command::run(ctx, argv, vars, job).await,
+        Destination::Telegram {
+            bot_token,
+            chat_id,
+            api_base,
+            ..
+        } => {
+            let base = api_base.as_deref();
+            platforms::telegram(ctx, bot_token.as_deref(), chat_id, base, job).await
+        }
+        Destination::Discord { url } => platforms::discord(ctx, url, job).await,
+        Destination::Slack { url } => platforms::slack(ctx, url, job).await,
+        Destination::Log {} => log(job),
+    }
+}
+
+/// Whether `dest` delivers `job.text` to people (rather than the event to a machine).
+fn is_for_people(dest: &Destination) -> bool {
+    !matches!(dest, Destination::Webhook { .. })
+}
+
+/// The `log` sink: one `info` line with the message.
+fn log(job: &DeliveryJob) -> Attempt {
+    let task_id = job.task.as_ref().map(|t| t.id.as_str());
+    tracing::info!(
+        job_id = %job.id,
+        event = %job.event_type(),
+        task_id,
+        text = %job.text,
+        "relay message"
+    );
+    Attempt::new(Verdict::Delivered, None, None)
+}
+
+/// How one attempt went, before its duration is known.
+#[derive(Debug, Clone, PartialEq)]
+struct Attempt {
+    verdict: Verdict,
+    status: Option<u16>,
+    response: Option<String>,
+}
+
+impl Attempt {
+    fn new(verdict: Verdict, status: Option<u16>, response: Option<String>) -> Self {
+        Self {
+            verdict,
+            status,
+            response,
+        }
+    }
+
+    /// A failure that retrying cannot fix, explained.
+    fn permanent(why: impl Into<String>) -> Self {
+        Self::new(Verdict::Permanent, None, Some(why.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testkit::{ctx, job, Receiver};
+    use super::*;
+
+    #[tokio::test]
+    async fn an_empty_message_for_people_is_delivered_without_a_request() {
+        let rx = Receiver::ok().await;
+        let dest = Destination::Slack { url: rx.url("/s") };
+        let out = send(&ctx(), &dest, &job("  \n")).await;
+        assert_eq!(out.verdict, Verdict::Delivered);
+        assert!(rx.seen().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_log_sink_always_delivers() {
+        let out = send(&ctx(), &Destination::Log {}, &job("hello")).await;
+        assert_eq!(out.verdict, Verdict::Delivered);
+        assert_eq!(out.status, None);
+    }
+
+    #[tokio::test]
+    async fn requests_carry_the_taskfleet_user_agent() {
+        let rx = Receiver::ok().await;
+        let dest = Destination::Slack { url: rx.url("/s") };
+        send(&ctx(), &dest, &job("hi")).await;
+        let seen = rx.seen();
+        let ua = seen[0].header("user-agent").unwrap_or_default();
+        assert_eq!(ua, USER_AGENT);
+        assert!(ua.starts_with("taskfleet/"));
+    }
+}

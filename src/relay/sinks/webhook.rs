@@ -1,0 +1,148 @@
+//! The `webhook` sink: `POST <url>` with the JSON event envelope ([`DeliveryJob::envelope`]),
+//! signed per Standard Webhooks when a `whsec_` secret is set.
+//!
+//! Headers: `content-type: application/json`, `webhook-id: <job.id>` (the same on every retry,
+//! so receivers can de-duplicate), `webhook-timestamp: <unix seconds>` and, with a secret,
+//! `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`. The body is serialized
+//! and the timestamp and signature computed afresh on every attempt, so a retry hours later
+//! still passes the receiver's timestamp tolerance.
+
+use super::http::{post_json, Redactor};
+use super::{Attempt, SinkContext};
+use crate::relay::job::DeliveryJob;
+use crate::relay::signature::{Signer, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+
+/// Sends the envelope of `job` to `url`, signed with `secret` when there is one.
+pub(super) async fn send(
+    ctx: &SinkContext,
+    url: &str,
+    secret: Option<&str>,
+    job: &DeliveryJob,
+) -> Attempt {
+    let secret = secret.filter(|s| !s.trim().is_empty());
+    let signer = match secret.map(Signer::from_secret).transpose() {
+        Ok(signer) => signer,
+        // SignatureError never carries key material.
+        Err(e) => return Attempt::permanent(format!("webhook secret: {e}")),
+    };
+    let body = match serde_json::to_vec(&job.envelope()) {
+        Ok(body) => body,
+        Err(e) => return Attempt::permanent(format!("cannot serialize the envelope: {e}")),
+    };
+    let timestamp = chrono::Utc::now().timestamp();
+    let mut headers = vec![
+        (HEADER_ID, job.id.clone()),
+        (HEADER_TIMESTAMP, timestamp.to_string()),
+    ];
+    if let Some(signer) = &signer {
+        headers.push((HEADER_SIGNATURE, signer.sign(&job.id, timestamp, &body)));
+    }
+    let redact = Redactor::new([secret]);
+    match post_json(ctx, url, &headers, body, &redact).await {
+        Ok(reply) => reply.attempt(reply.verdict(), &redact),
+        Err(failed) => failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{ctx, job, task_job, Receiver};
+    use super::super::{send, Destination};
+    use crate::relay::retry::Verdict;
+    use crate::relay::signature::Signer;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn webhook(rx: &Receiver, secret: Option<&str>) -> Destination {
+        Destination::Webhook {
+            url: rx.url("/hooks/taskfleet"),
+            secret: secret.map(String::from),
+            secret_env: None,
+            events: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_signed_webhook_verifies_and_keeps_its_id_across_attempts() {
+        let rx = Receiver::ok().await;
+        let dest = webhook(&rx, Some(SECRET));
+        let job = task_job("✅ done");
+        for _ in 0..2 {
+            let out = send(&ctx(), &dest, &job).await;
+            assert_eq!(out.verdict, Verdict::Delivered);
+            assert_eq!(out.status, Some(200));
+        }
+        let seen = rx.seen();
+        assert_eq!(seen.len(), 2);
+        let signer = Signer::from_secret(SECRET).unwrap();
+        for s in &seen {
+            assert_eq!(s.method, "POST");
+            assert_eq!(s.path, "/hooks/taskfleet");
+            assert_eq!(s.header("content-type"), Some("application/json"));
+            let (id, ts, sig) = (
+                s.header("webhook-id").unwrap(),
+                s.header("webhook-timestamp").unwrap(),
+                s.header("webhook-signature").unwrap(),
+            );
+            assert_eq!(id, job.id);
+            assert!(sig.starts_with("v1,"));
+            signer.verify(id, ts, &s.body, sig).unwrap();
+        }
+        assert_eq!(
+            seen[0].header("webhook-id"),
+            seen[1].header("webhook-id"),
+            "webhook-id must be stable across retries"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_body_is_the_event_envelope() {
+        let rx = Receiver::ok().await;
+        let job = task_job("✅ done");
+        send(&ctx(), &webhook(&rx, Some(SECRET)), &job).await;
+        let body = rx.seen()[0].json();
+        assert_eq!(body["type"], "task.completed");
+        assert_eq!(body["id"], job.id.as_str());
+        assert_eq!(body["data"]["text"], "✅ done");
+        assert_eq!(body["data"]["task"]["id"], "t_42");
+        assert_eq!(body, job.envelope());
+    }
+
+    #[tokio::test]
+    async fn a_signature_made_with_another_secret_does_not_verify() {
+        let rx = Receiver::ok().await;
+        send(&ctx(), &webhook(&rx, Some(SECRET)), &job("x")).await;
+        let s = &rx.seen()[0];
+        let other = Signer::from_secret(&Signer::generate_secret()).unwrap();
+        let (id, ts) = (
+            s.header("webhook-id").unwrap(),
+            s.header("webhook-timestamp").unwrap(),
+        );
+        let sig = s.header("webhook-signature").unwrap();
+        assert!(other.verify(id, ts, &s.body, sig).is_err());
+    }
+
+    #[tokio::test]
+    async fn without_a_secret_the_webhook_is_sent_unsigned() {
+        let rx = Receiver::ok().await;
+        let out = send(&ctx(), &webhook(&rx, None), &job("")).await;
+        assert_eq!(
+            out.verdict,
+            Verdict::Delivered,
+            "webhooks send even empty text"
+        );
+        let s = &rx.seen()[0];
+        assert!(s.header("webhook-id").is_some() && s.header("webhook-timestamp").is_some());
+        assert!(s.header("webhook-signature").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_malformed_secret_is_permanent_and_never_reported() {
+        let rx = Receiver::ok().await;
+        let bad = "whsec_TOPSECRET*notbase64";
+        let out = send(&ctx(), &webhook(&rx, Some(bad)), &job("x")).await;
+        assert_eq!(out.verdict, Verdict::Permanent);
+        assert!(!out.response.unwrap().contains("TOPSECRET"));
+        assert!(rx.seen().is_empty());
+    }
+}
