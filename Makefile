@@ -5,6 +5,7 @@
 #   make check                     rustfmt --check + clippy -D warnings
 #   make nats                      just ensure nats-server and print its path
 #   make bench-workers             worker latency/throughput figures (see docs/benchmarks.md)
+#   make bench-relay               relay delivery rate, 1 and 100 destinations
 #
 # nats-server >= 2.11 comes from $NATS_SERVER_BIN, PATH, or is installed into
 # .tools/nats by scripts/ensure-nats.sh; its path is exported as NATS_SERVER_BIN.
@@ -26,10 +27,10 @@ export NATS_SERVER_BIN; \
 echo "==> using NATS_SERVER_BIN=$$NATS_SERVER_BIN ($$("$$NATS_SERVER_BIN" --version 2>&1))" >&2
 endef
 
-.PHONY: help run test check nats bench-workers
+.PHONY: help run test check nats bench-workers bench-relay
 
 help:
-	@sed -n '3,7p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,8p' Makefile | sed 's/^# \{0,1\}//'
 
 nats:
 	@$(ENSURE_NATS)
@@ -64,3 +65,8 @@ bench-workers:
 	echo "==> building release binaries (several minutes on 2 cores the first time)…" >&2; \
 	$(CARGO) build --release --bin taskfleet --example bench; \
 	$(CARGO) run --release --quiet --example bench -- $(ARGS)
+
+bench-relay:
+	@$(with_nats); \
+	echo "==> building the relay benchmark (release)…" >&2; \
+	$(CARGO) run --release --quiet --example bench_relay -- $(ARGS)

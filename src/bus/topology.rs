@@ -185,7 +185,7 @@ impl Topology {
                     description: Some("taskfleet relay: every task event".into()),
                     filter_subject: subjects::ALL_EVENTS.into(),
                     ack_policy: AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(60),
+                    ack_wait: Duration::from_secs(30),
                     max_deliver: -1,
                     max_ack_pending: 1000,
                     deliver_policy: DeliverPolicy::New,

@@ -98,7 +98,7 @@ impl Delivery {
                     durable_name: Some(name.clone()),
                     filter_subject: subjects::delivery(key),
                     ack_policy: AckPolicy::Explicit,
-                    ack_wait: self.sinks.timeout + Duration::from_secs(30),
+                    ack_wait: self.sinks.timeout + Duration::from_secs(5),
                     max_deliver: -1,
                     max_ack_pending: 1,
                     deliver_policy: DeliverPolicy::All,

@@ -1,0 +1,129 @@
+//! `make bench-relay`: events per second delivered by the relay to a local webhook receiver,
+//! with 1 destination and with 100 destinations. Prints figures; asserts nothing.
+//!
+//! Run: `cargo run --release --example bench_relay -- [--events 3000] [--fanout-events 100]`
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use taskfleet::config::{Config, RelayConfig, RouteConfig};
+use taskfleet::domain::{Assignee, EventKind, NewTask};
+use taskfleet::natsd::{LocalNats, LocalNatsOptions};
+use taskfleet::relay::destination::Destination;
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn receiver(count: Arc<AtomicUsize>) -> String {
+    let app = axum::Router::new().route(
+        "/hook/{n}",
+        axum::routing::post(move || {
+            let count = count.clone();
+            async move {
+                count.fetch_add(1, Ordering::Relaxed);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// One scenario: `destinations` webhooks all routed every `step` event; `events` events.
+async fn scenario(nats_url: &str, destinations: usize, events: usize) -> anyhow::Result<f64> {
+    let count = Arc::new(AtomicUsize::new(0));
+    let base = receiver(count.clone()).await;
+    let mut cfg = Config::default();
+    cfg.nats.url = Some(nats_url.to_string());
+    let assignee = format!("bench{destinations}");
+    let mut relay = RelayConfig {
+        allow: vec!["127.0.0.1/32".into()],
+        ..RelayConfig::default()
+    };
+    let mut names = Vec::new();
+    for n in 0..destinations {
+        let name = format!("d{n}");
+        relay.destinations.insert(
+            name.clone(),
+            Destination::Webhook {
+                url: format!("{base}/hook/{n}"),
+                secret: None,
+                secret_env: None,
+                events: vec![EventKind::Step],
+            },
+        );
+        names.push(name);
+    }
+    relay.routes = vec![RouteConfig {
+        assignees: vec![Assignee::parse(&assignee)?],
+        events: vec![EventKind::Step],
+        destinations: names,
+        ..RouteConfig::default()
+    }];
+    let bus = taskfleet::serve::connect(&cfg, nats_url, "bench").await?;
+    let tasks = taskfleet::tasks::TaskService::new(bus.clone(), Default::default());
+    let token = tokio_util::sync::CancellationToken::new();
+    let relay_task = tokio::spawn(taskfleet::relay::run(bus.clone(), relay, token.clone()));
+    let new: NewTask = serde_json::from_value(serde_json::json!({
+        "task_name": "bench", "assigned_to": assignee, "kind": "noop"
+    }))?;
+    let task = tasks.create(new, "bench").await?.task;
+    let expected = events * destinations;
+    eprintln!("relay: {events} step events × {destinations} destination(s) = {expected} deliveries …");
+    let started = Instant::now();
+    for i in 0..events {
+        tasks
+            .record(&task, EventKind::Step, "bench", Some(format!("step {i}")), serde_json::json!({}))
+            .await;
+    }
+    while count.load(Ordering::Relaxed) < expected {
+        if started.elapsed() > Duration::from_secs(240) {
+            eprintln!("gave up waiting: {} of {expected}", count.load(Ordering::Relaxed));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rate = count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    token.cancel();
+    let _ = relay_task.await;
+    Ok(rate)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let events = arg("--events", 3000);
+    let fanout_events = arg("--fanout-events", 100);
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let nats = LocalNats::start(&LocalNatsOptions {
+        bin: None,
+        conf: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/nats.conf")),
+        store_dir: dir.path().join("nats"),
+        log_file: dir.path().join("nats.log"),
+        port,
+    })
+    .await?;
+    let one = scenario(&nats.url, 1, events).await?;
+    let hundred = scenario(&nats.url, 100, fanout_events).await?;
+    nats.stop().await;
+    println!("\n## Relay benchmark\n");
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| deliveries/s, 1 webhook destination ({events} events) | {one:.0} |");
+    println!("| deliveries/s, 100 webhook destinations ({fanout_events} events each) | {hundred:.0} |");
+    let mut json = BTreeMap::new();
+    json.insert("one_destination_per_s", one);
+    json.insert("hundred_destinations_per_s", hundred);
+    println!("\n{}", serde_json::to_string_pretty(&json)?);
+    Ok(())
+}
