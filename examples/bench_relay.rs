@@ -79,16 +79,27 @@ async fn scenario(nats_url: &str, destinations: usize, events: usize) -> anyhow:
     }))?;
     let task = tasks.create(new, "bench").await?.task;
     let expected = events * destinations;
-    eprintln!("relay: {events} step events × {destinations} destination(s) = {expected} deliveries …");
+    eprintln!(
+        "relay: {events} step events × {destinations} destination(s) = {expected} deliveries …"
+    );
     let started = Instant::now();
     for i in 0..events {
         tasks
-            .record(&task, EventKind::Step, "bench", Some(format!("step {i}")), serde_json::json!({}))
+            .record(
+                &task,
+                EventKind::Step,
+                "bench",
+                Some(format!("step {i}")),
+                serde_json::json!({}),
+            )
             .await;
     }
     while count.load(Ordering::Relaxed) < expected {
         if started.elapsed() > Duration::from_secs(240) {
-            eprintln!("gave up waiting: {} of {expected}", count.load(Ordering::Relaxed));
+            eprintln!(
+                "gave up waiting: {} of {expected}",
+                count.load(Ordering::Relaxed)
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -104,7 +115,9 @@ async fn main() -> anyhow::Result<()> {
     let events = arg("--events", 3000);
     let fanout_events = arg("--fanout-events", 100);
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let nats = LocalNats::start(&LocalNatsOptions {
         bin: None,
         conf: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/nats.conf")),
@@ -120,7 +133,9 @@ async fn main() -> anyhow::Result<()> {
     println!("| figure | value |");
     println!("|---|---|");
     println!("| deliveries/s, 1 webhook destination ({events} events) | {one:.0} |");
-    println!("| deliveries/s, 100 webhook destinations ({fanout_events} events each) | {hundred:.0} |");
+    println!(
+        "| deliveries/s, 100 webhook destinations ({fanout_events} events each) | {hundred:.0} |"
+    );
     let mut json = BTreeMap::new();
     json.insert("one_destination_per_s", one);
     json.insert("hundred_destinations_per_s", hundred);

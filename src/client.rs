@@ -132,11 +132,80 @@ impl ApiClient {
         verb: &str,
         body: Option<&Value>,
     ) -> Result<Task, ClientError> {
+        self.action_once(id, verb, body, None).await
+    }
+
+    /// `PUT /api/tasks/{id}/{verb}` with an optional JSON body and `Idempotency-Key`: a repeat
+    /// with the same key applies nothing and returns the task's current state.
+    pub async fn action_once(
+        &self,
+        id: &str,
+        verb: &str,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Task, ClientError> {
         let mut req = self.request(Method::PUT, &format!("/api/tasks/{id}/{verb}"));
         if let Some(b) = body {
             req = req.json(b);
         }
+        if let Some(k) = idempotency_key {
+            req = req.header("Idempotency-Key", k);
+        }
         self.send(req).await
+    }
+
+    /// `PUT /api/tasks/{id}/step`: finishes the current step (`info` is its one-line note;
+    /// `step` names it for a task without named steps) and moves to the next.
+    pub async fn step(
+        &self,
+        id: &str,
+        info: Option<&str>,
+        step: Option<&str>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Task, ClientError> {
+        let body = serde_json::json!({ "info": info, "step": step });
+        self.action_once(id, "step", Some(&body), idempotency_key)
+            .await
+    }
+
+    /// `PUT /api/tasks/{id}/heartbeat`: a long step is still alive.
+    pub async fn heartbeat(
+        &self,
+        id: &str,
+        info: Option<&str>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Task, ClientError> {
+        let body = serde_json::json!({ "info": info });
+        self.action_once(id, "heartbeat", Some(&body), idempotency_key)
+            .await
+    }
+
+    /// `PUT /api/tasks/{id}/progress`: the running task's percentage (0 to 100).
+    pub async fn progress(
+        &self,
+        id: &str,
+        percent: u8,
+        info: Option<&str>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Task, ClientError> {
+        let body = serde_json::json!({ "percent": percent, "info": info });
+        self.action_once(id, "progress", Some(&body), idempotency_key)
+            .await
+    }
+
+    /// `POST /api/tasks/cleanup`: removes tasks finished more than `older_than_s` seconds ago
+    /// (the server's default, 7 days, when `None`); returns how many. Needs an admin key.
+    pub async fn cleanup(&self, older_than_s: Option<u64>) -> Result<u64, ClientError> {
+        let body = match older_than_s {
+            Some(s) => serde_json::json!({ "older_than_s": s }),
+            None => serde_json::json!({}),
+        };
+        let answer: Value = self
+            .send(self.request(Method::POST, "/api/tasks/cleanup").json(&body))
+            .await?;
+        answer["removed"]
+            .as_u64()
+            .ok_or_else(|| ClientError::Decode(format!("no `removed` count in {answer}")))
     }
 
     /// `GET /api/tasks/{id}/logs`.

@@ -36,7 +36,6 @@ pub fn api_state(
             max_page: cfg.api.max_limit,
         },
         shutdown,
-        push_destination: cfg.relay.push_destination.clone(),
     })
 }
 

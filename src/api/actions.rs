@@ -2,6 +2,10 @@
 //!
 //! `complete` and `fail` accept a fencing token (`fencing_token` in the body or the
 //! `X-Fencing-Token` header); when given, only the current lease may finish the task.
+//!
+//! Every action (these and the Live Task Pulse ones in `progress.rs`) runs through [`act_once`]:
+//! with an `Idempotency-Key` header, a repeat of an applied call answers 200 with the task's
+//! current state (and `Idempotent-Replayed: true`) and applies nothing.
 
 use super::auth::Principal;
 use super::error::IdPath;
@@ -9,11 +13,70 @@ use super::error::{ApiError, JsonBody};
 use super::state::AppState;
 use super::tasks::authorized_task;
 use crate::domain::Task;
-use axum::extract::State;
+use crate::tasks::{Applied, TaskError};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
+use std::future::Future;
+
+/// The `Idempotency-Key` header of an action, if sent.
+#[derive(Debug, Clone, Default)]
+pub(super) struct IdempotencyKey(pub(super) Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        match parts.headers.get("idempotency-key") {
+            None => Ok(Self(None)),
+            Some(v) => v
+                .to_str()
+                .map(|k| Self(Some(k.trim().to_string())))
+                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into())),
+        }
+    }
+}
+
+/// An action's answer: 200 with the task, marked `Idempotent-Replayed: true` for a repeat.
+#[derive(Debug)]
+pub(super) struct Acted(Applied);
+
+impl IntoResponse for Acted {
+    fn into_response(self) -> Response {
+        let mut response = Json(self.0.task).into_response();
+        if self.0.replayed {
+            response.headers_mut().insert(
+                "idempotent-replayed",
+                axum::http::HeaderValue::from_static("true"),
+            );
+        }
+        response
+    }
+}
+
+/// Runs `apply` on `task` once per idempotency key (always, without one). `verb` names the
+/// action in the key, so the same key on `step` and on `complete` are two actions.
+pub(super) async fn act_once<F, Fut>(
+    state: &AppState,
+    task: &Task,
+    verb: &'static str,
+    key: IdempotencyKey,
+    apply: F,
+) -> Result<Acted, ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Task, TaskError>>,
+{
+    let applied = state
+        .tasks
+        .once(&task.id, verb, key.0.as_deref(), apply)
+        .await?;
+    Ok(Acted(applied))
+}
 
 /// Optional body of the action routes.
 #[derive(Debug, Default, Deserialize)]
@@ -39,10 +102,14 @@ pub(super) async fn start(
     State(state): State<AppState>,
     who: Principal,
     IdPath(id): IdPath,
+    key: IdempotencyKey,
     JsonBody(_body): JsonBody<Option<Value>>,
-) -> Result<Json<Task>, ApiError> {
+) -> Result<Acted, ApiError> {
     let task = authorized_task(&state, &who, &id).await?;
-    Ok(Json(state.tasks.start(&task.id, &who.name).await?))
+    act_once(&state, &task, "start", key, || {
+        state.tasks.start(&task.id, &who.name)
+    })
+    .await
 }
 
 /// `complete`: `{"result": …}`.
@@ -51,22 +118,22 @@ pub(super) async fn complete(
     who: Principal,
     IdPath(id): IdPath,
     headers: HeaderMap,
+    key: IdempotencyKey,
     JsonBody(body): JsonBody<Option<ActionBody>>,
-) -> Result<Json<Task>, ApiError> {
+) -> Result<Acted, ApiError> {
     let body = body.unwrap_or_default();
     let task = authorized_task(&state, &who, &id).await?;
     let fence = fence(&headers, &body);
-    let done = state
-        .tasks
-        .complete(
+    act_once(&state, &task, "complete", key, || {
+        state.tasks.complete(
             &task.id,
             body.result,
             fence.as_deref(),
             &who.name,
             Value::Null,
         )
-        .await?;
-    Ok(Json(done))
+    })
+    .await
 }
 
 /// `fail`: `{"error": …}` (also accepts `reason`, `message` or `result`).
@@ -75,8 +142,9 @@ pub(super) async fn fail(
     who: Principal,
     IdPath(id): IdPath,
     headers: HeaderMap,
+    key: IdempotencyKey,
     JsonBody(body): JsonBody<Option<ActionBody>>,
-) -> Result<Json<Task>, ApiError> {
+) -> Result<Acted, ApiError> {
     let body = body.unwrap_or_default();
     let task = authorized_task(&state, &who, &id).await?;
     let fence = fence(&headers, &body);
@@ -90,11 +158,12 @@ pub(super) async fn fail(
             other => other.to_string(),
         }))
         .unwrap_or_else(|| "failed (no reason given)".into());
-    let failed = state
-        .tasks
-        .fail(&task.id, error, fence.as_deref(), &who.name, Value::Null)
-        .await?;
-    Ok(Json(failed))
+    act_once(&state, &task, "fail", key, || {
+        state
+            .tasks
+            .fail(&task.id, error, fence.as_deref(), &who.name, Value::Null)
+    })
+    .await
 }
 
 /// `cancel`: optional `{"reason": …}`.
@@ -102,12 +171,16 @@ pub(super) async fn cancel(
     State(state): State<AppState>,
     who: Principal,
     IdPath(id): IdPath,
+    key: IdempotencyKey,
     JsonBody(body): JsonBody<Option<ActionBody>>,
-) -> Result<Json<Task>, ApiError> {
+) -> Result<Acted, ApiError> {
     let body = body.unwrap_or_default();
     let task = authorized_task(&state, &who, &id).await?;
     let reason = body.reason.or(body.message).or(body.error);
-    Ok(Json(state.tasks.cancel(&task.id, reason, &who.name).await?))
+    act_once(&state, &task, "cancel", key, || {
+        state.tasks.cancel(&task.id, reason, &who.name)
+    })
+    .await
 }
 
 /// `retry`: queues a failed or cancelled task again.
@@ -115,8 +188,12 @@ pub(super) async fn retry(
     State(state): State<AppState>,
     who: Principal,
     IdPath(id): IdPath,
+    key: IdempotencyKey,
     JsonBody(_body): JsonBody<Option<Value>>,
-) -> Result<Json<Task>, ApiError> {
+) -> Result<Acted, ApiError> {
     let task = authorized_task(&state, &who, &id).await?;
-    Ok(Json(state.tasks.retry(&task.id, &who.name).await?))
+    act_once(&state, &task, "retry", key, || {
+        state.tasks.retry(&task.id, &who.name)
+    })
+    .await
 }

@@ -27,45 +27,47 @@ fn admin_only(who: &Principal) -> Result<(), ApiError> {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct PushBody {
-    session_id: String,
+    /// Optional: without it the push destination's own session is used.
+    #[serde(default)]
+    session_id: Option<String>,
     content: String,
     #[serde(default)]
     role: Option<String>,
 }
 
-/// `POST /api/push` `{sessionId, content, role}`: delivered through the relay to the configured
-/// push destination (`relay.push_destination`), with the session id replaced, and retried like
-/// every delivery. Answers 202 with the delivery id.
+/// `POST /api/push` `{sessionId, content, role}`: queued for the relay, which delivers it to its
+/// `relay.push_destination` with the session id replaced, retried like every delivery. Answers
+/// 202 with the delivery id.
 pub(super) async fn push(
     State(state): State<AppState>,
     who: Principal,
     JsonBody(body): JsonBody<PushBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     admin_only(&who)?;
-    if body.session_id.trim().is_empty() || body.content.is_empty() {
+    if body.content.is_empty()
+        || body
+            .session_id
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty())
+    {
         return Err(ApiError::Unprocessable(
-            "sessionId and content must not be empty".into(),
+            "content (and sessionId, when given) must not be empty".into(),
         ));
     }
     if body.role.as_deref().is_some_and(|r| r != "assistant") {
         return Err(ApiError::Unprocessable("role must be \"assistant\"".into()));
     }
-    let Some(name) = state.push_destination.clone() else {
-        return Err(ApiError::Conflict {
-            code: "no_push_destination",
-            message: "no push destination is configured (relay.push_destination)".into(),
-        });
-    };
-    let key = format!("n_{name}");
+    // Queued under the relay's push key; the relay delivers it to `relay.push_destination`.
+    let key = crate::relay::job::PUSH_KEY.to_string();
     let job = DeliveryJob {
         id: format!("push_{}", ulid::Ulid::new()),
-        key: key.clone(),
-        name: Some(name),
+        key,
+        name: None,
         destination: None,
         event: None,
         task: None,
         text: body.content,
-        session_id: Some(body.session_id),
+        session_id: body.session_id,
         created_time: crate::domain::now(),
     };
     queue(&state, &job, &job.id).await?;

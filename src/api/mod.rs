@@ -1,7 +1,8 @@
 //! The HTTP API: OpenTask routes (seed 001) plus taskfleet's extensions.
 //!
 //! - `tasks.rs`: create, get, list, pending;
-//! - `actions.rs`: start, complete, fail, cancel, retry;
+//! - `actions.rs`: start, complete, fail, cancel, retry, and idempotency keys for every action;
+//! - `progress.rs`: Live Task Pulse (step/next, heartbeat, progress) and cleanup;
 //! - `events.rs`: the task log and the live SSE feed;
 //! - `runs.rs`: output and stdin of running commands, dead letters;
 //! - `deliveries.rs`: push ingest and the relay's deliveries (list, replay);
@@ -14,6 +15,7 @@ mod deliveries;
 mod error;
 mod events;
 mod health;
+mod progress;
 mod runs;
 mod state;
 mod tasks;
@@ -34,6 +36,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let timed = Router::new()
         .route("/api/tasks", post(tasks::create).get(tasks::list))
         .route("/api/tasks/pending", get(tasks::pending))
+        .route("/api/tasks/cleanup", post(progress::cleanup))
         .route("/api/tasks/{id}", get(tasks::get_one))
         .route(
             "/api/tasks/{id}/start",
@@ -54,6 +57,22 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route(
             "/api/tasks/{id}/retry",
             put(actions::retry).post(actions::retry),
+        )
+        .route(
+            "/api/tasks/{id}/step",
+            put(progress::step).post(progress::step),
+        )
+        .route(
+            "/api/tasks/{id}/next",
+            put(progress::step).post(progress::step),
+        )
+        .route(
+            "/api/tasks/{id}/heartbeat",
+            put(progress::heartbeat).post(progress::heartbeat),
+        )
+        .route(
+            "/api/tasks/{id}/progress",
+            put(progress::progress).post(progress::progress),
         )
         .route("/api/tasks/{id}/logs", get(events::logs))
         .route("/api/tasks/{id}/output", get(runs::output))

@@ -16,8 +16,6 @@ pub struct AppState {
     pub limits: Limits,
     /// Cancelled on shutdown; long-lived responses (SSE) end with it.
     pub shutdown: CancellationToken,
-    /// The relay destination `POST /api/push` delivers to.
-    pub push_destination: Option<String>,
 }
 
 /// Sizes the API enforces.

@@ -2,6 +2,9 @@
 
 mod delivery;
 mod output;
+mod pulse;
+mod pulse_status;
+mod spool;
 mod task;
 
 use crate::config::Config;
@@ -36,6 +39,13 @@ pub enum Command {
     Relay(RelayArgs),
     /// List and replay the relay's deliveries over the API.
     Delivery(Box<delivery::DeliveryArgs>),
+    /// What a bot calls from inside a task: start, next, heartbeat, progress, done, fail, push,
+    /// status, cleanup.
+    Pulse(Box<pulse::PulseArgs>),
+    /// Seed 000's async-task verbs (start, done, fail, push, status); also how the binary
+    /// behaves when invoked as `async-task`.
+    #[command(name = "async-task")]
+    AsyncTask(Box<pulse::AsyncTaskArgs>),
     /// Create, inspect and change tasks over the API.
     Task(Box<task::TaskArgs>),
 }
@@ -90,6 +100,21 @@ pub struct RelayArgs {
     pub nats_url: Option<String>,
 }
 
+/// Parses the command line; invoked as `async-task` (a symlink), the binary takes seed 000's
+/// verbs directly: `async-task start "…"` is `taskfleet async-task start "…"`.
+pub fn parse() -> Cli {
+    use clap::Parser;
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked_as = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_stem())
+        .map(|s| s.to_string_lossy().into_owned());
+    if invoked_as.as_deref() == Some("async-task") {
+        args.insert(1, "async-task".into());
+    }
+    Cli::parse_from(args)
+}
+
 /// Runs a parsed command line and returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     let config = cli.config;
@@ -100,6 +125,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Worker(args) => serve_command(config, |cfg, t| worker(cfg, args, t)).await,
         Command::Relay(args) => serve_command(config, |cfg, t| relay(cfg, args, t)).await,
         Command::Delivery(args) => return delivery::run(*args).await,
+        Command::Pulse(args) => return pulse::run(*args).await,
+        Command::AsyncTask(args) => return pulse::run_async_task(*args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -25,6 +25,8 @@ pub(super) struct Delivery {
     pub(super) schedule: RetrySchedule,
     /// Named destinations, secrets resolved.
     pub(super) named: BTreeMap<String, Destination>,
+    /// Where pushes go (`relay.push_destination`).
+    pub(super) push_destination: Option<String>,
     running: Mutex<HashSet<String>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -36,6 +38,7 @@ impl Delivery {
         sinks: SinkContext,
         schedule: RetrySchedule,
         named: BTreeMap<String, Destination>,
+        push_destination: Option<String>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -43,6 +46,7 @@ impl Delivery {
             sinks,
             schedule,
             named,
+            push_destination,
             running: Mutex::new(HashSet::new()),
             tracker: TaskTracker::new(),
             shutdown,
@@ -144,6 +148,10 @@ impl Delivery {
         let destination = match (&job.destination, &job.name) {
             (Some(d), _) => Some(d.clone()),
             (None, Some(name)) => self.named.get(name).cloned(),
+            (None, None) if key == super::job::PUSH_KEY => self
+                .push_destination
+                .as_ref()
+                .and_then(|n| self.named.get(n).cloned()),
             (None, None) => None,
         };
         let Some(destination) = destination else {

@@ -109,7 +109,8 @@ pub enum Destination {
 
 impl Destination {
     /// The stable key this destination is queued under: `n_<name>` for named ones,
-    /// `h_<hash>` for ad-hoc ones. Safe as a subject token and a consumer name.
+    /// `h_<hash>` for ad-hoc ones. Safe as a subject token and a consumer name. A named
+    /// destination aimed at one chat session is queued apart, under [`session_key`].
     pub fn key(&self, name: Option<&str>) -> String {
         match name {
             Some(n) => format!("n_{n}"),
@@ -200,10 +201,47 @@ impl Destination {
     }
 }
 
-/// An entry of a task's `notify`: a configured destination's name, or a destination object.
+/// The queue key of named destination `name` aimed at chat session `session_id`:
+/// `n_<name>_<hash of the session>`, so each session is its own ordered queue.
+pub fn session_key(name: &str, session_id: &str) -> String {
+    let d = Sha256::digest(session_id.as_bytes());
+    let hex: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("n_{name}_{hex}")
+}
+
+/// `{"destination": "<name>", "session_id": "<id>"}` in a task's `notify`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionEntry {
+    #[serde(default)]
+    destination: Option<String>,
+    #[serde(default)]
+    session_id: Option<String>,
+}
+
+/// An entry of a task's `notify`: a configured destination's name, a destination object, or a
+/// configured destination aimed at one chat session
+/// (`{"destination": "<name>", "session_id": "<id>"}`).
 pub fn parse_notify(entry: &serde_json::Value) -> Result<NotifyEntry, DestinationError> {
     match entry {
         serde_json::Value::String(name) => Ok(NotifyEntry::Named(name.clone())),
+        serde_json::Value::Object(map)
+            if map.contains_key("destination")
+                || (map.contains_key("session_id") && !map.contains_key("type")) =>
+        {
+            let e: SessionEntry = serde_json::from_value(entry.clone())
+                .map_err(|e| DestinationError::Invalid(e.to_string()))?;
+            match (e.session_id, e.destination) {
+                (None, Some(name)) => Ok(NotifyEntry::Named(name)),
+                (None, None) => Err(DestinationError::Invalid(
+                    "a notify entry needs a destination or a session_id".into(),
+                )),
+                (Some(s), _) if s.trim().is_empty() => Err(DestinationError::Invalid(
+                    "session_id must not be empty".into(),
+                )),
+                (Some(session_id), name) => Ok(NotifyEntry::Session { name, session_id }),
+            }
+        }
         obj @ serde_json::Value::Object(_) => serde_json::from_value(obj.clone())
             .map(NotifyEntry::Inline)
             .map_err(|e| DestinationError::Invalid(e.to_string())),
@@ -220,6 +258,15 @@ pub enum NotifyEntry {
     Named(String),
     /// `{"type": "webhook", …}`.
     Inline(Destination),
+    /// `{"destination": "chat", "session_id": "s1"}`: a destination of the config, delivering
+    /// to this session (the job's `session_id`) instead of its own.
+    Session {
+        /// The configured destination; `None` (`{"session_id": "s1"}` alone) means the relay's
+        /// `push_destination`.
+        name: Option<String>,
+        /// The chat session to deliver to.
+        session_id: String,
+    },
 }
 
 #[cfg(test)]
@@ -241,6 +288,37 @@ mod tests {
         assert!(parse_notify(&json!({"type": "pager", "url": "x"})).is_err());
         assert!(parse_notify(&json!({"type": "webhook"})).is_err());
         assert!(parse_notify(&json!(42)).is_err());
+    }
+
+    #[test]
+    fn session_entries_name_a_destination_and_a_session_queued_apart() {
+        assert_eq!(
+            parse_notify(&json!({"destination": "chat", "session_id": "s1"})).unwrap(),
+            NotifyEntry::Session {
+                name: Some("chat".into()),
+                session_id: "s1".into()
+            }
+        );
+        assert_eq!(
+            parse_notify(&json!({"session_id": "s2"})).unwrap(),
+            NotifyEntry::Session {
+                name: None,
+                session_id: "s2".into()
+            }
+        );
+        assert_eq!(
+            parse_notify(&json!({"destination": "ops"})).unwrap(),
+            NotifyEntry::Named("ops".into())
+        );
+        assert!(parse_notify(&json!({"destination": "chat", "session_id": " "})).is_err());
+        assert!(parse_notify(&json!({"destination": "chat", "session": "s1"})).is_err());
+        assert!(parse_notify(&json!({"destination": 3, "session_id": "s1"})).is_err());
+
+        let (a, b) = (session_key("chat", "s1"), session_key("chat", "s2"));
+        assert_ne!(a, b);
+        assert_eq!(a, session_key("chat", "s1"));
+        assert!(a.starts_with("n_chat_") && a != "n_chat");
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'));
     }
 
     #[test]

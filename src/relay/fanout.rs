@@ -4,7 +4,7 @@
 //! through. The same loop watches running tasks for stalls.
 
 use super::deliver::Delivery;
-use super::destination::{parse_notify, Destination, NotifyEntry};
+use super::destination::{parse_notify, session_key, Destination, NotifyEntry};
 use super::job::DeliveryJob;
 use super::message::Templates;
 use crate::bus::{decode, encode, message_headers, subjects, BusError, NatsResultExt};
@@ -33,8 +33,22 @@ pub(super) struct FanOut {
     held: HashMap<(TaskId, String), (DeliveryJob, Instant)>,
     /// When a throttled kind last went out, by (task, destination key).
     last_sent: HashMap<(TaskId, String), Instant>,
+    /// The destination of `{"session_id": …}` notify entries (`relay.push_destination`).
+    pub(super) push_destination: Option<String>,
     /// Running tasks: when their last event came, and whether a stall was reported.
     running: HashMap<TaskId, (Instant, bool)>,
+}
+
+/// One destination an event goes to.
+#[derive(Debug, Clone)]
+struct Target {
+    /// Queue key (one ordered queue per key).
+    key: String,
+    /// The configured name, for named destinations.
+    name: Option<String>,
+    /// The chat session to deliver to instead of the destination's own.
+    session_id: Option<String>,
+    dest: Destination,
 }
 
 fn throttled(kind: EventKind) -> bool {
@@ -66,6 +80,7 @@ impl FanOut {
             held: HashMap::new(),
             last_sent: HashMap::new(),
             running: HashMap::new(),
+            push_destination: None,
         }
     }
 
@@ -144,7 +159,13 @@ impl FanOut {
                 return Ok(());
             }
         };
-        for (key, name, dest) in self.targets(&task, &event) {
+        for Target {
+            key,
+            name,
+            session_id,
+            dest,
+        } in self.targets(&task, &event)
+        {
             if !dest.wants(event.kind) {
                 continue;
             }
@@ -164,7 +185,7 @@ impl FanOut {
                 event: Some(event.clone()),
                 task: Some(public_view(&task)),
                 text,
-                session_id: None,
+                session_id,
                 created_time: crate::domain::now(),
             };
             let slot = (task.id.clone(), key.clone());
@@ -191,28 +212,42 @@ impl FanOut {
         Ok(())
     }
 
-    /// The task's `notify` destinations plus every route that matches, each once.
-    fn targets(
-        &self,
-        task: &Task,
-        event: &TaskEvent,
-    ) -> Vec<(String, Option<String>, Destination)> {
-        let mut out: Vec<(String, Option<String>, Destination)> = Vec::new();
-        let mut add = |name: Option<&str>, dest: Destination| {
-            let key = dest.key(name);
-            if !out.iter().any(|(k, _, _)| *k == key) {
-                out.push((key, name.map(str::to_string), dest));
+    /// The task's `notify` destinations plus every route that matches, each once. A named
+    /// destination aimed at a session is a target of its own (one queue per session).
+    fn targets(&self, task: &Task, event: &TaskEvent) -> Vec<Target> {
+        let mut out: Vec<Target> = Vec::new();
+        let mut add = |name: Option<&str>, session_id: Option<&str>, dest: Destination| {
+            let key = match (name, session_id) {
+                (Some(n), Some(s)) => session_key(n, s),
+                _ => dest.key(name),
+            };
+            if !out.iter().any(|t| t.key == key) {
+                out.push(Target {
+                    key,
+                    name: name.map(str::to_string),
+                    session_id: session_id.map(str::to_string),
+                    dest,
+                });
             }
         };
+        let unknown = |n: &str| tracing::warn!(task_id = %task.id, destination = n, "unknown destination in notify");
         for entry in &task.notify {
             match parse_notify(entry) {
-                Ok(NotifyEntry::Inline(d)) => add(None, d),
+                Ok(NotifyEntry::Inline(d)) => add(None, None, d),
                 Ok(NotifyEntry::Named(n)) => match self.named.get(&n) {
-                    Some(d) => add(Some(&n), d.clone()),
-                    None => {
-                        tracing::warn!(task_id = %task.id, destination = n, "unknown destination in notify")
-                    }
+                    Some(d) => add(Some(&n), None, d.clone()),
+                    None => unknown(&n),
                 },
+                Ok(NotifyEntry::Session { name, session_id }) => {
+                    let Some(name) = name.or_else(|| self.push_destination.clone()) else {
+                        tracing::warn!(task_id = %task.id, "notify names a session but no relay.push_destination is set");
+                        continue;
+                    };
+                    match self.named.get(&name) {
+                        Some(d) => add(Some(&name), Some(&session_id), d.clone()),
+                        None => unknown(&name),
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(task_id = %task.id, error.message = %e, "bad notify entry")
                 }
@@ -225,7 +260,7 @@ impl FanOut {
             if matches {
                 for n in &r.destinations {
                     if let Some(d) = self.named.get(n) {
-                        add(Some(n), d.clone());
+                        add(Some(n), None, d.clone());
                     }
                 }
             }

@@ -103,6 +103,9 @@ pub struct DeliveryRecord {
     pub updated_time: DateTime<Utc>,
 }
 
+/// Queue key of pushes (`POST /api/push`): delivered to the relay's `push_destination`.
+pub const PUSH_KEY: &str = "push";
+
 /// Largest response body kept per attempt.
 pub const MAX_RESPONSE_BYTES: usize = 4096;
 

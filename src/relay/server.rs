@@ -75,7 +75,15 @@ pub async fn run(
     )
     .map_err(|e| RelayError::Config(e.to_string()))?;
     let tasks = TaskService::new(bus.clone(), Arc::new(crate::metrics::Metrics::default()));
-    let delivery = Delivery::new(bus, sinks, schedule, named.clone(), shutdown.clone());
+    let delivery = Delivery::new(
+        bus,
+        sinks,
+        schedule,
+        named.clone(),
+        cfg.push_destination.clone(),
+        shutdown.clone(),
+    );
+    delivery.ensure(super::job::PUSH_KEY);
     delivery.resume_all().await?;
     let mut fanout = FanOut::new(
         tasks,
@@ -86,6 +94,7 @@ pub async fn run(
         Duration::from_secs(cfg.throttle_s),
         Duration::from_secs(cfg.stall_after_s),
     );
+    fanout.push_destination = cfg.push_destination.clone();
     tracing::info!(
         destinations = cfg.destinations.len(),
         routes = cfg.routes.len(),

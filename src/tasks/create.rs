@@ -135,7 +135,7 @@ impl TaskService {
 }
 
 /// The idempotency bucket's key for a caller's idempotency key (hashed: any text is allowed).
-fn idempotency_entry(key: &str) -> String {
+pub(super) fn idempotency_entry(key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -4,17 +4,26 @@
 //! - [`create`](TaskService::create): publish to the queue, then create the state entry;
 //! - transitions (`start`, `complete`, `fail`, `cancel`, `retry`) in `transitions.rs`;
 //! - the pending list, read straight from the queue stream, in `queue.rs`;
-//! - listing, logs and live event feeds in `history.rs`.
+//! - listing, logs and live event feeds in `history.rs`;
+//! - Live Task Pulse reports (`step`, `heartbeat`, `progress`) in `progress.rs`;
+//! - idempotent actions (`Idempotency-Key`) in `idempotency.rs`;
+//! - removing long-finished tasks in `cleanup.rs`.
 
 mod claim;
+mod cleanup;
 mod create;
 mod history;
+mod idempotency;
+mod progress;
 mod queue;
 mod transitions;
 
 pub use claim::ClaimOutcome;
+pub use cleanup::DEFAULT_KEEP;
 pub use create::Created;
 pub use history::ListFilter;
+pub use idempotency::{Applied, MAX_KEY_CHARS};
+pub use progress::MAX_INFO_CHARS;
 pub use queue::QueuedMessage;
 
 use crate::bus::{decode, encode, message_headers, subjects, Bus, BusError, NatsResultExt};

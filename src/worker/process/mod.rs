@@ -490,16 +490,20 @@ fn live_members(pgid: u32) -> io::Result<usize> {
 /// SIGKILL as soon as the program is gone or after the grace. So a `kill -9` of the worker
 /// leaves nothing of the task running.
 fn guard_script(grace: Duration) -> String {
-    let grace = format!("{:.1}", grace.as_secs_f64().max(0.1));
+    let ticks = (grace.as_millis() / 100).max(1);
     // `trap : TERM` first: the guard's own copy of `kill -TERM 0` must not re-enter the trap,
-    // and (unlike an ignored signal) a caught one is reset to default in the children.
+    // and (unlike an ignored signal) a caught one is reset to default in the children. The trap
+    // waits (in 0.1 s ticks, reading the program's state from /proc so a zombie counts as gone)
+    // for the program to end, and SIGKILLs the whole group when the grace runs out.
     // A program that died by a signal is re-raised on the guard, so the worker sees the signal.
     // The guard's own stderr (job reports like "Terminated") goes to /dev/null; the program
     // keeps the real one (fd 4 while the guard runs).
     format!(
         "exec 3<&0 4>&2 2>/dev/null; \
          reraise() {{ if [ \"$1\" -gt 128 ]; then trap - TERM; kill -$(($1-128)) $$; fi; exit \"$1\"; }}; \
-         trap 'trap : TERM; kill -TERM 0; (sleep {grace}; kill -KILL 0) & k=$!; wait $c; st=$?; kill $k 2>/dev/null; reraise $st' TERM; \
+         trap 'trap : TERM; kill -TERM 0; i=0; \
+           while [ $i -lt {ticks} ] && read -r _ _ st _ < /proc/$c/stat && [ \"$st\" != Z ]; do sleep 0.1; i=$((i+1)); done; \
+           [ $i -ge {ticks} ] && kill -KILL 0; wait $c; reraise $?' TERM; \
          \"$@\" <&3 3<&- 2>&4 4>&- & c=$!; exec 3<&- 4>&-; wait $c; reraise $?"
     )
 }

@@ -50,9 +50,16 @@ pub fn test_config(nats_url: &str) -> Config {
 impl TestApp {
     /// Starts nats-server and the API, and waits until `/healthz` answers.
     pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Like [`TestApp::spawn`], with the API's config changed by `configure` first (e.g. to set
+    /// `relay.push_destination`).
+    pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> Self {
         taskfleet::telemetry::init_for_tests();
         let nats = NatsServer::start().await;
-        let cfg = test_config(&nats.url());
+        let mut cfg = test_config(&nats.url());
+        configure(&mut cfg);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let token = CancellationToken::new();

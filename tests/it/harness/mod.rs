@@ -4,6 +4,8 @@ pub mod app;
 pub mod events;
 pub mod nats;
 pub mod process;
+pub mod receiver;
+pub mod relay;
 pub mod wait;
 
 pub use app::TestApp;
