@@ -178,21 +178,21 @@ impl Topology {
         // The relay's cursor exists from the first start of any process, so events published
         // before the relay first runs are still delivered.
         events
-            .get_or_create_consumer(
-                subjects::RELAY_EVENTS_CONSUMER,
-                pull::Config {
-                    durable_name: Some(subjects::RELAY_EVENTS_CONSUMER.into()),
-                    description: Some("taskfleet relay: every task event".into()),
-                    filter_subject: subjects::ALL_EVENTS.into(),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
-                    max_deliver: -1,
-                    max_ack_pending: 1000,
-                    deliver_policy: DeliverPolicy::New,
-                    ..Default::default()
-                },
-            )
+            .create_consumer(pull::Config {
+                durable_name: Some(subjects::RELAY_EVENTS_CONSUMER.into()),
+                description: Some("taskfleet relay: every task event".into()),
+                filter_subject: subjects::ALL_EVENTS.into(),
+                ack_policy: AckPolicy::Explicit,
+                // One event at a time: after a crash the unacked event comes back first,
+                // so destinations still see events in order.
+                ack_wait: Duration::from_secs(10),
+                max_deliver: -1,
+                max_ack_pending: 1,
+                deliver_policy: DeliverPolicy::New,
+                ..Default::default()
+            })
             .await
+            .map(|_: async_nats::jetstream::consumer::PullConsumer| ())
             .op("create relay consumer")?;
         Ok(Self {
             tasks,

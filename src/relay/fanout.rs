@@ -36,7 +36,7 @@ pub(super) struct FanOut {
     /// The destination of `{"session_id": …}` notify entries (`relay.push_destination`).
     pub(super) push_destination: Option<String>,
     /// Running tasks: when their last event came, and whether a stall was reported.
-    running: HashMap<TaskId, (Instant, bool)>,
+    running: HashMap<TaskId, Quiet>,
 }
 
 /// One destination an event goes to.
@@ -49,6 +49,17 @@ struct Target {
     /// The chat session to deliver to instead of the destination's own.
     session_id: Option<String>,
     dest: Destination,
+}
+
+/// What the stall check knows of a running task.
+#[derive(Debug, Clone)]
+struct Quiet {
+    /// When its last event came.
+    since: Instant,
+    /// Whether this silence was reported.
+    reported: bool,
+    /// Id of its last event (names the silence, so relay replicas report it once).
+    after: String,
 }
 
 fn throttled(kind: EventKind) -> bool {
@@ -143,7 +154,15 @@ impl FanOut {
         };
         if let Ok(tasks) = self.tasks.list(&filter).await {
             for t in tasks {
-                self.running.insert(t.id, (Instant::now(), false));
+                let after = format!("seed{}", t.updated_time.timestamp_millis());
+                self.running.insert(
+                    t.id,
+                    Quiet {
+                        since: Instant::now(),
+                        reported: false,
+                        after,
+                    },
+                );
             }
         }
     }
@@ -275,8 +294,14 @@ impl FanOut {
             }
             EventKind::Created | EventKind::Stalled => {}
             _ => {
-                self.running
-                    .insert(event.task_id.clone(), (Instant::now(), false));
+                self.running.insert(
+                    event.task_id.clone(),
+                    Quiet {
+                        since: Instant::now(),
+                        reported: false,
+                        after: event.id.clone(),
+                    },
+                );
             }
         }
     }
@@ -305,17 +330,15 @@ impl FanOut {
         let quiet: Vec<TaskId> = self
             .running
             .iter()
-            .filter(|(_, (last, flagged))| {
-                !flagged && now.duration_since(*last) >= self.stall_after
-            })
+            .filter(|(_, q)| !q.reported && now.duration_since(q.since) >= self.stall_after)
             .map(|(id, _)| id.clone())
             .collect();
         for id in quiet {
             let Some(entry) = self.running.get_mut(&id) else {
                 continue;
             };
-            entry.1 = true;
-            let since = entry.0;
+            entry.reported = true;
+            let (since, after) = (entry.since, entry.after.clone());
             let Ok(task) = self.tasks.get(&id).await else {
                 continue;
             };
@@ -326,11 +349,7 @@ impl FanOut {
             let minutes = (now.duration_since(since).as_secs() / 60).max(1);
             let mut e = TaskEvent::new(&task.id, &task.assigned_to, EventKind::Stalled, "relay");
             // Replicas reporting the same silence de-duplicate on this id.
-            e.id = format!(
-                "evt_{}_stalled_{}",
-                task.id,
-                task.updated_time.timestamp_millis()
-            );
+            e.id = format!("evt_{}_stalled_after_{after}", task.id);
             e.attempt = task.attempt;
             e.message = Some(format!("no update for {minutes} min"));
             e.data = serde_json::json!({ "minutes": minutes });

@@ -143,7 +143,6 @@ async fn a_quiet_running_task_gets_exactly_one_stalled_message_until_its_next_ev
 }
 
 #[tokio::test]
-#[ignore = "bug: the second stalled event reuses the first's id (task.updated_time) and is deduplicated"]
 async fn after_the_next_event_a_new_silence_is_reported_again() {
     // Arrange
     let app = TestApp::spawn().await;
@@ -319,7 +318,6 @@ async fn routes_send_events_by_assignee_priority_and_event_type_each_once() {
 }
 
 #[tokio::test]
-#[ignore = "bug: the relay runs no delivery loop for a push destination no task event has used"]
 async fn a_push_reaches_the_chat_destination_in_the_seed_000_shape() {
     // Arrange
     let ep = Endpoint::start().await;
