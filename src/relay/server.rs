@@ -83,7 +83,12 @@ pub async fn run(
         cfg.push_destination.clone(),
         shutdown.clone(),
     );
+    // Loops for the push queue and every named destination from the start, so pushes and
+    // replays are delivered even before any task event has used them.
     delivery.ensure(super::job::PUSH_KEY);
+    for (name, dest) in &named {
+        delivery.ensure(&dest.key(Some(name)));
+    }
     delivery.resume_all().await?;
     let mut fanout = FanOut::new(
         tasks,
