@@ -11,6 +11,7 @@
 //! - [`api`]: the HTTP API (OpenTask routes, auth, errors, SSE, health, metrics).
 //! - [`serve`]: wiring a process: `taskfleet api` and the API part of `up`.
 //! - [`up`] and [`natsd`]: `taskfleet up`, with its own nats-server child process.
+//! - [`natsauth`]: `taskfleet nats-config`: one NATS user per process, least-privilege permissions.
 //! - [`client`]: the HTTP client used by the CLI and the integration tests.
 //! - [`cli`]: the command line (`main` only parses and dispatches).
 //! - [`relay`]: the relay's pure parts: webhook signing, chat messages, splitting, SSRF, retries.
@@ -27,6 +28,7 @@ pub mod client;
 pub mod config;
 pub mod domain;
 pub mod metrics;
+pub mod natsauth;
 pub mod natsd;
 pub mod relay;
 pub mod serve;

@@ -3,6 +3,7 @@
 //! Ctrl-C or SIGTERM. The child nats-server is stopped on every exit path.
 
 use crate::config::Config;
+use crate::natsauth::{self, Generated, Role};
 use crate::natsd::{LocalNats, LocalNatsOptions};
 use crate::{api, serve};
 use anyhow::Context;
@@ -25,6 +26,9 @@ pub struct UpOptions {
     pub nats_url: Option<String>,
     /// The nats-server config for the local server.
     pub nats_config: PathBuf,
+    /// One NATS user per process (API, relay, each worker), generated into
+    /// `<data-dir>/nats-auth/`; the local server runs `nats_config` plus their auth file.
+    pub secure: bool,
 }
 
 /// Where the admin key came from.
@@ -78,12 +82,22 @@ pub async fn run(cfg: Config, opts: UpOptions, shutdown: CancellationToken) -> a
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
     let external = opts.nats_url.clone().or(cfg.nats.url.clone());
+    let secure = match (opts.secure, &external) {
+        (false, _) => None,
+        (true, Some(_)) => anyhow::bail!(
+            "--secure runs its own nats-server; for an external one, generate its users with \
+             `taskfleet nats-config` and give each process its env file"
+        ),
+        (true, None) => Some(secure_files(&cfg, &opts)?),
+    };
     let local = match &external {
         Some(_) => None,
         None => {
             let nats_opts = LocalNatsOptions {
                 bin: cfg.nats.server_bin.clone(),
-                conf: opts.nats_config.clone(),
+                conf: secure
+                    .as_ref()
+                    .map_or(opts.nats_config.clone(), |(conf, _)| conf.clone()),
                 store_dir: opts.data_dir.join("nats"),
                 log_file: opts.data_dir.join("nats-server.log"),
                 port: cfg.nats.local_port,
@@ -96,7 +110,8 @@ pub async fn run(cfg: Config, opts: UpOptions, shutdown: CancellationToken) -> a
         }
     };
     let url = external.unwrap_or_else(|| local.as_ref().map(|l| l.url.clone()).unwrap_or_default());
-    let outcome = run_services(&cfg, &opts, &url, local.as_ref(), shutdown).await;
+    let users = secure.as_ref().map(|(_, users)| users);
+    let outcome = run_services(&cfg, &opts, &url, local.as_ref(), users, shutdown).await;
     if let Some(l) = local {
         l.stop().await;
     }
@@ -108,6 +123,7 @@ async fn run_services(
     opts: &UpOptions,
     url: &str,
     local: Option<&LocalNats>,
+    users: Option<&Generated>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (key, source) = ensure_api_key(cfg, &opts.data_dir)?;
@@ -125,7 +141,17 @@ async fn run_services(
         "creating streams and buckets on {} …",
         crate::bus::redact_url(url)
     );
-    let bus = serve::connect(&cfg, url, "taskfleet-up").await?;
+    let bus = serve::connect(&as_role(&cfg, users, &Role::Api), url, "taskfleet-up").await?;
+    // With --secure, the relay and every worker get their own connection as their own user.
+    let mut buses = vec![bus.clone()];
+    let mut bus_as = async |role: Role, name: &str| -> anyhow::Result<crate::bus::Bus> {
+        if users.is_none() {
+            return Ok(bus.clone());
+        }
+        let b = serve::connect(&as_role(&cfg, users, &role), url, name).await?;
+        buses.push(b.clone());
+        Ok(b)
+    };
     let state = serve::api_state(&cfg, bus.clone(), Some(&key), shutdown.clone())?;
     let router = api::router(state, Duration::from_secs(cfg.api.request_timeout_s));
 
@@ -143,7 +169,8 @@ async fn run_services(
         .clone()
         .unwrap_or_else(|| format!("http://{api_addr}"));
     {
-        let (bus, token, relay_cfg) = (bus.clone(), stop.clone(), cfg.relay.clone());
+        let bus = bus_as(Role::Relay, "taskfleet-relay").await?;
+        let (token, relay_cfg) = (stop.clone(), cfg.relay.clone());
         set.spawn(async move {
             let r = crate::relay::run(bus, relay_cfg, token).await;
             ("relay".to_string(), r.map_err(anyhow::Error::from))
@@ -158,11 +185,19 @@ async fn run_services(
             task_token_secret: cfg.fleet.task_token_secret.clone(),
             settings: cfg.worker.clone(),
         };
-        let (bus, token, name) = (bus.clone(), stop.clone(), format!("worker {assignee}"));
+        let bus = bus_as(Role::Worker(assignee.clone()), &opts.worker_id).await?;
+        let (token, name) = (stop.clone(), format!("worker {assignee}"));
         set.spawn(async move {
             let r = crate::worker::run(bus, opts, token).await;
             (name, r.map_err(anyhow::Error::from))
         });
+    }
+    if users.is_some() {
+        let dir = opts.data_dir.join("nats-auth");
+        eprintln!(
+            "NATS: one user per process (--secure), credentials in {}",
+            dir.display()
+        );
     }
     print_banner(api_addr, url, local, &source, &cfg.fleet.assignees);
     let mut first_error = None;
@@ -182,8 +217,45 @@ async fn run_services(
         }
     }
     eprintln!("shutting down: draining the NATS connection …");
-    let _ = bus.client.drain().await;
+    for b in buses {
+        let _ = b.client.drain().await;
+    }
     first_error.map_or(Ok(()), Err)
+}
+
+/// `up --secure`: users in `<data-dir>/nats-auth/` (passwords kept across runs), and
+/// `<data-dir>/nats-secure.conf`: the text of `nats.conf` plus an include of their auth file.
+/// Connections without credentials (the readiness check) may only ask JetStream's account info.
+fn secure_files(cfg: &Config, opts: &UpOptions) -> anyhow::Result<(PathBuf, Generated)> {
+    let dir = opts.data_dir.join("nats-auth");
+    let users = natsauth::generate(&natsauth::Options {
+        assignees: cfg.fleet.assignees.clone(),
+        out: dir.join("auth.conf"),
+        env_dir: dir,
+        rotate: false,
+        bcrypt_cost: natsauth::DEFAULT_BCRYPT_COST,
+        anonymous_probe: true,
+    })?;
+    let base = std::fs::read_to_string(&opts.nats_config)
+        .with_context(|| format!("reading {}", opts.nats_config.display()))?;
+    let conf = opts.data_dir.join("nats-secure.conf");
+    let text = format!(
+        "# Written by `taskfleet up --secure` from {}: edit that file instead.\n{base}\n\
+         # One NATS user per process (taskfleet nats-config).\ninclude \"nats-auth/auth.conf\"",
+        opts.nats_config.display()
+    );
+    write_private(&conf, &text)?;
+    Ok((conf, users))
+}
+
+/// `cfg` with the NATS credentials of `role` when `users` were generated (`--secure`).
+fn as_role(cfg: &Config, users: Option<&Generated>, role: &Role) -> Config {
+    let mut cfg = cfg.clone();
+    if let Some(c) = users.and_then(|u| u.credentials(role)) {
+        cfg.nats.user = Some(c.user.clone());
+        cfg.nats.password = Some(c.password.clone());
+    }
+    cfg
 }
 
 /// A random secret kept in `path` (mode 0600), created on first use.

@@ -4,6 +4,7 @@
 
 mod codec;
 mod error;
+pub mod permissions;
 pub mod subjects;
 mod topology;
 
@@ -67,9 +68,19 @@ pub async fn connect_client(opts: &ConnectOptions) -> Result<async_nats::Client,
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2));
     if let (Some(u), Some(p)) = (&opts.user, &opts.password) {
-        o = o.user_and_password(u.clone(), p.clone());
+        // Each user reads replies on its own prefix only (see `permissions::inbox_prefix`).
+        o = o
+            .user_and_password(u.clone(), p.clone())
+            .custom_inbox_prefix(permissions::inbox_prefix(u));
     }
-    let connect = o.connect(opts.url.as_str());
+    // `nats://a:4222,nats://b:4222`: every node of a cluster, tried in turn and on reconnect.
+    let servers: Vec<&str> = opts
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let connect = o.connect(servers);
     match tokio::time::timeout(opts.connect_timeout, connect).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(BusError::Connect {

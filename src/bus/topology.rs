@@ -1,5 +1,6 @@
 //! Streams and buckets, created idempotently at start-up.
 
+use super::permissions::{self as js_api, user_permissions};
 use super::{subjects, BusError, NatsResultExt};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, kv, stream};
@@ -56,8 +57,16 @@ pub struct Topology {
 const DEDUP_WINDOW: Duration = Duration::from_secs(120);
 
 impl Topology {
-    /// Creates or updates every stream and bucket.
+    /// Creates or updates every stream and bucket. A connection whose NATS user may not create
+    /// streams (a worker's or the relay's, see `taskfleet nats-config`) opens them instead.
     pub async fn ensure(js: &jetstream::Context, cfg: &TopologyConfig) -> Result<Self, BusError> {
+        let create = js_api::stream_api("CREATE", subjects::TASKS_STREAM);
+        if let Some(p) = user_permissions(&js.client()).await {
+            if !p.may_publish(&create) {
+                tracing::debug!("this NATS user may not create streams; opening them");
+                return Self::open(js).await;
+            }
+        }
         let tasks = ensure_stream(
             js,
             stream::Config {
@@ -205,6 +214,45 @@ impl Topology {
             idempotency,
         })
     }
+}
+
+impl Topology {
+    /// Opens the streams and buckets without changing them, waiting up to 30 s for each one
+    /// that a process allowed to create them (the API) has not created yet.
+    pub async fn open(js: &jetstream::Context) -> Result<Self, BusError> {
+        Ok(Self {
+            tasks: open_stream(js, subjects::TASKS_STREAM).await?,
+            events: open_stream(js, subjects::EVENTS_STREAM).await?,
+            dead: open_stream(js, subjects::DEAD_STREAM).await?,
+            deliveries: open_stream(js, subjects::DELIVERIES_STREAM).await?,
+            delivery_records: open_bucket(js, subjects::DELIVERY_BUCKET).await?,
+            destinations: open_bucket(js, subjects::DESTINATION_BUCKET).await?,
+            state: open_bucket(js, subjects::STATE_BUCKET).await?,
+            idempotency: open_bucket(js, subjects::IDEMPOTENCY_BUCKET).await?,
+        })
+    }
+}
+
+const OPEN_WAIT: Duration = Duration::from_secs(30);
+
+async fn open_stream(js: &jetstream::Context, name: &str) -> Result<stream::Stream, BusError> {
+    let started = std::time::Instant::now();
+    loop {
+        match js.get_stream(name).await {
+            Ok(s) => return Ok(s),
+            Err(e) if started.elapsed() >= OPEN_WAIT => return Err(e).op("open stream"),
+            Err(e) => {
+                tracing::info!(stream = name, error.message = %e, "waiting for the API to create the stream");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn open_bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, BusError> {
+    // Waits on the bucket's stream, then opens the bucket over it.
+    open_stream(js, &js_api::kv_stream(bucket)).await?;
+    js.get_key_value(bucket).await.op("open bucket")
 }
 
 /// Several processes may race here at start-up; the server answers identical creates

@@ -48,6 +48,27 @@ pub enum Command {
     AsyncTask(Box<pulse::AsyncTaskArgs>),
     /// Create, inspect and change tasks over the API.
     Task(Box<task::TaskArgs>),
+    /// Write the NATS server's users and permissions (one user per process) and an env file
+    /// with each process's credentials.
+    #[command(name = "nats-config")]
+    NatsConfig(NatsConfigArgs),
+}
+
+/// Flags of `taskfleet nats-config`.
+#[derive(Debug, Args)]
+pub struct NatsConfigArgs {
+    /// Assignees that get a worker user (`worker-<name>`), comma separated: anna,trump.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub assignees: Vec<String>,
+    /// The authorization block to write, for the server config to `include`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Directory for one `<user>.env` per process (TASKFLEET_NATS__USER / __PASSWORD).
+    #[arg(long)]
+    pub env_dir: PathBuf,
+    /// New passwords for every user (else those in existing env files are kept).
+    #[arg(long)]
+    pub rotate: bool,
 }
 
 /// Flags of `taskfleet up`.
@@ -65,6 +86,10 @@ pub struct UpArgs {
     /// Config of the local nats-server.
     #[arg(long, default_value = "nats.conf")]
     pub nats_config: PathBuf,
+    /// Per-process NATS users: the API, the relay and each worker connect with their own
+    /// least-privilege credentials (generated into <data-dir>/nats-auth/).
+    #[arg(long)]
+    pub secure: bool,
 }
 
 /// Flags of `taskfleet api`.
@@ -127,6 +152,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Delivery(args) => return delivery::run(*args).await,
         Command::Pulse(args) => return pulse::run(*args).await,
         Command::AsyncTask(args) => return pulse::run_async_task(*args).await,
+        Command::NatsConfig(args) => nats_config(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -148,8 +174,45 @@ async fn up(cfg: Config, args: UpArgs, token: CancellationToken) -> anyhow::Resu
         api_addr: args.api_addr,
         nats_url: args.nats_url,
         nats_config: args.nats_config,
+        secure: args.secure,
     };
     crate::up::run(cfg, opts, token).await
+}
+
+fn nats_config(args: NatsConfigArgs) -> anyhow::Result<()> {
+    let assignees = args
+        .assignees
+        .iter()
+        .filter(|a| !a.trim().is_empty())
+        .map(|a| crate::domain::Assignee::parse(a.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let generated = crate::natsauth::generate(&crate::natsauth::Options {
+        assignees,
+        out: args.out,
+        env_dir: args.env_dir,
+        rotate: args.rotate,
+        bcrypt_cost: crate::natsauth::DEFAULT_BCRYPT_COST,
+        anonymous_probe: false,
+    })?;
+    let file = generated.auth_file.display();
+    println!("wrote {file} (mode 0600): users, bcrypt password hashes, permissions");
+    for c in &generated.users {
+        let kept = if c.reused {
+            "password kept"
+        } else {
+            "new password"
+        };
+        println!(
+            "wrote {} (mode 0600): {}, {kept}",
+            c.env_file.display(),
+            c.user
+        );
+    }
+    println!(
+        "next: include it from the server config (`include \"<its path relative to that file>\"`),"
+    );
+    println!("      restart nats-server, and give each process only its own env file");
+    Ok(())
 }
 
 async fn api(cfg: Config, args: ApiArgs, token: CancellationToken) -> anyhow::Result<()> {

@@ -112,20 +112,34 @@ fn pull_order(weights: Option<[u32; 3]>, served: [u64; 3]) -> [usize; 3] {
     order
 }
 
+/// How long one no-wait pull may take before it counts as lost (a node died under it).
+const PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn fetch_one(consumer: &PullConsumer) -> Result<Option<Message>, WorkerError> {
-    let mut batch = consumer
-        .fetch()
-        .max_messages(1)
-        .messages()
-        .await
-        .op("pull task")?;
-    match batch.next().await {
-        Some(Ok(m)) => Ok(Some(m)),
-        Some(Err(e)) => Err(WorkerError::Bus(crate::bus::BusError::Op {
+    let pull = async {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1)
+            .messages()
+            .await
+            .op("pull task")?;
+        match batch.next().await {
+            Some(Ok(m)) => Ok(Some(m)),
+            Some(Err(e)) => Err(WorkerError::Bus(crate::bus::BusError::Op {
+                op: "pull task",
+                source: e,
+            })),
+            None => Ok(None),
+        }
+    };
+    // A pull whose answer never comes (its node died, the connection moved) must not stall the
+    // worker: give up on it and ask again; an unacked message it may have got is redelivered.
+    match tokio::time::timeout(PULL_TIMEOUT + std::time::Duration::from_secs(1), pull).await {
+        Ok(r) => r,
+        Err(_) => Err(WorkerError::Bus(crate::bus::BusError::Op {
             op: "pull task",
-            source: e,
+            source: "no answer to the pull request".into(),
         })),
-        None => Ok(None),
     }
 }
 

@@ -1,0 +1,347 @@
+//! Who may do what: one NATS user per role and its exact subject permissions, built from
+//! [`crate::bus::subjects`] (fleet subjects, streams, buckets, consumers) and
+//! [`crate::bus::permissions`] (JetStream API subjects), never retyped.
+//!
+//! | user | publishes | subscribes | JetStream |
+//! |---|---|---|---|
+//! | `api` | `tasks.>`, `events.>`, `deliveries.>`, the four KV buckets, `control.<a>.>` per assignee | its inbox | creates and updates the streams and buckets; direct gets on all; consumers on `EVENTS`, `KV_tasks`, `KV_deliveries`; deletes queue messages |
+//! | `relay` | `deliveries.>`, `events.*.*.stalled`, KV `deliveries`, `relay_destinations` | its inbox | pulls `relay_events` and `relay_*` on `DELIVERIES`; reads (direct get, watch) KV `tasks` |
+//! | `worker-<a>` | `events.<a>.>`, `dead.<a>.*`, `wake.<a>`, KV `tasks`, replies to requests it got | `tasks.<a>.>`, `wake.<a>`, `events.<a>.*.cancelled`, `control.<a>.>`, its inbox | creates and pulls `worker_<a>_<p0,p1,p2>` (filter `tasks.<a>.<p>.*` only); reads and watches KV `tasks` |
+//!
+//! Everyone may also ask `$SYS.REQ.USER.INFO` (its own permissions) and stream info of the
+//! fleet's streams (how a process opens the topology it may not create).
+
+use crate::bus::permissions::{
+    acks, consumer_api, direct_get, flow_control, inbox_prefix, js_info, kv_keys, kv_stream,
+    stream_api, USER_INFO,
+};
+use crate::bus::subjects;
+use crate::domain::{Assignee, EventKind, Priority, TaskId};
+
+/// One process kind of the fleet, and so one NATS user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// The HTTP API (also `taskfleet up`'s own connection): creates the topology.
+    Api,
+    /// The relay: reads events, delivers them.
+    Relay,
+    /// Every worker replica of one assignee (they share one user).
+    Worker(Assignee),
+}
+
+/// The subjects one user may publish and subscribe to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserPermissions {
+    /// Publish allow list.
+    pub publish: Vec<String>,
+    /// Subscribe allow list.
+    pub subscribe: Vec<String>,
+    /// May publish to the reply subject of a request it received (once, within 2 minutes).
+    pub allow_responses: bool,
+}
+
+impl Role {
+    /// The API, the relay, then one worker per assignee.
+    pub fn all(assignees: &[Assignee]) -> Vec<Role> {
+        let mut roles = vec![Role::Api, Role::Relay];
+        roles.extend(assignees.iter().cloned().map(Role::Worker));
+        roles
+    }
+
+    /// The NATS user name: `api`, `relay`, `worker-<assignee>`.
+    pub fn user(&self) -> String {
+        match self {
+            Role::Api => "api".into(),
+            Role::Relay => "relay".into(),
+            Role::Worker(a) => format!("worker-{a}"),
+        }
+    }
+
+    /// One line saying what the user is for (a comment in the generated config).
+    pub fn purpose(&self) -> String {
+        match self {
+            Role::Api => {
+                "the HTTP API: creates streams and buckets, queues tasks for everyone".into()
+            }
+            Role::Relay => "the relay: reads every event, queues and records deliveries".into(),
+            Role::Worker(a) => format!("workers of {a}: pull and run {a}'s tasks only"),
+        }
+    }
+
+    /// The user's permissions; `assignees` are the fleet's (the API may send control requests
+    /// to their workers).
+    pub fn permissions(&self, assignees: &[Assignee]) -> UserPermissions {
+        let mut p = common(&self.user());
+        match self {
+            Role::Api => api(&mut p, assignees),
+            Role::Relay => relay(&mut p),
+            Role::Worker(a) => worker(&mut p, a),
+        }
+        p
+    }
+}
+
+/// Every stream of the fleet, KV buckets' streams included.
+pub fn fleet_streams() -> Vec<String> {
+    let mut s: Vec<String> = [
+        subjects::TASKS_STREAM,
+        subjects::EVENTS_STREAM,
+        subjects::DEAD_STREAM,
+        subjects::DELIVERIES_STREAM,
+    ]
+    .map(String::from)
+    .into();
+    s.extend(buckets().map(kv_stream));
+    s
+}
+
+fn buckets() -> [&'static str; 4] {
+    [
+        subjects::STATE_BUCKET,
+        subjects::IDEMPOTENCY_BUCKET,
+        subjects::DELIVERY_BUCKET,
+        subjects::DESTINATION_BUCKET,
+    ]
+}
+
+fn common(user: &str) -> UserPermissions {
+    let mut publish = vec![USER_INFO.to_string()];
+    publish.extend(fleet_streams().iter().map(|s| stream_api("INFO", s)));
+    UserPermissions {
+        publish,
+        subscribe: vec![format!("{}.>", inbox_prefix(user))],
+        allow_responses: false,
+    }
+}
+
+/// Creating short-lived consumers (KV watches, log readers, feeds) on `stream`; with `pull`,
+/// also pulling from and deleting them. Unnamed creates carry their filter only in the body.
+fn reader_consumers(p: &mut UserPermissions, stream: &str, pull: bool) {
+    p.publish.push(consumer_api("CREATE", stream, None));
+    p.publish.push(consumer_api("CREATE", stream, Some(">")));
+    p.publish.push(consumer_api("INFO", stream, Some("*")));
+    if pull {
+        p.publish.push(consumer_api("DELETE", stream, Some("*")));
+        p.publish.push(consumer_api("MSG.NEXT", stream, Some("*")));
+    }
+}
+
+/// Reading a KV bucket: last value per key (direct get) and watches over its stream.
+fn kv_reader(p: &mut UserPermissions, bucket: &str) {
+    let stream = kv_stream(bucket);
+    p.publish.push(direct_get(&stream, Some(&kv_keys(bucket))));
+    reader_consumers(p, &stream, false);
+    p.publish.push(flow_control(&stream));
+}
+
+fn api(p: &mut UserPermissions, assignees: &[Assignee]) {
+    p.publish.push(js_info());
+    for s in fleet_streams() {
+        p.publish.push(stream_api("CREATE", &s));
+        p.publish.push(stream_api("UPDATE", &s));
+        p.publish.push(direct_get(&s, None));
+        p.publish.push(direct_get(&s, Some(">")));
+    }
+    // Claiming or cancelling a queued task removes its message.
+    p.publish
+        .push(stream_api("MSG.DELETE", subjects::TASKS_STREAM));
+    // Task logs and live feeds read EVENTS; listings and delivery feeds watch KV buckets.
+    for s in [
+        subjects::EVENTS_STREAM.to_string(),
+        subjects::STATE_STREAM.to_string(),
+        kv_stream(subjects::DELIVERY_BUCKET),
+    ] {
+        reader_consumers(p, &s, true);
+        p.publish.push(flow_control(&s));
+    }
+    for s in [
+        subjects::ALL_TASKS,
+        subjects::ALL_EVENTS,
+        subjects::ALL_DELIVERIES,
+    ] {
+        p.publish.push(s.to_string());
+    }
+    p.publish.extend(buckets().map(kv_keys));
+    p.publish
+        .extend(assignees.iter().map(subjects::assignee_control));
+}
+
+fn relay(p: &mut UserPermissions) {
+    let (events, consumer) = (subjects::EVENTS_STREAM, subjects::RELAY_EVENTS_CONSUMER);
+    p.publish.push(consumer_api("INFO", events, Some(consumer)));
+    p.publish
+        .push(consumer_api("MSG.NEXT", events, Some(consumer)));
+    p.publish.extend(acks(events, consumer));
+
+    // One durable `relay_<key>` per destination, filtered on `deliveries.<key>`.
+    let deliveries = subjects::DELIVERIES_STREAM;
+    let create = format!("*.{}", subjects::delivery("*"));
+    p.publish.push(consumer_api("NAMES", deliveries, None));
+    p.publish
+        .push(consumer_api("CREATE", deliveries, Some(&create)));
+    p.publish.push(consumer_api("INFO", deliveries, Some("*")));
+    p.publish
+        .push(consumer_api("MSG.NEXT", deliveries, Some("*")));
+    p.publish.extend(acks(deliveries, "*"));
+    p.publish.push(subjects::ALL_DELIVERIES.to_string());
+    // Stalled tasks are reported by the relay, for any assignee.
+    p.publish.push(pattern(&subjects::event(
+        &any_assignee(),
+        &any_task(),
+        EventKind::Stalled,
+    )));
+
+    kv_reader(p, subjects::STATE_BUCKET);
+    for bucket in [subjects::DELIVERY_BUCKET, subjects::DESTINATION_BUCKET] {
+        p.publish
+            .push(direct_get(&kv_stream(bucket), Some(&kv_keys(bucket))));
+        p.publish.push(kv_keys(bucket));
+    }
+}
+
+fn worker(p: &mut UserPermissions, a: &Assignee) {
+    let tasks = subjects::TASKS_STREAM;
+    for priority in Priority::ALL {
+        let c = subjects::worker_consumer(a, priority);
+        let filtered = format!("{c}.{}", subjects::worker_filter(a, priority));
+        p.publish
+            .push(consumer_api("CREATE", tasks, Some(&filtered)));
+        p.publish.push(consumer_api("INFO", tasks, Some(&c)));
+        p.publish.push(consumer_api("MSG.NEXT", tasks, Some(&c)));
+        p.publish.extend(acks(tasks, &c));
+    }
+    p.publish.push(subjects::assignee_events(a));
+    p.publish.push(subjects::dead_filter(Some(a)));
+    p.publish.push(subjects::wake(a));
+    // Task ids are not per assignee, so the state of every task is readable and writable.
+    p.publish.push(kv_keys(subjects::STATE_BUCKET));
+    kv_reader(p, subjects::STATE_BUCKET);
+    // Answers to stdin writes (`control.<a>.<id>.input` requests from the API).
+    p.allow_responses = true;
+
+    p.subscribe.push(subjects::assignee_tasks(a));
+    p.subscribe.push(subjects::wake(a));
+    p.subscribe.push(subjects::assignee_cancellations(a));
+    p.subscribe.push(subjects::assignee_control(a));
+}
+
+/// Placeholder for "any assignee / any task" when a pattern is built with a `subjects` builder.
+const ANY: &str = "__any__";
+
+fn any_assignee() -> Assignee {
+    Assignee::parse(ANY).expect("the placeholder is a valid assignee")
+}
+
+fn any_task() -> TaskId {
+    TaskId::parse(ANY).expect("the placeholder is a valid task id")
+}
+
+/// `subject` with every placeholder token replaced by `*`.
+fn pattern(subject: &str) -> String {
+    subject
+        .split('.')
+        .map(|t| if t == ANY { "*" } else { t })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::permissions::subject_matches;
+
+    fn a(name: &str) -> Assignee {
+        Assignee::parse(name).unwrap()
+    }
+
+    fn may(list: &[String], subject: &str) -> bool {
+        list.iter().any(|p| subject_matches(p, subject))
+    }
+
+    #[test]
+    fn annas_worker_reaches_nothing_of_trumps() {
+        let p = Role::Worker(a("anna")).permissions(&[a("anna"), a("trump")]);
+        assert!(p
+            .publish
+            .iter()
+            .chain(&p.subscribe)
+            .all(|s| !s.contains("trump")));
+        assert!(may(&p.publish, "events.anna.T1.started"));
+        assert!(!may(&p.publish, "events.trump.T1.started"));
+        assert!(
+            !may(&p.publish, "tasks.anna.p0.exec"),
+            "workers never queue tasks"
+        );
+        assert!(may(
+            &p.publish,
+            "$JS.API.CONSUMER.CREATE.TASKS.worker_anna_p0.tasks.anna.p0.*"
+        ));
+        assert!(!may(
+            &p.publish,
+            "$JS.API.CONSUMER.CREATE.TASKS.worker_anna_p0.tasks.trump.p0.*"
+        ));
+        assert!(!may(&p.publish, "$JS.API.CONSUMER.CREATE.TASKS"));
+        assert!(may(
+            &p.publish,
+            "$JS.API.CONSUMER.MSG.NEXT.TASKS.worker_anna_p2"
+        ));
+        assert!(!may(
+            &p.publish,
+            "$JS.API.CONSUMER.MSG.NEXT.TASKS.worker_trump_p2"
+        ));
+        assert!(may(&p.publish, "$JS.ACK.TASKS.worker_anna_p1.1.2.3.4.5"));
+        assert!(!may(&p.publish, "$JS.API.STREAM.CREATE.TASKS"));
+        assert!(may(&p.subscribe, "tasks.anna.p0.exec"));
+        assert!(!may(&p.subscribe, "tasks.trump.p0.exec"));
+        assert!(!may(&p.subscribe, "_INBOX.x"));
+        assert!(p.allow_responses);
+    }
+
+    #[test]
+    fn the_api_queues_for_everyone_and_the_relay_only_reads_events() {
+        let fleet = [a("anna")];
+        let api = Role::Api.permissions(&fleet);
+        assert!(may(&api.publish, "tasks.someone_new.p1"));
+        assert!(may(&api.publish, "$JS.API.STREAM.CREATE.KV_tasks"));
+        assert!(may(&api.publish, "control.anna.T1.input"));
+        assert!(!may(&api.publish, "control.trump.T1.input"));
+        let relay = Role::Relay.permissions(&fleet);
+        assert!(!may(&relay.publish, "tasks.anna.p0"));
+        assert!(may(&relay.publish, "events.anna.T1.stalled"));
+        assert!(!may(&relay.publish, "events.anna.T1.completed"));
+        assert!(may(
+            &relay.publish,
+            "$JS.API.CONSUMER.MSG.NEXT.EVENTS.relay_events"
+        ));
+        assert!(may(
+            &relay.publish,
+            "$JS.API.CONSUMER.CREATE.DELIVERIES.relay_h_1.deliveries.h_1"
+        ));
+        assert!(!may(&relay.publish, "$JS.API.STREAM.UPDATE.EVENTS"));
+        assert!(
+            !may(&relay.publish, "$KV.tasks.T1"),
+            "the relay reads tasks only"
+        );
+    }
+
+    #[test]
+    fn every_user_may_open_the_topology_and_read_its_own_inbox_only() {
+        for role in Role::all(&[a("anna")]) {
+            let p = role.permissions(&[a("anna")]);
+            for s in fleet_streams() {
+                assert!(may(&p.publish, &format!("$JS.API.STREAM.INFO.{s}")), "{s}");
+            }
+            assert_eq!(
+                p.subscribe
+                    .iter()
+                    .filter(|s| s.starts_with("_INBOX"))
+                    .collect::<Vec<_>>(),
+                [&format!("_INBOX_{}.>", role.user())]
+            );
+        }
+        assert_eq!(
+            pattern("events.__any__.__any__.stalled"),
+            "events.*.*.stalled"
+        );
+    }
+}
