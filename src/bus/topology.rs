@@ -50,6 +50,8 @@ pub struct Topology {
     pub destinations: kv::Store,
     /// Current state of every task.
     pub state: kv::Store,
+    /// The stream behind `state`, for reads answered by its leader only.
+    pub state_stream: stream::Stream,
     /// Idempotency key → task id.
     pub idempotency: kv::Store,
 }
@@ -211,6 +213,10 @@ impl Topology {
             delivery_records,
             destinations,
             state,
+            state_stream: js
+                .get_stream(subjects::STATE_STREAM)
+                .await
+                .op("open state stream")?,
             idempotency,
         })
     }
@@ -228,6 +234,7 @@ impl Topology {
             delivery_records: open_bucket(js, subjects::DELIVERY_BUCKET).await?,
             destinations: open_bucket(js, subjects::DESTINATION_BUCKET).await?,
             state: open_bucket(js, subjects::STATE_BUCKET).await?,
+            state_stream: open_stream(js, subjects::STATE_STREAM).await?,
             idempotency: open_bucket(js, subjects::IDEMPOTENCY_BUCKET).await?,
         })
     }

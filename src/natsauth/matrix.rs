@@ -130,6 +130,8 @@ fn reader_consumers(p: &mut UserPermissions, stream: &str, pull: bool) {
 fn kv_reader(p: &mut UserPermissions, bucket: &str) {
     let stream = kv_stream(bucket);
     p.publish.push(direct_get(&stream, Some(&kv_keys(bucket))));
+    // Reads that decide a compare-and-set go to the stream leader (no stale replica answers).
+    p.publish.push(stream_api("MSG.GET", &stream));
     reader_consumers(p, &stream, false);
     p.publish.push(flow_control(&stream));
 }
@@ -145,6 +147,9 @@ fn api(p: &mut UserPermissions, assignees: &[Assignee]) {
     // Claiming or cancelling a queued task removes its message.
     p.publish
         .push(stream_api("MSG.DELETE", subjects::TASKS_STREAM));
+    // Task state read from the leader before every compare-and-set.
+    p.publish
+        .push(stream_api("MSG.GET", subjects::STATE_STREAM));
     // Task logs and live feeds read EVENTS; listings and delivery feeds watch KV buckets.
     for s in [
         subjects::EVENTS_STREAM.to_string(),

@@ -88,17 +88,33 @@ impl TaskService {
             .ok_or_else(|| TaskError::NotFound(id.clone()))
     }
 
+    /// The task's latest state, read from the state stream's leader: in a cluster a direct get
+    /// may be answered by a lagging replica, and a compare-and-set decided on a stale state can
+    /// refuse a legal transition.
     async fn load(&self, id: &TaskId) -> Result<Option<Task>, TaskError> {
-        let entry = self
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let subject = format!("$KV.{}.{id}", subjects::STATE_BUCKET);
+        match self
             .bus
             .topology
-            .state
-            .entry(id.as_str())
+            .state_stream
+            .get_last_raw_message_by_subject(&subject)
             .await
-            .op("kv entry")?;
-        match entry {
-            Some(e) if e.operation == kv::Operation::Put => Ok(Some(decode_entry(&e)?)),
-            _ => Ok(None),
+        {
+            Ok(msg) => {
+                let deleted = msg
+                    .headers
+                    .get("KV-Operation")
+                    .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+                if deleted {
+                    return Ok(None);
+                }
+                let mut t: Task = decode("task state", &msg.payload)?;
+                t.revision = msg.sequence;
+                Ok(Some(t))
+            }
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(BusError::from_op("read task state", e).into()),
         }
     }
 
@@ -129,18 +145,51 @@ impl TaskService {
                     let jitter = rand::random::<u64>() % (1 + attempt as u64 * 2);
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
                 }
-                Err(e) => return Err(BusError::from_op("kv update", e).into()),
+                Err(e) => {
+                    // No answer is not "not written": during a leader election the write may
+                    // have committed with its ack lost. Look until the state can be read: if it
+                    // is exactly ours, it was written; otherwise it was not, and the loop
+                    // re-applies `f` to the current state.
+                    match self.committed(id, &before, &after).await {
+                        Some(true) => {
+                            let now = self.load(id).await?.unwrap_or(after);
+                            return Ok((before, now));
+                        }
+                        Some(false) => continue,
+                        None => return Err(BusError::from_op("kv update", e).into()),
+                    }
+                }
             }
         }
         Err(TaskError::Contended(id.clone()))
     }
 
+    /// After a write that got no answer: `Some(true)` if the stored state is `after` (it was
+    /// written), `Some(false)` if it is not, `None` if the state stayed unreadable for ~10 s.
+    async fn committed(&self, id: &TaskId, before: &Task, after: &Task) -> Option<bool> {
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Ok(state) = self.load(id).await {
+                return Some(state.is_some_and(|now| {
+                    let mut ours = after.clone();
+                    ours.revision = now.revision;
+                    now.revision > before.revision && now == ours
+                }));
+            }
+        }
+        None
+    }
+
     /// Appends an event to the task's event stream. The state change it reports has already
-    /// happened, so a failure here is retried a few times and then logged rather than returned.
+    /// happened, so a failure here is retried (for about 30 s) and then logged rather than
+    /// returned.
     pub(crate) async fn emit(&self, event: &TaskEvent) {
         let subject = subjects::event(&event.assigned_to, &event.task_id, event.kind);
         let payload = encode(event);
-        for attempt in 0..5u64 {
+        // Up to ~30 s: long enough to ride out a JetStream leader election in a cluster. The
+        // id de-duplicates a publish that was stored although its ack was lost.
+        const ATTEMPTS: u64 = 10;
+        for attempt in 0..ATTEMPTS {
             let res = async {
                 self.bus
                     .js
@@ -155,11 +204,14 @@ impl TaskService {
             .await;
             match res {
                 Ok(_) => return,
-                Err(e) if attempt == 4 => {
+                Err(e) if attempt == ATTEMPTS - 1 => {
                     tracing::error!(task_id = %event.task_id, event = event.kind.as_str(),
                         error.message = %e, "event could not be recorded");
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await,
+                Err(_) => {
+                    let delay = Duration::from_millis((100u64 << attempt).min(5_000));
+                    tokio::time::sleep(delay).await
+                }
             }
         }
     }
@@ -188,12 +240,6 @@ pub(crate) fn transition_event(
     e.new_status = Some(after.status);
     e.message = message;
     e
-}
-
-fn decode_entry(e: &kv::Entry) -> Result<Task, TaskError> {
-    let mut t: Task = decode("task state", &e.value)?;
-    t.revision = e.revision;
-    Ok(t)
 }
 
 impl BusError {

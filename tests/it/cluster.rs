@@ -1,5 +1,10 @@
-//! A three-node NATS cluster with every stream and bucket at three replicas: a node killed mid-load
-//! loses no task and no event, and catches up after it restarts.
+//! A three-node NATS cluster (`harness::cluster`) with every stream and bucket at three replicas:
+//! workers on different nodes run every task exactly once; a node that is down loses no write and
+//! catches up after it restarts; a node killed mid-load (a follower; and, ignored until the bug
+//! named there is fixed, the leader of the queue, the log, the state and the consumers) loses no
+//! task and no event; API and workers take every node in `NATS_URL`. See `docs/cluster.md`.
+//!
+//! Run the ignored one with `cargo test --test it cluster:: -- --ignored --nocapture`.
 
 use crate::harness::cluster::{ClusterApp, ClusterWorker, NatsCluster};
 use crate::harness::eventually;
@@ -10,10 +15,23 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 use taskfleet::domain::{EventKind, Task, TaskEvent};
 
-/// How many tasks the failover test runs.
+/// How many tasks the tests with workers run.
 const TASKS: usize = 300;
-/// The streams whose replica on the killed node must catch up.
+/// The streams whose replica on a restarted node must catch up.
 const STREAMS: [&str; 3] = ["TASKS", "EVENTS", "KV_tasks"];
+/// Every stream and bucket of the topology.
+const TOPOLOGY: [&str; 8] = [
+    "TASKS",
+    "EVENTS",
+    "TASKS_DEAD",
+    "DELIVERIES",
+    "KV_tasks",
+    "KV_task_idempotency",
+    "KV_deliveries",
+    "KV_relay_destinations",
+];
+/// The workers' durable consumers on TASKS.
+const WORKER_CONSUMERS: [&str; 3] = ["worker_anna_p0", "worker_anna_p1", "worker_anna_p2"];
 
 /// How many events match `filter`, or None while the stream cannot answer (an election).
 async fn count_events(js: &async_nats::jetstream::Context, filter: &str) -> Option<usize> {
@@ -26,21 +44,30 @@ async fn count_events(js: &async_nats::jetstream::Context, filter: &str) -> Opti
     Some(n)
 }
 
-/// Every event matching `filter`, in stream order.
+/// Every event matching `filter`, in stream order. Creating the reading consumer is retried: right
+/// after a node died the cluster may still try to place it there.
 async fn read_events(js: &async_nats::jetstream::Context, filter: &str) -> Vec<TaskEvent> {
     let total = count_events(js, filter).await.expect("EVENTS answers");
     let stream = js.get_stream("EVENTS").await.expect("EVENTS stream");
-    let mut messages = stream
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: filter.to_string(),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .expect("ordered consumer")
-        .messages()
-        .await
-        .expect("consumer messages");
+    let consumer = eventually(
+        "an ordered consumer on EVENTS",
+        Duration::from_secs(30),
+        || {
+            let stream = stream.clone();
+            async move {
+                stream
+                    .create_consumer(pull::OrderedConfig {
+                        filter_subject: filter.to_string(),
+                        deliver_policy: DeliverPolicy::All,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()
+            }
+        },
+    )
+    .await;
+    let mut messages = consumer.messages().await.expect("consumer messages");
     let mut out = Vec::with_capacity(total);
     while out.len() < total {
         let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
@@ -55,9 +82,55 @@ async fn read_events(js: &async_nats::jetstream::Context, filter: &str) -> Vec<T
 
 /// (messages, last sequence) of `stream` as its leader reports it.
 async fn leader_state(js: &async_nats::jetstream::Context, stream: &str) -> Option<(u64, u64)> {
-    let mut s = js.get_stream(stream).await.ok()?;
-    let info = s.info().await.ok()?;
+    let info = js.get_stream(stream).await.ok()?.get_info().await.ok()?;
     Some((info.state.messages, info.state.last_sequence))
+}
+
+/// Waits (bounded) until node `i`'s own replicas of [`STREAMS`] hold what their leaders hold and
+/// the node reports itself healthy; returns how long that took.
+async fn caught_up(
+    cluster: &NatsCluster,
+    js: &async_nats::jetstream::Context,
+    i: usize,
+) -> Duration {
+    let started = Instant::now();
+    eventually(
+        &format!("{} to catch up", cluster.name(i)),
+        Duration::from_secs(30),
+        || async {
+            for stream in STREAMS {
+                let leader = leader_state(js, stream).await?;
+                let local = cluster.local_stream_state(i, stream).await?;
+                if local != leader {
+                    return None;
+                }
+            }
+            cluster.healthy(i).await.then_some(())
+        },
+    )
+    .await;
+    started.elapsed()
+}
+
+/// Creates `n` noop tasks for anna, P0/P1/P2 in turn, 16 at a time; returns their ids.
+async fn create_noops(app: &ClusterApp, n: usize) -> Vec<String> {
+    futures::stream::iter(0..n)
+        .map(|i| async move {
+            let priority = ["P0", "P1", "P2"][i % 3];
+            let body = json!({
+                "task_name": format!("noop {i}"), "assigned_to": "anna",
+                "priority": priority, "kind": "noop",
+            });
+            app.admin
+                .create_task(&body)
+                .await
+                .expect("create")
+                .id
+                .to_string()
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await
 }
 
 /// The queue's messages and, per worker consumer, (pending, ack pending, redelivered).
@@ -77,90 +150,6 @@ async fn queue_report(js: &async_nats::jetstream::Context) -> String {
     }
     format!("TASKS holds {messages:?}; consumers {consumers:?}")
 }
-
-/// Waits until the API lists `TASKS` tasks of anna, all terminal, and returns them with how long
-/// it took until the event log held a `completed` event per task. Reports progress every 5 s and,
-/// on timeout, what it last saw with the workers' logs about unfinished tasks.
-async fn every_task_finished(
-    app: &ClusterApp,
-    js: &async_nats::jetstream::Context,
-    limit: Duration,
-    workers: [&ClusterWorker; 2],
-) -> (Vec<Task>, Option<Duration>) {
-    let started = Instant::now();
-    let mut next_note = Duration::from_secs(5);
-    let mut all_completed = None;
-    loop {
-        let completed = count_events(js, "events.anna.*.completed").await;
-        if all_completed.is_none() && completed >= Some(TASKS) {
-            all_completed = Some(started.elapsed());
-        }
-        let listed = app
-            .admin
-            .list_tasks(&[
-                ("assigned_to", "anna".to_string()),
-                ("limit", "1000".to_string()),
-            ])
-            .await;
-        let seen = match listed {
-            Ok(tasks) if tasks.len() == TASKS && tasks.iter().all(|t| t.status.is_terminal()) => {
-                return (tasks, all_completed);
-            }
-            Ok(tasks) => {
-                let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
-                for t in &tasks {
-                    *by_status.entry(t.status.to_string()).or_default() += 1;
-                }
-                let open: Vec<String> = tasks
-                    .iter()
-                    .filter(|t| !t.status.is_terminal())
-                    .take(3)
-                    .map(|t| {
-                        format!(
-                            "{} {} attempt {} lease {:?}\n{}",
-                            t.id,
-                            t.status,
-                            t.attempt,
-                            t.lease.as_ref().map(|l| &l.holder),
-                            log_lines(workers, t.id.as_str())
-                        )
-                    })
-                    .collect();
-                format!(
-                    "{} tasks listed: {by_status:?}; {}; not finished: {open:#?}",
-                    tasks.len(),
-                    queue_report(js).await
-                )
-            }
-            Err(e) => format!("the API answered: {e}"),
-        };
-        if started.elapsed() > limit {
-            panic!(
-                "not every task finished after {limit:?}: {seen}; completed events {completed:?}\n{}",
-                app.cluster.log_tails()
-            );
-        }
-        if started.elapsed() > next_note {
-            eprintln!(
-                "after {:?}: {seen}; completed events {completed:?}",
-                started.elapsed()
-            );
-            next_note += Duration::from_secs(5);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Whether the killed node leads the queue, the event log, the state bucket and the workers'
-/// consumers (the worst case: every one of them needs an election) or nothing at all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Victim {
-    Leader,
-    Follower,
-}
-
-/// The workers' durable consumers on TASKS.
-const WORKER_CONSUMERS: [&str; 3] = ["worker_anna_p0", "worker_anna_p1", "worker_anna_p2"];
 
 /// Every line of the workers' logs about task `id` (by id, or by the queue sequence its lines
 /// name: a failed claim knows no task id yet), and every line saying an event was not recorded.
@@ -189,6 +178,304 @@ fn log_lines(workers: [&ClusterWorker; 2], id: &str) -> String {
         .join("\n")
 }
 
+/// The last lines of both workers' logs (where they stopped).
+fn log_tails(workers: [&ClusterWorker; 2]) -> String {
+    workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let log = w.log();
+            let lines: Vec<&str> = log.lines().collect();
+            format!(
+                "--- worker {} ---\n{}",
+                i + 1,
+                lines[lines.len().saturating_sub(3)..].join("\n")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Waits until the API lists `TASKS` tasks of anna, all terminal, and returns them with how long
+/// it took until the event log held a `completed` event per task. Reports progress every 5 s and,
+/// on timeout, what it last saw with the workers' logs about unfinished tasks.
+async fn every_task_finished(
+    app: &ClusterApp,
+    js: &async_nats::jetstream::Context,
+    limit: Duration,
+    workers: [&ClusterWorker; 2],
+) -> (Vec<Task>, Option<Duration>) {
+    let started = Instant::now();
+    let mut next_note = Duration::from_secs(5);
+    let mut all_completed = None;
+    loop {
+        let completed = count_events(js, "events.anna.*.completed").await;
+        if all_completed.is_none() && completed >= Some(TASKS) {
+            all_completed = Some(started.elapsed());
+        }
+        // Bounded, so a slow answer does not blur when the completions were all recorded.
+        let listed = tokio::time::timeout(
+            Duration::from_secs(2),
+            app.admin.list_tasks(&[
+                ("assigned_to", "anna".to_string()),
+                ("limit", "1000".to_string()),
+            ]),
+        )
+        .await;
+        let seen = match listed {
+            Err(_) => "the API did not answer within 2 s".to_string(),
+            Ok(listed) => match listed {
+                Ok(tasks)
+                    if tasks.len() == TASKS && tasks.iter().all(|t| t.status.is_terminal()) =>
+                {
+                    return (tasks, all_completed);
+                }
+                Ok(tasks) => {
+                    let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
+                    for t in &tasks {
+                        *by_status.entry(t.status.to_string()).or_default() += 1;
+                    }
+                    let open: Vec<String> = tasks
+                        .iter()
+                        .filter(|t| !t.status.is_terminal())
+                        .take(3)
+                        .map(|t| {
+                            format!(
+                                "{} {} attempt {} lease {:?}\n{}",
+                                t.id,
+                                t.status,
+                                t.attempt,
+                                t.lease.as_ref().map(|l| &l.holder),
+                                log_lines(workers, t.id.as_str())
+                            )
+                        })
+                        .collect();
+                    format!(
+                        "{} tasks listed: {by_status:?}; {}; not finished: {open:#?}",
+                        tasks.len(),
+                        queue_report(js).await
+                    )
+                }
+                Err(e) => format!("the API answered: {e}"),
+            },
+        };
+        if started.elapsed() > limit {
+            panic!(
+                "not every task finished after {limit:?}: {seen}; completed events \
+                 {completed:?}\n{}\n{}",
+                log_tails(workers),
+                app.cluster.log_tails()
+            );
+        }
+        if started.elapsed() > next_note {
+            eprintln!(
+                "after {:?}: {seen}; completed events {completed:?}",
+                started.elapsed()
+            );
+            next_note += Duration::from_secs(5);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Checks that every task completed exactly once and that no event of it is missing: one
+/// `created`, one `started` per attempt, one `retried` per takeover, one `completed` (by one of
+/// the workers, in the last attempt), no `failed`. Returns (tasks taken over, tasks whose events
+/// are not in causal order in the stream, completions by the first worker).
+fn assert_each_completed_once(
+    ids: &[String],
+    tasks: &[Task],
+    events: &[TaskEvent],
+    workers: [&ClusterWorker; 2],
+) -> (usize, usize, usize) {
+    let created: HashSet<String> = ids.iter().cloned().collect();
+    assert_eq!(created.len(), TASKS);
+    let mut by_task: BTreeMap<String, Vec<&TaskEvent>> = BTreeMap::new();
+    for e in events {
+        by_task.entry(e.task_id.to_string()).or_default().push(e);
+    }
+    assert_eq!(
+        by_task.keys().cloned().collect::<HashSet<_>>(),
+        created,
+        "events of other tasks, or tasks without events"
+    );
+    let (mut takeovers, mut out_of_order) = (0, 0);
+    for t in tasks {
+        let id = t.id.to_string();
+        let evs = &by_task[&id];
+        let kinds: Vec<EventKind> = evs.iter().map(|e| e.kind).collect();
+        let count = |k: EventKind| kinds.iter().filter(|&&x| x == k).count();
+        let why = || {
+            let list: Vec<String> = evs
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{} #{} by {} at {}",
+                        e.kind.as_str(),
+                        e.attempt,
+                        e.operator,
+                        e.time.format("%H:%M:%S%.3f")
+                    )
+                })
+                .collect();
+            format!("{id}: {list:#?}\n{}", log_lines(workers, &id))
+        };
+        assert_eq!(t.status.as_str(), "completed", "{}", why());
+        assert_eq!(count(EventKind::Created), 1, "{}", why());
+        assert_eq!(count(EventKind::Completed), 1, "{}", why());
+        assert_eq!(count(EventKind::Failed), 0, "{}", why());
+        let started: Vec<u32> = evs
+            .iter()
+            .filter(|e| e.kind == EventKind::Started)
+            .map(|e| e.attempt)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            started,
+            (1..=t.attempt).collect::<Vec<_>>(),
+            "one started event per attempt: {}",
+            why()
+        );
+        assert_eq!(count(EventKind::Started), t.attempt as usize, "{}", why());
+        assert_eq!(
+            count(EventKind::Retried),
+            t.attempt as usize - 1,
+            "a retried event per takeover: {}",
+            why()
+        );
+        let completed = evs.iter().find(|e| e.kind == EventKind::Completed).unwrap();
+        assert_eq!(completed.attempt, t.attempt, "{}", why());
+        assert!(
+            workers.iter().any(|w| w.is(&completed.operator)),
+            "{}",
+            why()
+        );
+        takeovers += usize::from(t.attempt > 1);
+        out_of_order += usize::from(
+            kinds.first() != Some(&EventKind::Created)
+                || kinds.last() != Some(&EventKind::Completed),
+        );
+    }
+    let by_first = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Completed && workers[0].is(&e.operator))
+        .count();
+    assert!(
+        by_first > 0 && by_first < TASKS,
+        "one worker did everything ({by_first} by the first)"
+    );
+    (takeovers, out_of_order, by_first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_on_different_nodes_run_every_task_exactly_once_with_three_replicas() {
+    // Arrange: the API on n3, one worker on n1 and one on n2.
+    let began = Instant::now();
+    let cluster = NatsCluster::start(3).await;
+    let api_url = cluster.url(2);
+    let app = ClusterApp::spawn(cluster, &api_url).await;
+    let (w1_url, w2_url) = (app.cluster.url(0), app.cluster.url(1));
+    let (w1, w2) = tokio::join!(
+        app.worker("anna", 8, &w1_url),
+        app.worker("anna", 8, &w2_url)
+    );
+    let js = app.cluster.jetstream(0).await.expect("connect to n1");
+    w1.freeze(true);
+    w2.freeze(true);
+    let ids = create_noops(&app, TASKS).await;
+
+    // Act
+    let started = Instant::now();
+    w1.freeze(false);
+    w2.freeze(false);
+    let (tasks, _) = every_task_finished(&app, &js, Duration::from_secs(30), [&w1, &w2]).await;
+    let ran = started.elapsed();
+
+    // Assert
+    for name in TOPOLOGY {
+        let info = js.get_stream(name).await.unwrap().get_info().await.unwrap();
+        let cluster = info.cluster.expect("cluster info");
+        assert_eq!(info.config.num_replicas, 3, "{name}");
+        assert_eq!(cluster.replicas.len(), 2, "{name}: {cluster:?}");
+    }
+    let events = read_events(&js, "events.anna.>").await;
+    let (takeovers, _, by_first) = assert_each_completed_once(&ids, &tasks, &events, [&w1, &w2]);
+    assert_eq!(takeovers, 0, "a task was taken over with no failure at all");
+    eprintln!(
+        "R3, no failure: {TASKS} tasks ran in {ran:?} (the n1 worker {by_first}); {:?} in all",
+        began.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_down_loses_no_write_and_catches_up_after_it_restarts() {
+    // Arrange: the victim leads nothing (no election, so every write succeeds at once); the API
+    // is on another node.
+    let cluster = NatsCluster::start(3).await;
+    let meta = eventually("a meta leader", Duration::from_secs(10), || {
+        cluster.meta_leader()
+    })
+    .await;
+    let victim = (0..3).rev().find(|&i| i != meta).unwrap();
+    let survivor = (0..3).find(|&i| i != victim).unwrap();
+    let api_url = cluster.url(survivor);
+    let mut app = ClusterApp::spawn(cluster, &api_url).await;
+    for group in app.cluster.led_by(victim).await {
+        if group != "meta" {
+            let (stream, consumer) = match group.split_once('/') {
+                Some((s, c)) => (s, Some(c)),
+                None => (group.as_str(), None),
+            };
+            assert!(
+                app.cluster.move_leader_off(stream, consumer, victim).await,
+                "{group}"
+            );
+        }
+    }
+    let js = app.cluster.jetstream(survivor).await.expect("connect");
+    let mut ids = create_noops(&app, 100).await;
+
+    // Act
+    app.cluster.kill(victim);
+    ids.extend(create_noops(&app, 100).await);
+    let during = leader_state(&js, "EVENTS").await.expect("EVENTS answers");
+    app.cluster.restart(victim).await;
+    let took = caught_up(&app.cluster, &js, victim).await;
+
+    // Assert
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 200);
+    assert_eq!(leader_state(&js, "TASKS").await.unwrap().0, 200);
+    assert_eq!(leader_state(&js, "KV_tasks").await.unwrap().0, 200);
+    assert_eq!(count_events(&js, "events.anna.*.created").await, Some(200));
+    assert_eq!(leader_state(&js, "EVENTS").await.unwrap(), during);
+    let info = js
+        .get_stream("EVENTS")
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    let peers = info.cluster.expect("cluster info").replicas;
+    let back = peers
+        .iter()
+        .find(|p| p.name == app.cluster.name(victim))
+        .expect("the restarted node is a replica again");
+    assert!(back.current && !back.offline, "{back:?}");
+    eprintln!(
+        "{} was down for 100 of 200 creates; it caught up {took:?} after its restart",
+        app.cluster.name(victim)
+    );
+}
+
+/// Whether the killed node leads the queue, the event log, the state bucket and the workers'
+/// consumers (the worst case: every one of them needs an election) or nothing at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Victim {
+    Leader,
+    Follower,
+}
+
 /// Three nodes, R3 everything, one worker process on each of two nodes and the API on the third;
 /// `TASKS` noop tasks; the third node is SIGKILLed once a third of them completed. Every task must
 /// complete exactly once with no event lost; the node must catch up after a restart. Returns the
@@ -196,7 +483,7 @@ fn log_lines(workers: [&ClusterWorker; 2], id: &str) -> String {
 async fn kill_a_node_mid_load(victim_role: Victim) -> String {
     // Arrange: the victim is the last node that does not lead the meta group (moving that needs
     // the system account); the API's only URL is the victim, so its client must fail over to a
-    // node the cluster advertised.
+    // node the cluster advertised. The workers are frozen while the tasks are created.
     let began = Instant::now();
     let cluster = NatsCluster::start(3).await;
     let formed = began.elapsed();
@@ -229,17 +516,12 @@ async fn kill_a_node_mid_load(victim_role: Victim) -> String {
         }
         Victim::Follower => {
             for group in c.led_by(victim).await {
-                let (stream, consumer) = match group.split_once('/') {
-                    Some((s, c)) => (s.to_string(), Some(c.to_string())),
-                    None => (group.clone(), None),
-                };
-                if stream != "meta" {
-                    assert!(
-                        c.move_leader_off(&stream, consumer.as_deref(), victim)
-                            .await,
-                        "{group} still led by {}",
-                        c.name(victim)
-                    );
+                if group != "meta" {
+                    let (stream, consumer) = match group.split_once('/') {
+                        Some((s, c)) => (s, Some(c)),
+                        None => (group.as_str(), None),
+                    };
+                    assert!(c.move_leader_off(stream, consumer, victim).await, "{group}");
                 }
             }
         }
@@ -247,26 +529,7 @@ async fn kill_a_node_mid_load(victim_role: Victim) -> String {
     let js = c.jetstream(others[0]).await.expect("connect to a survivor");
     w1.freeze(true);
     w2.freeze(true);
-    let ids: Vec<String> = futures::stream::iter(0..TASKS)
-        .map(|i| {
-            let app = &app;
-            async move {
-                let priority = ["P0", "P1", "P2"][i % 3];
-                let body = json!({
-                    "task_name": format!("noop {i}"), "assigned_to": "anna",
-                    "priority": priority, "kind": "noop",
-                });
-                app.admin
-                    .create_task(&body)
-                    .await
-                    .expect("create")
-                    .id
-                    .to_string()
-            }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
+    let ids = create_noops(&app, TASKS).await;
     let led = app.cluster.led_by(victim).await;
     match victim_role {
         Victim::Leader => assert!(
@@ -323,112 +586,20 @@ async fn kill_a_node_mid_load(victim_role: Victim) -> String {
     )
     .await;
     app.cluster.restart(victim).await;
-    let restarted = Instant::now();
-    eventually(
-        "the restarted node to catch up",
-        Duration::from_secs(30),
-        || async {
-            for stream in STREAMS {
-                let leader = leader_state(&js, stream).await?;
-                let local = app.cluster.local_stream_state(victim, stream).await?;
-                if local != leader {
-                    return None;
-                }
-            }
-            app.cluster.healthy(victim).await.then_some(())
-        },
-    )
-    .await;
-    let caught_up = restarted.elapsed();
+    let took = caught_up(&app.cluster, &js, victim).await;
 
     // Assert
     assert!(done_at_kill < TASKS, "every task finished before the kill");
     assert!(w1.running() && w2.running(), "a worker died");
-    let workers = [&w1, &w2];
-    let created: HashSet<String> = ids.iter().cloned().collect();
-    assert_eq!(created.len(), TASKS);
-    let mut by_task: BTreeMap<String, Vec<&TaskEvent>> = BTreeMap::new();
-    for e in &events {
-        by_task.entry(e.task_id.to_string()).or_default().push(e);
-    }
-    assert_eq!(
-        by_task.keys().cloned().collect::<HashSet<_>>(),
-        created,
-        "events of other tasks, or tasks without events"
-    );
-    let (mut takeovers, mut out_of_order) = (0, 0);
-    for t in &tasks {
-        let id = t.id.to_string();
-        let evs = &by_task[&id];
-        let kinds: Vec<EventKind> = evs.iter().map(|e| e.kind).collect();
-        let count = |k: EventKind| kinds.iter().filter(|&&x| x == k).count();
-        let why = || {
-            let list: Vec<String> = evs
-                .iter()
-                .map(|e| {
-                    format!(
-                        "{} #{} by {} at {}",
-                        e.kind.as_str(),
-                        e.attempt,
-                        e.operator,
-                        e.time.format("%H:%M:%S%.3f")
-                    )
-                })
-                .collect();
-            format!("{id}: {list:#?}\n{}", log_lines(workers, &id))
-        };
-        assert_eq!(t.status.as_str(), "completed", "{}", why());
-        assert_eq!(count(EventKind::Created), 1, "{}", why());
-        assert_eq!(count(EventKind::Completed), 1, "{}", why());
-        assert_eq!(count(EventKind::Failed), 0, "{}", why());
-        let started: Vec<u32> = evs
-            .iter()
-            .filter(|e| e.kind == EventKind::Started)
-            .map(|e| e.attempt)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        assert_eq!(
-            started,
-            (1..=t.attempt).collect::<Vec<_>>(),
-            "one started event per attempt: {}",
-            why()
-        );
-        assert_eq!(count(EventKind::Started), t.attempt as usize, "{}", why());
-        assert_eq!(
-            count(EventKind::Retried),
-            t.attempt as usize - 1,
-            "a retried event per takeover: {}",
-            why()
-        );
-        let completed = evs.iter().find(|e| e.kind == EventKind::Completed).unwrap();
-        assert_eq!(completed.attempt, t.attempt, "{}", why());
-        assert!(
-            w1.is(&completed.operator) || w2.is(&completed.operator),
-            "{}",
-            why()
-        );
-        takeovers += usize::from(t.attempt > 1);
-        out_of_order += usize::from(
-            kinds.first() != Some(&EventKind::Created)
-                || kinds.last() != Some(&EventKind::Completed),
-        );
-    }
-    let by_w1 = events
-        .iter()
-        .filter(|e| e.kind == EventKind::Completed && w1.is(&e.operator))
-        .count();
-    assert!(
-        by_w1 > 0 && by_w1 < TASKS,
-        "one worker did everything ({by_w1} by the first)"
-    );
+    let (takeovers, out_of_order, by_first) =
+        assert_each_completed_once(&ids, &tasks, &events, [&w1, &w2]);
     format!(
-        "cluster formed in {formed:?}; {victim} led {led:?} when it was killed at {done_at_kill}/{TASKS} \
-         completions ({:?} after the workers started); the event log held every completion \
-         {events_done:?} after the kill and the API listed every task as finished after \
-         {all_done:?} ({takeovers} taken over as a later attempt, {out_of_order} with events out of \
-         causal order in the stream; the first worker completed {by_w1}); the node caught up \
-         {caught_up:?} after its restart; {:?} in all",
+        "cluster formed in {formed:?}; {victim} led {led:?} when it was killed at \
+         {done_at_kill}/{TASKS} completions ({:?} after the workers started); the event log held \
+         every completion {events_done:?} after the kill and the API listed every task as \
+         finished after {all_done:?} ({takeovers} taken over as a later attempt, {out_of_order} \
+         with events out of causal order in the stream; the first worker completed {by_first}); \
+         the node caught up {took:?} after its restart; {:?} in all",
         killed - loaded,
         began.elapsed(),
         victim = app.cluster.name(victim),
@@ -442,16 +613,16 @@ async fn a_follower_node_killed_mid_load_loses_no_task_and_no_event_and_catches_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a worker's pull can hang forever (src/worker/dispatch.rs fetch_one) and events \
-            are dropped after ~1 s of retries (src/tasks/mod.rs emit) while a killed leader is \
-            replaced"]
+#[ignore = "bug: a KV write that times out while a killed leader is replaced may have \
+            committed; TaskService::change re-reads to find out, but that read fails too until \
+            there is a new leader and its error is returned, so the claim or completion counts as \
+            failed and its event is never sent (src/tasks/mod.rs, change, the TimedOut arm)"]
 async fn a_node_killed_mid_load_loses_no_task_and_no_event_and_catches_up_after_restart() {
     let figures = kill_a_node_mid_load(Victim::Leader).await;
     eprintln!("leader killed: {figures}");
 }
 
 #[tokio::test]
-#[ignore = "bug: src/bus/mod.rs connect_client passes NATS_URL as one address; a comma-separated list of nodes fails to parse"]
 async fn the_api_and_a_worker_take_every_node_in_a_comma_separated_nats_url() {
     // Arrange
     let cluster = NatsCluster::start(3).await;
