@@ -613,10 +613,6 @@ async fn a_follower_node_killed_mid_load_loses_no_task_and_no_event_and_catches_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a KV write that times out while a killed leader is replaced may have \
-            committed; TaskService::change re-reads to find out, but that read fails too until \
-            there is a new leader and its error is returned, so the claim or completion counts as \
-            failed and its event is never sent (src/tasks/mod.rs, change, the TimedOut arm)"]
 async fn a_node_killed_mid_load_loses_no_task_and_no_event_and_catches_up_after_restart() {
     let figures = kill_a_node_mid_load(Victim::Leader).await;
     eprintln!("leader killed: {figures}");

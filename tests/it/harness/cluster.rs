@@ -246,22 +246,28 @@ impl NatsCluster {
     pub async fn restart(&mut self, i: usize) {
         self.kill(i);
         self.spawn(i);
-        let url = self.url(i);
-        eventually(
-            &format!("{} to accept connections again", self.nodes[i].name),
-            Duration::from_secs(20),
-            || {
-                let url = url.clone();
-                async move {
-                    tokio::time::timeout(Duration::from_secs(1), async_nats::connect(url))
-                        .await
-                        .ok()?
-                        .ok()
-                        .map(|_| ())
-                }
-            },
-        )
-        .await;
+        let started = Instant::now();
+        loop {
+            let exited = self.nodes[i].child.as_mut().map(|c| c.try_wait());
+            if let Some(Ok(Some(status))) = exited {
+                // E.g. another process took one of its ports while it was down.
+                panic!(
+                    "{} exited with {status} on restart:\n{}",
+                    self.name(i),
+                    tail(&self.nodes[i].log, 15)
+                );
+            }
+            if self.client(i).await.is_some() {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{} accepts no connections 20 s after its restart:\n{}",
+                self.name(i),
+                tail(&self.nodes[i].log, 15)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// A client connected to node `i` only (it does not fail over to other nodes).
