@@ -1,37 +1,15 @@
 //! `taskfleet delivery …`: the relay's deliveries over the API.
 
-use crate::client::ApiClient;
 use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::Value;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Flags shared by every `delivery` subcommand.
 #[derive(Debug, Args)]
 pub struct DeliveryArgs {
-    /// API base URL.
-    #[arg(
-        long = "api",
-        env = "TASKFLEET_API_URL",
-        default_value = "http://127.0.0.1:8090",
-        global = true
-    )]
-    api: String,
-    /// Admin API key [default: $TASKFLEET_API_KEY, else <data-dir>/api-key].
-    #[arg(long, env = "TASKFLEET_API_KEY", hide_env_values = true, global = true)]
-    key: Option<String>,
-    /// Where `taskfleet up` wrote the generated key.
-    #[arg(
-        long,
-        env = "TASKFLEET_DATA_DIR",
-        default_value = "./data",
-        global = true
-    )]
-    data_dir: PathBuf,
-    /// Print JSON instead of lines.
-    #[arg(long, global = true)]
-    json: bool,
+    #[command(flatten)]
+    flags: super::api_flags::ApiFlags,
     #[command(subcommand)]
     cmd: DeliveryCmd,
 }
@@ -64,12 +42,7 @@ enum DeliveryCmd {
 
 /// Runs one `delivery` subcommand.
 pub(super) async fn run(args: DeliveryArgs) -> ExitCode {
-    let key = args.key.clone().or_else(|| {
-        std::fs::read_to_string(args.data_dir.join("api-key"))
-            .ok()
-            .map(|s| s.trim().to_string())
-    });
-    let client = ApiClient::new(&args.api, key);
+    let client = args.flags.client(None);
     let (method, path, body, query): (Method, String, Option<Value>, Vec<(&str, String)>) =
         match &args.cmd {
             DeliveryCmd::List {
@@ -126,7 +99,7 @@ pub(super) async fn run(args: DeliveryArgs) -> ExitCode {
         eprintln!("error: {msg} (HTTP {})", status.as_u16());
         return ExitCode::FAILURE;
     }
-    if args.json || !value.is_array() {
+    if args.flags.json || !value.is_array() {
         println!(
             "{}",
             serde_json::to_string_pretty(&value).unwrap_or_default()

@@ -1,5 +1,6 @@
 //! The command line. `main` parses [`Cli`] and calls [`run`], which dispatches to one function.
 
+mod api_flags;
 mod delivery;
 mod output;
 mod pulse;

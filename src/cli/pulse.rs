@@ -7,37 +7,16 @@ use crate::client::ApiClient;
 use crate::domain::{Task, TaskStatus};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Flags shared by every pulse verb.
 #[derive(Debug, Args)]
 pub struct PulseArgs {
-    /// API base URL.
-    #[arg(
-        long = "api",
-        env = "TASKFLEET_API_URL",
-        default_value = "http://127.0.0.1:8090",
-        global = true
-    )]
-    api: String,
-    /// API key [default: $TASKFLEET_API_KEY, else $TASKFLEET_TASK_TOKEN, else <data-dir>/api-key].
-    #[arg(long, env = "TASKFLEET_API_KEY", hide_env_values = true, global = true)]
-    key: Option<String>,
-    /// Where `taskfleet up` wrote the generated key.
-    #[arg(
-        long,
-        env = "TASKFLEET_DATA_DIR",
-        default_value = "./data",
-        global = true
-    )]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    flags: super::api_flags::ApiFlags,
     /// Chat session that receives this task's pushes [default: $OPENCLAW_SESSION].
     #[arg(long, env = "OPENCLAW_SESSION", global = true)]
     session: Option<String>,
-    /// JSON output (status).
-    #[arg(long, global = true)]
-    json: bool,
     #[command(subcommand)]
     cmd: PulseCmd,
 }
@@ -92,17 +71,6 @@ struct Ctx {
     spool: Spool,
     session: Option<String>,
     api: String,
-}
-
-fn key(args: &PulseArgs) -> Option<String> {
-    args.key
-        .clone()
-        .or_else(|| std::env::var("TASKFLEET_TASK_TOKEN").ok())
-        .or_else(|| {
-            std::fs::read_to_string(args.data_dir.join("api-key"))
-                .ok()
-                .map(|s| s.trim().to_string())
-        })
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -199,10 +167,12 @@ pub(super) async fn run_async_task(args: AsyncTaskArgs) -> ExitCode {
 
 async fn run_as(args: PulseArgs, async_task: bool) -> ExitCode {
     let ctx = Ctx {
-        client: ApiClient::new(&args.api, key(&args)),
+        client: args
+            .flags
+            .client(std::env::var("TASKFLEET_TASK_TOKEN").ok()),
         spool: Spool::open(),
         session: args.session.clone().filter(|s| !s.is_empty()),
-        api: args.api.clone(),
+        api: args.flags.api.clone(),
     };
     match &args.cmd {
         PulseCmd::Start {
@@ -226,7 +196,7 @@ async fn run_as(args: PulseArgs, async_task: bool) -> ExitCode {
                 &ctx.spool,
                 ctx.session.as_deref(),
                 id.as_deref(),
-                args.json,
+                args.flags.json,
             )
             .await
         }

@@ -7,34 +7,13 @@ use crate::domain::EventKind;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Flags shared by every `task` subcommand.
 #[derive(Debug, Args)]
 pub struct TaskArgs {
-    /// API base URL.
-    #[arg(
-        long = "api",
-        env = "TASKFLEET_API_URL",
-        default_value = "http://127.0.0.1:8090",
-        global = true
-    )]
-    api: String,
-    /// API key [default: $TASKFLEET_API_KEY, else <data-dir>/api-key].
-    #[arg(long, env = "TASKFLEET_API_KEY", hide_env_values = true, global = true)]
-    key: Option<String>,
-    /// Where `taskfleet up` wrote the generated key.
-    #[arg(
-        long,
-        env = "TASKFLEET_DATA_DIR",
-        default_value = "./data",
-        global = true
-    )]
-    data_dir: PathBuf,
-    /// Print JSON instead of tables.
-    #[arg(long, global = true)]
-    json: bool,
+    #[command(flatten)]
+    flags: super::api_flags::ApiFlags,
     #[command(subcommand)]
     cmd: TaskCmd,
 }
@@ -164,17 +143,9 @@ enum TaskCmd {
     },
 }
 
-fn resolve_key(args: &TaskArgs) -> Option<String> {
-    args.key.clone().or_else(|| {
-        std::fs::read_to_string(args.data_dir.join("api-key"))
-            .ok()
-            .map(|s| s.trim().to_string())
-    })
-}
-
 /// Runs one `task` subcommand.
 pub(super) async fn run(args: TaskArgs) -> ExitCode {
-    let client = ApiClient::new(&args.api, resolve_key(&args));
+    let client = args.flags.client(None);
     match execute(&client, &args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -190,7 +161,9 @@ pub(super) async fn run(args: TaskArgs) -> ExitCode {
 }
 
 async fn execute(client: &ApiClient, args: &TaskArgs) -> Result<(), ClientError> {
-    let out = Output { json: args.json };
+    let out = Output {
+        json: args.flags.json,
+    };
     match &args.cmd {
         TaskCmd::Create {
             name,
