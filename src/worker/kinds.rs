@@ -49,10 +49,7 @@ fn tail(s: &str, max: usize) -> String {
 /// Runs `task` until it ends or `stop` is cancelled.
 pub(super) async fn run(ctx: &Ctx, task: &Task, stop: CancellationToken) -> Outcome {
     match task.kind {
-        TaskKind::Noop => Outcome::Completed {
-            result: json!("ok"),
-            detail: Value::Null,
-        },
+        TaskKind::Noop => run_noop(ctx, task, stop).await,
         TaskKind::Exec => match serde_json::from_value::<ExecPayload>(task.payload.clone()) {
             Ok(p) => {
                 let timeout = p
@@ -70,6 +67,36 @@ pub(super) async fn run(ctx: &Ctx, task: &Task, stop: CancellationToken) -> Outc
         },
         TaskKind::Hook => run_hook(ctx, task, stop).await,
         TaskKind::Manual => failed("manual tasks are claimed by bots over the API, not by workers"),
+    }
+}
+
+/// `noop` completes at once. With `{"steps": N}` (N ≤ 100) it first reports N steps, as a task
+/// reporting its progress would, and with `{"sleep_ms": M}` (≤ 60 s) it first waits M ms:
+/// benchmarks use these to price a step update and to hold a slot busy.
+async fn run_noop(ctx: &Ctx, task: &Task, stop: CancellationToken) -> Outcome {
+    let number = |key: &str, max: u64| {
+        task.payload
+            .get(key)
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            .min(max)
+    };
+    let (steps, sleep_ms) = (number("steps", 100), number("sleep_ms", 60_000));
+    if sleep_ms > 0 {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(sleep_ms)) => {}
+            _ = stop.cancelled() => return Outcome::Stopped,
+        }
+    }
+    for i in 1..=steps {
+        let name = Some(format!("step {i}"));
+        if let Err(e) = ctx.tasks.step(&task.id, None, name, &ctx.worker_id).await {
+            return failed(format!("step {i}: {e}"));
+        }
+    }
+    Outcome::Completed {
+        result: json!("ok"),
+        detail: Value::Null,
     }
 }
 
