@@ -78,6 +78,41 @@ pub fn event(assignee: &Assignee, task: &TaskId, kind: EventKind) -> String {
     format!("events.{assignee}.{task}.{}", kind.as_str())
 }
 
+/// The state bucket's key of one task: `<assignee>.<id>`, so that a worker's NATS user can be
+/// limited to its own assignee's entries.
+pub fn state_key(assignee: &Assignee, task: &TaskId) -> String {
+    format!("{assignee}.{task}")
+}
+
+/// The stream subject of one task's state entry.
+pub fn state_subject(assignee: &Assignee, task: &TaskId) -> String {
+    format!("$KV.{STATE_BUCKET}.{assignee}.{task}")
+}
+
+/// The state entry of a task whose assignee is not known yet (ids are unique fleet-wide).
+pub fn state_subject_any_assignee(task: &TaskId) -> String {
+    format!("$KV.{STATE_BUCKET}.*.{task}")
+}
+
+/// Every state entry of one assignee (its worker's read and write permission).
+pub fn assignee_state(assignee: &Assignee) -> String {
+    format!("$KV.{STATE_BUCKET}.{assignee}.>")
+}
+
+/// The assignee a state subject or key belongs to (`$KV.tasks.<a>.<id>` or `<a>.<id>`).
+pub fn state_owner(subject_or_key: &str) -> Option<Assignee> {
+    let key = subject_or_key
+        .strip_prefix(&format!("$KV.{STATE_BUCKET}."))
+        .unwrap_or(subject_or_key);
+    let (assignee, _) = key.split_once('.')?;
+    Assignee::parse(assignee).ok()
+}
+
+/// Every event of one task of one assignee (live, on core NATS).
+pub fn one_task_events(assignee: &Assignee, task: &TaskId) -> String {
+    format!("events.{assignee}.{task}.*")
+}
+
 /// Every event of one task.
 pub fn task_events(task: &TaskId) -> String {
     format!("events.*.{task}.>")
@@ -195,6 +230,13 @@ mod tests {
         assert_eq!(control(&anna(), &id, "input"), "control.anna.T1.input");
         assert_eq!(assignee_control(&anna()), "control.anna.>");
         assert_eq!(assignee_cancellations(&anna()), "events.anna.*.cancelled");
+        assert_eq!(state_key(&anna(), &id), "anna.T1");
+        assert_eq!(state_subject(&anna(), &id), "$KV.tasks.anna.T1");
+        assert_eq!(state_subject_any_assignee(&id), "$KV.tasks.*.T1");
+        assert_eq!(assignee_state(&anna()), "$KV.tasks.anna.>");
+        assert_eq!(state_owner("$KV.tasks.anna.T1"), Some(anna()));
+        assert_eq!(state_owner("anna.T1"), Some(anna()));
+        assert_eq!(state_owner("T1"), None);
         assert_eq!(dead(&anna(), &id), "dead.anna.T1");
         assert_eq!(dead_filter(None), "dead.*.*");
     }

@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | `api` | `tasks.>`, `events.>`, `deliveries.>`, the four KV buckets, `control.<a>.>` per assignee | its inbox | creates and updates the streams and buckets; direct gets on all; consumers on `EVENTS`, `KV_tasks`, `KV_deliveries`; deletes queue messages |
 //! | `relay` | `deliveries.>`, `events.*.*.stalled`, KV `deliveries`, `relay_destinations` | its inbox | pulls `relay_events` and `relay_*` on `DELIVERIES`; reads (direct get, watch) KV `tasks` |
-//! | `worker-<a>` | `events.<a>.>`, `dead.<a>.*`, `wake.<a>`, KV `tasks`, replies to requests it got | `tasks.<a>.>`, `wake.<a>`, `events.<a>.*.cancelled`, `control.<a>.>`, its inbox | creates and pulls `worker_<a>_<p0,p1,p2>` (filter `tasks.<a>.<p>.*` only); reads and watches KV `tasks` |
+//! | `worker-<a>` | `events.<a>.>`, `dead.<a>.*`, `wake.<a>`, KV `tasks` keys `<a>.*`, replies to requests it got | `tasks.<a>.>`, `wake.<a>`, `events.<a>.>`, `control.<a>.>`, its inbox | creates and pulls `worker_<a>_<p0,p1,p2>` (filter `tasks.<a>.<p>.*` only); direct gets of KV `tasks` keys `<a>.*` and of `events.<a>.>` |
 //!
 //! Everyone may also ask `$SYS.REQ.USER.INFO` (its own permissions) and stream info of the
 //! fleet's streams (how a process opens the topology it may not create).
@@ -216,17 +216,27 @@ fn worker(p: &mut UserPermissions, a: &Assignee) {
         p.publish.extend(acks(tasks, &c));
     }
     p.publish.push(subjects::assignee_events(a));
+    // A takeover checks the log for the previous attempt's `started`.
+    p.publish.push(direct_get(
+        subjects::EVENTS_STREAM,
+        Some(&subjects::assignee_events(a)),
+    ));
     p.publish.push(subjects::dead_filter(Some(a)));
     p.publish.push(subjects::wake(a));
-    // Task ids are not per assignee, so the state of every task is readable and writable.
-    p.publish.push(kv_keys(subjects::STATE_BUCKET));
-    kv_reader(p, subjects::STATE_BUCKET);
+    // Task state is keyed `<assignee>.<id>`: this assignee's entries only, written by
+    // compare-and-set and read with direct gets (the leader's MSG.GET takes any subject in its
+    // body, so it is not granted).
+    let own_state = subjects::assignee_state(a);
+    p.publish.push(own_state.clone());
+    p.publish
+        .push(direct_get(subjects::STATE_STREAM, Some(&own_state)));
     // Answers to stdin writes (`control.<a>.<id>.input` requests from the API).
     p.allow_responses = true;
 
     p.subscribe.push(subjects::assignee_tasks(a));
     p.subscribe.push(subjects::wake(a));
-    p.subscribe.push(subjects::assignee_cancellations(a));
+    // Its own tasks' live events (cancellations; a hook task's bot reporting back).
+    p.subscribe.push(subjects::assignee_events(a));
     p.subscribe.push(subjects::assignee_control(a));
 }
 

@@ -108,6 +108,7 @@ impl TaskService {
                 );
                 retried.old_status = Some(TaskStatus::Running);
                 retried.new_status = Some(TaskStatus::Pending);
+                self.ensure_started_recorded(&before, worker).await;
                 self.emit(&retried).await;
                 self.started(&before, &after, worker).await;
                 Ok(ClaimOutcome::Run(after))
@@ -121,6 +122,7 @@ impl TaskService {
 
     async fn started(&self, before: &Task, after: &Task, worker: &str) {
         let mut e = transition_event(Some(before), after, EventKind::Started, worker, None);
+        e.id = started_event_id(after);
         e.old_status = Some(TaskStatus::Pending);
         e.data = serde_json::json!({ "worker": worker, "attempt": after.attempt });
         self.emit(&e).await;
@@ -128,6 +130,52 @@ impl TaskService {
             .tasks_started
             .get_or_create(&task_labels(after))
             .inc();
+    }
+
+    /// Before taking over attempt N, makes sure attempt N's `started` is in the log. Its holder
+    /// may have lost the answer to its claim during a leader election while the claim committed,
+    /// and then seen our takeover instead of its own state: it never sent `started`. The event
+    /// is re-sent with its deterministic id, so JetStream drops it if the holder did send it.
+    async fn ensure_started_recorded(&self, running: &Task, worker: &str) {
+        if running.attempt == 0 || self.started_recorded(running).await {
+            return;
+        }
+        let holder = running.lease.as_ref().map_or("", |l| l.holder.as_str());
+        let mut e = crate::domain::TaskEvent::new(
+            &running.id,
+            &running.assigned_to,
+            EventKind::Started,
+            holder,
+        );
+        e.id = started_event_id(running);
+        e.attempt = running.attempt;
+        e.old_status = Some(TaskStatus::Pending);
+        e.new_status = Some(TaskStatus::Running);
+        if let Some(at) = running.started_time {
+            e.time = at;
+        }
+        e.data = serde_json::json!({
+            "worker": holder,
+            "attempt": running.attempt,
+            "recorded_by": worker,
+        });
+        self.emit(&e).await;
+    }
+
+    /// Whether the log holds a `started` event for the task's current attempt (or a later one).
+    async fn started_recorded(&self, task: &Task) -> bool {
+        let subject = subjects::event(&task.assigned_to, &task.id, EventKind::Started);
+        match self
+            .bus
+            .topology
+            .events
+            .direct_get_last_for_subject(subject)
+            .await
+        {
+            Ok(m) => crate::bus::decode::<crate::domain::TaskEvent>("event", &m.payload)
+                .is_ok_and(|e| e.attempt >= task.attempt),
+            Err(_) => false,
+        }
     }
 
     /// Copies a task that used up its attempts to the dead-letter stream.
@@ -186,7 +234,11 @@ impl TaskService {
 
     /// Whether `token` still holds the running task (checked on every lease renewal).
     pub async fn holds(&self, task: &Task, token: &str) -> Result<bool, TaskError> {
-        let t = self.get(&task.id).await?;
+        // Any state older than the one this worker holds is a lagging replica's answer.
+        let t = self
+            .load_at_least(&task.id, task.revision)
+            .await?
+            .ok_or_else(|| TaskError::NotFound(task.id.clone()))?;
         Ok(t.status == TaskStatus::Running && t.lease.is_some_and(|l| l.token == token))
     }
 
@@ -237,4 +289,9 @@ impl TaskService {
         }
         Ok(out)
     }
+}
+
+/// The `started` event of one attempt has one id, whoever sends it (JetStream de-duplicates).
+fn started_event_id(task: &Task) -> String {
+    format!("evt_{}_started_{}", task.id, task.attempt)
 }

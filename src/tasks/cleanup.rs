@@ -39,7 +39,10 @@ impl TaskService {
             }
             // Only the state we judged: a retry in between makes the purge fail, keeping it.
             match state
-                .purge_expect_revision(t.id.as_str(), Some(t.revision))
+                .purge_expect_revision(
+                    crate::bus::subjects::state_key(&t.assigned_to, &t.id),
+                    Some(t.revision),
+                )
                 .await
             {
                 Ok(()) => removed += 1,

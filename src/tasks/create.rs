@@ -112,11 +112,15 @@ impl TaskService {
             .bus
             .topology
             .state
-            .create(task.id.as_str(), encode(&*task))
+            .create(
+                subjects::state_key(&task.assigned_to, &task.id),
+                encode(&*task),
+            )
             .await
         {
             Ok(rev) => {
                 task.revision = rev;
+                self.remember(&task.id, &task.assigned_to);
                 let mut event = transition_event(None, task, EventKind::Created, operator, None);
                 // One `created` per task even when two processes race to record it.
                 event.id = format!("evt_{}_created", task.id);

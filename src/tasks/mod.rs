@@ -27,10 +27,11 @@ pub use progress::MAX_INFO_CHARS;
 pub use queue::QueuedMessage;
 
 use crate::bus::{decode, encode, message_headers, subjects, Bus, BusError, NatsResultExt};
-use crate::domain::{EventKind, Task, TaskEvent, TaskId};
+use crate::domain::{Assignee, EventKind, Task, TaskEvent, TaskId};
 use crate::metrics::Metrics;
 use async_nats::jetstream::kv;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Why a task operation was refused or failed.
@@ -61,14 +62,33 @@ pub enum TaskError {
 pub struct TaskService {
     bus: Bus,
     metrics: Arc<Metrics>,
+    /// A worker's service sees only its assignee's tasks (its NATS user may read no others).
+    scope: Option<Assignee>,
+    /// Task id → assignee, learned from reads and creates (an id never changes assignee).
+    located: Arc<Mutex<HashMap<TaskId, Assignee>>>,
 }
 
 const CAS_ATTEMPTS: usize = 64;
+/// Ids remembered before the id → assignee cache starts over.
+const LOCATED_CAP: usize = 100_000;
 
 impl TaskService {
     /// A service over `bus`, counting into `metrics`.
     pub fn new(bus: Bus, metrics: Arc<Metrics>) -> Self {
-        Self { bus, metrics }
+        Self {
+            bus,
+            metrics,
+            scope: None,
+            located: Arc::default(),
+        }
+    }
+
+    /// The same service limited to `assignee`'s tasks, as a worker for it: state is read with
+    /// direct gets on `$KV.tasks.<assignee>.<id>` (what its NATS user may read), and a refusal
+    /// decided on a read that a lagging replica may have answered is confirmed first.
+    pub fn scoped_to(mut self, assignee: Assignee) -> Self {
+        self.scope = Some(assignee);
+        self
     }
 
     /// The underlying connection.
@@ -88,33 +108,102 @@ impl TaskService {
             .ok_or_else(|| TaskError::NotFound(id.clone()))
     }
 
-    /// The task's latest state, read from the state stream's leader: in a cluster a direct get
-    /// may be answered by a lagging replica, and a compare-and-set decided on a stale state can
-    /// refuse a legal transition.
+    fn remember(&self, id: &TaskId, assignee: &Assignee) {
+        let mut located = self.located.lock().expect("located lock");
+        if located.len() >= LOCATED_CAP {
+            located.clear();
+        }
+        located.insert(id.clone(), assignee.clone());
+    }
+
+    /// The task's latest state. Unscoped, it is read from the state stream's leader (in a
+    /// cluster a direct get may be answered by a lagging replica, and a compare-and-set decided
+    /// on a stale state can refuse a legal transition); an id seen for the first time is found
+    /// under any assignee. Scoped to an assignee, it is a direct get of that assignee's entry.
     async fn load(&self, id: &TaskId) -> Result<Option<Task>, TaskError> {
-        use async_nats::jetstream::stream::LastRawMessageErrorKind;
-        let subject = format!("$KV.{}.{id}", subjects::STATE_BUCKET);
+        use async_nats::jetstream::stream::{
+            DirectGetErrorKind, LastRawMessageErrorKind, RawMessageErrorKind,
+        };
+        let stream = &self.bus.topology.state_stream;
+        let found = if let Some(a) = &self.scope {
+            match stream
+                .direct_get_last_for_subject(subjects::state_subject(a, id))
+                .await
+            {
+                Ok(m) => Some(m),
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => None,
+                Err(e) => return Err(BusError::from_op("read task state", e).into()),
+            }
+        } else {
+            let known = self.located.lock().expect("located lock").get(id).cloned();
+            if let Some(a) = known {
+                match stream
+                    .get_last_raw_message_by_subject(&subjects::state_subject(&a, id))
+                    .await
+                {
+                    Ok(m) => Some(m),
+                    Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
+                    Err(e) => return Err(BusError::from_op("read task state", e).into()),
+                }
+            } else {
+                // The bucket keeps one entry per key, so the first match is the latest state.
+                match stream
+                    .get_first_raw_message_by_subject(subjects::state_subject_any_assignee(id), 1)
+                    .await
+                {
+                    Ok(m) => Some(m),
+                    Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => None,
+                    Err(e) => return Err(BusError::from_op("read task state", e).into()),
+                }
+            }
+        };
+        let Some(msg) = found else { return Ok(None) };
+        let deleted = msg
+            .headers
+            .get("KV-Operation")
+            .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+        if deleted {
+            return Ok(None);
+        }
+        let mut t: Task = decode("task state", &msg.payload)?;
+        t.revision = msg.sequence;
+        self.remember(&t.id, &t.assigned_to);
+        Ok(Some(t))
+    }
+
+    /// Re-reads until the state is at least at `revision` (a replica that answered an older one
+    /// lags behind a write this process saw committed), for about 2 s at most.
+    pub(crate) async fn load_at_least(
+        &self,
+        id: &TaskId,
+        revision: u64,
+    ) -> Result<Option<Task>, TaskError> {
+        let mut state = self.load(id).await?;
+        for _ in 0..100 {
+            if state.as_ref().is_some_and(|t| t.revision >= revision) || self.scope.is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            state = self.load(id).await?;
+        }
+        Ok(state)
+    }
+
+    /// Whether `t` is the latest state, proven by writing it again unchanged at its revision:
+    /// only the latest revision accepts it. Used before a scoped service refuses something on a
+    /// direct-get read (rare: refusals), never on the happy path.
+    async fn is_latest(&self, t: &Task) -> Result<bool, TaskError> {
+        let key = subjects::state_key(&t.assigned_to, &t.id);
         match self
             .bus
             .topology
-            .state_stream
-            .get_last_raw_message_by_subject(&subject)
+            .state
+            .update(&key, encode(t), t.revision)
             .await
         {
-            Ok(msg) => {
-                let deleted = msg
-                    .headers
-                    .get("KV-Operation")
-                    .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
-                if deleted {
-                    return Ok(None);
-                }
-                let mut t: Task = decode("task state", &msg.payload)?;
-                t.revision = msg.sequence;
-                Ok(Some(t))
-            }
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(BusError::from_op("read task state", e).into()),
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(BusError::from_op("kv update", e).into()),
         }
     }
 
@@ -131,12 +220,18 @@ impl TaskService {
                 .load(id)
                 .await?
                 .ok_or_else(|| TaskError::NotFound(id.clone()))?;
-            let mut after = f(&before)?;
+            let mut after = match f(&before) {
+                Ok(after) => after,
+                // A scoped read may come from a lagging replica: refuse only on the latest state.
+                Err(e) if self.scope.is_some() && !self.is_latest(&before).await? => {
+                    tracing::debug!(task_id = %id, refusal = %e, "stale read; reading again");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             after.updated_time = crate::domain::now();
-            match state
-                .update(id.as_str(), encode(&after), before.revision)
-                .await
-            {
+            let key = subjects::state_key(&before.assigned_to, id);
+            match state.update(&key, encode(&after), before.revision).await {
                 Ok(rev) => {
                     after.revision = rev;
                     return Ok((before, after));
@@ -169,7 +264,7 @@ impl TaskService {
     async fn committed(&self, id: &TaskId, before: &Task, after: &Task) -> Option<bool> {
         for _ in 0..20 {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            if let Ok(state) = self.load(id).await {
+            if let Ok(state) = self.load_at_least(id, before.revision + 1).await {
                 return Some(state.is_some_and(|now| {
                     let mut ours = after.clone();
                     ours.revision = now.revision;

@@ -187,9 +187,15 @@ impl TaskService {
         task.created_time = published;
         task.updated_time = published;
         if self.record_new(&mut task, "nats").await? {
-            Ok(Some(task))
-        } else {
-            self.load(&id).await
+            return Ok(Some(task));
         }
+        // It exists: a replica that has not seen it yet may still answer "none" for a moment.
+        for _ in 0..100 {
+            if let Some(t) = self.load(&id).await? {
+                return Ok(Some(t));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.load(&id).await
     }
 }

@@ -269,24 +269,28 @@ async fn run_hook(ctx: &Ctx, task: &Task, stop: CancellationToken) -> Outcome {
         }
         Err(e) => return failed(format!("hook endpoint unreachable: {e}")),
     }
-    let state = &ctx.tasks.bus().topology.state;
-    let mut watch = match state.watch(task.id.as_str()).await {
-        Ok(w) => w,
-        Err(e) => return failed(format!("cannot watch the task: {e}")),
+    // Every event of the task wakes a re-read of its state (a bot reporting back sends one);
+    // a slow poll covers events missed on core NATS.
+    let bus = ctx.tasks.bus();
+    let subject = crate::bus::subjects::one_task_events(&task.assigned_to, &task.id);
+    let mut events = match bus.client.subscribe(subject).await {
+        Ok(s) => s,
+        Err(e) => return failed(format!("cannot follow the task's events: {e}")),
     };
     loop {
+        // Only a state newer than our claim counts: an older one is a lagging replica's.
+        match ctx.tasks.get(&task.id).await {
+            Ok(t) if t.revision > task.revision
+                && (t.status != TaskStatus::Running || t.attempt != task.attempt) =>
+            {
+                return Outcome::FinishedElsewhere
+            }
+            _ => {}
+        }
         tokio::select! {
             _ = stop.cancelled() => return Outcome::Stopped,
-            entry = watch.next() => {
-                let Some(Ok(entry)) = entry else {
-                    return failed("lost the watch on the task's state");
-                };
-                if let Ok(t) = serde_json::from_slice::<Task>(&entry.value) {
-                    if t.status != TaskStatus::Running || t.attempt != task.attempt {
-                        return Outcome::FinishedElsewhere;
-                    }
-                }
-            }
+            Some(_) = events.next() => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
 }

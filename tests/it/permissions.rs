@@ -417,6 +417,70 @@ async fn annas_worker_user_is_refused_trumps_subjects_and_consumers() {
 }
 
 #[tokio::test]
+async fn annas_worker_user_can_neither_read_nor_write_trumps_task_state() {
+    // Arrange: one task each for trump and anna, created by the API.
+    let nats = SecureNats::start(&["anna", "trump"]).await;
+    let api = service(nats.bus(&Role::Api).await);
+    let trumps = api
+        .create(new_task("trump", "manual", json!({"secret": "t"})), "t")
+        .await
+        .unwrap()
+        .task;
+    let annas = api
+        .create(new_task("anna", "manual", json!(null)), "t")
+        .await
+        .unwrap()
+        .task;
+    let anna = Role::Worker(assignee("anna"));
+    let (client, errors) = nats.client(&anna).await;
+    let trump_state = subjects::state_subject(&assignee("trump"), &trumps.id);
+
+    // Act + Assert: a direct get of trump's entry, the leader's MSG.GET, a write, a watch.
+    let direct = format!("$JS.API.DIRECT.GET.{}.{trump_state}", subjects::STATE_STREAM);
+    let got = tokio::time::timeout(
+        Duration::from_secs(1),
+        client.request(direct.clone(), "".into()),
+    )
+    .await;
+    assert!(!matches!(got, Ok(Ok(_))), "anna read trump's state: {got:?}");
+    errors.refused(&format!("Publish to \"{direct}\"")).await;
+    let leader = format!("$JS.API.STREAM.MSG.GET.{}", subjects::STATE_STREAM);
+    let body = json!({ "last_by_subj": trump_state }).to_string();
+    let got = tokio::time::timeout(
+        Duration::from_secs(1),
+        client.request(leader.clone(), body.into()),
+    )
+    .await;
+    assert!(!matches!(got, Ok(Ok(_))), "anna read trump's state: {got:?}");
+    errors.refused(&format!("Publish to \"{leader}\"")).await;
+    let js = impatient(client.clone());
+    let written = js.publish(trump_state.clone(), "{}".into()).await;
+    assert!(written.unwrap().await.is_err(), "no ack for a refused write");
+    errors
+        .refused(&format!("Publish to \"{trump_state}\""))
+        .await;
+    let kv = js.get_key_value(subjects::STATE_BUCKET).await.unwrap();
+    assert!(kv.watch_all().await.is_err(), "anna may not watch every task");
+    errors
+        .refused(&format!(
+            "Publish to \"$JS.API.CONSUMER.CREATE.{}\"",
+            subjects::STATE_STREAM
+        ))
+        .await;
+
+    // Her own worker service reads her task, and finds no task of trump's.
+    let own = service(nats.bus(&anna).await).scoped_to(assignee("anna"));
+    assert_eq!(own.get(&annas.id).await.unwrap().id, annas.id);
+    let hidden = own.get(&trumps.id).await;
+    assert!(
+        matches!(hidden, Err(taskfleet::tasks::TaskError::NotFound(_))),
+        "{hidden:?}"
+    );
+    let unchanged = api.get(&trumps.id).await.unwrap();
+    assert_eq!(unchanged.revision, trumps.revision);
+}
+
+#[tokio::test]
 async fn the_relay_user_reads_events_but_cannot_publish_tasks() {
     // Arrange
     let nats = SecureNats::start(&["anna"]).await;
