@@ -38,12 +38,12 @@ impl TaskService {
             Ok((id, _)) => id,
             Err(why) => return Ok(ClaimOutcome::Skip(format!("not a valid task: {why}"))),
         };
-        if self.task_for_message(msg).await?.is_none() {
+        let Some(current) = self.task_for_message(msg).await? else {
             return Ok(ClaimOutcome::Skip("not a valid task".into()));
-        }
+        };
         let mut what = Claimed::Started;
         let changed = self
-            .change(&id, |t| {
+            .change_from(&id, Some(current), |t| {
                 let mut n = t.clone();
                 match t.status {
                     TaskStatus::Pending => what = Claimed::Started,
@@ -84,8 +84,14 @@ impl TaskService {
             .await;
         let (before, after) = match changed {
             Ok(pair) => pair,
-            Err(TaskError::IllegalTransition(why)) => return Ok(ClaimOutcome::Skip(why)),
-            Err(e) => return Err(e),
+            Err(TaskError::IllegalTransition(why)) => {
+                self.settle(&id).await;
+                return Ok(ClaimOutcome::Skip(why));
+            }
+            Err(e) => {
+                self.settle(&id).await;
+                return Err(e);
+            }
         };
         match what {
             Claimed::GaveUp => {
@@ -125,7 +131,7 @@ impl TaskService {
         e.id = started_event_id(after);
         e.old_status = Some(TaskStatus::Pending);
         e.data = serde_json::json!({ "worker": worker, "attempt": after.attempt });
-        self.emit(&e).await;
+        self.emit_transition(&e).await;
         self.metrics
             .tasks_started
             .get_or_create(&task_labels(after))
@@ -255,7 +261,7 @@ impl TaskService {
         e.attempt = task.attempt;
         e.message = message;
         e.data = data;
-        self.emit(&e).await;
+        self.emit_transition(&e).await;
     }
 
     /// Dead letters, oldest first: tasks that used up their attempts.

@@ -108,32 +108,37 @@ impl TaskService {
         task: &mut Task,
         operator: &str,
     ) -> Result<bool, TaskError> {
-        match self
-            .bus
-            .topology
-            .state
-            .create(
-                subjects::state_key(&task.assigned_to, &task.id),
-                encode(&*task),
-            )
-            .await
-        {
+        // One `created` per task even when two processes race to record it: the event has a
+        // fixed id, so it is sent together with the state (JetStream drops the loser's copy).
+        let mut event = transition_event(None, task, EventKind::Created, operator, None);
+        event.id = format!("evt_{}_created", task.id);
+        event.message = Some(task.task_name.clone());
+        let key = subjects::state_key(&task.assigned_to, &task.id);
+        let state = &self.bus.topology.state;
+        let (created, ()) = tokio::join!(
+            state.create(key, encode(&*task)),
+            self.emit_pipelined(&event)
+        );
+        match created {
             Ok(rev) => {
                 task.revision = rev;
                 self.remember(&task.id, &task.assigned_to);
-                let mut event = transition_event(None, task, EventKind::Created, operator, None);
-                // One `created` per task even when two processes race to record it.
-                event.id = format!("evt_{}_created", task.id);
-                event.message = Some(task.task_name.clone());
-                self.emit(&event).await;
+                if self.scope.is_none() {
+                    self.settle(&task.id).await;
+                }
                 self.metrics
                     .tasks_created
                     .get_or_create(&crate::metrics::task_labels(task))
                     .inc();
                 Ok(true)
             }
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(BusError::from_op("kv create", e).into()),
+            Err(e) => {
+                self.settle(&task.id).await;
+                match e.kind() {
+                    kv::CreateErrorKind::AlreadyExists => Ok(false),
+                    _ => Err(BusError::from_op("kv create", e).into()),
+                }
+            }
         }
     }
 }

@@ -66,6 +66,62 @@ pub struct TaskService {
     scope: Option<Assignee>,
     /// Task id → assignee, learned from reads and creates (an id never changes assignee).
     located: Arc<Mutex<HashMap<TaskId, Assignee>>>,
+    /// A worker's last written state of each task it runs: its next change tries that state
+    /// first instead of reading (the compare-and-set refuses it if anyone wrote since).
+    known: Arc<Mutex<HashMap<TaskId, Task>>>,
+    /// Per task, the last event sent whose storage is not confirmed yet.
+    unsettled: Arc<Mutex<HashMap<TaskId, SentEvent>>>,
+}
+
+/// An event on its way to the event stream.
+struct SentEvent {
+    subject: String,
+    payload: bytes::Bytes,
+    id: String,
+    kind: EventKind,
+    ack: Option<async_nats::jetstream::context::PublishAckFuture>,
+}
+
+impl std::fmt::Debug for SentEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentEvent").field("id", &self.id).finish()
+    }
+}
+
+impl SentEvent {
+    async fn send(mut self, bus: &Bus) -> Self {
+        let headers = message_headers(&self.id);
+        let sent = bus
+            .js
+            .publish_with_headers(self.subject.clone(), headers, self.payload.clone())
+            .await;
+        self.ack = sent.ok();
+        self
+    }
+
+    /// Waits for the store's answer; re-sends (same id: JetStream drops a duplicate) for up to
+    /// ~30 s, long enough to ride out a JetStream leader election in a cluster.
+    async fn confirm(mut self, bus: &Bus, task: &TaskId) {
+        const ATTEMPTS: u64 = 10;
+        for attempt in 0..ATTEMPTS {
+            let answer = match self.ack.take() {
+                Some(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                None => Err("not sent".to_string()),
+            };
+            match answer {
+                Ok(()) => return,
+                Err(e) if attempt == ATTEMPTS - 1 => {
+                    tracing::error!(task_id = %task, event = self.kind.as_str(),
+                        error.message = %e, "event could not be recorded");
+                }
+                Err(_) => {
+                    let delay = Duration::from_millis((100u64 << attempt).min(5_000));
+                    tokio::time::sleep(delay).await;
+                    self = self.send(bus).await;
+                }
+            }
+        }
+    }
 }
 
 const CAS_ATTEMPTS: usize = 64;
@@ -80,6 +136,8 @@ impl TaskService {
             metrics,
             scope: None,
             located: Arc::default(),
+            known: Arc::default(),
+            unsettled: Arc::default(),
         }
     }
 
@@ -106,6 +164,22 @@ impl TaskService {
         self.load(id)
             .await?
             .ok_or_else(|| TaskError::NotFound(id.clone()))
+    }
+
+    /// Keeps a worker's latest written state of a task it holds (dropped once finished).
+    fn keep(&self, t: &Task) {
+        if self.scope.is_none() {
+            return;
+        }
+        let mut known = self.known.lock().expect("known lock");
+        if t.status.is_terminal() || t.status == crate::domain::TaskStatus::Pending {
+            known.remove(&t.id);
+        } else {
+            if known.len() >= LOCATED_CAP {
+                known.clear();
+            }
+            known.insert(t.id.clone(), t.clone());
+        }
     }
 
     fn remember(&self, id: &TaskId, assignee: &Assignee) {
@@ -210,16 +284,33 @@ impl TaskService {
     /// Applies `f` to the current state and writes the result if nobody wrote in between;
     /// re-reads and re-applies on conflict. `f` refuses by returning an error, which is passed on
     /// with nothing written. Returns the states before and after.
-    pub(crate) async fn change<F>(&self, id: &TaskId, mut f: F) -> Result<(Task, Task), TaskError>
+    pub(crate) async fn change<F>(&self, id: &TaskId, f: F) -> Result<(Task, Task), TaskError>
+    where
+        F: FnMut(&Task) -> Result<Task, TaskError>,
+    {
+        let hint = self.known.lock().expect("known lock").remove(id);
+        self.change_from(id, hint, f).await
+    }
+
+    /// [`change`](Self::change) trying `hint` (a state just read or written) before reading.
+    pub(crate) async fn change_from<F>(
+        &self,
+        id: &TaskId,
+        mut hint: Option<Task>,
+        mut f: F,
+    ) -> Result<(Task, Task), TaskError>
     where
         F: FnMut(&Task) -> Result<Task, TaskError>,
     {
         let state = &self.bus.topology.state;
         for attempt in 0..CAS_ATTEMPTS {
-            let before = self
-                .load(id)
-                .await?
-                .ok_or_else(|| TaskError::NotFound(id.clone()))?;
+            let before = match hint.take() {
+                Some(t) => t,
+                None => self
+                    .load(id)
+                    .await?
+                    .ok_or_else(|| TaskError::NotFound(id.clone()))?,
+            };
             let mut after = match f(&before) {
                 Ok(after) => after,
                 // A scoped read may come from a lagging replica: refuse only on the latest state.
@@ -234,6 +325,7 @@ impl TaskService {
             match state.update(&key, encode(&after), before.revision).await {
                 Ok(rev) => {
                     after.revision = rev;
+                    self.keep(&after);
                     return Ok((before, after));
                 }
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
@@ -275,39 +367,49 @@ impl TaskService {
         None
     }
 
-    /// Appends an event to the task's event stream. The state change it reports has already
-    /// happened, so a failure here is retried (for about 30 s) and then logged rather than
-    /// returned.
+    /// Appends an event to the task's event stream and waits until it is stored. The state
+    /// change it reports has already happened, so a failure here is retried (for about 30 s)
+    /// and then logged rather than returned.
     pub(crate) async fn emit(&self, event: &TaskEvent) {
-        let subject = subjects::event(&event.assigned_to, &event.task_id, event.kind);
-        let payload = encode(event);
-        // Up to ~30 s: long enough to ride out a JetStream leader election in a cluster. The
-        // id de-duplicates a publish that was stored although its ack was lost.
-        const ATTEMPTS: u64 = 10;
-        for attempt in 0..ATTEMPTS {
-            let res = async {
-                self.bus
-                    .js
-                    .publish_with_headers(
-                        subject.clone(),
-                        message_headers(&event.id),
-                        payload.clone(),
-                    )
-                    .await?
-                    .await
-            }
-            .await;
-            match res {
-                Ok(_) => return,
-                Err(e) if attempt == ATTEMPTS - 1 => {
-                    tracing::error!(task_id = %event.task_id, event = event.kind.as_str(),
-                        error.message = %e, "event could not be recorded");
-                }
-                Err(_) => {
-                    let delay = Duration::from_millis((100u64 << attempt).min(5_000));
-                    tokio::time::sleep(delay).await
-                }
-            }
+        self.emit_pipelined(event).await;
+        self.settle(&event.task_id).await;
+    }
+
+    /// Sends an event without waiting for JetStream's answer, so the caller's next write
+    /// overlaps with it; [`settle`](Self::settle) waits for it (and retries it if needed). Events
+    /// of one task stay in order: the previous one is settled before the next is sent.
+    pub(crate) async fn emit_pipelined(&self, event: &TaskEvent) {
+        self.settle(&event.task_id).await;
+        let sent = SentEvent {
+            subject: subjects::event(&event.assigned_to, &event.task_id, event.kind),
+            payload: encode(event),
+            id: event.id.clone(),
+            kind: event.kind,
+            ack: None,
+        };
+        let sent = sent.send(&self.bus).await;
+        self.unsettled
+            .lock()
+            .expect("unsettled lock")
+            .insert(event.task_id.clone(), sent);
+    }
+
+    /// Emits a state change's event: a worker's service sends it and lets the next write overlap
+    /// with its answer (the worker [settles](Self::settle) before acknowledging the task's
+    /// message); every other caller waits until it is stored before returning.
+    pub(crate) async fn emit_transition(&self, event: &TaskEvent) {
+        if self.scope.is_some() {
+            self.emit_pipelined(event).await;
+        } else {
+            self.emit(event).await;
+        }
+    }
+
+    /// Waits until the task's last sent event is stored (retrying it for up to ~30 s).
+    pub async fn settle(&self, id: &TaskId) {
+        let sent = self.unsettled.lock().expect("unsettled lock").remove(id);
+        if let Some(sent) = sent {
+            sent.confirm(&self.bus, id).await;
         }
     }
 

@@ -274,7 +274,7 @@ impl TaskService {
         if !data.is_empty() {
             event.data = Value::Object(data);
         }
-        self.emit(&event).await;
+        self.emit_transition(&event).await;
         self.metrics
             .tasks_finished
             .get_or_create(&FinishedLabels {

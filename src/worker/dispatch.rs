@@ -21,6 +21,11 @@ pub(super) struct Queue {
     idle_poll: Duration,
     weights: Option<[u32; 3]>,
     served: [u64; 3],
+    /// Priorities that may have work: cleared by an empty pull, set again by a doorbell ring
+    /// for that priority, a wake-up, an idle wait running out, or [`RECHECK_ALL`] after the
+    /// last full check (redeliveries ring no bell). Saves pulling from priorities known empty.
+    maybe: [bool; 3],
+    all_checked: tokio::time::Instant,
 }
 
 impl Queue {
@@ -73,6 +78,8 @@ impl Queue {
             idle_poll,
             weights,
             served: [0; 3],
+            maybe: [true; 3],
+            all_checked: tokio::time::Instant::now(),
         })
     }
 
@@ -80,19 +87,54 @@ impl Queue {
     pub(super) async fn next(&mut self) -> Result<Message, WorkerError> {
         loop {
             // Rings from before this check are covered by the check itself.
-            while let Some(Some(_)) = self.doorbell.next().now_or_never() {}
+            while let Some(Some(ring)) = self.doorbell.next().now_or_never() {
+                self.rung(&ring.subject);
+            }
+            if self.all_checked.elapsed() >= RECHECK_ALL {
+                self.maybe = [true; 3];
+            }
+            if self.maybe == [true; 3] {
+                self.all_checked = tokio::time::Instant::now();
+            }
             for i in pull_order(self.weights, self.served) {
+                if !self.maybe[i] {
+                    continue;
+                }
                 if let Some(msg) = fetch_one(&self.consumers[i].1).await? {
                     self.served[i] += 1;
                     return Ok(msg);
                 }
+                self.maybe[i] = false;
             }
             tokio::select! {
-                _ = self.doorbell.next() => {}
-                _ = tokio::time::sleep(self.idle_poll) => {}
+                ring = self.doorbell.next() => match ring {
+                    Some(ring) => self.rung(&ring.subject),
+                    None => {
+                        tokio::time::sleep(self.idle_poll).await;
+                        self.maybe = [true; 3];
+                    }
+                },
+                _ = tokio::time::sleep(self.idle_poll) => self.maybe = [true; 3],
             }
         }
     }
+}
+
+impl Queue {
+    /// A doorbell ring: a task queued at one priority, or a wake-up (hand-back) for any.
+    fn rung(&mut self, subject: &str) {
+        match subjects::parse_task(subject) {
+            Some((_, priority, _)) => self.maybe[priority_index(priority)] = true,
+            None => self.maybe = [true; 3],
+        }
+    }
+}
+
+fn priority_index(p: Priority) -> usize {
+    Priority::ALL
+        .iter()
+        .position(|&x| x == p)
+        .expect("every priority is in ALL")
 }
 
 /// The order in which one pull tries the priorities (indexes into P0, P1, P2): strict P0 > P1 >
@@ -111,6 +153,11 @@ fn pull_order(weights: Option<[u32; 3]>, served: [u64; 3]) -> [usize; 3] {
     }
     order
 }
+
+/// Longest time a busy worker goes without pulling from every priority: a redelivered message
+/// (a nak, an expired lease) rings no doorbell, so this bounds how long it can wait behind
+/// lower-priority work.
+const RECHECK_ALL: Duration = Duration::from_millis(250);
 
 /// How long one no-wait pull may take before it counts as lost (a node died under it).
 const PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

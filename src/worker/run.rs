@@ -49,6 +49,7 @@ pub(super) async fn handle(ctx: Arc<Ctx>, msg: Message) {
         Ok(ClaimOutcome::GaveUp(task)) => {
             tracing::warn!(parent: &span, task_id = %task.id, attempts = task.attempt,
                 "attempts used up; task failed and dead-lettered");
+            ctx.tasks.settle(&task.id).await;
             let _ = msg.ack().await;
         }
         Err(e) => {
@@ -61,6 +62,12 @@ pub(super) async fn handle(ctx: Arc<Ctx>, msg: Message) {
 }
 
 async fn run_claimed(ctx: &Ctx, msg: &Message, task: Task, seq: u64) {
+    run_claimed_inner(ctx, msg, &task, seq).await;
+    // Whatever happened, nothing this run sent stays unconfirmed.
+    ctx.tasks.settle(&task.id).await;
+}
+
+async fn run_claimed_inner(ctx: &Ctx, msg: &Message, task: &Task, seq: u64) {
     let token = task
         .lease
         .as_ref()
@@ -152,7 +159,10 @@ async fn finish(ctx: &Ctx, msg: &Message, task: &Task, token: &str, outcome: Out
     match result {
         Ok(t) => {
             tracing::info!(status = %t.status, "finished");
-            let _ = msg.double_ack().await;
+            // The events are stored before the message goes. A lost ack only means a
+            // redelivery, which the claim then skips: no need to wait for its confirmation.
+            ctx.tasks.settle(&task.id).await;
+            let _ = msg.ack().await;
         }
         // Finished or cancelled through the API meanwhile: nothing left to do.
         Err(TaskError::IllegalTransition(why)) => {
