@@ -211,6 +211,9 @@ pub struct WorkerConfig {
     /// Weighted pulling instead of strict priority: out of every `p0+p1+p2` pulls (when all
     /// priorities have work), this many go to each. Unset: strict P0 > P1 > P2.
     pub weights: Option<[u32; 3]>,
+    /// Where `taskfleet worker` serves `/healthz` and `/readyz` (`--health-listen` overrides).
+    /// Unset: no health endpoint (`up` never serves one).
+    pub health_listen: Option<SocketAddr>,
 }
 
 impl Default for WorkerConfig {
@@ -246,6 +249,7 @@ impl Default for WorkerConfig {
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
             weights: None,
+            health_listen: None,
         }
     }
 }
@@ -291,6 +295,9 @@ pub struct RelayConfig {
     /// The destination `POST /api/push` (and `pulse push`) delivers to; its session id is
     /// replaced by the push's `sessionId`.
     pub push_destination: Option<String>,
+    /// Where `taskfleet relay` serves `/healthz` and `/readyz` (`--health-listen` overrides).
+    /// Unset: no health endpoint (`up` never serves one).
+    pub health_listen: Option<SocketAddr>,
 }
 
 impl Default for RelayConfig {
@@ -306,6 +313,7 @@ impl Default for RelayConfig {
             destinations: Default::default(),
             routes: Vec::new(),
             push_destination: None,
+            health_listen: None,
         }
     }
 }

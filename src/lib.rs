@@ -17,6 +17,8 @@
 //! - [`relay`]: the relay's pure parts: webhook signing, chat messages, splitting, SSRF, retries.
 //! - [`worker`]: pulls an assignee's tasks in strict priority order and runs them.
 //! - [`token`]: task-scoped tokens handed to running tasks.
+//! - [`health`]: `/healthz` and `/readyz` of workers and the relay (`--health-listen`).
+//! - [`secrets`]: `taskfleet secrets`: the fleet-wide admin key and task-token secret.
 //! - [`config`], [`telemetry`], [`metrics`], [`shutdown`]: the process plumbing.
 #![deny(unreachable_pub)]
 #![warn(missing_docs)]
@@ -27,10 +29,12 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod domain;
+pub mod health;
 pub mod metrics;
 pub mod natsauth;
 pub mod natsd;
 pub mod relay;
+pub mod secrets;
 pub mod serve;
 pub mod shutdown;
 pub mod tasks;

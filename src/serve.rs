@@ -1,7 +1,7 @@
 //! Wiring one process: connect to NATS, build the API state, serve until shutdown.
 
 use crate::api::{self, auth::Keys, AppState, Limits};
-use crate::bus::Bus;
+use crate::bus::{Bus, BusError};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::tasks::TaskService;
@@ -14,9 +14,14 @@ use tokio_util::sync::CancellationToken;
 
 /// Connects to NATS at `url` as `name` and ensures the topology.
 pub async fn connect(cfg: &Config, url: &str, name: &str) -> anyhow::Result<Bus> {
-    Bus::connect(&cfg.connect_options(url, name), &cfg.topology())
-        .await
-        .with_context(|| format!("connecting to NATS at {}", crate::bus::redact_url(url)))
+    match Bus::connect(&cfg.connect_options(url, name), &cfg.topology()).await {
+        Ok(bus) => Ok(bus),
+        // These name the URL already.
+        Err(e @ (BusError::Connect { .. } | BusError::ConnectTimeout { .. })) => Err(e.into()),
+        Err(e) => {
+            Err(e).with_context(|| format!("connecting to NATS at {}", crate::bus::redact_url(url)))
+        }
+    }
 }
 
 /// Builds the API's shared state.

@@ -61,11 +61,7 @@ pub fn ensure_api_key(cfg: &Config, data_dir: &Path) -> anyhow::Result<(SecretSt
             path.display()
         );
     }
-    let key = format!(
-        "tfk_{:032x}{:032x}",
-        rand::random::<u128>(),
-        rand::random::<u128>()
-    );
+    let key = crate::secrets::new_api_key();
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -265,11 +261,7 @@ fn ensure_secret(path: &Path) -> anyhow::Result<SecretString> {
             return Ok(SecretString::from(s.trim().to_string()));
         }
     }
-    let secret = format!(
-        "{:032x}{:032x}",
-        rand::random::<u128>(),
-        rand::random::<u128>()
-    );
+    let secret = crate::secrets::new_token_secret();
     write_private(path, &secret)?;
     Ok(SecretString::from(secret))
 }

@@ -15,13 +15,15 @@ pub enum BusError {
         /// Cause.
         source: BoxError,
     },
-    /// No connection within the allowed time.
-    #[error("no connection to NATS at {url} after {after:?}")]
+    /// No connection within the allowed time (`nats.connect_timeout_s`).
+    #[error("no connection to NATS at {url} within {after:?} (last attempt: {last_error})")]
     ConnectTimeout {
         /// Server URL (credentials removed).
         url: String,
         /// How long we tried.
         after: Duration,
+        /// Why the last attempt failed, as async-nats reports it.
+        last_error: String,
     },
     /// A compare-and-set lost against a concurrent writer.
     #[error("the record changed concurrently")]

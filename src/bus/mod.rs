@@ -13,6 +13,7 @@ pub use error::{BusError, NatsResultExt};
 pub use topology::{Topology, TopologyConfig};
 
 use async_nats::jetstream;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How to reach NATS.
@@ -62,11 +63,26 @@ impl Bus {
 }
 
 /// Connects a plain client, retrying the first connection until `connect_timeout` passes.
+///
+/// With `retry_on_initial_connect`, async-nats hands the client back at once and connects in
+/// the background; so this waits until the client is connected, or gives up after
+/// `connect_timeout` naming the URL and the last failure (instead of letting the first
+/// JetStream requests time out one after another, ~50 s).
 pub async fn connect_client(opts: &ConnectOptions) -> Result<async_nats::Client, BusError> {
+    let last_error = Arc::new(Mutex::new(None::<String>));
+    let seen = last_error.clone();
     let mut o = async_nats::ConnectOptions::new()
         .name(&opts.name)
         .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(2));
+        .connection_timeout(Duration::from_secs(2))
+        .event_callback(move |event| {
+            let seen = seen.clone();
+            async move {
+                if let async_nats::Event::ClientError(e) = event {
+                    *seen.lock().expect("last error lock") = Some(e.to_string());
+                }
+            }
+        });
     if let (Some(u), Some(p)) = (&opts.user, &opts.password) {
         // Each user reads replies on its own prefix only (see `permissions::inbox_prefix`).
         o = o
@@ -80,8 +96,14 @@ pub async fn connect_client(opts: &ConnectOptions) -> Result<async_nats::Client,
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .collect();
-    let connect = o.connect(servers);
-    match tokio::time::timeout(opts.connect_timeout, connect).await {
+    let connected = async {
+        let client = o.connect(servers).await?;
+        while client.connection_state() != async_nats::connection::State::Connected {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok::<_, async_nats::ConnectError>(client)
+    };
+    match tokio::time::timeout(opts.connect_timeout, connected).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(BusError::Connect {
             url: redact_url(&opts.url),
@@ -90,6 +112,11 @@ pub async fn connect_client(opts: &ConnectOptions) -> Result<async_nats::Client,
         Err(_) => Err(BusError::ConnectTimeout {
             url: redact_url(&opts.url),
             after: opts.connect_timeout,
+            last_error: last_error
+                .lock()
+                .expect("last error lock")
+                .clone()
+                .unwrap_or_else(|| "no answer".into()),
         }),
     }
 }

@@ -9,6 +9,7 @@ mod spool;
 mod task;
 
 use crate::config::Config;
+use crate::health::{self, Health};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +54,20 @@ pub enum Command {
     /// with each process's credentials.
     #[command(name = "nats-config")]
     NatsConfig(NatsConfigArgs),
+    /// Write the fleet-wide secrets (admin API key, task-token secret, and the secrets the
+    /// --config file names) as an env file for compose and Kubernetes.
+    Secrets(SecretsArgs),
+}
+
+/// Flags of `taskfleet secrets`.
+#[derive(Debug, Args)]
+pub struct SecretsArgs {
+    /// The env file to write (mode 0600), e.g. deploy/fleet.env.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace an existing file (all new secrets: every service must get them).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Flags of `taskfleet nats-config`.
@@ -116,6 +131,9 @@ pub struct WorkerArgs {
     /// NATS server or cluster [default: nats://127.0.0.1:4222].
     #[arg(long, env = "NATS_URL")]
     pub nats_url: Option<String>,
+    /// Serve GET /healthz and /readyz here [default: worker.health_listen, else none].
+    #[arg(long)]
+    pub health_listen: Option<SocketAddr>,
 }
 
 /// Flags of `taskfleet relay`.
@@ -124,6 +142,9 @@ pub struct RelayArgs {
     /// NATS server or cluster [default: nats://127.0.0.1:4222].
     #[arg(long, env = "NATS_URL")]
     pub nats_url: Option<String>,
+    /// Serve GET /healthz and /readyz here [default: relay.health_listen, else none].
+    #[arg(long)]
+    pub health_listen: Option<SocketAddr>,
 }
 
 /// Parses the command line; invoked as `async-task` (a symlink), the binary takes seed 000's
@@ -154,6 +175,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Pulse(args) => return pulse::run(*args).await,
         Command::AsyncTask(args) => return pulse::run_async_task(*args).await,
         Command::NatsConfig(args) => nats_config(args),
+        Command::Secrets(args) => secrets(config, args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -216,6 +238,20 @@ fn nats_config(args: NatsConfigArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn secrets(config: Option<PathBuf>, args: SecretsArgs) -> anyhow::Result<()> {
+    let cfg = Config::load(config.as_deref())?;
+    let written = crate::secrets::write_env_file(&args.out, &cfg, args.force)?;
+    println!(
+        "wrote {} (mode 0600), new random values: {}",
+        written.path.display(),
+        written.generated.join(", ")
+    );
+    for (name, what) in &written.to_fill {
+        println!("  still to set in it: {name} ({what})");
+    }
+    Ok(())
+}
+
 async fn api(cfg: Config, args: ApiArgs, token: CancellationToken) -> anyhow::Result<()> {
     let url = nats_url(args.nats_url, &cfg);
     let key = cfg.api.admin_key.clone();
@@ -232,17 +268,26 @@ async fn api(cfg: Config, args: ApiArgs, token: CancellationToken) -> anyhow::Re
 
 async fn relay(cfg: Config, args: RelayArgs, token: CancellationToken) -> anyhow::Result<()> {
     let url = nats_url(args.nats_url, &cfg);
+    let health = Health::new("relay");
+    let _serving = health::spawn(args.health_listen.or(cfg.relay.health_listen), &health).await?;
     let bus = crate::serve::connect(&cfg, &url, "taskfleet-relay").await?;
     let client = bus.client.clone();
-    let result = crate::relay::run(bus, cfg.relay.clone(), token).await;
-    let _ = client.drain().await;
+    let result = crate::relay::run_with_health(bus, cfg.relay.clone(), token, &health).await;
+    drain(&client).await;
     Ok(result?)
+}
+
+/// Drains the connection, but never waits long for a NATS that is gone.
+async fn drain(client: &async_nats::Client) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), client.drain()).await;
 }
 
 async fn worker(cfg: Config, args: WorkerArgs, token: CancellationToken) -> anyhow::Result<()> {
     let url = nats_url(args.nats_url, &cfg);
     let assignee = crate::domain::Assignee::parse(&args.assignee)?;
     let name = crate::worker::default_worker_id(&assignee);
+    let health = Health::new("worker");
+    let _serving = health::spawn(args.health_listen.or(cfg.worker.health_listen), &health).await?;
     let bus = crate::serve::connect(&cfg, &url, &name).await?;
     if cfg.fleet.task_token_secret.is_none() {
         tracing::warn!("no fleet.task_token_secret: running tasks get no TASKFLEET_TASK_TOKEN");
@@ -260,8 +305,8 @@ async fn worker(cfg: Config, args: WorkerArgs, token: CancellationToken) -> anyh
         settings: cfg.worker.clone(),
     };
     let client = bus.client.clone();
-    let result = crate::worker::run(bus, opts, token).await;
-    let _ = client.drain().await;
+    let result = crate::worker::run_with_health(bus, opts, token, &health).await;
+    drain(&client).await;
     Ok(result?)
 }
 

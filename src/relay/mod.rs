@@ -23,7 +23,7 @@ mod deliver;
 mod fanout;
 mod server;
 
-pub use server::{resolve_destinations, run, templates, RelayError};
+pub use server::{resolve_destinations, run, run_with_health, templates, RelayError};
 pub mod destination;
 pub mod job;
 pub mod message;

@@ -11,6 +11,7 @@ use super::ssrf::AllowList;
 use crate::bus::{Bus, BusError};
 use crate::config::RelayConfig;
 use crate::domain::EventKind;
+use crate::health::{Health, Phase};
 use crate::tasks::TaskService;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -62,6 +63,19 @@ pub async fn run(
     cfg: RelayConfig,
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
+    run_with_health(bus, cfg, shutdown, &Health::new("relay")).await
+}
+
+/// [`run`], reporting to `health`: running while it fans out, draining from `shutdown` on
+/// (deliveries in flight finish), stopped when it returns.
+pub async fn run_with_health(
+    bus: Bus,
+    cfg: RelayConfig,
+    shutdown: CancellationToken,
+    health: &Health,
+) -> Result<(), RelayError> {
+    let _stopped = health.stopped_on_drop();
+    health.attach(&bus.client);
     let named = resolve_destinations(&cfg)?;
     let allow = AllowList::new(cfg.allow.iter()).map_err(|e| RelayError::Config(e.to_string()))?;
     let sinks = SinkContext::new(allow, Duration::from_secs(cfg.attempt_timeout_s))
@@ -105,7 +119,9 @@ pub async fn run(
         routes = cfg.routes.len(),
         "relay running"
     );
+    health.set_phase(Phase::Running);
     let result = fanout.run(shutdown.clone()).await;
+    health.set_phase(Phase::Draining);
     shutdown.cancel();
     delivery.wait().await;
     Ok(result?)

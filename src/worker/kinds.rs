@@ -280,8 +280,9 @@ async fn run_hook(ctx: &Ctx, task: &Task, stop: CancellationToken) -> Outcome {
     loop {
         // Only a state newer than our claim counts: an older one is a lagging replica's.
         match ctx.tasks.get(&task.id).await {
-            Ok(t) if t.revision > task.revision
-                && (t.status != TaskStatus::Running || t.attempt != task.attempt) =>
+            Ok(t)
+                if t.revision > task.revision
+                    && (t.status != TaskStatus::Running || t.attempt != task.attempt) =>
             {
                 return Outcome::FinishedElsewhere
             }

@@ -17,6 +17,7 @@ mod run;
 use crate::bus::{Bus, BusError};
 use crate::config::WorkerConfig;
 use crate::domain::{Assignee, Task};
+use crate::health::{Health, Phase};
 use crate::tasks::{TaskError, TaskService};
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
@@ -51,6 +52,23 @@ pub struct WorkerOptions {
     pub task_token_secret: Option<SecretString>,
     /// Timings, limits, agents.
     pub settings: WorkerConfig,
+}
+
+/// Waits for the tasks being handed back. Their commands get `kill_grace` to stop; recording
+/// the hand-back needs NATS, so it gets [`HAND_BACK_LIMIT`] more, and none while NATS is
+/// unreachable (every node may be down: then it cannot succeed). False if it gave up.
+async fn handed_back(tracker: &TaskTracker, bus: &Bus, kill_grace: Duration) -> bool {
+    let nats_gone = async {
+        tokio::time::sleep(kill_grace).await;
+        while bus.is_connected() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        _ = tracker.wait() => true,
+        _ = nats_gone => false,
+        _ = tokio::time::sleep(kill_grace + HAND_BACK_LIMIT) => false,
+    }
 }
 
 /// A readable, unique worker id: `<host>-<pid>-<random>`.
@@ -88,6 +106,16 @@ impl Ctx {
     }
 }
 
+/// How long handed-back tasks may take to be recorded once their commands have stopped
+/// (`worker.kill_grace_s`) while NATS is reachable: milliseconds usually, seconds on a busy
+/// cluster. Without NATS it cannot succeed and is not waited for; JetStream redelivers the
+/// tasks after `worker.ack_wait_s` instead. (compose's and k8s's stop grace periods cover
+/// `shutdown_grace_s + kill_grace_s` plus this.)
+const HAND_BACK_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long each last step at exit (the control listener, the flush of acks) may take.
+const FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
 /// Pulls and runs tasks until `shutdown`; then stops pulling, lets running tasks finish within
 /// the grace period, and hands the rest back so another replica starts them at once.
 pub async fn run(
@@ -95,6 +123,19 @@ pub async fn run(
     opts: WorkerOptions,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
+    run_with_health(bus, opts, shutdown, &Health::new("worker")).await
+}
+
+/// [`run`], reporting to `health`: running while it pulls (with failed pulls noted), draining
+/// from `shutdown` on, stopped when it returns.
+pub async fn run_with_health(
+    bus: Bus,
+    opts: WorkerOptions,
+    shutdown: CancellationToken,
+    health: &Health,
+) -> Result<(), WorkerError> {
+    let _stopped = health.stopped_on_drop();
+    health.attach(&bus.client);
     let s = &opts.settings;
     let ack_wait = Duration::from_secs(s.ack_wait_s);
     let mut queue = dispatch::Queue::open(
@@ -106,7 +147,8 @@ pub async fn run(
     )
     .await?;
     let ctx = Arc::new(Ctx {
-        tasks: TaskService::new(bus.clone(), Arc::new(crate::metrics::Metrics::default())),
+        tasks: TaskService::new(bus.clone(), Arc::new(crate::metrics::Metrics::default()))
+            .scoped_to(opts.assignee.clone()),
         settings: opts.settings.clone(),
         worker_id: opts.worker_id.clone(),
         api_url: opts.api_url.clone(),
@@ -123,6 +165,7 @@ pub async fn run(
         listening.clone(),
     ));
     tracing::info!(assignee = %opts.assignee, worker = %opts.worker_id, concurrency = opts.concurrency, "worker pulling");
+    health.set_phase(Phase::Running);
 
     let slots = Arc::new(Semaphore::new(opts.concurrency));
     let tracker = TaskTracker::new();
@@ -137,6 +180,7 @@ pub async fn run(
         };
         match msg {
             Ok(msg) => {
+                health.pull_succeeded();
                 let ctx = ctx.clone();
                 tracker.spawn(async move {
                     run::handle(ctx, msg).await;
@@ -144,11 +188,13 @@ pub async fn run(
                 });
             }
             Err(e) => {
+                health.pull_failed(&e.to_string());
                 tracing::warn!(error.message = %e, "pull failed; retrying in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
+    health.set_phase(Phase::Draining);
     tracker.close();
     let running = ctx.running.len();
     if running > 0 {
@@ -167,11 +213,26 @@ pub async fn run(
         for h in left {
             h.stop(control::StopReason::HandBack);
         }
-        tracker.wait().await;
+        if !handed_back(&tracker, &bus, Duration::from_secs(s.kill_grace_s)).await {
+            tracing::warn!(
+                nats = %bus.client.connection_state(),
+                "hand-back not confirmed in time; JetStream redelivers the tasks after ack_wait"
+            );
+        }
     }
     listening.cancel();
-    let _ = listener.await;
-    // Acks and hand-backs must reach the server before the process may exit.
-    let _ = bus.client.flush().await;
+    let _ = tokio::time::timeout(FLUSH_LIMIT, listener).await;
+    // Acks and hand-backs must reach the server before the process may exit; a flush waits for
+    // a connection, so not while there is none.
+    if bus.is_connected() {
+        if tokio::time::timeout(FLUSH_LIMIT, bus.client.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("last flush to NATS timed out");
+        }
+    } else {
+        tracing::warn!("NATS unreachable at exit: recent acks may be lost (tasks are redelivered)");
+    }
     Ok(())
 }

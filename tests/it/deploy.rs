@@ -2,8 +2,12 @@
 //!
 //! - `compose`: compose.yaml parses; every taskfleet service's command parses with the real CLI
 //!   and its environment (its own env file from `taskfleet nats-config`, plus fleet secrets) names
-//!   only what taskfleet reads; one worker per fleet assignee; health checks; stop grace periods.
-//! - `k8s`: the manifests parse; probes, resources, grace periods, the NATS StatefulSet.
+//!   only what taskfleet reads; one worker per fleet assignee; health checks on `/healthz` for
+//!   every service; stop grace periods.
+//! - `k8s`: the manifests parse; probes (relay and workers on their health endpoint), resources,
+//!   grace periods, the NATS StatefulSet.
+//! - `secrets`: `taskfleet secrets` writes the fleet.env that compose and k8s read (0600, random
+//!   each time, not over an existing file without `--force`).
 //! - `cluster`: the NATS configs pass `nats-server -t`; three real nats-servers started from
 //!   deploy/nats/nats.conf with the users `taskfleet nats-config` writes (host names and ports
 //!   moved to loopback) form a JetStream cluster that takes the fleet's R3 streams.
@@ -20,6 +24,7 @@ mod cluster;
 mod compose;
 mod image;
 mod k8s;
+mod secrets;
 mod services;
 mod support;
 
@@ -51,6 +56,7 @@ fn readme_names_every_check_of_the_deploy_tests() {
     }
     for cmd in [
         "taskfleet nats-config --assignees anna,trump,cc,session_agent",
+        "taskfleet --config deploy/taskfleet.toml secrets --out deploy/fleet.env",
         "--out deploy/nats/auth.conf --env-dir deploy/env",
         "--from-file=taskfleet.toml=deploy/taskfleet.toml",
         "--from-env-file=deploy/fleet.env",

@@ -10,6 +10,8 @@ mod cli;
 mod cluster;
 mod deploy;
 mod durability;
+mod health;
+mod nats_outage;
 mod permissions;
 mod pulse_api;
 mod pulse_cli;

@@ -436,13 +436,19 @@ async fn annas_worker_user_can_neither_read_nor_write_trumps_task_state() {
     let trump_state = subjects::state_subject(&assignee("trump"), &trumps.id);
 
     // Act + Assert: a direct get of trump's entry, the leader's MSG.GET, a write, a watch.
-    let direct = format!("$JS.API.DIRECT.GET.{}.{trump_state}", subjects::STATE_STREAM);
+    let direct = format!(
+        "$JS.API.DIRECT.GET.{}.{trump_state}",
+        subjects::STATE_STREAM
+    );
     let got = tokio::time::timeout(
         Duration::from_secs(1),
         client.request(direct.clone(), "".into()),
     )
     .await;
-    assert!(!matches!(got, Ok(Ok(_))), "anna read trump's state: {got:?}");
+    assert!(
+        !matches!(got, Ok(Ok(_))),
+        "anna read trump's state: {got:?}"
+    );
     errors.refused(&format!("Publish to \"{direct}\"")).await;
     let leader = format!("$JS.API.STREAM.MSG.GET.{}", subjects::STATE_STREAM);
     let body = json!({ "last_by_subj": trump_state }).to_string();
@@ -451,16 +457,25 @@ async fn annas_worker_user_can_neither_read_nor_write_trumps_task_state() {
         client.request(leader.clone(), body.into()),
     )
     .await;
-    assert!(!matches!(got, Ok(Ok(_))), "anna read trump's state: {got:?}");
+    assert!(
+        !matches!(got, Ok(Ok(_))),
+        "anna read trump's state: {got:?}"
+    );
     errors.refused(&format!("Publish to \"{leader}\"")).await;
     let js = impatient(client.clone());
     let written = js.publish(trump_state.clone(), "{}".into()).await;
-    assert!(written.unwrap().await.is_err(), "no ack for a refused write");
+    assert!(
+        written.unwrap().await.is_err(),
+        "no ack for a refused write"
+    );
     errors
         .refused(&format!("Publish to \"{trump_state}\""))
         .await;
     let kv = js.get_key_value(subjects::STATE_BUCKET).await.unwrap();
-    assert!(kv.watch_all().await.is_err(), "anna may not watch every task");
+    assert!(
+        kv.watch_all().await.is_err(),
+        "anna may not watch every task"
+    );
     errors
         .refused(&format!(
             "Publish to \"$JS.API.CONSUMER.CREATE.{}\"",

@@ -239,18 +239,19 @@ fn compose_has_one_scalable_worker_per_fleet_assignee_with_its_own_nats_user() {
 #[test]
 fn compose_health_checks_ask_healthz() {
     for svc in taskfleet_services() {
-        match parse_cli(&svc.command()).command {
-            Command::Api(a) => {
-                let port = a.api_addr.expect("--api-addr").port();
-                let test = strings(&svc.get("healthcheck").expect("healthcheck")["test"]).join(" ");
-                assert!(
-                    test.contains(&format!("http://127.0.0.1:{port}/healthz")),
-                    "{test}"
-                );
-            }
-            // Relay and workers serve no HTTP: a health check could only fail.
-            _ => assert!(svc.get("healthcheck").is_none(), "{}", svc.name),
-        }
+        // The API on its --api-addr; relay and workers on their health endpoint.
+        let port = match parse_cli(&svc.command()).command {
+            Command::Api(a) => a.api_addr.expect("--api-addr").port(),
+            _ => health_listen(&svc.command(), &svc.config())
+                .unwrap_or_else(|| panic!("{}: --health-listen", svc.name))
+                .port(),
+        };
+        let test = strings(&svc.get("healthcheck").expect("healthcheck")["test"]).join(" ");
+        assert!(
+            test.contains(&format!("http://127.0.0.1:{port}/healthz")),
+            "{}: {test}",
+            svc.name
+        );
     }
     for n in nats_services() {
         assert!(n.get("healthcheck").is_some(), "{}", n.name);

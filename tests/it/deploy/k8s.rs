@@ -216,9 +216,27 @@ fn k8s_deployments_have_probes_resources_and_a_non_root_user() {
                 "api"
             }
             other => {
-                // Relay and workers serve no HTTP (deploy/README.md says why they have no probe).
-                for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
-                    assert!(c.get(probe).is_none(), "{}: {probe}", pod.name);
+                // Relay and workers: their health endpoint, reachable from the kubelet.
+                let addr = health_listen(&pod.args(), &pod.config())
+                    .unwrap_or_else(|| panic!("{}: --health-listen", pod.name));
+                assert!(
+                    addr.ip().is_unspecified(),
+                    "{}: listens on {addr}",
+                    pod.name
+                );
+                let ports = c["ports"].as_sequence().expect("ports");
+                let declared = ports
+                    .iter()
+                    .find(|p| p["containerPort"].as_u64() == Some(u64::from(addr.port())))
+                    .expect("the health port is declared");
+                for (probe, path) in [
+                    ("startupProbe", "/healthz"),
+                    ("readinessProbe", "/readyz"),
+                    ("livenessProbe", "/healthz"),
+                ] {
+                    let get = &c[probe]["httpGet"];
+                    assert_eq!(get["path"], path, "{}: {probe}", pod.name);
+                    assert_eq!(get["port"], declared["name"], "{}: {probe}", pod.name);
                 }
                 match other {
                     Command::Worker(w) => {

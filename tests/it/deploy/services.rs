@@ -31,11 +31,12 @@ impl Plan {
     }
 
     /// Starts it as the container would. Differences, none in what is checked: `--config` names
-    /// the repository file the container gets mounted, the API listens on a free loopback port,
+    /// the repository file the container gets mounted, the API and the health endpoints of
+    /// relay and workers listen on free loopback ports,
     /// NATS_URL names one node here (`taskfleet_connects_with_the_compose_nats_url_list` is about
     /// the list), HOME is a temp dir, and `extra` is added to the environment.
     fn spawn(&self, nats: &str, dir: &Path, extra: &[(&str, &str)]) -> Running {
-        let mut api_port = None;
+        let (mut api_port, mut health_port) = (None, None);
         let args: Vec<String> = self
             .args
             .iter()
@@ -44,6 +45,11 @@ impl Plan {
                 "0.0.0.0:8090" => {
                     let port = free_ports(1)[0];
                     api_port = Some(port);
+                    format!("127.0.0.1:{port}")
+                }
+                "0.0.0.0:8091" => {
+                    let port = free_ports(1)[0];
+                    health_port = Some(port);
                     format!("127.0.0.1:{port}")
                 }
                 _ => a.clone(),
@@ -80,6 +86,7 @@ impl Plan {
             child,
             log,
             api_port,
+            health_port,
         }
     }
 }
@@ -112,6 +119,8 @@ struct Running {
     child: Child,
     log: PathBuf,
     api_port: Option<u16>,
+    /// Where relay and workers serve `/healthz` and `/readyz`.
+    health_port: Option<u16>,
 }
 
 impl Running {
@@ -123,17 +132,22 @@ impl Running {
         self.child.id()
     }
 
-    /// Until it is up: the API's `/healthz` answers 200; workers and relay say so in their log.
+    /// Until it is up: the API's `/healthz` answers 200, as do the `/readyz` of workers and
+    /// relay (what compose's health checks and the k8s probes ask).
     async fn wait_up(&mut self) {
         let started = Instant::now();
         loop {
             let exited = self.child.try_wait().unwrap();
             assert!(exited.is_none(), "{} exited:\n{}", self.label, self.log());
-            let up = match (self.kind, self.api_port) {
-                ("api", Some(port)) => http_ok(&format!("http://127.0.0.1:{port}/healthz")).await,
-                ("worker", _) => self.log().contains("worker pulling"),
-                ("relay", _) => self.log().contains("relay running"),
-                other => panic!("{other:?}"),
+            let up = match (self.kind, self.api_port, self.health_port) {
+                ("api", Some(port), _) => {
+                    http_ok(&format!("http://127.0.0.1:{port}/healthz")).await
+                }
+                ("worker" | "relay", _, Some(port)) => {
+                    http_ok(&format!("http://127.0.0.1:{port}/readyz")).await
+                        && http_ok(&format!("http://127.0.0.1:{port}/healthz")).await
+                }
+                other => panic!("{}: {other:?}", self.label),
             };
             if up {
                 return;

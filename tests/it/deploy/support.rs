@@ -219,6 +219,16 @@ pub fn effective_config(service: &str, file: &Path, env: &Env) -> Config {
     cfg
 }
 
+/// Where a worker or the relay serves `/healthz` and `/readyz`: `--health-listen`, else its
+/// config's `worker.health_listen` / `relay.health_listen` (`None` for the API and when unset).
+pub fn health_listen(args: &[String], cfg: &Config) -> Option<std::net::SocketAddr> {
+    match parse_cli(args).command {
+        taskfleet::cli::Command::Worker(w) => w.health_listen.or(cfg.worker.health_listen),
+        taskfleet::cli::Command::Relay(r) => r.health_listen.or(cfg.relay.health_listen),
+        _ => None,
+    }
+}
+
 // ---- credentials -------------------------------------------------------------------------------
 
 /// What `taskfleet nats-config` writes: auth.conf and one env file per user.

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-/// A `taskfleet worker` process. `Drop` SIGKILLs it.
+/// A `taskfleet worker` process (or any `taskfleet` command started with [`spawn_taskfleet`]).
+/// `Drop` SIGKILLs it.
 pub struct WorkerProcess {
     child: Child,
     log: PathBuf,
@@ -58,7 +59,67 @@ impl TestApp {
     }
 }
 
+/// Starts `taskfleet <args>` with `env` on top of the test environment (no config file, no
+/// OTLP, no colour), stderr into a log; waits for nothing.
+#[allow(dead_code)]
+pub fn spawn_taskfleet(args: &[&str], env: &[(&str, &str)]) -> WorkerProcess {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("taskfleet.log");
+    let stderr = std::fs::File::create(&log).expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_taskfleet"))
+        .args(args)
+        .env_remove("TASKFLEET_CONFIG")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env("RUST_LOG", "info,async_nats=warn")
+        .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn taskfleet");
+    WorkerProcess {
+        child,
+        log,
+        _dir: dir,
+    }
+}
+
 impl WorkerProcess {
+    /// Waits (bounded) until its log contains `needle`; panics if it exits first.
+    #[allow(dead_code)]
+    pub async fn wait_log(&mut self, needle: &str, limit: Duration) {
+        let (log, pid) = (self.log.clone(), self.pid());
+        let child = &mut self.child;
+        eventually(&format!("{pid} to log {needle:?}"), limit, || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{pid} exited with {status}:\n{text}");
+            }
+            async move { text.contains(needle).then_some(()) }
+        })
+        .await;
+    }
+
+    /// `http://<addr>` of its health endpoint, from the "health endpoint listening" log line
+    /// (so `--health-listen 127.0.0.1:0` works).
+    #[allow(dead_code)]
+    pub async fn health_url(&mut self) -> String {
+        self.wait_log("health endpoint listening", Duration::from_secs(20))
+            .await;
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("health endpoint listening"))
+            .expect("the line");
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .unwrap_or_else(|| panic!("no addr= in {line:?}"));
+        format!("http://{addr}")
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
