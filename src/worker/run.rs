@@ -81,14 +81,14 @@ async fn run_claimed_inner(ctx: &Ctx, msg: &Message, task: &Task, seq: u64) {
     ctx.running.insert(task.id.clone(), handle.clone());
     tracing::info!(kind = %task.kind, attempt = task.attempt, "running");
 
-    let run = kinds::run(ctx, &task, handle.stop.clone());
+    let run = kinds::run(ctx, task, handle.stop.clone());
     tokio::pin!(run);
     let mut beat = tokio::time::interval(ctx.ack_wait / 3);
     beat.tick().await;
     let outcome = loop {
         tokio::select! {
             outcome = &mut run => break outcome,
-            _ = beat.tick() => renew(ctx, msg, &task, &token, &handle).await,
+            _ = beat.tick() => renew(ctx, msg, task, &token, &handle).await,
         }
     };
     ctx.running.remove(&task.id);
@@ -103,7 +103,7 @@ async fn run_claimed_inner(ctx: &Ctx, msg: &Message, task: &Task, seq: u64) {
         }
         Some(StopReason::HandBack) => match ctx
             .tasks
-            .hand_back(&task, &token, &ctx.worker_id, seq)
+            .hand_back(task, &token, &ctx.worker_id, seq)
             .await
         {
             Ok(_) => {
@@ -121,7 +121,7 @@ async fn run_claimed_inner(ctx: &Ctx, msg: &Message, task: &Task, seq: u64) {
             }
             Err(e) => tracing::warn!(error.message = %e, "hand-back refused"),
         },
-        None => finish(ctx, msg, &task, &token, outcome).await,
+        None => finish(ctx, msg, task, &token, outcome).await,
     }
 }
 
