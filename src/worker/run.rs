@@ -101,26 +101,24 @@ async fn run_claimed_inner(ctx: &Ctx, msg: &Message, task: &Task, seq: u64) {
         Some(StopReason::LeaseLost) => {
             tracing::warn!("stopped: another replica holds the task now; leaving it to them");
         }
-        Some(StopReason::HandBack) => match ctx
-            .tasks
-            .hand_back(task, &token, &ctx.worker_id, seq)
-            .await
-        {
-            Ok(_) => {
-                // Confirmed by the server, so the message is redelivered now even if this
-                // process exits right after.
-                if let Err(e) = msg.double_ack_with(AckKind::Nak(None)).await {
-                    tracing::warn!(error.message = %e, "hand-back nak not confirmed");
+        Some(StopReason::HandBack) => {
+            match ctx.tasks.hand_back(task, &token, &ctx.worker_id, seq).await {
+                Ok(_) => {
+                    // Confirmed by the server, so the message is redelivered now even if this
+                    // process exits right after.
+                    if let Err(e) = msg.double_ack_with(AckKind::Nak(None)).await {
+                        tracing::warn!(error.message = %e, "hand-back nak not confirmed");
+                    }
+                    let client = &ctx.tasks.bus().client;
+                    let _ = client
+                        .publish(subjects::wake(&task.assigned_to), "".into())
+                        .await;
+                    let _ = client.flush().await;
+                    tracing::info!("handed back for another replica");
                 }
-                let client = &ctx.tasks.bus().client;
-                let _ = client
-                    .publish(subjects::wake(&task.assigned_to), "".into())
-                    .await;
-                let _ = client.flush().await;
-                tracing::info!("handed back for another replica");
+                Err(e) => tracing::warn!(error.message = %e, "hand-back refused"),
             }
-            Err(e) => tracing::warn!(error.message = %e, "hand-back refused"),
-        },
+        }
         None => finish(ctx, msg, task, &token, outcome).await,
     }
 }
