@@ -8,7 +8,7 @@ pub mod permissions;
 pub mod subjects;
 mod topology;
 
-pub use codec::{decode, encode, message_headers, HEADER_TRACEPARENT};
+pub use codec::{decode, encode, message_headers, HEADER_TRACEPARENT, RECORDED_HEADER};
 pub use error::{BusError, NatsResultExt};
 pub use topology::{Topology, TopologyConfig};
 

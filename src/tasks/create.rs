@@ -78,17 +78,19 @@ impl TaskService {
     ) -> Result<Created, TaskError> {
         new.id = Some(id.clone());
         let subject = subjects::task(&new.assigned_to, new.priority, new.kind);
+        let mut headers = message_headers(id.as_str());
+        headers.insert(crate::bus::RECORDED_HEADER, "1");
         let ack = self
             .bus
             .js
-            .publish_with_headers(subject, message_headers(id.as_str()), encode(&new))
+            .publish_with_headers(subject, headers, encode(&new))
             .await
             .op("publish task")?
             .await
             .op("publish task ack")?;
         let mut task = Task::from_new(id.clone(), new);
         task.queue_seq = Some(ack.sequence);
-        match self.record_new(&mut task, operator).await? {
+        match self.record_new(&mut task, operator, true).await? {
             true => Ok(Created {
                 task,
                 created: true,
@@ -102,27 +104,37 @@ impl TaskService {
     }
 
     /// Creates the state entry of a queued task and records `created`. False when the entry
-    /// already existed (nothing written).
+    /// already existed (nothing written). `eager` sends the event together with the state
+    /// (only for a fresh create: the event's fixed id drops a racing reader's copy, but only
+    /// within the de-duplication window).
     pub(crate) async fn record_new(
         &self,
         task: &mut Task,
         operator: &str,
+        eager: bool,
     ) -> Result<bool, TaskError> {
-        // One `created` per task even when two processes race to record it: the event has a
-        // fixed id, so it is sent together with the state (JetStream drops the loser's copy).
+        // One `created` per task even when two processes race to record it.
         let mut event = transition_event(None, task, EventKind::Created, operator, None);
         event.id = format!("evt_{}_created", task.id);
         event.message = Some(task.task_name.clone());
         let key = subjects::state_key(&task.assigned_to, &task.id);
         let state = &self.bus.topology.state;
-        let (created, ()) = tokio::join!(
-            state.create(key, encode(&*task)),
-            self.emit_pipelined(&event)
-        );
+        let created = if eager {
+            tokio::join!(
+                state.create(key, encode(&*task)),
+                self.emit_pipelined(&event)
+            )
+            .0
+        } else {
+            state.create(key, encode(&*task)).await
+        };
         match created {
             Ok(rev) => {
                 task.revision = rev;
                 self.remember(&task.id, &task.assigned_to);
+                if !eager {
+                    self.emit_pipelined(&event).await;
+                }
                 if self.scope.is_none() {
                     self.settle(&task.id).await;
                 }

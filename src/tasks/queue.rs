@@ -178,15 +178,22 @@ impl TaskService {
                 return Ok(None);
             }
         };
-        if let Some(t) = self.load(&id).await? {
-            return Ok(Some(t));
+        // Taskfleet's own creates record the state: read it. A task published straight to NATS
+        // has none yet: create it first (one round trip less), reading only if it exists.
+        let recorded = msg
+            .headers
+            .is_some_and(|h| h.get(crate::bus::RECORDED_HEADER).is_some());
+        if recorded {
+            if let Some(t) = self.load(&id).await? {
+                return Ok(Some(t));
+            }
         }
         let mut task = Task::from_new(id.clone(), new);
         task.queue_seq = Some(msg.seq);
         let published = chrono::DateTime::from_timestamp_nanos(msg.published_ns as i64);
         task.created_time = published;
         task.updated_time = published;
-        if self.record_new(&mut task, "nats").await? {
+        if self.record_new(&mut task, "nats", false).await? {
             return Ok(Some(task));
         }
         // It exists: a replica that has not seen it yet may still answer "none" for a moment.
