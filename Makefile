@@ -4,7 +4,8 @@
 #   make test [ARGS="filter ..."]  ensure nats-server, run all tests (nextest if present)
 #   make check                     rustfmt --check + clippy -D warnings
 #   make nats                      just ensure nats-server and print its path
-#   make bench-workers             worker latency/throughput figures (see docs/benchmarks.md)
+#   make bench [ARGS="--quick"]    taskfleet vs BullMQ vs raw JetStream, side by side (~1.5 min + build)
+#   make bench-workers [ARGS=…]    the taskfleet side of `make bench` alone (JSON on stdout)
 #   make bench-relay               relay delivery rate, 1 and 100 destinations
 #
 # nats-server >= 2.11 comes from $NATS_SERVER_BIN, PATH, or is installed into
@@ -27,10 +28,10 @@ export NATS_SERVER_BIN; \
 echo "==> using NATS_SERVER_BIN=$$NATS_SERVER_BIN ($$("$$NATS_SERVER_BIN" --version 2>&1))" >&2
 endef
 
-.PHONY: help run test check nats bench-workers bench-relay
+.PHONY: help run test check nats bench bench-workers bench-relay
 
 help:
-	@sed -n '3,8p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
 
 nats:
 	@$(ENSURE_NATS)
@@ -60,11 +61,16 @@ check:
 	echo "==> cargo clippy --all-targets -- -D warnings (first build takes several minutes on 2 cores)…" >&2; \
 	$(CARGO) clippy --all-targets -- -D warnings
 
+# Everything (builds, nats-server, redis-server, npm ci, the three programs, the report):
+# see scripts/bench.sh.
+bench:
+	@scripts/bench.sh $(ARGS)
+
 bench-workers:
 	@$(with_nats); \
 	echo "==> building release binaries (several minutes on 2 cores the first time)…" >&2; \
 	$(CARGO) build --release --bin taskfleet --example bench; \
-	$(CARGO) run --release --quiet --example bench -- $(ARGS)
+	target/release/examples/bench $(ARGS)
 
 bench-relay:
 	@$(with_nats); \

@@ -1,0 +1,234 @@
+//! One fresh fleet per scenario: a nats-server on a random port with its own store (the repo's
+//! `nats.conf`), optionally the API as a `taskfleet api` process, `taskfleet worker` processes,
+//! and the benchmark's own NATS connection (which also creates the streams and buckets).
+
+use anyhow::{bail, Context};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use taskfleet::bus::Bus;
+use taskfleet::client::ApiClient;
+use taskfleet::config::Config;
+use taskfleet::domain::{Task, TaskId};
+use taskfleet::natsd::{LocalNats, LocalNatsOptions};
+use taskfleet::tasks::TaskService;
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, Command};
+
+/// Every benchmark task goes to this assignee.
+pub const ASSIGNEE: &str = "bench";
+
+/// Workers log only their "worker pulling" line (to know they are ready) and warnings: per-task
+/// lines are info in the submodules, which stay at warn.
+const WORKER_LOG: &str = "warn,taskfleet::worker=info,taskfleet::worker::run=warn,\
+    taskfleet::worker::control=warn,taskfleet::worker::kinds=warn,taskfleet::worker::output=warn,\
+    taskfleet::worker::process=warn,taskfleet::worker::dispatch=warn";
+
+/// The API process and a client for it.
+pub struct Api {
+    child: Child,
+    /// Its process id (for RSS).
+    pub pid: u32,
+    /// A client carrying the run's key.
+    pub client: ApiClient,
+}
+
+/// A running fleet; [`Fleet::stop`] takes it down.
+pub struct Fleet {
+    _dir: tempfile::TempDir,
+    nats: LocalNats,
+    /// The benchmark's own connection.
+    pub bus: Bus,
+    /// The API process, when started.
+    pub api: Option<Api>,
+    workers: Vec<Child>,
+}
+
+/// The release `taskfleet` binary next to this example (`target/release/taskfleet`).
+pub fn taskfleet_bin() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("taskfleet"))
+        .context("locating target/release")?;
+    if !bin.is_file() {
+        bail!(
+            "{} not found: run `cargo build --release --bin taskfleet` first",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// The fleet's task-token secret for this run (random; API and workers share it).
+fn token_secret() -> &'static str {
+    static SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SECRET.get_or_init(|| {
+        format!(
+            "{:032x}{:032x}",
+            rand::random::<u128>(),
+            rand::random::<u128>()
+        )
+    })
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A child that gets SIGTERM when the benchmark dies, so a killed run leaves no processes behind.
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+}
+
+/// VmRSS of a process in MB (kB / 1024), as the contract asks.
+pub fn rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+impl Fleet {
+    /// A fresh nats-server and the benchmark's connection; with `api`, the API process too.
+    pub async fn start(api: bool) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let nats = LocalNats::start(&LocalNatsOptions {
+            bin: None,
+            conf: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/nats.conf")),
+            store_dir: dir.path().join("nats"),
+            log_file: dir.path().join("nats.log"),
+            port: free_port()?,
+        })
+        .await?;
+        let mut cfg = Config::default();
+        cfg.nats.url = Some(nats.url.clone());
+        let bus = taskfleet::serve::connect(&cfg, &nats.url, "bench").await?;
+        let mut fleet = Self {
+            _dir: dir,
+            nats,
+            bus,
+            api: None,
+            workers: Vec::new(),
+        };
+        if api {
+            fleet.api = Some(fleet.start_api().await?);
+        }
+        Ok(fleet)
+    }
+
+    async fn start_api(&self) -> anyhow::Result<Api> {
+        // A random key for this run only; it is never printed.
+        let key = format!("{:032x}", rand::random::<u128>());
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let mut cmd = Command::new(taskfleet_bin()?);
+        cmd.args(["api", "--api-addr", &addr])
+            .env("NATS_URL", &self.nats.url)
+            .env("TASKFLEET_API_KEY", &key)
+            .env("TASKFLEET_FLEET__TASK_TOKEN_SECRET", token_secret())
+            .env("RUST_LOG", "warn")
+            .env_remove("TASKFLEET_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        die_with_parent(&mut cmd);
+        let mut child = cmd.spawn().context("spawning `taskfleet api`")?;
+        let pid = child.id().unwrap_or_default();
+        let client = ApiClient::new(&format!("http://{addr}"), Some(key));
+        let started = Instant::now();
+        loop {
+            let q = [("assigned_to", ASSIGNEE.to_string()), ("limit", "1".into())];
+            if client.pending(&q).await.is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!("`taskfleet api` exited with {status}");
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("`taskfleet api` did not answer within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Ok(Api { child, pid, client })
+    }
+
+    /// Starts `n` worker processes for [`ASSIGNEE`] and waits until each is pulling.
+    pub async fn spawn_workers(&mut self, n: usize, concurrency: usize) -> anyhow::Result<()> {
+        let bin = taskfleet_bin()?;
+        let mut ready = Vec::new();
+        for i in 0..n {
+            let mut cmd = Command::new(&bin);
+            cmd.args(["worker", "--assignee", ASSIGNEE, "--concurrency"])
+                .arg(concurrency.to_string())
+                .env("NATS_URL", &self.nats.url)
+                .env("RUST_LOG", WORKER_LOG)
+                .env("TASKFLEET_FLEET__TASK_TOKEN_SECRET", token_secret())
+                .env("NO_COLOR", "1")
+                .env_remove("TASKFLEET_CONFIG")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true);
+            die_with_parent(&mut cmd);
+            let mut child = cmd.spawn().context("spawning `taskfleet worker`")?;
+            let stderr = child.stderr.take().context("worker stderr")?;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                let mut tx = Some(tx);
+                let mut lines = tokio::io::BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line.contains("worker pulling") {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(());
+                        }
+                    } else {
+                        eprintln!("  [worker {i}] {line}");
+                    }
+                }
+            });
+            ready.push(rx);
+            self.workers.push(child);
+        }
+        for rx in ready {
+            tokio::time::timeout(Duration::from_secs(30), rx)
+                .await
+                .context("a worker was not pulling within 30 s")?
+                .context("a worker exited before it was pulling")?;
+        }
+        Ok(())
+    }
+
+    /// Process ids of the workers.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.workers.iter().filter_map(Child::id).collect()
+    }
+
+    /// A task's current state, read as the API reads it.
+    pub async fn task(&self, id: &TaskId) -> anyhow::Result<Task> {
+        let tasks = TaskService::new(self.bus.clone(), Default::default());
+        Ok(tasks.get(id).await?)
+    }
+
+    /// Kills the processes and stops nats-server (its store is a temporary directory).
+    pub async fn stop(mut self) {
+        for w in &mut self.workers {
+            let _ = w.kill().await;
+        }
+        if let Some(mut api) = self.api.take() {
+            let _ = api.child.kill().await;
+        }
+        drop(self.bus);
+        self.nats.stop().await;
+    }
+}
