@@ -46,6 +46,10 @@ pub struct Fleet {
 
 /// The release `taskfleet` binary next to this example (`target/release/taskfleet`).
 pub fn taskfleet_bin() -> anyhow::Result<PathBuf> {
+    // `TASKFLEET_BIN=/path/to/older/taskfleet` measures another build (before/after figures).
+    if let Some(bin) = std::env::var_os("TASKFLEET_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
     let exe = std::env::current_exe()?;
     let bin = exe
         .parent()

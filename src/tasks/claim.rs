@@ -1,10 +1,12 @@
 //! What workers do to tasks: claim a queue message (taking over a task whose holder died),
 //! give up after `max_attempts` (dead letter), and hand a task back on shutdown.
 
-use super::queue::{decode_queued, QueuedMessage};
+use super::create::created_event;
+use super::queue::{decode_queued, queued_task, recorded, QueuedMessage};
 use super::{transition_event, TaskError, TaskService};
-use crate::bus::{encode, message_headers, subjects, NatsResultExt};
-use crate::domain::{now, EventKind, Lease, Task, TaskStatus};
+use crate::bus::{encode, message_headers, subjects, BusError, NatsResultExt};
+use crate::domain::{now, EventKind, Lease, NewTask, Task, TaskId, TaskStatus};
+use async_nats::jetstream::kv;
 use crate::metrics::task_labels;
 
 /// What a worker should do with a message it pulled.
@@ -34,10 +36,15 @@ impl TaskService {
         worker: &str,
         redelivered: bool,
     ) -> Result<ClaimOutcome, TaskError> {
-        let id = match decode_queued(msg) {
-            Ok((id, _)) => id,
+        let (id, new) = match decode_queued(msg) {
+            Ok(decoded) => decoded,
             Err(why) => return Ok(ClaimOutcome::Skip(format!("not a valid task: {why}"))),
         };
+        if !redelivered && !recorded(msg) {
+            if let Some(run) = self.claim_unrecorded(msg, &id, new, worker).await? {
+                return Ok(run);
+            }
+        }
         let Some(current) = self.task_for_message(msg).await? else {
             return Ok(ClaimOutcome::Skip("not a valid task".into()));
         };
@@ -123,6 +130,43 @@ impl TaskService {
                 self.started(&before, &after, worker).await;
                 Ok(ClaimOutcome::Run(after))
             }
+        }
+    }
+
+    /// A task published straight to NATS, seen for the first time: its state entry is created
+    /// already claimed (one write instead of a create and a claim), with its `created` and
+    /// `started` events. `None` when the entry exists (someone listed or claimed it first).
+    async fn claim_unrecorded(
+        &self,
+        msg: QueuedMessage<'_>,
+        id: &TaskId,
+        new: NewTask,
+        worker: &str,
+    ) -> Result<Option<ClaimOutcome>, TaskError> {
+        let pending = queued_task(msg, id.clone(), new);
+        let mut running = pending.clone();
+        running.status = TaskStatus::Running;
+        running.attempt = 1;
+        running.lease = Some(Lease::new(worker, 1));
+        running.started_time = Some(now());
+        running.updated_time = now();
+        running.queue_seq = None;
+        let key = subjects::state_key(&running.assigned_to, id);
+        match self.bus.topology.state.create(key, encode(&running)).await {
+            Ok(rev) => {
+                running.revision = rev;
+                self.remember(id, &running.assigned_to);
+                self.keep(&running);
+                self.emit_transition(&created_event(&pending, "nats")).await;
+                self.metrics
+                    .tasks_created
+                    .get_or_create(&task_labels(&pending))
+                    .inc();
+                self.started(&pending, &running, worker).await;
+                Ok(Some(ClaimOutcome::Run(running)))
+            }
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(BusError::from_op("kv create", e).into()),
         }
     }
 

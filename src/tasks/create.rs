@@ -113,10 +113,7 @@ impl TaskService {
         operator: &str,
         eager: bool,
     ) -> Result<bool, TaskError> {
-        // One `created` per task even when two processes race to record it.
-        let mut event = transition_event(None, task, EventKind::Created, operator, None);
-        event.id = format!("evt_{}_created", task.id);
-        event.message = Some(task.task_name.clone());
+        let event = created_event(task, operator);
         let key = subjects::state_key(&task.assigned_to, &task.id);
         let state = &self.bus.topology.state;
         let created = if eager {
@@ -153,6 +150,15 @@ impl TaskService {
             }
         }
     }
+}
+
+/// A task's `created` event. One per task even when two processes race to record it: its id is
+/// fixed, so JetStream drops the second copy.
+pub(super) fn created_event(task: &Task, operator: &str) -> crate::domain::TaskEvent {
+    let mut event = transition_event(None, task, EventKind::Created, operator, None);
+    event.id = format!("evt_{}_created", task.id);
+    event.message = Some(task.task_name.clone());
+    event
 }
 
 /// The idempotency bucket's key for a caller's idempotency key (hashed: any text is allowed).

@@ -180,19 +180,12 @@ impl TaskService {
         };
         // Taskfleet's own creates record the state: read it. A task published straight to NATS
         // has none yet: create it first (one round trip less), reading only if it exists.
-        let recorded = msg
-            .headers
-            .is_some_and(|h| h.get(crate::bus::RECORDED_HEADER).is_some());
-        if recorded {
+        if recorded(msg) {
             if let Some(t) = self.load(&id).await? {
                 return Ok(Some(t));
             }
         }
-        let mut task = Task::from_new(id.clone(), new);
-        task.queue_seq = Some(msg.seq);
-        let published = chrono::DateTime::from_timestamp_nanos(msg.published_ns as i64);
-        task.created_time = published;
-        task.updated_time = published;
+        let mut task = queued_task(msg, id.clone(), new);
         if self.record_new(&mut task, "nats", false).await? {
             return Ok(Some(task));
         }
@@ -205,4 +198,20 @@ impl TaskService {
         }
         self.load(&id).await
     }
+}
+
+/// Whether taskfleet's own create published the message (its state entry is written too).
+pub(crate) fn recorded(msg: QueuedMessage<'_>) -> bool {
+    msg.headers
+        .is_some_and(|h| h.get(crate::bus::RECORDED_HEADER).is_some())
+}
+
+/// The pending task a message published straight to NATS stands for (created when published).
+pub(crate) fn queued_task(msg: QueuedMessage<'_>, id: TaskId, new: NewTask) -> Task {
+    let mut task = Task::from_new(id, new);
+    task.queue_seq = Some(msg.seq);
+    let published = chrono::DateTime::from_timestamp_nanos(msg.published_ns as i64);
+    task.created_time = published;
+    task.updated_time = published;
+    task
 }

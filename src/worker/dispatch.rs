@@ -26,6 +26,8 @@ pub(super) struct Queue {
     /// last full check (redeliveries ring no bell). Saves pulling from priorities known empty.
     maybe: [bool; 3],
     all_checked: tokio::time::Instant,
+    /// The doorbell rang since the last pull pass.
+    rang: bool,
 }
 
 impl Queue {
@@ -80,11 +82,13 @@ impl Queue {
             served: [0; 3],
             maybe: [true; 3],
             all_checked: tokio::time::Instant::now(),
+            rang: false,
         })
     }
 
     /// The next message, waiting (without pulling ahead) while every priority is empty.
     pub(super) async fn next(&mut self) -> Result<Message, WorkerError> {
+        let mut retry = Duration::ZERO;
         loop {
             // Rings from before this check are covered by the check itself.
             while let Some(Some(ring)) = self.doorbell.next().now_or_never() {
@@ -96,6 +100,8 @@ impl Queue {
             if self.maybe == [true; 3] {
                 self.all_checked = tokio::time::Instant::now();
             }
+            let rang = std::mem::take(&mut self.rang);
+            let mut empty = [false; 3];
             for i in pull_order(self.weights, self.served) {
                 if !self.maybe[i] {
                     continue;
@@ -105,7 +111,25 @@ impl Queue {
                     return Ok(msg);
                 }
                 self.maybe[i] = false;
+                empty[i] = true;
             }
+            // The doorbell (core NATS) can ring before JetStream has stored the message, so a
+            // pull right after a ring may find nothing: look again after 1, 2, 4, 8, 16 ms
+            // instead of sleeping until the next poll.
+            retry = match (rang, retry.is_zero()) {
+                (true, _) => Duration::from_millis(1),
+                (false, true) => Duration::ZERO,
+                (false, false) => retry * 2,
+            };
+            let wait = if !retry.is_zero() && retry <= RING_RETRY_MAX {
+                for (maybe, was_empty) in self.maybe.iter_mut().zip(empty) {
+                    *maybe |= was_empty;
+                }
+                retry
+            } else {
+                retry = Duration::ZERO;
+                self.idle_poll
+            };
             tokio::select! {
                 ring = self.doorbell.next() => match ring {
                     Some(ring) => self.rung(&ring.subject),
@@ -114,7 +138,11 @@ impl Queue {
                         self.maybe = [true; 3];
                     }
                 },
-                _ = tokio::time::sleep(self.idle_poll) => self.maybe = [true; 3],
+                _ = tokio::time::sleep(wait) => {
+                    if retry.is_zero() {
+                        self.maybe = [true; 3];
+                    }
+                }
             }
         }
     }
@@ -123,12 +151,16 @@ impl Queue {
 impl Queue {
     /// A doorbell ring: a task queued at one priority, or a wake-up (hand-back) for any.
     fn rung(&mut self, subject: &str) {
+        self.rang = true;
         match subjects::parse_task(subject) {
             Some((_, priority, _)) => self.maybe[priority_index(priority)] = true,
             None => self.maybe = [true; 3],
         }
     }
 }
+
+/// The longest pause between the quick re-checks after a ring that found nothing (see `next`).
+const RING_RETRY_MAX: Duration = Duration::from_millis(16);
 
 fn priority_index(p: Priority) -> usize {
     Priority::ALL

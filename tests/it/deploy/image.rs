@@ -166,7 +166,14 @@ fn dockerignore_keeps_every_build_input_and_drops_state_and_secrets() {
         }
     }
     for e in manifest["example"].as_array().unwrap() {
-        inputs.push(format!("examples/{}.rs", e["name"].as_str().unwrap()));
+        let name = e["name"].as_str().unwrap();
+        let file = format!("examples/{name}.rs");
+        // An example is `examples/<name>.rs` or a directory `examples/<name>/main.rs`.
+        if root().join(&file).exists() {
+            inputs.push(file);
+        } else {
+            inputs.push(format!("examples/{name}/main.rs"));
+        }
     }
     for input in &inputs {
         assert!(root().join(input).exists(), "{input}");
