@@ -6,8 +6,8 @@ use super::queue::{decode_queued, queued_task, recorded, QueuedMessage};
 use super::{transition_event, TaskError, TaskService};
 use crate::bus::{encode, message_headers, subjects, BusError, NatsResultExt};
 use crate::domain::{now, EventKind, Lease, NewTask, Task, TaskId, TaskStatus};
-use async_nats::jetstream::kv;
 use crate::metrics::task_labels;
+use async_nats::jetstream::kv;
 
 /// What a worker should do with a message it pulled.
 #[derive(Debug, Clone)]
