@@ -86,8 +86,10 @@ impl Queue {
         })
     }
 
-    /// The next message, waiting (without pulling ahead) while every priority is empty.
-    pub(super) async fn next(&mut self) -> Result<Message, WorkerError> {
+    /// Up to `free` messages (one per free slot), highest priority first, waiting (without
+    /// pulling ahead) while every priority is empty. A lower priority is only pulled from
+    /// once every higher one gave fewer messages than asked (it is empty).
+    pub(super) async fn next(&mut self, free: usize) -> Result<Vec<Message>, WorkerError> {
         let mut retry = Duration::ZERO;
         loop {
             // Rings from before this check are covered by the check itself.
@@ -102,16 +104,32 @@ impl Queue {
             }
             let rang = std::mem::take(&mut self.rang);
             let mut empty = [false; 3];
+            let mut got = Vec::new();
+            // With weights, one message per pass, so each pull follows the shares.
+            let wanted = if self.weights.is_some() {
+                1
+            } else {
+                free.max(1)
+            };
             for i in pull_order(self.weights, self.served) {
                 if !self.maybe[i] {
                     continue;
                 }
-                if let Some(msg) = fetch_one(&self.consumers[i].1).await? {
-                    self.served[i] += 1;
-                    return Ok(msg);
+                let asked = wanted - got.len();
+                let batch = fetch(&self.consumers[i].1, asked).await?;
+                self.served[i] += batch.len() as u64;
+                let short = batch.len() < asked;
+                got.extend(batch);
+                if short {
+                    self.maybe[i] = false;
+                    empty[i] = got.is_empty();
                 }
-                self.maybe[i] = false;
-                empty[i] = true;
+                if got.len() == wanted {
+                    break;
+                }
+            }
+            if !got.is_empty() {
+                return Ok(got);
             }
             // The doorbell (core NATS) can ring before JetStream has stored the message, so a
             // pull right after a ring may find nothing: look again after 1, 2, 4, 8, 16 ms
@@ -194,22 +212,31 @@ const RECHECK_ALL: Duration = Duration::from_millis(250);
 /// How long one no-wait pull may take before it counts as lost (a node died under it).
 const PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-async fn fetch_one(consumer: &PullConsumer) -> Result<Option<Message>, WorkerError> {
+/// Up to `max` messages that are there now (a no-wait pull).
+async fn fetch(consumer: &PullConsumer, max: usize) -> Result<Vec<Message>, WorkerError> {
     let pull = async {
         let mut batch = consumer
             .fetch()
-            .max_messages(1)
+            .max_messages(max)
             .messages()
             .await
             .op("pull task")?;
-        match batch.next().await {
-            Some(Ok(m)) => Ok(Some(m)),
-            Some(Err(e)) => Err(WorkerError::Bus(crate::bus::BusError::Op {
-                op: "pull task",
-                source: e,
-            })),
-            None => Ok(None),
+        let mut out = Vec::with_capacity(max);
+        while let Some(m) = batch.next().await {
+            match m {
+                Ok(m) => out.push(m),
+                Err(e) => {
+                    return Err(WorkerError::Bus(crate::bus::BusError::Op {
+                        op: "pull task",
+                        source: e,
+                    }))
+                }
+            }
+            if out.len() == max {
+                break;
+            }
         }
+        Ok(out)
     };
     // A pull whose answer never comes (its node died, the connection moved) must not stall the
     // worker: give up on it and ask again; an unacked message it may have got is redelivered.

@@ -174,18 +174,25 @@ pub async fn run_with_health(
             p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
             _ = shutdown.cancelled() => break,
         };
-        let msg = tokio::select! {
-            m = queue.next() => m,
+        // Every slot free right now is filled by the same pull.
+        let mut permits = vec![permit];
+        while let Ok(p) = slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        let msgs = tokio::select! {
+            m = queue.next(permits.len()) => m,
             _ = shutdown.cancelled() => break,
         };
-        match msg {
-            Ok(msg) => {
+        match msgs {
+            Ok(msgs) => {
                 health.pull_succeeded();
-                let ctx = ctx.clone();
-                tracker.spawn(async move {
-                    run::handle(ctx, msg).await;
-                    drop(permit);
-                });
+                for (msg, permit) in msgs.into_iter().zip(permits) {
+                    let ctx = ctx.clone();
+                    tracker.spawn(async move {
+                        run::handle(ctx, msg).await;
+                        drop(permit);
+                    });
+                }
             }
             Err(e) => {
                 health.pull_failed(&e.to_string());
