@@ -26,8 +26,9 @@ pub(super) struct Queue {
     /// last full check (redeliveries ring no bell). Saves pulling from priorities known empty.
     maybe: [bool; 3],
     all_checked: tokio::time::Instant,
-    /// The doorbell rang since the last pull pass.
+    /// The doorbell rang since the last pull pass, and for which priorities.
     rang: bool,
+    rang_for: [bool; 3],
 }
 
 impl Queue {
@@ -83,6 +84,7 @@ impl Queue {
             maybe: [true; 3],
             all_checked: tokio::time::Instant::now(),
             rang: false,
+            rang_for: [false; 3],
         })
     }
 
@@ -103,6 +105,7 @@ impl Queue {
                 self.all_checked = tokio::time::Instant::now();
             }
             let rang = std::mem::take(&mut self.rang);
+            let rang_for = std::mem::take(&mut self.rang_for);
             let mut empty = [false; 3];
             let mut got = Vec::new();
             // With weights, one message per pass, so each pull follows the shares.
@@ -132,8 +135,20 @@ impl Queue {
                 return Ok(got);
             }
             // The doorbell (core NATS) can ring before JetStream has stored the message, so a
-            // pull right after a ring may find nothing: look again after 1, 2, 4, 8, 16 ms
-            // instead of sleeping until the next poll.
+            // pull right after a ring may find nothing. Wait briefly on the highest priority
+            // that rang (the message is normally stored within a millisecond; a ring for a
+            // message another replica took costs RING_WAIT), then look again after 1, 2, 4, 8,
+            // 16 ms instead of sleeping until the next poll.
+            let announced = pull_order(self.weights, self.served)
+                .into_iter()
+                .find(|&i| rang_for[i] && empty[i]);
+            if let Some(i) = announced {
+                if let Some(msg) = fetch_waiting(&self.consumers[i].1, RING_WAIT).await? {
+                    self.served[i] += 1;
+                    self.maybe[i] = true;
+                    return Ok(vec![msg]);
+                }
+            }
             retry = match (rang, retry.is_zero()) {
                 (true, _) => Duration::from_millis(1),
                 (false, true) => Duration::ZERO,
@@ -171,11 +186,21 @@ impl Queue {
     fn rung(&mut self, subject: &str) {
         self.rang = true;
         match subjects::parse_task(subject) {
-            Some((_, priority, _)) => self.maybe[priority_index(priority)] = true,
-            None => self.maybe = [true; 3],
+            Some((_, priority, _)) => {
+                let i = priority_index(priority);
+                self.maybe[i] = true;
+                self.rang_for[i] = true;
+            }
+            None => {
+                self.maybe = [true; 3];
+                self.rang_for = [true; 3];
+            }
         }
     }
 }
+
+/// How long a pull waits for a message whose ring came before it was stored (see `next`).
+const RING_WAIT: Duration = Duration::from_millis(5);
 
 /// The longest pause between the quick re-checks after a ring that found nothing (see `next`).
 const RING_RETRY_MAX: Duration = Duration::from_millis(16);
@@ -211,6 +236,35 @@ const RECHECK_ALL: Duration = Duration::from_millis(250);
 
 /// How long one no-wait pull may take before it counts as lost (a node died under it).
 const PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One message, waiting up to `expires` for it. Only one: a pull still open at the server
+/// after this returned would hand its messages to nobody until their ack wait ran out.
+async fn fetch_waiting(
+    consumer: &PullConsumer,
+    expires: Duration,
+) -> Result<Option<Message>, WorkerError> {
+    let pull = async {
+        let mut batch = consumer
+            .batch()
+            .max_messages(1)
+            .expires(expires)
+            .messages()
+            .await
+            .op("pull task")?;
+        batch.next().await.transpose().map_err(pull_error)
+    };
+    match tokio::time::timeout(PULL_TIMEOUT + expires, pull).await {
+        Ok(r) => r,
+        Err(_) => Err(pull_error("no answer to the pull request".into())),
+    }
+}
+
+fn pull_error(source: Box<dyn std::error::Error + Send + Sync>) -> WorkerError {
+    WorkerError::Bus(crate::bus::BusError::Op {
+        op: "pull task",
+        source,
+    })
+}
 
 /// Up to `max` messages that are there now (a no-wait pull).
 async fn fetch(consumer: &PullConsumer, max: usize) -> Result<Vec<Message>, WorkerError> {
