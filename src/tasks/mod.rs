@@ -60,7 +60,8 @@ pub enum TaskError {
 /// Task operations over the fleet's NATS topology. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct TaskService {
-    bus: Bus,
+    /// Shared, so cloning the service (once per API request) copies no stream handles.
+    bus: Arc<Bus>,
     metrics: Arc<Metrics>,
     /// A worker's service sees only its assignee's tasks (its NATS user may read no others).
     scope: Option<Assignee>,
@@ -132,7 +133,7 @@ impl TaskService {
     /// A service over `bus`, counting into `metrics`.
     pub fn new(bus: Bus, metrics: Arc<Metrics>) -> Self {
         Self {
-            bus,
+            bus: Arc::new(bus),
             metrics,
             scope: None,
             located: Arc::default(),
