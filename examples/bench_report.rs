@@ -347,6 +347,26 @@ fn section(sys: &[Option<Value>; 3], command: &str, date: &str, m: &Value) -> St
         let Some(obj) = sys[i].as_ref().and_then(Value::as_object) else {
             continue;
         };
+        let stored: Vec<String> = obj
+            .get("throughput")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|r| r["procs"].as_u64() == Some(1))
+            .filter_map(|r| {
+                let w = r["stream_writes_per_task"].as_f64()?;
+                let how = r["create"]
+                    .as_str()
+                    .map_or(String::new(), |c| format!("{c}, "));
+                Some(format!("{w:.1} ({how}{} steps)", r["steps"]))
+            })
+            .collect();
+        if !stored.is_empty() {
+            notes.push(format!(
+                "- {name}, JetStream messages stored per task: {}",
+                stored.join("; ")
+            ));
+        }
         for (k, v) in obj {
             if let (Some(what), Some(text)) = (k.strip_suffix("_note"), v.as_str()) {
                 notes.push(format!("- {name}, {}: {text}", what.replace('_', " ")));

@@ -150,9 +150,20 @@ async fn throughput_on(
         bail!("only {completed} of {tasks} tasks completed within {limit:?}");
     }
     let secs = last.duration_since(t0).as_secs_f64();
+    // Every message the run stored (the server is fresh per scenario): the writes per task.
+    let mut stored = 0;
+    for name in [
+        subjects::TASKS_STREAM,
+        subjects::EVENTS_STREAM,
+        subjects::STATE_STREAM,
+    ] {
+        let mut stream = bus.js.get_stream(name).await?;
+        stored += stream.info().await?.state.last_sequence;
+    }
     Ok(json!({
         "create": how.name(), "steps": steps, "procs": procs, "tasks": tasks,
         "secs": secs, "tasks_per_s": tasks as f64 / secs, "create_secs": queued,
+        "stream_writes_per_task": stored as f64 / tasks as f64,
     }))
 }
 
