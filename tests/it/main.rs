@@ -22,6 +22,7 @@ mod relay_restart;
 mod transitions;
 mod workers;
 mod workers_agents;
+mod workers_fastpath;
 mod workers_hook;
 mod workers_io;
 mod workers_process;
