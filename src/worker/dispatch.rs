@@ -185,8 +185,13 @@ impl Queue {
     /// A doorbell ring: a task queued at one priority, or a wake-up (hand-back) for any.
     fn rung(&mut self, subject: &str) {
         self.rang = true;
-        match subjects::parse_task(subject) {
-            Some((_, priority, _)) => {
+        // Only the priority token matters; thousands of rings may be waiting, so no full parse.
+        let token = subject
+            .split('.')
+            .nth(2)
+            .and_then(|t| Priority::parse(t).ok());
+        match token {
+            Some(priority) => {
                 let i = priority_index(priority);
                 self.maybe[i] = true;
                 self.rang_for[i] = true;
