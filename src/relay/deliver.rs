@@ -2,12 +2,21 @@
 //! flight, so events reach a destination in order (a later one waits while an earlier one is
 //! retrying) and a slow or dead destination never holds up the others. Retries are JetStream
 //! naks with the schedule's delay, so they survive relay restarts; every attempt is recorded.
+//!
+//! Round trips per delivery: the next message (one long-lived pull; the server hands it over as
+//! soon as the previous ack lands), the request itself, and one record write, confirmed before
+//! the plain, unconfirmed ack. A lost ack only brings the message back, and a redelivered
+//! message whose record already says delivered (or dead) is settled without a request. Whether
+//! the destination is disabled is read at most once per [`DISABLED_RECHECK`] while it is
+//! enabled, and before every attempt while it is disabled (a replay re-enables it).
 
 use super::destination::Destination;
-use super::job::{clip_response, Attempt, DeliveryJob, DeliveryRecord, DeliveryStatus};
+use super::job::{clip_response, Attempt, DeliveryJob, DeliveryStatus};
+use super::record::Recorder;
 use super::retry::{RetrySchedule, Verdict};
 use super::sinks::{self, SinkContext};
-use crate::bus::{decode, encode, subjects, Bus, NatsResultExt};
+use crate::bus::{decode, subjects, Bus, BusError, NatsResultExt};
+use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
@@ -16,6 +25,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// How long an enabled destination is taken to stay enabled before its state is read again (only
+/// another relay replica's 410 could disable it meanwhile; this loop notes its own at once).
+const DISABLED_RECHECK: Duration = Duration::from_secs(1);
 
 /// What every delivery loop shares.
 #[derive(Debug)]
@@ -55,8 +68,12 @@ impl Delivery {
 
     /// Starts the delivery loop of `key` unless it runs already.
     pub(super) fn ensure(self: &Arc<Self>, key: &str) {
-        if !self.running.lock().expect("lock").insert(key.to_string()) {
-            return;
+        {
+            let mut running = self.running.lock().expect("lock");
+            // Called for every queued job: no allocation once the loop runs.
+            if running.contains(key) || !running.insert(key.to_string()) {
+                return;
+            }
         }
         let me = self.clone();
         let key = key.to_string();
@@ -91,7 +108,7 @@ impl Delivery {
         self.tracker.wait().await;
     }
 
-    async fn consumer(&self, key: &str) -> Result<PullConsumer, crate::bus::BusError> {
+    async fn consumer(&self, key: &str) -> Result<PullConsumer, BusError> {
         let name = subjects::delivery_consumer(key);
         self.bus
             .topology
@@ -113,29 +130,44 @@ impl Delivery {
             .op("create delivery consumer")
     }
 
-    async fn run_loop(&self, key: &str) -> Result<(), crate::bus::BusError> {
+    async fn run_loop(&self, key: &str) -> Result<(), BusError> {
         let consumer = self.consumer(key).await?;
+        let mut messages = consumer.messages().await.op("read deliveries")?;
+        let mut lane = Lane::default();
         loop {
-            let mut batch = tokio::select! {
-                b = consumer.batch().max_messages(1).expires(Duration::from_secs(5)).messages() => b.op("fetch delivery")?,
+            let msg = tokio::select! {
+                m = messages.next() => m,
                 _ = self.shutdown.cancelled() => return Ok(()),
             };
-            let batch = tokio::select! {
-                m = batch.next() => m,
-                _ = self.shutdown.cancelled() => return Ok(()),
-            };
-            // A long poll: nothing arrived within its expiry, ask again.
-            let Some(msg) = batch else { continue };
-            let msg = msg.map_err(|e| crate::bus::BusError::Op {
-                op: "fetch delivery",
-                source: e,
-            })?;
-            self.attempt(key, &msg).await;
+            match msg {
+                Some(Ok(msg)) => self.attempt(key, &mut lane, &msg).await,
+                // The consumer is gone or unusable: start over (it is created again).
+                Some(Err(e))
+                    if matches!(
+                        e.kind(),
+                        MessagesErrorKind::ConsumerDeleted
+                            | MessagesErrorKind::PushBasedConsumer
+                            | MessagesErrorKind::RequestLimitExceeded
+                    ) =>
+                {
+                    return Err(e).op("fetch delivery")
+                }
+                // Missed heartbeats, a failed pull: the stream asks again by itself.
+                Some(Err(e)) => {
+                    tracing::warn!(destination = key, error.message = %e, "delivery stream hiccup")
+                }
+                None => {
+                    return Err(BusError::Op {
+                        op: "fetch delivery",
+                        source: "the delivery stream ended".into(),
+                    })
+                }
+            }
         }
     }
 
     /// One attempt of the message at the head of a destination's queue.
-    async fn attempt(&self, key: &str, msg: &Message) {
+    async fn attempt(&self, key: &str, lane: &mut Lane, msg: &Message) {
         let job: DeliveryJob = match decode("delivery job", &msg.payload) {
             Ok(j) => j,
             Err(e) => {
@@ -145,6 +177,22 @@ impl Delivery {
             }
         };
         let attempt_no = msg.info().map(|i| i.delivered.max(1) as usize).unwrap_or(1);
+        let first = attempt_no == 1;
+        let records = &self.bus.topology.delivery_records;
+        if !first {
+            // Back after a lost ack or a kill: settled already?
+            match lane.records.status(records, &job.id).await {
+                Some(DeliveryStatus::Delivered) => {
+                    let _ = msg.ack().await;
+                    return;
+                }
+                Some(DeliveryStatus::Dead) => {
+                    let _ = msg.ack_with(AckKind::Term).await;
+                    return;
+                }
+                Some(DeliveryStatus::Pending) | None => {}
+            }
+        }
         let destination = match (&job.destination, &job.name) {
             (Some(d), _) => Some(d.clone()),
             (None, Some(name)) => self.named.get(name).cloned(),
@@ -155,18 +203,23 @@ impl Delivery {
             (None, None) => None,
         };
         let Some(destination) = destination else {
-            self.finish(
-                &job,
-                None,
-                DeliveryStatus::Dead,
-                Some("unknown destination".into()),
-            )
-            .await;
+            let why = Some("unknown destination".into());
+            lane.records
+                .write(records, &job, None, DeliveryStatus::Dead, why, first)
+                .await;
             let _ = msg.ack_with(AckKind::Term).await;
             return;
         };
-        if let Some(reason) = self.disabled(key).await {
-            self.finish(&job, None, DeliveryStatus::Dead, Some(reason))
+        if let Some(reason) = self.disabled(key, lane).await {
+            lane.records
+                .write(
+                    records,
+                    &job,
+                    None,
+                    DeliveryStatus::Dead,
+                    Some(reason),
+                    first,
+                )
                 .await;
             let _ = msg.ack_with(AckKind::Term).await;
             return;
@@ -183,54 +236,50 @@ impl Delivery {
         };
         tracing::info!(destination = key, kind = destination.kind(), delivery = job.id,
             attempt = attempt_no, status = ?outcome.status, verdict = ?outcome.verdict, "delivery attempt");
-        match outcome.verdict {
-            Verdict::Delivered => {
-                self.finish(&job, Some(attempt), DeliveryStatus::Delivered, None)
-                    .await;
-                let _ = msg.double_ack().await;
-            }
+        // The record is confirmed before the ack: a kill in between only redelivers.
+        let (status, reason, ack) = match outcome.verdict {
+            Verdict::Delivered => (DeliveryStatus::Delivered, None, AckKind::Ack),
             Verdict::Retry { after } => match self.schedule.delay_for(attempt_no, after) {
                 Some(delay) => {
                     attempt.next_attempt_time =
                         Some(time + chrono::Duration::from_std(delay).unwrap_or_default());
-                    self.finish(&job, Some(attempt), DeliveryStatus::Pending, None)
-                        .await;
-                    let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                    (DeliveryStatus::Pending, None, AckKind::Nak(Some(delay)))
                 }
                 None => {
                     let why = format!("gave up after {attempt_no} attempts");
-                    self.finish(&job, Some(attempt), DeliveryStatus::Dead, Some(why))
-                        .await;
-                    let _ = msg.ack_with(AckKind::Term).await;
+                    (DeliveryStatus::Dead, Some(why), AckKind::Term)
                 }
             },
             Verdict::Permanent => {
                 let why = "permanent failure (the destination refused it)".to_string();
-                self.finish(&job, Some(attempt), DeliveryStatus::Dead, Some(why))
-                    .await;
-                let _ = msg.ack_with(AckKind::Term).await;
+                (DeliveryStatus::Dead, Some(why), AckKind::Term)
             }
             Verdict::Disable => {
                 let why = "the destination answered 410 Gone: disabled".to_string();
-                let _ = self
-                    .bus
-                    .topology
-                    .destinations
-                    .put(
-                        key,
-                        serde_json::json!({"disabled": true, "reason": why, "time": time})
-                            .to_string()
-                            .into(),
-                    )
-                    .await;
-                self.finish(&job, Some(attempt), DeliveryStatus::Dead, Some(why))
-                    .await;
-                let _ = msg.ack_with(AckKind::Term).await;
+                self.disable(key, lane, &why, time).await;
+                (DeliveryStatus::Dead, Some(why), AckKind::Term)
             }
-        }
+        };
+        lane.records
+            .write(records, &job, Some(attempt), status, reason, first)
+            .await;
+        let _ = msg.ack_with(ack).await;
     }
 
-    async fn disabled(&self, key: &str) -> Option<String> {
+    /// Why the lane's destination is disabled, if it is (read from KV `relay_destinations`
+    /// while disabled, and at most once per [`DISABLED_RECHECK`] while enabled).
+    async fn disabled(&self, key: &str, lane: &mut Lane) -> Option<String> {
+        if let Some((at, None)) = &lane.disabled {
+            if at.elapsed() < DISABLED_RECHECK {
+                return None;
+            }
+        }
+        let reason = self.read_disabled(key).await;
+        lane.disabled = Some((Instant::now(), reason.clone()));
+        reason
+    }
+
+    async fn read_disabled(&self, key: &str) -> Option<String> {
         let v = self.bus.topology.destinations.get(key).await.ok()??;
         let state: serde_json::Value = serde_json::from_slice(&v).ok()?;
         state["disabled"]
@@ -239,44 +288,34 @@ impl Delivery {
             .map(|_| state["reason"].as_str().unwrap_or("disabled").to_string())
     }
 
-    /// Appends the attempt to the delivery's record and sets its status.
-    async fn finish(
+    /// Marks the lane's destination disabled (KV `relay_destinations`; a replay clears it).
+    async fn disable(
         &self,
-        job: &DeliveryJob,
-        attempt: Option<Attempt>,
-        status: DeliveryStatus,
-        reason: Option<String>,
+        key: &str,
+        lane: &mut Lane,
+        why: &str,
+        time: chrono::DateTime<chrono::Utc>,
     ) {
-        let records = &self.bus.topology.delivery_records;
-        for _ in 0..5 {
-            let entry = records.entry(&job.id).await.ok().flatten();
-            let (mut record, revision) = match entry {
-                Some(e) if e.operation == async_nats::jetstream::kv::Operation::Put => (
-                    decode::<DeliveryRecord>("delivery record", &e.value).ok(),
-                    Some(e.revision),
-                ),
-                _ => (None, None),
-            };
-            let rec = record.get_or_insert_with(|| DeliveryRecord {
-                job: job.clone(),
-                status,
-                attempts: Vec::new(),
-                reason: None,
-                updated_time: crate::domain::now(),
-            });
-            rec.attempts.extend(attempt.clone());
-            rec.status = status;
-            rec.reason = reason.clone();
-            rec.updated_time = crate::domain::now();
-            let value = encode(&*rec);
-            let written = match revision {
-                Some(r) => records.update(&job.id, value, r).await.map(|_| ()).is_ok(),
-                None => records.create(&job.id, value).await.map(|_| ()).is_ok(),
-            };
-            if written {
-                return;
-            }
-        }
-        tracing::warn!(delivery = job.id, "could not record the delivery attempt");
+        let _ = self
+            .bus
+            .topology
+            .destinations
+            .put(
+                key,
+                serde_json::json!({"disabled": true, "reason": why, "time": time})
+                    .to_string()
+                    .into(),
+            )
+            .await;
+        lane.disabled = Some((Instant::now(), Some(why.to_string())));
     }
+}
+
+/// What one delivery loop remembers between messages.
+#[derive(Debug, Default)]
+struct Lane {
+    /// The records this loop writes, with the last one kept.
+    records: Recorder,
+    /// When the destination's state was last read, and why it was disabled, if it was.
+    disabled: Option<(Instant, Option<String>)>,
 }

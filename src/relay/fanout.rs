@@ -12,6 +12,7 @@ use crate::config::RouteConfig;
 use crate::domain::{EventKind, Task, TaskEvent, TaskId, TaskStatus};
 use crate::tasks::{ListFilter, TaskService};
 use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::AckKind;
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
@@ -129,7 +130,9 @@ impl FanOut {
                     };
                     match decode::<TaskEvent>("task event", &msg.payload) {
                         Ok(event) => match self.handle(event).await {
-                            Ok(()) => { let _ = msg.double_ack().await; }
+                            // Every job is stored, so a plain ack: a lost one redelivers the
+                            // event, and its jobs' Nats-Msg-Ids keep them from being queued twice.
+                            Ok(()) => { let _ = msg.ack().await; }
                             Err(e) => {
                                 tracing::warn!(error.message = %e, "fan-out failed; retrying the event");
                                 let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
@@ -167,6 +170,9 @@ impl FanOut {
         }
     }
 
+    /// Queues the event's jobs, one per destination, and returns once every one is stored. The
+    /// publishes are pipelined: they go to different destinations, and the next event is only
+    /// read after this one is acked.
     async fn handle(&mut self, event: TaskEvent) -> Result<(), BusError> {
         self.track(&event);
         let task = match self.tasks.get(&event.task_id).await {
@@ -178,6 +184,7 @@ impl FanOut {
                 return Ok(());
             }
         };
+        let mut sent = Vec::new();
         for Target {
             key,
             name,
@@ -223,7 +230,11 @@ impl FanOut {
                 // A transition supersedes a held heartbeat of the same task.
                 self.held.remove(&slot);
             }
-            publish(&self.tasks, &self.delivery, &job).await?;
+            sent.push((key, send(&self.tasks, &job).await?));
+        }
+        for (key, stored) in sent {
+            stored.await.op("queue delivery ack")?;
+            self.delivery.ensure(&key);
         }
         if event.kind.is_transition() && event.new_status.is_some_and(TaskStatus::is_terminal) {
             self.last_sent.retain(|(t, _), _| *t != event.task_id);
@@ -373,6 +384,14 @@ pub(super) async fn publish(
     delivery: &Arc<Delivery>,
     job: &DeliveryJob,
 ) -> Result<(), BusError> {
+    send(tasks, job).await?.await.op("queue delivery ack")?;
+    delivery.ensure(&job.key);
+    Ok(())
+}
+
+/// Sends a job to its destination's subject (de-duplicated on the job id); the returned future
+/// resolves once the job is stored.
+async fn send(tasks: &TaskService, job: &DeliveryJob) -> Result<PublishAckFuture, BusError> {
     tasks
         .bus()
         .js
@@ -382,9 +401,5 @@ pub(super) async fn publish(
             encode(job),
         )
         .await
-        .op("queue delivery")?
-        .await
-        .op("queue delivery ack")?;
-    delivery.ensure(&job.key);
-    Ok(())
+        .op("queue delivery")
 }

@@ -2,6 +2,7 @@
 //!
 //! - `fanout.rs`: every event → one delivery job per destination (notify + routes), throttled,
 //!   plus stall detection; `deliver.rs`: one ordered, retrying loop per destination;
+//!   `record.rs`: its delivery records (one write per attempt, the last record kept);
 //!   `server.rs`: wiring ([`run`]).
 //!
 //! - [`destination`]: where to deliver (config-named or per-task `notify`) and its queue key.
@@ -21,6 +22,7 @@
 
 mod deliver;
 mod fanout;
+mod record;
 mod server;
 
 pub use server::{resolve_destinations, run, run_with_health, templates, RelayError};

@@ -323,3 +323,45 @@ async fn events_keep_their_order_while_an_earlier_one_is_retried() {
         ]
     );
 }
+
+#[tokio::test]
+async fn replaying_a_delivery_to_a_disabled_destination_enables_it_and_delivers_it() {
+    // Arrange: a 410 disables the destination; `started` then dies without a request.
+    let app = TestApp::spawn().await;
+    let hook = Endpoint::scripted(vec![Answer::status(410).body("gone")]).await;
+    let _relay = app.relay(relay_settings()).await;
+    let task = app
+        .task_notifying("back", json!([webhook(&hook.url("/hook"))]))
+        .await;
+    app.act(&task, "start").await;
+    let query = format!("task_id={}&status=dead", task.id);
+    let dead = app
+        .wait_deliveries(&query, 2, Duration::from_secs(15))
+        .await;
+    let started = dead
+        .iter()
+        .find(|r| r["job"]["event"]["type"] == "started")
+        .expect("a dead started delivery");
+    let id = started["job"]["id"].as_str().unwrap().to_string();
+
+    // Act: the receiver is back (it answers 200 now); replay the dead `started`.
+    let replay = format!("/api/deliveries/{id}/replay");
+    let (status, body) = app.call(app.req(reqwest::Method::POST, &replay)).await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+    let hits = hook.wait_for(2, Duration::from_secs(10)).await;
+
+    // Assert
+    assert_eq!(hits[1].webhook_id(), id);
+    let record = eventually(
+        "the replay to be delivered",
+        Duration::from_secs(10),
+        || async {
+            let path = format!("/api/deliveries/{id}");
+            let (_, r) = app.call(app.req(reqwest::Method::GET, &path)).await;
+            (r["status"] == "delivered").then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(record["attempts"].as_array().unwrap().len(), 1, "{record}");
+    assert_eq!(record["attempts"][0]["status"], 200);
+}

@@ -130,3 +130,93 @@ async fn an_event_being_fanned_out_when_the_relay_is_killed_still_arrives_in_ord
         relay.log()
     );
 }
+
+#[tokio::test]
+async fn a_delivery_back_after_a_lost_ack_whose_record_says_delivered_is_not_sent_again() {
+    use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+    use async_nats::jetstream::AckKind;
+    use futures::StreamExt;
+    use taskfleet::bus::subjects;
+    use taskfleet::relay::job::{DeliveryJob, DeliveryRecord, DeliveryStatus};
+
+    // Arrange: two jobs queued for the named webhook `hook`; the first one's record already
+    // says delivered, but its ack never arrived (taken, then handed back: delivered twice).
+    let app = TestApp::spawn().await;
+    let hook = Endpoint::start().await;
+    let js = app.jetstream().await;
+    let key = "n_hook";
+    let job = |id: &str| DeliveryJob {
+        id: format!("{id}.{key}"),
+        key: key.into(),
+        name: Some("hook".into()),
+        destination: None,
+        event: None,
+        task: None,
+        text: "hi".into(),
+        session_id: None,
+        created_time: chrono::Utc::now(),
+    };
+    let (done, fresh) = (job("evt_done"), job("evt_fresh"));
+    for j in [&done, &fresh] {
+        let body = serde_json::to_vec(j).unwrap().into();
+        let stored = js.publish(subjects::delivery(key), body).await.unwrap();
+        stored.await.unwrap();
+    }
+    let records = js.get_key_value(subjects::DELIVERY_BUCKET).await.unwrap();
+    let record = DeliveryRecord {
+        job: done.clone(),
+        status: DeliveryStatus::Delivered,
+        attempts: Vec::new(),
+        reason: None,
+        updated_time: chrono::Utc::now(),
+    };
+    let value = serde_json::to_vec(&record).unwrap().into();
+    records.put(&done.id, value).await.unwrap();
+    let stream = js.get_stream(subjects::DELIVERIES_STREAM).await.unwrap();
+    let consumer: PullConsumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(subjects::delivery_consumer(key)),
+            filter_subject: subjects::delivery(key),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(10),
+            max_deliver: -1,
+            max_ack_pending: 1,
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut taken = consumer.fetch().max_messages(1).messages().await.unwrap();
+    let first = taken.next().await.unwrap().unwrap();
+    assert_eq!(first.info().unwrap().delivered, 1);
+    first.ack_with(AckKind::Nak(None)).await.unwrap();
+
+    // Act
+    let mut settings = crate::harness::app::relay_settings();
+    settings.destinations.insert(
+        "hook".into(),
+        taskfleet::relay::destination::Destination::Webhook {
+            url: hook.url("/hook"),
+            secret: None,
+            secret_env: None,
+            events: vec![],
+        },
+    );
+    let _relay = app.relay(settings).await;
+    hook.wait_for(1, Duration::from_secs(10)).await;
+
+    // Assert: only the fresh job was sent; the delivered one was settled without a request
+    // (it was first in the queue) and its record is untouched.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hits = hook.hits();
+    assert_eq!(
+        hits.len(),
+        1,
+        "{:?}",
+        hits.iter().map(Hit::webhook_id).collect::<Vec<_>>()
+    );
+    assert_eq!(hits[0].webhook_id(), fresh.id);
+    let kept = records.get(&done.id).await.unwrap().unwrap();
+    let kept: DeliveryRecord = serde_json::from_slice(&kept).unwrap();
+    assert_eq!(kept, record);
+}
