@@ -10,7 +10,7 @@ use crate::harness::cluster::{ClusterApp, ClusterWorker, NatsCluster};
 use crate::harness::eventually;
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use futures::StreamExt;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 use taskfleet::domain::{EventKind, Task, TaskEvent};
@@ -114,12 +114,19 @@ async fn caught_up(
 
 /// Creates `n` noop tasks for anna, P0/P1/P2 in turn, 16 at a time; returns their ids.
 async fn create_noops(app: &ClusterApp, n: usize) -> Vec<String> {
+    create_noops_with(app, n, json!({})).await
+}
+
+/// `n` noop tasks with `payload` (e.g. `{"sleep_ms": 20}` so that one worker alone cannot
+/// drain them at once).
+async fn create_noops_with(app: &ClusterApp, n: usize, payload: Value) -> Vec<String> {
+    let payload = &payload;
     futures::stream::iter(0..n)
         .map(|i| async move {
             let priority = ["P0", "P1", "P2"][i % 3];
             let body = json!({
                 "task_name": format!("noop {i}"), "assigned_to": "anna",
-                "priority": priority, "kind": "noop",
+                "priority": priority, "kind": "noop", "payload": payload,
             });
             app.admin
                 .create_task(&body)
@@ -383,7 +390,8 @@ async fn two_workers_on_different_nodes_run_every_task_exactly_once_with_three_r
     let js = app.cluster.jetstream(0).await.expect("connect to n1");
     w1.freeze(true);
     w2.freeze(true);
-    let ids = create_noops(&app, TASKS).await;
+    // Each takes 20 ms: the work outlasts a worker's 8 slots, so both must take part.
+    let ids = create_noops_with(&app, TASKS, json!({"sleep_ms": 20})).await;
 
     // Act
     let started = Instant::now();

@@ -43,9 +43,10 @@ async fn two_worker_processes_on_one_assignee_run_1000_tasks_each_exactly_once()
             let app = &app;
             async move {
                 let priority = ["P0", "P1", "P2"][i % 3];
+                // 5 ms each: more than one worker process keeps up with, so both take part.
                 let body = json!({
                     "task_name": format!("noop {i}"), "assigned_to": "anna",
-                    "priority": priority, "kind": "noop",
+                    "priority": priority, "kind": "noop", "payload": {"sleep_ms": 5},
                 });
                 app.admin
                     .create_task(&body)
