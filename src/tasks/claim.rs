@@ -3,9 +3,9 @@
 
 use super::create::created_event;
 use super::queue::{decode_queued, queued_task, recorded, QueuedMessage};
-use super::{transition_event, TaskError, TaskService};
+use super::{claimed_by, transition_event, TaskError, TaskService};
 use crate::bus::{encode, message_headers, subjects, BusError, NatsResultExt};
-use crate::domain::{now, EventKind, Lease, NewTask, Task, TaskId, TaskStatus};
+use crate::domain::{now, EventKind, NewTask, Task, TaskId, TaskStatus};
 use crate::metrics::task_labels;
 use async_nats::jetstream::kv;
 
@@ -51,7 +51,6 @@ impl TaskService {
         let mut what = Claimed::Started;
         let changed = self
             .change_from(&id, Some(current), |t| {
-                let mut n = t.clone();
                 match t.status {
                     TaskStatus::Pending => what = Claimed::Started,
                     TaskStatus::Running if redelivered => {
@@ -62,6 +61,7 @@ impl TaskService {
                             .unwrap_or_default();
                         if t.attempt >= t.max_attempts {
                             what = Claimed::GaveUp;
+                            let mut n = t.clone();
                             n.status = TaskStatus::Failed;
                             n.error = Some(format!(
                                 "gave up after {} attempts: {previous} stopped renewing its lease",
@@ -79,14 +79,7 @@ impl TaskService {
                         )))
                     }
                 }
-                n.status = TaskStatus::Running;
-                n.attempt += 1;
-                n.lease = Some(Lease::new(worker, n.attempt));
-                n.started_time = Some(now());
-                n.queue_seq = None;
-                n.result = None;
-                n.error = None;
-                Ok(n)
+                Ok(claimed_by(t, worker))
             })
             .await;
         let (before, after) = match changed {
@@ -123,11 +116,11 @@ impl TaskService {
                 retried.new_status = Some(TaskStatus::Pending);
                 self.ensure_started_recorded(&before, worker).await;
                 self.emit(&retried).await;
-                self.started(&before, &after, worker).await;
+                self.started(&after, worker).await;
                 Ok(ClaimOutcome::Run(after))
             }
             Claimed::Started => {
-                self.started(&before, &after, worker).await;
+                self.started(&after, worker).await;
                 Ok(ClaimOutcome::Run(after))
             }
         }
@@ -144,13 +137,8 @@ impl TaskService {
         worker: &str,
     ) -> Result<Option<ClaimOutcome>, TaskError> {
         let pending = queued_task(msg, id.clone(), new);
-        let mut running = pending.clone();
-        running.status = TaskStatus::Running;
-        running.attempt = 1;
-        running.lease = Some(Lease::new(worker, 1));
-        running.started_time = Some(now());
+        let mut running = claimed_by(&pending, worker);
         running.updated_time = now();
-        running.queue_seq = None;
         let key = subjects::state_key(&running.assigned_to, id);
         match self.bus.topology.state.create(key, encode(&running)).await {
             Ok(rev) => {
@@ -162,7 +150,7 @@ impl TaskService {
                     .tasks_created
                     .get_or_create(&task_labels(&pending))
                     .inc();
-                self.started(&pending, &running, worker).await;
+                self.started(&running, worker).await;
                 Ok(Some(ClaimOutcome::Run(running)))
             }
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
@@ -170,12 +158,8 @@ impl TaskService {
         }
     }
 
-    async fn started(&self, before: &Task, after: &Task, worker: &str) {
-        let mut e = transition_event(Some(before), after, EventKind::Started, worker, None);
-        e.id = started_event_id(after);
-        e.old_status = Some(TaskStatus::Pending);
-        e.data = serde_json::json!({ "worker": worker, "attempt": after.attempt });
-        self.emit_transition(&e).await;
+    async fn started(&self, after: &Task, worker: &str) {
+        self.emit_transition(&started_event(after, worker)).await;
         self.metrics
             .tasks_started
             .get_or_create(&task_labels(after))
@@ -191,24 +175,11 @@ impl TaskService {
             return;
         }
         let holder = running.lease.as_ref().map_or("", |l| l.holder.as_str());
-        let mut e = crate::domain::TaskEvent::new(
-            &running.id,
-            &running.assigned_to,
-            EventKind::Started,
-            holder,
-        );
-        e.id = started_event_id(running);
-        e.attempt = running.attempt;
-        e.old_status = Some(TaskStatus::Pending);
-        e.new_status = Some(TaskStatus::Running);
+        let mut e = started_event(running, holder);
         if let Some(at) = running.started_time {
             e.time = at;
         }
-        e.data = serde_json::json!({
-            "worker": holder,
-            "attempt": running.attempt,
-            "recorded_by": worker,
-        });
+        e.data["recorded_by"] = worker.into();
         self.emit(&e).await;
     }
 
@@ -341,7 +312,12 @@ impl TaskService {
     }
 }
 
-/// The `started` event of one attempt has one id, whoever sends it (JetStream de-duplicates).
-fn started_event_id(task: &Task) -> String {
-    format!("evt_{}_started_{}", task.id, task.attempt)
+/// The `started` event of `running`'s attempt, under `worker`. It has one id per attempt,
+/// whoever sends it (JetStream de-duplicates).
+fn started_event(running: &Task, worker: &str) -> crate::domain::TaskEvent {
+    let mut e = transition_event(None, running, EventKind::Started, worker, None);
+    e.id = format!("evt_{}_started_{}", running.id, running.attempt);
+    e.old_status = Some(TaskStatus::Pending);
+    e.data = serde_json::json!({ "worker": worker, "attempt": running.attempt });
+    e
 }

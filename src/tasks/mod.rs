@@ -424,6 +424,20 @@ impl TaskService {
     }
 }
 
+/// `t` claimed by `holder`: running, a new attempt under a fresh lease (fencing token), out of
+/// the queue, with no result or error of an earlier attempt.
+pub(crate) fn claimed_by(t: &Task, holder: &str) -> Task {
+    let mut n = t.clone();
+    n.status = crate::domain::TaskStatus::Running;
+    n.attempt += 1;
+    n.lease = Some(crate::domain::Lease::new(holder, n.attempt));
+    n.started_time = Some(crate::domain::now());
+    n.queue_seq = None;
+    n.result = None;
+    n.error = None;
+    n
+}
+
 /// An event describing a status change from `before` to `after`.
 pub(crate) fn transition_event(
     before: Option<&Task>,

@@ -190,13 +190,7 @@ impl TaskService {
             return Ok(Some(task));
         }
         // It exists: a replica that has not seen it yet may still answer "none" for a moment.
-        for _ in 0..100 {
-            if let Some(t) = self.load(&id).await? {
-                return Ok(Some(t));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        self.load(&id).await
+        self.load_at_least(&id, 1).await
     }
 }
 

@@ -1,9 +1,9 @@
 //! Status changes: start (claim), complete, fail, cancel, retry. Each is one compare-and-set;
 //! illegal ones are refused with nothing written.
 
-use super::{transition_event, TaskError, TaskService};
+use super::{claimed_by, transition_event, TaskError, TaskService};
 use crate::bus::{encode, message_headers, subjects, NatsResultExt};
-use crate::domain::{now, Action, EventKind, Lease, NewTask, Task, TaskStatus};
+use crate::domain::{now, Action, EventKind, NewTask, Task, TaskStatus};
 use crate::metrics::{task_labels, FinishedLabels};
 use serde_json::Value;
 
@@ -58,15 +58,8 @@ impl TaskService {
     pub async fn start(&self, id: &crate::domain::TaskId, holder: &str) -> Result<Task, TaskError> {
         let (before, after) = self
             .change(id, |t| {
-                let mut n = t.clone();
-                n.status = next_status(t, Action::Start)?;
-                n.attempt += 1;
-                n.lease = Some(Lease::new(holder, n.attempt));
-                n.started_time = Some(now());
-                n.queue_seq = None;
-                n.result = None;
-                n.error = None;
-                Ok(n)
+                next_status(t, Action::Start)?;
+                Ok(claimed_by(t, holder))
             })
             .await?;
         self.dequeue(before.queue_seq).await;

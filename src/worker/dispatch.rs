@@ -240,7 +240,7 @@ fn pull_order(weights: Option<[u32; 3]>, served: [u64; 3]) -> [usize; 3] {
 const RECHECK_ALL: Duration = Duration::from_millis(250);
 
 /// How long one no-wait pull may take before it counts as lost (a node died under it).
-const PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const PULL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One message, waiting up to `expires` for it. Only one: a pull still open at the server
 /// after this returned would hand its messages to nobody until their ack wait ran out.
@@ -258,10 +258,7 @@ async fn fetch_waiting(
             .op("pull task")?;
         batch.next().await.transpose().map_err(pull_error)
     };
-    match tokio::time::timeout(PULL_TIMEOUT + expires, pull).await {
-        Ok(r) => r,
-        Err(_) => Err(pull_error("no answer to the pull request".into())),
-    }
+    bounded(PULL_TIMEOUT + expires, pull).await
 }
 
 fn pull_error(source: Box<dyn std::error::Error + Send + Sync>) -> WorkerError {
@@ -282,30 +279,26 @@ async fn fetch(consumer: &PullConsumer, max: usize) -> Result<Vec<Message>, Work
             .op("pull task")?;
         let mut out = Vec::with_capacity(max);
         while let Some(m) = batch.next().await {
-            match m {
-                Ok(m) => out.push(m),
-                Err(e) => {
-                    return Err(WorkerError::Bus(crate::bus::BusError::Op {
-                        op: "pull task",
-                        source: e,
-                    }))
-                }
-            }
+            out.push(m.map_err(pull_error)?);
             if out.len() == max {
                 break;
             }
         }
         Ok(out)
     };
-    // A pull whose answer never comes (its node died, the connection moved) must not stall the
-    // worker: give up on it and ask again; an unacked message it may have got is redelivered.
-    match tokio::time::timeout(PULL_TIMEOUT + std::time::Duration::from_secs(1), pull).await {
-        Ok(r) => r,
-        Err(_) => Err(WorkerError::Bus(crate::bus::BusError::Op {
-            op: "pull task",
-            source: "no answer to the pull request".into(),
-        })),
-    }
+    bounded(PULL_TIMEOUT + Duration::from_secs(1), pull).await
+}
+
+/// A pull whose answer never comes (its node died, the connection moved) must not stall the
+/// worker: give up on it after `limit` and ask again; an unacked message it may have got is
+/// redelivered.
+async fn bounded<T>(
+    limit: Duration,
+    pull: impl std::future::Future<Output = Result<T, WorkerError>>,
+) -> Result<T, WorkerError> {
+    tokio::time::timeout(limit, pull)
+        .await
+        .unwrap_or_else(|_| Err(pull_error("no answer to the pull request".into())))
 }
 
 #[cfg(test)]
