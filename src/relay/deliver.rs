@@ -83,7 +83,10 @@ impl Delivery {
                     Ok(()) => break,
                     Err(e) => {
                         tracing::warn!(destination = key, error.message = %e, "delivery loop failed; restarting in 1 s");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = me.shutdown.cancelled() => break,
+                        }
                     }
                 }
             }
@@ -131,8 +134,16 @@ impl Delivery {
     }
 
     async fn run_loop(&self, key: &str) -> Result<(), BusError> {
-        let consumer = self.consumer(key).await?;
-        let mut messages = consumer.messages().await.op("read deliveries")?;
+        // Opening the stream waits on JetStream, which may be unreachable: shutdown must not
+        // wait for it (a delivery in flight, below, is still finished).
+        let open = async {
+            let consumer = self.consumer(key).await?;
+            consumer.messages().await.op("read deliveries")
+        };
+        let mut messages = tokio::select! {
+            m = open => m?,
+            _ = self.shutdown.cancelled() => return Ok(()),
+        };
         let mut lane = Lane::default();
         loop {
             let msg = tokio::select! {

@@ -98,19 +98,26 @@ impl FanOut {
 
     /// Reads events until `shutdown`.
     pub(super) async fn run(&mut self, shutdown: CancellationToken) -> Result<(), BusError> {
-        self.seed_running().await;
-        let consumer: PullConsumer = self
-            .tasks
-            .bus()
-            .topology
-            .events
-            .get_consumer(subjects::RELAY_EVENTS_CONSUMER)
-            .await
-            .map_err(|source| BusError::Op {
-                op: "open relay consumer",
-                source,
-            })?;
-        let mut messages = consumer.messages().await.op("read events")?;
+        // Opening waits on JetStream, which may be unreachable: shutdown must not wait for it.
+        let open = async {
+            self.seed_running().await;
+            let consumer: PullConsumer = self
+                .tasks
+                .bus()
+                .topology
+                .events
+                .get_consumer(subjects::RELAY_EVENTS_CONSUMER)
+                .await
+                .map_err(|source| BusError::Op {
+                    op: "open relay consumer",
+                    source,
+                })?;
+            consumer.messages().await.op("read events")
+        };
+        let mut messages = tokio::select! {
+            m = open => m?,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
