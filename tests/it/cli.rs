@@ -137,7 +137,11 @@ async fn wait_until_up(child: &mut tokio::process::Child) -> i32 {
                 return;
             }
         }
-        panic!("taskfleet up exited before it was ready");
+        let mut err = String::new();
+        if let Some(mut stderr) = child.stderr.take() {
+            let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut err).await;
+        }
+        panic!("taskfleet up exited before it was ready; it said:\n{err}");
     };
     tokio::time::timeout(Duration::from_secs(90), read)
         .await
