@@ -152,11 +152,7 @@ async fn throughput_on(
     let secs = last.duration_since(t0).as_secs_f64();
     // Every message the run stored (the server is fresh per scenario): the writes per task.
     let mut stored = 0;
-    for name in [
-        subjects::TASKS_STREAM,
-        subjects::EVENTS_STREAM,
-        subjects::STATE_STREAM,
-    ] {
+    for name in [subjects::TASKS_STREAM, subjects::EVENTS_STREAM] {
         let mut stream = bus.js.get_stream(name).await?;
         stored += stream.info().await?.state.last_sequence;
     }

@@ -60,6 +60,7 @@ pub(super) struct ListQuery {
     assigned_to: Option<String>,
     status: Option<String>,
     limit: Option<String>,
+    before: Option<String>,
 }
 
 fn parse_assignee(raw: Option<&str>) -> Result<Option<Assignee>, ApiError> {
@@ -81,12 +82,13 @@ fn parse_limit(raw: Option<&str>, state: &AppState) -> Result<usize, ApiError> {
     }
 }
 
-/// `GET /api/tasks?assigned_to=&status=&limit=`, newest first.
+/// `GET /api/tasks?assigned_to=&status=&limit=&before=`, newest first. A full page carries the
+/// next page's cursor in `X-Next-Cursor` (and a `Link: <…>; rel="next"`); pass it as `before`.
 pub(super) async fn list(
     State(state): State<AppState>,
     who: Principal,
     Params(q): Params<ListQuery>,
-) -> Result<Json<Vec<Task>>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     let assignee = parse_assignee(q.assigned_to.as_deref())?;
     if let Some(a) = &assignee {
         who.check(a)?;
@@ -99,13 +101,42 @@ pub(super) async fn list(
             ))
         })?),
     };
+    let before = match q.before.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(raw) => Some(raw.parse::<u64>().map_err(|_| {
+            ApiError::BadRequest(format!(
+                "before must be a cursor from X-Next-Cursor, got {raw:?}"
+            ))
+        })?),
+    };
     let filter = ListFilter {
         assignee,
         status,
         scope: who.visible(),
         limit: parse_limit(q.limit.as_deref(), &state)?,
+        before,
     };
-    Ok(Json(state.tasks.list(&filter).await?))
+    let page = state.tasks.list_page(&filter).await?;
+    let mut headers = axum::http::HeaderMap::new();
+    if let Some(next) = page.next {
+        let link = next_link(&q, &filter, next);
+        headers.insert("x-next-cursor", next.into());
+        if let Ok(v) = axum::http::HeaderValue::from_str(&link) {
+            headers.insert(header::LINK, v);
+        }
+    }
+    Ok((headers, Json(page.tasks)))
+}
+
+/// `<…>; rel="next"` for the page after the one answered.
+fn next_link(q: &ListQuery, f: &ListFilter, next: u64) -> String {
+    let mut url = format!("/api/tasks?limit={}&before={next}", f.limit);
+    for (k, v) in [("assigned_to", &q.assigned_to), ("status", &q.status)] {
+        if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+            url.push_str(&format!("&{k}={v}"));
+        }
+    }
+    format!("<{url}>; rel=\"next\"")
 }
 
 /// `GET /api/tasks/pending?assigned_to=&limit=`: P0 first, oldest first within a priority.

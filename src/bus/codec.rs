@@ -20,9 +20,11 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T
     serde_json::from_slice(bytes).map_err(|source| BusError::Decode { what, source })
 }
 
-/// Marks a queue message published by taskfleet's own create (its state entry is being written
-/// too): a worker reads the state first. Without it (a producer published straight to NATS) the
-/// worker creates the state first.
+/// Marks a queue message published by taskfleet itself, whose task has a ledger record too; its
+/// value is the type of the event that records the queued state (`created` for a create,
+/// `retried` for a retry), so a worker reads the last message of that type as its first guess.
+/// Without it (a producer published straight to NATS) the worker claims the task with the
+/// task's first record.
 pub const RECORDED_HEADER: &str = "Taskfleet-Recorded";
 
 /// Headers for a published message: `Nats-Msg-Id` for de-duplication plus the current trace

@@ -25,6 +25,9 @@ pub enum BusError {
         /// Why the last attempt failed, as async-nats reports it.
         last_error: String,
     },
+    /// The store was written by an older taskfleet and must be migrated first.
+    #[error("{0}")]
+    LegacyLayout(String),
     /// A compare-and-set lost against a concurrent writer.
     #[error("the record changed concurrently")]
     RevisionConflict,
@@ -58,5 +61,15 @@ impl<T, E: std::error::Error + Send + Sync + 'static> NatsResultExt<T> for Resul
             op,
             source: Box::new(e),
         })
+    }
+}
+
+impl BusError {
+    /// Wraps an async-nats error with the operation's name.
+    pub fn from_op<E: std::error::Error + Send + Sync + 'static>(op: &'static str, e: E) -> Self {
+        Self::Op {
+            op,
+            source: Box::new(e),
+        }
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Named by role (`bus`) so it never shadows the `async_nats` crate.
 
+pub mod append;
 mod codec;
+pub mod direct;
 mod error;
 pub mod permissions;
 pub mod subjects;
@@ -10,7 +12,7 @@ mod topology;
 
 pub use codec::{decode, encode, message_headers, HEADER_TRACEPARENT, RECORDED_HEADER};
 pub use error::{BusError, NatsResultExt};
-pub use topology::{Topology, TopologyConfig};
+pub use topology::{ledger_config, Topology, TopologyConfig, LAYOUT, LAYOUT_KEY, MIGRATE_HINT};
 
 use async_nats::jetstream;
 use std::sync::{Arc, Mutex};

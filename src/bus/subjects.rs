@@ -3,18 +3,27 @@
 //! Layout (documented in the README for producers in other languages):
 //! - `tasks.<assignee>.<p0|p1|p2>`: tasks that bots claim over the API (`manual`, the default);
 //! - `tasks.<assignee>.<p0|p1|p2>.<kind>`: tasks that workers run (`exec`, `agent`, `hook`, `noop`);
-//! - `events.<assignee>.<task_id>.<type>`: every task's events, in order.
+//! - `events.<assignee>.<task_id>.<type>`: every task's events, in order; each stored event also
+//!   carries the task's state after it (the task ledger), so the last one is the current state.
+//!   taskfleet writes them to `ledger.<assignee>.<task_id>.<type>`: the `EVENTS` stream stores
+//!   them as `events.…` and republishes each one on core NATS once it is stored, so a core
+//!   subscriber of `events.>` sees exactly the stored events (never a write the ledger refused).
 
 use crate::domain::{Assignee, EventKind, Priority, TaskId, TaskKind};
 
 /// Work-queue stream holding queued tasks.
 pub const TASKS_STREAM: &str = "TASKS";
-/// Limits stream holding task events (the task log).
+/// Limits stream holding task events with the task's state after each one: the task ledger.
 pub const EVENTS_STREAM: &str = "EVENTS";
-/// KV bucket with one entry per task (its current state).
-pub const STATE_BUCKET: &str = "tasks";
-/// The stream behind [`STATE_BUCKET`].
-pub const STATE_STREAM: &str = "KV_tasks";
+/// The subjects the ledger is written to (transformed to `events.>` when stored).
+pub const LEDGER_WRITES: &str = "ledger.>";
+/// KV bucket of taskfleet's own bookkeeping (the retention sweeper's cursor).
+pub const META_BUCKET: &str = "taskfleet_meta";
+/// Before task storage v2 (taskfleet 0.1 sessions 1 and 2): the KV bucket holding each task's
+/// state. Its presence marks a store that `taskfleet migrate` must convert.
+pub const LEGACY_STATE_BUCKET: &str = "tasks";
+/// The stream behind [`LEGACY_STATE_BUCKET`].
+pub const LEGACY_STATE_STREAM: &str = "KV_tasks";
 /// KV bucket mapping idempotency keys to task ids.
 pub const IDEMPOTENCY_BUCKET: &str = "task_idempotency";
 /// Limits stream holding tasks that used up their attempts (dead letters).
@@ -73,44 +82,51 @@ pub fn parse_task(subject: &str) -> Option<(Assignee, Priority, TaskKind)> {
     parts.next().is_none().then_some((assignee, priority, kind))
 }
 
-/// The subject of one event.
+/// The subject of one event as stored (and as core subscribers see it).
 pub fn event(assignee: &Assignee, task: &TaskId, kind: EventKind) -> String {
     format!("events.{assignee}.{task}.{}", kind.as_str())
 }
 
-/// The state bucket's key of one task: `<assignee>.<id>`, so that a worker's NATS user can be
-/// limited to its own assignee's entries.
-pub fn state_key(assignee: &Assignee, task: &TaskId) -> String {
-    format!("{assignee}.{task}")
+/// Where taskfleet writes one event (stored as [`event`]).
+pub fn ledger_write(assignee: &Assignee, task: &TaskId, kind: EventKind) -> String {
+    format!("ledger.{assignee}.{task}.{}", kind.as_str())
 }
 
-/// The stream subject of one task's state entry.
-pub fn state_subject(assignee: &Assignee, task: &TaskId) -> String {
-    format!("$KV.{STATE_BUCKET}.{assignee}.{task}")
+/// Every ledger write of one assignee (its worker's publish permission).
+pub fn assignee_ledger(assignee: &Assignee) -> String {
+    format!("ledger.{assignee}.>")
 }
 
-/// The state entry of a task whose assignee is not known yet (ids are unique fleet-wide).
-pub fn state_subject_any_assignee(task: &TaskId) -> String {
-    format!("$KV.{STATE_BUCKET}.*.{task}")
-}
-
-/// Every state entry of one assignee (its worker's read and write permission).
-pub fn assignee_state(assignee: &Assignee) -> String {
-    format!("$KV.{STATE_BUCKET}.{assignee}.>")
-}
-
-/// The assignee a state subject or key belongs to (`$KV.tasks.<a>.<id>` or `<a>.<id>`).
-pub fn state_owner(subject_or_key: &str) -> Option<Assignee> {
-    let key = subject_or_key
-        .strip_prefix(&format!("$KV.{STATE_BUCKET}."))
-        .unwrap_or(subject_or_key);
-    let (assignee, _) = key.split_once('.')?;
-    Assignee::parse(assignee).ok()
-}
-
-/// Every event of one task of one assignee (live, on core NATS).
-pub fn one_task_events(assignee: &Assignee, task: &TaskId) -> String {
+/// Every stored event of one task: its last message is the task's state, and every write is a
+/// compare-and-set against the last sequence on this subject.
+pub fn task_ledger(assignee: &Assignee, task: &TaskId) -> String {
     format!("events.{assignee}.{task}.*")
+}
+
+/// The same for a task whose assignee is not known yet (ids are unique fleet-wide).
+pub fn task_ledger_any_assignee(task: &TaskId) -> String {
+    format!("events.*.{task}.*")
+}
+
+/// Events of one type, of one assignee or of all (the listing walks these newest first).
+pub fn events_of_kind(assignee: Option<&Assignee>, kind: EventKind) -> String {
+    format!(
+        "events.{}.*.{}",
+        assignee.map_or("*", Assignee::as_str),
+        kind.as_str()
+    )
+}
+
+/// Assignee, task id and event type of a stored event subject.
+pub fn parse_event(subject: &str) -> Option<(Assignee, TaskId, EventKind)> {
+    let mut parts = subject.split('.');
+    if parts.next()? != "events" {
+        return None;
+    }
+    let assignee = Assignee::parse(parts.next()?).ok()?;
+    let task = TaskId::parse(parts.next()?).ok()?;
+    let kind = EventKind::parse(parts.next()?)?;
+    parts.next().is_none().then_some((assignee, task, kind))
 }
 
 /// Every event of one task.
@@ -230,13 +246,9 @@ mod tests {
         assert_eq!(control(&anna(), &id, "input"), "control.anna.T1.input");
         assert_eq!(assignee_control(&anna()), "control.anna.>");
         assert_eq!(assignee_cancellations(&anna()), "events.anna.*.cancelled");
-        assert_eq!(state_key(&anna(), &id), "anna.T1");
-        assert_eq!(state_subject(&anna(), &id), "$KV.tasks.anna.T1");
-        assert_eq!(state_subject_any_assignee(&id), "$KV.tasks.*.T1");
-        assert_eq!(assignee_state(&anna()), "$KV.tasks.anna.>");
-        assert_eq!(state_owner("$KV.tasks.anna.T1"), Some(anna()));
-        assert_eq!(state_owner("anna.T1"), Some(anna()));
-        assert_eq!(state_owner("T1"), None);
+        assert_eq!(task_ledger(&anna(), &id), "events.anna.T1.*");
+        assert_eq!(task_ledger_any_assignee(&id), "events.*.T1.*");
+        assert_eq!(assignee_ledger(&anna()), "ledger.anna.>");
         assert_eq!(dead(&anna(), &id), "dead.anna.T1");
         assert_eq!(dead_filter(None), "dead.*.*");
     }
@@ -248,7 +260,21 @@ mod tests {
             event(&anna(), &id, EventKind::Started),
             "events.anna.01JD.started"
         );
+        assert_eq!(
+            ledger_write(&anna(), &id, EventKind::Started),
+            "ledger.anna.01JD.started"
+        );
         assert_eq!(task_events(&id), "events.*.01JD.>");
         assert_eq!(assignee_events(&anna()), "events.anna.>");
+        assert_eq!(
+            events_of_kind(Some(&anna()), EventKind::Failed),
+            "events.anna.*.failed"
+        );
+        assert_eq!(
+            parse_event("events.anna.01JD.started"),
+            Some((anna(), id, EventKind::Started))
+        );
+        assert_eq!(parse_event("events.anna.01JD.nope"), None);
+        assert_eq!(parse_event("ledger.anna.01JD.started"), None);
     }
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 pub struct TopologyConfig {
     /// Replicas of every stream and bucket (1 on a single server, 3 on a cluster).
     pub replicas: usize,
-    /// How long events (the task log) are kept.
+    /// How long finished tasks and their events (the task log) are kept after they finish
+    /// (the sweeper removes them; pending and running tasks are never aged out). Delivery
+    /// records are kept as long.
     pub events_max_age: Duration,
     /// How long idempotency keys are remembered.
     pub idempotency_ttl: Duration,
@@ -38,7 +40,8 @@ impl Default for TopologyConfig {
 pub struct Topology {
     /// Queued tasks (work-queue retention).
     pub tasks: stream::Stream,
-    /// Task events (limits retention, max age).
+    /// The task ledger: every event with the task's state after it (limits retention, no age
+    /// limit: the sweeper removes finished tasks).
     pub events: stream::Stream,
     /// Tasks that used up their attempts (limits retention, max age).
     pub dead: stream::Stream,
@@ -48,12 +51,43 @@ pub struct Topology {
     pub delivery_records: kv::Store,
     /// Destination state (disabled after a 410).
     pub destinations: kv::Store,
-    /// Current state of every task.
-    pub state: kv::Store,
-    /// The stream behind `state`, for reads answered by its leader only.
-    pub state_stream: stream::Stream,
     /// Idempotency key → task id.
     pub idempotency: kv::Store,
+    /// taskfleet's own bookkeeping (the sweeper's cursor).
+    pub meta: kv::Store,
+}
+
+/// The ledger layout this build writes, kept in the `EVENTS` stream's metadata.
+pub const LAYOUT: &str = "2";
+/// The metadata key holding [`LAYOUT`].
+pub const LAYOUT_KEY: &str = "taskfleet_layout";
+
+/// The `EVENTS` stream as storage v2 has it: written on `ledger.>`, stored as `events.>`,
+/// republished on core NATS once stored, kept until the sweeper removes finished tasks.
+pub fn ledger_config(cfg: &TopologyConfig) -> stream::Config {
+    stream::Config {
+        name: subjects::EVENTS_STREAM.into(),
+        description: Some("taskfleet: the task ledger (events with the task's state)".into()),
+        subjects: vec![subjects::LEDGER_WRITES.into()],
+        subject_transform: Some(stream::SubjectTransform {
+            source: subjects::LEDGER_WRITES.into(),
+            destination: subjects::ALL_EVENTS.into(),
+        }),
+        republish: Some(stream::Republish {
+            source: subjects::ALL_EVENTS.into(),
+            destination: subjects::ALL_EVENTS.into(),
+            headers_only: false,
+        }),
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        duplicate_window: DEDUP_WINDOW,
+        allow_direct: true,
+        allow_atomic_publish: true,
+        max_message_size: cfg.max_msg_size,
+        metadata: [(LAYOUT_KEY.to_string(), LAYOUT.to_string())].into(),
+        ..Default::default()
+    }
 }
 
 const DEDUP_WINDOW: Duration = Duration::from_secs(120);
@@ -69,6 +103,7 @@ impl Topology {
                 return Self::open(js).await;
             }
         }
+        refuse_legacy(js).await?;
         let tasks = ensure_stream(
             js,
             stream::Config {
@@ -85,23 +120,7 @@ impl Topology {
             },
         )
         .await?;
-        let events = ensure_stream(
-            js,
-            stream::Config {
-                name: subjects::EVENTS_STREAM.into(),
-                description: Some("taskfleet: task events, the task log".into()),
-                subjects: vec![subjects::ALL_EVENTS.into()],
-                retention: stream::RetentionPolicy::Limits,
-                storage: stream::StorageType::File,
-                num_replicas: cfg.replicas,
-                max_age: cfg.events_max_age,
-                duplicate_window: DEDUP_WINDOW,
-                allow_direct: true,
-                max_message_size: cfg.max_msg_size,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let events = ensure_stream(js, ledger_config(cfg)).await?;
         let dead = ensure_stream(
             js,
             stream::Config {
@@ -118,15 +137,14 @@ impl Topology {
             },
         )
         .await?;
-        let state = ensure_bucket(
+        let meta = ensure_bucket(
             js,
             kv::Config {
-                bucket: subjects::STATE_BUCKET.into(),
-                description: "taskfleet: current state of every task".into(),
+                bucket: subjects::META_BUCKET.into(),
+                description: "taskfleet: bookkeeping (the retention sweeper's cursor)".into(),
                 history: 1,
                 storage: stream::StorageType::File,
                 num_replicas: cfg.replicas,
-                max_value_size: cfg.max_msg_size,
                 ..Default::default()
             },
         )
@@ -212,12 +230,8 @@ impl Topology {
             deliveries,
             delivery_records,
             destinations,
-            state,
-            state_stream: js
-                .get_stream(subjects::STATE_STREAM)
-                .await
-                .op("open state stream")?,
             idempotency,
+            meta,
         })
     }
 }
@@ -226,17 +240,52 @@ impl Topology {
     /// Opens the streams and buckets without changing them, waiting up to 30 s for each one
     /// that a process allowed to create them (the API) has not created yet.
     pub async fn open(js: &jetstream::Context) -> Result<Self, BusError> {
+        let events = open_stream(js, subjects::EVENTS_STREAM).await?;
+        check_layout(&events)?;
         Ok(Self {
             tasks: open_stream(js, subjects::TASKS_STREAM).await?,
-            events: open_stream(js, subjects::EVENTS_STREAM).await?,
+            events,
             dead: open_stream(js, subjects::DEAD_STREAM).await?,
             deliveries: open_stream(js, subjects::DELIVERIES_STREAM).await?,
             delivery_records: open_bucket(js, subjects::DELIVERY_BUCKET).await?,
             destinations: open_bucket(js, subjects::DESTINATION_BUCKET).await?,
-            state: open_bucket(js, subjects::STATE_BUCKET).await?,
-            state_stream: open_stream(js, subjects::STATE_STREAM).await?,
             idempotency: open_bucket(js, subjects::IDEMPOTENCY_BUCKET).await?,
+            meta: open_bucket(js, subjects::META_BUCKET).await?,
         })
+    }
+}
+
+/// What to tell an operator whose store predates storage v2.
+pub const MIGRATE_HINT: &str = "stop every taskfleet process (api, workers, relay, up) and run \
+     `taskfleet migrate` against this NATS (the same --nats-url / NATS_URL, or --data-dir for a \
+     store that `taskfleet up` runs); it converts the tasks in place and keeps their logs";
+
+/// Refuses a store written before storage v2: task state in the KV bucket `tasks`, or an
+/// `EVENTS` stream without the ledger layout.
+async fn refuse_legacy(js: &jetstream::Context) -> Result<(), BusError> {
+    if js.get_stream(subjects::LEGACY_STATE_STREAM).await.is_ok() {
+        return Err(BusError::LegacyLayout(format!(
+            "this NATS store keeps task state in the KV bucket `{}` (the layout before task \
+             storage v2); {MIGRATE_HINT}",
+            subjects::LEGACY_STATE_BUCKET
+        )));
+    }
+    match js.get_stream(subjects::EVENTS_STREAM).await {
+        Ok(events) => check_layout(&events),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Refuses an `EVENTS` stream that is not the ledger this build writes.
+fn check_layout(events: &stream::Stream) -> Result<(), BusError> {
+    let config = &events.cached_info().config;
+    match config.metadata.get(LAYOUT_KEY) {
+        Some(v) if v == LAYOUT => Ok(()),
+        found => Err(BusError::LegacyLayout(format!(
+            "the EVENTS stream has taskfleet layout {} but this build needs {LAYOUT}; \
+             {MIGRATE_HINT}",
+            found.map_or("1 (no layout mark)", String::as_str)
+        ))),
     }
 }
 

@@ -35,6 +35,26 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind (the last token of an event subject is one of these).
+    pub const ALL: [EventKind; 11] = [
+        Self::Created,
+        Self::Started,
+        Self::Step,
+        Self::Heartbeat,
+        Self::Progress,
+        Self::Output,
+        Self::Completed,
+        Self::Failed,
+        Self::Cancelled,
+        Self::Retried,
+        Self::Stalled,
+    ];
+
+    /// Parses the kind's name (`started`, …).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
     /// The kind as text (also the last token of the event subject).
     pub fn as_str(self) -> &'static str {
         match self {

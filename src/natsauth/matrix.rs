@@ -4,9 +4,9 @@
 //!
 //! | user | publishes | subscribes | JetStream |
 //! |---|---|---|---|
-//! | `api` | `tasks.>`, `events.>`, `deliveries.>`, the four KV buckets, `control.<a>.>` per assignee | its inbox | creates and updates the streams and buckets; direct gets on all; consumers on `EVENTS`, `KV_tasks`, `KV_deliveries`; deletes queue messages |
-//! | `relay` | `deliveries.>`, `events.*.*.stalled`, KV `deliveries`, `relay_destinations` | its inbox | pulls `relay_events` and `relay_*` on `DELIVERIES`; reads (direct get, watch) KV `tasks` |
-//! | `worker-<a>` | `events.<a>.>`, `dead.<a>.*`, `wake.<a>`, KV `tasks` keys `<a>.*`, replies to requests it got | `tasks.<a>.>`, `wake.<a>`, `events.<a>.>`, `control.<a>.>`, its inbox | creates and pulls `worker_<a>_<p0,p1,p2>` (filter `tasks.<a>.<p>.*` only); direct gets of KV `tasks` keys `<a>.*` and of `events.<a>.>` |
+//! | `api` | `tasks.>`, `ledger.>`, `deliveries.>`, the four KV buckets, `control.<a>.>` per assignee | its inbox | creates and updates the streams and buckets; direct gets on all; leader reads and purges (retention) of `EVENTS`; consumers on `EVENTS`, `KV_deliveries`; deletes queue messages |
+//! | `relay` | `deliveries.>`, `ledger.*.*.stalled`, KV `deliveries`, `relay_destinations` | its inbox | pulls `relay_events` and `relay_*` on `DELIVERIES`; reads the ledger (direct and leader gets) and the queue |
+//! | `worker-<a>` | `ledger.<a>.>`, `dead.<a>.*`, `wake.<a>`, replies to requests it got | `tasks.<a>.>`, `wake.<a>`, `events.<a>.>`, `control.<a>.>`, its inbox | creates and pulls `worker_<a>_<p0,p1,p2>` (filter `tasks.<a>.<p>.*` only); direct gets of `events.<a>.>` by literal subject |
 //!
 //! Everyone may also ask `$SYS.REQ.USER.INFO` (its own permissions) and stream info of the
 //! fleet's streams (how a process opens the topology it may not create).
@@ -97,7 +97,7 @@ pub fn fleet_streams() -> Vec<String> {
 
 fn buckets() -> [&'static str; 4] {
     [
-        subjects::STATE_BUCKET,
+        subjects::META_BUCKET,
         subjects::IDEMPOTENCY_BUCKET,
         subjects::DELIVERY_BUCKET,
         subjects::DESTINATION_BUCKET,
@@ -126,16 +126,6 @@ fn reader_consumers(p: &mut UserPermissions, stream: &str, pull: bool) {
     }
 }
 
-/// Reading a KV bucket: last value per key (direct get) and watches over its stream.
-fn kv_reader(p: &mut UserPermissions, bucket: &str) {
-    let stream = kv_stream(bucket);
-    p.publish.push(direct_get(&stream, Some(&kv_keys(bucket))));
-    // Reads that decide a compare-and-set go to the stream leader (no stale replica answers).
-    p.publish.push(stream_api("MSG.GET", &stream));
-    reader_consumers(p, &stream, false);
-    p.publish.push(flow_control(&stream));
-}
-
 fn api(p: &mut UserPermissions, assignees: &[Assignee]) {
     p.publish.push(js_info());
     for s in fleet_streams() {
@@ -147,13 +137,18 @@ fn api(p: &mut UserPermissions, assignees: &[Assignee]) {
     // Claiming or cancelling a queued task removes its message.
     p.publish
         .push(stream_api("MSG.DELETE", subjects::TASKS_STREAM));
-    // Task state read from the leader before every compare-and-set.
+    // A store from before task storage v2: the API refuses it at start, `migrate` converts it.
+    let legacy = subjects::LEGACY_STATE_STREAM;
+    p.publish.push(stream_api("INFO", legacy));
+    p.publish.push(stream_api("DELETE", legacy));
+    p.publish.push(direct_get(legacy, None));
+    // Task state read from the ledger's leader; finished tasks purged after the retention.
     p.publish
-        .push(stream_api("MSG.GET", subjects::STATE_STREAM));
-    // Task logs and live feeds read EVENTS; listings and delivery feeds watch KV buckets.
+        .push(stream_api("MSG.GET", subjects::EVENTS_STREAM));
+    p.publish.push(stream_api("PURGE", subjects::EVENTS_STREAM));
+    // Live feeds and the retention walk read EVENTS; delivery listings watch their bucket.
     for s in [
         subjects::EVENTS_STREAM.to_string(),
-        subjects::STATE_STREAM.to_string(),
         kv_stream(subjects::DELIVERY_BUCKET),
     ] {
         reader_consumers(p, &s, true);
@@ -161,7 +156,7 @@ fn api(p: &mut UserPermissions, assignees: &[Assignee]) {
     }
     for s in [
         subjects::ALL_TASKS,
-        subjects::ALL_EVENTS,
+        subjects::LEDGER_WRITES,
         subjects::ALL_DELIVERIES,
     ] {
         p.publish.push(s.to_string());
@@ -190,13 +185,17 @@ fn relay(p: &mut UserPermissions) {
     p.publish.extend(acks(deliveries, "*"));
     p.publish.push(subjects::ALL_DELIVERIES.to_string());
     // Stalled tasks are reported by the relay, for any assignee.
-    p.publish.push(pattern(&subjects::event(
+    p.publish.push(pattern(&subjects::ledger_write(
         &any_assignee(),
         &any_task(),
         EventKind::Stalled,
     )));
-
-    kv_reader(p, subjects::STATE_BUCKET);
+    // Task state: the ledger's last records (leader reads before a write; direct gets of many),
+    // and the queue (running tasks at start-up).
+    p.publish
+        .push(stream_api("MSG.GET", subjects::EVENTS_STREAM));
+    p.publish.push(direct_get(subjects::EVENTS_STREAM, None));
+    p.publish.push(direct_get(subjects::TASKS_STREAM, None));
     for bucket in [subjects::DELIVERY_BUCKET, subjects::DESTINATION_BUCKET] {
         p.publish
             .push(direct_get(&kv_stream(bucket), Some(&kv_keys(bucket))));
@@ -215,21 +214,16 @@ fn worker(p: &mut UserPermissions, a: &Assignee) {
         p.publish.push(consumer_api("MSG.NEXT", tasks, Some(&c)));
         p.publish.extend(acks(tasks, &c));
     }
-    p.publish.push(subjects::assignee_events(a));
-    // A takeover checks the log for the previous attempt's `started`.
+    // Task state is the ledger: this assignee's records only, appended by compare-and-set and
+    // read with direct gets of literal subjects (the leader's MSG.GET and a direct get with a
+    // body take any subject, so they are not granted).
+    p.publish.push(subjects::assignee_ledger(a));
     p.publish.push(direct_get(
         subjects::EVENTS_STREAM,
         Some(&subjects::assignee_events(a)),
     ));
     p.publish.push(subjects::dead_filter(Some(a)));
     p.publish.push(subjects::wake(a));
-    // Task state is keyed `<assignee>.<id>`: this assignee's entries only, written by
-    // compare-and-set and read with direct gets (the leader's MSG.GET takes any subject in its
-    // body, so it is not granted).
-    let own_state = subjects::assignee_state(a);
-    p.publish.push(own_state.clone());
-    p.publish
-        .push(direct_get(subjects::STATE_STREAM, Some(&own_state)));
     // Answers to stdin writes (`control.<a>.<id>.input` requests from the API).
     p.allow_responses = true;
 
@@ -281,8 +275,14 @@ mod tests {
             .iter()
             .chain(&p.subscribe)
             .all(|s| !s.contains("trump")));
-        assert!(may(&p.publish, "events.anna.T1.started"));
-        assert!(!may(&p.publish, "events.trump.T1.started"));
+        assert!(may(&p.publish, "ledger.anna.T1.started"));
+        assert!(!may(&p.publish, "ledger.trump.T1.started"));
+        assert!(may(
+            &p.publish,
+            "$JS.API.DIRECT.GET.EVENTS.events.anna.T1.created"
+        ));
+        assert!(!may(&p.publish, "$JS.API.DIRECT.GET.EVENTS"));
+        assert!(!may(&p.publish, "$JS.API.STREAM.MSG.GET.EVENTS"));
         assert!(
             !may(&p.publish, "tasks.anna.p0.exec"),
             "workers never queue tasks"
@@ -317,13 +317,15 @@ mod tests {
         let fleet = [a("anna")];
         let api = Role::Api.permissions(&fleet);
         assert!(may(&api.publish, "tasks.someone_new.p1"));
-        assert!(may(&api.publish, "$JS.API.STREAM.CREATE.KV_tasks"));
+        assert!(may(&api.publish, "$JS.API.STREAM.CREATE.EVENTS"));
+        assert!(may(&api.publish, "ledger.anna.T1.created"));
+        assert!(may(&api.publish, "$JS.API.STREAM.PURGE.EVENTS"));
         assert!(may(&api.publish, "control.anna.T1.input"));
         assert!(!may(&api.publish, "control.trump.T1.input"));
         let relay = Role::Relay.permissions(&fleet);
         assert!(!may(&relay.publish, "tasks.anna.p0"));
-        assert!(may(&relay.publish, "events.anna.T1.stalled"));
-        assert!(!may(&relay.publish, "events.anna.T1.completed"));
+        assert!(may(&relay.publish, "ledger.anna.T1.stalled"));
+        assert!(!may(&relay.publish, "ledger.anna.T1.completed"));
         assert!(may(
             &relay.publish,
             "$JS.API.CONSUMER.MSG.NEXT.EVENTS.relay_events"
@@ -334,7 +336,7 @@ mod tests {
         ));
         assert!(!may(&relay.publish, "$JS.API.STREAM.UPDATE.EVENTS"));
         assert!(
-            !may(&relay.publish, "$KV.tasks.T1"),
+            !may(&relay.publish, "$JS.API.STREAM.PURGE.EVENTS"),
             "the relay reads tasks only"
         );
     }
@@ -355,8 +357,8 @@ mod tests {
             );
         }
         assert_eq!(
-            pattern("events.__any__.__any__.stalled"),
-            "events.*.*.stalled"
+            pattern("ledger.__any__.__any__.stalled"),
+            "ledger.*.*.stalled"
         );
     }
 }

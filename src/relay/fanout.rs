@@ -59,8 +59,6 @@ struct Quiet {
     since: Instant,
     /// Whether this silence was reported.
     reported: bool,
-    /// Id of its last event (names the silence, so relay replicas report it once).
-    after: String,
 }
 
 fn throttled(kind: EventKind) -> bool {
@@ -164,13 +162,11 @@ impl FanOut {
         };
         if let Ok(tasks) = self.tasks.list(&filter).await {
             for t in tasks {
-                let after = format!("seed{}", t.updated_time.timestamp_millis());
                 self.running.insert(
                     t.id,
                     Quiet {
                         since: Instant::now(),
                         reported: false,
-                        after,
                     },
                 );
             }
@@ -317,7 +313,6 @@ impl FanOut {
                     Quiet {
                         since: Instant::now(),
                         reported: false,
-                        after: event.id.clone(),
                     },
                 );
             }
@@ -356,7 +351,7 @@ impl FanOut {
                 continue;
             };
             entry.reported = true;
-            let (since, after) = (entry.since, entry.after.clone());
+            let since = entry.since;
             let Ok(task) = self.tasks.get(&id).await else {
                 continue;
             };
@@ -366,12 +361,12 @@ impl FanOut {
             }
             let minutes = (now.duration_since(since).as_secs() / 60).max(1);
             let mut e = TaskEvent::new(&task.id, &task.assigned_to, EventKind::Stalled, "relay");
-            // Replicas reporting the same silence de-duplicate on this id.
-            e.id = format!("evt_{}_stalled_after_{after}", task.id);
+            // Replicas reporting the same silence: the first append wins, the others find the
+            // task changed (see `record_stalled`).
             e.attempt = task.attempt;
             e.message = Some(format!("no update for {minutes} min"));
             e.data = serde_json::json!({ "minutes": minutes });
-            self.tasks.emit(&e).await;
+            self.tasks.record_stalled(&task, e).await;
         }
     }
 }

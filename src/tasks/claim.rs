@@ -1,13 +1,14 @@
 //! What workers do to tasks: claim a queue message (taking over a task whose holder died),
 //! give up after `max_attempts` (dead letter), and hand a task back on shutdown.
 
-use super::create::created_event;
-use super::queue::{decode_queued, queued_task, recorded, QueuedMessage};
-use super::{claimed_by, transition_event, TaskError, TaskService};
-use crate::bus::{encode, message_headers, subjects, BusError, NatsResultExt};
+use super::ledger;
+use super::queue::{decode_queued, queued_task, recorded_by, QueuedMessage};
+use super::write::Step;
+use super::{claimed_by, transition_event, with_event, TaskError, TaskService};
+use crate::bus::{encode, message_headers, subjects, NatsResultExt};
 use crate::domain::{now, EventKind, NewTask, Task, TaskId, TaskStatus};
 use crate::metrics::task_labels;
-use async_nats::jetstream::kv;
+use std::time::Duration;
 
 /// What a worker should do with a message it pulled.
 #[derive(Debug, Clone)]
@@ -18,12 +19,20 @@ pub enum ClaimOutcome {
     Skip(String),
     /// The attempts are used up: the task is now `failed` and dead-lettered; ack it.
     GaveUp(Task),
+    /// The task's record is older than this message (a retry still being recorded, or a
+    /// replica behind): leave the message and look again after the delay.
+    Later(Duration),
 }
+
+/// How long a message may wait for its task's record to catch up before it is dropped.
+const EARLY_LIMIT: Duration = Duration::from_secs(60);
 
 enum Claimed {
     Started,
-    TookOver { previous: String },
+    TookOver,
     GaveUp,
+    /// Refused: skip the message (`true`) or look again later (`false`).
+    Refused(bool),
 }
 
 impl TaskService {
@@ -40,95 +49,86 @@ impl TaskService {
             Ok(decoded) => decoded,
             Err(why) => return Ok(ClaimOutcome::Skip(format!("not a valid task: {why}"))),
         };
-        if !redelivered && !recorded(msg) {
-            if let Some(run) = self.claim_unrecorded(msg, &id, new, worker).await? {
+        let recorded = recorded_by(msg);
+        if !redelivered && recorded.is_none() {
+            if let Some(run) = self.claim_unrecorded(msg, &id, new.clone(), worker).await? {
                 return Ok(run);
             }
         }
-        let Some(current) = self.task_for_message(msg).await? else {
-            return Ok(ClaimOutcome::Skip("not a valid task".into()));
+        let hint = match recorded {
+            Some(kind) => self.last_of_kind(&id, kind).await,
+            None => None,
         };
-        let mut what = Claimed::Started;
-        let changed = self
-            .change_from(&id, Some(current), |t| {
-                match t.status {
-                    TaskStatus::Pending => what = Claimed::Started,
-                    TaskStatus::Running if redelivered => {
-                        let previous = t
-                            .lease
-                            .as_ref()
-                            .map(|l| l.holder.clone())
-                            .unwrap_or_default();
-                        if t.attempt >= t.max_attempts {
-                            what = Claimed::GaveUp;
-                            let mut n = t.clone();
-                            n.status = TaskStatus::Failed;
-                            n.error = Some(format!(
-                                "gave up after {} attempts: {previous} stopped renewing its lease",
-                                t.attempt
-                            ));
-                            n.finished_time = Some(now());
-                            n.lease = None;
-                            return Ok(n);
-                        }
-                        what = Claimed::TookOver { previous };
-                    }
-                    other => {
-                        return Err(TaskError::IllegalTransition(format!(
-                            "task is {other}, not pending"
-                        )))
+        match self
+            .claim_recorded(msg, &id, hint, worker, redelivered)
+            .await
+        {
+            Err(TaskError::NotFound(_)) => {
+                // Queued, never recorded (its producer or API call died in between).
+                match self.claim_unrecorded(msg, &id, new, worker).await? {
+                    Some(run) => Ok(run),
+                    None => {
+                        self.claim_recorded(msg, &id, None, worker, redelivered)
+                            .await
                     }
                 }
-                Ok(claimed_by(t, worker))
+            }
+            other => other,
+        }
+    }
+
+    /// The claim of a task that has a record: a compare-and-set from pending (or, for a
+    /// redelivered message of a running task, a takeover or a give-up).
+    async fn claim_recorded(
+        &self,
+        msg: QueuedMessage<'_>,
+        id: &TaskId,
+        hint: Option<Task>,
+        worker: &str,
+        redelivered: bool,
+    ) -> Result<ClaimOutcome, TaskError> {
+        let mut what = Claimed::Started;
+        let changed = self
+            .change_from(id, hint, |t| {
+                let (claimed, step) = claim_step(t, msg.seq, worker, redelivered);
+                what = claimed;
+                step
             })
             .await;
-        let (before, after) = match changed {
-            Ok(pair) => pair,
+        let changed = match changed {
+            Ok(c) => c,
             Err(TaskError::IllegalTransition(why)) => {
-                self.settle(&id).await;
-                return Ok(ClaimOutcome::Skip(why));
+                return Ok(match what {
+                    Claimed::Refused(false) if message_age(msg) < EARLY_LIMIT => {
+                        ClaimOutcome::Later(Duration::from_millis(250))
+                    }
+                    Claimed::Refused(false) => {
+                        tracing::warn!(task_id = %id, why, "a queue message newer than its \
+                            task's record for over a minute; dropping it");
+                        ClaimOutcome::Skip(why)
+                    }
+                    _ => ClaimOutcome::Skip(why),
+                })
             }
-            Err(e) => {
-                self.settle(&id).await;
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         };
+        let after = changed.after;
         match what {
             Claimed::GaveUp => {
-                let message = after.error.clone();
-                let e = transition_event(Some(&before), &after, EventKind::Failed, worker, message);
-                self.emit(&e).await;
                 self.dead_letter(&after).await?;
                 Ok(ClaimOutcome::GaveUp(after))
             }
-            Claimed::TookOver { previous } => {
-                let mut retried = transition_event(
-                    Some(&before),
-                    &after,
-                    EventKind::Retried,
-                    worker,
-                    Some(format!(
-                        "lease of {previous} expired; attempt {} of {} on {worker}",
-                        after.attempt, after.max_attempts
-                    )),
-                );
-                retried.old_status = Some(TaskStatus::Running);
-                retried.new_status = Some(TaskStatus::Pending);
-                self.ensure_started_recorded(&before, worker).await;
-                self.emit(&retried).await;
-                self.started(&after, worker).await;
-                Ok(ClaimOutcome::Run(after))
-            }
-            Claimed::Started => {
-                self.started(&after, worker).await;
+            _ => {
+                self.count_started(&after);
+                self.keep(&after).await;
                 Ok(ClaimOutcome::Run(after))
             }
         }
     }
 
-    /// A task published straight to NATS, seen for the first time: its state entry is created
-    /// already claimed (one write instead of a create and a claim), with its `created` and
-    /// `started` events. `None` when the entry exists (someone listed or claimed it first).
+    /// A task published straight to NATS, seen for the first time: its first record is written
+    /// already claimed (one message that stands for `created` and `started`). `None` when the
+    /// task has a record already (someone listed or claimed it first).
     async fn claim_unrecorded(
         &self,
         msg: QueuedMessage<'_>,
@@ -139,64 +139,38 @@ impl TaskService {
         let pending = queued_task(msg, id.clone(), new);
         let mut running = claimed_by(&pending, worker);
         running.updated_time = now();
-        let key = subjects::state_key(&running.assigned_to, id);
-        match self.bus.topology.state.create(key, encode(&running)).await {
-            Ok(rev) => {
-                running.revision = rev;
-                self.remember(id, &running.assigned_to);
-                self.keep(&running);
-                self.emit_transition(&created_event(&pending, "nats")).await;
-                self.metrics
-                    .tasks_created
-                    .get_or_create(&task_labels(&pending))
-                    .inc();
-                self.started(&running, worker).await;
-                Ok(Some(ClaimOutcome::Run(running)))
-            }
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
-            Err(e) => Err(BusError::from_op("kv create", e).into()),
-        }
+        let mut event = started_event(&running, worker);
+        event.data["created"] = true.into();
+        event.message = Some(pending.task_name.clone());
+        let Some(seq) = self.append_first(&running, &event).await? else {
+            return Ok(None);
+        };
+        running.revision = seq;
+        self.metrics
+            .tasks_created
+            .get_or_create(&task_labels(&pending))
+            .inc();
+        self.count_started(&running);
+        self.keep(&running).await;
+        Ok(Some(ClaimOutcome::Run(running)))
     }
 
-    async fn started(&self, after: &Task, worker: &str) {
-        self.emit_transition(&started_event(after, worker)).await;
+    /// The last record of `kind` for one of this worker's tasks, as a first guess of its state
+    /// (the compare-and-set finds out if it is not the latest).
+    async fn last_of_kind(&self, id: &TaskId, kind: EventKind) -> Option<Task> {
+        let a = self.scope.clone().or_else(|| self.assignee_of(id))?;
+        let subject = subjects::event(&a, id, kind);
+        let msg = ledger::literal_last(&self.bus.topology.events, subject)
+            .await
+            .ok()??;
+        ledger::decode_record(&msg).map(|s| s.task)
+    }
+
+    fn count_started(&self, running: &Task) {
         self.metrics
             .tasks_started
-            .get_or_create(&task_labels(after))
+            .get_or_create(&task_labels(running))
             .inc();
-    }
-
-    /// Before taking over attempt N, makes sure attempt N's `started` is in the log. Its holder
-    /// may have lost the answer to its claim during a leader election while the claim committed,
-    /// and then seen our takeover instead of its own state: it never sent `started`. The event
-    /// is re-sent with its deterministic id, so JetStream drops it if the holder did send it.
-    async fn ensure_started_recorded(&self, running: &Task, worker: &str) {
-        if running.attempt == 0 || self.started_recorded(running).await {
-            return;
-        }
-        let holder = running.lease.as_ref().map_or("", |l| l.holder.as_str());
-        let mut e = started_event(running, holder);
-        if let Some(at) = running.started_time {
-            e.time = at;
-        }
-        e.data["recorded_by"] = worker.into();
-        self.emit(&e).await;
-    }
-
-    /// Whether the log holds a `started` event for the task's current attempt (or a later one).
-    async fn started_recorded(&self, task: &Task) -> bool {
-        let subject = subjects::event(&task.assigned_to, &task.id, EventKind::Started);
-        match self
-            .bus
-            .topology
-            .events
-            .direct_get_last_for_subject(subject)
-            .await
-        {
-            Ok(m) => crate::bus::decode::<crate::domain::TaskEvent>("event", &m.payload)
-                .is_ok_and(|e| e.attempt >= task.attempt),
-            Err(_) => false,
-        }
     }
 
     /// Copies a task that used up its attempts to the dead-letter stream.
@@ -224,7 +198,7 @@ impl TaskService {
         worker: &str,
         seq: u64,
     ) -> Result<Task, TaskError> {
-        let (before, after) = self
+        let changed = self
             .change(&task.id, |t| {
                 if t.status != TaskStatus::Running
                     || t.lease.as_ref().map(|l| l.token.as_str()) != Some(token)
@@ -239,31 +213,26 @@ impl TaskService {
                 n.lease = None;
                 n.started_time = None;
                 n.queue_seq = Some(seq);
-                Ok(n)
+                let why = format!("handed back by {worker}, which is shutting down");
+                Ok(with_event(t, n, EventKind::Retried, worker, Some(why)))
             })
             .await?;
-        let e = transition_event(
-            Some(&before),
-            &after,
-            EventKind::Retried,
-            worker,
-            Some(format!("handed back by {worker}, which is shutting down")),
-        );
-        self.emit(&e).await;
-        Ok(after)
+        Ok(changed.after)
     }
 
     /// Whether `token` still holds the running task (checked on every lease renewal).
     pub async fn holds(&self, task: &Task, token: &str) -> Result<bool, TaskError> {
         // Any state older than the one this worker holds is a lagging replica's answer.
         let t = self
-            .load_at_least(&task.id, task.revision)
+            .read_at_least(&task.id, task.revision)
             .await?
-            .ok_or_else(|| TaskError::NotFound(task.id.clone()))?;
+            .ok_or_else(|| TaskError::NotFound(task.id.clone()))?
+            .task;
         Ok(t.status == TaskStatus::Running && t.lease.is_some_and(|l| l.token == token))
     }
 
-    /// Records a non-transition event (output, step, heartbeat…) for a task.
+    /// Records a report (output, a note…) on a task without changing it. A worker's goes out
+    /// pipelined (see `write.rs`).
     pub async fn record(
         &self,
         task: &Task,
@@ -272,11 +241,38 @@ impl TaskService {
         message: Option<String>,
         data: serde_json::Value,
     ) {
-        let mut e = crate::domain::TaskEvent::new(&task.id, &task.assigned_to, kind, operator);
-        e.attempt = task.attempt;
-        e.message = message;
-        e.data = data;
-        self.emit_transition(&e).await;
+        let operator = operator.to_string();
+        let result = self
+            .change_pipelined(&task.id, move |t| {
+                let mut e = crate::domain::TaskEvent::new(&t.id, &t.assigned_to, kind, &operator);
+                e.attempt = t.attempt;
+                e.message = message.clone();
+                e.data = data.clone();
+                Ok(Step::new(t.clone(), e))
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(task_id = %task.id, event = kind.as_str(), error.message = %e,
+                "event could not be recorded");
+        }
+    }
+
+    /// Records that a running task went quiet: appended only if `task` (as the relay read it)
+    /// is still the latest record, so a task that reported meanwhile is not called stalled.
+    pub async fn record_stalled(&self, task: &Task, mut event: crate::domain::TaskEvent) {
+        let seen = task.revision;
+        event.attempt = task.attempt;
+        let result = self
+            .change_from(&task.id, Some(task.clone()), |t| {
+                if t.revision != seen || t.status != TaskStatus::Running {
+                    return Err(TaskError::IllegalTransition("it reported meanwhile".into()));
+                }
+                Ok(Step::new(t.clone(), event.clone()))
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::debug!(task_id = %task.id, why = %e, "stalled not recorded");
+        }
     }
 
     /// Dead letters, oldest first: tasks that used up their attempts.
@@ -285,39 +281,176 @@ impl TaskService {
         assignee: Option<&crate::domain::Assignee>,
         limit: usize,
     ) -> Result<Vec<Task>, TaskError> {
-        let stream = &self.bus.topology.dead;
         let filter = subjects::dead_filter(assignee);
         let mut out = Vec::new();
         let mut seq = 1;
         while out.len() < limit {
-            match stream
-                .direct_get_next_for_subject(filter.clone(), Some(seq))
-                .await
-            {
-                Ok(m) => {
-                    seq = m.sequence + 1;
-                    if let Ok(t) = crate::bus::decode::<Task>("dead letter", &m.payload) {
-                        out.push(t);
-                    }
-                }
-                Err(e)
-                    if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound =>
-                {
-                    break
-                }
-                Err(e) => return Err(crate::bus::BusError::from_op("direct get", e).into()),
-            }
+            let batch = crate::bus::direct::batch(
+                &self.bus.client,
+                subjects::DEAD_STREAM,
+                &filter,
+                seq,
+                limit - out.len(),
+            )
+            .await?;
+            let Some(last) = batch.last() else { break };
+            seq = last.sequence + 1;
+            out.extend(
+                batch
+                    .iter()
+                    .filter_map(|m| crate::bus::decode::<Task>("dead letter", &m.payload).ok()),
+            );
         }
+        out.truncate(limit);
         Ok(out)
     }
 }
 
-/// The `started` event of `running`'s attempt, under `worker`. It has one id per attempt,
-/// whoever sends it (JetStream de-duplicates).
-fn started_event(running: &Task, worker: &str) -> crate::domain::TaskEvent {
+/// The claim of `t` for the message at `seq`: what it amounts to, and the change (or refusal).
+fn claim_step(
+    t: &Task,
+    seq: u64,
+    worker: &str,
+    redelivered: bool,
+) -> (Claimed, super::write::Outcome) {
+    match t.status {
+        TaskStatus::Pending => {
+            let after = claimed_by(t, worker);
+            let mut e = started_event(&after, worker);
+            e.old_status = Some(TaskStatus::Pending);
+            (Claimed::Started, Ok(Step::new(after, e)))
+        }
+        TaskStatus::Running if redelivered && t.queue_seq == Some(seq) => take_over(t, worker),
+        other => {
+            // A record that already moved past this message (or an older message) means the
+            // message is done with; a record older than the message is not the latest yet.
+            let done = t.queue_seq.is_some_and(|q| q >= seq);
+            let why = format!("task is {other}, not pending");
+            (
+                Claimed::Refused(done),
+                Err(TaskError::IllegalTransition(why)),
+            )
+        }
+    }
+}
+
+/// A redelivered running task: its holder stopped renewing. Attempts left: `retried` and a new
+/// `started` in one batch; none left: `failed`.
+fn take_over(t: &Task, worker: &str) -> (Claimed, super::write::Outcome) {
+    let previous = t
+        .lease
+        .as_ref()
+        .map(|l| l.holder.clone())
+        .unwrap_or_default();
+    if t.attempt >= t.max_attempts {
+        let mut n = t.clone();
+        n.status = TaskStatus::Failed;
+        n.error = Some(format!(
+            "gave up after {} attempts: {previous} stopped renewing its lease",
+            t.attempt
+        ));
+        n.finished_time = Some(now());
+        n.lease = None;
+        let message = n.error.clone();
+        return (
+            Claimed::GaveUp,
+            Ok(with_event(t, n, EventKind::Failed, worker, message)),
+        );
+    }
+    let mut pending = t.clone();
+    pending.status = TaskStatus::Pending;
+    pending.lease = None;
+    let after = claimed_by(&pending, worker);
+    let why = format!(
+        "lease of {previous} expired; attempt {} of {} on {worker}",
+        after.attempt, after.max_attempts
+    );
+    let retried = transition_event(Some(t), &pending, EventKind::Retried, worker, Some(why));
+    let mut started = started_event(&after, worker);
+    started.old_status = Some(TaskStatus::Pending);
+    let step = Step {
+        after,
+        event: started,
+        prelude: Some((pending, retried)),
+    };
+    (Claimed::TookOver, Ok(step))
+}
+
+/// How long ago a queue message was published.
+fn message_age(msg: QueuedMessage<'_>) -> Duration {
+    let now = now().timestamp_nanos_opt().unwrap_or(i64::MAX) as i128;
+    Duration::from_nanos((now - msg.published_ns).clamp(0, i128::from(u64::MAX)) as u64)
+}
+
+/// The `started` event of `running`'s attempt, under `worker`.
+pub(super) fn started_event(running: &Task, worker: &str) -> crate::domain::TaskEvent {
     let mut e = transition_event(None, running, EventKind::Started, worker, None);
-    e.id = format!("evt_{}_started_{}", running.id, running.attempt);
     e.old_status = Some(TaskStatus::Pending);
     e.data = serde_json::json!({ "worker": worker, "attempt": running.attempt });
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(status: TaskStatus, queue_seq: Option<u64>) -> Task {
+        let new: NewTask = serde_json::from_value(
+            serde_json::json!({"task_name": "x", "assigned_to": "anna", "kind": "noop"}),
+        )
+        .unwrap();
+        let mut t = Task::from_new(TaskId::parse("T1").unwrap(), new);
+        t.status = status;
+        t.queue_seq = queue_seq;
+        t
+    }
+
+    #[test]
+    fn a_pending_task_is_claimed_with_a_new_attempt_and_lease() {
+        let (what, step) = claim_step(&task(TaskStatus::Pending, Some(5)), 5, "w1", false);
+        assert!(matches!(what, Claimed::Started));
+        let step = step.unwrap();
+        assert_eq!(step.after.status, TaskStatus::Running);
+        assert_eq!(step.after.attempt, 1);
+        assert_eq!(step.after.queue_seq, Some(5));
+    }
+
+    #[test]
+    fn a_message_the_record_moved_past_is_skipped_and_a_newer_one_waits() {
+        let done = task(TaskStatus::Completed, Some(5));
+        assert!(matches!(
+            claim_step(&done, 5, "w", false).0,
+            Claimed::Refused(true)
+        ));
+        assert!(matches!(
+            claim_step(&done, 4, "w", false).0,
+            Claimed::Refused(true)
+        ));
+        // A retry queued message 9 but its record still says completed at message 5.
+        assert!(matches!(
+            claim_step(&done, 9, "w", false).0,
+            Claimed::Refused(false)
+        ));
+    }
+
+    #[test]
+    fn a_redelivered_running_task_is_taken_over_with_retried_then_started() {
+        let mut t = task(TaskStatus::Running, Some(5));
+        t.attempt = 1;
+        t.lease = Some(crate::domain::Lease::new("dead-worker", 1));
+        let (what, step) = claim_step(&t, 5, "w2", true);
+        assert!(matches!(what, Claimed::TookOver));
+        let step = step.unwrap();
+        let (mid, retried) = step.prelude.unwrap();
+        assert_eq!(
+            (mid.status, retried.kind),
+            (TaskStatus::Pending, EventKind::Retried)
+        );
+        assert_eq!(
+            (step.after.attempt, step.event.kind),
+            (2, EventKind::Started)
+        );
+        t.attempt = 3;
+        assert!(matches!(claim_step(&t, 5, "w2", true).0, Claimed::GaveUp));
+    }
 }

@@ -1,4 +1,5 @@
-//! Creating tasks: idempotency keys, the queue message, the state entry, the `created` event.
+//! Creating tasks: idempotency keys, the queue message, then the `created` record (the first
+//! message of the task's ledger, which is also its state).
 
 use super::{transition_event, TaskError, TaskService};
 use crate::bus::{encode, message_headers, subjects, BusError, NatsResultExt};
@@ -69,7 +70,9 @@ impl TaskService {
         }
     }
 
-    /// Publishes the queue message (de-duplicated on the task id), then creates the state entry.
+    /// Publishes the queue message (de-duplicated on the task id), then records `created`.
+    /// Queue first: a crash in between leaves a queued message without a record, which readers
+    /// and workers treat as a task published straight to NATS (never a record nobody can run).
     async fn enqueue_new(
         &self,
         id: TaskId,
@@ -79,7 +82,7 @@ impl TaskService {
         new.id = Some(id.clone());
         let subject = subjects::task(&new.assigned_to, new.priority, new.kind);
         let mut headers = message_headers(id.as_str());
-        headers.insert(crate::bus::RECORDED_HEADER, "1");
+        headers.insert(crate::bus::RECORDED_HEADER, EventKind::Created.as_str());
         let ack = self
             .bus
             .js
@@ -90,7 +93,7 @@ impl TaskService {
             .op("publish task ack")?;
         let mut task = Task::from_new(id.clone(), new);
         task.queue_seq = Some(ack.sequence);
-        match self.record_new(&mut task, operator, true).await? {
+        match self.record_new(&mut task, operator).await? {
             true => Ok(Created {
                 task,
                 created: true,
@@ -103,60 +106,32 @@ impl TaskService {
         }
     }
 
-    /// Creates the state entry of a queued task and records `created`. False when the entry
-    /// already existed (nothing written). `eager` sends the event together with the state
-    /// (only for a fresh create: the event's fixed id drops a racing reader's copy, but only
-    /// within the de-duplication window).
+    /// Records `created` for a queued task: the first message of its ledger. False when the
+    /// task has a record already (someone recorded or claimed it first; nothing written).
     pub(crate) async fn record_new(
         &self,
         task: &mut Task,
         operator: &str,
-        eager: bool,
     ) -> Result<bool, TaskError> {
         let event = created_event(task, operator);
-        let key = subjects::state_key(&task.assigned_to, &task.id);
-        let state = &self.bus.topology.state;
-        let created = if eager {
-            tokio::join!(
-                state.create(key, encode(&*task)),
-                self.emit_pipelined(&event)
-            )
-            .0
-        } else {
-            state.create(key, encode(&*task)).await
-        };
-        match created {
-            Ok(rev) => {
-                task.revision = rev;
-                self.remember(&task.id, &task.assigned_to);
-                if !eager {
-                    self.emit_pipelined(&event).await;
-                }
-                if self.scope.is_none() {
-                    self.settle(&task.id).await;
-                }
+        match self.append_first(task, &event).await? {
+            Some(seq) => {
+                task.revision = seq;
                 self.metrics
                     .tasks_created
                     .get_or_create(&crate::metrics::task_labels(task))
                     .inc();
                 Ok(true)
             }
-            Err(e) => {
-                self.settle(&task.id).await;
-                match e.kind() {
-                    kv::CreateErrorKind::AlreadyExists => Ok(false),
-                    _ => Err(BusError::from_op("kv create", e).into()),
-                }
-            }
+            None => Ok(false),
         }
     }
 }
 
-/// A task's `created` event. One per task even when two processes race to record it: its id is
-/// fixed, so JetStream drops the second copy.
+/// A task's `created` event. One per task even when two processes race to record it: it is
+/// the task's first record, appended only where nothing exists yet.
 pub(super) fn created_event(task: &Task, operator: &str) -> crate::domain::TaskEvent {
     let mut event = transition_event(None, task, EventKind::Created, operator, None);
-    event.id = format!("evt_{}_created", task.id);
     event.message = Some(task.task_name.clone());
     event
 }

@@ -1,14 +1,12 @@
-//! Reading back: task listing from the state bucket, and the task log / live feed from the event
-//! stream.
+//! Reading back: task listing (see `listing.rs`), and the task log / live feed from the ledger.
 
+use super::ledger::{also_created, decode_event, decode_record, implied_created};
 use super::{TaskError, TaskService};
-use crate::bus::{decode, subjects, NatsResultExt};
+use crate::bus::{direct, subjects, NatsResultExt};
 use crate::domain::{Assignee, LogEntry, Task, TaskEvent, TaskId, TaskStatus};
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::kv;
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use futures::{Stream, StreamExt};
 use std::collections::HashSet;
-use std::time::Duration;
 
 /// Which tasks `list` returns.
 #[derive(Debug, Clone, Default)]
@@ -21,10 +19,12 @@ pub struct ListFilter {
     pub scope: Option<HashSet<Assignee>>,
     /// At most this many, newest first.
     pub limit: usize,
+    /// A page cursor: start after (older than) this stream sequence.
+    pub before: Option<u64>,
 }
 
 impl ListFilter {
-    fn accepts(&self, t: &Task) -> bool {
+    pub(crate) fn accepts(&self, t: &Task) -> bool {
         self.assignee.as_ref().is_none_or(|a| *a == t.assigned_to)
             && self.status.is_none_or(|s| s == t.status)
             && self
@@ -34,87 +34,42 @@ impl ListFilter {
     }
 }
 
-const READ_BATCH: usize = 500;
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(20);
-
 impl TaskService {
-    /// Tasks matching `filter`, newest first.
+    /// Tasks matching `filter`, newest first (one page; see [`list_page`](Self::list_page)).
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Task>, TaskError> {
-        let state = &self.bus.topology.state;
-        let mut out = Vec::new();
-        // The bucket's own status() is cached; ask the server.
-        let info = self
-            .bus
-            .js
-            .get_stream(subjects::STATE_STREAM)
-            .await
-            .op("kv stream info")?;
-        if info.cached_info().state.messages == 0 {
-            return Ok(out);
-        }
-        let mut watch = state.watch_with_history(">").await.op("kv watch")?;
-        let read = async {
-            while let Some(entry) = watch.next().await {
-                let entry = entry.op("kv watch")?;
-                if entry.operation == kv::Operation::Put {
-                    let mut t: Task = decode("task state", &entry.value)?;
-                    t.revision = entry.revision;
-                    if filter.accepts(&t) {
-                        out.push(t);
-                    }
-                }
-                if entry.delta == 0 {
-                    break;
-                }
-            }
-            Ok::<_, TaskError>(())
-        };
-        match tokio::time::timeout(SNAPSHOT_TIMEOUT, read).await {
-            Ok(r) => r?,
-            Err(_) => tracing::warn!("task listing stopped after {SNAPSHOT_TIMEOUT:?}"),
-        }
-        out.sort_by_key(|t| std::cmp::Reverse(t.created_time));
-        out.truncate(filter.limit);
-        Ok(out)
+        Ok(self.list_page(filter).await?.tasks)
     }
 
-    /// Every recorded event of a task, oldest first.
+    /// Every recorded event of a task, oldest first. A first record that stands for both the
+    /// creation and the first claim is shown as its two events.
     pub async fn events(&self, id: &TaskId) -> Result<Vec<TaskEvent>, TaskError> {
-        let stream = &self.bus.topology.events;
-        let consumer: async_nats::jetstream::consumer::PullConsumer = stream
-            .create_consumer(pull::Config {
-                filter_subject: subjects::task_events(id),
-                deliver_policy: DeliverPolicy::All,
-                ack_policy: AckPolicy::None,
-                memory_storage: true,
-                inactive_threshold: Duration::from_secs(30),
-                ..Default::default()
-            })
-            .await
-            .op("create log reader")?;
+        let filter = match self.assignee_of(id) {
+            Some(a) => subjects::task_ledger(&a, id),
+            None => subjects::task_ledger_any_assignee(id),
+        };
         let mut events = Vec::new();
+        let mut seq = 1;
         loop {
-            let mut batch = consumer
-                .fetch()
-                .max_messages(READ_BATCH)
-                .messages()
-                .await
-                .op("read events")?;
-            let mut n = 0;
-            while let Some(msg) = batch.next().await {
-                let msg = msg.map_err(|e| crate::bus::BusError::Op {
-                    op: "read event",
-                    source: e,
-                })?;
-                events.push(decode::<TaskEvent>("task event", &msg.payload)?);
-                n += 1;
-            }
-            if n < READ_BATCH {
-                break;
+            let batch = direct::batch(
+                &self.bus.client,
+                subjects::EVENTS_STREAM,
+                &filter,
+                seq,
+                direct::MAX_BATCH,
+            )
+            .await?;
+            let Some(last) = batch.last() else { break };
+            seq = last.sequence + 1;
+            for m in &batch {
+                let event = decode_event(m)?;
+                if also_created(&event) {
+                    if let Some(stored) = decode_record(m) {
+                        events.push(implied_created(&event, &stored.task));
+                    }
+                }
+                events.push(event);
             }
         }
-        let name = consumer.cached_info().name.clone();
-        let _ = stream.delete_consumer(&name).await;
         Ok(events)
     }
 
@@ -153,9 +108,31 @@ impl TaskService {
             .messages()
             .await
             .op("open event feed")?;
-        Ok(messages.map(|m| {
-            let m = m.op("event feed")?;
-            Ok(decode::<TaskEvent>("task event", &m.payload)?)
+        Ok(messages.flat_map(|m| {
+            let events = match m.op("event feed") {
+                Ok(m) => feed_events(&m.payload).map_err(TaskError::from),
+                Err(e) => Err(e.into()),
+            };
+            futures::stream::iter(match events {
+                Ok(v) => v.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            })
         }))
     }
+}
+
+/// The events one ledger message shows on a feed: its own, preceded by the `created` it also
+/// stands for when it is a task's combined first claim.
+fn feed_events(payload: &[u8]) -> Result<Vec<TaskEvent>, crate::bus::BusError> {
+    let event: TaskEvent = crate::bus::decode("task event", payload)?;
+    if also_created(&event) {
+        #[derive(serde::Deserialize)]
+        struct WithTask {
+            task: Task,
+        }
+        if let Ok(w) = crate::bus::decode::<WithTask>("ledger record", payload) {
+            return Ok(vec![implied_created(&event, &w.task), event]);
+        }
+    }
+    Ok(vec![event])
 }

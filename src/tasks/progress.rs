@@ -1,10 +1,11 @@
 //! Live Task Pulse (seed 002) on a running task: finish a step and move to the next, report a
-//! heartbeat on a long step, report a percentage. Each is one compare-and-set on the task's
-//! progress, followed by a `step`, `heartbeat` or `progress` event carrying the data the relay's
-//! messages expect (see `relay::message`).
+//! heartbeat on a long step, report a percentage. Each is one ledger append: the task's new
+//! progress with a `step`, `heartbeat` or `progress` event carrying the data the relay's
+//! messages expect (see `relay::message`). A worker's reports are pipelined (`write.rs`).
 
+use super::write::Step;
 use super::{TaskError, TaskService};
-use crate::domain::{EventKind, Progress, Task, TaskId, TaskStatus};
+use crate::domain::{EventKind, Progress, Task, TaskEvent, TaskId, TaskStatus};
 use serde_json::{json, Value};
 
 /// Longest `info` note, in characters.
@@ -99,26 +100,20 @@ impl TaskService {
                 ));
             }
         }
-        let mut finished = None;
-        let (_, after) = self
-            .change(id, |t| {
-                let (n, f) = advance(t, info.as_deref(), name.as_deref())?;
-                finished = Some(f);
-                Ok(n)
-            })
-            .await?;
-        let Finished { index, name } = finished.expect("set by the successful change");
-        let p = &after.progress;
-        let data = json!({
-            "index": index,
-            "step": name,
-            "next": p.current,
-            "done": p.done,
-            "total": p.total,
-        });
-        self.record(&after, EventKind::Step, operator, info, data)
-            .await;
-        Ok(after)
+        let operator = operator.to_string();
+        self.change_pipelined(id, move |t| {
+            let (n, Finished { index, name }) = advance(t, info.as_deref(), name.as_deref())?;
+            let p = &n.progress;
+            let data = json!({
+                "index": index,
+                "step": name,
+                "next": p.current,
+                "done": p.done,
+                "total": p.total,
+            });
+            Ok(report(t, n, EventKind::Step, &operator, info.clone(), data))
+        })
+        .await
     }
 
     /// Reports that a running task's long step is still alive, with an optional note (kept as
@@ -131,20 +126,24 @@ impl TaskService {
         operator: &str,
     ) -> Result<Task, TaskError> {
         check_info(info.as_deref())?;
-        let (_, after) = self
-            .change(id, |t| {
-                require_running(t, "report a heartbeat on")?;
-                let mut n = t.clone();
-                if info.is_some() {
-                    n.progress.info = info.clone();
-                }
-                Ok(n)
-            })
-            .await?;
-        let data = pulse_data(&after.progress);
-        self.record(&after, EventKind::Heartbeat, operator, info, data)
-            .await;
-        Ok(after)
+        let operator = operator.to_string();
+        self.change_pipelined(id, move |t| {
+            require_running(t, "report a heartbeat on")?;
+            let mut n = t.clone();
+            if info.is_some() {
+                n.progress.info = info.clone();
+            }
+            let data = pulse_data(&n.progress);
+            Ok(report(
+                t,
+                n,
+                EventKind::Heartbeat,
+                &operator,
+                info.clone(),
+                data,
+            ))
+        })
+        .await
     }
 
     /// Reports a running task's percentage (0 to 100) with an optional note. Records a
@@ -163,22 +162,42 @@ impl TaskService {
                 "percent must be between 0 and 100, got {percent}"
             )));
         }
-        let (_, after) = self
-            .change(id, |t| {
-                require_running(t, "report progress on")?;
-                let mut n = t.clone();
-                n.progress.percent = Some(percent);
-                if info.is_some() {
-                    n.progress.info = info.clone();
-                }
-                Ok(n)
-            })
-            .await?;
-        let data = pulse_data(&after.progress);
-        self.record(&after, EventKind::Progress, operator, info, data)
-            .await;
-        Ok(after)
+        let operator = operator.to_string();
+        self.change_pipelined(id, move |t| {
+            require_running(t, "report progress on")?;
+            let mut n = t.clone();
+            n.progress.percent = Some(percent);
+            if info.is_some() {
+                n.progress.info = info.clone();
+            }
+            let data = pulse_data(&n.progress);
+            Ok(report(
+                t,
+                n,
+                EventKind::Progress,
+                &operator,
+                info.clone(),
+                data,
+            ))
+        })
+        .await
     }
+}
+
+/// A progress report's step: `after` with its event (no status change).
+fn report(
+    before: &Task,
+    after: Task,
+    kind: EventKind,
+    operator: &str,
+    info: Option<String>,
+    data: Value,
+) -> Step {
+    let mut e = TaskEvent::new(&before.id, &before.assigned_to, kind, operator);
+    e.attempt = after.attempt;
+    e.message = info;
+    e.data = data;
+    Step::new(after, e)
 }
 
 #[cfg(test)]

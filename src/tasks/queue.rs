@@ -1,69 +1,74 @@
 //! The queue as bots see it: the pending list, read in priority and arrival order straight from
-//! the work-queue stream (no consumer involved, so it never competes with workers).
+//! the work-queue stream (no consumer involved, so it never competes with workers), with each
+//! message's task state read from the ledger in one batch request.
 //!
-//! Messages published to NATS directly by other producers get their state entry here, the
-//! first time anybody reads them ("materialising").
+//! Messages published to NATS directly by other producers get their first record (`created`)
+//! here, the first time anybody lists them ("materialising"), so that they can then be read and
+//! started by id.
 
+use super::ledger::{self, Stored};
 use super::{TaskError, TaskService};
-use crate::bus::{subjects, NatsResultExt};
-use crate::domain::{Assignee, NewTask, Priority, Task, TaskId, TaskStatus};
+use crate::bus::{direct, subjects, BusError};
+use crate::domain::{Assignee, EventKind, NewTask, Priority, Task, TaskId, TaskStatus};
 use async_nats::jetstream::message::StreamMessage;
-use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
-use futures::{StreamExt, TryStreamExt};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 
-/// Walks the messages of several subjects of one stream in sequence order.
-struct QueueWalk<'a> {
-    stream: &'a Stream,
+/// Walks the messages of several subjects of one stream in sequence order, a batch at a time.
+pub(crate) struct QueueWalk<'a> {
+    client: &'a async_nats::Client,
+    stream: &'static str,
     cursors: Vec<Cursor>,
 }
 
 struct Cursor {
     subject: String,
     next_seq: u64,
-    head: Option<StreamMessage>,
+    buffered: VecDeque<StreamMessage>,
     done: bool,
 }
 
 impl<'a> QueueWalk<'a> {
-    fn new(stream: &'a Stream, subjects: impl IntoIterator<Item = String>) -> Self {
+    pub(crate) fn new(
+        client: &'a async_nats::Client,
+        stream: &'static str,
+        subjects: impl IntoIterator<Item = String>,
+    ) -> Self {
         let cursors = subjects
             .into_iter()
             .map(|subject| Cursor {
                 subject,
                 next_seq: 1,
-                head: None,
+                buffered: VecDeque::new(),
                 done: false,
             })
             .collect();
-        Self { stream, cursors }
+        Self {
+            client,
+            stream,
+            cursors,
+        }
     }
 
-    async fn next(&mut self) -> Result<Option<StreamMessage>, TaskError> {
+    /// The next message in sequence order; `want` sizes the batches read ahead.
+    pub(crate) async fn next(&mut self, want: usize) -> Result<Option<StreamMessage>, BusError> {
         for c in self
             .cursors
             .iter_mut()
-            .filter(|c| c.head.is_none() && !c.done)
+            .filter(|c| c.buffered.is_empty() && !c.done)
         {
-            match self
-                .stream
-                .direct_get_next_for_subject(c.subject.clone(), Some(c.next_seq))
-                .await
-            {
-                Ok(m) => {
-                    c.next_seq = m.sequence + 1;
-                    c.head = Some(m);
-                }
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => c.done = true,
-                Err(e) => return Err(Err::<(), _>(e).op("direct get").unwrap_err().into()),
+            let got = direct::batch(self.client, self.stream, &c.subject, c.next_seq, want).await?;
+            match got.last() {
+                Some(last) => c.next_seq = last.sequence + 1,
+                None => c.done = true,
             }
+            c.buffered.extend(got);
         }
         let earliest = self
             .cursors
             .iter_mut()
-            .filter(|c| c.head.is_some())
-            .min_by_key(|c| c.head.as_ref().map(|m| m.sequence));
-        Ok(earliest.and_then(|c| c.head.take()))
+            .filter(|c| !c.buffered.is_empty())
+            .min_by_key(|c| c.buffered.front().map(|m| m.sequence));
+        Ok(earliest.and_then(|c| c.buffered.pop_front()))
     }
 }
 
@@ -119,6 +124,10 @@ pub(crate) fn decode_queued(msg: QueuedMessage<'_>) -> Result<(TaskId, NewTask),
     Ok((id, new))
 }
 
+/// Tasks whose states one `multi_last` request reads (each may match up to 11 event subjects;
+/// the server answers at most 1,024 messages).
+const STATES_PER_REQUEST: usize = 80;
+
 impl TaskService {
     /// Pending tasks, P0 first and oldest first within a priority. `None` lists every assignee.
     pub async fn pending(
@@ -130,13 +139,14 @@ impl TaskService {
         let mut seen = HashSet::new();
         for priority in Priority::ALL {
             let mut walk = QueueWalk::new(
-                &self.bus.topology.tasks,
+                &self.bus.client,
+                subjects::TASKS_STREAM,
                 subjects::queue_subjects(assignee, priority),
             );
             while out.len() < limit {
                 let mut batch = Vec::new();
                 while batch.len() < limit - out.len() {
-                    match walk.next().await? {
+                    match walk.next(limit - out.len()).await? {
                         Some(m) => batch.push(m),
                         None => break,
                     }
@@ -144,12 +154,7 @@ impl TaskService {
                 if batch.is_empty() {
                     break;
                 }
-                let tasks: Vec<Option<Task>> = futures::stream::iter(batch)
-                    .map(|m| async move { self.task_for_message((&m).into()).await })
-                    .buffered(32)
-                    .try_collect()
-                    .await?;
-                for t in tasks.into_iter().flatten() {
+                for t in self.queued_states(&batch).await? {
                     // Messages of claimed tasks stay until their worker acks them: skip those.
                     if t.status == TaskStatus::Pending && seen.insert(t.id.clone()) {
                         out.push(t);
@@ -160,44 +165,82 @@ impl TaskService {
         Ok(out)
     }
 
-    /// The task a queue message stands for, creating its state entry when a producer published
-    /// it to NATS directly. `None` for messages that are not valid tasks.
-    pub(crate) async fn task_for_message(
+    /// The states of the tasks some queue messages stand for, in message order; a message
+    /// whose task has no record yet is recorded (`created`). Invalid messages are skipped.
+    pub(crate) async fn queued_states(
         &self,
-        msg: QueuedMessage<'_>,
-    ) -> Result<Option<Task>, TaskError> {
-        let (id, new) = match decode_queued(msg) {
-            Ok(v) => v,
-            Err(why) => {
-                tracing::warn!(
-                    seq = msg.seq,
-                    subject = msg.subject,
-                    why,
-                    "skipping invalid task message"
-                );
-                return Ok(None);
-            }
-        };
-        // Taskfleet's own creates record the state: read it. A task published straight to NATS
-        // has none yet: create it first (one round trip less), reading only if it exists.
-        if recorded(msg) {
-            if let Some(t) = self.load(&id).await? {
-                return Ok(Some(t));
+        msgs: &[StreamMessage],
+    ) -> Result<Vec<Task>, TaskError> {
+        let decoded: Vec<(usize, TaskId, NewTask)> = msgs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| match decode_queued(m.into()) {
+                Ok((id, new)) => Some((i, id, new)),
+                Err(why) => {
+                    tracing::warn!(seq = m.sequence, subject = %m.subject, why,
+                        "skipping invalid task message");
+                    None
+                }
+            })
+            .collect();
+        let keys: Vec<(Assignee, TaskId)> = decoded
+            .iter()
+            .map(|(_, id, new)| (new.assigned_to.clone(), id.clone()))
+            .collect();
+        let mut states = self.latest_states(&keys).await?;
+        let mut out = Vec::with_capacity(decoded.len());
+        for (i, id, new) in decoded {
+            match states.remove(&id) {
+                Some(s) => out.push(s.task),
+                None => {
+                    let mut task = queued_task((&msgs[i]).into(), id.clone(), new);
+                    if self.record_new(&mut task, "nats").await? {
+                        out.push(task);
+                    } else if let Some(t) = self.load(&id).await? {
+                        out.push(t);
+                    }
+                }
             }
         }
-        let mut task = queued_task(msg, id.clone(), new);
-        if self.record_new(&mut task, "nats", false).await? {
-            return Ok(Some(task));
+        Ok(out)
+    }
+
+    /// The latest record of each task (read from any replica), in as few requests as the
+    /// server allows. Tasks without a record are missing from the map.
+    pub(crate) async fn latest_states(
+        &self,
+        tasks: &[(Assignee, TaskId)],
+    ) -> Result<HashMap<TaskId, Stored>, TaskError> {
+        let mut out = HashMap::new();
+        for chunk in tasks.chunks(STATES_PER_REQUEST) {
+            let filters: Vec<String> = chunk
+                .iter()
+                .map(|(a, id)| subjects::task_ledger(a, id))
+                .collect();
+            let msgs =
+                direct::multi_last(&self.bus.client, subjects::EVENTS_STREAM, &filters).await?;
+            let mut by_task: HashMap<TaskId, Vec<StreamMessage>> = HashMap::new();
+            for m in msgs {
+                if let Some((_, id, _)) = subjects::parse_event(&m.subject) {
+                    by_task.entry(id).or_default().push(m);
+                }
+            }
+            for (id, msgs) in by_task {
+                if let Some(s) = ledger::newest(msgs) {
+                    out.insert(id, s);
+                }
+            }
         }
-        // It exists: a replica that has not seen it yet may still answer "none" for a moment.
-        self.load_at_least(&id, 1).await
+        Ok(out)
     }
 }
 
-/// Whether taskfleet's own create published the message (its state entry is written too).
-pub(crate) fn recorded(msg: QueuedMessage<'_>) -> bool {
-    msg.headers
-        .is_some_and(|h| h.get(crate::bus::RECORDED_HEADER).is_some())
+/// The event type whose last record holds the state a taskfleet-published queue message was
+/// queued with (its `Taskfleet-Recorded` header), or `None` for a message a producer published
+/// straight to NATS.
+pub(crate) fn recorded_by(msg: QueuedMessage<'_>) -> Option<EventKind> {
+    let value = msg.headers?.get(crate::bus::RECORDED_HEADER)?;
+    Some(EventKind::parse(value.as_str()).unwrap_or(EventKind::Created))
 }
 
 /// The pending task a message published straight to NATS stands for (created when published).

@@ -1,9 +1,11 @@
-//! Status changes: start (claim), complete, fail, cancel, retry. Each is one compare-and-set;
-//! illegal ones are refused with nothing written.
+//! Status changes: start (claim), complete, fail, cancel, retry. Each is one append to the
+//! task's ledger (state and event together, compared against the last record); illegal ones
+//! are refused with nothing written.
 
-use super::{claimed_by, transition_event, TaskError, TaskService};
-use crate::bus::{encode, message_headers, subjects, NatsResultExt};
-use crate::domain::{now, Action, EventKind, NewTask, Task, TaskStatus};
+use super::write::{Changed, Step};
+use super::{claimed_by, transition_event, with_event, TaskError, TaskService};
+use crate::bus::{encode, message_headers, subjects, NatsResultExt, RECORDED_HEADER};
+use crate::domain::{now, Action, EventKind, NewTask, Task, TaskId, TaskKind, TaskStatus};
 use crate::metrics::{task_labels, FinishedLabels};
 use serde_json::Value;
 
@@ -53,37 +55,40 @@ fn summary(v: &Value) -> String {
 
 impl TaskService {
     /// Claims a pending task for `holder`: it becomes `running` with a new attempt and fencing
-    /// token, and leaves the queue so no worker or other caller can claim it too.
+    /// token. A worker-run task's queue message is removed (no worker may claim it too); a
+    /// manual task's stays until it finishes (the queue stream holds every active task).
     #[tracing::instrument(skip(self), fields(task_id = %id))]
-    pub async fn start(&self, id: &crate::domain::TaskId, holder: &str) -> Result<Task, TaskError> {
-        let (before, after) = self
+    pub async fn start(&self, id: &TaskId, holder: &str) -> Result<Task, TaskError> {
+        let changed = self
             .change(id, |t| {
                 next_status(t, Action::Start)?;
-                Ok(claimed_by(t, holder))
+                let after = claimed_by(t, holder);
+                let mut step = with_event(t, after, EventKind::Started, holder, None);
+                step.event.data = serde_json::json!({ "holder": holder });
+                Ok(step)
             })
             .await?;
-        self.dequeue(before.queue_seq).await;
-        let mut event = transition_event(Some(&before), &after, EventKind::Started, holder, None);
-        event.data = serde_json::json!({ "holder": holder });
-        self.emit(&event).await;
+        if changed.after.kind.is_worker_run() {
+            self.dequeue(changed.before.queue_seq).await;
+        }
         self.metrics
             .tasks_started
-            .get_or_create(&task_labels(&after))
+            .get_or_create(&task_labels(&changed.after))
             .inc();
-        Ok(after)
+        Ok(changed.after)
     }
 
     /// Finishes a running task successfully. With `fence`, only the current lease may do it.
     #[tracing::instrument(skip(self, result), fields(task_id = %id))]
     pub async fn complete(
         &self,
-        id: &crate::domain::TaskId,
+        id: &TaskId,
         result: Option<Value>,
         fence: Option<&str>,
         operator: &str,
         detail: Value,
     ) -> Result<Task, TaskError> {
-        let (before, after) = self
+        let changed = self
             .change(id, |t| {
                 let status = next_status(t, Action::Complete)?;
                 check_fence(t, fence)?;
@@ -96,33 +101,32 @@ impl TaskService {
                     n.progress.done = n.progress.total;
                     n.progress.current = None;
                 }
-                Ok(n)
+                let message = n.result.as_ref().map(summary);
+                Ok(finished(
+                    t,
+                    n,
+                    EventKind::Completed,
+                    operator,
+                    message,
+                    &detail,
+                ))
             })
             .await?;
-        let message = after.result.as_ref().map(summary);
-        self.finished(
-            &before,
-            &after,
-            EventKind::Completed,
-            operator,
-            message,
-            detail,
-        )
-        .await;
-        Ok(after)
+        self.finished(&changed, fence.is_none()).await;
+        Ok(changed.after)
     }
 
     /// Finishes a running task unsuccessfully. With `fence`, only the current lease may do it.
     #[tracing::instrument(skip(self, error), fields(task_id = %id))]
     pub async fn fail(
         &self,
-        id: &crate::domain::TaskId,
+        id: &TaskId,
         error: String,
         fence: Option<&str>,
         operator: &str,
         detail: Value,
     ) -> Result<Task, TaskError> {
-        let (before, after) = self
+        let changed = self
             .change(id, |t| {
                 let status = next_status(t, Action::Fail)?;
                 check_fence(t, fence)?;
@@ -131,19 +135,19 @@ impl TaskService {
                 n.error = Some(error.clone());
                 n.finished_time = Some(now());
                 n.lease = None;
-                Ok(n)
+                let message = Some(error.clone());
+                Ok(finished(
+                    t,
+                    n,
+                    EventKind::Failed,
+                    operator,
+                    message,
+                    &detail,
+                ))
             })
             .await?;
-        self.finished(
-            &before,
-            &after,
-            EventKind::Failed,
-            operator,
-            Some(error),
-            detail,
-        )
-        .await;
-        Ok(after)
+        self.finished(&changed, fence.is_none()).await;
+        Ok(changed.after)
     }
 
     /// Cancels a pending or running task. A pending one leaves the queue at once; a running one
@@ -151,45 +155,72 @@ impl TaskService {
     #[tracing::instrument(skip(self), fields(task_id = %id))]
     pub async fn cancel(
         &self,
-        id: &crate::domain::TaskId,
+        id: &TaskId,
         reason: Option<String>,
         operator: &str,
     ) -> Result<Task, TaskError> {
-        let (before, after) = self
+        let changed = self
             .change(id, |t| {
                 let mut n = t.clone();
                 n.status = next_status(t, Action::Cancel)?;
                 n.error = reason.clone();
                 n.finished_time = Some(now());
                 n.lease = None;
-                n.queue_seq = None;
-                Ok(n)
+                let message = reason.clone();
+                Ok(finished(
+                    t,
+                    n,
+                    EventKind::Cancelled,
+                    operator,
+                    message,
+                    &Value::Null,
+                ))
             })
             .await?;
-        self.dequeue(before.queue_seq).await;
-        self.finished(
-            &before,
-            &after,
-            EventKind::Cancelled,
-            operator,
-            reason,
-            Value::Null,
-        )
-        .await;
-        Ok(after)
+        let (before, after) = (&changed.before, &changed.after);
+        if before.status == TaskStatus::Pending || after.kind == TaskKind::Manual {
+            self.dequeue(before.queue_seq).await;
+        }
+        self.count_finished(after);
+        Ok(changed.after)
     }
 
     /// Queues a failed or cancelled task again; the next start is a new attempt.
     #[tracing::instrument(skip(self), fields(task_id = %id))]
-    pub async fn retry(
-        &self,
-        id: &crate::domain::TaskId,
-        operator: &str,
-    ) -> Result<Task, TaskError> {
+    pub async fn retry(&self, id: &TaskId, operator: &str) -> Result<Task, TaskError> {
         let current = self.get(id).await?;
         next_status(&current, Action::Retry)?;
-        // Queue first, then flip the state: a crash in between leaves a message whose task is
-        // not pending, which readers skip, rather than a pending task that nobody can see.
+        // Queue first, then record: a worker that pulls the message before the record sees a
+        // record older than the message and looks again shortly; a crash in between leaves a
+        // message the worker drops after a minute, never a pending task nobody can run.
+        let seq = self.requeue(&current).await?;
+        let changed = self
+            .change(id, |t| {
+                let mut n = t.clone();
+                n.status = next_status(t, Action::Retry)?;
+                n.queue_seq = Some(seq);
+                n.lease = None;
+                n.finished_time = None;
+                n.started_time = None;
+                n.result = None;
+                n.error = None;
+                n.progress.done = 0;
+                n.progress.current = n.steps.first().cloned();
+                n.progress.percent = None;
+                Ok(with_event(t, n, EventKind::Retried, operator, None))
+            })
+            .await;
+        match changed {
+            Ok(c) => Ok(c.after),
+            Err(e) => {
+                self.dequeue(Some(seq)).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Publishes a fresh queue message for `task` (a retry); returns its sequence.
+    async fn requeue(&self, current: &Task) -> Result<u64, TaskError> {
         let spec = NewTask {
             id: Some(current.id.clone()),
             task_name: current.task_name.clone(),
@@ -207,67 +238,30 @@ impl TaskService {
         };
         let subject = subjects::task(&spec.assigned_to, spec.priority, spec.kind);
         let msg_id = format!("{}-retry-{}", current.id, ulid::Ulid::new());
-        let seq = self
+        let mut headers = message_headers(&msg_id);
+        headers.insert(RECORDED_HEADER, EventKind::Retried.as_str());
+        Ok(self
             .bus
             .js
-            .publish_with_headers(subject, message_headers(&msg_id), encode(&spec))
+            .publish_with_headers(subject, headers, encode(&spec))
             .await
             .op("publish task")?
             .await
             .op("publish task ack")?
-            .sequence;
-        let changed = self
-            .change(id, |t| {
-                let mut n = t.clone();
-                n.status = next_status(t, Action::Retry)?;
-                n.queue_seq = Some(seq);
-                n.lease = None;
-                n.finished_time = None;
-                n.started_time = None;
-                n.result = None;
-                n.error = None;
-                n.progress.done = 0;
-                n.progress.current = n.steps.first().cloned();
-                n.progress.percent = None;
-                Ok(n)
-            })
-            .await;
-        let (before, after) = match changed {
-            Ok(pair) => pair,
-            Err(e) => {
-                self.dequeue(Some(seq)).await;
-                return Err(e);
-            }
-        };
-        let event = transition_event(Some(&before), &after, EventKind::Retried, operator, None);
-        self.emit(&event).await;
-        Ok(after)
+            .sequence)
     }
 
-    async fn finished(
-        &self,
-        before: &Task,
-        after: &Task,
-        kind: EventKind,
-        operator: &str,
-        message: Option<String>,
-        detail: Value,
-    ) {
-        let mut event = transition_event(Some(before), after, kind, operator, message);
-        let mut data = match detail {
-            Value::Object(m) => m,
-            _ => serde_json::Map::new(),
-        };
-        if let (Some(start), Some(end)) = (before.started_time, after.finished_time) {
-            data.insert(
-                "duration_ms".into(),
-                (end - start).num_milliseconds().into(),
-            );
+    /// After a finish: counts it, and removes the queue message of a task no worker holds (a
+    /// manual task, or one finished over the API without a fencing token).
+    async fn finished(&self, changed: &Changed, by_api: bool) {
+        let after = &changed.after;
+        if after.kind == TaskKind::Manual || by_api {
+            self.dequeue(after.queue_seq).await;
         }
-        if !data.is_empty() {
-            event.data = Value::Object(data);
-        }
-        self.emit_transition(&event).await;
+        self.count_finished(after);
+    }
+
+    fn count_finished(&self, after: &Task) {
         self.metrics
             .tasks_finished
             .get_or_create(&FinishedLabels {
@@ -277,4 +271,39 @@ impl TaskService {
             })
             .inc();
     }
+
+    /// Removes a task's message from the queue (it finished, or was claimed without a worker).
+    pub(crate) async fn dequeue(&self, seq: Option<u64>) {
+        let Some(seq) = seq else { return };
+        if let Err(e) = self.bus.topology.tasks.delete_message(seq).await {
+            // Already gone (acked by a worker, or deleted by an earlier call): nothing to do.
+            tracing::debug!(seq, error.message = %e, "queue message already removed");
+        }
+    }
+}
+
+/// The step of a finishing change: the event carries `detail` and the attempt's duration.
+fn finished(
+    before: &Task,
+    after: Task,
+    kind: EventKind,
+    operator: &str,
+    message: Option<String>,
+    detail: &Value,
+) -> Step {
+    let mut event = transition_event(Some(before), &after, kind, operator, message);
+    let mut data = match detail {
+        Value::Object(m) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    if let (Some(start), Some(end)) = (before.started_time, after.finished_time) {
+        data.insert(
+            "duration_ms".into(),
+            (end - start).num_milliseconds().into(),
+        );
+    }
+    if !data.is_empty() {
+        event.data = Value::Object(data);
+    }
+    Step::new(after, event)
 }

@@ -272,7 +272,7 @@ async fn run_hook(ctx: &Ctx, task: &Task, stop: CancellationToken) -> Outcome {
     // Every event of the task wakes a re-read of its state (a bot reporting back sends one);
     // a slow poll covers events missed on core NATS.
     let bus = ctx.tasks.bus();
-    let subject = crate::bus::subjects::one_task_events(&task.assigned_to, &task.id);
+    let subject = crate::bus::subjects::task_ledger(&task.assigned_to, &task.id);
     let mut events = match bus.client.subscribe(subject).await {
         Ok(s) => s,
         Err(e) => return failed(format!("cannot follow the task's events: {e}")),

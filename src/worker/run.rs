@@ -49,8 +49,11 @@ pub(super) async fn handle(ctx: Arc<Ctx>, msg: Message) {
         Ok(ClaimOutcome::GaveUp(task)) => {
             tracing::warn!(parent: &span, task_id = %task.id, attempts = task.attempt,
                 "attempts used up; task failed and dead-lettered");
-            ctx.tasks.settle(&task.id).await;
             let _ = msg.ack().await;
+        }
+        Ok(ClaimOutcome::Later(delay)) => {
+            tracing::debug!(parent: &span, "the task's record is older than its message; later");
+            let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
         }
         Err(e) => {
             tracing::warn!(parent: &span, error.message = %e, "claim failed; retrying shortly");
@@ -63,8 +66,8 @@ pub(super) async fn handle(ctx: Arc<Ctx>, msg: Message) {
 
 async fn run_claimed(ctx: &Ctx, msg: &Message, task: Task, seq: u64) {
     run_claimed_inner(ctx, msg, &task, seq).await;
-    // Whatever happened, nothing this run sent stays unconfirmed.
-    ctx.tasks.settle(&task.id).await;
+    // Whatever happened, nothing this run sent stays unconfirmed, and its chain goes.
+    ctx.tasks.forget(&task.id).await;
 }
 
 async fn run_claimed_inner(ctx: &Ctx, msg: &Message, task: &Task, seq: u64) {

@@ -141,15 +141,27 @@ async fn a_task_is_queued_on_its_assignee_and_priority_subject_with_its_id_as_ms
 }
 
 #[tokio::test]
-async fn starting_a_task_takes_it_off_the_queue_stream() {
+async fn a_started_task_leaves_the_pending_list_and_its_queue_message_goes_when_it_finishes() {
+    // Arrange
     let app = TestApp::spawn().await;
+    let anna = [("assigned_to", "anna".to_string())];
     let id = app.create("x", "anna", "P1").await;
     let js = app.jetstream().await;
     let mut stream = js.get_stream("TASKS").await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 1);
 
+    // Act
     app.admin.action(&id, "start", None).await.unwrap();
+    let pending_while_running = app.admin.pending(&anna).await.unwrap();
+    let queued_while_running = stream.info().await.unwrap().state.messages;
+    app.admin.action(&id, "complete", None).await.unwrap();
 
+    // Assert: the queue stream holds active tasks (queued or running), never finished ones.
+    assert!(
+        pending_while_running.is_empty(),
+        "{pending_while_running:?}"
+    );
+    assert_eq!(queued_while_running, 1);
     assert_eq!(stream.info().await.unwrap().state.messages, 0);
 }
 

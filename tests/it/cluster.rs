@@ -18,14 +18,14 @@ use taskfleet::domain::{EventKind, Task, TaskEvent};
 /// How many tasks the tests with workers run.
 const TASKS: usize = 300;
 /// The streams whose replica on a restarted node must catch up.
-const STREAMS: [&str; 3] = ["TASKS", "EVENTS", "KV_tasks"];
+const STREAMS: [&str; 2] = ["TASKS", "EVENTS"];
 /// Every stream and bucket of the topology.
 const TOPOLOGY: [&str; 8] = [
     "TASKS",
     "EVENTS",
     "TASKS_DEAD",
     "DELIVERIES",
-    "KV_tasks",
+    "KV_taskfleet_meta",
     "KV_task_idempotency",
     "KV_deliveries",
     "KV_relay_destinations",
@@ -454,7 +454,6 @@ async fn a_node_that_is_down_loses_no_write_and_catches_up_after_it_restarts() {
     // Assert
     assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 200);
     assert_eq!(leader_state(&js, "TASKS").await.unwrap().0, 200);
-    assert_eq!(leader_state(&js, "KV_tasks").await.unwrap().0, 200);
     assert_eq!(count_events(&js, "events.anna.*.created").await, Some(200));
     assert_eq!(leader_state(&js, "EVENTS").await.unwrap(), during);
     let info = js

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use taskfleet::bus::permissions::inbox_prefix;
 use taskfleet::bus::{subjects, Bus, ConnectOptions, TopologyConfig};
-use taskfleet::domain::{Assignee, NewTask, Priority, Task};
+use taskfleet::domain::{Assignee, EventKind, NewTask, Priority, Task};
 use taskfleet::natsauth::{self, Generated, Role};
 use taskfleet::tasks::TaskService;
 use tokio_util::sync::CancellationToken;
@@ -433,53 +433,52 @@ async fn annas_worker_user_can_neither_read_nor_write_trumps_task_state() {
         .task;
     let anna = Role::Worker(assignee("anna"));
     let (client, errors) = nats.client(&anna).await;
-    let trump_state = subjects::state_subject(&assignee("trump"), &trumps.id);
+    let trumps_record = subjects::event(&assignee("trump"), &trumps.id, EventKind::Created);
 
-    // Act + Assert: a direct get of trump's entry, the leader's MSG.GET, a write, a watch.
+    // Act + Assert: a direct get of trump's record (by subject, and with the subject in the
+    // body), the leader's MSG.GET, a write to trump's ledger, a consumer on the ledger.
     let direct = format!(
-        "$JS.API.DIRECT.GET.{}.{trump_state}",
-        subjects::STATE_STREAM
+        "$JS.API.DIRECT.GET.{}.{trumps_record}",
+        subjects::EVENTS_STREAM
     );
-    let got = tokio::time::timeout(
-        Duration::from_secs(1),
-        client.request(direct.clone(), "".into()),
-    )
-    .await;
-    assert!(
-        !matches!(got, Ok(Ok(_))),
-        "anna read trump's state: {got:?}"
-    );
-    errors.refused(&format!("Publish to \"{direct}\"")).await;
-    let leader = format!("$JS.API.STREAM.MSG.GET.{}", subjects::STATE_STREAM);
-    let body = json!({ "last_by_subj": trump_state }).to_string();
-    let got = tokio::time::timeout(
-        Duration::from_secs(1),
-        client.request(leader.clone(), body.into()),
-    )
-    .await;
-    assert!(
-        !matches!(got, Ok(Ok(_))),
-        "anna read trump's state: {got:?}"
-    );
-    errors.refused(&format!("Publish to \"{leader}\"")).await;
+    let body_direct = format!("$JS.API.DIRECT.GET.{}", subjects::EVENTS_STREAM);
+    let leader = format!("$JS.API.STREAM.MSG.GET.{}", subjects::EVENTS_STREAM);
+    let body = json!({ "last_by_subj": subjects::task_ledger(&assignee("trump"), &trumps.id) });
+    for (request, payload) in [
+        (direct, String::new()),
+        (body_direct, body.to_string()),
+        (leader, body.to_string()),
+    ] {
+        let got = tokio::time::timeout(
+            Duration::from_secs(1),
+            client.request(request.clone(), payload.into()),
+        )
+        .await;
+        assert!(
+            !matches!(got, Ok(Ok(_))),
+            "anna read trump's state with {request}: {got:?}"
+        );
+        errors.refused(&format!("Publish to \"{request}\"")).await;
+    }
     let js = impatient(client.clone());
-    let written = js.publish(trump_state.clone(), "{}".into()).await;
+    let trumps_write = subjects::ledger_write(&assignee("trump"), &trumps.id, EventKind::Completed);
+    let written = js.publish(trumps_write.clone(), "{}".into()).await;
     assert!(
         written.unwrap().await.is_err(),
         "no ack for a refused write"
     );
     errors
-        .refused(&format!("Publish to \"{trump_state}\""))
+        .refused(&format!("Publish to \"{trumps_write}\""))
         .await;
-    let kv = js.get_key_value(subjects::STATE_BUCKET).await.unwrap();
-    assert!(
-        kv.watch_all().await.is_err(),
-        "anna may not watch every task"
-    );
+    let ledger = js.get_stream(subjects::EVENTS_STREAM).await.unwrap();
+    let watch: Result<PullConsumer, _> = ledger
+        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+        .await;
+    assert!(watch.is_err(), "anna may not read every task's ledger");
     errors
         .refused(&format!(
             "Publish to \"$JS.API.CONSUMER.CREATE.{}\"",
-            subjects::STATE_STREAM
+            subjects::EVENTS_STREAM
         ))
         .await;
 

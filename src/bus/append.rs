@@ -1,0 +1,205 @@
+//! Compare-and-set appends: a publish that the stream stores only if the last message on a
+//! (wildcard) subject is still the one the writer read. One such message is at once the lock,
+//! the new state and the log entry; no separate lock or state record exists.
+//!
+//! Headers: `Nats-Expected-Last-Subject-Sequence` (0: nothing on the subject yet) and, since
+//! nats-server 2.11, `Nats-Expected-Last-Subject-Sequence-Subject`, which names the subject the
+//! check uses (say `events.anna.T1.*`) instead of the message's own.
+
+use super::{message_headers, BusError, NatsResultExt};
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::ErrorCode;
+use async_nats::HeaderMap;
+use bytes::Bytes;
+
+/// Header naming the sequence the check expects.
+pub const EXPECTED_SEQ: &str = "Nats-Expected-Last-Subject-Sequence";
+/// Header naming the subject (wildcards allowed) the check is made on.
+pub const EXPECTED_SUBJECT: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
+
+/// One append: where it goes, what it expects, and its de-duplication id.
+#[derive(Debug, Clone)]
+pub struct Append {
+    /// The subject written to.
+    pub subject: String,
+    /// The subject the check is made on.
+    pub guard: String,
+    /// The last sequence on `guard` the writer saw (0 for none).
+    pub expected: u64,
+    /// `Nats-Msg-Id`: a re-sent append is stored once.
+    pub msg_id: String,
+    /// Extra headers (say, a marker for readers).
+    pub extra: Vec<(&'static str, String)>,
+    /// The message.
+    pub payload: Bytes,
+}
+
+/// Why an append was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Somebody wrote to the guarded subject since `expected`; `current` is the last sequence
+    /// there when the server said so (a check blocked by a write still in flight has none).
+    #[error("the record changed concurrently (last sequence now {current:?})")]
+    Conflict {
+        /// The last sequence on the guarded subject, if the server named it.
+        current: Option<u64>,
+    },
+    /// No answer (a timeout, a lost connection): the append may or may not have been stored;
+    /// sending it again is safe (its `Nats-Msg-Id` makes a stored one a duplicate).
+    #[error(transparent)]
+    Unknown(BusError),
+    /// The stream refused it for good (too large, no stream, no permission): not stored.
+    #[error(transparent)]
+    Refused(BusError),
+}
+
+impl Append {
+    fn headers(&self) -> HeaderMap {
+        let mut h = message_headers(&self.msg_id);
+        h.insert(EXPECTED_SEQ, self.expected.to_string().as_str());
+        h.insert(EXPECTED_SUBJECT, self.guard.as_str());
+        for (name, value) in &self.extra {
+            h.insert(*name, value.as_str());
+        }
+        h
+    }
+
+    /// Sends the append without waiting for the stream's answer. A send that fails never
+    /// reached the server (the connection is gone): it may simply be sent again.
+    pub async fn send(&self, js: &async_nats::jetstream::Context) -> Result<Sent, AppendError> {
+        let ack = js
+            .publish_with_headers(self.subject.clone(), self.headers(), self.payload.clone())
+            .await
+            .op("append")
+            .map_err(AppendError::Unknown)?;
+        Ok(Sent(ack))
+    }
+}
+
+/// Appends several messages to one stream all or none (an atomic batch, ADR-50; the stream
+/// needs `allow_atomic_publish`). Only the first message's guard is checked, at commit, against
+/// the stream as it was before the batch; the messages get consecutive sequences and the
+/// result is the last one's. Used where one change is two events of the log (a takeover:
+/// `retried`, then `started`).
+pub async fn append_batch(
+    js: &async_nats::jetstream::Context,
+    batch: &[Append],
+) -> Result<u64, AppendError> {
+    let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+        return Err(AppendError::Refused(BusError::Op {
+            op: "append batch",
+            source: "an empty batch".into(),
+        }));
+    };
+    let batch_id = format!("b{}", first.msg_id.chars().take(60).collect::<String>());
+    let client = js.client();
+    for (i, a) in batch.iter().enumerate() {
+        let mut h = if i == 0 {
+            a.headers()
+        } else {
+            let mut h = message_headers(&a.msg_id);
+            for (name, value) in &a.extra {
+                h.insert(*name, value.as_str());
+            }
+            h
+        };
+        h.insert(BATCH_ID, batch_id.as_str());
+        h.insert(BATCH_SEQUENCE, (i + 1).to_string().as_str());
+        if std::ptr::eq(a, last) {
+            h.insert(BATCH_COMMIT, "1");
+            let ack = js
+                .publish_with_headers(a.subject.clone(), h, a.payload.clone())
+                .await
+                .op("append batch")
+                .map_err(AppendError::Unknown)?;
+            return Sent(ack).stored().await;
+        }
+        client
+            .publish_with_headers(a.subject.clone(), h, a.payload.clone())
+            .await
+            .op("append batch")
+            .map_err(AppendError::Unknown)?;
+    }
+    unreachable!("the loop returns at the last message")
+}
+
+/// ADR-50 batch headers.
+const BATCH_ID: &str = "Nats-Batch-Id";
+const BATCH_SEQUENCE: &str = "Nats-Batch-Sequence";
+const BATCH_COMMIT: &str = "Nats-Batch-Commit";
+
+/// An append on its way; awaiting it gives the stored sequence.
+#[derive(Debug)]
+pub struct Sent(PublishAckFuture);
+
+impl Sent {
+    /// The sequence the message was stored at (also for a duplicate of one stored before).
+    pub async fn stored(self) -> Result<u64, AppendError> {
+        match self.0.await {
+            Ok(ack) => Ok(ack.sequence),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                Err(AppendError::Conflict {
+                    current: current_sequence(&e),
+                })
+            }
+            Err(e) if jetstream_code(&e) == Some(WRONG_LAST_SEQUENCE_CONSTANT) => {
+                Err(AppendError::Conflict { current: None })
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+                ) =>
+            {
+                Err(AppendError::Unknown(BusError::from_op("append ack", e)))
+            }
+            Err(e) => Err(AppendError::Refused(BusError::from_op("append ack", e))),
+        }
+    }
+}
+
+/// "Wrong last sequence" without a sequence: in a cluster, another write to the same guarded
+/// subject is still being replicated.
+const WRONG_LAST_SEQUENCE_CONSTANT: ErrorCode = ErrorCode(10164);
+
+fn jetstream_code(e: &(dyn std::error::Error + 'static)) -> Option<ErrorCode> {
+    std::error::Error::source(e)?
+        .downcast_ref::<async_nats::jetstream::Error>()
+        .map(|je| je.error_code())
+}
+
+/// The sequence in the server's "wrong last sequence: N" answer.
+fn current_sequence(e: &(dyn std::error::Error + 'static)) -> Option<u64> {
+    let text = std::error::Error::source(e)?.to_string();
+    let rest = text.split("wrong last sequence:").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Outer(async_nats::jetstream::Error);
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("wrong last sequence")
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn the_current_sequence_is_read_from_the_servers_answer() {
+        let je: async_nats::jetstream::Error = serde_json::from_value(serde_json::json!({
+            "code": 400, "err_code": 10071, "description": "wrong last sequence: 1011"
+        }))
+        .unwrap();
+        let e = Outer(je);
+        assert_eq!(current_sequence(&e), Some(1011));
+        assert_eq!(jetstream_code(&e), Some(ErrorCode(10071)));
+    }
+}

@@ -1,0 +1,184 @@
+//! The task ledger's record: one message per state change on `events.<assignee>.<id>.<type>`,
+//! holding the event (its JSON fields, unchanged for subscribers) plus `task`, the task's state
+//! after it. The last message of a task is its current state; its stream sequence is the
+//! revision every write compares against.
+
+use crate::bus::{decode, encode, subjects, BusError, NatsResultExt};
+use crate::domain::{Assignee, EventKind, Task, TaskEvent, TaskId};
+use async_nats::jetstream::message::StreamMessage;
+use serde::{Deserialize, Serialize};
+
+/// What a ledger message holds on the wire.
+#[derive(Serialize)]
+struct RecordOut<'a> {
+    #[serde(flatten)]
+    event: &'a TaskEvent,
+    task: &'a Task,
+}
+
+/// The parts of a ledger message a state read needs.
+#[derive(Deserialize)]
+struct RecordIn {
+    id: String,
+    #[serde(rename = "type")]
+    kind: EventKind,
+    task: Task,
+}
+
+/// A task's state as one ledger message stored it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The state (its `revision` is the message's stream sequence).
+    pub task: Task,
+    /// The id of the event written with it.
+    pub event_id: String,
+    /// That event's type.
+    pub kind: EventKind,
+}
+
+/// The message payload for `event` with `task` as the state after it.
+pub(crate) fn encode_record(event: &TaskEvent, task: &Task) -> bytes::Bytes {
+    encode(&RecordOut { event, task })
+}
+
+/// Reads a ledger message; `None` for a message that carries no state (not written by this
+/// layout).
+pub(crate) fn decode_record(msg: &StreamMessage) -> Option<Stored> {
+    let record: RecordIn = decode("ledger record", &msg.payload).ok()?;
+    let mut task = record.task;
+    task.revision = msg.sequence;
+    Some(Stored {
+        task,
+        event_id: record.id,
+        kind: record.kind,
+    })
+}
+
+/// Reads a ledger message as the event it records (without the state).
+pub(crate) fn decode_event(msg: &StreamMessage) -> Result<TaskEvent, BusError> {
+    decode("task event", &msg.payload)
+}
+
+/// The newest of several ledger messages of one task (say, the last of each event type).
+pub(crate) fn newest(msgs: impl IntoIterator<Item = StreamMessage>) -> Option<Stored> {
+    msgs.into_iter()
+        .max_by_key(|m| m.sequence)
+        .and_then(|m| decode_record(&m))
+}
+
+/// The latest state of a task from the stream leader (a consistent read): by the task's ledger
+/// subject when the assignee is known, else by its id under any assignee.
+pub(crate) async fn leader_last(
+    events: &async_nats::jetstream::stream::Stream,
+    assignee: Option<&Assignee>,
+    id: &TaskId,
+) -> Result<Option<Stored>, BusError> {
+    use async_nats::jetstream::stream::RawMessageErrorKind;
+    let filter = match assignee {
+        Some(a) => subjects::task_ledger(a, id),
+        None => subjects::task_ledger_any_assignee(id),
+    };
+    match events.get_last_raw_message_by_subject(&filter).await {
+        Ok(m) => Ok(decode_record(&m)),
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(e).op("read task state"),
+    }
+}
+
+/// The latest state of one of `assignee`'s tasks, read the way a worker's NATS user may: a
+/// direct get of the last message of each event type's literal subject (a worker may not name
+/// a wildcard in a request body), the newest one winning. Any replica may answer.
+pub(crate) async fn scoped_last(
+    events: &async_nats::jetstream::stream::Stream,
+    assignee: &Assignee,
+    id: &TaskId,
+) -> Result<Option<Stored>, BusError> {
+    let reads =
+        EventKind::ALL.map(|kind| literal_last(events, subjects::event(assignee, id, kind)));
+    let mut found = Vec::new();
+    for got in futures::future::join_all(reads).await {
+        found.extend(got?);
+    }
+    Ok(newest(found))
+}
+
+/// The last message on one literal event subject, if any (a direct get any replica answers).
+pub(crate) async fn literal_last(
+    events: &async_nats::jetstream::stream::Stream,
+    subject: String,
+) -> Result<Option<StreamMessage>, BusError> {
+    use async_nats::jetstream::stream::DirectGetErrorKind;
+    match events.direct_get_last_for_subject(subject).await {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).op("read task state"),
+    }
+}
+
+/// Whether a `started` event also stands for the task's creation: a task published straight
+/// to NATS that a worker claimed before anything recorded it gets one message for both.
+pub fn also_created(event: &TaskEvent) -> bool {
+    event.kind == EventKind::Started
+        && event
+            .data
+            .get("created")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
+}
+
+/// The `created` event that a combined first claim stands for (see [`also_created`]): what the
+/// task log, live feeds and the relay show before its `started`.
+pub fn implied_created(started: &TaskEvent, task: &Task) -> TaskEvent {
+    let mut e = TaskEvent::new(
+        &started.task_id,
+        &started.assigned_to,
+        EventKind::Created,
+        "nats",
+    );
+    e.id = format!("evt_{}_created", started.task_id);
+    e.time = task.created_time;
+    e.new_status = Some(crate::domain::TaskStatus::Pending);
+    e.message = Some(task.task_name.clone());
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::NewTask;
+
+    fn task() -> Task {
+        let new: NewTask = serde_json::from_value(
+            serde_json::json!({"task_name": "report", "assigned_to": "anna"}),
+        )
+        .unwrap();
+        Task::from_new(TaskId::parse("T1").unwrap(), new)
+    }
+
+    #[test]
+    fn a_record_is_the_event_json_plus_the_task_state() {
+        let t = task();
+        let e = TaskEvent::new(&t.id, &t.assigned_to, EventKind::Created, "hope");
+        let bytes = encode_record(&e, &t);
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        // Subscribers of the event JSON see the same fields as before, plus `task`.
+        assert_eq!(json["type"], "created");
+        assert_eq!(json["task_id"], "T1");
+        assert_eq!(json["operator"], "hope");
+        assert_eq!(json["task"]["task_name"], "report");
+        let back: TaskEvent = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn only_a_started_event_marked_created_stands_for_the_creation() {
+        let t = task();
+        let mut e = TaskEvent::new(&t.id, &t.assigned_to, EventKind::Started, "w");
+        assert!(!also_created(&e));
+        e.data = serde_json::json!({"created": true});
+        assert!(also_created(&e));
+        let c = implied_created(&e, &t);
+        assert_eq!((c.kind, c.time), (EventKind::Created, t.created_time));
+        assert_eq!(c.id, "evt_T1_created");
+    }
+}

@@ -1,0 +1,202 @@
+//! Listing tasks newest first at a cost that grows with the page, not with the tasks stored.
+//!
+//! No index is kept beside the ledger: each listing walks, backwards in windows of stream
+//! sequences, the messages that stand for the tasks it may return, then reads those tasks'
+//! latest records in one batch request and keeps the ones that match:
+//!
+//! | status asked | walked | order |
+//! |---|---|---|
+//! | `pending`, `running` | queue messages (`TASKS`, which holds every queued or running task) | newest queued first |
+//! | `completed`, `failed`, `cancelled` | ledger events of that type | most recently finished first |
+//! | any | `created` events, and `started` events that stand for a creation | newest created first |
+//!
+//! A page ends with a cursor (a stream sequence): the next page walks on from there.
+
+use super::ledger::also_created;
+use super::{ListFilter, TaskError, TaskService};
+use crate::bus::{direct, subjects, BusError, NatsResultExt};
+use crate::domain::{Assignee, EventKind, Task, TaskId, TaskStatus};
+use async_nats::jetstream::message::StreamMessage;
+use std::collections::HashSet;
+
+/// One page of a listing.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// The tasks, newest first.
+    pub tasks: Vec<Task>,
+    /// Where the next page starts (`before` of the next call), if there may be one.
+    pub next: Option<u64>,
+}
+
+/// The first window walked, in stream sequences per task wanted.
+const WINDOW_PER_TASK: u64 = 4;
+/// How much a window grows when the last one yielded too little.
+const GROWTH: u64 = 4;
+
+/// What one listing walks: a stream and the subjects whose messages stand for tasks.
+struct Source {
+    stream: &'static str,
+    filters: Vec<String>,
+}
+
+impl TaskService {
+    /// Tasks matching `filter`, newest first, from `filter.before` on.
+    pub async fn list_page(&self, filter: &ListFilter) -> Result<Page, TaskError> {
+        let assignee = filter.assignee.clone().or_else(|| single(&filter.scope));
+        let source = source(filter.status, assignee.as_ref());
+        let (first, last) = bounds(&self.bus.js, source.stream).await?;
+        let mut end = filter
+            .before
+            .map_or(last, |b| b.saturating_sub(1))
+            .min(last);
+        let mut window = (filter.limit as u64 * WINDOW_PER_TASK).max(256);
+        let mut seen = HashSet::new();
+        let mut page = Page::default();
+        while page.tasks.len() < filter.limit && end >= first && end > 0 {
+            let start = end.saturating_sub(window - 1).max(first);
+            let mut msgs = self.read_range(&source, start, end).await?;
+            msgs.sort_by_key(|m| std::cmp::Reverse(m.sequence));
+            let candidates: Vec<StreamMessage> = msgs
+                .into_iter()
+                .filter(|m| stands_for_a_task(m, filter))
+                .filter(|m| seen.insert(task_of(m)))
+                .collect();
+            let found = self.matching(&candidates, filter).await?;
+            for (seq, task) in found {
+                if page.tasks.len() == filter.limit {
+                    break;
+                }
+                page.next = Some(seq);
+                page.tasks.push(task);
+            }
+            end = start.saturating_sub(1);
+            if page.tasks.len() < filter.limit / 2 {
+                window = window.saturating_mul(GROWTH);
+            }
+        }
+        if page.tasks.len() < filter.limit {
+            page.next = None;
+        }
+        Ok(page)
+    }
+
+    /// Every message of `source` in `[start, end]`, oldest first.
+    async fn read_range(
+        &self,
+        source: &Source,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<StreamMessage>, BusError> {
+        let mut out = Vec::new();
+        for filter in &source.filters {
+            let mut from = start;
+            while from <= end {
+                let want = (end - from + 1).min(direct::MAX_BATCH as u64) as usize;
+                let got =
+                    direct::batch(&self.bus.client, source.stream, filter, from, want).await?;
+                let Some(last) = got.last().map(|m| m.sequence) else {
+                    break;
+                };
+                out.extend(got.into_iter().filter(|m| m.sequence <= end));
+                from = last + 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The tasks of `candidates` (newest first) whose latest state matches `filter`, with the
+    /// sequence of the message that found each.
+    async fn matching(
+        &self,
+        candidates: &[StreamMessage],
+        filter: &ListFilter,
+    ) -> Result<Vec<(u64, Task)>, TaskError> {
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let queued = candidates[0].subject.starts_with("tasks.");
+        let tasks: Vec<Task> = if queued {
+            self.queued_states(candidates).await?
+        } else {
+            let keys: Vec<(Assignee, TaskId)> = candidates
+                .iter()
+                .filter_map(|m| subjects::parse_event(&m.subject).map(|(a, id, _)| (a, id)))
+                .collect();
+            let mut states = self.latest_states(&keys).await?;
+            keys.iter()
+                .filter_map(|(_, id)| states.remove(id).map(|s| s.task))
+                .collect()
+        };
+        let by_id: std::collections::HashMap<TaskId, u64> = candidates
+            .iter()
+            .map(|m| (task_of(m), m.sequence))
+            .collect();
+        Ok(tasks
+            .into_iter()
+            .filter(|t| filter.accepts(t))
+            .filter_map(|t| by_id.get(&t.id).map(|&seq| (seq, t)))
+            .collect())
+    }
+}
+
+/// The one assignee of a scope, if it has exactly one.
+fn single(scope: &Option<HashSet<Assignee>>) -> Option<Assignee> {
+    match scope {
+        Some(s) if s.len() == 1 => s.iter().next().cloned(),
+        _ => None,
+    }
+}
+
+fn source(status: Option<TaskStatus>, assignee: Option<&Assignee>) -> Source {
+    let a = assignee.map_or("*", Assignee::as_str);
+    let events = |kinds: &[EventKind]| Source {
+        stream: subjects::EVENTS_STREAM,
+        filters: kinds
+            .iter()
+            .map(|&k| subjects::events_of_kind(assignee, k))
+            .collect(),
+    };
+    match status {
+        Some(TaskStatus::Pending | TaskStatus::Running) => Source {
+            stream: subjects::TASKS_STREAM,
+            filters: vec![format!("tasks.{a}.>")],
+        },
+        Some(TaskStatus::Completed) => events(&[EventKind::Completed]),
+        Some(TaskStatus::Failed) => events(&[EventKind::Failed]),
+        Some(TaskStatus::Cancelled) => events(&[EventKind::Cancelled]),
+        None => events(&[EventKind::Created, EventKind::Started]),
+    }
+}
+
+/// Whether a walked message stands for a task this listing may show (a `started` event only
+/// when it is also its task's creation; nothing outside the caller's scope).
+fn stands_for_a_task(m: &StreamMessage, filter: &ListFilter) -> bool {
+    if let Some((a, _, kind)) = subjects::parse_event(&m.subject) {
+        let in_scope = filter.scope.as_ref().is_none_or(|s| s.contains(&a));
+        let creation = kind != EventKind::Started
+            || filter.status.is_some()
+            || super::ledger::decode_event(m).is_ok_and(|e| also_created(&e));
+        return in_scope && creation;
+    }
+    match subjects::parse_task(&m.subject) {
+        Some((a, _, _)) => filter.scope.as_ref().is_none_or(|s| s.contains(&a)),
+        None => false,
+    }
+}
+
+/// The task a walked message stands for (queue messages by their id; events by their subject).
+fn task_of(m: &StreamMessage) -> TaskId {
+    if let Some((_, id, _)) = subjects::parse_event(&m.subject) {
+        return id;
+    }
+    super::queue::decode_queued(m.into())
+        .map(|(id, _)| id)
+        .unwrap_or_else(|_| TaskId::parse("invalid").expect("a valid id"))
+}
+
+/// The first and last sequence of a stream, asked of the server now.
+async fn bounds(js: &async_nats::jetstream::Context, stream: &str) -> Result<(u64, u64), BusError> {
+    let s = js.get_stream(stream).await.op("stream info")?;
+    let state = &s.cached_info().state;
+    Ok((state.first_sequence, state.last_sequence))
+}
