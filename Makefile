@@ -7,8 +7,9 @@
 #   make bench [ARGS="--quick"]    taskfleet vs BullMQ vs raw JetStream, side by side (~1.5 min + build)
 #   make bench-workers [ARGS=…]    the taskfleet side of `make bench` alone (JSON on stdout)
 #   make bench-relay               relay delivery rate, 1 and 100 destinations
+#   make bench-scale [ARGS=…]      read routes with 10k/100k/1M tasks stored (1M: long; see docs)
 #
-# nats-server >= 2.11 comes from $NATS_SERVER_BIN, PATH, or is installed into
+# nats-server >= 2.12 comes from $NATS_SERVER_BIN, PATH, or is installed into
 # .tools/nats by scripts/ensure-nats.sh; its path is exported as NATS_SERVER_BIN.
 
 SHELL := bash
@@ -21,17 +22,17 @@ ENSURE_NATS := scripts/ensure-nats.sh
 
 # Shell snippet: ensure nats-server and export its path (last stdout line).
 define with_nats
-echo "==> ensuring nats-server >= 2.11" >&2; \
+echo "==> ensuring nats-server >= 2.12" >&2; \
 NATS_SERVER_BIN="$$($(ENSURE_NATS) | tail -n1)"; \
 [ -x "$$NATS_SERVER_BIN" ] || { echo "error: no nats-server found/installed" >&2; exit 1; }; \
 export NATS_SERVER_BIN; \
 echo "==> using NATS_SERVER_BIN=$$NATS_SERVER_BIN ($$("$$NATS_SERVER_BIN" --version 2>&1))" >&2
 endef
 
-.PHONY: help run test check nats bench bench-workers bench-relay
+.PHONY: help run test check nats bench bench-workers bench-relay bench-scale
 
 help:
-	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,10p' Makefile | sed 's/^# \{0,1\}//'
 
 nats:
 	@$(ENSURE_NATS)
@@ -76,3 +77,11 @@ bench-relay:
 	@$(with_nats); \
 	echo "==> building the relay benchmark (release)…" >&2; \
 	$(CARGO) run --release --quiet --example bench_relay -- $(ARGS)
+
+# ARGS="--stages 10000,100000" for a quick run; --help lists the flags. Table on stdout, JSON in
+# docs/benchmarks-scale.json (--out FILE).
+bench-scale:
+	@$(with_nats); \
+	echo "==> building release binaries (several minutes on 2 cores the first time)…" >&2; \
+	$(CARGO) build --release --bin taskfleet --example bench_scale; \
+	target/release/examples/bench_scale $(ARGS)

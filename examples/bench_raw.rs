@@ -1,53 +1,94 @@
 //! `make bench`, raw JetStream column: the floor under taskfleet. A plain async-nats program
-//! (no taskfleet logic; `taskfleet::natsd` only starts the server) doing per task the same
-//! JetStream writes taskfleet does: queue publish; then in the worker KV create, `created`, KV
-//! update (running, CAS), `started`, KV update (completed, CAS), `completed`, ack. Event acks are
-//! pipelined (awaited together before the queue ack; `--serial` awaits each one); KV writes wait
-//! for their revision (the next CAS needs it). The worker reads nothing but its queue messages.
+//! doing per task the JetStream writes taskfleet's task ledger does (storage v2), with none of
+//! taskfleet's logic: it borrows only the ledger's stream config (`taskfleet::bus::ledger_config`)
+//! and its compare-and-set publish (`taskfleet::bus::append::Append`); `taskfleet::natsd` only
+//! starts the server.
+//!
+//! Per task: the producer publishes the task to a work-queue stream `TASKS` (`Nats-Msg-Id` = task
+//! id, ack awaited); a worker pulls it, claims it with one append expecting sequence 0 on
+//! `events.bench.<id>.*` (`started`, standing for created and started), writes one append per
+//! step (each expecting the previous one's sequence), finishes with a `completed` append and
+//! acks the queue message without waiting for the confirmation. Every append waits for its
+//! sequence (the next one needs it). A record is the event's JSON plus `task`, the task's state
+//! after it, shaped like taskfleet's. So a trivial task stores 3 messages, one with 3 steps 6.
 //! Output per the bench contract (issue 7): progress on stderr, one JSON object last on stdout.
 //!
-//! Run: `cargo run --release --example bench_raw -- [--tasks 5000] [--quick] [--out FILE]
-//!       [--state-writes 3] [--event-writes 3] [--serial]`
+//! Run: `cargo run --release --example bench_raw -- [--tasks 5000] [--quick] [--out FILE]`
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
-use async_nats::jetstream::{self, kv, stream, Context, Message};
+use async_nats::jetstream::{self, stream, Context, Message};
 use async_nats::{HeaderMap, Subscriber};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::sync::{atomic::AtomicUsize, atomic::Ordering::SeqCst, Arc};
 use std::time::{Duration, Instant};
+use taskfleet::bus::append::Append;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// The queue's priority tokens, highest first.
 const PRIOS: [&str; 3] = ["p0", "p1", "p2"];
+/// Idle-latency tasks run before the measured ones.
 const WARMUP: usize = 20;
+/// Creates in flight during a throughput run (as on the other two sides).
+const IN_FLIGHT: usize = 64;
+/// The throughput runs: (worker processes, tasks in flight per process, steps per task).
+const MATRIX: [(usize, usize, u64); 6] = [
+    (1, 8, 0),
+    (1, 8, 3),
+    (2, 8, 0),
+    (4, 8, 0),
+    (1, 64, 0),
+    (1, 64, 3),
+];
+/// What the raw side writes, for the report's notes.
+const WRITES_NOTE: &str = "per task, the queue message (work-queue stream) and, on the ledger \
+    stream (taskfleet::bus::ledger_config), a claim appended expecting sequence 0, one append \
+    per step and a finish, each a compare-and-set on events.bench.<id>.* awaiting its sequence; \
+    then the queue ack, not awaited";
+
+/// Result type of the program.
 type Res<T> = anyhow::Result<T>;
 
+/// The command line, looked up by flag name.
 struct Args(Vec<String>);
 
 impl Args {
+    /// `name`'s value as a number, else `default`.
     fn num(&self, name: &str, default: usize) -> usize {
         self.get(name)
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     }
+
+    /// The value after `name`, if any.
     fn get(&self, name: &str) -> Option<&str> {
         let i = self.0.iter().position(|a| a == name)?;
         self.0.get(i + 1).map(String::as_str)
     }
+
+    /// Whether `name` was given.
     fn flag(&self, name: &str) -> bool {
         self.0.iter().any(|a| a == name)
     }
 }
 
+/// An async-nats boxed error as an anyhow one.
 fn boxed(e: async_nats::Error) -> anyhow::Error {
     anyhow::anyhow!("{e}")
 }
 
+/// Wall clock in µs since the epoch.
 fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
+/// Wall clock as RFC 3339 (the ledger's time format).
+fn now_text() -> String {
+    chrono::Utc::now().to_rfc3339()
+}
+
+/// Headers carrying `Nats-Msg-Id`.
 fn msg_id(id: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(async_nats::header::NATS_MESSAGE_ID, id);
@@ -89,120 +130,95 @@ where
 
 // ---------------------------------------------------------------- worker process
 
+/// A worker process's connection and name.
 struct Worker {
     js: Context,
-    kv: kv::Store,
-    state_writes: usize,
-    event_writes: usize,
-    serial: bool,
     name: String,
 }
 
-/// One task's writes in order; event acks are collected in `acks` unless `serial`.
+/// One task's chain of ledger appends: its state and the sequence of its last record.
 struct Run<'a> {
     w: &'a Worker,
     id: String,
     task: Value,
-    rev: u64,
-    events: usize,
-    acks: Vec<jetstream::context::PublishAckFuture>,
+    seq: u64,
 }
 
-impl Run<'_> {
-    async fn state(&mut self, status: &str, done: u64) -> Res<()> {
-        let obj = self.task.as_object_mut().expect("task is an object");
-        obj.insert("status".into(), status.into());
-        obj.insert("attempt".into(), 1.into());
-        obj.insert(
-            "updated_time".into(),
-            chrono::Utc::now().to_rfc3339().into(),
-        );
-        obj.insert("progress".into(), json!({"done": done, "total": 0}));
-        obj.insert(
-            "lease".into(),
-            json!({"holder": self.w.name, "token": "1.0"}),
-        );
-        let value: bytes::Bytes = serde_json::to_vec(&self.task)?.into();
-        self.rev = match self.rev {
-            0 => self.w.kv.create(&self.id, value).await?,
-            rev => self.w.kv.update(&self.id, value, rev).await?,
+impl<'a> Run<'a> {
+    /// The state of a task just claimed from its queue message (shaped like taskfleet's `Task`).
+    fn claimed(w: &'a Worker, id: String, msg: &Message) -> Res<Self> {
+        let mut task: Value = serde_json::from_slice(&msg.payload)?;
+        let now = now_text();
+        let queue_seq = msg.info().map(|i| i.stream_sequence).ok();
+        let state = json!({"status": "pending", "attempt": 1, "result": null, "error": null,
+            "progress": {"done": 0, "total": 0, "current": null, "percent": null, "info": null},
+            "lease": {"token": format!("1.{}", queue_seq.unwrap_or(0)), "holder": w.name, "attempt": 1,
+                "claimed_time": now},
+            "queue_seq": queue_seq, "created_time": now, "updated_time": now,
+            "started_time": now, "finished_time": null, "revision": 0});
+        let obj = task.as_object_mut().expect("task is an object");
+        obj.extend(state.as_object().expect("object").clone());
+        Ok(Self {
+            w,
+            id,
+            task,
+            seq: 0,
+        })
+    }
+
+    /// Appends one record (`kind`, moving the task to `status`) expecting the sequence of the
+    /// previous one (0 for the first), and keeps its sequence.
+    async fn append(&mut self, kind: &str, status: &str, data: Value) -> Res<()> {
+        let (id, time) = (&self.id, now_text());
+        let old = self.task["status"].take();
+        self.task["status"] = status.into();
+        self.task["updated_time"] = time.clone().into();
+        let evt = format!("evt_{id}_{}_{kind}", self.seq); // unique: Nats-Msg-Id dedups
+        let mut record = json!({"id": evt, "task_id": id, "assigned_to": "bench", "type": kind,
+            "time": time, "attempt": 1, "old_status": old, "new_status": status,
+            "message": null, "operator": self.w.name, "data": data});
+        record["task"] = self.task.clone();
+        let append = Append {
+            subject: format!("ledger.bench.{id}.{kind}"),
+            guard: format!("events.bench.{id}.*"),
+            expected: self.seq,
+            msg_id: evt,
+            extra: Vec::new(),
+            payload: serde_json::to_vec(&record)?.into(),
         };
-        Ok(())
-    }
-
-    async fn event(&mut self, kind: &str, data: Value) -> Res<()> {
-        let (id, time) = (&self.id, chrono::Utc::now().to_rfc3339());
-        let evt = format!("evt_{id}_{}_{kind}", self.events); // unique: Nats-Msg-Id dedups
-        self.events += 1;
-        let body = json!({"id": evt, "task_id": id, "assigned_to": "bench", "type": kind,
-            "time": time, "attempt": 1, "operator": self.w.name, "data": data});
-        let subject = format!("events.bench.{id}.{kind}");
-        let ack = (self.w.js)
-            .publish_with_headers(subject, msg_id(&evt), serde_json::to_vec(&body)?.into())
-            .await?;
-        if self.w.serial {
-            ack.await?;
-        } else {
-            self.acks.push(ack);
-        }
+        self.seq = append.send(&self.w.js).await?.stored().await?;
+        self.task["revision"] = self.seq.into();
         Ok(())
     }
 }
 
-fn event_kind(i: usize, n: usize) -> String {
-    match i {
-        _ if i + 1 == n => "completed".into(),
-        0 => "created".into(),
-        1 => "started".into(),
-        i => format!("event{i}"),
-    }
-}
-
-/// Writes before the handler (all but the last state write and the last event, interleaved),
-/// the handler (sleep, steps), then the last state write and the `completed` event.
+/// Claim, handler (sleep, steps), finish: the task's appends in order.
 async fn run_task(w: &Worker, msg: &Message) -> Res<()> {
     let id = (msg.headers.as_ref())
         .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
         .map(|v| v.to_string())
         .ok_or_else(|| anyhow::anyhow!("no Nats-Msg-Id"))?;
-    let task: Value = serde_json::from_slice(&msg.payload)?;
-    let num = |k: &str| task["payload"][k].as_u64().unwrap_or(0);
+    let mut r = Run::claimed(w, id, msg)?;
+    let num = |k: &str| r.task["payload"][k].as_u64().unwrap_or(0);
     let (steps, sleep_ms) = (num("steps"), num("sleep_ms"));
-    let mut r = Run {
-        w,
-        id,
-        task,
-        rev: 0,
-        events: 0,
-        acks: Vec::new(),
-    };
-    let (n, m) = (w.state_writes, w.event_writes);
-    for i in 0..(n.max(m) - 1) {
-        if i + 1 < n {
-            r.state(if i == 0 { "pending" } else { "running" }, 0)
-                .await?;
-        }
-        if i + 1 < m {
-            r.event(&event_kind(i, m), Value::Null).await?;
-        }
-    }
-    let start_us = now_us(); // handler start: after the running-state write
+    r.append("started", "running", json!({"created": true}))
+        .await?;
+    let start_us = now_us(); // handler start: after the claim is stored
     tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
     for s in 1..=steps {
-        r.state("running", s).await?;
-        r.event("step", json!({"index": s - 1, "step": format!("step {s}")}))
-            .await?;
+        r.task["progress"]["done"] = s.into();
+        let data = json!({"index": s - 1, "step": format!("step {s}"), "next": null,
+            "done": s, "total": 0});
+        r.append("step", "running", data).await?;
     }
     let end_us = now_us();
-    r.state("completed", steps).await?;
+    r.task["result"] = "ok".into();
+    r.task["finished_time"] = now_text().into();
     let data = json!({"start_us": start_us, "end_us": end_us, "result": "ok"});
-    r.event("completed", data).await?;
-    for ack in r.acks.drain(..) {
-        ack.await?;
-    }
-    Ok(())
+    r.append("completed", "completed", data).await
 }
 
+/// Runs one pulled task, then acks its queue message (not waiting for the confirmation).
 async fn handle(w: Arc<Worker>, msg: Message, _slot: OwnedSemaphorePermit) {
     if let Err(e) = run_task(&w, &msg).await {
         eprintln!("{}: task failed: {e}", w.name);
@@ -223,14 +239,8 @@ async fn worker(args: &Args) -> Res<()> {
         let name = format!("worker_bench_{p}");
         consumers.push(tasks.get_consumer(&name).await.map_err(boxed)?);
     }
-    let w = Arc::new(Worker {
-        kv: js.get_key_value("tasks").await?,
-        js,
-        state_writes: args.num("--state-writes", 3).max(1),
-        event_writes: args.num("--event-writes", 3).max(1),
-        serial: args.flag("--serial"),
-        name: format!("raw-worker-{}", std::process::id()),
-    });
+    let name = format!("raw-worker-{}", std::process::id());
+    let w = Arc::new(Worker { js, name });
     let slots = Arc::new(Semaphore::new(args.num("--concurrency", 8)));
     let mut doorbell = client.subscribe("tasks.bench.>").await?;
     client.publish("bench.ready", "".into()).await?;
@@ -264,25 +274,27 @@ async fn worker(args: &Args) -> Res<()> {
 
 // ---------------------------------------------------------------- driver
 
+/// The driver's connection, the server's URL, and its subscriptions.
 struct Bench {
     js: Context,
     client: async_nats::Client,
     url: String,
     tasks: stream::Stream,
-    worker_args: Vec<String>,
+    /// `events.bench.*.completed`, republished by the ledger once stored.
     completed: Subscriber,
+    /// Each worker process says here that it is pulling.
     ready: Subscriber,
 }
 
 impl Bench {
+    /// Starts `procs` worker processes (this program, `worker`) and waits until each is pulling.
     async fn spawn(&mut self, procs: usize, concurrency: usize) -> Res<Vec<Child>> {
         let exe = std::env::current_exe()?;
         let mut kids = Vec::new();
         for _ in 0..procs {
             let mut cmd = Command::new(&exe);
             cmd.args(["worker", "--url", &self.url, "--concurrency"])
-                .arg(concurrency.to_string())
-                .args(&self.worker_args);
+                .arg(concurrency.to_string());
             kids.push(cmd.stdout(Stdio::null()).spawn()?);
         }
         for _ in 0..procs {
@@ -318,10 +330,11 @@ impl Bench {
         Ok(())
     }
 
-    /// Messages ever stored in the queue, event and state streams (a check on the write count).
+    /// Messages ever stored in the queue and ledger streams (the sum of their last sequences;
+    /// a run's difference ÷ its tasks is the writes per task, as the taskfleet side counts).
     async fn stored(&self) -> Res<u64> {
         let mut sum = 0;
-        for name in ["TASKS", "EVENTS", "KV_tasks"] {
+        for name in ["TASKS", "EVENTS"] {
             sum += self
                 .js
                 .get_stream(name)
@@ -333,7 +346,7 @@ impl Bench {
         Ok(sum)
     }
 
-    /// The `completed` event of task `id` (other tasks' completions are skipped).
+    /// The `completed` record's data of task `id` (other tasks' completions are skipped).
     async fn completion(&mut self, id: &str) -> Res<Value> {
         let want = format!("events.bench.{id}.completed");
         loop {
@@ -347,33 +360,43 @@ impl Bench {
         }
     }
 
-    async fn throughput(&mut self, procs: usize, steps: u64, n: usize) -> Res<Value> {
-        eprintln!("throughput: {n} tasks, {procs} worker process(es) × 8, steps {steps} …");
-        let kids = self.spawn(procs, 8).await?;
+    /// Waits for `n` completions; the time since `started` when the last one arrived.
+    async fn count_completions(&mut self, n: usize, started: Instant) -> Res<Duration> {
+        for _ in 0..n {
+            let next = tokio::time::timeout(Duration::from_secs(60), self.completed.next());
+            next.await?
+                .ok_or_else(|| anyhow::anyhow!("subscription closed"))?;
+        }
+        Ok(started.elapsed())
+    }
+
+    /// `n` tasks (64 creates in flight, P0/P1/P2 round robin) through `procs` idle worker
+    /// processes of `concurrency` slots; time from the first create to the last completion.
+    async fn throughput(
+        &mut self,
+        procs: usize,
+        concurrency: usize,
+        steps: u64,
+        n: usize,
+    ) -> Res<Value> {
+        eprintln!(
+            "throughput: {n} tasks, {procs} worker process(es) × {concurrency}, steps {steps} …"
+        );
+        let kids = self.spawn(procs, concurrency).await?;
         while let Some(Some(_)) = self.completed.next().now_or_never() {}
         let (payload, before) = (json!({"steps": steps}), self.stored().await?);
         let started = Instant::now();
         let js = self.js.clone();
-        let produce = pump(n, 64, |i| create(&js, PRIOS[i % 3], &payload));
-        let completed = &mut self.completed;
-        let count = async {
-            for _ in 0..n {
-                let next = tokio::time::timeout(Duration::from_secs(60), completed.next());
-                next.await?
-                    .ok_or_else(|| anyhow::anyhow!("subscription closed"))?;
-            }
-            Ok::<_, anyhow::Error>(started.elapsed())
-        };
-        let (made, done) = tokio::join!(produce, count);
+        let produce = pump(n, IN_FLIGHT, |i| create(&js, PRIOS[i % 3], &payload));
+        let (made, done) = tokio::join!(produce, self.count_completions(n, started));
         let secs = (made.and(done)?).as_secs_f64();
         self.stop(kids, true).await?;
         let (rate, writes) = (n as f64 / secs, self.stored().await? - before);
         let per_task = writes as f64 / n as f64;
         eprintln!("  {secs:.2} s, {rate:.0} tasks/s ({per_task:.2} stream writes per task)");
-        Ok(
-            json!({"create": "nats", "steps": steps, "procs": procs, "tasks": n,
-            "secs": secs, "tasks_per_s": rate, "stream_writes_per_task": per_task}),
-        )
+        Ok(json!({"create": "nats", "steps": steps, "procs": procs,
+            "concurrency": concurrency, "tasks": n, "secs": secs, "tasks_per_s": rate,
+            "stream_writes_per_task": per_task}))
     }
 
     /// Idle RSS of a fresh worker (2 s idle), then create → handler start, one task at a time.
@@ -443,65 +466,18 @@ impl Bench {
         Ok(json!({"p2_queued": p2, "ms": ms, "valid": valid}))
     }
 
-    /// Events forwarded one at a time (max_ack_pending 1) from a pull consumer to a local
-    /// HTTP receiver; acked after the 200.
+    /// Events forwarded one at a time (max_ack_pending 1) from a pull consumer of the ledger to
+    /// a local HTTP receiver, acked after the 200. The events are plain ledger writes of one
+    /// task (64 in flight, no compare-and-set): the figure is the forwarding, not the writing.
     async fn relay(&mut self, n: usize) -> Res<f64> {
         eprintln!("relay: {n} events, one at a time, to a local HTTP receiver …");
         let got = Arc::new(AtomicUsize::new(0));
-        let count = got.clone();
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |_: bytes::Bytes| async move {
-                count.fetch_add(1, SeqCst);
-                "ok"
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}/hook", listener.local_addr()?);
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
-        let events = self.js.get_stream("EVENTS").await?;
-        let consumer: PullConsumer = (events.create_consumer(pull::Config {
-            durable_name: Some("relay_bench".into()),
-            filter_subject: "events.>".into(),
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(10),
-            max_ack_pending: 1,
-            deliver_policy: DeliverPolicy::New,
-            ..Default::default()
-        }))
-        .await?;
-        let mut msgs = consumer.messages().await?;
-        let relay = tokio::spawn(async move {
-            let http = reqwest::Client::new();
-            while let Some(Ok(m)) = msgs.next().await {
-                loop {
-                    let post = http.post(&url).header("content-type", "application/json");
-                    match post.body(m.payload.clone()).send().await {
-                        Ok(r) if r.status() == 200 => break,
-                        _ => tokio::time::sleep(Duration::from_millis(10)).await,
-                    }
-                }
-                let _ = m.ack().await;
-            }
-        });
+        let (url, server) = hook_receiver(got.clone()).await?;
+        let relay = tokio::spawn(forward(relay_consumer(&self.js).await?, url));
         let rid = ulid::Ulid::new().to_string();
         let started = Instant::now();
         let js = self.js.clone();
-        pump(n, 64, |i| {
-            let (js, evt) = (js.clone(), format!("evt_{rid}_p{i}"));
-            let body = json!({"id": evt, "task_id": rid, "assigned_to": "bench",
-                "type": "progress", "time": chrono::Utc::now().to_rfc3339(),
-                "attempt": 1, "operator": "bench", "data": {"done": i, "total": n}});
-            let subject = format!("events.bench.{rid}.progress");
-            async move {
-                let body = serde_json::to_vec(&body)?.into();
-                Ok(js
-                    .publish_with_headers(subject, msg_id(&evt), body)
-                    .await?
-                    .await?)
-            }
-        })
-        .await?;
+        pump(n, IN_FLIGHT, |i| progress_event(&js, &rid, i, n)).await?;
         while got.load(SeqCst) < n && started.elapsed() < Duration::from_secs(120) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -519,39 +495,91 @@ impl Bench {
     }
 }
 
-async fn setup(js: &Context) -> Res<stream::Stream> {
-    let base = stream::Config {
-        storage: stream::StorageType::File,
-        num_replicas: 1,
-        duplicate_window: Duration::from_secs(120),
-        allow_direct: true,
-        max_message_size: 2 * 1024 * 1024,
-        ..Default::default()
+/// A local webhook receiver counting its POSTs into `count`: its URL and its task.
+async fn hook_receiver(
+    count: Arc<AtomicUsize>,
+) -> Res<(String, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |_: bytes::Bytes| async move {
+            count.fetch_add(1, SeqCst);
+            "ok"
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    Ok((
+        url,
+        tokio::spawn(async move { axum::serve(listener, app).await }),
+    ))
+}
+
+/// A durable pull consumer of every new stored event, one unacked at a time.
+async fn relay_consumer(js: &Context) -> Res<PullConsumer> {
+    let events = js.get_stream("EVENTS").await?;
+    Ok(events
+        .create_consumer(pull::Config {
+            durable_name: Some("relay_bench".into()),
+            filter_subject: "events.>".into(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(10),
+            max_ack_pending: 1,
+            deliver_policy: DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await?)
+}
+
+/// POSTs each message to `url` (retrying until a 200), then acks it.
+async fn forward(consumer: PullConsumer, url: String) {
+    let Ok(mut msgs) = consumer.messages().await else {
+        eprintln!("  relay: cannot pull events");
+        return;
     };
+    let http = reqwest::Client::new();
+    while let Some(Ok(m)) = msgs.next().await {
+        loop {
+            let post = http.post(&url).header("content-type", "application/json");
+            match post.body(m.payload.clone()).send().await {
+                Ok(r) if r.status() == 200 => break,
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        let _ = m.ack().await;
+    }
+}
+
+/// Writes progress event `i` of `n` of task `rid` to the ledger (stored as an event).
+async fn progress_event(js: &Context, rid: &str, i: usize, n: usize) -> Res<()> {
+    let evt = format!("evt_{rid}_p{i}");
+    let body = json!({"id": evt, "task_id": rid, "assigned_to": "bench", "type": "progress",
+        "time": now_text(), "attempt": 1, "operator": "bench", "data": {"done": i, "total": n}});
+    let subject = format!("ledger.bench.{rid}.progress");
+    let body = serde_json::to_vec(&body)?.into();
+    js.publish_with_headers(subject, msg_id(&evt), body)
+        .await?
+        .await?;
+    Ok(())
+}
+
+/// The queue (a work-queue stream like taskfleet's `TASKS`, with its three worker consumers)
+/// and the ledger (taskfleet's own `EVENTS` config).
+async fn setup(js: &Context) -> Res<stream::Stream> {
     let tasks = js
         .create_stream(stream::Config {
             name: "TASKS".into(),
             subjects: vec!["tasks.>".into()],
             retention: stream::RetentionPolicy::WorkQueue,
-            ..base.clone()
+            storage: stream::StorageType::File,
+            num_replicas: 1,
+            duplicate_window: Duration::from_secs(120),
+            allow_direct: true,
+            max_message_size: 2 * 1024 * 1024,
+            ..Default::default()
         })
         .await?;
-    js.create_stream(stream::Config {
-        name: "EVENTS".into(),
-        subjects: vec!["events.>".into()],
-        retention: stream::RetentionPolicy::Limits,
-        max_age: Duration::from_secs(7 * 24 * 3600),
-        ..base
-    })
-    .await?;
-    js.create_key_value(kv::Config {
-        bucket: "tasks".into(),
-        history: 1,
-        storage: stream::StorageType::File,
-        max_value_size: 2 * 1024 * 1024,
-        ..Default::default()
-    })
-    .await?;
+    let ledger = taskfleet::bus::ledger_config(&taskfleet::bus::TopologyConfig::default());
+    js.create_stream(ledger).await?;
     for p in PRIOS {
         let _: PullConsumer = (tasks.create_consumer(pull::Config {
             durable_name: Some(format!("worker_bench_{p}")),
@@ -568,44 +596,65 @@ async fn setup(js: &Context) -> Res<stream::Stream> {
     Ok(tasks)
 }
 
-#[tokio::main]
-async fn main() -> Res<()> {
-    let args = Args(std::env::args().collect());
-    if args.0.get(1).map(String::as_str) == Some("worker") {
-        return worker(&args).await;
-    }
-    let quick = args.flag("--quick");
-    let pick = |q: usize, full: usize| if quick { q } else { full };
-    let n = args.num("--tasks", pick(500, 5000));
-    let (samples, p2, relay_n) = (pick(50, 300), pick(1000, 10_000), pick(300, 3000));
-    let (sw, ew) = (args.num("--state-writes", 3), args.num("--event-writes", 3));
-    let serial = args.flag("--serial");
-    let total = Instant::now();
+/// A fresh nats-server (the repo's `nats.conf`, a temporary store, a free port) and its version.
+async fn start_nats(dir: &std::path::Path) -> Res<(taskfleet::natsd::LocalNats, String)> {
     let bin = taskfleet::natsd::find_binary(None)?;
     let out = Command::new(&bin).arg("--version").output()?.stdout;
     let version = String::from_utf8_lossy(&out)
         .trim()
         .replace("nats-server: v", "");
-    let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let nats = taskfleet::natsd::LocalNats::start(&taskfleet::natsd::LocalNatsOptions {
         bin: Some(bin),
         conf: concat!(env!("CARGO_MANIFEST_DIR"), "/nats.conf").into(),
-        store_dir: dir.path().join("nats"),
-        log_file: dir.path().join("nats.log"),
+        store_dir: dir.join("nats"),
+        log_file: dir.join("nats.log"),
         port,
     })
     .await?;
+    Ok((nats, version))
+}
+
+/// The driver: every scenario in turn on one server; the result object.
+async fn drive(b: &mut Bench, args: &Args) -> Res<Value> {
+    let quick = args.flag("--quick");
+    let pick = |q: usize, full: usize| if quick { q } else { full };
+    let n = args.num("--tasks", pick(500, 5000));
+    let (samples, p2, relay_n) = (pick(50, 300), pick(1000, 10_000), pick(300, 3000));
+    let sample = task_body(&ulid::Ulid::new().to_string(), "p0", &json!({"steps": 0}));
+    eprintln!("task message: {} bytes", sample.len());
+    let mut rows = Vec::new();
+    for (procs, concurrency, steps) in MATRIX {
+        rows.push(b.throughput(procs, concurrency, steps, n).await?);
+    }
+    let (rss, latency) = b.latency(samples).await?;
+    let p0 = b.p0_behind_p2(p2).await?;
+    let relay = b.relay(relay_n).await?;
+    Ok(json!({
+        "system": "raw-jetstream", "tasks": n, "concurrency": 8,
+        "writes_note": WRITES_NOTE,
+        "throughput": rows,
+        "idle_latency_ms": latency,
+        "p0_behind_p2_ms": p0,
+        "relay_per_s": relay,
+        "rss_mb": {"worker": rss, "api": null},
+    }))
+}
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let args = Args(std::env::args().collect());
+    if args.0.get(1).map(String::as_str) == Some("worker") {
+        return worker(&args).await;
+    }
+    let total = Instant::now();
+    let dir = tempfile::tempdir()?;
+    let (nats, version) = start_nats(dir.path()).await?;
     let client = async_nats::connect(&nats.url).await?;
     let js = jetstream::new(client.clone());
     let tasks = setup(&js).await?;
-    let mut worker_args = vec!["--state-writes".into(), sw.to_string()];
-    worker_args.extend(["--event-writes".into(), ew.to_string()]);
-    if serial {
-        worker_args.push("--serial".into());
-    }
     let mut b = Bench {
         completed: client.subscribe("events.bench.*.completed").await?,
         ready: client.subscribe("bench.ready").await?,
@@ -613,31 +662,12 @@ async fn main() -> Res<()> {
         client,
         url: nats.url.clone(),
         tasks,
-        worker_args,
     };
     b.client.flush().await?;
-    let sample = task_body(&ulid::Ulid::new().to_string(), "p0", &json!({"steps": 0}));
-    eprintln!("task message: {} bytes", sample.len());
-    let mut rows = Vec::new();
-    for (procs, steps) in [(1, 0), (1, 3), (2, 0), (4, 0)] {
-        rows.push(b.throughput(procs, steps, n).await?);
-    }
-    let (rss, latency) = b.latency(samples).await?;
-    let p0 = b.p0_behind_p2(p2).await?;
-    let relay = b.relay(relay_n).await?;
+    let result = drive(&mut b, &args).await;
     nats.stop().await;
-    let result = json!({
-        "system": "raw-jetstream",
-        "versions": {"nats-server": version, "async-nats": "0.51"},
-        "tasks": n, "concurrency": 8,
-        "writes_per_task": 1 + sw.max(1) + ew.max(1),
-        "event_acks": if serial { "awaited" } else { "pipelined" },
-        "throughput": rows,
-        "idle_latency_ms": latency,
-        "p0_behind_p2_ms": p0,
-        "relay_per_s": relay,
-        "rss_mb": {"worker": rss, "api": null},
-    });
+    let mut result = result?;
+    result["versions"] = json!({"nats-server": version, "async-nats": "0.51"});
     let line = serde_json::to_string(&result)?;
     if let Some(path) = args.get("--out") {
         std::fs::write(path, format!("{line}\n"))?;

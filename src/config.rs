@@ -128,12 +128,16 @@ impl Default for ApiConfig {
     }
 }
 
-/// Event retention.
+/// Retention of finished tasks, their events and the other records.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EventsConfig {
-    /// Seconds events (the task log) are kept. Default 7 days.
+    /// Seconds a finished (completed, failed, cancelled) task and its events (the task log) are
+    /// kept after it finished; pending and running tasks are kept however old. Delivery records
+    /// are kept as long. Default 7 days.
     pub max_age_s: u64,
+    /// Seconds between two runs of the API's retention sweeper. Default 60.
+    pub sweep_interval_s: u64,
     /// Seconds idempotency keys are remembered. Default 7 days.
     pub idempotency_ttl_s: u64,
     /// Seconds dead letters (tasks that used up their attempts) are kept. Default 30 days.
@@ -144,6 +148,7 @@ impl Default for EventsConfig {
     fn default() -> Self {
         Self {
             max_age_s: 7 * 24 * 3600,
+            sweep_interval_s: 60,
             idempotency_ttl_s: 7 * 24 * 3600,
             dead_letter_max_age_s: 30 * 24 * 3600,
         }

@@ -8,17 +8,18 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
-/// Lowest nats-server version taskfleet works with (async-nats 0.51 needs 2.11 features).
-pub const MIN_VERSION: (u32, u32, u32) = (2, 11, 0);
+/// Lowest nats-server version taskfleet works with: the ledger's compare-and-set on a wildcard
+/// subject needs 2.11, a takeover's atomic batch with message ids 2.12.1.
+pub const MIN_VERSION: (u32, u32, u32) = (2, 12, 1);
 
 /// The local server could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsdError {
     /// No usable binary was found.
-    #[error("no nats-server >= 2.11 found ({0}); run `scripts/ensure-nats.sh` (or `make run`), or set NATS_SERVER_BIN")]
+    #[error("no nats-server >= 2.12.1 found ({0}); run `scripts/ensure-nats.sh` (or `make run`), or set NATS_SERVER_BIN")]
     NotFound(String),
     /// The binary is too old.
-    #[error("{path} is nats-server {found}, older than 2.11; run `scripts/ensure-nats.sh` or set NATS_SERVER_BIN")]
+    #[error("{path} is nats-server {found}, older than 2.12.1; run `scripts/ensure-nats.sh` or set NATS_SERVER_BIN")]
     TooOld {
         /// The binary.
         path: String,

@@ -24,6 +24,30 @@ pub async fn connect(cfg: &Config, url: &str, name: &str) -> anyhow::Result<Bus>
     }
 }
 
+/// `taskfleet migrate` against NATS at `url`: converts a store from before task storage v2,
+/// saying what it did, then makes sure the rest of the topology exists.
+pub async fn migrate(cfg: &Config, url: &str) -> anyhow::Result<()> {
+    let client = crate::bus::connect_client(&cfg.connect_options(url, "taskfleet-migrate")).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    eprintln!("migrating the store at {} …", crate::bus::redact_url(url));
+    let report = crate::tasks::migrate(&js, &cfg.topology(), |n| {
+        eprintln!("  … {n} tasks carried over");
+    })
+    .await?;
+    if report.was_legacy {
+        println!(
+            "migrated to task storage v2: {} tasks carried over ({} had been already, {} \
+             deleted or unreadable entries skipped)",
+            report.tasks, report.already, report.skipped
+        );
+    } else {
+        println!("nothing to migrate: the store is already in task storage v2 (or empty)");
+    }
+    crate::bus::Topology::ensure(&js, &cfg.topology()).await?;
+    let _ = client.drain().await;
+    Ok(())
+}
+
 /// Builds the API's shared state.
 pub fn api_state(
     cfg: &Config,
@@ -44,6 +68,17 @@ pub fn api_state(
     })
 }
 
+/// Starts the retention sweeper (finished tasks older than `events.max_age_s` go) until
+/// `shutdown`. Every API process runs one; they take turns through the sweeper's cursor.
+pub fn spawn_sweeper(cfg: &Config, tasks: &TaskService, shutdown: &CancellationToken) {
+    let sweeper = crate::tasks::Sweeper::new(
+        tasks.clone(),
+        Duration::from_secs(cfg.events.max_age_s),
+        Duration::from_secs(cfg.events.sweep_interval_s.max(1)),
+    );
+    tokio::spawn(sweeper.run(shutdown.clone()));
+}
+
 /// Serves the API on `listener` against NATS at `nats_url` until `shutdown` is cancelled, then
 /// drains the NATS connection.
 pub async fn run_api(
@@ -56,6 +91,7 @@ pub async fn run_api(
     let bus = connect(cfg, nats_url, "taskfleet-api").await?;
     let client = bus.client.clone();
     let state = api_state(cfg, bus, admin_key, shutdown.clone())?;
+    spawn_sweeper(cfg, &state.tasks, &shutdown);
     let router = api::router(state, Duration::from_secs(cfg.api.request_timeout_s));
     let served = api::serve(listener, router, shutdown).await;
     let _ = client.drain().await;

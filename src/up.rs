@@ -149,6 +149,7 @@ async fn run_services(
         Ok(b)
     };
     let state = serve::api_state(&cfg, bus.clone(), Some(&key), shutdown.clone())?;
+    serve::spawn_sweeper(&cfg, &state.tasks, &shutdown);
     let router = api::router(state, Duration::from_secs(cfg.api.request_timeout_s));
 
     // Every subsystem stops when the signal comes or when any of them fails.

@@ -39,6 +39,7 @@ const PRIO = { P0: 1, P1: 2, P2: 3 };
 const ROUND_ROBIN = [PRIO.P0, PRIO.P1, PRIO.P2];
 
 const CONCURRENCY = 8; // per worker process, as in the contract
+const WIDE_CONCURRENCY = 64; // the wide rows: one worker process running 64 jobs at once
 const IN_FLIGHT = 64; // queue.add calls in flight while producing
 
 // Completed jobs are kept, but only the newest 1,000 per queue. BullMQ's
@@ -75,7 +76,7 @@ function intArg(args, key, dflt) {
     return n;
 }
 
-// Same definition as taskfleet's examples/bench.rs: index round((n-1)·p).
+// Same definition as taskfleet's examples/bench/scenarios.rs: index round((n-1)·p).
 function percentile(sorted, p) {
     return sorted[Math.round((sorted.length - 1) * p)];
 }
@@ -209,16 +210,21 @@ async function startRedis(bin) {
         // AOF with fsync once a second is the usual durable setup for a BullMQ
         // Redis (jobs survive a restart, losing at most ~1 s), and it is the
         // closest match to JetStream's file storage, which also syncs on an
-        // interval rather than per write. RDB snapshots are off (--save "") so
-        // a background save cannot land in the middle of a measurement.
+        // interval rather than per write. RDB snapshots are off (--save "") and
+        // so are automatic AOF rewrites (the throughput jobs of a full run
+        // alone append ~60 MB, near the 64 MB default), so neither a background
+        // save nor a rewrite can land in the middle of a measurement (a rewrite
+        // would also start a new AOF file, and that run's writes could not be
+        // counted).
         const argv = [
             '--port', String(port), '--bind', '127.0.0.1',
             '--dir', redisDir,
             '--appendonly', 'yes', '--appendfsync', 'everysec',
+            '--auto-aof-rewrite-percentage', '0',
             '--save', '',
             '--daemonize', 'no', '--logfile', '',
         ];
-        log(`starting ${bin} on 127.0.0.1:${port} (data in ${redisDir}, AOF everysec) …`);
+        log(`starting ${bin} on 127.0.0.1:${port} (data in ${redisDir}, AOF everysec, no automatic rewrite) …`);
         const proc = spawn(bin, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
         let out = '';
         const keep = (d) => { out = (out + d).slice(-4000); };
@@ -325,14 +331,17 @@ async function dropQueue(queue) {
 // ---------------------------------------------------------------------------
 // scenarios
 
-// Throughput end to end: workers idle and ready, then `tasks` creates with 64
-// in flight; from the first queue.add until the last job has completed.
-async function throughput(port, tasks, procs, steps) {
-    const name = `tp-p${procs}-s${steps}`;
+// Throughput end to end: workers (`procs` processes of `concurrency` slots)
+// idle and ready, then `tasks` creates with 64 in flight; from the first
+// queue.add until the last job has completed. Also counts what the run wrote
+// to the AOF (see aofWrites).
+async function throughput(port, tasks, procs, steps, concurrency) {
+    const name = `tp-p${procs}-s${steps}-c${concurrency}`;
     const queue = new Queue(name, { connection: connection(port), defaultJobOptions: JOB_DEFAULTS });
     await queue.waitUntilReady();
-    const workers = await startWorkers(procs, port, name, CONCURRENCY);
-    log(`throughput: procs ${procs}, steps ${steps}: ${tasks} jobs, ${IN_FLIGHT} adds in flight, concurrency ${CONCURRENCY} …`);
+    const redis = await queue.client;
+    const workers = await startWorkers(procs, port, name, concurrency);
+    log(`throughput: procs ${procs}, steps ${steps}: ${tasks} jobs, ${IN_FLIGHT} adds in flight, concurrency ${concurrency} …`);
 
     let completed = 0;
     let lastDone = 0;
@@ -350,6 +359,7 @@ async function throughput(port, tasks, procs, steps) {
         w.exited.then(() => { if (!finished) rejectAll(new Error(`worker ${w.pid} exited mid-run`)); });
     }
 
+    const aofBefore = await aofMark(redis);
     const t0 = now();
     let next = 0;
     const lane = async () => {
@@ -361,14 +371,91 @@ async function throughput(port, tasks, procs, steps) {
     const added = now();
     await allDone;
     finished = true;
+    const aof = aofWrites(aofBefore, await aofMark(redis));
 
     const secs = (lastDone - t0) / 1000;
-    log(`throughput: procs ${procs}, steps ${steps}: ${tasks} jobs in ${secs.toFixed(3)} s = ${(tasks / secs).toFixed(0)}/s ` +
-        `(adds took ${((added - t0) / 1000).toFixed(3)} s)`);
+    const writes = aof ? `${(aof.commands / tasks).toFixed(1)} Redis writes per job` : 'AOF not counted';
+    log(`throughput: procs ${procs}, steps ${steps}, concurrency ${concurrency}: ${tasks} jobs in ${secs.toFixed(3)} s = ` +
+        `${(tasks / secs).toFixed(0)}/s (adds took ${((added - t0) / 1000).toFixed(3)} s; ${writes})`);
     offs.forEach((off) => off());
     await Promise.all(workers.map((w) => w.close()));
     await dropQueue(queue);
-    return { create: 'add', steps, procs, tasks, secs: round(secs, 3), tasks_per_s: round(tasks / secs, 1) };
+    return {
+        create: 'add', steps, procs, concurrency, tasks, secs: round(secs, 3), tasks_per_s: round(tasks / secs, 1),
+        redis_writes_per_task: aof && round(aof.commands / tasks, 2),
+        aof_bytes_per_task: aof && round(aof.bytes / tasks, 0),
+    };
+}
+
+// --- what a run wrote: Redis's append-only file
+//
+// The AOF logs every write command Redis executed (a Lua script's effects one
+// command each, wrapped in MULTI/EXEC), so the commands a throughput run added
+// to it, per job, are BullMQ's counterpart of the JetStream messages stored per
+// task on the other two sides.
+
+// The AOF file Redis appends to now: Redis 7 keeps appendonlydir/<name>.<n>.incr.aof,
+// the highest n being the current one (a rewrite starts a new one).
+function aofIncrFile() {
+    const dir = path.join(redisDir, 'appendonlydir');
+    let best = null;
+    let bestN = -1;
+    for (const f of fs.existsSync(dir) ? fs.readdirSync(dir) : []) {
+        const m = /\.(\d+)\.incr\.aof$/.exec(f);
+        if (m && Number(m[1]) > bestN) { bestN = Number(m[1]); best = path.join(dir, f); }
+    }
+    return best;
+}
+
+// Where the AOF ends, once Redis has written out its AOF buffer (it writes it
+// before serving the next requests; the fsync every second does not matter for
+// reading it back); null when there is no AOF file.
+async function aofMark(redis) {
+    for (let i = 0; i < 300; i++) {
+        const info = await redis.info('persistence');
+        if (/^aof_buffer_length:0\s*$/m.test(info)) break;
+        await sleep(10);
+    }
+    const file = aofIncrFile();
+    return file && { file, size: fs.statSync(file).size };
+}
+
+// Write commands (MULTI, EXEC and SELECT not counted) and bytes appended to the
+// AOF between two marks; null when a rewrite started a new file in between.
+function aofWrites(from, to) {
+    if (!from || !to || from.file !== to.file || to.size < from.size) return null;
+    const buf = Buffer.alloc(to.size - from.size);
+    const fd = fs.openSync(to.file, 'r');
+    try { fs.readSync(fd, buf, 0, buf.length, from.size); } finally { fs.closeSync(fd); }
+    return { commands: countCommands(buf), bytes: buf.length };
+}
+
+// Counts the commands in a run of RESP arrays (`*argc`, then `$len` + bytes per
+// argument); a command cut off at the end is not counted.
+function countCommands(buf) {
+    const skip = new Set(['MULTI', 'EXEC', 'SELECT']);
+    let pos = 0;
+    let count = 0;
+    const line = () => {
+        const end = buf.indexOf('\r\n', pos);
+        if (end < 0) return null;
+        const text = buf.toString('latin1', pos, end);
+        pos = end + 2;
+        return text;
+    };
+    for (let head = line(); head !== null; head = line()) {
+        if (head.startsWith('#')) continue; // an annotation (aof-timestamp-enabled)
+        if (!head.startsWith('*')) break;
+        let name = null;
+        for (let i = Number(head.slice(1)); i > 0; i--) {
+            const len = Number(line()?.slice(1));
+            if (!Number.isInteger(len) || pos + len + 2 > buf.length) return count;
+            name ??= buf.toString('latin1', pos, pos + len).toUpperCase();
+            pos += len + 2;
+        }
+        if (!skip.has(name)) count++;
+    }
+    return count;
 }
 
 // Idle dispatch latency (one job at a time, worker idle and waiting) and, with
@@ -597,8 +684,11 @@ async function main(args) {
     const only = typeof args.only === 'string' ? new Set(args.only.split(',')) : null;
     const want = (s) => !only || only.has(s);
     if (want('throughput')) {
-        for (const [procs, steps] of [[1, 0], [1, 3], [2, 0], [4, 0]]) {
-            result.throughput.push(await throughput(port, tasks, procs, steps));
+        // [worker processes, steps, concurrency per process]
+        const runs = [[1, 0, CONCURRENCY], [1, 3, CONCURRENCY], [2, 0, CONCURRENCY], [4, 0, CONCURRENCY],
+            [1, 0, WIDE_CONCURRENCY], [1, 3, WIDE_CONCURRENCY]];
+        for (const [procs, steps, concurrency] of runs) {
+            result.throughput.push(await throughput(port, tasks, procs, steps, concurrency));
         }
     }
     if (want('latency')) {

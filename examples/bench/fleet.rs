@@ -3,7 +3,7 @@
 //! and the benchmark's own NATS connection (which also creates the streams and buckets).
 
 use anyhow::{bail, Context};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use taskfleet::bus::Bus;
@@ -42,6 +42,7 @@ pub struct Fleet {
     /// The API process, when started.
     pub api: Option<Api>,
     workers: Vec<Child>,
+    relay: Option<Child>,
 }
 
 /// The release `taskfleet` binary next to this example (`target/release/taskfleet`).
@@ -124,6 +125,7 @@ impl Fleet {
             bus,
             api: None,
             workers: Vec::new(),
+            relay: None,
         };
         if api {
             fleet.api = Some(fleet.start_api().await?);
@@ -169,11 +171,21 @@ impl Fleet {
 
     /// Starts `n` worker processes for [`ASSIGNEE`] and waits until each is pulling.
     pub async fn spawn_workers(&mut self, n: usize, concurrency: usize) -> anyhow::Result<()> {
+        self.spawn_workers_for(ASSIGNEE, n, concurrency).await
+    }
+
+    /// Starts `n` worker processes for `assignee` and waits until each is pulling.
+    pub async fn spawn_workers_for(
+        &mut self,
+        assignee: &str,
+        n: usize,
+        concurrency: usize,
+    ) -> anyhow::Result<()> {
         let bin = taskfleet_bin()?;
         let mut ready = Vec::new();
         for i in 0..n {
             let mut cmd = Command::new(&bin);
-            cmd.args(["worker", "--assignee", ASSIGNEE, "--concurrency"])
+            cmd.args(["worker", "--assignee", assignee, "--concurrency"])
                 .arg(concurrency.to_string())
                 .env("NATS_URL", &self.nats.url)
                 .env("RUST_LOG", WORKER_LOG)
@@ -188,6 +200,7 @@ impl Fleet {
             let mut child = cmd.spawn().context("spawning `taskfleet worker`")?;
             let stderr = child.stderr.take().context("worker stderr")?;
             let (tx, rx) = tokio::sync::oneshot::channel();
+            let label = format!("{assignee} {i}");
             tokio::spawn(async move {
                 let mut tx = Some(tx);
                 let mut lines = tokio::io::BufReader::new(stderr).lines();
@@ -197,7 +210,7 @@ impl Fleet {
                             let _ = tx.send(());
                         }
                     } else {
-                        eprintln!("  [worker {i}] {line}");
+                        eprintln!("  [worker {label}] {line}");
                     }
                 }
             });
@@ -218,6 +231,55 @@ impl Fleet {
         self.workers.iter().filter_map(Child::id).collect()
     }
 
+    /// Kills the worker processes; the rest of the fleet keeps running.
+    #[allow(dead_code)] // bench_scale only
+    pub async fn stop_workers(&mut self) {
+        for mut w in self.workers.drain(..) {
+            let _ = w.kill().await;
+        }
+    }
+
+    /// Starts `taskfleet relay` with the config file `config` (its log at error level only:
+    /// failed deliveries are expected and would flood stderr).
+    #[allow(dead_code)] // bench_scale only
+    pub fn spawn_relay(&mut self, config: &Path) -> anyhow::Result<()> {
+        let mut cmd = Command::new(taskfleet_bin()?);
+        cmd.arg("--config")
+            .arg(config)
+            .arg("relay")
+            .env("NATS_URL", &self.nats.url)
+            .env("RUST_LOG", "error")
+            .env("TASKFLEET_FLEET__TASK_TOKEN_SECRET", token_secret())
+            .env_remove("TASKFLEET_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        die_with_parent(&mut cmd);
+        self.relay = Some(cmd.spawn().context("spawning `taskfleet relay`")?);
+        Ok(())
+    }
+
+    /// Kills the relay process, if one runs.
+    #[allow(dead_code)] // bench_scale only
+    pub async fn stop_relay(&mut self) {
+        if let Some(mut relay) = self.relay.take() {
+            let _ = relay.kill().await;
+        }
+    }
+
+    /// The fleet's temporary directory (config files of extra processes go there).
+    #[allow(dead_code)] // bench_scale only
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// nats-server's store directory (for the bytes on disk).
+    #[allow(dead_code)] // bench_scale only
+    pub fn store_dir(&self) -> PathBuf {
+        self._dir.path().join("nats")
+    }
+
     /// A task's current state, read as the API reads it.
     pub async fn task(&self, id: &TaskId) -> anyhow::Result<Task> {
         let tasks = TaskService::new(self.bus.clone(), Default::default());
@@ -228,6 +290,9 @@ impl Fleet {
     pub async fn stop(mut self) {
         for w in &mut self.workers {
             let _ = w.kill().await;
+        }
+        if let Some(mut relay) = self.relay.take() {
+            let _ = relay.kill().await;
         }
         if let Some(mut api) = self.api.take() {
             let _ = api.child.kill().await;

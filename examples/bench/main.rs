@@ -1,7 +1,8 @@
 //! The taskfleet side of `make bench` (issue 7): the scenarios of the benchmark contract, each
 //! on a fresh nats-server (the repo's `nats.conf`) with the API as a `taskfleet api` process and
-//! workers as `taskfleet worker --assignee bench --concurrency 8` processes. Progress goes to
-//! stderr; the last line of stdout is one JSON object (`--out FILE` also writes it there).
+//! workers as `taskfleet worker --assignee bench --concurrency 8` processes (and, for the wide
+//! throughput rows, one `--concurrency 64` process). Progress goes to stderr; the last line of
+//! stdout is one JSON object (`--out FILE` also writes it there).
 //!
 //! Run: `cargo build --release --bin taskfleet --example bench &&
 //!       target/release/examples/bench [--tasks 5000] [--quick] [--out FILE]
@@ -13,7 +14,7 @@
 mod fleet;
 mod scenarios;
 
-use scenarios::{Create, CONCURRENCY};
+use scenarios::{Create, Shape, CONCURRENCY, WIDE_CONCURRENCY};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -158,36 +159,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     if o.wants("throughput") {
-        let matrix = [
-            (Create::Http, 0, 1),
-            (Create::Nats, 0, 1),
-            (Create::Http, 3, 1),
-            (Create::Nats, 3, 1),
-            (Create::Nats, 0, 2),
-            (Create::Nats, 0, 4),
-        ];
-        let mut rows = Vec::new();
-        for (how, steps, procs) in matrix {
-            let what = format!(
-                "throughput, {} tasks, {} create, steps {steps}, {procs} worker process(es)",
-                o.tasks,
-                how.name()
-            );
-            if let Some(row) = part(
-                &what,
-                &mut errors,
-                scenarios::throughput(&o, how, steps, procs),
-            )
-            .await
-            {
-                eprintln!(
-                    "    → {:.0} tasks/s",
-                    row["tasks_per_s"].as_f64().unwrap_or(0.0)
-                );
-                rows.push(row);
-            }
-        }
-        out["throughput"] = Value::Array(rows);
+        out["throughput"] = Value::Array(throughput_rows(&o, &mut errors).await);
     }
     if o.wants("p0") {
         let what = format!("P0 behind {} P2", o.p2);
@@ -225,15 +197,68 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every run of [`throughput_matrix`], in order; a failed run is left out (and in `errors`).
+async fn throughput_rows(o: &Opts, errors: &mut Vec<String>) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for shape in throughput_matrix() {
+        let Shape {
+            how,
+            steps,
+            procs,
+            concurrency,
+        } = shape;
+        let what = format!(
+            "throughput, {} tasks, {} create, steps {steps}, {procs} worker process(es) × \
+             {concurrency}",
+            o.tasks,
+            how.name()
+        );
+        if let Some(row) = part(&what, errors, scenarios::throughput(o, shape)).await {
+            eprintln!(
+                "    → {:.0} tasks/s",
+                row["tasks_per_s"].as_f64().unwrap_or(0.0)
+            );
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+/// The throughput runs: 1, 2 and 4 processes × 8 (HTTP and NATS creates, 0 and 3 steps), then
+/// one process × 64 (NATS creates, 0 and 3 steps).
+fn throughput_matrix() -> Vec<Shape> {
+    let c8 = [
+        (Create::Http, 0, 1),
+        (Create::Nats, 0, 1),
+        (Create::Http, 3, 1),
+        (Create::Nats, 3, 1),
+        (Create::Nats, 0, 2),
+        (Create::Nats, 0, 4),
+    ];
+    let c64 = [(Create::Nats, 0, 1), (Create::Nats, 3, 1)];
+    let shape = |concurrency| {
+        move |(how, steps, procs)| Shape {
+            how,
+            steps,
+            procs,
+            concurrency,
+        }
+    };
+    let mut all: Vec<Shape> = c8.into_iter().map(shape(CONCURRENCY)).collect();
+    all.extend(c64.into_iter().map(shape(WIDE_CONCURRENCY)));
+    all
+}
+
 fn print_summary(out: &Value) {
     let f = |v: &Value| v.as_f64().map_or("—".to_string(), |x| format!("{x:.2}"));
     eprintln!("\ntaskfleet, {} tasks per throughput run:", out["tasks"]);
     for r in out["throughput"].as_array().into_iter().flatten() {
         eprintln!(
-            "  throughput {} create, steps {}, {} proc(s): {:.0} tasks/s ({:.2} s)",
+            "  throughput {} create, steps {}, {} proc(s) × {}: {:.0} tasks/s ({:.2} s)",
             r["create"].as_str().unwrap_or("?"),
             r["steps"],
             r["procs"],
+            r["concurrency"],
             r["tasks_per_s"].as_f64().unwrap_or(0.0),
             r["secs"].as_f64().unwrap_or(0.0)
         );

@@ -17,6 +17,8 @@ use taskfleet::relay::destination::Destination;
 
 /// Tasks each worker process runs at once (the contract's `concurrency`).
 pub const CONCURRENCY: usize = 8;
+/// The wide setting: one worker process running this many tasks at once.
+pub const WIDE_CONCURRENCY: usize = 64;
 /// Creates in flight during a throughput run.
 const IN_FLIGHT: usize = 64;
 
@@ -96,23 +98,36 @@ fn priority_of(i: usize) -> Priority {
     Priority::ALL[i % 3]
 }
 
+/// One throughput run: how tasks are created, their steps, and the workers that run them.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// How each task is created.
+    pub how: Create,
+    /// Steps each `noop` task reports before completing.
+    pub steps: u32,
+    /// Worker processes.
+    pub procs: usize,
+    /// Tasks each worker process runs at once (`--concurrency`).
+    pub concurrency: usize,
+}
+
 /// Throughput end to end: workers idle and ready, then `tasks` creates (64 in flight, P0/P1/P2
 /// round robin); time from the first create until a core subscriber has seen every `completed`.
-pub async fn throughput(o: &Opts, how: Create, steps: u32, procs: usize) -> anyhow::Result<Value> {
-    let mut fleet = Fleet::start(how == Create::Http).await?;
-    let result = throughput_on(&mut fleet, o.tasks, how, steps, procs).await;
+pub async fn throughput(o: &Opts, shape: Shape) -> anyhow::Result<Value> {
+    let mut fleet = Fleet::start(shape.how == Create::Http).await?;
+    let result = throughput_on(&mut fleet, o.tasks, shape).await;
     fleet.stop().await;
     result
 }
 
-async fn throughput_on(
-    fleet: &mut Fleet,
-    tasks: usize,
-    how: Create,
-    steps: u32,
-    procs: usize,
-) -> anyhow::Result<Value> {
-    fleet.spawn_workers(procs, CONCURRENCY).await?;
+async fn throughput_on(fleet: &mut Fleet, tasks: usize, shape: Shape) -> anyhow::Result<Value> {
+    let Shape {
+        how,
+        steps,
+        procs,
+        concurrency,
+    } = shape;
+    fleet.spawn_workers(procs, concurrency).await?;
     let mut done = fleet
         .bus
         .client
@@ -157,7 +172,8 @@ async fn throughput_on(
         stored += stream.info().await?.state.last_sequence;
     }
     Ok(json!({
-        "create": how.name(), "steps": steps, "procs": procs, "tasks": tasks,
+        "create": how.name(), "steps": steps, "procs": procs, "concurrency": concurrency,
+        "tasks": tasks,
         "secs": secs, "tasks_per_s": tasks as f64 / secs, "create_secs": queued,
         "stream_writes_per_task": stored as f64 / tasks as f64,
     }))

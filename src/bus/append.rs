@@ -76,51 +76,67 @@ impl Append {
     }
 }
 
-/// Appends several messages to one stream all or none (an atomic batch, ADR-50; the stream
-/// needs `allow_atomic_publish`). Only the first message's guard is checked, at commit, against
-/// the stream as it was before the batch; the messages get consecutive sequences and the
-/// result is the last one's. Used where one change is two events of the log (a takeover:
-/// `retried`, then `started`).
-pub async fn append_batch(
+/// Sends several messages to one stream as one atomic batch (ADR-50; the stream needs
+/// `allow_atomic_publish`): all are stored or none. Only the first message's guard is checked,
+/// at commit, against the stream as it was before the batch; the messages get consecutive
+/// sequences, and the answer (awaited through the returned [`Sent`]) is the last one's. Used
+/// where one change is more than one message: a takeover's `retried` and `started`, a final
+/// status and its index entry.
+pub async fn send_batch(
     js: &async_nats::jetstream::Context,
     batch: &[Append],
-) -> Result<u64, AppendError> {
-    let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+) -> Result<Sent, AppendError> {
+    let Some((last, rest)) = batch.split_last() else {
         return Err(AppendError::Refused(BusError::Op {
             op: "append batch",
             source: "an empty batch".into(),
         }));
     };
-    let batch_id = format!("b{}", first.msg_id.chars().take(60).collect::<String>());
+    if rest.is_empty() {
+        return last.send(js).await;
+    }
+    let batch_id = format!("b{}", batch[0].msg_id.chars().take(60).collect::<String>());
     let client = js.client();
-    for (i, a) in batch.iter().enumerate() {
-        let mut h = if i == 0 {
-            a.headers()
-        } else {
-            let mut h = message_headers(&a.msg_id);
-            for (name, value) in &a.extra {
-                h.insert(*name, value.as_str());
-            }
-            h
-        };
-        h.insert(BATCH_ID, batch_id.as_str());
-        h.insert(BATCH_SEQUENCE, (i + 1).to_string().as_str());
-        if std::ptr::eq(a, last) {
-            h.insert(BATCH_COMMIT, "1");
-            let ack = js
-                .publish_with_headers(a.subject.clone(), h, a.payload.clone())
-                .await
-                .op("append batch")
-                .map_err(AppendError::Unknown)?;
-            return Sent(ack).stored().await;
-        }
+    for (i, a) in rest.iter().enumerate() {
+        let h = batch_headers(a, i == 0, &batch_id, i + 1);
         client
             .publish_with_headers(a.subject.clone(), h, a.payload.clone())
             .await
             .op("append batch")
             .map_err(AppendError::Unknown)?;
     }
-    unreachable!("the loop returns at the last message")
+    let mut h = batch_headers(last, false, &batch_id, batch.len());
+    h.insert(BATCH_COMMIT, "1");
+    let ack = js
+        .publish_with_headers(last.subject.clone(), h, last.payload.clone())
+        .await
+        .op("append batch")
+        .map_err(AppendError::Unknown)?;
+    Ok(Sent(ack))
+}
+
+/// [`send_batch`] and wait for its answer: the last message's sequence.
+pub async fn append_batch(
+    js: &async_nats::jetstream::Context,
+    batch: &[Append],
+) -> Result<u64, AppendError> {
+    send_batch(js, batch).await?.stored().await
+}
+
+/// The headers of the `n`th message of a batch (the first one carries the guard).
+fn batch_headers(a: &Append, first: bool, batch_id: &str, n: usize) -> HeaderMap {
+    let mut h = if first {
+        a.headers()
+    } else {
+        let mut h = message_headers(&a.msg_id);
+        for (name, value) in &a.extra {
+            h.insert(*name, value.as_str());
+        }
+        h
+    };
+    h.insert(BATCH_ID, batch_id);
+    h.insert(BATCH_SEQUENCE, n.to_string().as_str());
+    h
 }
 
 /// ADR-50 batch headers.
@@ -142,7 +158,12 @@ impl Sent {
                     current: current_sequence(&e),
                 })
             }
-            Err(e) if jetstream_code(&e) == Some(WRONG_LAST_SEQUENCE_CONSTANT) => {
+            Err(e)
+                if matches!(
+                    jetstream_code(&e),
+                    Some(WRONG_LAST_SEQUENCE_CONSTANT | BATCH_DUPLICATE)
+                ) =>
+            {
                 Err(AppendError::Conflict { current: None })
             }
             Err(e)
@@ -157,6 +178,10 @@ impl Sent {
         }
     }
 }
+
+/// A batch holding a message id stored before: a re-sent batch whose first copy was stored (the
+/// writer then finds its own event as the task's last record), or a reused id.
+const BATCH_DUPLICATE: ErrorCode = ErrorCode(10201);
 
 /// "Wrong last sequence" without a sequence: in a cluster, another write to the same guarded
 /// subject is still being replicated.

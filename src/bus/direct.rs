@@ -53,6 +53,94 @@ pub async fn batch(
     request(client, stream, body, true).await
 }
 
+/// A batch and what the server said is left after it.
+#[derive(Debug, Default)]
+pub struct Counted {
+    /// The messages, oldest first.
+    pub messages: Vec<StreamMessage>,
+    /// Messages on the filter after the last one sent (the EOB's `Nats-Num-Pending`), when the
+    /// server said.
+    pub pending_after: Option<u64>,
+}
+
+/// [`batch`], also giving the number of matching messages after the batch. With `max` 1 this
+/// counts the matches from `start` on (`pending_after + 1` when one came back), which lets a
+/// reader ask for exactly the matches of a range instead of letting the server scan past it.
+pub async fn batch_counted(
+    client: &async_nats::Client,
+    stream: &str,
+    filter: &str,
+    start: u64,
+    max: usize,
+) -> Result<Counted, BusError> {
+    let body = json!({
+        "seq": start.max(1),
+        "next_by_subj": filter,
+        "batch": max.clamp(1, MAX_BATCH),
+    });
+    let mut pending_after = None;
+    let messages = request_with(client, stream, body, true, &mut pending_after).await?;
+    Ok(Counted {
+        messages,
+        pending_after,
+    })
+}
+
+/// Every message on `filter` in `[start, end]`, oldest first, asking the server for exactly as
+/// many as the range holds: a batch that asks for more scans on past the range's end, to the
+/// end of the stream for a sparse filter. `after_end` is how many matches come after `end` (0
+/// at the stream's end); the second result is how many come from `start` on, which is the next
+/// older range's `after_end`.
+pub async fn range(
+    client: &async_nats::Client,
+    stream: &str,
+    filter: &str,
+    (start, end): (u64, u64),
+    after_end: u64,
+) -> Result<(Vec<StreamMessage>, u64), BusError> {
+    let first = batch_counted(client, stream, filter, start, 1).await?;
+    let Some(m) = first.messages.into_iter().next() else {
+        return Ok((Vec::new(), 0));
+    };
+    let from_start = first.pending_after.map(|p| p + 1);
+    if m.sequence > end {
+        return Ok((Vec::new(), from_start.unwrap_or(after_end)));
+    }
+    // Matches in [m, end], the first of them read already; unknown: read until past `end`.
+    let mut left = from_start.map_or(u64::MAX, |n| n.saturating_sub(after_end + 1));
+    let mut next = m.sequence + 1;
+    let mut out = vec![m];
+    while left > 0 && next <= end {
+        let want = left.min(MAX_BATCH as u64) as usize;
+        let got = batch(client, stream, filter, next, want).await?;
+        let Some(last) = got.last().map(|l| l.sequence) else {
+            break;
+        };
+        let before = out.len();
+        out.extend(got.into_iter().filter(|x| x.sequence <= end));
+        left = left.saturating_sub((out.len() - before) as u64);
+        next = last + 1;
+    }
+    let from_start = from_start.unwrap_or(after_end + out.len() as u64);
+    Ok((out, from_start))
+}
+
+/// How many messages on `filter` come after `seq` (a range reader's `after_end` for a range
+/// that does not end at the stream's end).
+pub async fn count_after(
+    client: &async_nats::Client,
+    stream: &str,
+    filter: &str,
+    seq: u64,
+) -> Result<u64, BusError> {
+    let c = batch_counted(client, stream, filter, seq + 1, 1).await?;
+    Ok(match (c.messages.is_empty(), c.pending_after) {
+        (true, _) => 0,
+        (false, Some(p)) => p + 1,
+        (false, None) => 1,
+    })
+}
+
 /// The last message of every subject matching one of `filters`, in sequence order. At most
 /// [`MAX_MULTI_LAST`] subjects may match in all (the server refuses more).
 pub async fn multi_last(
@@ -74,6 +162,17 @@ async fn request(
     body: serde_json::Value,
     many: bool,
 ) -> Result<Vec<StreamMessage>, BusError> {
+    request_with(client, stream, body, many, &mut None).await
+}
+
+/// [`request`], noting the EOB's pending count in `pending_after`.
+async fn request_with(
+    client: &async_nats::Client,
+    stream: &str,
+    body: serde_json::Value,
+    many: bool,
+    pending_after: &mut Option<u64>,
+) -> Result<Vec<StreamMessage>, BusError> {
     let inbox = client.new_inbox();
     let mut answers = client
         .subscribe(inbox.clone())
@@ -93,8 +192,20 @@ async fn request(
                         break;
                     }
                 }
-                // 204: end of a batch; 404: nothing (more) to send.
-                Some(s) if s.as_u16() == 204 || s == StatusCode::NOT_FOUND => break,
+                // 204: end of a batch, with what is left after it.
+                Some(s) if s.as_u16() == 204 => {
+                    *pending_after = msg
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Nats-Num-Pending"))
+                        .and_then(|v| v.as_str().parse().ok());
+                    break;
+                }
+                // 404: nothing (more) to send.
+                Some(s) if s == StatusCode::NOT_FOUND => {
+                    *pending_after = Some(0);
+                    break;
+                }
                 Some(status) => {
                     let why = msg.description.unwrap_or_default();
                     return Err(BusError::Op {

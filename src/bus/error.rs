@@ -25,9 +25,10 @@ pub enum BusError {
         /// Why the last attempt failed, as async-nats reports it.
         last_error: String,
     },
-    /// The store was written by an older taskfleet and must be migrated first.
+    /// The server or the store is not one this build works with (a nats-server too old, a store
+    /// written before task storage v2); the message says what to do.
     #[error("{0}")]
-    LegacyLayout(String),
+    Incompatible(String),
     /// A compare-and-set lost against a concurrent writer.
     #[error("the record changed concurrently")]
     RevisionConflict,

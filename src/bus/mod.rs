@@ -49,6 +49,7 @@ impl Bus {
     /// at once).
     pub async fn connect(opts: &ConnectOptions, topo: &TopologyConfig) -> Result<Self, BusError> {
         let client = connect_client(opts).await?;
+        check_server_version(&client)?;
         let js = jetstream::new(client.clone());
         let topology = Topology::ensure(&js, topo).await?;
         Ok(Self {
@@ -120,6 +121,28 @@ pub async fn connect_client(opts: &ConnectOptions) -> Result<async_nats::Client,
                 .clone()
                 .unwrap_or_else(|| "no answer".into()),
         }),
+    }
+}
+
+/// The oldest nats-server the ledger works on: compare-and-set on a wildcard subject (2.11)
+/// and atomic batches with message ids (2.12.1).
+pub const MIN_SERVER_VERSION: (u32, u32, u32) = (2, 12, 1);
+
+/// Refuses a server older than [`MIN_SERVER_VERSION`], naming both versions.
+fn check_server_version(client: &async_nats::Client) -> Result<(), BusError> {
+    let found = client.server_info().version;
+    let parsed: Vec<u32> = found
+        .split(['.', '-'])
+        .take(3)
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let (a, b, c) = MIN_SERVER_VERSION;
+    match parsed.as_slice() {
+        [x, y, z] if (*x, *y, *z) < (a, b, c) => Err(BusError::Incompatible(format!(
+            "nats-server {found} is too old: taskfleet needs {a}.{b}.{c} or newer \
+             (scripts/ensure-nats.sh installs 2.15.1)"
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -9,7 +9,7 @@
 //!   them as `events.…` and republishes each one on core NATS once it is stored, so a core
 //!   subscriber of `events.>` sees exactly the stored events (never a write the ledger refused).
 
-use crate::domain::{Assignee, EventKind, Priority, TaskId, TaskKind};
+use crate::domain::{Assignee, EventKind, Priority, TaskId, TaskKind, TaskStatus};
 
 /// Work-queue stream holding queued tasks.
 pub const TASKS_STREAM: &str = "TASKS";
@@ -17,6 +17,10 @@ pub const TASKS_STREAM: &str = "TASKS";
 pub const EVENTS_STREAM: &str = "EVENTS";
 /// The subjects the ledger is written to (transformed to `events.>` when stored).
 pub const LEDGER_WRITES: &str = "ledger.>";
+/// Where the ledger keeps its index of tasks by rare final status (failed, cancelled): one small
+/// message per such change, written with its event in one atomic batch, so that listing those
+/// statuses walks a subject with a literal prefix instead of every event.
+pub const INDEX_WRITES: &str = "index.>";
 /// KV bucket of taskfleet's own bookkeeping (the retention sweeper's cursor).
 pub const META_BUCKET: &str = "taskfleet_meta";
 /// Before task storage v2 (taskfleet 0.1 sessions 1 and 2): the KV bucket holding each task's
@@ -115,6 +119,42 @@ pub fn events_of_kind(assignee: Option<&Assignee>, kind: EventKind) -> String {
         assignee.map_or("*", Assignee::as_str),
         kind.as_str()
     )
+}
+
+/// The index entry of a task that became `status` (`failed` or `cancelled`).
+pub fn status_index(status: TaskStatus, assignee: &Assignee, task: &TaskId) -> String {
+    format!("index.{}.{assignee}.{task}", status.as_str())
+}
+
+/// Every index entry of one status, of one assignee or of all.
+pub fn status_index_filter(status: TaskStatus, assignee: Option<&Assignee>) -> String {
+    format!(
+        "index.{}.{}.*",
+        status.as_str(),
+        assignee.map_or("*", Assignee::as_str)
+    )
+}
+
+/// Every index entry of one task (the sweeper removes them with it).
+pub fn task_index(assignee: &Assignee, task: &TaskId) -> String {
+    format!("index.*.{assignee}.{task}")
+}
+
+/// Every index entry of one assignee (its worker's publish permission).
+pub fn assignee_index(assignee: &Assignee) -> String {
+    format!("index.*.{assignee}.*")
+}
+
+/// Assignee and task id of an index subject.
+pub fn parse_index(subject: &str) -> Option<(Assignee, TaskId)> {
+    let mut parts = subject.split('.');
+    if parts.next()? != "index" {
+        return None;
+    }
+    TaskStatus::parse(parts.next()?)?;
+    let assignee = Assignee::parse(parts.next()?).ok()?;
+    let task = TaskId::parse(parts.next()?).ok()?;
+    parts.next().is_none().then_some((assignee, task))
 }
 
 /// Assignee, task id and event type of a stored event subject.
@@ -272,9 +312,17 @@ mod tests {
         );
         assert_eq!(
             parse_event("events.anna.01JD.started"),
-            Some((anna(), id, EventKind::Started))
+            Some((anna(), id.clone(), EventKind::Started))
         );
         assert_eq!(parse_event("events.anna.01JD.nope"), None);
         assert_eq!(parse_event("ledger.anna.01JD.started"), None);
+        let failed = status_index(TaskStatus::Failed, &anna(), &id);
+        assert_eq!(failed, "index.failed.anna.01JD");
+        assert_eq!(parse_index(&failed), Some((anna(), id.clone())));
+        assert_eq!(
+            status_index_filter(TaskStatus::Cancelled, None),
+            "index.cancelled.*.*"
+        );
+        assert_eq!(task_index(&anna(), &id), "index.*.anna.01JD");
     }
 }

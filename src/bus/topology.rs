@@ -2,6 +2,7 @@
 
 use super::permissions::{self as js_api, user_permissions};
 use super::{subjects, BusError, NatsResultExt};
+use crate::relay::job::{record_subject, status_stream, DeliveryStatus, COPIED_STATUSES};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, kv, stream};
 use std::time::Duration;
@@ -68,7 +69,7 @@ pub fn ledger_config(cfg: &TopologyConfig) -> stream::Config {
     stream::Config {
         name: subjects::EVENTS_STREAM.into(),
         description: Some("taskfleet: the task ledger (events with the task's state)".into()),
-        subjects: vec![subjects::LEDGER_WRITES.into()],
+        subjects: vec![subjects::LEDGER_WRITES.into(), subjects::INDEX_WRITES.into()],
         subject_transform: Some(stream::SubjectTransform {
             source: subjects::LEDGER_WRITES.into(),
             destination: subjects::ALL_EVENTS.into(),
@@ -91,6 +92,58 @@ pub fn ledger_config(cfg: &TopologyConfig) -> stream::Config {
 }
 
 const DEDUP_WINDOW: Duration = Duration::from_secs(120);
+
+/// The stream of the KV bucket `deliveries` (one record per delivery, its status in its key;
+/// see `relay/record.rs`): what async-nats makes of a bucket with history 1, plus atomic
+/// batches, so that a record changing status (a delete marker on the old key, the record on
+/// the new one) is one write.
+fn delivery_records_config(cfg: &TopologyConfig) -> stream::Config {
+    stream::Config {
+        name: js_api::kv_stream(subjects::DELIVERY_BUCKET),
+        description: Some("taskfleet: relay delivery records".into()),
+        subjects: vec![js_api::kv_keys(subjects::DELIVERY_BUCKET)],
+        max_messages_per_subject: 1,
+        max_age: cfg.events_max_age,
+        max_message_size: cfg.max_msg_size,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        allow_atomic_publish: true,
+        // Delete markers expire (`relay::job::MARKER_TTL_S`).
+        allow_message_ttl: true,
+        ..Default::default()
+    }
+}
+
+/// The stream keeping a copy of the delivery records with `status` (see `relay/record.rs`):
+/// sourced from the bucket's `<status>.>` keys, one message per key like the bucket.
+fn delivery_copy_config(cfg: &TopologyConfig, status: DeliveryStatus) -> stream::Config {
+    let bucket = js_api::kv_stream(subjects::DELIVERY_BUCKET);
+    let keys = record_subject(&format!("{}.>", status.as_str()));
+    stream::Config {
+        name: status_stream(status).expect("copied statuses have a stream"),
+        description: Some(format!(
+            "taskfleet: {} delivery records, copied from {bucket} for listings",
+            status.as_str()
+        )),
+        sources: Some(vec![stream::Source {
+            name: bucket,
+            filter_subject: Some(keys),
+            ..Default::default()
+        }]),
+        max_messages_per_subject: 1,
+        max_age: cfg.events_max_age,
+        max_message_size: cfg.max_msg_size,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        allow_direct: true,
+        allow_message_ttl: true,
+        ..Default::default()
+    }
+}
 
 impl Topology {
     /// Creates or updates every stream and bucket. A connection whose NATS user may not create
@@ -178,20 +231,14 @@ impl Topology {
             },
         )
         .await?;
-        let delivery_records = ensure_bucket(
-            js,
-            kv::Config {
-                bucket: subjects::DELIVERY_BUCKET.into(),
-                description: "taskfleet: relay delivery records".into(),
-                history: 1,
-                max_age: cfg.events_max_age,
-                storage: stream::StorageType::File,
-                num_replicas: cfg.replicas,
-                max_value_size: cfg.max_msg_size,
-                ..Default::default()
-            },
-        )
-        .await?;
+        ensure_stream(js, delivery_records_config(cfg)).await?;
+        for status in COPIED_STATUSES {
+            ensure_stream(js, delivery_copy_config(cfg, status)).await?;
+        }
+        let delivery_records = js
+            .get_key_value(subjects::DELIVERY_BUCKET)
+            .await
+            .op("open bucket")?;
         let destinations = ensure_bucket(
             js,
             kv::Config {
@@ -257,14 +304,15 @@ impl Topology {
 
 /// What to tell an operator whose store predates storage v2.
 pub const MIGRATE_HINT: &str = "stop every taskfleet process (api, workers, relay, up) and run \
-     `taskfleet migrate` against this NATS (the same --nats-url / NATS_URL, or --data-dir for a \
-     store that `taskfleet up` runs); it converts the tasks in place and keeps their logs";
+     `taskfleet migrate --nats-url <this NATS URL>` (or `taskfleet migrate --data-dir <dir>` for \
+     a store that `taskfleet up --data-dir <dir>` runs); it converts the tasks in place and \
+     keeps their logs";
 
 /// Refuses a store written before storage v2: task state in the KV bucket `tasks`, or an
 /// `EVENTS` stream without the ledger layout.
 async fn refuse_legacy(js: &jetstream::Context) -> Result<(), BusError> {
     if js.get_stream(subjects::LEGACY_STATE_STREAM).await.is_ok() {
-        return Err(BusError::LegacyLayout(format!(
+        return Err(BusError::Incompatible(format!(
             "this NATS store keeps task state in the KV bucket `{}` (the layout before task \
              storage v2); {MIGRATE_HINT}",
             subjects::LEGACY_STATE_BUCKET
@@ -281,7 +329,7 @@ fn check_layout(events: &stream::Stream) -> Result<(), BusError> {
     let config = &events.cached_info().config;
     match config.metadata.get(LAYOUT_KEY) {
         Some(v) if v == LAYOUT => Ok(()),
-        found => Err(BusError::LegacyLayout(format!(
+        found => Err(BusError::Incompatible(format!(
             "the EVENTS stream has taskfleet layout {} but this build needs {LAYOUT}; \
              {MIGRATE_HINT}",
             found.map_or("1 (no layout mark)", String::as_str)

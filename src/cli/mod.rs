@@ -57,6 +57,24 @@ pub enum Command {
     /// Write the fleet-wide secrets (admin API key, task-token secret, and the secrets the
     /// --config file names) as an env file for compose and Kubernetes.
     Secrets(SecretsArgs),
+    /// Convert a store written before task storage v2 (task state in the KV bucket `tasks`)
+    /// into the task ledger, in place. Stop every taskfleet process first.
+    Migrate(MigrateArgs),
+}
+
+/// Flags of `taskfleet migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The NATS server or cluster holding the store.
+    #[arg(long, env = "NATS_URL", conflicts_with = "data_dir")]
+    pub nats_url: Option<String>,
+    /// The data dir of a store that `taskfleet up` runs: its nats-server is started for the
+    /// migration (with --nats-config) and stopped after.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Config of that local nats-server.
+    #[arg(long, default_value = "nats.conf")]
+    pub nats_config: PathBuf,
 }
 
 /// Flags of `taskfleet secrets`.
@@ -176,6 +194,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::AsyncTask(args) => return pulse::run_async_task(*args).await,
         Command::NatsConfig(args) => nats_config(args),
         Command::Secrets(args) => secrets(config, args),
+        Command::Migrate(args) => serve_command(config, |cfg, _| migrate(cfg, args)).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -250,6 +269,31 @@ fn secrets(config: Option<PathBuf>, args: SecretsArgs) -> anyhow::Result<()> {
         println!("  still to set in it: {name} ({what})");
     }
     Ok(())
+}
+
+async fn migrate(cfg: Config, args: MigrateArgs) -> anyhow::Result<()> {
+    let local = match &args.data_dir {
+        Some(dir) => Some(
+            crate::natsd::LocalNats::start(&crate::natsd::LocalNatsOptions {
+                bin: cfg.nats.server_bin.clone(),
+                conf: args.nats_config.clone(),
+                store_dir: dir.join("nats"),
+                log_file: dir.join("nats-server.log"),
+                port: cfg.nats.local_port,
+            })
+            .await?,
+        ),
+        None => None,
+    };
+    let url = match &local {
+        Some(l) => l.url.clone(),
+        None => nats_url(args.nats_url, &cfg),
+    };
+    let result = crate::serve::migrate(&cfg, &url).await;
+    if let Some(l) = local {
+        l.stop().await;
+    }
+    result
 }
 
 async fn api(cfg: Config, args: ApiArgs, token: CancellationToken) -> anyhow::Result<()> {

@@ -4,8 +4,8 @@
 //!
 //! | user | publishes | subscribes | JetStream |
 //! |---|---|---|---|
-//! | `api` | `tasks.>`, `ledger.>`, `deliveries.>`, the four KV buckets, `control.<a>.>` per assignee | its inbox | creates and updates the streams and buckets; direct gets on all; leader reads and purges (retention) of `EVENTS`; consumers on `EVENTS`, `KV_deliveries`; deletes queue messages |
-//! | `relay` | `deliveries.>`, `ledger.*.*.stalled`, KV `deliveries`, `relay_destinations` | its inbox | pulls `relay_events` and `relay_*` on `DELIVERIES`; reads the ledger (direct and leader gets) and the queue |
+//! | `api` | `tasks.>`, `ledger.>`, `deliveries.>`, the four KV buckets, `control.<a>.>` per assignee | its inbox | creates and updates the streams and buckets; direct gets on all; leader reads and purges (retention) of `EVENTS`; consumers on `EVENTS`; deletes queue messages |
+//! | `relay` | `deliveries.>`, `ledger.*.*.stalled`, KV `deliveries`, `relay_destinations` | its inbox | pulls `relay_events` and `relay_*` on `DELIVERIES`; reads the ledger (direct and leader gets), the queue and delivery records (direct gets) |
 //! | `worker-<a>` | `ledger.<a>.>`, `dead.<a>.*`, `wake.<a>`, replies to requests it got | `tasks.<a>.>`, `wake.<a>`, `events.<a>.>`, `control.<a>.>`, its inbox | creates and pulls `worker_<a>_<p0,p1,p2>` (filter `tasks.<a>.<p>.*` only); direct gets of `events.<a>.>` by literal subject |
 //!
 //! Everyone may also ask `$SYS.REQ.USER.INFO` (its own permissions) and stream info of the
@@ -17,6 +17,7 @@ use crate::bus::permissions::{
 };
 use crate::bus::subjects;
 use crate::domain::{Assignee, EventKind, Priority, TaskId};
+use crate::relay::job::{status_stream, COPIED_STATUSES};
 
 /// One process kind of the fleet, and so one NATS user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +93,8 @@ pub fn fleet_streams() -> Vec<String> {
     .map(String::from)
     .into();
     s.extend(buckets().map(kv_stream));
+    // Copies of the pending and dead delivery records (read by listings, filled by the server).
+    s.extend(COPIED_STATUSES.into_iter().filter_map(status_stream));
     s
 }
 
@@ -146,17 +149,15 @@ fn api(p: &mut UserPermissions, assignees: &[Assignee]) {
     p.publish
         .push(stream_api("MSG.GET", subjects::EVENTS_STREAM));
     p.publish.push(stream_api("PURGE", subjects::EVENTS_STREAM));
-    // Live feeds and the retention walk read EVENTS; delivery listings watch their bucket.
-    for s in [
-        subjects::EVENTS_STREAM.to_string(),
-        kv_stream(subjects::DELIVERY_BUCKET),
-    ] {
-        reader_consumers(p, &s, true);
-        p.publish.push(flow_control(&s));
-    }
+    // Live feeds and the retention walk read EVENTS (delivery records are read with direct
+    // gets only).
+    let events = subjects::EVENTS_STREAM;
+    reader_consumers(p, events, true);
+    p.publish.push(flow_control(events));
     for s in [
         subjects::ALL_TASKS,
         subjects::LEDGER_WRITES,
+        subjects::INDEX_WRITES,
         subjects::ALL_DELIVERIES,
     ] {
         p.publish.push(s.to_string());
@@ -196,11 +197,18 @@ fn relay(p: &mut UserPermissions) {
         .push(stream_api("MSG.GET", subjects::EVENTS_STREAM));
     p.publish.push(direct_get(subjects::EVENTS_STREAM, None));
     p.publish.push(direct_get(subjects::TASKS_STREAM, None));
-    for bucket in [subjects::DELIVERY_BUCKET, subjects::DESTINATION_BUCKET] {
-        p.publish
-            .push(direct_get(&kv_stream(bucket), Some(&kv_keys(bucket))));
-        p.publish.push(kv_keys(bucket));
-    }
+    // Delivery records: read by id with a direct get of a wildcard subject (in the body),
+    // written as values and delete markers (a status change is one atomic batch of both).
+    let records = subjects::DELIVERY_BUCKET;
+    p.publish.push(direct_get(&kv_stream(records), None));
+    p.publish.push(kv_keys(records));
+    // Destination state: plain KV reads and writes.
+    let destinations = subjects::DESTINATION_BUCKET;
+    p.publish.push(direct_get(
+        &kv_stream(destinations),
+        Some(&kv_keys(destinations)),
+    ));
+    p.publish.push(kv_keys(destinations));
 }
 
 fn worker(p: &mut UserPermissions, a: &Assignee) {
@@ -218,6 +226,8 @@ fn worker(p: &mut UserPermissions, a: &Assignee) {
     // read with direct gets of literal subjects (the leader's MSG.GET and a direct get with a
     // body take any subject, so they are not granted).
     p.publish.push(subjects::assignee_ledger(a));
+    // A failed task's index entry, written in the batch of its `failed` event.
+    p.publish.push(subjects::assignee_index(a));
     p.publish.push(direct_get(
         subjects::EVENTS_STREAM,
         Some(&subjects::assignee_events(a)),
@@ -276,6 +286,8 @@ mod tests {
             .chain(&p.subscribe)
             .all(|s| !s.contains("trump")));
         assert!(may(&p.publish, "ledger.anna.T1.started"));
+        assert!(may(&p.publish, "index.failed.anna.T1"));
+        assert!(!may(&p.publish, "index.failed.trump.T1"));
         assert!(!may(&p.publish, "ledger.trump.T1.started"));
         assert!(may(
             &p.publish,
@@ -338,6 +350,40 @@ mod tests {
         assert!(
             !may(&relay.publish, "$JS.API.STREAM.PURGE.EVENTS"),
             "the relay reads tasks only"
+        );
+    }
+
+    #[test]
+    fn the_relay_reads_and_moves_delivery_records_and_the_api_lists_them_and_their_copies() {
+        let relay = Role::Relay.permissions(&[a("anna")]);
+        assert!(may(&relay.publish, "$JS.API.DIRECT.GET.KV_deliveries"));
+        assert!(may(
+            &relay.publish,
+            "$KV.deliveries.dead.n_hook.n_hook.evt_1"
+        ));
+        assert!(!may(
+            &relay.publish,
+            "$JS.API.DIRECT.GET.DELIVERY_RECORDS_DEAD"
+        ));
+        assert!(!may(
+            &relay.publish,
+            "$JS.API.CONSUMER.CREATE.KV_deliveries"
+        ));
+        let api = Role::Api.permissions(&[a("anna")]);
+        for stream in [
+            "KV_deliveries",
+            "DELIVERY_RECORDS_PENDING",
+            "DELIVERY_RECORDS_DEAD",
+        ] {
+            assert!(may(&api.publish, &format!("$JS.API.DIRECT.GET.{stream}")));
+            assert!(may(
+                &api.publish,
+                &format!("$JS.API.STREAM.CREATE.{stream}")
+            ));
+        }
+        assert!(
+            !may(&api.publish, "$JS.API.CONSUMER.CREATE.KV_deliveries"),
+            "listings read with direct gets, not watches"
         );
     }
 

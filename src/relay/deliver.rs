@@ -4,8 +4,9 @@
 //! naks with the schedule's delay, so they survive relay restarts; every attempt is recorded.
 //!
 //! Round trips per delivery: the next message (one long-lived pull; the server hands it over as
-//! soon as the previous ack lands), the request itself, and one record write, confirmed before
-//! the plain, unconfirmed ack. A lost ack only brings the message back, and a redelivered
+//! soon as the previous ack lands), the request itself, and one record write (one message; an
+//! atomic batch of two when a retry changes the record's status), confirmed before the plain,
+//! unconfirmed ack. A lost ack only brings the message back, and a redelivered
 //! message whose record already says delivered (or dead) is settled without a request. Whether
 //! the destination is disabled is read at most once per [`DISABLED_RECHECK`] while it is
 //! enabled, and before every attempt while it is disabled (a replay re-enables it).
@@ -189,10 +190,10 @@ impl Delivery {
         };
         let attempt_no = msg.info().map(|i| i.delivered.max(1) as usize).unwrap_or(1);
         let first = attempt_no == 1;
-        let records = &self.bus.topology.delivery_records;
+        let records = &self.bus;
         if !first {
             // Back after a lost ack or a kill: settled already?
-            match lane.records.status(records, &job.id).await {
+            match lane.records.status(records, &job).await {
                 Some(DeliveryStatus::Delivered) => {
                     let _ = msg.ack().await;
                     return;

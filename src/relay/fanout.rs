@@ -7,9 +7,10 @@ use super::deliver::Delivery;
 use super::destination::{parse_notify, session_key, Destination, NotifyEntry};
 use super::job::DeliveryJob;
 use super::message::Templates;
-use crate::bus::{decode, encode, message_headers, subjects, BusError, NatsResultExt};
+use crate::bus::{encode, message_headers, subjects, BusError, NatsResultExt};
 use crate::config::RouteConfig;
 use crate::domain::{EventKind, Task, TaskEvent, TaskId, TaskStatus};
+use crate::tasks::ledger::shown_events;
 use crate::tasks::{ListFilter, TaskService};
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::context::PublishAckFuture;
@@ -133,8 +134,8 @@ impl FanOut {
                             continue;
                         }
                     };
-                    match decode::<TaskEvent>("task event", &msg.payload) {
-                        Ok(event) => match self.handle(event).await {
+                    match shown_events(&msg.payload) {
+                        Ok(events) => match self.handle_all(events).await {
                             // Every job is stored, so a plain ack: a lost one redelivers the
                             // event, and its jobs' Nats-Msg-Ids keep them from being queued twice.
                             Ok(()) => { let _ = msg.ack().await; }
@@ -173,19 +174,34 @@ impl FanOut {
         }
     }
 
+    /// Fans out what one ledger message shows, in order. Migration records (a state carried
+    /// over by `taskfleet migrate`) go to nobody.
+    async fn handle_all(&mut self, events: Vec<(TaskEvent, Option<Task>)>) -> Result<(), BusError> {
+        for (event, task) in events {
+            if !crate::tasks::is_migration(&event) {
+                self.handle(event, task).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Queues the event's jobs, one per destination, and returns once every one is stored. The
     /// publishes are pipelined: they go to different destinations, and the next event is only
-    /// read after this one is acked.
-    async fn handle(&mut self, event: TaskEvent) -> Result<(), BusError> {
+    /// read after this one is acked. `task` is the state the event recorded (read now for an
+    /// event that carries none, written before task storage v2).
+    async fn handle(&mut self, event: TaskEvent, task: Option<Task>) -> Result<(), BusError> {
         self.track(&event);
-        let task = match self.tasks.get(&event.task_id).await {
-            Ok(t) => t,
-            Err(crate::tasks::TaskError::NotFound(_)) => return Ok(()),
-            Err(crate::tasks::TaskError::Bus(e)) => return Err(e),
-            Err(e) => {
-                tracing::warn!(error.message = %e, "cannot read the task; skipping its event");
-                return Ok(());
-            }
+        let task = match task {
+            Some(t) => t,
+            None => match self.tasks.get(&event.task_id).await {
+                Ok(t) => t,
+                Err(crate::tasks::TaskError::NotFound(_)) => return Ok(()),
+                Err(crate::tasks::TaskError::Bus(e)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "cannot read the task; skipping its event");
+                    return Ok(());
+                }
+            },
         };
         let mut sent = Vec::new();
         for Target {

@@ -1,4 +1,5 @@
-//! What travels through the delivery queue, and what the relay records about each attempt.
+//! What travels through the delivery queue, and what the relay records about each attempt
+//! (and, re-exported from the relay's `record.rs`, where those records are stored).
 
 use super::destination::Destination;
 use crate::domain::{Task, TaskEvent};
@@ -87,7 +88,26 @@ pub enum DeliveryStatus {
     Dead,
 }
 
-/// Everything the relay knows about one delivery (KV bucket `deliveries`).
+impl DeliveryStatus {
+    /// The status as its record-key token (and JSON value): `pending`, `delivered`, `dead`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Dead => "dead",
+        }
+    }
+
+    /// Parses a status token.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::Delivered, Self::Dead]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
+/// Everything the relay knows about one delivery (KV bucket `deliveries`; where and how it is
+/// stored: the items below, from the relay's `record.rs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeliveryRecord {
     /// The job.
@@ -102,6 +122,12 @@ pub struct DeliveryRecord {
     /// Last change.
     pub updated_time: DateTime<Utc>,
 }
+
+pub use super::record::{
+    from_message, id_pattern, is_marker, is_token, read_record, record_group, record_key,
+    record_stream, record_subject, status_stream, store_record, RecordError, StoredRecord,
+    COPIED_STATUSES, MARKER_TTL_S,
+};
 
 /// Queue key of pushes (`POST /api/push`): delivered to the relay's `push_destination`.
 pub const PUSH_KEY: &str = "push";

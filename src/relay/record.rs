@@ -1,19 +1,268 @@
-//! Delivery records (KV `deliveries`) as one delivery loop writes them: every attempt is appended
-//! with a compare-and-set, and the loop keeps the record it last wrote (or read), so the usual
-//! cases cost one write and no read:
+//! Delivery records (KV bucket `deliveries`): where they are stored, how they are read and
+//! written, and the records one delivery loop writes.
 //!
-//! - a first delivery has no record yet: it is created outright;
-//! - a retry of the job this loop tried last updates the record it kept, at its revision.
+//! # Layout
 //!
-//! A stale kept record (a replay, another relay replica) fails the revision check and is read
-//! again, so nothing is ever overwritten blindly.
+//! A record is stored under the key `<status>.<group>.<key>.<tail>`, subject
+//! `$KV.deliveries.<status>.<group>.<key>.<tail>`:
+//!
+//! - `status`: `pending`, `delivered` or `dead`, so the records of one status are the messages
+//!   on `…<status>.>` and a listing by status reads those only;
+//! - `group`: `n_<name>` for a named destination (also when it is aimed at one chat session,
+//!   whose queue key is `n_<name>_<hash>`), the queue key otherwise; a listing by name reads
+//!   `…<status>.n_<name>.>`;
+//! - `key`: the destination's queue key; a listing by key reads `…<status>.*.<key>.>`;
+//! - `tail`: the delivery id without its `.<key>` suffix (the event id; a push's own id).
+//!
+//! A status change moves the record: a delete marker (`KV-Operation: DEL`) on the old key and
+//! the record on the new one, in ONE atomic batch (ADR-50), the marker first. So each delivery
+//! has exactly one live value, and it is the last message of the delivery under any status
+//! (`…*.*.<key>.<tail>`): that is how a record is read by id, and the subject every write is
+//! guarded on (compare-and-set on the last sequence there). A marker only has to outlive its
+//! copying (below): it expires after [`MARKER_TTL_S`] (a per-message TTL).
+//!
+//! # Copies of the rare statuses
+//!
+//! Most records are delivered; pending and dead ones are few and spread over the whole bucket,
+//! so reading a page of them from it would touch a block of the stream per record. The server
+//! therefore also keeps each of those statuses in a stream of its own ([`status_stream`]),
+//! sourced from the bucket with the status's subjects: the records there are in the order they
+//! were written, and a record leaving the status leaves the copy too (its marker is copied).
+//! The copies are for listings only and trail the bucket by the time the server takes to copy
+//! (normally well under a millisecond); every write and every read by id uses the bucket.
+//!
+//! # One loop's writes
+//!
+//! Every attempt is appended with a compare-and-set, and the loop keeps the record it last
+//! wrote (or read), so the usual cases cost one write and no read:
+//!
+//! - a first delivery has no record yet: it is created outright (one message);
+//! - a retry of the job this loop tried last updates the record it kept, at its sequence (one
+//!   message, or one batch of two when the status changes).
+//!
+//! A stale kept record (a replay, another relay replica) fails the check and is read again,
+//! so nothing is ever overwritten blindly.
 
 use super::job::{Attempt, DeliveryJob, DeliveryRecord, DeliveryStatus};
-use crate::bus::{decode, encode};
-use async_nats::jetstream::kv;
+use crate::bus::append::{append_batch, Append, AppendError};
+use crate::bus::permissions::kv_stream;
+use crate::bus::{decode, direct, encode, subjects, Bus, BusError};
+use async_nats::jetstream::message::StreamMessage;
 
 /// How many times a write is tried against a moving record before giving up.
 const WRITE_TRIES: usize = 5;
+
+/// The KV header naming a message's operation (`DEL`, `PURGE`; none for a value).
+const KV_OPERATION: &str = "KV-Operation";
+
+/// How long a delete marker stays, in seconds: long enough to be copied into the status
+/// streams even when copying lags (it takes well under a millisecond normally; a copy that
+/// fell further behind would keep a record that left its status), short enough that listings
+/// of a status have few markers to step over (a minute of records leaving it).
+pub const MARKER_TTL_S: u64 = 60;
+
+/// The header of a per-message TTL (ADR-43), in seconds.
+const MESSAGE_TTL: &str = "Nats-TTL";
+
+/// The statuses whose records are also kept in a stream of their own (see the module docs).
+pub const COPIED_STATUSES: [DeliveryStatus; 2] = [DeliveryStatus::Pending, DeliveryStatus::Dead];
+
+/// The stream holding the records (`KV_deliveries`).
+pub fn record_stream() -> String {
+    kv_stream(subjects::DELIVERY_BUCKET)
+}
+
+/// Why a delivery record could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Somebody else wrote the record since it was read.
+    #[error("delivery {0} changed concurrently")]
+    Conflict(String),
+    /// The id, key or name of the delivery cannot be part of a subject.
+    #[error("delivery {0:?} cannot be stored: its id, key or name is not a subject token")]
+    BadId(String),
+    /// NATS failed, refused the write, or gave no answer.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// A record and the stream sequence it is stored at (its revision).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRecord {
+    /// The record.
+    pub record: DeliveryRecord,
+    /// Its stream sequence; writes replacing it are guarded on it.
+    pub seq: u64,
+}
+
+/// The stream keeping a copy of the records with `status` (`DELIVERY_RECORDS_PENDING`,
+/// `DELIVERY_RECORDS_DEAD`), if that status has one.
+pub fn status_stream(status: DeliveryStatus) -> Option<String> {
+    COPIED_STATUSES
+        .contains(&status)
+        .then(|| format!("DELIVERY_RECORDS_{}", status.as_str().to_uppercase()))
+}
+
+/// `[A-Za-z0-9_-]+`: safe as one subject token and in a KV key.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// One or more tokens joined by dots.
+fn is_tokens(s: &str) -> bool {
+    s.split('.').all(is_token)
+}
+
+/// `$KV.deliveries.<rest>`: a subject (or filter) in the record bucket.
+pub fn record_subject(rest: &str) -> String {
+    format!("$KV.{}.{rest}", subjects::DELIVERY_BUCKET)
+}
+
+/// The group token of a job: `n_<name>` for a named destination, its queue key otherwise.
+pub fn record_group(job: &DeliveryJob) -> String {
+    match &job.name {
+        Some(name) => format!("n_{name}"),
+        None => job.key.clone(),
+    }
+}
+
+/// The tail of a job's key: its id without the `.<key>` suffix.
+fn tail(job: &DeliveryJob) -> &str {
+    job.id
+        .strip_suffix(job.key.as_str())
+        .and_then(|rest| rest.strip_suffix('.'))
+        .unwrap_or(&job.id)
+}
+
+/// The key of `job`'s record while it has `status`: `<status>.<group>.<key>.<tail>`.
+pub fn record_key(status: DeliveryStatus, job: &DeliveryJob) -> Result<String, RecordError> {
+    let (group, tail) = (record_group(job), tail(job));
+    if !is_token(&group) || !is_token(&job.key) || !is_tokens(tail) {
+        return Err(RecordError::BadId(job.id.clone()));
+    }
+    Ok(format!("{}.{group}.{}.{tail}", status.as_str(), job.key))
+}
+
+/// Every subject `job`'s record may be on (any status): the subject its writes are guarded on.
+fn job_pattern(job: &DeliveryJob) -> Result<String, RecordError> {
+    record_key(DeliveryStatus::Pending, job)?;
+    Ok(record_subject(&format!("*.*.{}.{}", job.key, tail(job))))
+}
+
+/// Every subject the record of delivery `id` may be on: `…*.*.<key>.<event id>` for an id
+/// `<event id>.<key>`, `…*.*.*.<id>` for an id without a dot (a push). `None` when `id`
+/// cannot be a delivery id.
+pub fn id_pattern(id: &str) -> Option<String> {
+    if !is_tokens(id) {
+        return None;
+    }
+    Some(match id.rsplit_once('.') {
+        Some((tail, key)) => record_subject(&format!("*.*.{key}.{tail}")),
+        None => record_subject(&format!("*.*.*.{id}")),
+    })
+}
+
+/// Whether a message of the bucket (or of a copy) is a delete marker.
+pub fn is_marker(m: &StreamMessage) -> bool {
+    m.headers.get(KV_OPERATION).is_some()
+}
+
+/// The record a message of the bucket holds: `None` for a delete marker, a message outside the
+/// layout (a key from before it), or one that cannot be decoded.
+pub fn from_message(m: &StreamMessage) -> Option<StoredRecord> {
+    if is_marker(m) {
+        return None;
+    }
+    let key = m.subject.strip_prefix(record_subject("").as_str())?;
+    let status = DeliveryStatus::parse(key.split('.').next()?)?;
+    if key.split('.').count() < 4 {
+        return None;
+    }
+    let record = decode::<DeliveryRecord>("delivery record", &m.payload).ok()?;
+    (record.status == status).then_some(StoredRecord {
+        record,
+        seq: m.sequence,
+    })
+}
+
+/// The record on the subjects of `pattern`, if its live value belongs to delivery `id`.
+async fn read_pattern(
+    client: &async_nats::Client,
+    pattern: &str,
+    id: &str,
+) -> Result<Option<StoredRecord>, RecordError> {
+    let last = direct::last(client, &record_stream(), pattern).await?;
+    Ok(last
+        .as_ref()
+        .and_then(from_message)
+        .filter(|s| s.record.job.id == id))
+}
+
+/// The stored record of delivery `id` (`None`: none, or `id` cannot be a delivery id). Read
+/// from any replica: a write based on it is still checked by the server.
+pub async fn read_record(
+    client: &async_nats::Client,
+    id: &str,
+) -> Result<Option<StoredRecord>, RecordError> {
+    match id_pattern(id) {
+        Some(pattern) => read_pattern(client, &pattern, id).await,
+        None => Ok(None),
+    }
+}
+
+/// The stored record of `job`.
+async fn read_job(
+    client: &async_nats::Client,
+    job: &DeliveryJob,
+) -> Result<Option<StoredRecord>, RecordError> {
+    read_pattern(client, &job_pattern(job)?, &job.id).await
+}
+
+/// Stores `record` under its status's key, replacing `before` (the stored record it was made
+/// from; `None` when there was none). Same status: one message; another status: a delete
+/// marker on the old key and the record, in one atomic batch. Answers the new sequence, or
+/// [`RecordError::Conflict`] when the record is no longer `before`.
+pub async fn store_record(
+    js: &async_nats::jetstream::Context,
+    record: &DeliveryRecord,
+    before: Option<&StoredRecord>,
+) -> Result<u64, RecordError> {
+    let job = &record.job;
+    let write_id = ulid::Ulid::new();
+    let put = Append {
+        subject: record_subject(&record_key(record.status, job)?),
+        guard: job_pattern(job)?,
+        expected: before.map_or(0, |b| b.seq),
+        msg_id: format!("rec_{write_id}"),
+        extra: Vec::new(),
+        payload: encode(record),
+    };
+    let stored = match before.map(|b| b.record.status) {
+        Some(old) if old != record.status => {
+            let marker = Append {
+                subject: record_subject(&record_key(old, job)?),
+                msg_id: format!("rec_{write_id}_moved"),
+                extra: vec![
+                    (KV_OPERATION, "DEL".to_string()),
+                    (MESSAGE_TTL, MARKER_TTL_S.to_string()),
+                ],
+                payload: bytes::Bytes::new(),
+                ..put.clone()
+            };
+            append_batch(js, &[marker, put]).await
+        }
+        _ => match put.send(js).await {
+            Ok(sent) => sent.stored().await,
+            Err(e) => Err(e),
+        },
+    };
+    stored.map_err(|e| match e {
+        AppendError::Conflict { .. } => RecordError::Conflict(job.id.clone()),
+        AppendError::Unknown(e) | AppendError::Refused(e) => RecordError::Bus(e),
+    })
+}
 
 /// The records of one delivery loop.
 #[derive(Debug, Default)]
@@ -27,23 +276,23 @@ pub(super) struct Recorder {
 struct Kept {
     /// The delivery (job) id.
     id: String,
-    /// The record and its revision; `None` when there was none.
-    record: Option<(DeliveryRecord, u64)>,
+    /// The record and its sequence; `None` when there was none.
+    record: Option<StoredRecord>,
 }
 
 impl Recorder {
-    /// The stored status of delivery `id`: the kept record's if it is that delivery's, read
-    /// (and kept) otherwise. `None` when there is no record (or it cannot be read).
-    pub(super) async fn status(&mut self, store: &kv::Store, id: &str) -> Option<DeliveryStatus> {
-        if self.kept.as_ref().is_none_or(|k| k.id != id) {
-            let record = read(store, id).await;
+    /// The stored status of `job`: the kept record's if it is that delivery's, read (and kept)
+    /// otherwise. `None` when there is no record (or it cannot be read).
+    pub(super) async fn status(&mut self, bus: &Bus, job: &DeliveryJob) -> Option<DeliveryStatus> {
+        if self.kept.as_ref().is_none_or(|k| k.id != job.id) {
+            let record = read_job(&bus.client, job).await.ok().flatten();
             self.kept = Some(Kept {
-                id: id.to_string(),
+                id: job.id.clone(),
                 record,
             });
         }
         let kept = self.kept.as_ref()?;
-        kept.record.as_ref().map(|(r, _)| r.status)
+        kept.record.as_ref().map(|s| s.record.status)
     }
 
     /// Appends `attempt` to the record of `job` and sets its status and reason. `first` says
@@ -51,7 +300,7 @@ impl Recorder {
     /// reading (an existing one, e.g. of a replay, is then read and updated).
     pub(super) async fn write(
         &mut self,
-        store: &kv::Store,
+        bus: &Bus,
         job: &DeliveryJob,
         attempt: Option<Attempt>,
         status: DeliveryStatus,
@@ -66,34 +315,36 @@ impl Recorder {
         for _ in 0..WRITE_TRIES {
             let current = match known.take() {
                 Some(current) => current,
-                None => read(store, &job.id).await,
+                None => read_job(&bus.client, job).await.ok().flatten(),
             };
-            let (mut record, revision) = match current {
-                Some((record, revision)) => (record, Some(revision)),
-                None => (
-                    DeliveryRecord {
-                        job: job.clone(),
-                        status,
-                        attempts: Vec::new(),
-                        reason: None,
-                        updated_time: crate::domain::now(),
-                    },
-                    None,
-                ),
-            };
+            let mut record = current.as_ref().map_or_else(
+                || DeliveryRecord {
+                    job: job.clone(),
+                    status,
+                    attempts: Vec::new(),
+                    reason: None,
+                    updated_time: crate::domain::now(),
+                },
+                |s| s.record.clone(),
+            );
             record.attempts.extend(attempt.clone());
             record.status = status;
             record.reason = reason.clone();
             record.updated_time = crate::domain::now();
-            let value = encode(&record);
-            let written = match revision {
-                Some(r) => store.update(&job.id, value, r).await.ok(),
-                None => store.create(&job.id, value).await.ok(),
+            let written = match store_record(&bus.js, &record, current.as_ref()).await {
+                Ok(seq) => Some(StoredRecord { record, seq }),
+                // No answer: stored after all if the record now is the one sent.
+                Err(RecordError::Bus(_)) => read_job(&bus.client, job)
+                    .await
+                    .ok()
+                    .flatten()
+                    .filter(|s| s.record == record),
+                Err(_) => None,
             };
-            if let Some(revision) = written {
+            if let Some(stored) = written {
                 self.kept = Some(Kept {
                     id: job.id.clone(),
-                    record: Some((record, revision)),
+                    record: Some(stored),
                 });
                 return;
             }
@@ -102,12 +353,66 @@ impl Recorder {
     }
 }
 
-/// The stored record of delivery `id` and its revision (`None`: none, deleted, or unreadable).
-async fn read(store: &kv::Store, id: &str) -> Option<(DeliveryRecord, u64)> {
-    let entry = store.entry(id).await.ok()??;
-    if entry.operation != kv::Operation::Put {
-        return None;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str, key: &str, name: Option<&str>) -> DeliveryJob {
+        DeliveryJob {
+            id: id.into(),
+            key: key.into(),
+            name: name.map(str::to_string),
+            destination: None,
+            event: None,
+            task: None,
+            text: String::new(),
+            session_id: None,
+            created_time: chrono::Utc::now(),
+        }
     }
-    let record = decode::<DeliveryRecord>("delivery record", &entry.value).ok()?;
-    Some((record, entry.revision))
+
+    #[test]
+    fn a_record_key_names_status_group_key_and_event() {
+        let named = job("evt_1.n_hook_ab12", "n_hook_ab12", Some("hook"));
+        let key = record_key(DeliveryStatus::Dead, &named).unwrap();
+        assert_eq!(key, "dead.n_hook.n_hook_ab12.evt_1");
+        let push = job("push_9", "push", None);
+        let key = record_key(DeliveryStatus::Pending, &push).unwrap();
+        assert_eq!(key, "pending.push.push.push_9");
+        assert_eq!(
+            job_pattern(&named).unwrap(),
+            "$KV.deliveries.*.*.n_hook_ab12.evt_1"
+        );
+        assert_eq!(
+            id_pattern("evt_1.n_hook_ab12").unwrap(),
+            job_pattern(&named).unwrap()
+        );
+        assert_eq!(id_pattern("push_9").unwrap(), "$KV.deliveries.*.*.*.push_9");
+    }
+
+    #[test]
+    fn ids_and_keys_that_are_not_subject_tokens_are_refused() {
+        assert!(id_pattern("evt_1.>").is_none());
+        assert!(id_pattern("a..b").is_none());
+        assert!(id_pattern("").is_none());
+        assert!(id_pattern("evt 1").is_none());
+        let bad = job("evt_1.h_*", "h_*", None);
+        assert!(matches!(
+            record_key(DeliveryStatus::Dead, &bad),
+            Err(RecordError::BadId(_))
+        ));
+    }
+
+    #[test]
+    fn statuses_parse_from_their_own_names_only() {
+        for s in [
+            DeliveryStatus::Pending,
+            DeliveryStatus::Delivered,
+            DeliveryStatus::Dead,
+        ] {
+            assert_eq!(DeliveryStatus::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert_eq!(DeliveryStatus::parse("Dead"), None);
+    }
 }

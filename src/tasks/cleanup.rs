@@ -190,12 +190,18 @@ impl TaskService {
             if !expired {
                 continue;
             }
-            self.bus
-                .topology
-                .events
+            let events = &self.bus.topology.events;
+            events
                 .purge()
                 .filter(subjects::task_ledger(a, id))
                 .sequence(t.revision + 1)
+                .await
+                .map_err(|e| BusError::from_op("purge finished task", e))?;
+            // Its index entries (written in the batch of its final event, so at most one more).
+            events
+                .purge()
+                .filter(subjects::task_index(a, id))
+                .sequence(t.revision + 2)
                 .await
                 .map_err(|e| BusError::from_op("purge finished task", e))?;
             removed += 1;

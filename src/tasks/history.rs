@@ -1,6 +1,6 @@
 //! Reading back: task listing (see `listing.rs`), and the task log / live feed from the ledger.
 
-use super::ledger::{also_created, decode_event, decode_record, implied_created};
+use super::ledger::{also_created, decode_event, decode_record, implied_created, shown_events};
 use super::{TaskError, TaskService};
 use crate::bus::{direct, subjects, NatsResultExt};
 use crate::domain::{Assignee, LogEntry, Task, TaskEvent, TaskId, TaskStatus};
@@ -43,32 +43,26 @@ impl TaskService {
     /// Every recorded event of a task, oldest first. A first record that stands for both the
     /// creation and the first claim is shown as its two events.
     pub async fn events(&self, id: &TaskId) -> Result<Vec<TaskEvent>, TaskError> {
-        let filter = match self.assignee_of(id) {
-            Some(a) => subjects::task_ledger(&a, id),
-            None => subjects::task_ledger_any_assignee(id),
-        };
-        let mut events = Vec::new();
-        let mut seq = 1;
-        loop {
-            let batch = direct::batch(
-                &self.bus.client,
-                subjects::EVENTS_STREAM,
-                &filter,
-                seq,
-                direct::MAX_BATCH,
-            )
-            .await?;
-            let Some(last) = batch.last() else { break };
-            seq = last.sequence + 1;
-            for m in &batch {
-                let event = decode_event(m)?;
-                if also_created(&event) {
-                    if let Some(stored) = decode_record(m) {
-                        events.push(implied_created(&event, &stored.task));
-                    }
+        let task = self.get(id).await?;
+        self.events_of(&task).await
+    }
+
+    /// The events of `task` up to its last record, asking the server for exactly that many
+    /// (asking for more would make it scan on to the end of the stream).
+    async fn events_of(&self, task: &Task) -> Result<Vec<TaskEvent>, TaskError> {
+        let filter = subjects::task_ledger(&task.assigned_to, &task.id);
+        let client = &self.bus.client;
+        let window = (1, task.revision);
+        let (msgs, _) = direct::range(client, subjects::EVENTS_STREAM, &filter, window, 0).await?;
+        let mut events = Vec::with_capacity(msgs.len() + 1);
+        for m in &msgs {
+            let event = decode_event(m)?;
+            if also_created(&event) {
+                if let Some(stored) = decode_record(m) {
+                    events.push(implied_created(&event, &stored.task));
                 }
-                events.push(event);
             }
+            events.push(event);
         }
         Ok(events)
     }
@@ -78,7 +72,7 @@ impl TaskService {
         let task = self.get(id).await?;
         let mut entries = Vec::new();
         let mut status: Option<TaskStatus> = None;
-        for e in self.events(&task.id).await? {
+        for e in self.events_of(&task).await? {
             let mut entry = LogEntry::from(&e);
             // Non-transition events (steps, output…) keep the status they happened in.
             entry.old_status = entry.old_status.or(status);
@@ -110,7 +104,9 @@ impl TaskService {
             .op("open event feed")?;
         Ok(messages.flat_map(|m| {
             let events = match m.op("event feed") {
-                Ok(m) => feed_events(&m.payload).map_err(TaskError::from),
+                Ok(m) => shown_events(&m.payload)
+                    .map(|v| v.into_iter().map(|(e, _)| e).collect::<Vec<_>>())
+                    .map_err(TaskError::from),
                 Err(e) => Err(e.into()),
             };
             futures::stream::iter(match events {
@@ -119,20 +115,4 @@ impl TaskService {
             })
         }))
     }
-}
-
-/// The events one ledger message shows on a feed: its own, preceded by the `created` it also
-/// stands for when it is a task's combined first claim.
-fn feed_events(payload: &[u8]) -> Result<Vec<TaskEvent>, crate::bus::BusError> {
-    let event: TaskEvent = crate::bus::decode("task event", payload)?;
-    if also_created(&event) {
-        #[derive(serde::Deserialize)]
-        struct WithTask {
-            task: Task,
-        }
-        if let Ok(w) = crate::bus::decode::<WithTask>("ledger record", payload) {
-            return Ok(vec![implied_created(&event, &w.task), event]);
-        }
-    }
-    Ok(vec![event])
 }

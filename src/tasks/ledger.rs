@@ -142,6 +142,26 @@ pub fn implied_created(started: &TaskEvent, task: &Task) -> TaskEvent {
     e
 }
 
+/// The events one ledger message shows readers (feeds, the relay), each with the task's state
+/// after it when the message carries one: its own event, preceded by the `created` it also
+/// stands for when it is a task's combined first claim.
+pub fn shown_events(payload: &[u8]) -> Result<Vec<(TaskEvent, Option<Task>)>, BusError> {
+    #[derive(Deserialize)]
+    struct WithTask {
+        task: Option<Task>,
+    }
+    let event: TaskEvent = decode("task event", payload)?;
+    let task = decode::<WithTask>("ledger record", payload)
+        .ok()
+        .and_then(|w| w.task);
+    Ok(match &task {
+        Some(t) if also_created(&event) => {
+            vec![(implied_created(&event, t), task.clone()), (event, task)]
+        }
+        _ => vec![(event, task)],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

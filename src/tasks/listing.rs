@@ -7,10 +7,16 @@
 //! | status asked | walked | order |
 //! |---|---|---|
 //! | `pending`, `running` | queue messages (`TASKS`, which holds every queued or running task) | newest queued first |
-//! | `completed`, `failed`, `cancelled` | ledger events of that type | most recently finished first |
+//! | `completed` | ledger events of that type | most recently finished first |
+//! | `failed`, `cancelled` | their index entries (`index.<status>.<assignee>.<id>`) | most recently finished first |
 //! | any | `created` events, and `started` events that stand for a creation | newest created first |
 //!
-//! A page ends with a cursor (a stream sequence): the next page walks on from there.
+//! A page ends with a cursor (a stream sequence): the next page walks on from there. Each window
+//! is read with [`direct::range`], which asks the server for exactly the messages the window
+//! holds (a batch asking for more would scan on past the window, to the end of the stream).
+//! Rare statuses have index entries because a filter with a wildcard before its last token
+//! (`events.<a>.*.failed`) costs the server every subject of every block it passes, and a rare
+//! status is far apart; `index.failed.<a>.*` has a literal prefix, cheap to skip blocks with.
 
 use super::ledger::also_created;
 use super::{ListFilter, TaskError, TaskService};
@@ -49,12 +55,15 @@ impl TaskService {
             .before
             .map_or(last, |b| b.saturating_sub(1))
             .min(last);
+        let mut after_end = self.counts_after(&source, end, end == last).await?;
         let mut window = (filter.limit as u64 * WINDOW_PER_TASK).max(256);
         let mut seen = HashSet::new();
         let mut page = Page::default();
         while page.tasks.len() < filter.limit && end >= first && end > 0 {
             let start = end.saturating_sub(window - 1).max(first);
-            let mut msgs = self.read_range(&source, start, end).await?;
+            let mut msgs = self
+                .read_range(&source, (start, end), &mut after_end)
+                .await?;
             msgs.sort_by_key(|m| std::cmp::Reverse(m.sequence));
             let candidates: Vec<StreamMessage> = msgs
                 .into_iter()
@@ -80,26 +89,39 @@ impl TaskService {
         Ok(page)
     }
 
-    /// Every message of `source` in `[start, end]`, oldest first.
+    /// Every message of `source` in `[start, end]`; `after_end` holds, per filter, how many
+    /// of its messages come after `end`, and is moved to the window's start.
     async fn read_range(
         &self,
         source: &Source,
-        start: u64,
-        end: u64,
+        window: (u64, u64),
+        after_end: &mut [u64],
     ) -> Result<Vec<StreamMessage>, BusError> {
         let mut out = Vec::new();
+        for (filter, after) in source.filters.iter().zip(after_end.iter_mut()) {
+            let client = &self.bus.client;
+            let (msgs, from_start) =
+                direct::range(client, source.stream, filter, window, *after).await?;
+            *after = from_start;
+            out.extend(msgs);
+        }
+        Ok(out)
+    }
+
+    /// Per filter of `source`, how many messages come after `end` (none after the stream's
+    /// last message).
+    async fn counts_after(
+        &self,
+        source: &Source,
+        end: u64,
+        at_last: bool,
+    ) -> Result<Vec<u64>, BusError> {
+        let mut out = Vec::new();
         for filter in &source.filters {
-            let mut from = start;
-            while from <= end {
-                let want = (end - from + 1).min(direct::MAX_BATCH as u64) as usize;
-                let got =
-                    direct::batch(&self.bus.client, source.stream, filter, from, want).await?;
-                let Some(last) = got.last().map(|m| m.sequence) else {
-                    break;
-                };
-                out.extend(got.into_iter().filter(|m| m.sequence <= end));
-                from = last + 1;
-            }
+            out.push(match at_last {
+                true => 0,
+                false => direct::count_after(&self.bus.client, source.stream, filter, end).await?,
+            });
         }
         Ok(out)
     }
@@ -120,7 +142,7 @@ impl TaskService {
         } else {
             let keys: Vec<(Assignee, TaskId)> = candidates
                 .iter()
-                .filter_map(|m| subjects::parse_event(&m.subject).map(|(a, id, _)| (a, id)))
+                .filter_map(|m| indexed_task(&m.subject))
                 .collect();
             let mut states = self.latest_states(&keys).await?;
             keys.iter()
@@ -162,15 +184,27 @@ fn source(status: Option<TaskStatus>, assignee: Option<&Assignee>) -> Source {
             filters: vec![format!("tasks.{a}.>")],
         },
         Some(TaskStatus::Completed) => events(&[EventKind::Completed]),
-        Some(TaskStatus::Failed) => events(&[EventKind::Failed]),
-        Some(TaskStatus::Cancelled) => events(&[EventKind::Cancelled]),
+        Some(status @ (TaskStatus::Failed | TaskStatus::Cancelled)) => Source {
+            stream: subjects::EVENTS_STREAM,
+            filters: vec![subjects::status_index_filter(status, assignee)],
+        },
         None => events(&[EventKind::Created, EventKind::Started]),
     }
+}
+
+/// The task an event or an index entry names.
+fn indexed_task(subject: &str) -> Option<(Assignee, TaskId)> {
+    subjects::parse_event(subject)
+        .map(|(a, id, _)| (a, id))
+        .or_else(|| subjects::parse_index(subject))
 }
 
 /// Whether a walked message stands for a task this listing may show (a `started` event only
 /// when it is also its task's creation; nothing outside the caller's scope).
 fn stands_for_a_task(m: &StreamMessage, filter: &ListFilter) -> bool {
+    if let Some((a, _)) = subjects::parse_index(&m.subject) {
+        return filter.scope.as_ref().is_none_or(|s| s.contains(&a));
+    }
     if let Some((a, _, kind)) = subjects::parse_event(&m.subject) {
         let in_scope = filter.scope.as_ref().is_none_or(|s| s.contains(&a));
         let creation = kind != EventKind::Started
@@ -184,9 +218,10 @@ fn stands_for_a_task(m: &StreamMessage, filter: &ListFilter) -> bool {
     }
 }
 
-/// The task a walked message stands for (queue messages by their id; events by their subject).
+/// The task a walked message stands for (queue messages by their id; events and index entries
+/// by their subject).
 fn task_of(m: &StreamMessage) -> TaskId {
-    if let Some((_, id, _)) = subjects::parse_event(&m.subject) {
+    if let Some((_, id)) = indexed_task(&m.subject) {
         return id;
     }
     super::queue::decode_queued(m.into())

@@ -10,7 +10,8 @@
 //! - listings newest first, logs and live event feeds in `history.rs` and `listing.rs`;
 //! - Live Task Pulse reports (`step`, `heartbeat`, `progress`) in `progress.rs`;
 //! - idempotent actions (`Idempotency-Key`) in `idempotency.rs`;
-//! - removing long-finished tasks (retention) in `cleanup.rs`.
+//! - removing long-finished tasks (retention) in `cleanup.rs`;
+//! - converting a store from before the ledger (`taskfleet migrate`) in `migrate.rs`.
 
 mod claim;
 mod cleanup;
@@ -19,6 +20,7 @@ mod history;
 mod idempotency;
 pub mod ledger;
 mod listing;
+pub mod migrate;
 mod progress;
 mod queue;
 mod transitions;
@@ -30,8 +32,10 @@ pub use create::Created;
 pub use history::ListFilter;
 pub use idempotency::{Applied, MAX_KEY_CHARS};
 pub use listing::Page;
+pub use migrate::{is_migration, migrate, MigrateError, Migrated};
 pub use progress::MAX_INFO_CHARS;
 pub use queue::QueuedMessage;
+pub use transitions::Finish;
 
 use crate::bus::{Bus, BusError};
 use crate::domain::{Assignee, EventKind, Task, TaskEvent, TaskId};

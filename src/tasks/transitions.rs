@@ -88,29 +88,9 @@ impl TaskService {
         operator: &str,
         detail: Value,
     ) -> Result<Task, TaskError> {
+        let finish = Finish::Completed { result, detail };
         let changed = self
-            .change(id, |t| {
-                let status = next_status(t, Action::Complete)?;
-                check_fence(t, fence)?;
-                let mut n = t.clone();
-                n.status = status;
-                n.result = result.clone();
-                n.finished_time = Some(now());
-                n.lease = None;
-                if n.progress.total > 0 {
-                    n.progress.done = n.progress.total;
-                    n.progress.current = None;
-                }
-                let message = n.result.as_ref().map(summary);
-                Ok(finished(
-                    t,
-                    n,
-                    EventKind::Completed,
-                    operator,
-                    message,
-                    &detail,
-                ))
-            })
+            .change(id, |t| finish_step(t, &finish, fence, operator))
             .await?;
         self.finished(&changed, fence.is_none()).await;
         Ok(changed.after)
@@ -126,28 +106,44 @@ impl TaskService {
         operator: &str,
         detail: Value,
     ) -> Result<Task, TaskError> {
+        let finish = Finish::Failed { error, detail };
         let changed = self
-            .change(id, |t| {
-                let status = next_status(t, Action::Fail)?;
-                check_fence(t, fence)?;
-                let mut n = t.clone();
-                n.status = status;
-                n.error = Some(error.clone());
-                n.finished_time = Some(now());
-                n.lease = None;
-                let message = Some(error.clone());
-                Ok(finished(
-                    t,
-                    n,
-                    EventKind::Failed,
-                    operator,
-                    message,
-                    &detail,
-                ))
-            })
+            .change(id, |t| finish_step(t, &finish, fence, operator))
             .await?;
         self.finished(&changed, fence.is_none()).await;
         Ok(changed.after)
+    }
+
+    /// A worker's finish of the task it holds (`fence`), sent without waiting for the answer so
+    /// that its slot can pull the next task meanwhile; [`finish_settled`](Self::finish_settled)
+    /// waits for it. Refused at once (nothing sent) when the state this worker last wrote does
+    /// not allow it.
+    pub async fn finish_sent(
+        &self,
+        id: &TaskId,
+        finish: Finish,
+        fence: &str,
+        operator: &str,
+    ) -> Result<(), TaskError> {
+        let (fence, operator) = (fence.to_string(), operator.to_string());
+        self.change_pipelined(id, move |t| {
+            finish_step(t, &finish, Some(&fence), &operator)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Waits for a finish sent by [`finish_sent`](Self::finish_sent): the task as it finished,
+    /// or why it was refused (another writer changed it meanwhile).
+    pub async fn finish_settled(&self, id: &TaskId) -> Result<Task, TaskError> {
+        let after = match self.settled(id).await {
+            Some(result) => result?,
+            None => self.get(id).await?,
+        };
+        if after.status.is_terminal() {
+            self.count_finished(&after);
+        }
+        Ok(after)
     }
 
     /// Cancels a pending or running task. A pending one leaves the queue at once; a running one
@@ -280,6 +276,59 @@ impl TaskService {
             tracing::debug!(seq, error.message = %e, "queue message already removed");
         }
     }
+}
+
+/// How a run ended, to be recorded.
+#[derive(Debug, Clone)]
+pub enum Finish {
+    /// Completed with a result.
+    Completed {
+        /// What `complete` reports (any JSON).
+        result: Option<Value>,
+        /// Extra event data (exit code, byte counts…).
+        detail: Value,
+    },
+    /// Failed with an error.
+    Failed {
+        /// Why.
+        error: String,
+        /// Extra event data.
+        detail: Value,
+    },
+}
+
+/// The change `finish` makes to the running task `t` (fenced by `fence` when given).
+fn finish_step(
+    t: &Task,
+    finish: &Finish,
+    fence: Option<&str>,
+    operator: &str,
+) -> super::write::Outcome {
+    let (action, kind) = match finish {
+        Finish::Completed { .. } => (Action::Complete, EventKind::Completed),
+        Finish::Failed { .. } => (Action::Fail, EventKind::Failed),
+    };
+    let status = next_status(t, action)?;
+    check_fence(t, fence)?;
+    let mut n = t.clone();
+    n.status = status;
+    n.finished_time = Some(now());
+    n.lease = None;
+    let (message, detail) = match finish {
+        Finish::Completed { result, detail } => {
+            n.result = result.clone();
+            if n.progress.total > 0 {
+                n.progress.done = n.progress.total;
+                n.progress.current = None;
+            }
+            (n.result.as_ref().map(summary), detail)
+        }
+        Finish::Failed { error, detail } => {
+            n.error = Some(error.clone());
+            (Some(error.clone()), detail)
+        }
+    };
+    Ok(finished(t, n, kind, operator, message, detail))
 }
 
 /// The step of a finishing change: the event carries `detail` and the attempt's duration.

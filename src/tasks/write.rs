@@ -12,9 +12,9 @@
 
 use super::ledger::{encode_record, Stored};
 use super::{TaskError, TaskService};
-use crate::bus::append::{Append, AppendError, Sent};
+use crate::bus::append::{send_batch, Append, AppendError, Sent};
 use crate::bus::subjects;
-use crate::domain::{EventKind, Task, TaskEvent, TaskId};
+use crate::domain::{EventKind, Task, TaskEvent, TaskId, TaskStatus};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -71,7 +71,7 @@ pub(crate) struct Chain {
 }
 
 struct InFlight {
-    append: Append,
+    write: Write,
     sent: Option<Sent>,
     redo: Redo,
     after: Task,
@@ -100,6 +100,30 @@ impl Chains {
 
     fn remove(&self, id: &TaskId) {
         self.0.lock().expect("chains lock").remove(id);
+    }
+}
+
+/// The messages of one change (see [`TaskService::write_for`]).
+#[derive(Debug)]
+struct Write {
+    appends: Vec<Append>,
+    /// The id of the change's event (how a re-sent write recognises its first copy).
+    event_id: String,
+    /// Messages after the event in the batch (its index entry).
+    after_event: usize,
+}
+
+/// The index entry of a task that just became failed or cancelled (a literal-prefix subject
+/// the listing of those statuses walks; see `listing.rs`).
+fn index_entry(after: &Task, event: &TaskEvent) -> Append {
+    let subject = subjects::status_index(after.status, &after.assigned_to, &after.id);
+    Append {
+        guard: subject.clone(),
+        subject,
+        expected: 0,
+        msg_id: format!("{}.index", event.id),
+        extra: Vec::new(),
+        payload: serde_json::json!({ "event": event.id }).to_string().into(),
     }
 }
 
@@ -159,11 +183,12 @@ impl TaskService {
             Some(t) => t,
             None => self.get(id).await?,
         };
-        let Step { after, event, .. } = f(&before)?;
-        let append = self.append_for(&before, &after, &event);
-        let sent = append.send(&self.bus.js).await.ok();
+        let step = f(&before)?;
+        let after = step.after.clone();
+        let write = self.write_for(&before, step);
+        let sent = send_batch(&self.bus.js, &write.appends).await.ok();
         c.inflight = Some(InFlight {
-            append,
+            write,
             sent,
             redo: Box::new(f),
             after: after.clone(),
@@ -173,12 +198,19 @@ impl TaskService {
 
     /// Waits until the task's pipelined write (if any) is stored, re-applied or dropped.
     pub async fn settle(&self, id: &TaskId) {
+        let _ = self.settled(id).await;
+    }
+
+    /// [`settle`](Self::settle), telling how the pipelined write ended: the state it left, or
+    /// why it was refused when re-applied to a state that changed meanwhile; `None` when no
+    /// write was on its way.
+    pub(crate) async fn settled(&self, id: &TaskId) -> Option<Result<Task, TaskError>> {
         if self.scope.is_none() {
-            return;
+            return None;
         }
         let chain = self.chains.of(id);
         let mut c = chain.lock().await;
-        self.settle_chain(id, &mut c).await;
+        self.settle_chain(id, &mut c).await
     }
 
     /// Starts the task's chain at `state` (just claimed): its next change needs no read.
@@ -194,36 +226,29 @@ impl TaskService {
         self.chains.remove(id);
     }
 
-    async fn settle_chain(&self, id: &TaskId, c: &mut Chain) {
-        let Some(w) = c.inflight.take() else { return };
+    async fn settle_chain(&self, id: &TaskId, c: &mut Chain) -> Option<Result<Task, TaskError>> {
         let InFlight {
-            append,
+            write,
             sent,
             mut redo,
             mut after,
-        } = w;
-        c.last = match self.until_known(id, &append, sent).await {
+        } = c.inflight.take()?;
+        let result = match self.until_known(id, &write, sent).await {
             Ok(Appended::Stored(seq)) => {
                 after.revision = seq;
-                Some(after)
+                Ok(after)
             }
-            Ok(Appended::Conflict(current)) => {
-                match self
-                    .write_loop(id, None, current.unwrap_or(0), &mut redo)
-                    .await
-                {
-                    Ok(changed) => Some(changed.after),
-                    Err(e) => {
-                        tracing::debug!(task_id = %id, error.message = %e, "report dropped");
-                        None
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(task_id = %id, error.message = %e, "report could not be recorded");
-                None
-            }
+            Ok(Appended::Conflict(current)) => self
+                .write_loop(id, None, current.unwrap_or(0), &mut redo)
+                .await
+                .map(|changed| changed.after),
+            Err(e) => Err(e),
         };
+        if let Err(e) = &result {
+            tracing::debug!(task_id = %id, error.message = %e, "pipelined write not recorded");
+        }
+        c.last = result.as_ref().ok().cloned();
+        Some(result)
     }
 
     /// The compare-and-set loop. `at_least` is a ledger sequence the server reported (a read
@@ -243,20 +268,15 @@ impl TaskService {
                 Some(t) => t,
                 None => self.current(id, at_least).await?,
             };
-            let Step {
-                mut after,
-                event,
-                prelude,
-            } = f(&before)?;
-            if event.kind != EventKind::Stalled {
-                after.updated_time = crate::domain::now();
+            let mut step = f(&before)?;
+            if step.event.kind != EventKind::Stalled {
+                step.after.updated_time = crate::domain::now();
             }
-            let append = self.append_for(&before, &after, &event);
-            let outcome = match prelude {
-                Some((mid, first)) => self.append_pair(&before, &mid, &first, append).await?,
-                None => self.until_known(id, &append, None).await?,
-            };
-            tracing::trace!(task_id = %id, event = event.kind.as_str(), expected = before.revision,
+            let mut after = step.after.clone();
+            let kind = step.event.kind;
+            let write = self.write_for(&before, step);
+            let outcome = self.until_known(id, &write, None).await?;
+            tracing::trace!(task_id = %id, event = kind.as_str(), expected = before.revision,
                 status = %after.status, stored = ?matches!(outcome, Appended::Stored(_)), "append");
             match outcome {
                 Appended::Stored(seq) => {
@@ -294,14 +314,41 @@ impl TaskService {
         }
     }
 
-    /// Sends `append` (unless `sent` already did) until its outcome is known: stored, lost to
+    /// The messages of one change: the prelude's event (a takeover's `retried`, guarded), the
+    /// event with the state after it (guarded when it comes first), and, for a task that became
+    /// failed or cancelled, its index entry; more than one go as one atomic batch.
+    fn write_for(&self, before: &Task, step: Step) -> Write {
+        let Step {
+            after,
+            event,
+            prelude,
+        } = step;
+        let mut appends = Vec::new();
+        if let Some((mid, first)) = prelude {
+            appends.push(self.append_for(before, &mid, &first));
+        }
+        let event_id = event.id.clone();
+        appends.push(self.append_for(before, &after, &event));
+        let indexed = matches!(after.status, TaskStatus::Failed | TaskStatus::Cancelled)
+            && event.kind.is_transition();
+        if indexed {
+            appends.push(index_entry(&after, &event));
+        }
+        Write {
+            appends,
+            event_id,
+            after_event: usize::from(indexed),
+        }
+    }
+
+    /// Sends `write` (unless `sent` already did) until its outcome is known: stored, lost to
     /// another writer, or refused. Without an answer it is sent again for up to
     /// [`UNKNOWN_OUTCOME_LIMIT`]; a conflict after such a re-send may be our own first copy,
     /// recognised by its event id.
     async fn until_known(
         &self,
         id: &TaskId,
-        append: &Append,
+        write: &Write,
         mut sent: Option<Sent>,
     ) -> Result<Appended, TaskError> {
         let started = Instant::now();
@@ -310,15 +357,16 @@ impl TaskService {
         loop {
             let outcome = match sent.take() {
                 Some(s) => s.stored().await,
-                None => match append.send(&self.bus.js).await {
+                None => match send_batch(&self.bus.js, &write.appends).await {
                     Ok(s) => s.stored().await,
                     Err(e) => Err(e),
                 },
             };
             match outcome {
-                Ok(seq) => return Ok(Appended::Stored(seq)),
+                // The event's sequence: the entries after it in the batch come right after.
+                Ok(seq) => return Ok(Appended::Stored(seq - write.after_event as u64)),
                 Err(AppendError::Conflict { current }) if resent => {
-                    return self.ours_or_conflict(id, append, current).await
+                    return self.ours_or_conflict(id, &write.event_id, current).await
                 }
                 Err(AppendError::Conflict { current }) => return Ok(Appended::Conflict(current)),
                 Err(AppendError::Refused(e)) => return Err(e.into()),
@@ -335,22 +383,6 @@ impl TaskService {
         }
     }
 
-    /// Appends `first` (guarded by `before`) and then `then` in one atomic batch.
-    async fn append_pair(
-        &self,
-        before: &Task,
-        mid: &Task,
-        first: &TaskEvent,
-        then: Append,
-    ) -> Result<Appended, TaskError> {
-        let first = self.append_for(before, mid, first);
-        match crate::bus::append::append_batch(&self.bus.js, &[first, then]).await {
-            Ok(seq) => Ok(Appended::Stored(seq)),
-            Err(AppendError::Conflict { current }) => Ok(Appended::Conflict(current)),
-            Err(AppendError::Refused(e) | AppendError::Unknown(e)) => Err(e.into()),
-        }
-    }
-
     /// Appends the first record of `task` (nothing may exist for it yet): `Some(sequence)`, or
     /// `None` when the task has a record already.
     pub(crate) async fn append_first(
@@ -360,8 +392,8 @@ impl TaskService {
     ) -> Result<Option<u64>, TaskError> {
         let mut none = task.clone();
         none.revision = 0;
-        let append = self.append_for(&none, task, event);
-        match self.until_known(&task.id, &append, None).await? {
+        let write = self.write_for(&none, Step::new(task.clone(), event.clone()));
+        match self.until_known(&task.id, &write, None).await? {
             Appended::Stored(seq) => {
                 self.remember(&task.id, &task.assigned_to);
                 Ok(Some(seq))
@@ -374,12 +406,12 @@ impl TaskService {
     async fn ours_or_conflict(
         &self,
         id: &TaskId,
-        append: &Append,
+        event_id: &str,
         current: Option<u64>,
     ) -> Result<Appended, TaskError> {
         let latest: Option<Stored> = self.read_at_least(id, current.unwrap_or(0)).await?;
         Ok(match latest {
-            Some(s) if s.event_id == append.msg_id => Appended::Stored(s.task.revision),
+            Some(s) if s.event_id == event_id => Appended::Stored(s.task.revision),
             _ => Appended::Conflict(current),
         })
     }

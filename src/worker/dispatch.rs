@@ -6,6 +6,7 @@
 //! publish rings it) plus `wake.<assignee>` (hand-backs), with `idle_poll` as a fallback for
 //! redeliveries.
 
+use super::pull::Puller;
 use super::WorkerError;
 use crate::bus::{subjects, Bus, NatsResultExt};
 use crate::domain::{Assignee, Priority};
@@ -16,7 +17,9 @@ use std::time::Duration;
 
 /// The three durable consumers of one assignee and the doorbell.
 pub(super) struct Queue {
-    consumers: Vec<(Priority, PullConsumer)>,
+    /// Consumer names, P0 first.
+    consumers: Vec<(Priority, String)>,
+    puller: Puller,
     doorbell: futures::stream::SelectAll<async_nats::Subscriber>,
     idle_poll: Duration,
     weights: Option<[u32; 3]>,
@@ -29,6 +32,8 @@ pub(super) struct Queue {
     /// The doorbell rang since the last pull pass, and for which priorities.
     rang: bool,
     rang_for: [bool; 3],
+    /// The last pass found nothing and the worker waited.
+    idle: bool,
 }
 
 impl Queue {
@@ -54,14 +59,15 @@ impl Queue {
                 deliver_policy: DeliverPolicy::All,
                 ..Default::default()
             };
-            let consumer = bus
+            let _: PullConsumer = bus
                 .topology
                 .tasks
                 .create_consumer(config)
                 .await
                 .op("create worker consumer")?;
-            consumers.push((priority, consumer));
+            consumers.push((priority, name));
         }
+        let puller = Puller::open(&bus.js, subjects::TASKS_STREAM).await?;
         let mut doorbell = futures::stream::SelectAll::new();
         doorbell.push(
             bus.client
@@ -77,6 +83,7 @@ impl Queue {
         );
         Ok(Self {
             consumers,
+            puller,
             doorbell,
             idle_poll,
             weights,
@@ -85,6 +92,7 @@ impl Queue {
             all_checked: tokio::time::Instant::now(),
             rang: false,
             rang_for: [false; 3],
+            idle: false,
         })
     }
 
@@ -106,6 +114,9 @@ impl Queue {
             }
             let rang = std::mem::take(&mut self.rang);
             let rang_for = std::mem::take(&mut self.rang_for);
+            if let Some(got) = self.after_idle_ring(rang_for).await? {
+                return Ok(got);
+            }
             let mut empty = [false; 3];
             let mut got = Vec::new();
             // With weights, one message per pass, so each pull follows the shares.
@@ -119,7 +130,7 @@ impl Queue {
                     continue;
                 }
                 let asked = wanted - got.len();
-                let batch = fetch(&self.consumers[i].1, asked).await?;
+                let batch = self.puller.pull(&self.consumers[i].1, asked, None).await?;
                 self.served[i] += batch.len() as u64;
                 let short = batch.len() < asked;
                 got.extend(batch);
@@ -132,6 +143,7 @@ impl Queue {
                 }
             }
             if !got.is_empty() {
+                self.idle = false;
                 return Ok(got);
             }
             // The doorbell (core NATS) can ring before JetStream has stored the message, so a
@@ -143,10 +155,14 @@ impl Queue {
                 .into_iter()
                 .find(|&i| rang_for[i] && empty[i]);
             if let Some(i) = announced {
-                if let Some(msg) = fetch_waiting(&self.consumers[i].1, RING_WAIT).await? {
+                // One message only: it waits at the server, where a later message for a
+                // request given up on would go to nobody until its ack wait ran out.
+                let consumer = &self.consumers[i].1;
+                let got = self.puller.pull(consumer, 1, Some(RING_WAIT)).await?;
+                if !got.is_empty() {
                     self.served[i] += 1;
                     self.maybe[i] = true;
-                    return Ok(vec![msg]);
+                    return Ok(got);
                 }
             }
             retry = match (rang, retry.is_zero()) {
@@ -154,6 +170,7 @@ impl Queue {
                 (false, true) => Duration::ZERO,
                 (false, false) => retry * 2,
             };
+            self.idle = true;
             let wait = if !retry.is_zero() && retry <= RING_RETRY_MAX {
                 for (maybe, was_empty) in self.maybe.iter_mut().zip(empty) {
                     *maybe |= was_empty;
@@ -182,6 +199,36 @@ impl Queue {
 }
 
 impl Queue {
+    /// The first pull after an idle worker's doorbell rang: one message, waiting a moment at
+    /// the server on the highest priority that rang (every higher one is known empty). The ring
+    /// comes when the task is published, often before JetStream has stored it; a pull that
+    /// waits for it saves the round trip of a no-wait pull that finds nothing yet. `None` when
+    /// the worker was not idle or the ring was not for a lone priority, or another replica took
+    /// the task.
+    async fn after_idle_ring(
+        &mut self,
+        rang_for: [bool; 3],
+    ) -> Result<Option<Vec<Message>>, WorkerError> {
+        let lone = rang_for.iter().filter(|&&r| r).count() == 1;
+        if !self.idle || !lone || self.weights.is_some() {
+            return Ok(None);
+        }
+        let first = (0..3).find(|&i| rang_for[i] || self.maybe[i]);
+        let Some(i) = first.filter(|&i| rang_for[i]) else {
+            return Ok(None);
+        };
+        let got = self
+            .puller
+            .pull(&self.consumers[i].1, 1, Some(RING_WAIT))
+            .await?;
+        if got.is_empty() {
+            return Ok(None);
+        }
+        self.served[i] += 1;
+        self.idle = false;
+        Ok(Some(got))
+    }
+
     /// A doorbell ring: a task queued at one priority, or a wake-up (hand-back) for any.
     fn rung(&mut self, subject: &str) {
         self.rang = true;
@@ -238,68 +285,6 @@ fn pull_order(weights: Option<[u32; 3]>, served: [u64; 3]) -> [usize; 3] {
 /// (a nak, an expired lease) rings no doorbell, so this bounds how long it can wait behind
 /// lower-priority work.
 const RECHECK_ALL: Duration = Duration::from_millis(250);
-
-/// How long one no-wait pull may take before it counts as lost (a node died under it).
-const PULL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// One message, waiting up to `expires` for it. Only one: a pull still open at the server
-/// after this returned would hand its messages to nobody until their ack wait ran out.
-async fn fetch_waiting(
-    consumer: &PullConsumer,
-    expires: Duration,
-) -> Result<Option<Message>, WorkerError> {
-    let pull = async {
-        let mut batch = consumer
-            .batch()
-            .max_messages(1)
-            .expires(expires)
-            .messages()
-            .await
-            .op("pull task")?;
-        batch.next().await.transpose().map_err(pull_error)
-    };
-    bounded(PULL_TIMEOUT + expires, pull).await
-}
-
-fn pull_error(source: Box<dyn std::error::Error + Send + Sync>) -> WorkerError {
-    WorkerError::Bus(crate::bus::BusError::Op {
-        op: "pull task",
-        source,
-    })
-}
-
-/// Up to `max` messages that are there now (a no-wait pull).
-async fn fetch(consumer: &PullConsumer, max: usize) -> Result<Vec<Message>, WorkerError> {
-    let pull = async {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(max)
-            .messages()
-            .await
-            .op("pull task")?;
-        let mut out = Vec::with_capacity(max);
-        while let Some(m) = batch.next().await {
-            out.push(m.map_err(pull_error)?);
-            if out.len() == max {
-                break;
-            }
-        }
-        Ok(out)
-    };
-    bounded(PULL_TIMEOUT + Duration::from_secs(1), pull).await
-}
-
-/// A pull whose answer never comes (its node died, the connection moved) must not stall the
-/// worker: give up on it after `limit` and ask again; an unacked message it may have got is
-/// redelivered.
-async fn bounded<T>(
-    limit: Duration,
-    pull: impl std::future::Future<Output = Result<T, WorkerError>>,
-) -> Result<T, WorkerError> {
-    tokio::time::timeout(limit, pull)
-        .await
-        .unwrap_or_else(|_| Err(pull_error("no answer to the pull request".into())))
-}
 
 #[cfg(test)]
 mod tests {

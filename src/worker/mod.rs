@@ -2,7 +2,8 @@
 //! `agent`, `hook`, `noop`) in strict priority order and runs them.
 //!
 //! - `dispatch.rs`: the three durable consumers (one per priority, shared by every replica) and
-//!   the strict-priority, no-prefetch pull with a doorbell for idle waits;
+//!   the strict-priority, no-prefetch pull with a doorbell for idle waits; `pull.rs`: the pull
+//!   requests themselves, over one long-lived inbox;
 //! - `run.rs`: one message from claim to ack: lease renewal, fenced finish, hand-back;
 //! - `kinds.rs`: what each kind does; `process.rs` + `output.rs`: child processes;
 //! - `control.rs`: cancellations and stdin writes reaching the running task.
@@ -12,6 +13,7 @@ mod dispatch;
 mod kinds;
 pub mod output;
 pub mod process;
+mod pull;
 mod run;
 
 use crate::bus::{Bus, BusError};
@@ -187,11 +189,7 @@ pub async fn run_with_health(
             Ok(msgs) => {
                 health.pull_succeeded();
                 for (msg, permit) in msgs.into_iter().zip(permits) {
-                    let ctx = ctx.clone();
-                    tracker.spawn(async move {
-                        run::handle(ctx, msg).await;
-                        drop(permit);
-                    });
+                    tracker.spawn(run::handle(ctx.clone(), msg, permit));
                 }
             }
             Err(e) => {

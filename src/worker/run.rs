@@ -7,15 +7,17 @@ use super::kinds::{self, Outcome};
 use super::Ctx;
 use crate::bus::subjects;
 use crate::domain::Task;
-use crate::tasks::{ClaimOutcome, QueuedMessage, TaskError};
+use crate::tasks::{ClaimOutcome, Finish, QueuedMessage, TaskError};
 use async_nats::jetstream::{AckKind, Message};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// Handles one pulled message to the end.
-pub(super) async fn handle(ctx: Arc<Ctx>, msg: Message) {
+/// Handles one pulled message to the end. `slot` is its concurrency slot: freed once the task's
+/// finish is on its way, so the next pull overlaps with the answer.
+pub(super) async fn handle(ctx: Arc<Ctx>, msg: Message, slot: OwnedSemaphorePermit) {
     let Ok(info) = msg.info() else {
         tracing::warn!(subject = %msg.subject, "message without JetStream metadata; dropping");
         let _ = msg.ack_with(AckKind::Term).await;
@@ -40,7 +42,9 @@ pub(super) async fn handle(ctx: Arc<Ctx>, msg: Message) {
     match claimed {
         Ok(ClaimOutcome::Run(task)) => {
             span.record("task_id", task.id.as_str());
-            run_claimed(&ctx, &msg, task, seq).instrument(span).await
+            run_claimed(&ctx, &msg, task, seq, slot)
+                .instrument(span)
+                .await
         }
         Ok(ClaimOutcome::Skip(why)) => {
             tracing::debug!(parent: &span, why, "nothing to run; acknowledging");
@@ -64,13 +68,19 @@ pub(super) async fn handle(ctx: Arc<Ctx>, msg: Message) {
     }
 }
 
-async fn run_claimed(ctx: &Ctx, msg: &Message, task: Task, seq: u64) {
-    run_claimed_inner(ctx, msg, &task, seq).await;
+async fn run_claimed(ctx: &Ctx, msg: &Message, task: Task, seq: u64, slot: OwnedSemaphorePermit) {
+    run_claimed_inner(ctx, msg, &task, seq, slot).await;
     // Whatever happened, nothing this run sent stays unconfirmed, and its chain goes.
     ctx.tasks.forget(&task.id).await;
 }
 
-async fn run_claimed_inner(ctx: &Ctx, msg: &Message, task: &Task, seq: u64) {
+async fn run_claimed_inner(
+    ctx: &Ctx,
+    msg: &Message,
+    task: &Task,
+    seq: u64,
+    slot: OwnedSemaphorePermit,
+) {
     let token = task
         .lease
         .as_ref()
@@ -122,7 +132,7 @@ async fn run_claimed_inner(ctx: &Ctx, msg: &Message, task: &Task, seq: u64) {
                 Err(e) => tracing::warn!(error.message = %e, "hand-back refused"),
             }
         }
-        None => finish(ctx, msg, task, &token, outcome).await,
+        None => finish(ctx, msg, task, &token, outcome, slot).await,
     }
 }
 
@@ -138,31 +148,41 @@ async fn renew(ctx: &Ctx, msg: &Message, task: &Task, token: &str, handle: &RunH
     }
 }
 
-async fn finish(ctx: &Ctx, msg: &Message, task: &Task, token: &str, outcome: Outcome) {
-    let who = &ctx.worker_id;
-    let result = match outcome {
-        Outcome::Completed { result, detail } => {
-            ctx.tasks
-                .complete(&task.id, Some(result), Some(token), who, detail)
-                .await
-        }
+async fn finish(
+    ctx: &Ctx,
+    msg: &Message,
+    task: &Task,
+    token: &str,
+    outcome: Outcome,
+    slot: OwnedSemaphorePermit,
+) {
+    let finish = match outcome {
+        Outcome::Completed { result, detail } => Finish::Completed {
+            result: Some(result),
+            detail,
+        },
         Outcome::Failed { error, detail } => {
             tracing::info!(error, "task failed");
-            ctx.tasks
-                .fail(&task.id, error, Some(token), who, detail)
-                .await
+            Finish::Failed { error, detail }
         }
         Outcome::FinishedElsewhere | Outcome::Stopped => {
             let _ = msg.double_ack().await;
             return;
         }
     };
+    let who = &ctx.worker_id;
+    let sent = ctx.tasks.finish_sent(&task.id, finish, token, who).await;
+    // The finish is on its way: the slot may pull the next task while it is answered.
+    drop(slot);
+    let result = match sent {
+        Ok(()) => ctx.tasks.finish_settled(&task.id).await,
+        Err(e) => Err(e),
+    };
     match result {
         Ok(t) => {
             tracing::info!(status = %t.status, "finished");
-            // The events are stored before the message goes. A lost ack only means a
+            // The finish is stored before the message goes. A lost ack only means a
             // redelivery, which the claim then skips: no need to wait for its confirmation.
-            ctx.tasks.settle(&task.id).await;
             let _ = msg.ack().await;
         }
         // Finished or cancelled through the API meanwhile: nothing left to do.

@@ -171,7 +171,8 @@ async fn a_delivery_back_after_a_lost_ack_whose_record_says_delivered_is_not_sen
         updated_time: chrono::Utc::now(),
     };
     let value = serde_json::to_vec(&record).unwrap().into();
-    records.put(&done.id, value).await.unwrap();
+    let stored_at = taskfleet::relay::job::record_key(DeliveryStatus::Delivered, &done).unwrap();
+    records.put(&stored_at, value).await.unwrap();
     let stream = js.get_stream(subjects::DELIVERIES_STREAM).await.unwrap();
     let consumer: PullConsumer = stream
         .create_consumer(pull::Config {
@@ -216,7 +217,7 @@ async fn a_delivery_back_after_a_lost_ack_whose_record_says_delivered_is_not_sen
         hits.iter().map(Hit::webhook_id).collect::<Vec<_>>()
     );
     assert_eq!(hits[0].webhook_id(), fresh.id);
-    let kept = records.get(&done.id).await.unwrap().unwrap();
+    let kept = records.get(&stored_at).await.unwrap().unwrap();
     let kept: DeliveryRecord = serde_json::from_slice(&kept).unwrap();
     assert_eq!(kept, record);
 }

@@ -1,0 +1,307 @@
+//! Task storage v2: the ledger is at once the state and the log, so they agree whatever dies;
+//! writes it refuses never reach subscribers; listings page newest first; finished tasks age
+//! out and active ones never do.
+
+use crate::harness::{eventually, TestApp};
+use async_nats::jetstream::message::StreamMessage;
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::time::Duration;
+use taskfleet::bus::{direct, subjects};
+use taskfleet::domain::{EventKind, Task, TaskEvent, TaskStatus};
+
+/// Every stored message of a task, oldest first.
+async fn records(app: &TestApp, id: &str) -> Vec<StreamMessage> {
+    let client = async_nats::connect(app.nats.url()).await.unwrap();
+    let filter = format!("events.*.{id}.*");
+    direct::batch(&client, subjects::EVENTS_STREAM, &filter, 1, 1000)
+        .await
+        .unwrap()
+}
+
+/// The status a task is in right after an event of `kind` (`None`: the event does not say).
+fn status_after(kind: EventKind) -> Option<TaskStatus> {
+    match kind {
+        EventKind::Created | EventKind::Retried => Some(TaskStatus::Pending),
+        EventKind::Started | EventKind::Step => Some(TaskStatus::Running),
+        EventKind::Completed => Some(TaskStatus::Completed),
+        EventKind::Failed => Some(TaskStatus::Failed),
+        EventKind::Cancelled => Some(TaskStatus::Cancelled),
+        _ => None,
+    }
+}
+
+/// Checks that the task's log and state agree: every record carries the state its event left,
+/// the last one is what the API answers, and every attempt has exactly one `started`.
+async fn assert_state_and_log_agree(app: &TestApp, id: &str) -> Task {
+    let msgs = records(app, id).await;
+    assert!(!msgs.is_empty(), "{id} has no records");
+    let mut starts = 0;
+    let mut last: Option<Task> = None;
+    for m in &msgs {
+        let event: TaskEvent = serde_json::from_slice(&m.payload).unwrap();
+        let record: Value = serde_json::from_slice(&m.payload).unwrap();
+        let state: Task = serde_json::from_value(record["task"].clone())
+            .unwrap_or_else(|e| panic!("{id}: a record without its state ({e}): {record}"));
+        if let Some(expected) = status_after(event.kind) {
+            assert_eq!(state.status, expected, "{id}: {record}");
+        }
+        assert_eq!(state.attempt, event.attempt, "{id}: {record}");
+        if event.kind == EventKind::Started {
+            starts += 1;
+            assert_eq!(state.attempt, starts, "{id}: one started per attempt");
+        }
+        last = Some(state);
+    }
+    let api = app.admin.get_task(id).await.unwrap();
+    let last = last.unwrap();
+    assert_eq!(
+        (api.status, api.attempt, &api.lease),
+        (last.status, last.attempt, &last.lease)
+    );
+    assert_eq!(api.revision, msgs.last().unwrap().sequence);
+    api
+}
+
+async fn create(app: &TestApp, body: Value) -> String {
+    let (status, task) = app
+        .call(app.req(Method::POST, "/api/tasks").json(&body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{task}");
+    task["id"].as_str().unwrap().to_string()
+}
+
+/// Starts and completes `ids` over the API, riding out an outage (503s are retried).
+async fn drive_manual_tasks(app: &TestApp, ids: &[String]) {
+    for id in ids {
+        for verb in ["start", "complete"] {
+            eventually(&format!("{verb} {id}"), Duration::from_secs(30), || async {
+                let path = format!("/api/tasks/{id}/{verb}");
+                let (status, _) = app.call(app.req(Method::PUT, &path)).await;
+                // 409: an earlier try went through but its answer was lost.
+                (status.is_success() || status == StatusCode::CONFLICT).then_some(())
+            })
+            .await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn state_and_log_agree_for_every_task_after_the_server_and_a_worker_are_killed_mid_load() {
+    // Arrange: 160 worker tasks of 3 steps (~1 s of work for 8 slots), and 20 manual tasks
+    // driven over the API.
+    let mut app = TestApp::spawn().await;
+    let mut worker = app.worker_process("anna", 8, &[]).await;
+    let mut noops = Vec::new();
+    for i in 0..160 {
+        let payload = json!({"steps": 3, "sleep_ms": 50});
+        let body = json!({"task_name": format!("n{i}"), "assigned_to": "anna", "kind": "noop",
+            "payload": payload});
+        noops.push(create(&app, body).await);
+    }
+    let mut manual = Vec::new();
+    for i in 0..20 {
+        manual.push(
+            create(
+                &app,
+                json!({"task_name": format!("m{i}"), "assigned_to": "anna"}),
+            )
+            .await,
+        );
+    }
+
+    // Act: kill -9 the worker and the server mid-load, restart the server, start a new worker.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    worker.kill9();
+    let unfinished_at_kill =
+        futures::future::join_all(noops.iter().map(|id| app.admin.get_task(id)))
+            .await
+            .into_iter()
+            .filter(|t| t.as_ref().is_ok_and(|t| !t.status.is_terminal()))
+            .count();
+    app.nats.kill();
+    app.nats.restart().await;
+    let _worker = app.worker_process("anna", 8, &[]).await;
+    drive_manual_tasks(&app, &manual).await;
+    for id in &noops {
+        eventually(
+            &format!("{id} to finish"),
+            Duration::from_secs(60),
+            || async {
+                let t = app.admin.get_task(id).await.ok()?;
+                t.status.is_terminal().then_some(())
+            },
+        )
+        .await;
+    }
+
+    // Assert: every task's state is its last record, and its log agrees with it; the kills
+    // landed mid-load (tasks were left unfinished, and the killed worker's were taken over).
+    let mut taken_over = 0;
+    for id in noops.iter().chain(&manual) {
+        let t = assert_state_and_log_agree(&app, id).await;
+        assert_eq!(t.status, TaskStatus::Completed, "{id}");
+        taken_over += usize::from(t.attempt > 1);
+    }
+    assert!(
+        unfinished_at_kill > 0,
+        "every task finished before the kill"
+    );
+    assert!(
+        taken_over > 0,
+        "no task of the killed worker was taken over"
+    );
+}
+
+#[tokio::test]
+async fn a_start_the_ledger_refuses_never_reaches_core_subscribers() {
+    // Arrange
+    let app = TestApp::spawn().await;
+    let id = app.create("contended", "anna", "P1").await;
+    let client = async_nats::connect(app.nats.url()).await.unwrap();
+    let mut seen = client
+        .subscribe(format!("events.anna.{id}.started"))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+
+    // Act: 20 concurrent starts through 20 API calls.
+    let path = format!("/api/tasks/{id}/start");
+    let calls = (0..20).map(|_| app.call(app.req(Method::PUT, &path)));
+    let answers = futures::future::join_all(calls).await;
+
+    // Assert: one won, and subscribers saw exactly one `started`.
+    let won = answers.iter().filter(|(s, _)| s.is_success()).count();
+    assert_eq!(won, 1, "{answers:?}");
+    let mut received = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), seen.next()).await {
+        received += 1;
+    }
+    assert_eq!(received, 1);
+}
+
+/// One page of `GET /api/tasks` and its next-page cursor.
+async fn page(app: &TestApp, query: &str) -> (Vec<Task>, Option<String>) {
+    let r = app
+        .req(Method::GET, &format!("/api/tasks?{query}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let next = r
+        .headers()
+        .get("x-next-cursor")
+        .map(|v| v.to_str().unwrap().to_string());
+    (r.json().await.unwrap(), next)
+}
+
+#[tokio::test]
+async fn listings_page_newest_first_and_find_a_rare_status_among_many() {
+    // Arrange: 30 tasks; 24 completed, 3 failed, 3 pending, in this order of creation.
+    let app = TestApp::spawn().await;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let id = app.create(&format!("t{i}"), "anna", "P1").await;
+        if i < 27 {
+            app.admin.action(&id, "start", None).await.unwrap();
+            let verb = if i % 9 == 4 { "fail" } else { "complete" };
+            let body = json!({"error": "boom"});
+            app.admin.action(&id, verb, Some(&body)).await.unwrap();
+        }
+        ids.push(id);
+    }
+    let failed: Vec<&String> = ids
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 9 == 4 && *i < 27)
+        .map(|(_, id)| id)
+        .collect();
+
+    // Act
+    let (first, cursor) = page(&app, "assigned_to=anna&status=failed&limit=2").await;
+    let (rest, end) = page(
+        &app,
+        &format!("status=failed&limit=2&before={}", cursor.clone().unwrap()),
+    )
+    .await;
+    let mut all = Vec::new();
+    let mut before = String::new();
+    loop {
+        let (tasks, next) = page(&app, &format!("limit=7{before}")).await;
+        all.extend(tasks);
+        match next {
+            Some(c) => before = format!("&before={c}"),
+            None => break,
+        }
+    }
+    let (pending, _) = page(&app, "status=pending&limit=10").await;
+
+    // Assert: newest first, each task once, the cursor ends.
+    let got: Vec<&str> = first.iter().chain(&rest).map(|t| t.id.as_str()).collect();
+    assert_eq!(
+        got,
+        [failed[2].as_str(), failed[1].as_str(), failed[0].as_str()]
+    );
+    assert!(end.is_none());
+    let newest_first: Vec<&str> = ids.iter().rev().map(String::as_str).collect();
+    assert_eq!(
+        all.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        newest_first
+    );
+    assert_eq!(all.iter().map(|t| &t.id).collect::<HashSet<_>>().len(), 30);
+    let pending: Vec<&str> = pending.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(
+        pending,
+        [ids[29].as_str(), ids[28].as_str(), ids[27].as_str()]
+    );
+    let (status, body) = app
+        .call(app.req(Method::GET, "/api/tasks?before=soon"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
+async fn finished_tasks_age_out_after_the_retention_and_pending_and_running_ones_never_do() {
+    // Arrange: a retention of 1 s, swept every second.
+    let app = TestApp::spawn_with(|c| {
+        c.events.max_age_s = 1;
+        c.events.sweep_interval_s = 1;
+    })
+    .await;
+    let done = app.create("done", "anna", "P1").await;
+    app.admin.action(&done, "start", None).await.unwrap();
+    app.admin.action(&done, "complete", None).await.unwrap();
+    let pending = app.create("waiting", "anna", "P1").await;
+    let running = app.create("working", "anna", "P1").await;
+    app.admin.action(&running, "start", None).await.unwrap();
+
+    // Act: wait for the sweeper to remove the finished one.
+    eventually(
+        "the finished task to go",
+        Duration::from_secs(15),
+        || async { app.admin.get_task(&done).await.is_err().then_some(()) },
+    )
+    .await;
+
+    // Assert: its whole log went with it; the active ones, older than the retention, stay.
+    assert!(records(&app, &done).await.is_empty());
+    assert_eq!(
+        app.admin.get_task(&pending).await.unwrap().status,
+        TaskStatus::Pending
+    );
+    assert_eq!(
+        app.admin.get_task(&running).await.unwrap().status,
+        TaskStatus::Running
+    );
+    let actions: Vec<String> = app
+        .admin
+        .logs(&pending)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.action)
+        .collect();
+    assert_eq!(actions, ["create"]);
+}
