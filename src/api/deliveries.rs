@@ -428,18 +428,14 @@ impl Walk {
         let mut got = Vec::new();
         if self.filtered {
             for batches in &mut self.each {
-                let guess = guess(span, self.found, self.walked);
-                let read = batches.read(&self.client, &name, start, end, guess).await?;
+                let read = batches.read(&self.client, &name, start, end).await?;
                 got.extend(read.into_iter().filter(|m| !is_marker(m)));
             }
         } else {
             let all = if self.by_sequence {
                 read_each(&self.stream, start, end).await?
             } else {
-                let guess = guess(span, self.read, self.walked);
-                self.all
-                    .read(&self.client, &name, start, end, guess)
-                    .await?
+                self.all.read(&self.client, &name, start, end).await?
             };
             self.read += all.len() as u64;
             got.extend(all.into_iter().filter(|m| self.wanted(m)));
@@ -482,16 +478,15 @@ impl Walk {
     }
 }
 
-/// Batch reads of one subject filter, window after window back from the end, with the
-/// server's count of the filter's messages from the start of the last window read on: the
-/// next window (just before) holds the count at its own start less that, so it is read with
-/// one message first (which brings the count), then exactly the rest, and never reads on past
-/// its end.
+/// Batch reads of one subject filter, window after window back from the end, each asking the
+/// server for exactly as many messages as the window holds (`direct::range`, as the task
+/// listing reads): the count of the filter's messages from one window's start on is what
+/// follows the next (older) window.
 #[derive(Debug)]
 struct Batches {
     filter: String,
-    /// Messages on the filter from the start of the last window read on (or after the end of
-    /// the first window, before it is read); `None` when not known.
+    /// Messages on the filter from the start of the last window read on (0 before the first
+    /// window at the stream's end); `None` when not known (a walk from a cursor).
     from_start: Option<u64>,
 }
 
@@ -503,56 +498,23 @@ impl Batches {
         }
     }
 
-    /// The messages on the filter in `[start, end]`, oldest first; `guess` of them asked for
-    /// first when the count after `end` is not known.
+    /// The messages on the filter in `[start, end]`, oldest first.
     async fn read(
         &mut self,
         client: &async_nats::Client,
         stream: &str,
         start: u64,
         end: u64,
-        guess: usize,
     ) -> Result<Vec<StreamMessage>, BusError> {
-        let after_end = self.from_start.take();
-        let mut want = if after_end.is_some() { 1 } else { guess };
-        let (mut out, mut from, mut left) = (Vec::new(), start, None);
-        loop {
-            let got = direct::batch(client, stream, &self.filter, from, want).await?;
-            if from == start {
-                // The first message is the first from `start` on: it counts those after it.
-                let counted = got.first().map_or(Some(0), |m| pending(m).map(|p| p + 1));
-                self.from_start = counted;
-                left = counted.zip(after_end).map(|(c, a)| c.saturating_sub(a));
-            }
-            let Some(last) = got.last() else { break };
-            let (last_seq, more) = (last.sequence, pending(last) != Some(0));
-            let inside: Vec<StreamMessage> =
-                got.into_iter().filter(|m| m.sequence <= end).collect();
-            left = left.map(|l| l.saturating_sub(inside.len() as u64));
-            out.extend(inside);
-            if last_seq >= end || !more || left == Some(0) {
-                break;
-            }
-            from = last_seq + 1;
-            want = match left {
-                Some(l) => l.min(direct::MAX_BATCH as u64) as usize,
-                None => (want * 2).min(direct::MAX_BATCH),
-            };
-        }
-        Ok(out)
+        let after_end = match self.from_start.take() {
+            Some(n) => n,
+            None => direct::count_after(client, stream, &self.filter, end).await?,
+        };
+        let (got, from_start) =
+            direct::range(client, stream, &self.filter, (start, end), after_end).await?;
+        self.from_start = Some(from_start);
+        Ok(got)
     }
-}
-
-/// How many messages to ask for first in a window of `span` sequences when `count` were read
-/// in the `walked` sequences before (and the server's count is not known): a read asked for
-/// more than the window holds goes on past it (the excess is dropped), one asked for fewer is
-/// continued.
-fn guess(span: u64, count: u64, walked: u64) -> usize {
-    let expected = match walked {
-        0 => span,
-        walked => span.saturating_mul(count + 1) / walked * 5 / 4 + 16,
-    };
-    expected.clamp(1, span.min(direct::MAX_BATCH as u64)) as usize
 }
 
 /// Every message of `[start, end]` of `stream`, one direct get per sequence, [`IN_FLIGHT`] at a

@@ -69,7 +69,10 @@ pub fn ledger_config(cfg: &TopologyConfig) -> stream::Config {
     stream::Config {
         name: subjects::EVENTS_STREAM.into(),
         description: Some("taskfleet: the task ledger (events with the task's state)".into()),
-        subjects: vec![subjects::LEDGER_WRITES.into(), subjects::INDEX_WRITES.into()],
+        subjects: vec![
+            subjects::LEDGER_WRITES.into(),
+            subjects::INDEX_WRITES.into(),
+        ],
         subject_transform: Some(stream::SubjectTransform {
             source: subjects::LEDGER_WRITES.into(),
             destination: subjects::ALL_EVENTS.into(),

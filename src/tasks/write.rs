@@ -205,9 +205,7 @@ impl TaskService {
     /// why it was refused when re-applied to a state that changed meanwhile; `None` when no
     /// write was on its way.
     pub(crate) async fn settled(&self, id: &TaskId) -> Option<Result<Task, TaskError>> {
-        if self.scope.is_none() {
-            return None;
-        }
+        self.scope.as_ref()?;
         let chain = self.chains.of(id);
         let mut c = chain.lock().await;
         self.settle_chain(id, &mut c).await

@@ -253,7 +253,7 @@ async fn run_hook(ctx: &Ctx, task: &Task, stop: CancellationToken) -> Outcome {
         "task_token": ctx.task_token(task),
     });
     let sent = ctx
-        .http
+        .http()
         .post(&url)
         .timeout(Duration::from_secs(15))
         .json(&body)

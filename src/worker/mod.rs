@@ -97,10 +97,15 @@ struct Ctx {
     token_secret: Option<SecretString>,
     running: control::Running,
     ack_wait: Duration,
-    http: reqwest::Client,
+    /// For hook tasks; built on first use (its TLS roots cost an idle worker about 1 MB).
+    http: std::sync::OnceLock<reqwest::Client>,
 }
 
 impl Ctx {
+    fn http(&self) -> &reqwest::Client {
+        self.http.get_or_init(reqwest::Client::new)
+    }
+
     fn task_token(&self, task: &Task) -> Option<String> {
         self.token_secret
             .as_ref()
@@ -157,7 +162,7 @@ pub async fn run_with_health(
         token_secret: opts.task_token_secret.clone(),
         running: control::Running::default(),
         ack_wait,
-        http: reqwest::Client::new(),
+        http: std::sync::OnceLock::new(),
     });
     let listening = CancellationToken::new();
     let listener = tokio::spawn(control::listen(

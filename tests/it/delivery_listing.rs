@@ -6,13 +6,12 @@ use crate::harness::app::relay_settings;
 use crate::harness::receiver::{Answer, Endpoint};
 use crate::harness::relay::webhook;
 use crate::harness::{eventually, TestApp};
-use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use taskfleet::bus::subjects;
 use taskfleet::relay::job::{
-    record_key, record_subject, store_record, DeliveryJob, DeliveryRecord, DeliveryStatus,
+    record_key, store_record, DeliveryJob, DeliveryRecord, DeliveryStatus,
 };
 
 /// A record of a delivery to the named webhook `name` (queue key `n_<name>`).
@@ -289,159 +288,4 @@ async fn listing_by_task_returns_exactly_that_tasks_deliveries() {
     paged.sort();
     assert_eq!(paged, ids, "two pages of two");
     assert!(nobody.is_empty());
-}
-
-/// Records per publish window when seeding the scale measurement.
-const SEED_IN_FLIGHT: usize = 2_000;
-
-/// The 99th percentile of `n` timed listings of `query`.
-async fn p99(app: &TestApp, query: &str, n: usize) -> Duration {
-    let mut took = Vec::new();
-    for _ in 0..n {
-        let started = Instant::now();
-        let (status, ids, _, _) = page(app, query).await;
-        took.push(started.elapsed());
-        assert_eq!(status, StatusCode::OK);
-        assert!(!ids.is_empty(), "{query}");
-    }
-    took.sort();
-    took[(n * 99).div_ceil(100) - 1]
-}
-
-/// The status of record `n` of `total` in the scale measurement: 0.1 % dead spread evenly,
-/// 300 pending among the oldest tenth, the rest delivered.
-fn scale_status(n: usize, total: usize) -> DeliveryStatus {
-    if n % 1000 == 500 {
-        DeliveryStatus::Dead
-    } else if n < total / 10 && n % (total / 3000).max(1) == 7 {
-        DeliveryStatus::Pending
-    } else {
-        DeliveryStatus::Delivered
-    }
-}
-
-/// Records that went through pending first within the last minute of the scale measurement's
-/// seed (their markers are the ones a listing steps over): a burst ten times the average rate
-/// of a million records a week.
-const RECENT_MOVES: usize = 1_000;
-
-/// `total` records as the relay would leave them: every fifth of the older ones went through
-/// pending first (their markers expired before the measurement), then the newest ones, of
-/// which [`RECENT_MOVES`] moved out of pending.
-async fn seed_scale(js: &async_nats::jetstream::Context, total: usize) {
-    let text = "x".repeat(900);
-    let names = ["hook", "chat", "ops", "crm"];
-    let of = |n: usize| record(names[(n / 7) % 4], scale_status(n, total), &text);
-    let recent = total - 2 * RECENT_MOVES;
-    let older = (0..recent).map(|n| (n % 5 == 1, of(n)));
-    store_all(js, older).await;
-    let expired = Duration::from_secs(taskfleet::relay::job::MARKER_TTL_S + 2);
-    tokio::time::sleep(expired).await;
-    store_all(js, (recent..total).map(|n| (n % 2 == 1, of(n)))).await;
-}
-
-/// Stores each record, first as pending when it says so (then moved: a marker on its pending
-/// key, then the record), with what a move writes published plainly, many in flight at once.
-async fn store_all(
-    js: &async_nats::jetstream::Context,
-    records: impl Iterator<Item = (bool, DeliveryRecord)>,
-) {
-    let subject = |r: &DeliveryRecord| record_subject(&record_key(r.status, &r.job).unwrap());
-    let mut acks = futures::stream::FuturesUnordered::new();
-    for (moved, settled) in records {
-        let mut messages = Vec::new();
-        if moved && settled.status != DeliveryStatus::Pending {
-            let mut pending = settled.clone();
-            pending.status = DeliveryStatus::Pending;
-            let mut marker = async_nats::HeaderMap::new();
-            marker.insert("KV-Operation", "DEL");
-            let ttl = taskfleet::relay::job::MARKER_TTL_S.to_string();
-            marker.insert("Nats-TTL", ttl.as_str());
-            messages.push((
-                subject(&pending),
-                None,
-                serde_json::to_vec(&pending).unwrap(),
-            ));
-            messages.push((subject(&pending), Some(marker), Vec::new()));
-        }
-        messages.push((
-            subject(&settled),
-            None,
-            serde_json::to_vec(&settled).unwrap(),
-        ));
-        for (to, headers, body) in messages {
-            let sent = match headers {
-                Some(h) => js.publish_with_headers(to, h, body.into()).await,
-                None => js.publish(to, body.into()).await,
-            };
-            acks.push(std::future::IntoFuture::into_future(sent.unwrap()));
-        }
-        while acks.len() >= SEED_IN_FLIGHT {
-            acks.next().await.unwrap().unwrap();
-        }
-    }
-    while let Some(ack) = acks.next().await {
-        ack.unwrap();
-    }
-}
-
-/// Waits until the copies of the pending and dead records hold what the bucket does.
-async fn copies_caught_up(js: &async_nats::jetstream::Context) {
-    for status in taskfleet::relay::job::COPIED_STATUSES {
-        let name = taskfleet::relay::job::status_stream(status).unwrap();
-        let mut last = u64::MAX;
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let s = js.get_stream(&name).await.unwrap();
-            let now = s.cached_info().state.last_sequence;
-            if now == last {
-                break;
-            }
-            last = now;
-        }
-    }
-}
-
-/// `DELIVERY_SCALE_RECORDS` (default 1,000,000) records: most delivered, 0.1 % dead spread
-/// evenly, 300 pending among the oldest tenth, a fifth moved out of pending (long ago), and
-/// the markers of 1,000 recent moves out of pending. Prints the p99 of each listing; the bound
-/// is for a release build (`cargo nextest run --release … --run-ignored only`).
-#[tokio::test]
-#[ignore = "a measurement: seeds a million records (two minutes, ~2 GB of disk)"]
-async fn with_a_million_records_a_page_of_any_status_answers_within_25_ms_at_p99() {
-    // Arrange
-    let total: usize = std::env::var("DELIVERY_SCALE_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let app = TestApp::spawn().await;
-    let js = app.jetstream().await;
-    let started = Instant::now();
-    seed_scale(&js, total).await;
-    copies_caught_up(&js).await;
-    eprintln!("seeded {total} records in {:?}", started.elapsed());
-
-    // Act
-    let mut worst = Duration::ZERO;
-    for query in [
-        "limit=100",
-        "status=delivered&limit=100",
-        "status=dead&limit=100",
-        "status=pending&limit=100",
-    ] {
-        let p = p99(&app, query, 200).await;
-        eprintln!("p99 {p:?} for {query}");
-        worst = worst.max(p);
-    }
-    // By destination too (no bound asked for: what a destination's share costs).
-    for query in [
-        "status=dead&destination=ops&limit=100",
-        "status=delivered&destination=n_crm&limit=100",
-        "destination=chat&limit=100",
-    ] {
-        eprintln!("p99 {:?} for {query}", p99(&app, query, 200).await);
-    }
-
-    // Assert
-    assert!(worst <= Duration::from_millis(25), "p99 {worst:?}");
 }
