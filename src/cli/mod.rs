@@ -180,6 +180,13 @@ pub fn parse() -> Cli {
     Cli::parse_from(args)
 }
 
+impl Cli {
+    /// Whether the command runs best on one thread: a worker process (see `main.rs`).
+    pub fn one_thread(&self) -> bool {
+        matches!(self.command, Command::Worker(_))
+    }
+}
+
 /// Runs a parsed command line and returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     let config = cli.config;

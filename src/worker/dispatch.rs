@@ -4,7 +4,8 @@
 //! P0 always goes first and nothing is pulled ahead of a free slot. When every priority is empty
 //! the worker sleeps on a doorbell: a core-NATS subscription to the assignee's queue subjects (any
 //! publish rings it) plus `wake.<assignee>` (hand-backs), with `idle_poll` as a fallback for
-//! redeliveries.
+//! redeliveries. An idle worker with a free slot per priority also leaves a one-message request
+//! waiting at each priority's consumer, so the server pushes the next task to it directly.
 
 use super::pull::Puller;
 use super::WorkerError;
@@ -98,10 +99,22 @@ impl Queue {
 
     /// Up to `free` messages (one per free slot), highest priority first, waiting (without
     /// pulling ahead) while every priority is empty. A lower priority is only pulled from
-    /// once every higher one gave fewer messages than asked (it is empty).
+    /// once every higher one gave fewer messages than asked (it is empty). Slots are kept free
+    /// for the requests an idle worker left waiting at the server (see [`arm`](Self::arm)).
     pub(super) async fn next(&mut self, free: usize) -> Result<Vec<Message>, WorkerError> {
         let mut retry = Duration::ZERO;
         loop {
+            let stashed = self.take_stashed(free);
+            if !stashed.is_empty() {
+                self.idle = false;
+                return Ok(stashed);
+            }
+            let usable = free.saturating_sub(self.puller.armed());
+            if usable == 0 {
+                self.puller.wait_stashed().await?;
+                self.maybe = [true; 3];
+                continue;
+            }
             // Rings from before this check are covered by the check itself.
             while let Some(Some(ring)) = self.doorbell.next().now_or_never() {
                 self.rung(&ring.subject);
@@ -117,53 +130,13 @@ impl Queue {
             if let Some(got) = self.after_idle_ring(rang_for).await? {
                 return Ok(got);
             }
-            let mut empty = [false; 3];
-            let mut got = Vec::new();
-            // With weights, one message per pass, so each pull follows the shares.
-            let wanted = if self.weights.is_some() {
-                1
-            } else {
-                free.max(1)
-            };
-            for i in pull_order(self.weights, self.served) {
-                if !self.maybe[i] {
-                    continue;
-                }
-                let asked = wanted - got.len();
-                let batch = self.puller.pull(&self.consumers[i].1, asked, None).await?;
-                self.served[i] += batch.len() as u64;
-                let short = batch.len() < asked;
-                got.extend(batch);
-                if short {
-                    self.maybe[i] = false;
-                    empty[i] = got.is_empty();
-                }
-                if got.len() == wanted {
-                    break;
-                }
-            }
+            let (got, empty) = self.pass(usable).await?;
             if !got.is_empty() {
                 self.idle = false;
                 return Ok(got);
             }
-            // The doorbell (core NATS) can ring before JetStream has stored the message, so a
-            // pull right after a ring may find nothing. Wait briefly on the highest priority
-            // that rang (the message is normally stored within a millisecond; a ring for a
-            // message another replica took costs RING_WAIT), then look again after 1, 2, 4, 8,
-            // 16 ms instead of sleeping until the next poll.
-            let announced = pull_order(self.weights, self.served)
-                .into_iter()
-                .find(|&i| rang_for[i] && empty[i]);
-            if let Some(i) = announced {
-                // One message only: it waits at the server, where a later message for a
-                // request given up on would go to nobody until its ack wait ran out.
-                let consumer = &self.consumers[i].1;
-                let got = self.puller.pull(consumer, 1, Some(RING_WAIT)).await?;
-                if !got.is_empty() {
-                    self.served[i] += 1;
-                    self.maybe[i] = true;
-                    return Ok(got);
-                }
+            if let Some(got) = self.after_empty_ring(rang_for, empty).await? {
+                return Ok(got);
             }
             retry = match (rang, retry.is_zero()) {
                 (true, _) => Duration::from_millis(1),
@@ -178,23 +151,127 @@ impl Queue {
                 retry
             } else {
                 retry = Duration::ZERO;
+                self.arm(usable).await?;
                 self.idle_poll
             };
-            tokio::select! {
-                ring = self.doorbell.next() => match ring {
-                    Some(ring) => self.rung(&ring.subject),
-                    None => {
-                        tokio::time::sleep(self.idle_poll).await;
-                        self.maybe = [true; 3];
-                    }
-                },
-                _ = tokio::time::sleep(wait) => {
-                    if retry.is_zero() {
-                        self.maybe = [true; 3];
-                    }
+            self.idle_wait(wait, retry.is_zero()).await?;
+        }
+    }
+
+    /// One pass over the priorities not armed and not known empty: up to `wanted` messages
+    /// (one with weights, so each pull follows the shares), and which priorities came back
+    /// empty-handed.
+    async fn pass(&mut self, wanted: usize) -> Result<(Vec<Message>, [bool; 3]), WorkerError> {
+        let wanted = if self.weights.is_some() { 1 } else { wanted };
+        let mut empty = [false; 3];
+        let mut got = Vec::new();
+        for i in pull_order(self.weights, self.served) {
+            if !self.maybe[i] || self.puller.is_armed(&self.consumers[i].1) {
+                continue;
+            }
+            let asked = wanted - got.len();
+            let batch = self.puller.pull(&self.consumers[i].1, asked, None).await?;
+            self.served[i] += batch.len() as u64;
+            let short = batch.len() < asked;
+            got.extend(batch);
+            if short {
+                self.maybe[i] = false;
+                empty[i] = got.is_empty();
+            }
+            if got.len() == wanted {
+                break;
+            }
+        }
+        Ok((got, empty))
+    }
+
+    /// The doorbell (core NATS) can ring before JetStream has stored the message, so a pull
+    /// right after a ring may find nothing. Waits briefly on the highest priority that rang (the
+    /// message is normally stored within a millisecond; a ring for a message another replica
+    /// took costs [`RING_WAIT`]); the caller then looks again after 1, 2, 4, 8, 16 ms instead
+    /// of sleeping until the next poll.
+    async fn after_empty_ring(
+        &mut self,
+        rang_for: [bool; 3],
+        empty: [bool; 3],
+    ) -> Result<Option<Vec<Message>>, WorkerError> {
+        let announced = pull_order(self.weights, self.served)
+            .into_iter()
+            .find(|&i| rang_for[i] && empty[i]);
+        let Some(i) = announced else {
+            return Ok(None);
+        };
+        // One message only: it waits at the server, where a later message for a request given
+        // up on would go to nobody until its ack wait ran out.
+        let got = self
+            .puller
+            .pull(&self.consumers[i].1, 1, Some(RING_WAIT))
+            .await?;
+        if got.is_empty() {
+            return Ok(None);
+        }
+        self.served[i] += 1;
+        self.maybe[i] = true;
+        Ok(Some(got))
+    }
+
+    /// An idle worker with a free slot for each priority leaves a one-message request waiting
+    /// at every priority's consumer for `idle_poll`: a task published meanwhile is pushed to it
+    /// straight away, with no doorbell ring and pull round trip in between. Not with weights
+    /// (each pull follows the shares) nor with fewer free slots than priorities (a request may
+    /// not take a task no slot is free for).
+    async fn arm(&mut self, usable: usize) -> Result<(), WorkerError> {
+        if self.weights.is_some() {
+            return Ok(());
+        }
+        let unarmed: Vec<String> = (self.consumers.iter().map(|(_, c)| c.clone()))
+            .filter(|c| !self.puller.is_armed(c))
+            .collect();
+        if unarmed.is_empty() || usable < unarmed.len() {
+            return Ok(());
+        }
+        for consumer in unarmed {
+            self.puller.arm(&consumer, self.idle_poll).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits `wait` for a doorbell ring or for an armed request to deliver or end; a full wait
+    /// (`poll`) makes every priority worth a look again.
+    async fn idle_wait(&mut self, wait: Duration, poll: bool) -> Result<(), WorkerError> {
+        tokio::select! {
+            ring = self.doorbell.next() => match ring {
+                Some(ring) => self.rung(&ring.subject),
+                None => {
+                    tokio::time::sleep(self.idle_poll).await;
+                    self.maybe = [true; 3];
+                }
+            },
+            // A message, or a request that ended: a task may have come just as it expired
+            // (its ring was ignored while armed), so every priority is worth a look.
+            answered = self.puller.wait_stashed() => {
+                answered?;
+                self.maybe = [true; 3];
+            }
+            _ = tokio::time::sleep(wait) => {
+                if poll {
+                    self.maybe = [true; 3];
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Up to `free` messages armed requests delivered, highest priority first.
+    fn take_stashed(&mut self, free: usize) -> Vec<Message> {
+        let order: Vec<&str> = self.consumers.iter().map(|(_, c)| c.as_str()).collect();
+        self.puller.take(free, &order)
+    }
+
+    /// Ends the pulls: requests left waiting at the server are dropped with the inbox, and a
+    /// message that came for one but was not taken is handed back at once.
+    pub(super) async fn close(self) {
+        self.puller.close().await;
     }
 }
 
@@ -217,6 +294,9 @@ impl Queue {
         let Some(i) = first.filter(|&i| rang_for[i]) else {
             return Ok(None);
         };
+        if self.puller.is_armed(&self.consumers[i].1) {
+            return Ok(None);
+        }
         let got = self
             .puller
             .pull(&self.consumers[i].1, 1, Some(RING_WAIT))
@@ -229,23 +309,23 @@ impl Queue {
         Ok(Some(got))
     }
 
-    /// A doorbell ring: a task queued at one priority, or a wake-up (hand-back) for any.
+    /// A doorbell ring: a task queued at one priority, or a wake-up (hand-back) for any. An
+    /// armed priority needs no ring: its waiting request gets the message.
     fn rung(&mut self, subject: &str) {
-        self.rang = true;
         // Only the priority token matters; thousands of rings may be waiting, so no full parse.
         let token = subject
             .split('.')
             .nth(2)
             .and_then(|t| Priority::parse(t).ok());
-        match token {
-            Some(priority) => {
-                let i = priority_index(priority);
+        let rang: Vec<usize> = match token {
+            Some(priority) => vec![priority_index(priority)],
+            None => vec![0, 1, 2],
+        };
+        for i in rang {
+            if !self.puller.is_armed(&self.consumers[i].1) {
+                self.rang = true;
                 self.maybe[i] = true;
                 self.rang_for[i] = true;
-            }
-            None => {
-                self.maybe = [true; 3];
-                self.rang_for = [true; 3];
             }
         }
     }

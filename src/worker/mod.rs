@@ -205,6 +205,14 @@ pub async fn run_with_health(
         }
     }
     health.set_phase(Phase::Draining);
+    if tokio::time::timeout(FLUSH_LIMIT, queue.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "closing the pulls timed out; a task they got is redelivered after ack_wait"
+        );
+    }
     tracker.close();
     let running = ctx.running.len();
     if running > 0 {

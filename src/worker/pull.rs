@@ -8,15 +8,26 @@
 //! their stream subject, not the reply subject, so they cannot be told apart by request: one
 //! that arrives late for a request given up on (its node died, say) is simply taken by the next
 //! pull, never dropped.
+//!
+//! An idle worker can also *arm* a consumer: leave a one-message request waiting at the server,
+//! so a task published later is pushed to it at once instead of after a doorbell ring and a
+//! pull of its own. What an armed request delivers (told apart by the consumer named in its ack
+//! subject: a consumer that is armed is pulled from no other way) is stashed until the next
+//! pull takes it.
 
 use super::WorkerError;
 use crate::bus::NatsResultExt;
 use async_nats::jetstream::{self, Message};
 use futures::StreamExt;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// How long a pull may go without an answer before it counts as lost (a node died under it).
 const PULL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long past its expiry an armed request counts as waiting if its end was never heard.
+const ARMED_GRACE: Duration = Duration::from_secs(1);
 
 /// The pull requests of one worker process.
 pub(super) struct Puller {
@@ -26,6 +37,10 @@ pub(super) struct Puller {
     inbox: String,
     answers: async_nats::Subscriber,
     request: u64,
+    /// Armed consumers: the reply subject of the request waiting there, and when it ends.
+    armed: HashMap<String, (String, Instant)>,
+    /// Messages that came outside the pull being collected: for an armed request, or late.
+    stash: VecDeque<Message>,
 }
 
 impl Puller {
@@ -44,7 +59,79 @@ impl Puller {
             inbox,
             answers,
             request: 0,
+            armed: HashMap::new(),
+            stash: VecDeque::new(),
         })
+    }
+
+    /// Leaves a request for one message of `consumer` waiting at the server for `wait`.
+    pub(super) async fn arm(&mut self, consumer: &str, wait: Duration) -> Result<(), WorkerError> {
+        let reply = self.send(consumer, 1, Some(wait)).await?;
+        let until = Instant::now() + wait + ARMED_GRACE;
+        self.armed.insert(consumer.to_string(), (reply, until));
+        Ok(())
+    }
+
+    /// Whether a request is waiting at `consumer` (see [`arm`](Self::arm)).
+    pub(super) fn is_armed(&mut self, consumer: &str) -> bool {
+        self.forget_lapsed();
+        self.armed.contains_key(consumer)
+    }
+
+    /// How many armed requests may still deliver a message: slots to keep free for them.
+    pub(super) fn armed(&mut self) -> usize {
+        self.forget_lapsed();
+        self.armed.len()
+    }
+
+    /// Up to `max` stashed messages, those of the consumers earlier in `order` first.
+    pub(super) fn take(&mut self, max: usize, order: &[&str]) -> Vec<Message> {
+        let rank = |m: &Message| {
+            let consumer = m.info().map(|i| i.consumer.to_string()).unwrap_or_default();
+            order
+                .iter()
+                .position(|c| *c == consumer)
+                .unwrap_or(order.len())
+        };
+        let mut all: Vec<Message> = self.stash.drain(..).collect();
+        all.sort_by_key(|m| rank(m));
+        let rest = all.split_off(max.min(all.len()));
+        self.stash.extend(rest);
+        all
+    }
+
+    /// Reads answers until a message is stashed or an armed request ends; never returns while
+    /// neither happens (a branch of the idle wait).
+    pub(super) async fn wait_stashed(&mut self) -> Result<(), WorkerError> {
+        loop {
+            let Some(msg) = self.answers.next().await else {
+                return Err(pull_error("the pull inbox closed"));
+            };
+            let stashed = self.stash.len();
+            let armed = self.armed.len();
+            self.route(msg, "", &mut Vec::new());
+            if self.stash.len() > stashed || self.armed.len() < armed {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Stops the answers (the server drops the requests still waiting) and hands back every
+    /// message that came but was not taken, so no task waits out its lease.
+    pub(super) async fn close(mut self) {
+        let _ = self.answers.unsubscribe().await;
+        while let Some(msg) = self.answers.next().await {
+            self.route(msg, "", &mut Vec::new());
+        }
+        for msg in self.stash.drain(..) {
+            let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
+        }
+    }
+
+    /// Armed requests whose end (a 408 from the server) never came: lost with a connection.
+    fn forget_lapsed(&mut self) {
+        let now = Instant::now();
+        self.armed.retain(|_, (_, until)| *until > now);
     }
 
     /// Up to `max` messages of `consumer` that are there now (a no-wait pull), or, with `wait`,
@@ -55,6 +142,21 @@ impl Puller {
         max: usize,
         wait: Option<Duration>,
     ) -> Result<Vec<Message>, WorkerError> {
+        let reply = self.send(consumer, max, wait).await?;
+        let limit = PULL_TIMEOUT + wait.unwrap_or_default();
+        match tokio::time::timeout(limit, self.collect(&reply, max)).await {
+            Ok(got) => got,
+            Err(_) => Err(pull_error("no answer to the pull request")),
+        }
+    }
+
+    /// Sends a pull request for `max` messages of `consumer`; returns its reply subject.
+    async fn send(
+        &mut self,
+        consumer: &str,
+        max: usize,
+        wait: Option<Duration>,
+    ) -> Result<String, WorkerError> {
         self.request += 1;
         let reply = format!("{}.{}", self.inbox, self.request);
         let body = match wait {
@@ -66,11 +168,7 @@ impl Puller {
             .publish_with_reply(subject, reply.clone(), body.to_string().into())
             .await
             .op("pull task")?;
-        let limit = PULL_TIMEOUT + wait.unwrap_or_default();
-        match tokio::time::timeout(limit, self.collect(&reply, max)).await {
-            Ok(got) => got,
-            Err(_) => Err(pull_error("no answer to the pull request")),
-        }
+        Ok(reply)
     }
 
     async fn collect(&mut self, reply: &str, max: usize) -> Result<Vec<Message>, WorkerError> {
@@ -79,20 +177,37 @@ impl Puller {
             let Some(msg) = self.answers.next().await else {
                 return Err(pull_error("the pull inbox closed"));
             };
-            match msg.status {
-                None => out.push(Message {
-                    message: msg,
-                    context: self.js.clone(),
-                }),
-                // Idle heartbeat: the request is still open.
-                Some(s) if s.as_u16() == 100 => {}
-                // 404 no messages, 408 timeout / requests pending, 409 …: this request ended
-                // (a status for an earlier request is stale).
-                Some(_) if msg.subject.as_str() == reply => break,
-                Some(_) => {}
+            if self.route(msg, reply, &mut out) {
+                break;
             }
         }
         Ok(out)
+    }
+
+    /// Files one answer: a message of an armed consumer in the stash (that request is done),
+    /// any other message in `out`; a status ends its request. True when it ended `reply`'s.
+    fn route(&mut self, msg: async_nats::Message, reply: &str, out: &mut Vec<Message>) -> bool {
+        let Some(status) = msg.status else {
+            let msg = Message {
+                message: msg,
+                context: self.js.clone(),
+            };
+            let consumer = msg.info().map(|i| i.consumer.to_string());
+            match consumer.ok().and_then(|c| self.armed.remove(&c)) {
+                Some(_) => self.stash.push_back(msg),
+                None if reply.is_empty() => self.stash.push_back(msg),
+                None => out.push(msg),
+            }
+            return false;
+        };
+        // 100: an idle heartbeat, the request is still open. 404 no messages, 408 timeout or
+        // requests pending, 409 …: that request ended (a status for an earlier one is stale).
+        if status.as_u16() == 100 {
+            return false;
+        }
+        let subject = msg.subject.as_str();
+        self.armed.retain(|_, (r, _)| r != subject);
+        !reply.is_empty() && subject == reply
     }
 }
 
