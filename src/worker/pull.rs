@@ -101,8 +101,12 @@ impl Puller {
     }
 
     /// Reads answers until a message is stashed or an armed request ends; never returns while
-    /// neither happens (a branch of the idle wait).
+    /// neither happens (a branch of the idle wait). At once when a message is stashed already
+    /// (an armed request can deliver while another pull is being collected).
     pub(super) async fn wait_stashed(&mut self) -> Result<(), WorkerError> {
+        if !self.stash.is_empty() {
+            return Ok(());
+        }
         loop {
             let Some(msg) = self.answers.next().await else {
                 return Err(pull_error("the pull inbox closed"));

@@ -20,11 +20,13 @@ const TASKS: usize = 300;
 /// The streams whose replica on a restarted node must catch up.
 const STREAMS: [&str; 2] = ["TASKS", "EVENTS"];
 /// Every stream and bucket of the topology.
-const TOPOLOGY: [&str; 8] = [
+const TOPOLOGY: [&str; 10] = [
     "TASKS",
     "EVENTS",
     "TASKS_DEAD",
     "DELIVERIES",
+    "DELIVERY_RECORDS_PENDING",
+    "DELIVERY_RECORDS_DEAD",
     "KV_taskfleet_meta",
     "KV_task_idempotency",
     "KV_deliveries",
