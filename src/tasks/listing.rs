@@ -1,8 +1,8 @@
 //! Listing tasks newest first at a cost that grows with the page, not with the tasks stored.
 //!
-//! No index is kept beside the ledger: each listing walks, backwards in windows of stream
-//! sequences, the messages that stand for the tasks it may return, then reads those tasks'
-//! latest records in one batch request and keeps the ones that match:
+//! Each listing walks, backwards in windows of stream sequences, the messages that stand for the
+//! tasks it may return, then reads those tasks' latest records in one batch request and keeps
+//! the ones that match:
 //!
 //! | status asked | walked | order |
 //! |---|---|---|
