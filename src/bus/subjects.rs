@@ -21,6 +21,9 @@ pub const LEDGER_WRITES: &str = "ledger.>";
 /// message per such change, written with its event in one atomic batch, so that listing those
 /// statuses walks a subject with a literal prefix instead of every event.
 pub const INDEX_WRITES: &str = "index.>";
+/// The server's copy of the ledger's index entries (failed, cancelled), which listings of those
+/// statuses walk: there they are dense, in the ledger a few among millions of events.
+pub const INDEX_STREAM: &str = "LEDGER_INDEX";
 /// KV bucket of taskfleet's own bookkeeping (the retention sweeper's cursor).
 pub const META_BUCKET: &str = "taskfleet_meta";
 /// Before task storage v2 (taskfleet 0.1 sessions 1 and 2): the KV bucket holding each task's

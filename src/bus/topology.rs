@@ -121,6 +121,28 @@ fn delivery_records_config(cfg: &TopologyConfig) -> stream::Config {
     }
 }
 
+/// The copy of the ledger's index entries (`index.<status>.<assignee>.<id>`, see
+/// `tasks/listing.rs`), sourced by the server: one message per task and status, kept as long as
+/// finished tasks are (an entry is written when its task finishes; the sweeper removes the
+/// task from the ledger by then, and a listing skips an entry whose task moved on).
+fn index_copy_config(cfg: &TopologyConfig) -> stream::Config {
+    stream::Config {
+        name: subjects::INDEX_STREAM.into(),
+        description: Some("taskfleet: the ledger's index entries, copied for listings".into()),
+        sources: Some(vec![stream::Source {
+            name: subjects::EVENTS_STREAM.into(),
+            filter_subject: Some(subjects::INDEX_WRITES.into()),
+            ..Default::default()
+        }]),
+        max_messages_per_subject: 1,
+        max_age: cfg.events_max_age,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
 /// The stream keeping a copy of the delivery records with `status` (see `relay/record.rs`):
 /// sourced from the bucket's `<status>.>` keys, one message per key like the bucket.
 fn delivery_copy_config(cfg: &TopologyConfig, status: DeliveryStatus) -> stream::Config {
@@ -177,6 +199,7 @@ impl Topology {
         )
         .await?;
         let events = ensure_stream(js, ledger_config(cfg)).await?;
+        ensure_stream(js, index_copy_config(cfg)).await?;
         let dead = ensure_stream(
             js,
             stream::Config {

@@ -87,6 +87,7 @@ pub fn fleet_streams() -> Vec<String> {
     let mut s: Vec<String> = [
         subjects::TASKS_STREAM,
         subjects::EVENTS_STREAM,
+        subjects::INDEX_STREAM,
         subjects::DEAD_STREAM,
         subjects::DELIVERIES_STREAM,
     ]

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `pending`, `running` | queue messages (`TASKS`, which holds every queued or running task) | newest queued first |
 //! | `completed` | ledger events of that type | most recently finished first |
-//! | `failed`, `cancelled` | their index entries (`index.<status>.<assignee>.<id>`) | most recently finished first |
+//! | `failed`, `cancelled` | their index entries (`index.<status>.<assignee>.<id>`), in the server's copy `LEDGER_INDEX` | most recently finished first |
 //! | any | `created` events, and `started` events that stand for a creation | newest created first |
 //!
 //! A page ends with a cursor (a stream sequence): the next page walks on from there. Each window
@@ -16,7 +16,10 @@
 //! holds (a batch asking for more would scan on past the window, to the end of the stream).
 //! Rare statuses have index entries because a filter with a wildcard before its last token
 //! (`events.<a>.*.failed`) costs the server every subject of every block it passes, and a rare
-//! status is far apart; `index.failed.<a>.*` has a literal prefix, cheap to skip blocks with.
+//! status is far apart. The entries are written to the ledger (in the atomic batch of the
+//! task's final event) and walked in `LEDGER_INDEX`, where the server copies them: a few
+//! thousand small messages instead of a few among millions (the copy trails the ledger by the
+//! server's sourcing delay).
 
 use super::ledger::also_created;
 use super::{ListFilter, TaskError, TaskService};
@@ -185,7 +188,7 @@ fn source(status: Option<TaskStatus>, assignee: Option<&Assignee>) -> Source {
         },
         Some(TaskStatus::Completed) => events(&[EventKind::Completed]),
         Some(status @ (TaskStatus::Failed | TaskStatus::Cancelled)) => Source {
-            stream: subjects::EVENTS_STREAM,
+            stream: subjects::INDEX_STREAM,
             filters: vec![subjects::status_index_filter(status, assignee)],
         },
         None => events(&[EventKind::Created, EventKind::Started]),

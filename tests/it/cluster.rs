@@ -20,9 +20,10 @@ const TASKS: usize = 300;
 /// The streams whose replica on a restarted node must catch up.
 const STREAMS: [&str; 2] = ["TASKS", "EVENTS"];
 /// Every stream and bucket of the topology.
-const TOPOLOGY: [&str; 10] = [
+const TOPOLOGY: [&str; 11] = [
     "TASKS",
     "EVENTS",
+    "LEDGER_INDEX",
     "TASKS_DEAD",
     "DELIVERIES",
     "DELIVERY_RECORDS_PENDING",
