@@ -33,7 +33,15 @@ enum Claimed {
     GaveUp,
     /// Refused: skip the message (`true`) or look again later (`false`).
     Refused(bool),
+    /// The task runs from this very message, yet JetStream delivered it as new: the server lost
+    /// its record of the delivery (a kill -9 before it was saved). Never dropped: it comes back
+    /// after [`HELD_RECHECK`] as a redelivery, and is taken over unless it finished meanwhile.
+    HeldElsewhere,
 }
+
+/// How long a message of a running task that came as new waits before it is looked at again
+/// (see [`Claimed::HeldElsewhere`]).
+const HELD_RECHECK: Duration = Duration::from_secs(5);
 
 impl TaskService {
     /// Claims the task a pulled queue message stands for. `redelivered` is true when JetStream
@@ -99,6 +107,7 @@ impl TaskService {
             Ok(c) => c,
             Err(TaskError::IllegalTransition(why)) => {
                 return Ok(match what {
+                    Claimed::HeldElsewhere => ClaimOutcome::Later(HELD_RECHECK),
                     Claimed::Refused(false) if message_age(msg) < EARLY_LIMIT => {
                         ClaimOutcome::Later(Duration::from_millis(250))
                     }
@@ -321,6 +330,12 @@ fn claim_step(
             (Claimed::Started, Ok(Step::new(after, e)))
         }
         TaskStatus::Running if redelivered && t.queue_seq == Some(seq) => take_over(t, worker),
+        TaskStatus::Running if t.queue_seq == Some(seq) => (
+            Claimed::HeldElsewhere,
+            Err(TaskError::IllegalTransition(
+                "task is running from this message; looking again later".into(),
+            )),
+        ),
         other => {
             // A record that already moved past this message (or an older message) means the
             // message is done with; a record older than the message is not the latest yet.
@@ -452,5 +467,20 @@ mod tests {
         );
         t.attempt = 3;
         assert!(matches!(claim_step(&t, 5, "w2", true).0, Claimed::GaveUp));
+    }
+
+    #[test]
+    fn a_running_tasks_own_message_delivered_as_new_is_kept_for_a_later_look_never_skipped() {
+        // A server killed before it saved the delivery sends the message again as new.
+        let t = task(TaskStatus::Running, Some(5));
+        assert!(matches!(
+            claim_step(&t, 5, "w2", false).0,
+            Claimed::HeldElsewhere
+        ));
+        // A message the running task's record moved past is done with.
+        assert!(matches!(
+            claim_step(&t, 4, "w2", false).0,
+            Claimed::Refused(true)
+        ));
     }
 }
