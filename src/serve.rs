@@ -65,6 +65,7 @@ pub fn api_state(
             max_page: cfg.api.max_limit,
         },
         shutdown,
+        destinations: Arc::new(cfg.relay.destinations.keys().cloned().collect()),
     })
 }
 

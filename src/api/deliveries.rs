@@ -18,7 +18,7 @@
 use super::auth::{Principal, Scope};
 use super::error::{ApiError, IdPath, JsonBody, Params};
 use super::state::AppState;
-use crate::bus::permissions::subject_matches;
+use crate::bus::permissions::{kv_stream, subject_matches};
 use crate::bus::{direct, encode, message_headers, subjects, BusError, NatsResultExt};
 use crate::domain::TaskId;
 use crate::relay::job::{
@@ -689,6 +689,11 @@ pub(super) async fn replay_destination(
     if !is_token(&dest) {
         return Err(bad_token("the destination", &dest));
     }
+    if !destination_known(&state, &dest).await? {
+        return Err(ApiError::NotFound(format!(
+            "no destination {dest:?}: not in the relay's config here, and no delivery to it is recorded"
+        )));
+    }
     let since = body.unwrap_or_default().since;
     let mut dead: Vec<StoredRecord> = dead_since(&state, &dest, since)
         .await?
@@ -711,6 +716,25 @@ pub(super) async fn replay_destination(
         }
     }
     Ok((StatusCode::ACCEPTED, Json(json!({"replayed": ids}))))
+}
+
+/// Whether `dest` (a name or a queue key) is a destination this API can tell exists: configured
+/// here, or with at least one delivery record (any status) in the bucket.
+async fn destination_known(state: &AppState, dest: &str) -> Result<bool, ApiError> {
+    let name = dest.strip_prefix("n_").unwrap_or(dest);
+    if state.destinations.contains(name) {
+        return Ok(true);
+    }
+    let bucket = kv_stream(subjects::DELIVERY_BUCKET);
+    for filter in filters(None, Some(dest), ">") {
+        let last = direct::last(&state.tasks.bus().client, &bucket, &filter)
+            .await
+            .map_err(unavailable)?;
+        if last.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The messages of `dest`'s dead records written since `since` (less [`CLOCK_SKEW`]; all

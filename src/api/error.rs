@@ -123,13 +123,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         } else {
             &bytes
         };
-        serde_json::from_slice(text).map(JsonBody).map_err(|e| {
+        let parsed = serde_json::from_slice(text).map(JsonBody).map_err(|e| {
             use serde_json::error::Category;
             match e.classify() {
                 Category::Data => ApiError::Unprocessable(e.to_string()),
                 _ => ApiError::BadRequest(format!("malformed JSON: {e}")),
             }
-        })
+        })?;
+        // Every body is an object (or none); serde would read a struct from an array too.
+        if text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(ApiError::Unprocessable(
+                "the request body must be a JSON object, not an array".into(),
+            ));
+        }
+        Ok(parsed)
     }
 }
 

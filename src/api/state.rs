@@ -16,6 +16,9 @@ pub struct AppState {
     pub limits: Limits,
     /// Cancelled on shutdown; long-lived responses (SSE) end with it.
     pub shutdown: CancellationToken,
+    /// Names of the relay destinations in this process's config (`[relay.destinations.*]`);
+    /// a destination-wide replay knows a name from here or from its recorded deliveries.
+    pub destinations: Arc<std::collections::BTreeSet<String>>,
 }
 
 /// Sizes the API enforces.

@@ -449,3 +449,44 @@ async fn a_wrong_method_on_a_known_route_gets_a_json_error() {
         "pending"
     );
 }
+
+#[tokio::test]
+async fn an_array_body_is_a_422_on_every_route_that_takes_a_body_and_writes_nothing() {
+    // Arrange: one completed task a cleanup would remove.
+    let app = TestApp::spawn().await;
+    let done = app.create("done", "anna", "P1").await;
+    app.admin.action(&done, "start", None).await.unwrap();
+    app.admin.action(&done, "complete", None).await.unwrap();
+    let create = json!([{"task_name": "t", "assigned_to": "anna"}]);
+
+    // Act
+    let cleanup = app
+        .call(
+            app.req(Method::POST, "/api/tasks/cleanup")
+                .json(&json!([{"older_than_s": 0}])),
+        )
+        .await;
+    let created = app
+        .call(app.req(Method::POST, "/api/tasks").json(&create))
+        .await;
+    let cancel = app
+        .call(
+            app.req(Method::PUT, &format!("/api/tasks/{done}/cancel"))
+                .json(&json!([])),
+        )
+        .await;
+
+    // Assert
+    for (route, (status, body)) in [
+        ("cleanup", cleanup),
+        ("create", created),
+        ("cancel", cancel),
+    ] {
+        let code = body["error"]["code"].clone();
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{route}: {body}");
+        assert!(code.is_string(), "{route}: {body}");
+    }
+    let tasks = app.admin.list_tasks(&[]).await.unwrap();
+    assert_eq!(tasks.len(), 1, "only the completed task: {tasks:?}");
+    assert_eq!(tasks[0].status.as_str(), "completed");
+}

@@ -289,3 +289,18 @@ async fn listing_by_task_returns_exactly_that_tasks_deliveries() {
     assert_eq!(paged, ids, "two pages of two");
     assert!(nobody.is_empty());
 }
+
+#[tokio::test]
+async fn replaying_a_destination_nobody_configured_or_delivered_to_is_a_404() {
+    // Arrange
+    let app = TestApp::spawn().await;
+
+    // Act
+    let (status, body) = app
+        .call(app.req(Method::POST, "/api/destinations/nobody/replay"))
+        .await;
+
+    // Assert
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+}
