@@ -15,8 +15,11 @@ use std::time::Duration;
 pub enum ClaimOutcome {
     /// Run it: the task is `running` under this worker's lease.
     Run(Task),
-    /// Nothing to run (finished, cancelled, claimed over the API, or not a valid task): ack it.
+    /// Nothing to run (finished, cancelled, claimed over the API): ack it.
     Skip(String),
+    /// Not a task this worker may run (not JSON, an invalid create body, or a body that
+    /// disagrees with its subject): ack it; the reason is worth a warning.
+    Invalid(String),
     /// The attempts are used up: the task is now `failed` and dead-lettered; ack it.
     GaveUp(Task),
     /// The task's record is older than this message (a retry still being recorded, or a
@@ -55,7 +58,7 @@ impl TaskService {
     ) -> Result<ClaimOutcome, TaskError> {
         let (id, new) = match decode_queued(msg) {
             Ok(decoded) => decoded,
-            Err(why) => return Ok(ClaimOutcome::Skip(format!("not a valid task: {why}"))),
+            Err(why) => return Ok(ClaimOutcome::Invalid(why)),
         };
         let recorded = recorded_by(msg);
         if !redelivered && recorded.is_none() {

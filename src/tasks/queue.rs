@@ -111,6 +111,18 @@ pub(crate) fn decode_queued(msg: QueuedMessage<'_>) -> Result<(TaskId, NewTask),
     obj.entry("kind").or_insert(kind.as_str().into());
     let new: NewTask = serde_json::from_value(body).map_err(|e| e.to_string())?;
     new.validate()?;
+    // The subject is the authority: a producer allowed to publish for one assignee must not
+    // create tasks for another (nor at another priority or of another kind).
+    let subject_says = (&assignee, priority, kind);
+    if (&new.assigned_to, new.priority, new.kind) != subject_says {
+        return Err(format!(
+            "the body says {} {} {} but the message is on {} (the subject decides)",
+            new.assigned_to,
+            new.priority.as_str(),
+            new.kind.as_str(),
+            msg.subject
+        ));
+    }
     let header_id = msg
         .headers
         .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))

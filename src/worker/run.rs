@@ -46,6 +46,10 @@ pub(super) async fn handle(ctx: Arc<Ctx>, msg: Message, slot: OwnedSemaphorePerm
                 .instrument(span)
                 .await
         }
+        Ok(ClaimOutcome::Invalid(why)) => {
+            tracing::warn!(parent: &span, subject = %msg.subject, why, "not a valid task; dropping it");
+            let _ = msg.ack().await;
+        }
         Ok(ClaimOutcome::Skip(why)) => {
             tracing::debug!(parent: &span, why, "nothing to run; acknowledging");
             let _ = msg.ack().await;

@@ -101,3 +101,42 @@ async fn a_noop_with_steps_reports_each_step_before_completing() {
         ["create", "start", "step", "step", "step", "complete"]
     );
 }
+
+#[tokio::test]
+async fn a_body_naming_another_assignee_priority_or_kind_than_its_subject_is_never_run() {
+    // Arrange: three bodies that disagree with anna's P1 noop subject, then a good one.
+    let app = TestApp::spawn().await;
+    let _worker = app.worker("anna", 2, worker_settings()).await;
+    let bad = [
+        (
+            "01JSUBJECTAUTHORITYBAD0001",
+            json!({"task_name": "x", "assigned_to": "bob"}),
+        ),
+        (
+            "01JSUBJECTAUTHORITYBAD0002",
+            json!({"task_name": "x", "priority": "P0"}),
+        ),
+        (
+            "01JSUBJECTAUTHORITYBAD0003",
+            json!({"task_name": "x", "kind": "manual"}),
+        ),
+    ];
+    let good = "01JSUBJECTAUTHORITYGOOD001";
+
+    // Act
+    for (id, body) in &bad {
+        publish_direct(&app, "tasks.anna.p1.noop", id, body.clone()).await;
+    }
+    publish_direct(&app, "tasks.anna.p1.noop", good, json!({"task_name": "ok"})).await;
+    let ran = finished(&app, good, Duration::from_secs(15)).await;
+
+    // Assert: the good one ran; the others are no task of anyone's, and left the queue.
+    assert_eq!(ran.status.as_str(), "completed", "{:?}", ran.error);
+    for (id, _) in &bad {
+        let got = app.admin.get_task(id).await;
+        assert!(got.is_err(), "{id} became a task: {got:?}");
+    }
+    let js = app.jetstream().await;
+    let mut queue = js.get_stream("TASKS").await.unwrap();
+    assert_eq!(queue.info().await.unwrap().state.messages, 0);
+}
