@@ -18,7 +18,8 @@ pub enum ClaimOutcome {
     /// Nothing to run (finished, cancelled, claimed over the API): ack it.
     Skip(String),
     /// Not a task this worker may run (not JSON, an invalid create body, or a body that
-    /// disagrees with its subject): ack it; the reason is worth a warning.
+    /// disagrees with its subject): it is in the dead letters now, as a failed task with the
+    /// reason and the body; ack it.
     Invalid(String),
     /// The attempts are used up: the task is now `failed` and dead-lettered; ack it.
     GaveUp(Task),
@@ -58,7 +59,13 @@ impl TaskService {
     ) -> Result<ClaimOutcome, TaskError> {
         let (id, new) = match decode_queued(msg) {
             Ok(decoded) => decoded,
-            Err(why) => return Ok(ClaimOutcome::Invalid(why)),
+            Err(why) => {
+                // Moved aside with its reason: a dead letter, then the ack drops it.
+                if let Some(refused) = super::queue::refused_task(msg, &why) {
+                    self.dead_letter(&refused).await?;
+                }
+                return Ok(ClaimOutcome::Invalid(why));
+            }
         };
         let recorded = recorded_by(msg);
         if !redelivered && recorded.is_none() {

@@ -123,18 +123,53 @@ pub(crate) fn decode_queued(msg: QueuedMessage<'_>) -> Result<(TaskId, NewTask),
             msg.subject
         ));
     }
+    let id = new.id.clone().unwrap_or_else(|| message_task_id(msg));
+    Ok((id, new))
+}
+
+/// The task id a queue message stands for when its body names none: its `Nats-Msg-Id` if that
+/// is a task id, else one derived from the message (deterministic, so every reader derives the
+/// same id for the same message).
+pub(crate) fn message_task_id(msg: QueuedMessage<'_>) -> TaskId {
     let header_id = msg
         .headers
         .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
         .and_then(|v| TaskId::parse(v.as_str()).ok());
-    let id = new.id.clone().or(header_id).unwrap_or_else(|| {
-        // Deterministic, so every reader derives the same id for the same message.
+    header_id.unwrap_or_else(|| {
         let ms = (msg.published_ns / 1_000_000).max(0) as u64;
         TaskId::parse(&ulid::Ulid::from_parts(ms, msg.seq as u128).to_string())
             .expect("a ULID is a valid task id")
-    });
-    Ok((id, new))
+    })
 }
+
+/// What a dead letter shows of a queue message refused as not a valid task: a failed task of
+/// the subject's assignee (none when the subject names no assignee) with the reason as its
+/// error and the message body (lossy UTF-8, at most [`REFUSED_BODY_CAP`] bytes) as `raw`.
+pub(crate) fn refused_task(msg: QueuedMessage<'_>, why: &str) -> Option<Task> {
+    let mut tokens = msg.subject.split('.').skip(1);
+    let assignee = Assignee::parse(tokens.next()?).ok()?;
+    let priority = tokens
+        .next()
+        .and_then(|p| Priority::parse(p).ok())
+        .unwrap_or(Priority::P1);
+    let body: serde_json::Value = serde_json::from_slice(msg.payload).unwrap_or_default();
+    let name = body["task_name"].as_str().unwrap_or("(not a valid task)");
+    let name: String = name.chars().take(200).collect();
+    let raw = &msg.payload[..msg.payload.len().min(REFUSED_BODY_CAP)];
+    let new = serde_json::json!({
+        "task_name": name, "assigned_to": assignee.as_str(), "priority": priority,
+        "payload": {"raw": String::from_utf8_lossy(raw), "subject": msg.subject},
+    });
+    let new: NewTask = serde_json::from_value(new).ok()?;
+    let mut task = queued_task(msg, message_task_id(msg), new);
+    task.status = TaskStatus::Failed;
+    task.error = Some(format!("refused: {why}"));
+    task.finished_time = Some(chrono::Utc::now());
+    Some(task)
+}
+
+/// How much of a refused message's body its dead letter keeps.
+const REFUSED_BODY_CAP: usize = 4096;
 
 /// Tasks whose states one `multi_last` request reads (each may match up to 11 event subjects;
 /// the server answers at most 1,024 messages).

@@ -47,7 +47,7 @@ pub(super) async fn handle(ctx: Arc<Ctx>, msg: Message, slot: OwnedSemaphorePerm
                 .await
         }
         Ok(ClaimOutcome::Invalid(why)) => {
-            tracing::warn!(parent: &span, subject = %msg.subject, why, "not a valid task; dropping it");
+            tracing::warn!(parent: &span, subject = %msg.subject, why, "not a valid task; dead-lettered with the reason");
             let _ = msg.ack().await;
         }
         Ok(ClaimOutcome::Skip(why)) => {

@@ -103,40 +103,76 @@ async fn a_noop_with_steps_reports_each_step_before_completing() {
 }
 
 #[tokio::test]
-async fn a_body_naming_another_assignee_priority_or_kind_than_its_subject_is_never_run() {
-    // Arrange: three bodies that disagree with anna's P1 noop subject, then a good one.
+async fn a_message_that_is_no_valid_task_for_its_subject_is_dead_lettered_with_the_reason_never_run(
+) {
+    // Arrange: bodies that disagree with anna's P1 noop subject, one that is not JSON, then a
+    // good one.
     let app = TestApp::spawn().await;
     let _worker = app.worker("anna", 2, worker_settings()).await;
     let bad = [
         (
             "01JSUBJECTAUTHORITYBAD0001",
             json!({"task_name": "x", "assigned_to": "bob"}),
+            "bob",
         ),
         (
             "01JSUBJECTAUTHORITYBAD0002",
             json!({"task_name": "x", "priority": "P0"}),
+            "P0",
         ),
         (
             "01JSUBJECTAUTHORITYBAD0003",
             json!({"task_name": "x", "kind": "manual"}),
+            "manual",
         ),
     ];
+    let garbage = "01JSUBJECTAUTHORITYBAD0004";
     let good = "01JSUBJECTAUTHORITYGOOD001";
 
     // Act
-    for (id, body) in &bad {
+    for (id, body, _) in &bad {
         publish_direct(&app, "tasks.anna.p1.noop", id, body.clone()).await;
     }
+    let js = app.jetstream().await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, garbage);
+    let junk = bytes::Bytes::from_static(b"\xff{not json");
+    js.publish_with_headers("tasks.anna.p1.noop", headers, junk)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     publish_direct(&app, "tasks.anna.p1.noop", good, json!({"task_name": "ok"})).await;
     let ran = finished(&app, good, Duration::from_secs(15)).await;
+    let anna = [("assigned_to", "anna".to_string())];
+    let dead = crate::harness::eventually("4 dead letters", Duration::from_secs(10), || async {
+        let dead = app.admin.dead_letters(&anna).await.ok()?;
+        (dead.len() == 4).then_some(dead)
+    })
+    .await;
 
-    // Assert: the good one ran; the others are no task of anyone's, and left the queue.
+    // Assert: the good one ran; the others are no task of anyone's, left the queue, and are
+    // dead letters of anna's (the subject's) saying why.
     assert_eq!(ran.status.as_str(), "completed", "{:?}", ran.error);
-    for (id, _) in &bad {
+    for (id, _, named) in &bad {
         let got = app.admin.get_task(id).await;
         assert!(got.is_err(), "{id} became a task: {got:?}");
+        let letter = dead
+            .iter()
+            .find(|t| t.id.as_str() == *id)
+            .expect("dead letter");
+        let why = letter.error.clone().unwrap_or_default();
+        assert!(why.contains(named) && why.contains("subject"), "{why}");
     }
-    let js = app.jetstream().await;
+    let letter = dead
+        .iter()
+        .find(|t| t.id.as_str() == garbage)
+        .expect("dead letter");
+    assert!(
+        letter.error.as_deref().unwrap_or_default().contains("JSON"),
+        "{letter:?}"
+    );
+    assert_eq!(letter.payload["subject"], "tasks.anna.p1.noop");
     let mut queue = js.get_stream("TASKS").await.unwrap();
     assert_eq!(queue.info().await.unwrap().state.messages, 0);
 }
