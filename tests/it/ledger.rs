@@ -219,6 +219,19 @@ async fn listings_page_newest_first_and_find_a_rare_status_among_many() {
         .map(|(_, id)| id)
         .collect();
 
+    // The failed listing reads the server's copy of the index entries, which trails the ledger
+    // by the sourcing delay (tens of milliseconds on a loaded machine).
+    let js = app.jetstream().await;
+    eventually(
+        "the index copy to hold 3 entries",
+        Duration::from_secs(5),
+        || async {
+            let mut copy = js.get_stream(subjects::INDEX_STREAM).await.ok()?;
+            (copy.info().await.ok()?.state.messages == 3).then_some(())
+        },
+    )
+    .await;
+
     // Act
     let (first, cursor) = page(&app, "assigned_to=anna&status=failed&limit=2").await;
     let (rest, end) = page(
