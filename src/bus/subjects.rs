@@ -24,6 +24,19 @@ pub const INDEX_WRITES: &str = "index.>";
 /// The server's copy of the ledger's index entries (failed, cancelled), which listings of those
 /// statuses walk: there they are dense, in the ledger a few among millions of events.
 pub const INDEX_STREAM: &str = "LEDGER_INDEX";
+/// The delivery record statuses (key tokens) the server also copies into a stream of their
+/// own, for listings (see `relay/record.rs`).
+pub const COPIED_DELIVERY_STATUSES: [&str; 2] = ["pending", "dead"];
+
+/// The stream copying the delivery records of `status` (a key token): `DELIVERY_RECORDS_DEAD`.
+pub fn delivery_copy_stream(status: &str) -> String {
+    format!("DELIVERY_RECORDS_{}", status.to_uppercase())
+}
+
+/// `$KV.deliveries.<rest>`: a subject (or filter) in the delivery record bucket.
+pub fn delivery_record_subject(rest: &str) -> String {
+    format!("$KV.{DELIVERY_BUCKET}.{rest}")
+}
 /// KV bucket of taskfleet's own bookkeeping (the retention sweeper's cursor).
 pub const META_BUCKET: &str = "taskfleet_meta";
 /// Before task storage v2 (taskfleet 0.1 sessions 1 and 2): the KV bucket holding each task's

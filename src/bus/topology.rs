@@ -2,7 +2,6 @@
 
 use super::permissions::{self as js_api, user_permissions};
 use super::{subjects, BusError, NatsResultExt};
-use crate::relay::job::{record_subject, status_stream, DeliveryStatus, COPIED_STATUSES};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, kv, stream};
 use std::time::Duration;
@@ -121,6 +120,80 @@ fn delivery_records_config(cfg: &TopologyConfig) -> stream::Config {
     }
 }
 
+/// A work-queue stream `(name, what it holds, subjects)`: `TASKS`, `DELIVERIES`.
+fn work_queue_config(
+    cfg: &TopologyConfig,
+    (name, what, filter): (&str, &str, &str),
+) -> stream::Config {
+    stream::Config {
+        name: name.into(),
+        description: Some(format!("taskfleet: {what}")),
+        subjects: vec![filter.into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        duplicate_window: DEDUP_WINDOW,
+        allow_direct: true,
+        max_message_size: cfg.max_msg_size,
+        ..Default::default()
+    }
+}
+
+/// `TASKS_DEAD`: tasks that used up their attempts (or were refused), kept `dead_letter_max_age`.
+fn dead_config(cfg: &TopologyConfig) -> stream::Config {
+    stream::Config {
+        name: subjects::DEAD_STREAM.into(),
+        description: Some("taskfleet: tasks that used up their attempts".into()),
+        subjects: vec![subjects::ALL_DEAD.into()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        max_age: cfg.dead_letter_max_age,
+        allow_direct: true,
+        max_message_size: cfg.max_msg_size,
+        ..Default::default()
+    }
+}
+
+/// A KV bucket `(name, what it holds)` keeping one value per key (`max_age` zero: forever).
+fn bucket_config(
+    cfg: &TopologyConfig,
+    (name, what): (&str, &str),
+    max_age: Duration,
+) -> kv::Config {
+    kv::Config {
+        bucket: name.into(),
+        description: format!("taskfleet: {what}"),
+        history: 1,
+        max_age,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    }
+}
+
+/// The relay's cursor on the ledger. It exists from the first start of any process, so events
+/// published before the relay first runs are still delivered.
+async fn ensure_relay_cursor(events: &stream::Stream) -> Result<(), BusError> {
+    events
+        .create_consumer(pull::Config {
+            durable_name: Some(subjects::RELAY_EVENTS_CONSUMER.into()),
+            description: Some("taskfleet relay: every task event".into()),
+            filter_subject: subjects::ALL_EVENTS.into(),
+            ack_policy: AckPolicy::Explicit,
+            // One event at a time: after a crash the unacked event comes back first, so
+            // destinations still see events in order.
+            ack_wait: Duration::from_secs(10),
+            max_deliver: -1,
+            max_ack_pending: 1,
+            deliver_policy: DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map(|_: async_nats::jetstream::consumer::PullConsumer| ())
+        .op("create relay consumer")
+}
+
 /// The copy of the ledger's index entries (`index.<status>.<assignee>.<id>`, see
 /// `tasks/listing.rs`), sourced by the server: one message per task and status, kept as long as
 /// finished tasks are (an entry is written when its task finishes; the sweeper removes the
@@ -145,14 +218,14 @@ fn index_copy_config(cfg: &TopologyConfig) -> stream::Config {
 
 /// The stream keeping a copy of the delivery records with `status` (see `relay/record.rs`):
 /// sourced from the bucket's `<status>.>` keys, one message per key like the bucket.
-fn delivery_copy_config(cfg: &TopologyConfig, status: DeliveryStatus) -> stream::Config {
+fn delivery_copy_config(cfg: &TopologyConfig, status: &str) -> stream::Config {
     let bucket = js_api::kv_stream(subjects::DELIVERY_BUCKET);
-    let keys = record_subject(&format!("{}.>", status.as_str()));
+    let keys = subjects::delivery_record_subject(&format!("{status}.>"));
     stream::Config {
-        name: status_stream(status).expect("copied statuses have a stream"),
+        name: subjects::delivery_copy_stream(status),
         description: Some(format!(
             "taskfleet: {} delivery records, copied from {bucket} for listings",
-            status.as_str()
+            status
         )),
         sources: Some(vec![stream::Source {
             name: bucket,
@@ -182,120 +255,35 @@ impl Topology {
             }
         }
         refuse_legacy(js).await?;
-        let tasks = ensure_stream(
-            js,
-            stream::Config {
-                name: subjects::TASKS_STREAM.into(),
-                description: Some("taskfleet: queued tasks".into()),
-                subjects: vec![subjects::ALL_TASKS.into()],
-                retention: stream::RetentionPolicy::WorkQueue,
-                storage: stream::StorageType::File,
-                num_replicas: cfg.replicas,
-                duplicate_window: DEDUP_WINDOW,
-                allow_direct: true,
-                max_message_size: cfg.max_msg_size,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let queue = (subjects::TASKS_STREAM, "queued tasks", subjects::ALL_TASKS);
+        let tasks = ensure_stream(js, work_queue_config(cfg, queue)).await?;
         let events = ensure_stream(js, ledger_config(cfg)).await?;
         ensure_stream(js, index_copy_config(cfg)).await?;
-        let dead = ensure_stream(
-            js,
-            stream::Config {
-                name: subjects::DEAD_STREAM.into(),
-                description: Some("taskfleet: tasks that used up their attempts".into()),
-                subjects: vec![subjects::ALL_DEAD.into()],
-                retention: stream::RetentionPolicy::Limits,
-                storage: stream::StorageType::File,
-                num_replicas: cfg.replicas,
-                max_age: cfg.dead_letter_max_age,
-                allow_direct: true,
-                max_message_size: cfg.max_msg_size,
-                ..Default::default()
-            },
-        )
-        .await?;
-        let meta = ensure_bucket(
-            js,
-            kv::Config {
-                bucket: subjects::META_BUCKET.into(),
-                description: "taskfleet: bookkeeping (the retention sweeper's cursor)".into(),
-                history: 1,
-                storage: stream::StorageType::File,
-                num_replicas: cfg.replicas,
-                ..Default::default()
-            },
-        )
-        .await?;
-        let idempotency = ensure_bucket(
-            js,
-            kv::Config {
-                bucket: subjects::IDEMPOTENCY_BUCKET.into(),
-                description: "taskfleet: idempotency key to task id".into(),
-                history: 1,
-                max_age: cfg.idempotency_ttl,
-                storage: stream::StorageType::File,
-                num_replicas: cfg.replicas,
-                ..Default::default()
-            },
-        )
-        .await?;
-        let deliveries = ensure_stream(
-            js,
-            stream::Config {
-                name: subjects::DELIVERIES_STREAM.into(),
-                description: Some("taskfleet: relay deliveries per destination".into()),
-                subjects: vec![subjects::ALL_DELIVERIES.into()],
-                retention: stream::RetentionPolicy::WorkQueue,
-                storage: stream::StorageType::File,
-                num_replicas: cfg.replicas,
-                duplicate_window: DEDUP_WINDOW,
-                allow_direct: true,
-                max_message_size: cfg.max_msg_size,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let dead = ensure_stream(js, dead_config(cfg)).await?;
+        let meta = (
+            subjects::META_BUCKET,
+            "bookkeeping (the retention sweeper's cursor)",
+        );
+        let meta = ensure_bucket(js, bucket_config(cfg, meta, Duration::ZERO)).await?;
+        let keys = (subjects::IDEMPOTENCY_BUCKET, "idempotency key to task id");
+        let idempotency = ensure_bucket(js, bucket_config(cfg, keys, cfg.idempotency_ttl)).await?;
+        let jobs = (
+            subjects::DELIVERIES_STREAM,
+            "relay deliveries per destination",
+            subjects::ALL_DELIVERIES,
+        );
+        let deliveries = ensure_stream(js, work_queue_config(cfg, jobs)).await?;
         ensure_stream(js, delivery_records_config(cfg)).await?;
-        for status in COPIED_STATUSES {
+        for status in subjects::COPIED_DELIVERY_STATUSES {
             ensure_stream(js, delivery_copy_config(cfg, status)).await?;
         }
         let delivery_records = js
             .get_key_value(subjects::DELIVERY_BUCKET)
             .await
             .op("open bucket")?;
-        let destinations = ensure_bucket(
-            js,
-            kv::Config {
-                bucket: subjects::DESTINATION_BUCKET.into(),
-                description: "taskfleet: relay destination state".into(),
-                history: 1,
-                storage: stream::StorageType::File,
-                num_replicas: cfg.replicas,
-                ..Default::default()
-            },
-        )
-        .await?;
-        // The relay's cursor exists from the first start of any process, so events published
-        // before the relay first runs are still delivered.
-        events
-            .create_consumer(pull::Config {
-                durable_name: Some(subjects::RELAY_EVENTS_CONSUMER.into()),
-                description: Some("taskfleet relay: every task event".into()),
-                filter_subject: subjects::ALL_EVENTS.into(),
-                ack_policy: AckPolicy::Explicit,
-                // One event at a time: after a crash the unacked event comes back first,
-                // so destinations still see events in order.
-                ack_wait: Duration::from_secs(10),
-                max_deliver: -1,
-                max_ack_pending: 1,
-                deliver_policy: DeliverPolicy::New,
-                ..Default::default()
-            })
-            .await
-            .map(|_: async_nats::jetstream::consumer::PullConsumer| ())
-            .op("create relay consumer")?;
+        let state = (subjects::DESTINATION_BUCKET, "relay destination state");
+        let destinations = ensure_bucket(js, bucket_config(cfg, state, Duration::ZERO)).await?;
+        ensure_relay_cursor(&events).await?;
         Ok(Self {
             tasks,
             events,

@@ -17,7 +17,6 @@ use crate::bus::permissions::{
 };
 use crate::bus::subjects;
 use crate::domain::{Assignee, EventKind, Priority, TaskId};
-use crate::relay::job::{status_stream, COPIED_STATUSES};
 
 /// One process kind of the fleet, and so one NATS user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +94,11 @@ pub fn fleet_streams() -> Vec<String> {
     .into();
     s.extend(buckets().map(kv_stream));
     // Copies of the pending and dead delivery records (read by listings, filled by the server).
-    s.extend(COPIED_STATUSES.into_iter().filter_map(status_stream));
+    s.extend(
+        subjects::COPIED_DELIVERY_STATUSES
+            .into_iter()
+            .map(subjects::delivery_copy_stream),
+    );
     s
 }
 

@@ -100,7 +100,7 @@ pub struct StoredRecord {
 pub fn status_stream(status: DeliveryStatus) -> Option<String> {
     COPIED_STATUSES
         .contains(&status)
-        .then(|| format!("DELIVERY_RECORDS_{}", status.as_str().to_uppercase()))
+        .then(|| subjects::delivery_copy_stream(status.as_str()))
 }
 
 /// `[A-Za-z0-9_-]+`: safe as one subject token and in a KV key.
@@ -117,7 +117,7 @@ fn is_tokens(s: &str) -> bool {
 
 /// `$KV.deliveries.<rest>`: a subject (or filter) in the record bucket.
 pub fn record_subject(rest: &str) -> String {
-    format!("$KV.{}.{rest}", subjects::DELIVERY_BUCKET)
+    subjects::delivery_record_subject(rest)
 }
 
 /// The group token of a job: `n_<name>` for a named destination, its queue key otherwise.
@@ -356,6 +356,17 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_copied_statuses_are_the_ones_the_topology_makes_copy_streams_for() {
+        let here: Vec<&str> = COPIED_STATUSES.iter().map(|s| s.as_str()).collect();
+        assert_eq!(here, subjects::COPIED_DELIVERY_STATUSES);
+        assert_eq!(
+            status_stream(DeliveryStatus::Dead).as_deref(),
+            Some("DELIVERY_RECORDS_DEAD")
+        );
+        assert_eq!(status_stream(DeliveryStatus::Delivered), None);
+    }
 
     fn job(id: &str, key: &str, name: Option<&str>) -> DeliveryJob {
         DeliveryJob {

@@ -201,18 +201,7 @@ impl Queue {
         let Some(i) = announced else {
             return Ok(None);
         };
-        // One message only: it waits at the server, where a later message for a request given
-        // up on would go to nobody until its ack wait ran out.
-        let got = self
-            .puller
-            .pull(&self.consumers[i].1, 1, Some(RING_WAIT))
-            .await?;
-        if got.is_empty() {
-            return Ok(None);
-        }
-        self.served[i] += 1;
-        self.maybe[i] = true;
-        Ok(Some(got))
+        self.wait_for_rung(i).await
     }
 
     /// An idle worker with a free slot for each priority leaves a one-message request waiting
@@ -297,6 +286,17 @@ impl Queue {
         if self.puller.is_armed(&self.consumers[i].1) {
             return Ok(None);
         }
+        let got = self.wait_for_rung(i).await?;
+        if got.is_some() {
+            self.idle = false;
+        }
+        Ok(got)
+    }
+
+    /// One message of priority `i`, waiting [`RING_WAIT`] at the server for the one whose ring
+    /// came. One only: it waits at the server, where a later message for a request given up on
+    /// would go to nobody until its ack wait ran out.
+    async fn wait_for_rung(&mut self, i: usize) -> Result<Option<Vec<Message>>, WorkerError> {
         let got = self
             .puller
             .pull(&self.consumers[i].1, 1, Some(RING_WAIT))
@@ -305,7 +305,7 @@ impl Queue {
             return Ok(None);
         }
         self.served[i] += 1;
-        self.idle = false;
+        self.maybe[i] = true;
         Ok(Some(got))
     }
 
