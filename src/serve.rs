@@ -69,8 +69,9 @@ pub fn api_state(
     })
 }
 
-/// Starts the retention sweeper (finished tasks older than `events.max_age_s` go) until
-/// `shutdown`. Every API process runs one; they take turns through the sweeper's cursor.
+/// Starts the retention sweeper (finished tasks older than `events.max_age_s` go) and the
+/// answers to workers' queue checks until `shutdown`. Every API process runs one of each; they
+/// take turns through the sweeper's cursor and share the checks as a queue group.
 pub fn spawn_sweeper(cfg: &Config, tasks: &TaskService, shutdown: &CancellationToken) {
     let sweeper = crate::tasks::Sweeper::new(
         tasks.clone(),
@@ -78,6 +79,14 @@ pub fn spawn_sweeper(cfg: &Config, tasks: &TaskService, shutdown: &CancellationT
         Duration::from_secs(cfg.events.sweep_interval_s.max(1)),
     );
     tokio::spawn(sweeper.run(shutdown.clone()));
+    // Workers whose NATS user may not read the queue as JSON ask the API to move an unreadable
+    // message aside (see `tasks/unreadable.rs`).
+    let checks = tasks.clone().answer_queue_checks(shutdown.clone());
+    tokio::spawn(async move {
+        if let Err(e) = checks.await {
+            tracing::warn!(error.message = %e, "cannot answer workers' queue checks");
+        }
+    });
 }
 
 /// Serves the API on `listener` against NATS at `nats_url` until `shutdown` is cancelled, then

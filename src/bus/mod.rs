@@ -7,6 +7,7 @@ mod codec;
 pub mod direct;
 mod error;
 pub mod permissions;
+pub mod raw;
 pub mod subjects;
 mod topology;
 
@@ -17,6 +18,7 @@ pub use topology::{ledger_config, Topology, TopologyConfig, LAYOUT, LAYOUT_KEY, 
 use async_nats::jetstream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::{watch, OnceCell};
 
 /// How to reach NATS.
 #[derive(Debug, Clone)]
@@ -42,6 +44,29 @@ pub struct Bus {
     pub js: jetstream::Context,
     /// Streams and buckets.
     pub topology: Topology,
+    /// How it connected, for [`reader`](Self::reader).
+    opts: Arc<ConnectOptions>,
+    /// The second connection for reading the task queue, made on first use.
+    reader: Arc<OnceCell<Reader>>,
+}
+
+/// A second connection, used only to read messages that producers outside taskfleet may have
+/// written (the task queue). A message whose headers no client can parse (see [`raw`]) makes
+/// async-nats drop the connection that received it; on this one that disturbs nothing else (no
+/// lease renewal, no event, no API request), and [`resets`](Self::resets) tells the reader to
+/// move the message aside.
+#[derive(Clone, Debug)]
+pub struct Reader {
+    /// The connection.
+    pub client: async_nats::Client,
+    resets: watch::Receiver<u64>,
+}
+
+impl Reader {
+    /// Counts the times the connection was lost; `changed()` wakes on the next loss.
+    pub fn resets(&self) -> watch::Receiver<u64> {
+        self.resets.clone()
+    }
 }
 
 impl Bus {
@@ -56,7 +81,24 @@ impl Bus {
             client,
             js,
             topology,
+            opts: Arc::new(opts.clone()),
+            reader: Arc::default(),
         })
+    }
+
+    /// The queue-reading connection (see [`Reader`]), connected on first use and shared by
+    /// every clone of this `Bus`.
+    pub async fn reader(&self) -> Result<Reader, BusError> {
+        let reader = self.reader.get_or_try_init(|| async {
+            let (tx, resets) = watch::channel(0);
+            let opts = ConnectOptions {
+                name: format!("{} (queue reads)", self.opts.name),
+                ..(*self.opts).clone()
+            };
+            let client = connect_with(&opts, Some(tx)).await?;
+            Ok::<_, BusError>(Reader { client, resets })
+        });
+        reader.await.cloned()
     }
 
     /// Whether the client is currently connected.
@@ -72,17 +114,35 @@ impl Bus {
 /// `connect_timeout` naming the URL and the last failure (instead of letting the first
 /// JetStream requests time out one after another, ~50 s).
 pub async fn connect_client(opts: &ConnectOptions) -> Result<async_nats::Client, BusError> {
+    connect_with(opts, None).await
+}
+
+/// [`connect_client`], counting every lost connection in `resets` when given.
+async fn connect_with(
+    opts: &ConnectOptions,
+    resets: Option<watch::Sender<u64>>,
+) -> Result<async_nats::Client, BusError> {
     let last_error = Arc::new(Mutex::new(None::<String>));
     let seen = last_error.clone();
+    let resets = resets.map(Arc::new);
     let mut o = async_nats::ConnectOptions::new()
         .name(&opts.name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
         .event_callback(move |event| {
             let seen = seen.clone();
+            let resets = resets.clone();
             async move {
-                if let async_nats::Event::ClientError(e) = event {
-                    *seen.lock().expect("last error lock") = Some(e.to_string());
+                match event {
+                    async_nats::Event::ClientError(e) => {
+                        *seen.lock().expect("last error lock") = Some(e.to_string());
+                    }
+                    async_nats::Event::Disconnected => {
+                        if let Some(r) = resets {
+                            r.send_modify(|n| *n += 1);
+                        }
+                    }
+                    _ => {}
                 }
             }
         });
@@ -93,11 +153,13 @@ pub async fn connect_client(opts: &ConnectOptions) -> Result<async_nats::Client,
             .custom_inbox_prefix(permissions::inbox_prefix(u));
     }
     // `nats://a:4222,nats://b:4222`: every node of a cluster, tried in turn and on reconnect.
-    let servers: Vec<&str> = opts
-        .url
+    // Without `user:password@`: async-nats never sends a URL's credentials, but logs each
+    // server it tries at debug level, password included.
+    let servers: Vec<String> = redact_url(&opts.url)
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
+        .map(String::from)
         .collect();
     let connected = async {
         let client = o.connect(servers).await?;

@@ -205,6 +205,12 @@ pub fn wake(assignee: &Assignee) -> String {
     format!("wake.{assignee}")
 }
 
+/// A worker's request to the API to check its delivered queue messages for ones no client can
+/// read (core NATS, outside every stream; see `tasks/unreadable.rs`). `None`: every assignee's.
+pub fn queue_check(assignee: Option<&Assignee>) -> String {
+    format!("queue.check.{}", assignee.map_or("*", Assignee::as_str))
+}
+
 /// Requests to the worker running a task (stdin writes), answered by that worker.
 pub fn control(assignee: &Assignee, task: &TaskId, verb: &str) -> String {
     format!("control.{assignee}.{task}.{verb}")

@@ -4,9 +4,9 @@
 //!
 //! | user | publishes | subscribes | JetStream |
 //! |---|---|---|---|
-//! | `api` | `tasks.>`, `ledger.>`, `deliveries.>`, the four KV buckets, `control.<a>.>` per assignee | its inbox | creates and updates the streams and buckets; direct gets on all; leader reads and purges (retention) of `EVENTS`; consumers on `EVENTS`; deletes queue messages |
+//! | `api` | `tasks.>`, `ledger.>`, `deliveries.>`, `dead.*.*`, the four KV buckets, `control.<a>.>` per assignee, replies to requests it got | its inbox, `queue.check.*` | creates and updates the streams and buckets; direct gets on all; leader reads and purges (retention) of `EVENTS`; consumers on `EVENTS`; deletes queue messages |
 //! | `relay` | `deliveries.>`, `ledger.*.*.stalled`, KV `deliveries`, `relay_destinations` | its inbox | pulls `relay_events` and `relay_*` on `DELIVERIES`; reads the ledger (direct and leader gets), the queue and delivery records (direct gets) |
-//! | `worker-<a>` | `ledger.<a>.>`, `dead.<a>.*`, `wake.<a>`, replies to requests it got | `tasks.<a>.>`, `wake.<a>`, `events.<a>.>`, `control.<a>.>`, its inbox | creates and pulls `worker_<a>_<p0,p1,p2>` (filter `tasks.<a>.<p>.*` only); direct gets of `events.<a>.>` by literal subject |
+//! | `worker-<a>` | `ledger.<a>.>`, `dead.<a>.*`, `wake.<a>`, `queue.check.<a>`, replies to requests it got | `tasks.<a>.>`, `wake.<a>`, `events.<a>.>`, `control.<a>.>`, its inbox | creates and pulls `worker_<a>_<p0,p1,p2>` (filter `tasks.<a>.<p>.*` only); direct gets of `events.<a>.>` by literal subject |
 //!
 //! Everyone may also ask `$SYS.REQ.USER.INFO` (its own permissions) and stream info of the
 //! fleet's streams (how a process opens the topology it may not create).
@@ -141,9 +141,19 @@ fn api(p: &mut UserPermissions, assignees: &[Assignee]) {
         p.publish.push(direct_get(&s, None));
         p.publish.push(direct_get(&s, Some(">")));
     }
-    // Claiming or cancelling a queued task removes its message.
+    // Claiming or cancelling a queued task removes its message; a message no client can parse
+    // is read as JSON and moved to the dead letters (see `tasks/unreadable.rs`).
     p.publish
         .push(stream_api("MSG.DELETE", subjects::TASKS_STREAM));
+    p.publish
+        .push(stream_api("MSG.GET", subjects::TASKS_STREAM));
+    // ...also when a worker, which may not read the queue as JSON, asks it to (the check reads
+    // the worker consumers' delivered range), and writes such a message's dead letter.
+    p.subscribe.push(subjects::queue_check(None));
+    p.publish.push(subjects::dead_filter(None));
+    p.publish
+        .push(consumer_api("INFO", subjects::TASKS_STREAM, Some("*")));
+    p.allow_responses = true;
     // A store from before task storage v2: the API refuses it at start, `migrate` converts it.
     let legacy = subjects::LEGACY_STATE_STREAM;
     p.publish.push(stream_api("INFO", legacy));
@@ -238,6 +248,8 @@ fn worker(p: &mut UserPermissions, a: &Assignee) {
     ));
     p.publish.push(subjects::dead_filter(Some(a)));
     p.publish.push(subjects::wake(a));
+    // Asks the API to move aside a queue message its reader connection could not parse.
+    p.publish.push(subjects::queue_check(Some(a)));
     // Answers to stdin writes (`control.<a>.<id>.input` requests from the API).
     p.allow_responses = true;
 

@@ -299,7 +299,7 @@ impl Values {
         let index = num("index").map(|i| i as usize);
         let total = num("total").unwrap_or(task.progress.total.max(steps.len() as u32) as u64);
         let done = num("done")
-            .or(index.map(|i| i as u64 + 1))
+            .or(index.map(|i| (i as u64).saturating_add(1)))
             .unwrap_or(task.progress.done as u64);
         let finished = index.or((done > 0).then(|| done as usize - 1));
         let step = text("step")
@@ -315,7 +315,7 @@ impl Values {
             .or_else(|| pulse.then(|| task.task_name.clone()));
         let next = match data.get("next") {
             Some(v) => v.as_str().map(str::to_string),
-            None => finished.and_then(|i| steps.get(i + 1).cloned()),
+            None => finished.and_then(|i| steps.get(i.checked_add(1)?).cloned()),
         };
         let current = text("current")
             .or_else(|| task.progress.current.clone())

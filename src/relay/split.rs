@@ -45,7 +45,8 @@ pub fn split_message(text: &str, limit: usize) -> Vec<String> {
         } else {
             let mut pieces = split_words(line, limit);
             cur = pieces.pop();
-            out.extend(pieces);
+            // Through `flush` too: a run of other whitespace (tabs…) can make a blank piece.
+            pieces.into_iter().for_each(|p| flush(&mut out, Some(p)));
         }
     }
     flush(&mut out, cur);

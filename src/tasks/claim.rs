@@ -192,8 +192,8 @@ impl TaskService {
             .inc();
     }
 
-    /// Copies a task that used up its attempts to the dead-letter stream.
-    async fn dead_letter(&self, task: &Task) -> Result<(), TaskError> {
+    /// Copies a task that used up its attempts (or a refused message) to the dead-letter stream.
+    pub(super) async fn dead_letter(&self, task: &Task) -> Result<(), TaskError> {
         self.bus
             .js
             .publish_with_headers(
@@ -323,6 +323,20 @@ impl TaskService {
         out.truncate(limit);
         Ok(out)
     }
+}
+
+/// The pure part of a worker's claim of `t` for the queue message at `seq`: the state after it
+/// and the event recording it (a start, a takeover's `started`, or a give-up's `failed`), or
+/// why it is refused. Nothing is written: [`TaskService::claim_for_worker`] writes it.
+pub fn claim_state(
+    t: &Task,
+    seq: u64,
+    worker: &str,
+    redelivered: bool,
+) -> Result<(Task, crate::domain::TaskEvent), TaskError> {
+    claim_step(t, seq, worker, redelivered)
+        .1
+        .map(|step| (step.after, step.event))
 }
 
 /// The claim of `t` for the message at `seq`: what it amounts to, and the change (or refusal).

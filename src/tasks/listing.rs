@@ -99,12 +99,17 @@ impl TaskService {
         source: &Source,
         window: (u64, u64),
         after_end: &mut [u64],
-    ) -> Result<Vec<StreamMessage>, BusError> {
+    ) -> Result<Vec<StreamMessage>, TaskError> {
         let mut out = Vec::new();
+        let span = (window.1 - window.0 + 1) as usize;
         for (filter, after) in source.filters.iter().zip(after_end.iter_mut()) {
-            let client = &self.bus.client;
-            let (msgs, from_start) =
-                direct::range(client, source.stream, filter, window, *after).await?;
+            let stream = source.stream;
+            let before = *after;
+            let (msgs, from_start) = self
+                .read_source(stream, (filter, window.0, span), |client| async move {
+                    direct::range(&client, stream, filter, window, before).await
+                })
+                .await?;
             *after = from_start;
             out.extend(msgs);
         }
@@ -118,12 +123,18 @@ impl TaskService {
         source: &Source,
         end: u64,
         at_last: bool,
-    ) -> Result<Vec<u64>, BusError> {
+    ) -> Result<Vec<u64>, TaskError> {
         let mut out = Vec::new();
         for filter in &source.filters {
             out.push(match at_last {
                 true => 0,
-                false => direct::count_after(&self.bus.client, source.stream, filter, end).await?,
+                false => {
+                    let stream = source.stream;
+                    self.read_source(stream, (filter, end + 1, 1), |client| async move {
+                        direct::count_after(&client, stream, filter, end).await
+                    })
+                    .await?
+                }
             });
         }
         Ok(out)

@@ -6,7 +6,8 @@
 //! - [`create`](TaskService::create): publish to the queue, then record `created`;
 //! - transitions (`start`, `complete`, `fail`, `cancel`, `retry`) in `transitions.rs`;
 //! - what workers do (claim, take over, give up, hand back) in `claim.rs`;
-//! - the pending list, read straight from the queue stream, in `queue.rs`;
+//! - the pending list, read straight from the queue stream, in `queue.rs`; queue messages no
+//!   client can read, moved aside, in `unreadable.rs`;
 //! - listings newest first, logs and live event feeds in `history.rs` and `listing.rs`;
 //! - Live Task Pulse reports (`step`, `heartbeat`, `progress`) in `progress.rs`;
 //! - idempotent actions (`Idempotency-Key`) in `idempotency.rs`;
@@ -24,9 +25,10 @@ pub mod migrate;
 mod progress;
 mod queue;
 mod transitions;
+mod unreadable;
 mod write;
 
-pub use claim::ClaimOutcome;
+pub use claim::{claim_state, ClaimOutcome};
 pub use cleanup::{Sweeper, DEFAULT_KEEP};
 pub use create::Created;
 pub use history::ListFilter;
@@ -34,8 +36,8 @@ pub use idempotency::{Applied, MAX_KEY_CHARS};
 pub use listing::Page;
 pub use migrate::{is_migration, migrate, MigrateError, Migrated};
 pub use progress::MAX_INFO_CHARS;
-pub use queue::QueuedMessage;
-pub use transitions::Finish;
+pub use queue::{decode_queued, refused_task, QueuedMessage};
+pub use transitions::{finish_state, Finish};
 
 use crate::bus::{Bus, BusError};
 use crate::domain::{Assignee, EventKind, Task, TaskEvent, TaskId};
@@ -180,7 +182,7 @@ impl TaskService {
 /// `t` claimed by `holder`: running, a new attempt under a fresh lease (fencing token), with no
 /// result or error of an earlier attempt. `queue_seq` stays: it names the queue message this
 /// attempt came from.
-pub(crate) fn claimed_by(t: &Task, holder: &str) -> Task {
+pub fn claimed_by(t: &Task, holder: &str) -> Task {
     let mut n = t.clone();
     n.status = crate::domain::TaskStatus::Running;
     n.attempt += 1;

@@ -8,14 +8,14 @@
 
 use super::ledger::{self, Stored};
 use super::{TaskError, TaskService};
-use crate::bus::{direct, subjects, BusError};
+use crate::bus::{direct, subjects};
 use crate::domain::{Assignee, EventKind, NewTask, Priority, Task, TaskId, TaskStatus};
 use async_nats::jetstream::message::StreamMessage;
 use std::collections::{HashMap, HashSet, VecDeque};
 
 /// Walks the messages of several subjects of one stream in sequence order, a batch at a time.
 pub(crate) struct QueueWalk<'a> {
-    client: &'a async_nats::Client,
+    tasks: &'a TaskService,
     stream: &'static str,
     cursors: Vec<Cursor>,
 }
@@ -29,7 +29,7 @@ struct Cursor {
 
 impl<'a> QueueWalk<'a> {
     pub(crate) fn new(
-        client: &'a async_nats::Client,
+        tasks: &'a TaskService,
         stream: &'static str,
         subjects: impl IntoIterator<Item = String>,
     ) -> Self {
@@ -43,20 +43,28 @@ impl<'a> QueueWalk<'a> {
             })
             .collect();
         Self {
-            client,
+            tasks,
             stream,
             cursors,
         }
     }
 
     /// The next message in sequence order; `want` sizes the batches read ahead.
-    pub(crate) async fn next(&mut self, want: usize) -> Result<Option<StreamMessage>, BusError> {
+    /// Read over the reader connection: a message no client can read is moved aside on the way.
+    pub(crate) async fn next(&mut self, want: usize) -> Result<Option<StreamMessage>, TaskError> {
+        let stream = self.stream;
         for c in self
             .cursors
             .iter_mut()
             .filter(|c| c.buffered.is_empty() && !c.done)
         {
-            let got = direct::batch(self.client, self.stream, &c.subject, c.next_seq, want).await?;
+            let (subject, start) = (c.subject.as_str(), c.next_seq);
+            let got = self
+                .tasks
+                .read_queue((subject, start, want), |client| async move {
+                    direct::batch(&client, stream, subject, start, want).await
+                })
+                .await?;
             match got.last() {
                 Some(last) => c.next_seq = last.sequence + 1,
                 None => c.done = true,
@@ -100,7 +108,7 @@ impl<'a> From<&'a StreamMessage> for QueuedMessage<'a> {
 }
 
 /// Reads a queue message: the body is a create request; fields it omits come from the subject.
-pub(crate) fn decode_queued(msg: QueuedMessage<'_>) -> Result<(TaskId, NewTask), String> {
+pub fn decode_queued(msg: QueuedMessage<'_>) -> Result<(TaskId, NewTask), String> {
     let (assignee, priority, kind) = subjects::parse_task(msg.subject)
         .ok_or_else(|| format!("subject {} is not a task subject", msg.subject))?;
     let mut body: serde_json::Value =
@@ -145,7 +153,7 @@ pub(crate) fn message_task_id(msg: QueuedMessage<'_>) -> TaskId {
 /// What a dead letter shows of a queue message refused as not a valid task: a failed task of
 /// the subject's assignee (none when the subject names no assignee) with the reason as its
 /// error and the message body (lossy UTF-8, at most [`REFUSED_BODY_CAP`] bytes) as `raw`.
-pub(crate) fn refused_task(msg: QueuedMessage<'_>, why: &str) -> Option<Task> {
+pub fn refused_task(msg: QueuedMessage<'_>, why: &str) -> Option<Task> {
     let mut tokens = msg.subject.split('.').skip(1);
     let assignee = Assignee::parse(tokens.next()?).ok()?;
     let priority = tokens
@@ -186,7 +194,7 @@ impl TaskService {
         let mut seen = HashSet::new();
         for priority in Priority::ALL {
             let mut walk = QueueWalk::new(
-                &self.bus.client,
+                self,
                 subjects::TASKS_STREAM,
                 subjects::queue_subjects(assignee, priority),
             );

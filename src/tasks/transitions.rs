@@ -79,7 +79,7 @@ impl TaskService {
     }
 
     /// Finishes a running task successfully. With `fence`, only the current lease may do it.
-    #[tracing::instrument(skip(self, result), fields(task_id = %id))]
+    #[tracing::instrument(skip(self, result, fence), fields(task_id = %id))]
     pub async fn complete(
         &self,
         id: &TaskId,
@@ -97,7 +97,7 @@ impl TaskService {
     }
 
     /// Finishes a running task unsuccessfully. With `fence`, only the current lease may do it.
-    #[tracing::instrument(skip(self, error), fields(task_id = %id))]
+    #[tracing::instrument(skip(self, error, fence), fields(task_id = %id))]
     pub async fn fail(
         &self,
         id: &TaskId,
@@ -295,6 +295,19 @@ pub enum Finish {
         /// Extra event data.
         detail: Value,
     },
+}
+
+/// The pure part of complete/fail: the state `finish` leaves the task `t` in and the event
+/// recording it, or why it is refused (not running: illegal; `fence` given and not the current
+/// lease's token: stale). Nothing is written: [`TaskService::complete`] and
+/// [`TaskService::fail`] write it.
+pub fn finish_state(
+    t: &Task,
+    finish: &Finish,
+    fence: Option<&str>,
+    operator: &str,
+) -> Result<(Task, crate::domain::TaskEvent), TaskError> {
+    finish_step(t, finish, fence, operator).map(|step| (step.after, step.event))
 }
 
 /// The change `finish` makes to the running task `t` (fenced by `fence` when given).

@@ -9,8 +9,9 @@
 
 use super::pull::Puller;
 use super::WorkerError;
-use crate::bus::{subjects, Bus, NatsResultExt};
+use crate::bus::{subjects, NatsResultExt};
 use crate::domain::{Assignee, Priority};
+use crate::tasks::TaskService;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::Message;
 use futures::{FutureExt, StreamExt};
@@ -18,6 +19,9 @@ use std::time::Duration;
 
 /// The three durable consumers of one assignee and the doorbell.
 pub(super) struct Queue {
+    /// Checks the delivered messages when the reader connection drops.
+    tasks: TaskService,
+    assignee: Assignee,
     /// Consumer names, P0 first.
     consumers: Vec<(Priority, String)>,
     puller: Puller,
@@ -40,12 +44,13 @@ pub(super) struct Queue {
 impl Queue {
     /// Creates (or joins) the assignee's consumers; every replica shares them.
     pub(super) async fn open(
-        bus: &Bus,
+        tasks: &TaskService,
         assignee: &Assignee,
         ack_wait: Duration,
         idle_poll: Duration,
         weights: Option<[u32; 3]>,
     ) -> Result<Self, WorkerError> {
+        let bus = tasks.bus();
         let mut consumers = Vec::new();
         for priority in Priority::ALL {
             let name = subjects::worker_consumer(assignee, priority);
@@ -68,7 +73,7 @@ impl Queue {
                 .op("create worker consumer")?;
             consumers.push((priority, name));
         }
-        let puller = Puller::open(&bus.js, subjects::TASKS_STREAM).await?;
+        let puller = Puller::open(bus, subjects::TASKS_STREAM).await?;
         let mut doorbell = futures::stream::SelectAll::new();
         doorbell.push(
             bus.client
@@ -83,6 +88,8 @@ impl Queue {
                 .op("subscribe wake")?,
         );
         Ok(Self {
+            tasks: tasks.clone(),
+            assignee: assignee.clone(),
             consumers,
             puller,
             doorbell,
@@ -102,6 +109,35 @@ impl Queue {
     /// once every higher one gave fewer messages than asked (it is empty). Slots are kept free
     /// for the requests an idle worker left waiting at the server (see [`arm`](Self::arm)).
     pub(super) async fn next(&mut self, free: usize) -> Result<Vec<Message>, WorkerError> {
+        loop {
+            match self.next_or_lost(free).await {
+                Err(WorkerError::ReaderLost) => self.reader_lost().await,
+                other => return other,
+            }
+        }
+    }
+
+    /// After the reader connection dropped: the message that broke it (one async-nats cannot
+    /// parse) is among those delivered and not acknowledged; it is moved to the dead letters so
+    /// it never comes back, and every priority is looked at again. A worker's NATS user under
+    /// `--secure` may not read the queue as JSON (that read takes any subject): it asks the API.
+    /// With no API up, the message comes back after `ack_wait` and breaks only the reader
+    /// connection again, until an API process moves it aside.
+    async fn reader_lost(&mut self) {
+        self.maybe = [true; 3];
+        match self.tasks.check_delivered_anywhere(&self.assignee).await {
+            Ok(0) => tracing::info!("queue-reading connection lost; no unreadable message found"),
+            Ok(moved) => {
+                tracing::warn!(moved, "moved unreadable queue messages to the dead letters")
+            }
+            Err(e) => tracing::warn!(error.message = %e,
+                "queue-reading connection lost; cannot check the delivered messages"),
+        }
+    }
+
+    /// [`next`](Self::next), ending with [`WorkerError::ReaderLost`] when the reader connection
+    /// drops.
+    async fn next_or_lost(&mut self, free: usize) -> Result<Vec<Message>, WorkerError> {
         let mut retry = Duration::ZERO;
         loop {
             let stashed = self.take_stashed(free);

@@ -37,6 +37,10 @@ pub enum WorkerError {
     /// A task operation failed.
     #[error(transparent)]
     Task(#[from] TaskError),
+    /// The queue-reading connection dropped during a pull (a message it could not parse, or
+    /// the server went away); the delivered messages are checked and the pull tried again.
+    #[error("the connection reading the queue was lost")]
+    ReaderLost,
 }
 
 /// Who this worker is and what it runs.
@@ -145,8 +149,10 @@ pub async fn run_with_health(
     health.attach(&bus.client);
     let s = &opts.settings;
     let ack_wait = Duration::from_secs(s.ack_wait_s);
+    let tasks = TaskService::new(bus.clone(), Arc::new(crate::metrics::Metrics::default()))
+        .scoped_to(opts.assignee.clone());
     let mut queue = dispatch::Queue::open(
-        &bus,
+        &tasks,
         &opts.assignee,
         ack_wait,
         Duration::from_millis(s.idle_poll_ms),
@@ -154,8 +160,7 @@ pub async fn run_with_health(
     )
     .await?;
     let ctx = Arc::new(Ctx {
-        tasks: TaskService::new(bus.clone(), Arc::new(crate::metrics::Metrics::default()))
-            .scoped_to(opts.assignee.clone()),
+        tasks,
         settings: opts.settings.clone(),
         worker_id: opts.worker_id.clone(),
         api_url: opts.api_url.clone(),

@@ -14,9 +14,15 @@
 //! pull of its own. What an armed request delivers (told apart by the consumer named in its ack
 //! subject: a consumer that is armed is pulled from no other way) is stashed until the next
 //! pull takes it.
+//!
+//! Pulls go over the bus's second, queue-reading connection ([`Bus::reader`]): a message whose
+//! headers async-nats cannot parse makes it drop that connection, which then disturbs no lease
+//! renewal or event. A pull under way when it drops ends with [`WorkerError::ReaderLost`], and
+//! the caller has the delivered messages checked (see `tasks/unreadable.rs`). The messages
+//! handed out are acknowledged over the main connection.
 
 use super::WorkerError;
-use crate::bus::NatsResultExt;
+use crate::bus::{Bus, NatsResultExt};
 use async_nats::jetstream::{self, Message};
 use futures::StreamExt;
 use std::collections::{HashMap, VecDeque};
@@ -41,12 +47,17 @@ pub(super) struct Puller {
     armed: HashMap<String, (String, Instant)>,
     /// Messages that came outside the pull being collected: for an armed request, or late.
     stash: VecDeque<Message>,
+    /// Wakes when the reader connection is lost.
+    resets: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Puller {
-    /// Subscribes the inbox the answers of every pull on `stream` come to.
-    pub(super) async fn open(js: &jetstream::Context, stream: &str) -> Result<Self, WorkerError> {
-        let client = js.client();
+    /// Subscribes the inbox the answers of every pull on `stream` come to, on the reader
+    /// connection.
+    pub(super) async fn open(bus: &Bus, stream: &str) -> Result<Self, WorkerError> {
+        let reader = bus.reader().await?;
+        let (client, mut resets) = (reader.client.clone(), reader.resets());
+        resets.borrow_and_update();
         let inbox = client.new_inbox();
         let answers = client
             .subscribe(format!("{inbox}.*"))
@@ -54,13 +65,14 @@ impl Puller {
             .op("subscribe pull inbox")?;
         Ok(Self {
             client,
-            js: js.clone(),
+            js: bus.js.clone(),
             stream: stream.to_string(),
             inbox,
             answers,
             request: 0,
             armed: HashMap::new(),
             stash: VecDeque::new(),
+            resets,
         })
     }
 
@@ -108,9 +120,7 @@ impl Puller {
             return Ok(());
         }
         loop {
-            let Some(msg) = self.answers.next().await else {
-                return Err(pull_error("the pull inbox closed"));
-            };
+            let msg = self.answer().await?;
             let stashed = self.stash.len();
             let armed = self.armed.len();
             self.route(msg, "", &mut Vec::new());
@@ -178,14 +188,24 @@ impl Puller {
     async fn collect(&mut self, reply: &str, max: usize) -> Result<Vec<Message>, WorkerError> {
         let mut out = Vec::with_capacity(max);
         while out.len() < max {
-            let Some(msg) = self.answers.next().await else {
-                return Err(pull_error("the pull inbox closed"));
-            };
+            let msg = self.answer().await?;
             if self.route(msg, reply, &mut out) {
                 break;
             }
         }
         Ok(out)
+    }
+
+    /// The next answer to any request; [`WorkerError::ReaderLost`] when the connection drops
+    /// first (the requests waiting at the server ended with it).
+    async fn answer(&mut self) -> Result<async_nats::Message, WorkerError> {
+        tokio::select! {
+            msg = self.answers.next() => msg.ok_or_else(|| pull_error("the pull inbox closed")),
+            _ = self.resets.changed() => {
+                self.armed.clear();
+                Err(WorkerError::ReaderLost)
+            }
+        }
     }
 
     /// Files one answer: a message of an armed consumer in the stash (that request is done),

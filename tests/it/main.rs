@@ -17,6 +17,7 @@ mod ledger;
 mod migrate;
 mod nats_outage;
 mod permissions;
+mod poison;
 mod pulse_api;
 mod pulse_cli;
 mod relay;

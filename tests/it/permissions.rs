@@ -318,6 +318,63 @@ async fn annas_worker_user_runs_annas_tasks_end_to_end() {
 }
 
 #[tokio::test]
+async fn annas_worker_user_has_the_api_move_aside_a_message_it_cannot_read() {
+    // Arrange: an API answering queue checks, anna's worker, and an unreadable message ahead
+    // of a good task in anna's queue.
+    let nats = SecureNats::start(&["anna"]).await;
+    let api = service(nats.bus(&Role::Api).await);
+    let token = CancellationToken::new();
+    tokio::spawn(api.clone().answer_queue_checks(token.clone()));
+    let (user, password) = nats.user(&Role::Api);
+    let poison = crate::poison::POISON_HEADERS;
+    let body = br#"{"task_name":"unreadable"}"#;
+    let url = nats.url();
+    crate::poison::publish_raw_as(
+        &url,
+        Some((&user, &password)),
+        "tasks.anna.p0.noop",
+        poison,
+        body,
+    )
+    .await;
+    let good = api
+        .create(new_task("anna", "noop", json!({})), "t")
+        .await
+        .unwrap()
+        .task;
+    let anna = Role::Worker(assignee("anna"));
+    let worker = tokio::spawn(taskfleet::worker::run(
+        nats.bus(&anna).await,
+        taskfleet::worker::WorkerOptions {
+            assignee: assignee("anna"),
+            concurrency: 2,
+            worker_id: "anna@test".into(),
+            api_url: "http://127.0.0.1:9".into(),
+            task_token_secret: None,
+            settings: worker_settings(),
+        },
+        token.clone(),
+    ));
+
+    // Act
+    let good = finished(&api, &good.id).await;
+    let dead = eventually("the dead letter", Duration::from_secs(15), || async {
+        let dead = api.dead_letters(Some(&assignee("anna")), 10).await.ok()?;
+        (dead.len() == 1).then_some(dead)
+    })
+    .await;
+    token.cancel();
+    worker.await.unwrap().expect("the worker ran");
+
+    // Assert: the good task ran; the unreadable one is a dead letter saying why; anna's user
+    // never tried what it may not do (the API read the queue for it).
+    assert_eq!(good.status.as_str(), "completed", "{:?}", good.error);
+    let why = dead[0].error.clone().unwrap_or_default();
+    assert!(why.contains("UTF-8"), "{why}");
+    assert_eq!(nats.violations(&anna), Vec::<String>::new());
+}
+
+#[tokio::test]
 async fn annas_worker_user_is_refused_trumps_subjects_and_consumers() {
     // Arrange: the topology, a task for trump, and trump's consumer.
     let nats = SecureNats::start(&["anna", "trump"]).await;

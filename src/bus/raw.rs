@@ -1,0 +1,199 @@
+//! Stored messages that no client can read, and a way to read them anyway.
+//!
+//! nats-server stores any bytes a publisher sends as headers. async-nats parses the header block
+//! of every message it receives and treats one it cannot parse (not UTF-8, no `NATS/1.0` line, a
+//! line without a colon, a name with spaces) as a broken connection: it drops the connection and
+//! reconnects, and the message comes back on the next read. [`header_problem`] tells such a
+//! block from a good one the way async-nats does, and [`get`] reads a message through the
+//! stream API's `MSG.GET`, whose answer is JSON with the headers base64-encoded, so the read
+//! itself can never break a connection.
+//!
+//! A stored message also never carries a status (`NATS/1.0 404`): clients take such a block for
+//! the server's own answer (no messages, end of batch), so it is refused here too.
+
+use super::{BusError, NatsResultExt};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde::Deserialize;
+
+/// A stored message read through `MSG.GET`, headers and body as the publisher sent them.
+#[derive(Debug, Clone)]
+pub struct RawStored {
+    /// Its subject.
+    pub subject: String,
+    /// Stream sequence.
+    pub seq: u64,
+    /// The header block, bytes as stored (empty when it has none).
+    pub headers: Vec<u8>,
+    /// The body.
+    pub payload: Vec<u8>,
+    /// When it was stored, in nanoseconds since the epoch.
+    pub published_ns: i128,
+}
+
+impl RawStored {
+    /// Why no client can read this message, or `None` when its headers are fine.
+    pub fn problem(&self) -> Option<String> {
+        header_problem(&self.headers)
+    }
+}
+
+/// Why async-nats would drop its connection rather than hand over a message with this header
+/// block (`NATS/1.0\r\nName: value\r\n…`), or why the block would pass for a server status.
+/// `None` for a block any client reads, and for no headers at all.
+pub fn header_problem(block: &[u8]) -> Option<String> {
+    if block.is_empty() {
+        return None;
+    }
+    let Ok(text) = std::str::from_utf8(block) else {
+        return Some("its headers are not valid UTF-8".into());
+    };
+    let mut lines = text.lines();
+    let version = lines.next().unwrap_or_default();
+    let Some(rest) = version.strip_prefix("NATS/1.0") else {
+        return Some("its headers do not begin with NATS/1.0".into());
+    };
+    if !rest.trim().is_empty() {
+        return Some(format!(
+            "its headers carry a status ({}), which clients take for the server's",
+            rest.trim()
+        ));
+    }
+    for line in lines.filter(|l| !l.is_empty() && !l.starts_with(char::is_whitespace)) {
+        let Some((name, _)) = line.split_once(':') else {
+            return Some("a header line has no colon".into());
+        };
+        if name.contains(|c: char| !c.is_ascii_graphic()) {
+            return Some("a header name has spaces or control characters".into());
+        }
+    }
+    None
+}
+
+/// The header block of a message, for a dead letter: lossy UTF-8, at most `cap` bytes.
+pub fn shown(block: &[u8], cap: usize) -> String {
+    String::from_utf8_lossy(&block[..block.len().min(cap)]).into_owned()
+}
+
+/// The first message at or after sequence `from` on a subject matching `filter`, read as JSON
+/// (never parsed as a NATS message); `None` when there is none.
+pub async fn get(
+    client: &async_nats::Client,
+    stream: &str,
+    from: u64,
+    filter: &str,
+) -> Result<Option<RawStored>, BusError> {
+    let body = serde_json::json!({ "seq": from.max(1), "next_by_subj": filter });
+    let answer = client
+        .request(
+            format!("$JS.API.STREAM.MSG.GET.{stream}"),
+            body.to_string().into(),
+        )
+        .await
+        .op("read message as JSON")?;
+    let got: Answer = super::decode("MSG.GET answer", &answer.payload)?;
+    match (got.message, got.error) {
+        (Some(m), _) => m.decode().map(Some),
+        // 10037: no message found.
+        (None, Some(e)) if e.err_code == 10037 || e.code == 404 => Ok(None),
+        (None, e) => Err(BusError::Op {
+            op: "read message as JSON",
+            source: e.map_or("empty answer".into(), |e| e.description).into(),
+        }),
+    }
+}
+
+/// Removes message `seq` from `stream` (a quarantined one, copied aside first).
+pub async fn delete(client: &async_nats::Client, stream: &str, seq: u64) -> Result<(), BusError> {
+    let body = serde_json::json!({ "seq": seq, "no_erase": true });
+    let answer = client
+        .request(
+            format!("$JS.API.STREAM.MSG.DELETE.{stream}"),
+            body.to_string().into(),
+        )
+        .await
+        .op("delete message")?;
+    let got: Answer = super::decode("MSG.DELETE answer", &answer.payload)?;
+    match got.error {
+        // Gone already (another reader moved it aside): what was asked for.
+        Some(e) if e.err_code != 10057 && e.code != 404 => Err(BusError::Op {
+            op: "delete message",
+            source: e.description.into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    message: Option<Stored>,
+    error: Option<ApiError>,
+}
+
+#[derive(Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    code: u16,
+    #[serde(default)]
+    err_code: u32,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Deserialize)]
+struct Stored {
+    subject: String,
+    seq: u64,
+    #[serde(default)]
+    hdrs: Option<String>,
+    #[serde(default)]
+    data: Option<String>,
+    time: chrono::DateTime<chrono::Utc>,
+}
+
+impl Stored {
+    fn decode(self) -> Result<RawStored, BusError> {
+        let b64 = |s: Option<String>| {
+            STANDARD
+                .decode(s.unwrap_or_default())
+                .op("decode base64 of a stored message")
+        };
+        Ok(RawStored {
+            subject: self.subject,
+            seq: self.seq,
+            headers: b64(self.hdrs)?,
+            payload: b64(self.data)?,
+            published_ns: self.time.timestamp_nanos_opt().unwrap_or_default().into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header_problem;
+
+    #[test]
+    fn ordinary_header_blocks_have_no_problem() {
+        assert_eq!(header_problem(b""), None);
+        assert_eq!(header_problem(b"NATS/1.0\r\nNats-Msg-Id: a\r\n\r\n"), None);
+        assert_eq!(
+            header_problem(b"NATS/1.0\r\nA: b\r\n  folded\r\n\r\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn blocks_async_nats_cannot_parse_are_named() {
+        let bad: [&[u8]; 5] = [
+            b"NATS/1.0\r\nNats-Msg-Id: \xff\xfe\r\n\r\n",
+            b"HTTP/1.1\r\n\r\n",
+            b"NATS/1.0\r\nno colon here\r\n\r\n",
+            b"NATS/1.0\r\nbad name: x\r\n\r\n",
+            b"NATS/1.0 404 No Messages\r\n\r\n",
+        ];
+        for block in bad {
+            assert!(header_problem(block).is_some(), "{block:?}");
+        }
+        assert!(header_problem(bad[0]).unwrap().contains("UTF-8"));
+    }
+}

@@ -1,0 +1,205 @@
+//! Messages no client can read (issue 14): a queue message whose headers async-nats cannot
+//! parse (not UTF-8, here) is moved to the dead letters with its reason, and neither the
+//! worker's queue nor the API's pending list stops on it.
+
+use crate::harness::app::worker_settings;
+use crate::harness::TestApp;
+use crate::workers::finished;
+use serde_json::json;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// A header block async-nats refuses: its `Nats-Msg-Id` value is not UTF-8.
+pub(crate) const POISON_HEADERS: &[u8] = b"NATS/1.0\r\nNats-Msg-Id: \xff\xfe\r\n\r\n";
+
+/// Another one (a second message with the same id would be dropped as a duplicate).
+const POISON_HEADERS_2: &[u8] = b"NATS/1.0\r\nNats-Msg-Id: \xfe\xff\r\n\r\n";
+
+/// Publishes `body` with the raw header block `headers` on `subject`, speaking the NATS
+/// protocol by hand (async-nats will not send headers that are not UTF-8), and waits for the
+/// server to have processed it (PING/PONG).
+async fn publish_raw(nats_url: &str, subject: &str, headers: &[u8], body: &[u8]) {
+    publish_raw_as(nats_url, None, subject, headers, body).await
+}
+
+/// [`publish_raw`] as the NATS user `user` (name, password) when given.
+pub(crate) async fn publish_raw_as(
+    nats_url: &str,
+    user: Option<(&str, &str)>,
+    subject: &str,
+    headers: &[u8],
+    body: &[u8],
+) {
+    let addr = nats_url.trim_start_matches("nats://");
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let info = lines.next_line().await.unwrap().unwrap();
+    assert!(info.starts_with("INFO"), "{info}");
+    let mut connect = json!({"verbose": false, "pedantic": false, "headers": true, "protocol": 1});
+    if let Some((name, password)) = user {
+        connect["user"] = name.into();
+        connect["pass"] = password.into();
+    }
+    let mut out = format!("CONNECT {connect}\r\n").into_bytes();
+    let total = headers.len() + body.len();
+    out.extend_from_slice(format!("HPUB {subject} {} {total}\r\n", headers.len()).as_bytes());
+    out.extend_from_slice(headers);
+    out.extend_from_slice(body);
+    out.extend_from_slice(b"\r\nPING\r\n");
+    write.write_all(&out).await.unwrap();
+    loop {
+        let line = lines.next_line().await.unwrap().expect("an answer to PING");
+        assert!(!line.starts_with("-ERR"), "{line}");
+        if line == "PONG" {
+            break;
+        }
+    }
+}
+
+/// Publishes a worker-run noop to `subject` the way another producer would.
+async fn publish_noop(app: &TestApp, subject: &str, id: &str) {
+    let js = app.jetstream().await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+    let body = json!({"task_name": format!("good {id}")});
+    js.publish_with_headers(subject.to_string(), headers, body.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// Dead letters of `assignee` whose error says their headers could not be read.
+async fn unreadable_letters(
+    app: &TestApp,
+    assignee: &str,
+    n: usize,
+) -> Vec<taskfleet::domain::Task> {
+    let q = [("assigned_to", assignee.to_string())];
+    crate::harness::eventually(
+        "the unreadable messages in the dead letters",
+        Duration::from_secs(15),
+        || async {
+            let dead = app.admin.dead_letters(&q).await.ok()?;
+            let letters: Vec<_> = dead
+                .into_iter()
+                .filter(|t| t.error.as_deref().unwrap_or("").contains("UTF-8"))
+                .collect();
+            (letters.len() == n).then_some(letters)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_message_with_unreadable_headers_is_dead_lettered_and_every_priority_keeps_flowing() {
+    // Arrange: one unreadable message queued before the worker starts (a pull gets it), one
+    // after it is idle (its waiting request gets it).
+    let app = TestApp::spawn().await;
+    let url = app.nats.url();
+    publish_raw(
+        &url,
+        "tasks.anna.p1.noop",
+        POISON_HEADERS,
+        b"{\"task_name\":\"p1\"}",
+    )
+    .await;
+    let _worker = app.worker("anna", 2, worker_settings()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish_raw(
+        &url,
+        "tasks.anna.p0.noop",
+        POISON_HEADERS_2,
+        b"{\"task_name\":\"p0\"}",
+    )
+    .await;
+
+    // Act: good tasks at every priority after them.
+    let good = [
+        ("tasks.anna.p0.noop", "01JPOISONGOODP0000000000001"),
+        ("tasks.anna.p1.noop", "01JPOISONGOODP1000000000001"),
+        ("tasks.anna.p2.noop", "01JPOISONGOODP2000000000001"),
+    ];
+    for (subject, id) in good {
+        publish_noop(&app, subject, id).await;
+    }
+
+    // Assert: every good task ran; both unreadable ones are anna's dead letters, with their
+    // bodies, and left the queue.
+    for (_, id) in good {
+        let ran = finished(&app, id, Duration::from_secs(20)).await;
+        assert_eq!(ran.status.as_str(), "completed", "{id}: {:?}", ran.error);
+    }
+    let letters = unreadable_letters(&app, "anna", 2).await;
+    let mut names: Vec<String> = letters
+        .iter()
+        .map(|t| t.payload["raw"].to_string())
+        .collect();
+    names.sort();
+    assert!(
+        names[0].contains("p0") && names[1].contains("p1"),
+        "{names:?}"
+    );
+    let js = app.jetstream().await;
+    let left = crate::harness::eventually("an empty queue", Duration::from_secs(10), || async {
+        let n = js
+            .get_stream("TASKS")
+            .await
+            .ok()?
+            .cached_info()
+            .state
+            .messages;
+        (n == 0).then_some(n)
+    })
+    .await;
+    assert_eq!(left, 0);
+}
+
+#[tokio::test]
+async fn the_pending_list_answers_past_a_message_with_unreadable_headers() {
+    // Arrange: bob's P1 queue holds an unreadable message between two good tasks.
+    let app = TestApp::spawn().await;
+    let first = app.create("first", "bob", "P1").await;
+    publish_raw(
+        &app.nats.url(),
+        "tasks.bob.p1",
+        POISON_HEADERS,
+        b"{\"task_name\":\"x\"}",
+    )
+    .await;
+    let last = app.create("last", "bob", "P1").await;
+
+    // Act
+    let bob = [("assigned_to", "bob".to_string())];
+    let started = std::time::Instant::now();
+    let pending = app.admin.pending(&bob).await.expect("bob's pending list");
+    let took = started.elapsed();
+    let everyone = app
+        .admin
+        .pending(&[])
+        .await
+        .expect("the whole pending list");
+    let listed = app
+        .admin
+        .list_tasks(&[("status", "pending".to_string())])
+        .await
+        .expect("the pending listing");
+
+    // Assert: both good tasks, in order, in every list; the unreadable one is a dead letter.
+    let ids =
+        |ts: &[taskfleet::domain::Task]| ts.iter().map(|t| t.id.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&pending),
+        [first.clone(), last.clone()],
+        "took {took:?}"
+    );
+    assert_eq!(ids(&everyone), [first.clone(), last.clone()]);
+    let mut listed = ids(&listed);
+    listed.sort();
+    let mut want = vec![first, last];
+    want.sort();
+    assert_eq!(listed, want);
+    let letters = unreadable_letters(&app, "bob", 1).await;
+    assert_eq!(letters[0].payload["subject"], "tasks.bob.p1");
+}
