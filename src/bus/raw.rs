@@ -124,6 +124,60 @@ pub async fn delete(client: &async_nats::Client, stream: &str, seq: u64) -> Resu
     }
 }
 
+/// Ends the delivery of message `stream_seq` of `consumer` with `+TERM <reason>`, sent to the
+/// acknowledgement subject the server gave the message (`$JS.ACK.<stream>.<consumer>.<delivery
+/// count>.<stream seq>.<consumer seq>.<time>.<pending>`; the server finds the delivery by its
+/// stream sequence): for a message that was delivered but never received, because the client
+/// dropped the connection instead of parsing it. The server confirms.
+pub async fn term(
+    client: &async_nats::Client,
+    (stream, consumer): (&str, &str),
+    (stream_seq, consumer_seq): (u64, u64),
+    reason: &str,
+) -> Result<(), BusError> {
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    let subject = format!("$JS.ACK.{stream}.{consumer}.1.{stream_seq}.{consumer_seq}.{now}.0");
+    client
+        .request(subject, format!("+TERM {reason}").into())
+        .await
+        .op("terminate an unreadable message")?;
+    Ok(())
+}
+
+/// Ends the delivery of every message `consumer` of `stream` delivered and that is not
+/// acknowledged yet whose headers no client can parse (the one that made the reader's
+/// connection drop is among them), with the problem as the reason. The messages stay in the
+/// stream. Which were ended, with their problems.
+pub async fn term_unreadable(
+    client: &async_nats::Client,
+    stream: &async_nats::jetstream::stream::Stream,
+    consumer: &str,
+    filter: &str,
+) -> Result<Vec<(u64, String)>, BusError> {
+    let info = stream.consumer_info(consumer).await.op("consumer info")?;
+    let name = stream.cached_info().config.name.clone();
+    let (mut seq, last) = (
+        info.ack_floor.stream_sequence + 1,
+        info.delivered.stream_sequence,
+    );
+    let mut ended = Vec::new();
+    while seq <= last {
+        let Some(m) = get(client, &name, seq, filter).await? else {
+            break;
+        };
+        if m.seq > last {
+            break;
+        }
+        if let Some(problem) = m.problem() {
+            let seqs = (m.seq, info.delivered.consumer_sequence);
+            term(client, (&name, consumer), seqs, &problem).await?;
+            ended.push((m.seq, problem));
+        }
+        seq = m.seq + 1;
+    }
+    Ok(ended)
+}
+
 #[derive(Deserialize)]
 struct Answer {
     message: Option<Stored>,

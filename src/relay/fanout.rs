@@ -12,7 +12,7 @@ use crate::config::RouteConfig;
 use crate::domain::{EventKind, Task, TaskEvent, TaskId, TaskStatus};
 use crate::tasks::ledger::shown_events;
 use crate::tasks::{ListFilter, TaskService};
-use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::consumer::{pull, PullConsumer};
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::AckKind;
 use futures::StreamExt;
@@ -98,23 +98,8 @@ impl FanOut {
     /// Reads events until `shutdown`.
     pub(super) async fn run(&mut self, shutdown: CancellationToken) -> Result<(), BusError> {
         // Opening waits on JetStream, which may be unreachable: shutdown must not wait for it.
-        let open = async {
-            self.seed_running().await;
-            let consumer: PullConsumer = self
-                .tasks
-                .bus()
-                .topology
-                .events
-                .get_consumer(subjects::RELAY_EVENTS_CONSUMER)
-                .await
-                .map_err(|source| BusError::Op {
-                    op: "open relay consumer",
-                    source,
-                })?;
-            consumer.messages().await.op("read events")
-        };
-        let mut messages = tokio::select! {
-            m = open => m?,
+        let (mut messages, mut resets) = tokio::select! {
+            m = self.open_events() => m?,
             _ = shutdown.cancelled() => return Ok(()),
         };
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -125,6 +110,7 @@ impl FanOut {
                     self.flush_due().await;
                     self.check_stalls().await;
                 }
+                _ = resets.changed() => self.reader_lost().await,
                 msg = messages.next() => {
                     let Some(msg) = msg else { return Ok(()) };
                     let msg = match msg {
@@ -151,6 +137,46 @@ impl FanOut {
                     }
                 }
             }
+        }
+    }
+
+    /// The relay's cursor on the ledger, read over the bus's reader connection (a message
+    /// async-nats cannot parse drops that connection, see [`Bus::reader`](crate::bus::Bus::reader)),
+    /// and what wakes when it drops.
+    async fn open_events(
+        &mut self,
+    ) -> Result<(pull::Stream, tokio::sync::watch::Receiver<u64>), BusError> {
+        self.seed_running().await;
+        let reader = self.tasks.bus().reader().await?;
+        let mut resets = reader.resets();
+        resets.borrow_and_update();
+        let consumer: PullConsumer = async_nats::jetstream::new(reader.client.clone())
+            .get_consumer_from_stream(subjects::RELAY_EVENTS_CONSUMER, subjects::EVENTS_STREAM)
+            .await
+            .map_err(|source| BusError::Op {
+                op: "open relay consumer",
+                source: Box::new(source),
+            })?;
+        Ok((consumer.messages().await.op("read events")?, resets))
+    }
+
+    /// After the reader connection dropped: an event whose headers no client can parse (a
+    /// fleet user wrote to the ledger around taskfleet) is the one delivered and not
+    /// acknowledged. Its delivery is ended with the reason, so the relay goes on with the next
+    /// event; it stays in the ledger, logged here with its sequence.
+    async fn reader_lost(&self) {
+        let bus = self.tasks.bus();
+        let (stream, consumer) = (&bus.topology.events, subjects::RELAY_EVENTS_CONSUMER);
+        let ended =
+            crate::bus::raw::term_unreadable(&bus.client, stream, consumer, subjects::ALL_EVENTS);
+        match ended.await {
+            Ok(ended) => {
+                for (seq, problem) in ended {
+                    tracing::warn!(seq, problem, "skipping an event no client can read");
+                }
+            }
+            Err(e) => tracing::warn!(error.message = %e,
+                "event reader connection lost; cannot check the delivered event"),
         }
     }
 

@@ -203,3 +203,39 @@ async fn the_pending_list_answers_past_a_message_with_unreadable_headers() {
     let letters = unreadable_letters(&app, "bob", 1).await;
     assert_eq!(letters[0].payload["subject"], "tasks.bob.p1");
 }
+
+#[tokio::test]
+async fn the_relay_skips_an_event_with_unreadable_headers_and_delivers_the_next_ones() {
+    // Arrange: the relay running, then an unreadable message in the ledger ahead of a task's
+    // events.
+    let app = TestApp::spawn().await;
+    let (hook, receiver) = crate::relay::Receiver::start().await;
+    let _relay = app.relay(crate::harness::app::relay_settings()).await;
+    let subject = "ledger.anna.01JPOISONEVENT000000000000001.started";
+    publish_raw(&app.nats.url(), subject, POISON_HEADERS, b"{}").await;
+
+    // Act
+    let task = app
+        .admin
+        .create_task(&json!({
+            "task_name": "after the unreadable event", "assigned_to": "anna",
+            "notify": [{"type": "webhook", "url": hook}]
+        }))
+        .await
+        .unwrap();
+    let id = task.id.to_string();
+    app.admin.action(&id, "start", None).await.unwrap();
+    app.admin.action(&id, "complete", None).await.unwrap();
+
+    // Assert: the task's three events arrive, in order.
+    let seen = crate::harness::eventually("three deliveries", Duration::from_secs(30), || async {
+        let s = receiver.seen.lock().unwrap().clone();
+        (s.len() >= 3).then_some(s)
+    })
+    .await;
+    let types: Vec<&str> = seen
+        .iter()
+        .map(|(_, b)| b["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["task.created", "task.started", "task.completed"]);
+}
