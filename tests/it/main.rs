@@ -24,6 +24,7 @@ mod relay;
 mod relay_deliveries;
 mod relay_fanout;
 mod relay_restart;
+mod secrets;
 mod transitions;
 mod workers;
 mod workers_agents;

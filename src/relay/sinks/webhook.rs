@@ -10,7 +10,9 @@
 use super::http::{post_json, Redactor};
 use super::{Attempt, SinkContext};
 use crate::relay::job::DeliveryJob;
-use crate::relay::signature::{Signer, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+use crate::relay::signature::{
+    Signer, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, SECRET_PREFIX,
+};
 
 /// Sends the envelope of `job` to `url`, signed with `secret` when there is one.
 pub(super) async fn send(
@@ -37,7 +39,9 @@ pub(super) async fn send(
     if let Some(signer) = &signer {
         headers.push((HEADER_SIGNATURE, signer.sign(&job.id, timestamp, &body)));
     }
-    let redact = Redactor::new([secret]);
+    // The key alone (the base64 after `whsec_`) is as secret as the whole string.
+    let key = secret.and_then(|s| s.trim().strip_prefix(SECRET_PREFIX));
+    let redact = Redactor::new([secret, key]);
     match post_json(ctx, url, &headers, body, &redact).await {
         Ok(reply) => reply.attempt(reply.verdict(), &redact),
         Err(failed) => failed,
