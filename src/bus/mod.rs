@@ -146,15 +146,21 @@ async fn connect_with(
                 }
             }
         });
-    if let (Some(u), Some(p)) = (&opts.user, &opts.password) {
+    // Credentials from the options, else from a URL's `user:password@` (async-nats would not
+    // send those itself).
+    let (user, password) = match (&opts.user, &opts.password) {
+        (Some(u), Some(p)) => (Some(u.clone()), Some(p.clone())),
+        _ => url_credentials(&opts.url).unzip(),
+    };
+    if let (Some(u), Some(p)) = (&user, &password) {
         // Each user reads replies on its own prefix only (see `permissions::inbox_prefix`).
         o = o
             .user_and_password(u.clone(), p.clone())
             .custom_inbox_prefix(permissions::inbox_prefix(u));
     }
     // `nats://a:4222,nats://b:4222`: every node of a cluster, tried in turn and on reconnect.
-    // Without `user:password@`: async-nats never sends a URL's credentials, but logs each
-    // server it tries at debug level, password included.
+    // Without `user:password@`: async-nats logs each server it tries at debug level, password
+    // included.
     let servers: Vec<String> = redact_url(&opts.url)
         .split(',')
         .map(str::trim)
@@ -208,6 +214,27 @@ fn check_server_version(client: &async_nats::Client) -> Result<(), BusError> {
     }
 }
 
+/// The first `user:password@` of a (comma separated) server URL, percent-decoded.
+fn url_credentials(url: &str) -> Option<(String, String)> {
+    url.split(',').find_map(|u| {
+        let u = u.trim();
+        let u = if u.contains("://") {
+            u.to_string()
+        } else {
+            format!("nats://{u}")
+        };
+        let parsed = url::Url::parse(&u).ok()?;
+        let password = parsed.password()?;
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .ok()
+                .map(|v| v.into_owned())
+        };
+        Some((decode(parsed.username())?, decode(password)?))
+    })
+}
+
 /// A URL with any `user:password@` part removed, for messages and logs.
 pub fn redact_url(url: &str) -> String {
     url.split(',')
@@ -229,5 +256,18 @@ mod tests {
             "nats://127.0.0.1:4222,nats://b:4223"
         );
         assert_eq!(super::redact_url("u:p@host:1"), "host:1");
+    }
+
+    #[test]
+    fn a_urls_credentials_are_used_when_no_user_is_configured() {
+        assert_eq!(
+            super::url_credentials("nats://a:4222,nats://anna:s%40cret@b:4222"),
+            Some(("anna".into(), "s@cret".into()))
+        );
+        assert_eq!(
+            super::url_credentials("anna:pw@host:1"),
+            Some(("anna".into(), "pw".into()))
+        );
+        assert_eq!(super::url_credentials("nats://host:4222"), None);
     }
 }

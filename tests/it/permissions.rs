@@ -375,6 +375,32 @@ async fn annas_worker_user_has_the_api_move_aside_a_message_it_cannot_read() {
 }
 
 #[tokio::test]
+async fn a_nats_url_with_credentials_connects_as_that_user() {
+    // Arrange: the API's credentials in the URL only, the password percent-encoded.
+    let nats = SecureNats::start(&["anna"]).await;
+    let (user, password) = nats.user(&Role::Api);
+    let encoded: String = password.bytes().map(|b| format!("%{b:02X}")).collect();
+    let opts = ConnectOptions {
+        url: format!("nats://{user}:{encoded}@127.0.0.1:{}", nats.port),
+        name: "test-url-credentials".into(),
+        connect_timeout: Duration::from_secs(10),
+        user: None,
+        password: None,
+    };
+
+    // Act
+    let bus = Bus::connect(&opts, &TopologyConfig::default()).await;
+
+    // Assert: connected as the API user, who may queue tasks.
+    let bus = bus.expect("connects with the URL's credentials");
+    let created = service(bus)
+        .create(new_task("anna", "noop", json!({})), "t")
+        .await;
+    assert!(created.is_ok(), "{created:?}");
+    assert_eq!(nats.violations(&Role::Api), Vec::<String>::new());
+}
+
+#[tokio::test]
 async fn annas_worker_user_is_refused_trumps_subjects_and_consumers() {
     // Arrange: the topology, a task for trump, and trump's consumer.
     let nats = SecureNats::start(&["anna", "trump"]).await;
