@@ -3,11 +3,14 @@
 #   make run  [ARGS="--flag ..."]  ensure nats-server, build (release), `taskfleet up`
 #   make test [ARGS="filter ..."]  ensure nats-server, run all tests (nextest if present)
 #   make check                     rustfmt --check + clippy -D warnings
+#   make fuzz-api [ARGS=…]         schemathesis vs a live API and its OpenAPI document (~1-2 min + build)
+#   make deny                      cargo deny check: licences, bans, sources; advisories if a DB is local
 #   make nats                      just ensure nats-server and print its path
 #   make bench [ARGS="--quick"]    taskfleet vs BullMQ vs raw JetStream, side by side (~1.5 min + build)
 #   make bench-workers [ARGS=…]    the taskfleet side of `make bench` alone (JSON on stdout)
 #   make bench-relay               relay delivery rate, 1 and 100 destinations
 #   make bench-scale [ARGS=…]      read routes with 10k/100k/1M tasks stored (1M: long; see docs)
+#   make chaos [ARGS=…]            fault suite: kill -9 worker/nats/relay/leader, SIGTERM, junk (~6 min + build)
 #
 # nats-server >= 2.12 comes from $NATS_SERVER_BIN, PATH, or is installed into
 # .tools/nats by scripts/ensure-nats.sh; its path is exported as NATS_SERVER_BIN.
@@ -19,6 +22,7 @@ SHELL := bash
 CARGO       ?= cargo
 ARGS        ?=
 ENSURE_NATS := scripts/ensure-nats.sh
+ENSURE_DENY := scripts/ensure-cargo-deny.sh
 
 # Shell snippet: ensure nats-server and export its path (last stdout line).
 define with_nats
@@ -29,10 +33,10 @@ export NATS_SERVER_BIN; \
 echo "==> using NATS_SERVER_BIN=$$NATS_SERVER_BIN ($$("$$NATS_SERVER_BIN" --version 2>&1))" >&2
 endef
 
-.PHONY: help run test check nats bench bench-workers bench-relay bench-scale
+.PHONY: help run test check deny nats bench bench-workers bench-relay bench-scale chaos fuzz-api
 
 help:
-	@sed -n '3,10p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,13p' Makefile | sed 's/^# \{0,1\}//'
 
 nats:
 	@$(ENSURE_NATS)
@@ -62,6 +66,37 @@ check:
 	echo "==> cargo clippy --all-targets -- -D warnings (first build takes several minutes on 2 cores)…" >&2; \
 	$(CARGO) clippy --all-targets -- -D warnings
 
+# cargo-deny against deny.toml, offline (--offline --locked) after `cargo fetch --locked`: cargo
+# metadata reads the manifests of every platform's crates, which a build does not download. The
+# RustSec advisory database lives on GitHub, which our machines and CI cannot reach, and no
+# registry ships it: advisories are checked only when a clone is already at deny.toml's db-path
+# ($CARGO_HOME/advisory-dbs/advisory-db-*, where `cargo-deny fetch db` puts it), and skipped
+# with a notice otherwise.
+deny:
+	@echo "==> ensuring cargo-deny" >&2; \
+	CARGO_DENY="$$($(ENSURE_DENY) | tail -n1)"; \
+	[ -x "$$CARGO_DENY" ] || { echo "error: no cargo-deny found/installed" >&2; exit 1; }; \
+	echo "==> using $$CARGO_DENY ($$("$$CARGO_DENY" --version 2>&1))" >&2; \
+	echo "==> cargo fetch --locked (every platform's crates, for cargo metadata)" >&2; \
+	$(CARGO) fetch --locked --quiet; \
+	echo "==> cargo deny check licenses bans sources" >&2; \
+	"$$CARGO_DENY" --offline --locked check --hide-inclusion-graph --show-stats licenses bans sources; \
+	dbs="$${CARGO_HOME:-$$HOME/.cargo}/advisory-dbs"; db=""; \
+	for d in "$$dbs"/advisory-db-*; do \
+		if [ -d "$$d" ] && git -C "$$d" rev-parse --verify -q HEAD >/dev/null 2>&1; then db="$$d"; break; fi; \
+	done; \
+	if [ -n "$$db" ]; then \
+		at="$$(git -C "$$db" log -1 --format=%cs)"; \
+		age=$$(( ($$(date +%s) - $$(git -C "$$db" log -1 --format=%ct)) / 86400 )); \
+		echo "==> cargo deny check advisories (RustSec database $$db, newest advisory commit $$at, $$age days old)" >&2; \
+		if [ "$$age" -gt 90 ]; then echo "warning: the advisory database is $$age days old: newer advisories are not checked" >&2; fi; \
+		"$$CARGO_DENY" --offline --locked check --hide-inclusion-graph --show-stats advisories; \
+	else \
+		echo "==> advisories: SKIPPED: no RustSec advisory database under $$dbs" >&2; \
+		echo "    (it is fetched from GitHub, which this machine cannot reach, and no package registry" >&2; \
+		echo "    ships a copy; where GitHub is reachable, \`$$CARGO_DENY fetch db\` puts one there)" >&2; \
+	fi
+
 # Everything (builds, nats-server, redis-server, npm ci, the three programs, the report):
 # see scripts/bench.sh.
 bench:
@@ -85,3 +120,19 @@ bench-scale:
 	echo "==> building release binaries (several minutes on 2 cores the first time)…" >&2; \
 	$(CARGO) build --release --bin taskfleet --example bench_scale; \
 	target/release/examples/bench_scale $(ARGS)
+
+# The fault suite (docs/reliability.md): every scenario on its own nats-server(s) and release
+# binaries; ARGS="--only 1,5 --scale 0.25 --keep" (--help lists the flags). Exits 1 when a
+# scenario finds a fault; failed scenarios keep their logs and stores (the paths are printed).
+chaos:
+	@$(with_nats); \
+	echo "==> building release binaries (several minutes on 2 cores the first time)…" >&2; \
+	$(CARGO) build --release --bin taskfleet --example chaos; \
+	target/release/examples/chaos $(ARGS)
+
+# Schema fuzzing (scripts/schemathesis.sh): nats-server and `taskfleet api` on random ports, then
+# schemathesis (pinned, installed into .tools/schemathesis) checks every answer against
+# GET /api/openapi.json, and the store against the 2xx answers (bad input writes nothing).
+# FUZZ_SEED=N repeats a run, FUZZ_MAX_EXAMPLES=N (default 25 per operation); ARGS go to `st run`.
+fuzz-api:
+	@scripts/schemathesis.sh $(ARGS)

@@ -239,6 +239,15 @@ impl ApiClient {
             .await
     }
 
+    /// `GET /api/workers?…`: the workers and relays alive now.
+    pub async fn workers(
+        &self,
+        query: &[(&str, String)],
+    ) -> Result<Vec<crate::registry::Announcement>, ClientError> {
+        self.send(self.request(Method::GET, "/api/workers").query(query))
+            .await
+    }
+
     /// `GET /api/tasks/{id}/events`: every event so far, then live ones.
     pub async fn watch(
         &self,

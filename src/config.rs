@@ -219,6 +219,10 @@ pub struct WorkerConfig {
     /// Where `taskfleet worker` serves `/healthz` and `/readyz` (`--health-listen` overrides).
     /// Unset: no health endpoint (`up` never serves one).
     pub health_listen: Option<SocketAddr>,
+    /// Seconds this worker's announcement in the worker registry lives without a renewal
+    /// (renewed every third of it): a worker that died drops out of `GET /api/workers` within
+    /// this.
+    pub registry_ttl_s: u64,
 }
 
 impl Default for WorkerConfig {
@@ -255,6 +259,7 @@ impl Default for WorkerConfig {
             .collect(),
             weights: None,
             health_listen: None,
+            registry_ttl_s: 15,
         }
     }
 }
@@ -303,6 +308,8 @@ pub struct RelayConfig {
     /// Where `taskfleet relay` serves `/healthz` and `/readyz` (`--health-listen` overrides).
     /// Unset: no health endpoint (`up` never serves one).
     pub health_listen: Option<SocketAddr>,
+    /// Seconds the relay's announcement in the worker registry lives without a renewal.
+    pub registry_ttl_s: u64,
 }
 
 impl Default for RelayConfig {
@@ -319,6 +326,7 @@ impl Default for RelayConfig {
             routes: Vec::new(),
             push_destination: None,
             health_listen: None,
+            registry_ttl_s: 15,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`domain`]: ids, names, priorities, the task record, events and the state machine (pure).
 //! - [`bus`]: NATS connection, the JetStream topology, and every subject name (`bus::subjects`).
 //! - [`tasks`]: the task service: create, claim, finish, cancel, retry, pending list, logs.
+//! - [`registry`]: the worker registry: workers and relays announce themselves with a TTL.
 //! - [`api`]: the HTTP API (OpenTask routes, auth, errors, SSE, health, metrics).
 //! - [`serve`]: wiring a process: `taskfleet api` and the API part of `up`.
 //! - [`up`] and [`natsd`]: `taskfleet up`, with its own nats-server child process.
@@ -33,6 +34,7 @@ pub mod health;
 pub mod metrics;
 pub mod natsauth;
 pub mod natsd;
+pub mod registry;
 pub mod relay;
 pub mod secrets;
 pub mod serve;

@@ -18,6 +18,13 @@ pub struct TaskLabels {
     pub priority: String,
 }
 
+/// Labels of the per-assignee gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AssigneeLabel {
+    /// The assignee.
+    pub assignee: String,
+}
+
 /// Labels of finished tasks.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FinishedLabels {
@@ -56,6 +63,8 @@ pub struct Metrics {
     pub queue_depth: Family<TaskLabels, Gauge>,
     /// HTTP request latency in seconds.
     pub http_latency: HistogramFamily,
+    /// Workers announced in the worker registry, per assignee (refreshed on every scrape).
+    pub workers_online: Family<AssigneeLabel, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -70,6 +79,12 @@ impl Default for Metrics {
         let tasks_finished = Family::<FinishedLabels, Counter>::default();
         let queue_depth = Family::<TaskLabels, Gauge>::default();
         let http_latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let workers_online = Family::<AssigneeLabel, Gauge>::default();
+        registry.register(
+            "workers_online",
+            "Workers alive now (announced in the worker registry), per assignee",
+            workers_online.clone(),
+        );
         registry.register("tasks_created", "Tasks created", tasks_created.clone());
         registry.register(
             "tasks_started",
@@ -98,6 +113,7 @@ impl Default for Metrics {
             tasks_finished,
             queue_depth,
             http_latency,
+            workers_online,
         }
     }
 }

@@ -97,13 +97,17 @@ fn fence(headers: &HeaderMap, body: &ActionBody) -> Option<String> {
     })
 }
 
+/// The body of `start` and `retry`: none, `null` or an object, whatever it holds (a scalar is a
+/// 422 like on every other route).
+type IgnoredBody = serde_json::Map<String, Value>;
+
 /// `start`: claims a pending task for the caller (a bot polling on HEARTBEAT).
 pub(super) async fn start(
     State(state): State<AppState>,
     who: Principal,
     IdPath(id): IdPath,
     key: IdempotencyKey,
-    JsonBody(_body): JsonBody<Option<Value>>,
+    JsonBody(_body): JsonBody<Option<IgnoredBody>>,
 ) -> Result<Acted, ApiError> {
     let task = authorized_task(&state, &who, &id).await?;
     act_once(&state, &task, "start", key, || {
@@ -189,7 +193,7 @@ pub(super) async fn retry(
     who: Principal,
     IdPath(id): IdPath,
     key: IdempotencyKey,
-    JsonBody(_body): JsonBody<Option<Value>>,
+    JsonBody(_body): JsonBody<Option<IgnoredBody>>,
 ) -> Result<Acted, ApiError> {
     let task = authorized_task(&state, &who, &id).await?;
     act_once(&state, &task, "retry", key, || {

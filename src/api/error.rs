@@ -98,7 +98,8 @@ impl From<TaskError> for ApiError {
 }
 
 /// A JSON body parsed regardless of `Content-Type` (bots' curl scripts are not always careful).
-/// An empty body parses as JSON `null`, so `Option<T>` bodies may be omitted.
+/// An empty body (no bytes at all) parses as JSON `null`, so `Option<T>` bodies may be omitted;
+/// anything else must be JSON (a body of only whitespace is malformed, 400).
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
@@ -118,11 +119,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ApiError::BadRequest(format!("cannot read request body: {rej}"))
             }
         })?;
-        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-            b"null"
-        } else {
-            &bytes
-        };
+        let text: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
         let parsed = serde_json::from_slice(text).map(JsonBody).map_err(|e| {
             use serde_json::error::Category;
             match e.classify() {

@@ -1,4 +1,4 @@
-//! Liveness, metrics, request timing and the JSON 404.
+//! Liveness, metrics, request timing, and the JSON 404, 405 and timeout 503.
 
 use super::error::ApiError;
 use super::state::AppState;
@@ -9,7 +9,7 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// `GET /healthz` (no auth): 200 while NATS is connected, 503 otherwise.
 pub(super) async fn healthz(State(state): State<AppState>) -> Response {
@@ -29,6 +29,7 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Response {
 
 /// `GET /metrics` (no auth): Prometheus text; queue depth is read from the stream on each scrape.
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    super::workers::count_online(&state).await;
     let metrics = state.tasks.metrics();
     match state
         .tasks
@@ -88,6 +89,19 @@ pub(super) async fn observe(State(state): State<AppState>, req: Request, next: N
         })
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// Requests that take longer than `limit` (`api.request_timeout_s`): a JSON 503 like every other
+/// error (the store did not answer in time).
+pub(super) async fn timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    let (method, route) = (req.method().clone(), req.uri().path().to_string());
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Unavailable(anyhow::anyhow!(
+            "{method} {route} took longer than {limit:?}"
+        ))
+        .into_response(),
+    }
 }
 
 /// Unknown routes: a JSON 404 like every other error.

@@ -7,6 +7,8 @@
 //! - `runs.rs`: output and stdin of running commands, dead letters;
 //! - `deliveries.rs`: push ingest and the relay's deliveries (list, replay);
 //! - `health.rs`: `/healthz`, `/metrics` and request timing;
+//! - `workers.rs`: `/api/workers`, the worker registry;
+//! - `openapi.rs`: `/api/openapi.json`, the OpenAPI document of every route here;
 //! - `auth.rs`, `error.rs`, `state.rs`: keys, errors, shared state.
 
 mod actions;
@@ -15,10 +17,12 @@ mod deliveries;
 mod error;
 mod events;
 mod health;
+mod openapi;
 mod progress;
 mod runs;
 mod state;
 mod tasks;
+mod workers;
 
 pub use error::{ApiError, BodyLimit, IdPath, JsonBody, Params};
 pub use state::{AppState, Limits};
@@ -86,11 +90,13 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             "/api/destinations/{id}/replay",
             post(deliveries::replay_destination),
         )
+        .route("/api/workers", get(workers::list))
+        .route("/api/openapi.json", get(openapi::serve))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(health::metrics))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        .layer(axum::middleware::from_fn_with_state(
             request_timeout,
+            health::timeout,
         ));
     let streaming = Router::new().route("/api/tasks/{id}/events", get(events::feed));
     timed

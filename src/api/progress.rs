@@ -14,6 +14,7 @@ use super::auth::{Principal, Scope};
 use super::error::{ApiError, IdPath, JsonBody};
 use super::state::AppState;
 use super::tasks::authorized_task;
+use crate::domain::limits;
 use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
@@ -23,9 +24,12 @@ use std::time::Duration;
 /// Body of `step` / `next`.
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct StepBody {
-    /// One-line note on the finished step (`message` is accepted too).
-    #[serde(default, alias = "message")]
+    /// One-line note on the finished step.
+    #[serde(default)]
     info: Option<String>,
+    /// Accepted for `info` (`info` wins when both are sent).
+    #[serde(default)]
+    message: Option<String>,
     /// Name of the finished step, for a task without named steps.
     #[serde(default)]
     step: Option<String>,
@@ -34,16 +38,22 @@ pub(super) struct StepBody {
 /// Body of `heartbeat`.
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct HeartbeatBody {
-    #[serde(default, alias = "message")]
+    #[serde(default)]
     info: Option<String>,
+    /// Accepted for `info` (`info` wins when both are sent).
+    #[serde(default)]
+    message: Option<String>,
 }
 
 /// Body of `progress`.
 #[derive(Debug, Deserialize)]
 pub(super) struct ProgressBody {
     percent: f64,
-    #[serde(default, alias = "message")]
+    #[serde(default)]
     info: Option<String>,
+    /// Accepted for `info` (`info` wins when both are sent).
+    #[serde(default)]
+    message: Option<String>,
 }
 
 /// Body of `cleanup`.
@@ -51,6 +61,31 @@ pub(super) struct ProgressBody {
 pub(super) struct CleanupBody {
     #[serde(default)]
     older_than_s: Option<u64>,
+}
+
+/// The note of a report: `info`, else `message`; each refused (422) over
+/// [`crate::tasks::MAX_INFO_CHARS`] characters, whichever is used.
+fn note(info: Option<String>, message: Option<String>) -> Result<Option<String>, ApiError> {
+    let max = crate::tasks::MAX_INFO_CHARS;
+    for (field, text) in [("info", &info), ("message", &message)] {
+        if text.as_deref().is_some_and(|t| t.chars().count() > max) {
+            return Err(ApiError::Unprocessable(format!(
+                "{field} is longer than {max} characters"
+            )));
+        }
+    }
+    Ok(info.or(message))
+}
+
+/// The name of the finished step, when given: 1 to [`limits::STEP_NAME`] characters, not blank.
+/// Checked here too, before an idempotent repeat is answered, so a bad name is never a 200.
+fn step_name(name: Option<String>) -> Result<Option<String>, ApiError> {
+    match name {
+        Some(n) if n.trim().is_empty() || n.chars().count() > limits::STEP_NAME => Err(
+            ApiError::Unprocessable("step must be a name of 1 to 200 characters".into()),
+        ),
+        name => Ok(name),
+    }
 }
 
 /// `step` (and `next`): 200 with the task whose current step moved on.
@@ -63,8 +98,10 @@ pub(super) async fn step(
 ) -> Result<Acted, ApiError> {
     let body = body.unwrap_or_default();
     let task = authorized_task(&state, &who, &id).await?;
+    let info = note(body.info, body.message)?;
+    let name = step_name(body.step)?;
     act_once(&state, &task, "step", key, || {
-        state.tasks.step(&task.id, body.info, body.step, &who.name)
+        state.tasks.step(&task.id, info, name, &who.name)
     })
     .await
 }
@@ -79,8 +116,9 @@ pub(super) async fn heartbeat(
 ) -> Result<Acted, ApiError> {
     let body = body.unwrap_or_default();
     let task = authorized_task(&state, &who, &id).await?;
+    let info = note(body.info, body.message)?;
     act_once(&state, &task, "heartbeat", key, || {
-        state.tasks.heartbeat(&task.id, body.info, &who.name)
+        state.tasks.heartbeat(&task.id, info, &who.name)
     })
     .await
 }
@@ -100,11 +138,10 @@ pub(super) async fn progress(
             body.percent
         )));
     }
+    let info = note(body.info, body.message)?;
     let percent = body.percent.round() as u8;
     act_once(&state, &task, "progress", key, || {
-        state
-            .tasks
-            .progress(&task.id, percent, body.info, &who.name)
+        state.tasks.progress(&task.id, percent, info, &who.name)
     })
     .await
 }

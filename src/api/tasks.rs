@@ -28,6 +28,16 @@ pub(super) async fn authorized_task(
     Ok(task)
 }
 
+/// Refuses (422) a `notify` entry the relay could never deliver to: neither a destination name
+/// nor a destination object. Whether a name is configured is the relay's to say.
+fn check_notify(new: &NewTask) -> Result<(), ApiError> {
+    for (i, entry) in new.notify.iter().enumerate() {
+        crate::relay::destination::parse_notify(entry)
+            .map_err(|e| ApiError::Unprocessable(format!("notify[{i}]: {e}")))?;
+    }
+    Ok(())
+}
+
 /// `POST /api/tasks` → 201 with the task; 200 with the earlier task for a repeated idempotency key.
 pub(super) async fn create(
     State(state): State<AppState>,
@@ -35,6 +45,7 @@ pub(super) async fn create(
     JsonBody(new): JsonBody<NewTask>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.check(&new.assigned_to)?;
+    check_notify(&new)?;
     let created = state.tasks.create(new, &who.name).await?;
     let status = if created.created {
         StatusCode::CREATED

@@ -54,6 +54,8 @@ pub const DELIVERIES_STREAM: &str = "DELIVERIES";
 pub const DELIVERY_BUCKET: &str = "deliveries";
 /// KV bucket with the state of destinations (disabled after a 410).
 pub const DESTINATION_BUCKET: &str = "relay_destinations";
+/// KV bucket where workers and relays announce themselves (entries expire by per-message TTL).
+pub const WORKER_BUCKET: &str = "taskfleet_workers";
 /// The relay's durable consumer of every task event.
 pub const RELAY_EVENTS_CONSUMER: &str = "relay_events";
 /// Every delivery subject.

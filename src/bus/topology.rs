@@ -172,6 +172,16 @@ fn bucket_config(
     }
 }
 
+/// The worker registry (see `registry.rs`): each announcement carries its own TTL; an expired
+/// one leaves a delete marker for a second.
+fn registry_config(cfg: &TopologyConfig) -> kv::Config {
+    let what = (subjects::WORKER_BUCKET, "live workers and relays");
+    kv::Config {
+        limit_markers: Some(Duration::from_secs(1)),
+        ..bucket_config(cfg, what, Duration::ZERO)
+    }
+}
+
 /// The relay's cursor on the ledger. It exists from the first start of any process, so events
 /// published before the relay first runs are still delivered.
 async fn ensure_relay_cursor(events: &stream::Stream) -> Result<(), BusError> {
@@ -283,6 +293,7 @@ impl Topology {
             .op("open bucket")?;
         let state = (subjects::DESTINATION_BUCKET, "relay destination state");
         let destinations = ensure_bucket(js, bucket_config(cfg, state, Duration::ZERO)).await?;
+        ensure_bucket(js, registry_config(cfg)).await?;
         ensure_relay_cursor(&events).await?;
         Ok(Self {
             tasks,

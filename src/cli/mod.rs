@@ -7,6 +7,7 @@ mod pulse;
 mod pulse_status;
 mod spool;
 mod task;
+mod workers;
 
 use crate::config::Config;
 use crate::health::{self, Health};
@@ -50,6 +51,8 @@ pub enum Command {
     AsyncTask(Box<pulse::AsyncTaskArgs>),
     /// Create, inspect and change tasks over the API.
     Task(Box<task::TaskArgs>),
+    /// The workers and relays alive now (the worker registry), over the API.
+    Workers(Box<workers::WorkersArgs>),
     /// Write the NATS server's users and permissions (one user per process) and an env file
     /// with each process's credentials.
     #[command(name = "nats-config")]
@@ -192,6 +195,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     let config = cli.config;
     let outcome = match cli.command {
         Command::Task(args) => return task::run(*args).await,
+        Command::Workers(args) => return workers::run(*args).await,
         Command::Up(args) => serve_command(config, |cfg, t| up(cfg, args, t)).await,
         Command::Api(args) => serve_command(config, |cfg, t| api(cfg, args, t)).await,
         Command::Worker(args) => serve_command(config, |cfg, t| worker(cfg, args, t)).await,

@@ -4,9 +4,9 @@
 //!
 //! | user | publishes | subscribes | JetStream |
 //! |---|---|---|---|
-//! | `api` | `tasks.>`, `ledger.>`, `deliveries.>`, `dead.*.*`, the four KV buckets, `control.<a>.>` per assignee, replies to requests it got | its inbox, `queue.check.*` | creates and updates the streams and buckets; direct gets on all; leader reads and purges (retention) of `EVENTS`; consumers on `EVENTS`; deletes queue messages |
-//! | `relay` | `deliveries.>`, `ledger.*.*.stalled`, KV `deliveries`, `relay_destinations` | its inbox | pulls `relay_events` and `relay_*` on `DELIVERIES`; reads the ledger (direct and leader gets), the queue and delivery records (direct gets) |
-//! | `worker-<a>` | `ledger.<a>.>`, `dead.<a>.*`, `wake.<a>`, `queue.check.<a>`, replies to requests it got | `tasks.<a>.>`, `wake.<a>`, `events.<a>.>`, `control.<a>.>`, its inbox | creates and pulls `worker_<a>_<p0,p1,p2>` (filter `tasks.<a>.<p>.*` only); direct gets of `events.<a>.>` by literal subject |
+//! | `api` | `tasks.>`, `ledger.>`, `deliveries.>`, `dead.*.*`, the five KV buckets, `control.<a>.>` per assignee, replies to requests it got | its inbox, `queue.check.*` | creates and updates the streams and buckets; direct gets on all; leader reads and purges (retention) of `EVENTS`; consumers on `EVENTS`; deletes queue messages |
+//! | `relay` | `deliveries.>`, `ledger.*.*.stalled`, KV `deliveries`, `relay_destinations`, `taskfleet_workers` under `relay._` | its inbox | pulls `relay_events` and `relay_*` on `DELIVERIES`; reads the ledger (direct and leader gets), the queue and delivery records (direct gets) |
+//! | `worker-<a>` | `ledger.<a>.>`, `dead.<a>.*`, `wake.<a>`, `queue.check.<a>`, KV `taskfleet_workers` under `worker.<a>`, replies to requests it got | `tasks.<a>.>`, `wake.<a>`, `events.<a>.>`, `control.<a>.>`, its inbox | creates and pulls `worker_<a>_<p0,p1,p2>` (filter `tasks.<a>.<p>.*` only); direct gets of `events.<a>.>` by literal subject |
 //!
 //! Everyone may also ask `$SYS.REQ.USER.INFO` (its own permissions) and stream info of the
 //! fleet's streams (how a process opens the topology it may not create).
@@ -102,13 +102,20 @@ pub fn fleet_streams() -> Vec<String> {
     s
 }
 
-fn buckets() -> [&'static str; 4] {
+fn buckets() -> [&'static str; 5] {
     [
         subjects::META_BUCKET,
         subjects::IDEMPOTENCY_BUCKET,
         subjects::DELIVERY_BUCKET,
         subjects::DESTINATION_BUCKET,
+        subjects::WORKER_BUCKET,
     ]
+}
+
+/// Announcing oneself in the worker registry under `prefix` (`worker.<a>`, `relay._`).
+fn announce(p: &mut UserPermissions, prefix: &str) {
+    p.publish
+        .push(format!("$KV.{}.{prefix}.>", subjects::WORKER_BUCKET));
 }
 
 fn common(user: &str) -> UserPermissions {
@@ -187,6 +194,7 @@ fn relay(p: &mut UserPermissions) {
     p.publish
         .push(consumer_api("MSG.NEXT", events, Some(consumer)));
     p.publish.extend(acks(events, consumer));
+    announce(p, "relay._");
 
     // One durable `relay_<key>` per destination, filtered on `deliveries.<key>`.
     let deliveries = subjects::DELIVERIES_STREAM;
@@ -248,6 +256,7 @@ fn worker(p: &mut UserPermissions, a: &Assignee) {
     ));
     p.publish.push(subjects::dead_filter(Some(a)));
     p.publish.push(subjects::wake(a));
+    announce(p, &format!("worker.{a}"));
     // Asks the API to move aside a queue message its reader connection could not parse.
     p.publish.push(subjects::queue_check(Some(a)));
     // Answers to stdin writes (`control.<a>.<id>.input` requests from the API).

@@ -242,9 +242,20 @@ pub fn parse_notify(entry: &serde_json::Value) -> Result<NotifyEntry, Destinatio
                 (Some(session_id), name) => Ok(NotifyEntry::Session { name, session_id }),
             }
         }
-        obj @ serde_json::Value::Object(_) => serde_json::from_value(obj.clone())
-            .map(NotifyEntry::Inline)
-            .map_err(|e| DestinationError::Invalid(e.to_string())),
+        obj @ serde_json::Value::Object(_) => {
+            let dest: Destination = serde_json::from_value(obj.clone())
+                .map_err(|e| DestinationError::Invalid(e.to_string()))?;
+            // Whoever may create a task must not run commands on the relay's host: a command
+            // destination comes from the relay's config only.
+            if matches!(dest, Destination::Command { .. }) {
+                return Err(DestinationError::Invalid(
+                    "a command destination can only be configured in the relay's config \
+                     ([relay.destinations.<name>]), then named in notify"
+                        .into(),
+                ));
+            }
+            Ok(NotifyEntry::Inline(dest))
+        }
         other => Err(DestinationError::Invalid(format!(
             "expected a destination name or object, got {other}"
         ))),
@@ -273,6 +284,13 @@ pub enum NotifyEntry {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_task_cannot_bring_its_own_command_destination() {
+        let entry = json!({"type": "command", "argv": ["touch", "/tmp/pwned"]});
+        let refused = parse_notify(&entry).unwrap_err().to_string();
+        assert!(refused.contains("relay's config"), "{refused}");
+    }
 
     #[test]
     fn notify_entries_are_names_or_typed_objects() {

@@ -89,6 +89,19 @@ pub async fn run_with_health(
     )
     .map_err(|e| RelayError::Config(e.to_string()))?;
     let tasks = TaskService::new(bus.clone(), Arc::new(crate::metrics::Metrics::default()));
+    let me = crate::registry::Announcement::new(
+        &format!("relay@{}", std::process::id()),
+        "relay",
+        None,
+        named.len(),
+        Duration::from_secs(cfg.registry_ttl_s),
+    );
+    let announced = tokio::spawn(crate::registry::keep_announced(
+        bus.clone(),
+        me,
+        Vec::new,
+        shutdown.clone(),
+    ));
     let delivery = Delivery::new(
         bus,
         sinks,
@@ -124,5 +137,6 @@ pub async fn run_with_health(
     health.set_phase(Phase::Draining);
     shutdown.cancel();
     delivery.wait().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), announced).await;
     Ok(result?)
 }

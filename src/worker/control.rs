@@ -74,6 +74,12 @@ impl Running {
             .collect()
     }
 
+    /// The ids of the tasks running now.
+    pub(super) fn ids(&self) -> Vec<String> {
+        let running = self.0.lock().expect("running lock");
+        running.keys().map(|id| id.to_string()).collect()
+    }
+
     pub(super) fn len(&self) -> usize {
         self.0.lock().expect("running lock").len()
     }

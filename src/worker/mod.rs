@@ -77,6 +77,17 @@ async fn handed_back(tracker: &TaskTracker, bus: &Bus, kill_grace: Duration) -> 
     }
 }
 
+/// What this worker announces in the worker registry.
+fn announcement(opts: &WorkerOptions) -> crate::registry::Announcement {
+    crate::registry::Announcement::new(
+        &opts.worker_id,
+        "worker",
+        Some(opts.assignee.as_str()),
+        opts.concurrency,
+        Duration::from_secs(opts.settings.registry_ttl_s),
+    )
+}
+
 /// A readable, unique worker id: `<host>-<pid>-<random>`.
 pub fn default_worker_id(assignee: &Assignee) -> String {
     let host = std::fs::read_to_string("/etc/hostname")
@@ -176,6 +187,16 @@ pub async fn run_with_health(
         ctx.running.clone(),
         listening.clone(),
     ));
+    let announcing = CancellationToken::new();
+    let announced = tokio::spawn(crate::registry::keep_announced(
+        bus.clone(),
+        announcement(&opts),
+        {
+            let running = ctx.running.clone();
+            move || running.ids()
+        },
+        announcing.clone(),
+    ));
     tracing::info!(assignee = %opts.assignee, worker = %opts.worker_id, concurrency = opts.concurrency, "worker pulling");
     health.set_phase(Phase::Running);
 
@@ -245,6 +266,8 @@ pub async fn run_with_health(
     }
     listening.cancel();
     let _ = tokio::time::timeout(FLUSH_LIMIT, listener).await;
+    announcing.cancel();
+    let _ = tokio::time::timeout(FLUSH_LIMIT, announced).await;
     // Acks and hand-backs must reach the server before the process may exit; a flush waits for
     // a connection, so not while there is none.
     if bus.is_connected() {

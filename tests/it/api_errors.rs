@@ -61,6 +61,14 @@ async fn invalid_create_bodies_get_400_or_422_with_a_code_and_message_and_write_
             "priority",
         ),
         (
+            "a command destination in notify (it would run on the relay's host)",
+            json!({"task_name": "t", "assigned_to": "anna",
+                "notify": [{"type": "command", "argv": ["touch", "/tmp/x"]}]})
+            .to_string(),
+            invalid,
+            "command",
+        ),
+        (
             "unknown priority high",
             json!({"task_name": "t", "assigned_to": "anna", "priority": "high"}).to_string(),
             invalid,

@@ -5,6 +5,7 @@ mod harness;
 
 mod api_auth;
 mod api_errors;
+mod api_openapi;
 mod api_tasks;
 mod cli;
 mod cluster;
@@ -32,3 +33,4 @@ mod workers_fastpath;
 mod workers_hook;
 mod workers_io;
 mod workers_process;
+mod workers_registry;
