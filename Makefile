@@ -10,7 +10,7 @@
 #   make bench-workers [ARGS=…]    the taskfleet side of `make bench` alone (JSON on stdout)
 #   make bench-relay               relay delivery rate, 1 and 100 destinations
 #   make bench-scale [ARGS=…]      read routes with 10k/100k/1M tasks stored (1M: long; see docs)
-#   make chaos [ARGS=…]            fault suite: kill -9 worker/nats/relay/leader, SIGTERM, junk (~6 min + build)
+#   make chaos [ARGS=…]            fault suite: kill -9 worker/nats/relay/leader, SIGTERM, junk (~3.5 min + build)
 #
 # nats-server >= 2.12 comes from $NATS_SERVER_BIN, PATH, or is installed into
 # .tools/nats by scripts/ensure-nats.sh; its path is exported as NATS_SERVER_BIN.

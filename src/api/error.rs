@@ -92,6 +92,10 @@ impl From<TaskError> for ApiError {
                 code: "contended",
                 message: e.to_string(),
             },
+            TaskError::Bus(crate::bus::BusError::TooLarge(why)) => Self::Unprocessable(format!(
+                "the task's record would be too large to store ({why}); send a smaller result, \
+                 error or payload"
+            )),
             TaskError::Bus(b) => Self::Unavailable(b.into()),
         }
     }

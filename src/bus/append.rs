@@ -6,7 +6,7 @@
 //! nats-server 2.11, `Nats-Expected-Last-Subject-Sequence-Subject`, which names the subject the
 //! check uses (say `events.anna.T1.*`) instead of the message's own.
 
-use super::{message_headers, BusError, NatsResultExt};
+use super::{message_headers, BusError};
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::ErrorCode;
 use async_nats::HeaderMap;
@@ -70,8 +70,7 @@ impl Append {
         let ack = js
             .publish_with_headers(self.subject.clone(), self.headers(), self.payload.clone())
             .await
-            .op("append")
-            .map_err(AppendError::Unknown)?;
+            .map_err(|e| publish_error("append", e))?;
         Ok(Sent(ack))
     }
 }
@@ -102,17 +101,31 @@ pub async fn send_batch(
         client
             .publish_with_headers(a.subject.clone(), h, a.payload.clone())
             .await
-            .op("append batch")
-            .map_err(AppendError::Unknown)?;
+            .map_err(|e| match e.kind() {
+                async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
+                    AppendError::Refused(BusError::TooLarge(e.to_string()))
+                }
+                _ => AppendError::Unknown(BusError::from_op("append batch", e)),
+            })?;
     }
     let mut h = batch_headers(last, false, &batch_id, batch.len());
     h.insert(BATCH_COMMIT, "1");
     let ack = js
         .publish_with_headers(last.subject.clone(), h, last.payload.clone())
         .await
-        .op("append batch")
-        .map_err(AppendError::Unknown)?;
+        .map_err(|e| publish_error("append batch", e))?;
     Ok(Sent(ack))
+}
+
+/// A publish that failed before reaching the stream: too large for good, else unknown (the
+/// connection is gone; sending again is safe).
+fn publish_error(op: &'static str, e: async_nats::jetstream::context::PublishError) -> AppendError {
+    match e.kind() {
+        PublishErrorKind::MaxPayloadExceeded => {
+            AppendError::Refused(BusError::TooLarge(e.to_string()))
+        }
+        _ => AppendError::Unknown(BusError::from_op(op, e)),
+    }
 }
 
 /// [`send_batch`] and wait for its answer: the last message's sequence.

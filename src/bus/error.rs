@@ -40,6 +40,10 @@ pub enum BusError {
         /// Cause.
         source: serde_json::Error,
     },
+    /// The message is larger than NATS accepts (`max_payload`, a stream's `max_msg_size`):
+    /// sending it again cannot help.
+    #[error("the message is too large for NATS ({0})")]
+    TooLarge(String),
     /// Any other failed operation.
     #[error("NATS operation `{op}` failed")]
     Op {

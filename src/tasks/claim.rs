@@ -5,7 +5,7 @@ use super::ledger;
 use super::queue::{decode_queued, queued_task, recorded_by, QueuedMessage};
 use super::write::Step;
 use super::{claimed_by, transition_event, with_event, TaskError, TaskService};
-use crate::bus::{encode, message_headers, subjects, NatsResultExt};
+use crate::bus::{encode, message_headers, subjects, BusError, NatsResultExt};
 use crate::domain::{now, EventKind, NewTask, Task, TaskId, TaskStatus};
 use crate::metrics::task_labels;
 use std::time::Duration;
@@ -52,6 +52,26 @@ impl TaskService {
     /// delivered this message before (the previous holder stopped acknowledging it).
     #[tracing::instrument(skip_all, fields(worker = worker, seq = msg.seq))]
     pub async fn claim_for_worker(
+        &self,
+        msg: QueuedMessage<'_>,
+        worker: &str,
+        redelivered: bool,
+    ) -> Result<ClaimOutcome, TaskError> {
+        match self.claim_message(msg, worker, redelivered).await {
+            // A task whose records cannot be stored never can: moved aside, not retried forever.
+            Err(TaskError::Bus(BusError::TooLarge(why))) => {
+                let why = format!("the task is too large to record ({why})");
+                if let Some(refused) = super::queue::refused_task(msg, &why) {
+                    self.dead_letter(&refused).await?;
+                }
+                Ok(ClaimOutcome::Invalid(why))
+            }
+            other => other,
+        }
+    }
+
+    /// [`claim_for_worker`](Self::claim_for_worker), a task too large to record an error.
+    async fn claim_message(
         &self,
         msg: QueuedMessage<'_>,
         worker: &str,

@@ -98,12 +98,26 @@ impl TaskService {
                 task,
                 created: true,
             }),
-            // A reader of the queue materialised it first: it is still this call's task.
+            // A reader of the queue materialised it first (or a worker claimed it): it is
+            // still this call's task.
             false => Ok(Created {
-                task: self.get(&id).await?,
+                task: self.get_written(&id).await?,
                 created: true,
             }),
         }
+    }
+
+    /// A task whose record the leader just refused to overwrite (so it exists): reads may go
+    /// to a replica that has not applied it yet (a 3-node cluster), so a miss is read again for
+    /// up to about a second before it counts.
+    async fn get_written(&self, id: &TaskId) -> Result<Task, TaskError> {
+        for wait_ms in [0, 5, 10, 20, 40, 80, 160, 320, 400] {
+            tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+            if let Some(task) = self.load(id).await? {
+                return Ok(task);
+            }
+        }
+        Err(TaskError::NotFound(id.clone()))
     }
 
     /// Records `created` for a queued task: the first message of its ledger. False when the

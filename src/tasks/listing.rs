@@ -152,7 +152,7 @@ impl TaskService {
         }
         let queued = candidates[0].subject.starts_with("tasks.");
         let tasks: Vec<Task> = if queued {
-            self.queued_states(candidates).await?
+            self.queued_states(candidates, false).await?
         } else {
             let keys: Vec<(Assignee, TaskId)> = candidates
                 .iter()

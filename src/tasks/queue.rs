@@ -8,7 +8,7 @@
 
 use super::ledger::{self, Stored};
 use super::{TaskError, TaskService};
-use crate::bus::{direct, subjects};
+use crate::bus::{direct, subjects, BusError};
 use crate::domain::{Assignee, EventKind, NewTask, Priority, Task, TaskId, TaskStatus};
 use async_nats::jetstream::message::StreamMessage;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -209,7 +209,7 @@ impl TaskService {
                 if batch.is_empty() {
                     break;
                 }
-                for t in self.queued_states(&batch).await? {
+                for t in self.queued_states(&batch, true).await? {
                     // Messages of claimed tasks stay until their worker acks them: skip those.
                     if t.status == TaskStatus::Pending && seen.insert(t.id.clone()) {
                         out.push(t);
@@ -225,19 +225,15 @@ impl TaskService {
     pub(crate) async fn queued_states(
         &self,
         msgs: &[StreamMessage],
+        tidy: bool,
     ) -> Result<Vec<Task>, TaskError> {
-        let decoded: Vec<(usize, TaskId, NewTask)> = msgs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, m)| match decode_queued(m.into()) {
-                Ok((id, new)) => Some((i, id, new)),
-                Err(why) => {
-                    tracing::warn!(seq = m.sequence, subject = %m.subject, why,
-                        "skipping invalid task message");
-                    None
-                }
-            })
-            .collect();
+        let mut decoded: Vec<(usize, TaskId, NewTask)> = Vec::with_capacity(msgs.len());
+        for (i, m) in msgs.iter().enumerate() {
+            match decode_queued(m.into()) {
+                Ok((id, new)) => decoded.push((i, id, new)),
+                Err(why) => self.set_aside(m, &why, tidy).await,
+            }
+        }
         let keys: Vec<(Assignee, TaskId)> = decoded
             .iter()
             .map(|(_, id, new)| (new.assigned_to.clone(), id.clone()))
@@ -249,15 +245,33 @@ impl TaskService {
                 Some(s) => out.push(s.task),
                 None => {
                     let mut task = queued_task((&msgs[i]).into(), id.clone(), new);
-                    if self.record_new(&mut task, "nats").await? {
-                        out.push(task);
-                    } else if let Some(t) = self.load(&id).await? {
-                        out.push(t);
+                    match self.record_new(&mut task, "nats").await {
+                        Ok(true) => out.push(task),
+                        Ok(false) => out.extend(self.load(&id).await?),
+                        Err(TaskError::Bus(BusError::TooLarge(why))) => {
+                            let why = format!("the task is too large to record ({why})");
+                            self.set_aside(&msgs[i], &why, tidy).await;
+                        }
+                        Err(e) => return Err(e),
                     }
                 }
             }
         }
         Ok(out)
+    }
+
+    /// With `tidy` (the API's pending list), moves a queue message that can never become a
+    /// task to the dead letters, so no reader meets it again; otherwise, or when it cannot be
+    /// moved (NATS failing), it is skipped this time.
+    async fn set_aside(&self, m: &StreamMessage, why: &str, tidy: bool) {
+        if !tidy {
+            tracing::debug!(seq = m.sequence, subject = %m.subject, why, "skipping a queue message that is no task");
+            return;
+        }
+        if let Err(e) = self.move_to_dead_letters(m.into(), why).await {
+            tracing::warn!(seq = m.sequence, subject = %m.subject, why, error.message = %e,
+                "skipping a queue message that is no task");
+        }
     }
 
     /// The latest record of each task (read from any replica), in as few requests as the

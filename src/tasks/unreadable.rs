@@ -211,15 +211,26 @@ impl TaskService {
             "no client can read this message: {problem} (headers: {:?})",
             raw::shown(&m.headers, SHOWN_HEADERS)
         );
-        match refused_task(msg, &why) {
+        self.move_to_dead_letters(msg, &why).await
+    }
+
+    /// Copies a queue message that can never become a task (`why`) to the dead letters (a
+    /// failed task of its subject's assignee, with the reason and the body), then removes it
+    /// from the queue.
+    pub(crate) async fn move_to_dead_letters(
+        &self,
+        msg: QueuedMessage<'_>,
+        why: &str,
+    ) -> Result<(), TaskError> {
+        match refused_task(msg, why) {
             Some(task) => self.dead_letter(&task).await?,
             // No assignee in the subject: no worker or list would ever take it.
-            None => tracing::warn!(subject = %m.subject, seq = m.seq, why,
-                "removing an unreadable message outside every assignee's queue"),
+            None => tracing::warn!(subject = %msg.subject, seq = msg.seq, why,
+                "removing a message outside every assignee's queue"),
         }
-        raw::delete(&self.bus.client, subjects::TASKS_STREAM, m.seq).await?;
-        tracing::warn!(subject = %m.subject, seq = m.seq, problem,
-            "moved an unreadable queue message to the dead letters");
+        raw::delete(&self.bus.client, subjects::TASKS_STREAM, msg.seq).await?;
+        tracing::warn!(subject = %msg.subject, seq = msg.seq, why,
+            "moved a queue message to the dead letters");
         Ok(())
     }
 }

@@ -498,3 +498,51 @@ async fn an_array_body_is_a_422_on_every_route_that_takes_a_body_and_writes_noth
     assert_eq!(tasks.len(), 1, "only the completed task: {tasks:?}");
     assert_eq!(tasks[0].status.as_str(), "completed");
 }
+
+#[tokio::test]
+async fn a_result_too_large_to_record_is_a_quick_422_and_the_task_keeps_running() {
+    // Arrange: a running task whose payload fills most of a record.
+    let app = TestApp::spawn().await;
+    let max = app.jetstream().await.client().server_info().max_payload;
+    let half = "x".repeat(max / 2);
+    let (status, task) = app
+        .call(
+            app.req(Method::POST, "/api/tasks")
+                .json(&json!({"task_name": "t", "assigned_to": "anna", "payload": {"blob": half}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = task["id"].as_str().unwrap().to_string();
+    let (status, _) = app
+        .call(app.req(Method::PUT, &format!("/api/tasks/{id}/start")))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Act
+    let started = std::time::Instant::now();
+    let (status, body) = app
+        .call(
+            app.req(Method::PUT, &format!("/api/tasks/{id}/complete"))
+                .json(&json!({"result": "y".repeat(max * 2 / 3)})),
+        )
+        .await;
+
+    // Assert
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("too large"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let (_, now) = app
+        .call(app.req(Method::GET, &format!("/api/tasks/{id}")))
+        .await;
+    assert_eq!(now["status"], "running");
+}

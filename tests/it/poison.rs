@@ -239,3 +239,98 @@ async fn the_relay_skips_an_event_with_unreadable_headers_and_delivers_the_next_
         .collect();
     assert_eq!(types, ["task.created", "task.started", "task.completed"]);
 }
+
+/// The largest message the test server accepts.
+async fn max_payload(app: &TestApp) -> usize {
+    app.jetstream().await.client().server_info().max_payload
+}
+
+#[tokio::test]
+async fn a_queued_task_too_large_to_record_is_dead_lettered_and_the_queue_goes_on() {
+    // Arrange: a noop whose body fits the queue but not a record (the record adds the event).
+    let app = TestApp::spawn().await;
+    let big = "x".repeat(max_payload(&app).await - 300);
+    let body = json!({"task_name": "huge", "payload": {"blob": big}}).to_string();
+    let js = app.jetstream().await;
+    js.publish("tasks.anna.p1.noop", body.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    publish_noop(&app, "tasks.anna.p1.noop", "01JTOOLARGEGOOD00000000001").await;
+
+    // Act
+    let _worker = app.worker("anna", 1, worker_settings()).await;
+    let good = finished(&app, "01JTOOLARGEGOOD00000000001", Duration::from_secs(20)).await;
+
+    // Assert: the good task ran; the huge one is a dead letter saying why, not retried forever.
+    assert_eq!(good.status.as_str(), "completed", "{:?}", good.error);
+    let q = [("assigned_to", "anna".to_string())];
+    let dead = crate::harness::eventually("the dead letter", Duration::from_secs(10), || async {
+        let dead = app.admin.dead_letters(&q).await.ok()?;
+        (dead.len() == 1).then_some(dead)
+    })
+    .await;
+    let why = dead[0].error.clone().unwrap_or_default();
+    assert!(why.contains("too large"), "{why}");
+}
+
+#[tokio::test]
+async fn the_pending_list_moves_junk_and_oversized_messages_to_the_dead_letters() {
+    // Arrange: on carol's bot-claimed queue, a body that is no JSON, one too large to record,
+    // and a good task.
+    let app = TestApp::spawn().await;
+    let js = app.jetstream().await;
+    js.publish("tasks.carol.p0", "not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let big = "x".repeat(max_payload(&app).await - 300);
+    let huge = json!({"task_name": "huge", "payload": {"blob": big}}).to_string();
+    js.publish("tasks.carol.p0", huge.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let good = app.create("good", "carol", "P0").await;
+
+    // Act: listed twice (the second time nothing is left to move).
+    let carol = [("assigned_to", "carol".to_string())];
+    let first = app
+        .admin
+        .pending(&carol)
+        .await
+        .expect("carol's pending list");
+    let second = app
+        .admin
+        .pending(&carol)
+        .await
+        .expect("carol's pending list again");
+
+    // Assert
+    let ids =
+        |ts: &[taskfleet::domain::Task]| ts.iter().map(|t| t.id.to_string()).collect::<Vec<_>>();
+    assert_eq!(ids(&first), ids(&second));
+    assert_eq!(ids(&second), [good]);
+    let dead = app.admin.dead_letters(&carol).await.unwrap();
+    let mut reasons: Vec<String> = dead
+        .iter()
+        .map(|t| t.error.clone().unwrap_or_default())
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("JSON")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("too large")),
+        "{reasons:?}"
+    );
+    let left = js
+        .get_stream("TASKS")
+        .await
+        .unwrap()
+        .cached_info()
+        .state
+        .messages;
+    assert_eq!(left, 1, "only the good task stays queued");
+}
