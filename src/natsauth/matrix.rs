@@ -219,9 +219,6 @@ fn relay(p: &mut UserPermissions) {
         .push(stream_api("MSG.GET", subjects::EVENTS_STREAM));
     p.publish.push(direct_get(subjects::EVENTS_STREAM, None));
     p.publish.push(direct_get(subjects::TASKS_STREAM, None));
-    // A delivery job no client can parse is read as JSON before its delivery is ended.
-    p.publish
-        .push(stream_api("MSG.GET", subjects::DELIVERIES_STREAM));
     // Delivery records: read by id with a direct get of a wildcard subject (in the body),
     // written as values and delete markers (a status change is one atomic batch of both).
     let records = subjects::DELIVERY_BUCKET;

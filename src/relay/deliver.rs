@@ -137,18 +137,18 @@ impl Delivery {
     async fn run_loop(&self, key: &str) -> Result<(), BusError> {
         // Opening the stream waits on JetStream, which may be unreachable: shutdown must not
         // wait for it (a delivery in flight, below, is still finished).
-        let (mut messages, mut resets) = tokio::select! {
-            m = self.open_queue(key) => m?,
+        let open = async {
+            let consumer = self.consumer(key).await?;
+            consumer.messages().await.op("read deliveries")
+        };
+        let mut messages = tokio::select! {
+            m = open => m?,
             _ = self.shutdown.cancelled() => return Ok(()),
         };
         let mut lane = Lane::default();
         loop {
             let msg = tokio::select! {
                 m = messages.next() => m,
-                _ = resets.changed() => {
-                    self.reader_lost(key).await;
-                    continue;
-                }
                 _ = self.shutdown.cancelled() => return Ok(()),
             };
             match msg {
@@ -175,52 +175,6 @@ impl Delivery {
                     })
                 }
             }
-        }
-    }
-
-    /// A destination's queue, read over the bus's reader connection (a message async-nats
-    /// cannot parse drops that one only, see [`Bus::reader`](crate::bus::Bus::reader)), and
-    /// what wakes when that connection drops.
-    async fn open_queue(
-        &self,
-        key: &str,
-    ) -> Result<(pull::Stream, tokio::sync::watch::Receiver<u64>), BusError> {
-        let name = self.consumer(key).await?.cached_info().name.clone();
-        let reader = self.bus.reader().await?;
-        let mut resets = reader.resets();
-        resets.borrow_and_update();
-        let consumer: PullConsumer = async_nats::jetstream::new(reader.client.clone())
-            .get_consumer_from_stream(&name, subjects::DELIVERIES_STREAM)
-            .await
-            .map_err(|source| BusError::Op {
-                op: "open delivery consumer",
-                source: Box::new(source),
-            })?;
-        Ok((consumer.messages().await.op("read deliveries")?, resets))
-    }
-
-    /// After the reader connection dropped: a delivery job whose headers no client can parse is
-    /// the one delivered and not acknowledged; its delivery is ended with the reason (logged).
-    async fn reader_lost(&self, key: &str) {
-        let (stream, consumer) = (
-            &self.bus.topology.deliveries,
-            subjects::delivery_consumer(key),
-        );
-        let filter = subjects::delivery(key);
-        let ended = crate::bus::raw::term_unreadable(&self.bus.client, stream, &consumer, &filter);
-        match ended.await {
-            Ok(ended) => {
-                for (seq, problem) in ended {
-                    tracing::warn!(
-                        destination = key,
-                        seq,
-                        problem,
-                        "skipping a delivery job no client can read"
-                    );
-                }
-            }
-            Err(e) => tracing::warn!(destination = key, error.message = %e,
-                "delivery reader connection lost; cannot check the delivered job"),
         }
     }
 

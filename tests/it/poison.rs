@@ -334,35 +334,3 @@ async fn the_pending_list_moves_junk_and_oversized_messages_to_the_dead_letters(
         .messages;
     assert_eq!(left, 1, "only the good task stays queued");
 }
-
-#[tokio::test]
-async fn a_destinations_queue_skips_a_job_with_unreadable_headers_and_delivers_the_next() {
-    // Arrange: a named webhook whose queue (`deliveries.n_hook`) holds an unreadable job before
-    // the relay starts.
-    let app = TestApp::spawn().await;
-    let (hook, receiver) = crate::relay::Receiver::start().await;
-    publish_raw(&app.nats.url(), "deliveries.n_hook", POISON_HEADERS, b"{}").await;
-    let mut settings = crate::harness::app::relay_settings();
-    let dest = json!({"type": "webhook", "url": hook});
-    settings
-        .destinations
-        .insert("hook".into(), serde_json::from_value(dest).unwrap());
-    let _relay = app.relay(settings).await;
-
-    // Act
-    app.admin
-        .create_task(
-            &json!({"task_name": "after the unreadable job", "assigned_to": "anna",
-            "notify": ["hook"]}),
-        )
-        .await
-        .unwrap();
-
-    // Assert: the task's `created` arrives.
-    let seen = crate::harness::eventually("a delivery", Duration::from_secs(30), || async {
-        let s = receiver.seen.lock().unwrap().clone();
-        (!s.is_empty()).then_some(s)
-    })
-    .await;
-    assert_eq!(seen[0].1["type"], "task.created");
-}
