@@ -103,27 +103,6 @@ pub async fn get(
     }
 }
 
-/// Removes message `seq` from `stream` (a quarantined one, copied aside first).
-pub async fn delete(client: &async_nats::Client, stream: &str, seq: u64) -> Result<(), BusError> {
-    let body = serde_json::json!({ "seq": seq, "no_erase": true });
-    let answer = client
-        .request(
-            format!("$JS.API.STREAM.MSG.DELETE.{stream}"),
-            body.to_string().into(),
-        )
-        .await
-        .op("delete message")?;
-    let got: Answer = super::decode("MSG.DELETE answer", &answer.payload)?;
-    match got.error {
-        // Gone already (another reader moved it aside): what was asked for.
-        Some(e) if e.err_code != 10057 && e.code != 404 => Err(BusError::Op {
-            op: "delete message",
-            source: e.description.into(),
-        }),
-        _ => Ok(()),
-    }
-}
-
 /// Ends the delivery of message `stream_seq` of `consumer` with `+TERM <reason>`, sent to the
 /// acknowledgement subject the server gave the message (`$JS.ACK.<stream>.<consumer>.<delivery
 /// count>.<stream seq>.<consumer seq>.<time>.<pending>`; the server finds the delivery by its

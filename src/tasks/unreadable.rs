@@ -228,7 +228,7 @@ impl TaskService {
             None => tracing::warn!(subject = %msg.subject, seq = msg.seq, why,
                 "removing a message outside every assignee's queue"),
         }
-        raw::delete(&self.bus.client, subjects::TASKS_STREAM, msg.seq).await?;
+        self.dequeue(Some(msg.seq)).await;
         tracing::warn!(subject = %msg.subject, seq = msg.seq, why,
             "moved a queue message to the dead letters");
         Ok(())

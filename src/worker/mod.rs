@@ -77,15 +77,27 @@ async fn handed_back(tracker: &TaskTracker, bus: &Bus, kill_grace: Duration) -> 
     }
 }
 
-/// What this worker announces in the worker registry.
-fn announcement(opts: &WorkerOptions) -> crate::registry::Announcement {
-    crate::registry::Announcement::new(
+/// Keeps this worker announced in the worker registry, with the tasks it runs, until `stop`.
+fn spawn_announcer(
+    bus: &Bus,
+    opts: &WorkerOptions,
+    ctx: &Ctx,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let me = crate::registry::Announcement::new(
         &opts.worker_id,
         "worker",
         Some(opts.assignee.as_str()),
         opts.concurrency,
         Duration::from_secs(opts.settings.registry_ttl_s),
-    )
+    );
+    let running = ctx.running.clone();
+    tokio::spawn(crate::registry::keep_announced(
+        bus.clone(),
+        me,
+        move || running.ids(),
+        stop.clone(),
+    ))
 }
 
 /// A readable, unique worker id: `<host>-<pid>-<random>`.
@@ -188,15 +200,7 @@ pub async fn run_with_health(
         listening.clone(),
     ));
     let announcing = CancellationToken::new();
-    let announced = tokio::spawn(crate::registry::keep_announced(
-        bus.clone(),
-        announcement(&opts),
-        {
-            let running = ctx.running.clone();
-            move || running.ids()
-        },
-        announcing.clone(),
-    ));
+    let announced = spawn_announcer(&bus, &opts, &ctx, &announcing);
     tracing::info!(assignee = %opts.assignee, worker = %opts.worker_id, concurrency = opts.concurrency, "worker pulling");
     health.set_phase(Phase::Running);
 
