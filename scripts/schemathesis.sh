@@ -184,7 +184,7 @@ before_tasks = {t: Counter(c) for t, c in before["tasks"].items()}
 after = snapshot()
 VERBS = {"start": "start", "complete": "complete", "fail": "fail", "cancel": "cancel",
          "retry": "retry", "step": "step", "next": "step", "heartbeat": "heartbeat",
-         "progress": "progress"}
+         "progress": "progress", "reschedule": "scheduled"}
 explained, created, removed, queued = {}, set(), 0, 0
 for e in json.load(open(har))["log"]["entries"]:
     method, path = e["request"]["method"], e["request"]["url"].split("?")[0][len(api):]
@@ -195,6 +195,15 @@ for e in json.load(open(har))["log"]["entries"]:
     headers = {h["name"].lower(): h["value"] for h in e["response"]["headers"]}
     parts = path.strip("/").split("/")
     if method == "POST" and path == "/api/tasks" and status == 201:
+        task = json.loads(body)
+        created.add(task["id"])
+        # A delayed task's first record is `scheduled`; `create` follows when it fires.
+        first = "scheduled" if task["status"] == "scheduled" else "create"
+        explained.setdefault(task["id"], Counter())[first] += 1
+    elif method == "POST" and path == "/api/tasks" and "taskfleet-folded-into" in headers:
+        explained.setdefault(headers["taskfleet-folded-into"], Counter())["scheduled"] += 1
+    elif (method == "POST" and len(parts) == 4 and parts[:2] == ["api", "schedules"]
+            and parts[3] == "trigger" and status == 201):
         task = json.loads(body)["id"]
         created.add(task)
         explained.setdefault(task, Counter())["create"] += 1
@@ -207,6 +216,12 @@ for e in json.load(open(har))["log"]["entries"]:
     elif (method in ("PUT", "POST") and len(parts) == 4 and parts[:2] == ["api", "tasks"]
             and parts[3] in VERBS and headers.get("idempotent-replayed") != "true"):
         explained.setdefault(parts[2], Counter())[VERBS[parts[3]]] += 1
+
+# A delayed task that came due during the run was queued (`create`) by the pending list.
+for task, rows in after["tasks"].items():
+    want = explained.get(task, Counter())
+    if want["scheduled"] and rows["create"] > before_tasks.get(task, Counter())["create"]:
+        want["create"] += 1
 
 failures = []
 known = set(before_tasks) | created

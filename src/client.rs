@@ -248,6 +248,50 @@ impl ApiClient {
             .await
     }
 
+    /// `POST /api/schedules`: a new cron schedule (`{name, cron, timezone, task, overlap}`).
+    pub async fn create_schedule(
+        &self,
+        body: &Value,
+    ) -> Result<crate::schedules::ScheduleView, ClientError> {
+        self.send(self.request(Method::POST, "/api/schedules").json(body))
+            .await
+    }
+
+    /// `GET /api/schedules`: every schedule, by name.
+    pub async fn schedules(&self) -> Result<Vec<crate::schedules::ScheduleView>, ClientError> {
+        self.send(self.request(Method::GET, "/api/schedules")).await
+    }
+
+    /// `GET /api/schedules/{name}`, or with `method` PUT (and a body) / DELETE on it.
+    pub async fn schedule(
+        &self,
+        method: Method,
+        name: &str,
+        body: Option<&Value>,
+    ) -> Result<crate::schedules::ScheduleView, ClientError> {
+        let mut req = self.request(method, &format!("/api/schedules/{name}"));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        self.send(req).await
+    }
+
+    /// `POST /api/schedules/{name}/pause` or `/resume`.
+    pub async fn schedule_action(
+        &self,
+        name: &str,
+        verb: &str,
+    ) -> Result<crate::schedules::ScheduleView, ClientError> {
+        let path = format!("/api/schedules/{name}/{verb}");
+        self.send(self.request(Method::POST, &path)).await
+    }
+
+    /// `POST /api/schedules/{name}/trigger`: the schedule's task, created now.
+    pub async fn trigger_schedule(&self, name: &str) -> Result<Task, ClientError> {
+        let path = format!("/api/schedules/{name}/trigger");
+        self.send(self.request(Method::POST, &path)).await
+    }
+
     /// `GET /api/tasks/{id}/events`: every event so far, then live ones.
     pub async fn watch(
         &self,

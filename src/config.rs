@@ -41,6 +41,35 @@ pub struct Config {
     pub relay: RelayConfig,
     /// Logs and traces.
     pub telemetry: TelemetryConfig,
+    /// Delayed tasks and cron schedules.
+    pub scheduling: SchedulingConfig,
+    /// Cron schedules applied at API start-up (`[[schedules]]`): the config is the truth for
+    /// these names (a changed entry replaces the stored schedule).
+    pub schedules: Vec<ScheduleConfig>,
+}
+
+/// One `[[schedules]]` entry: the same fields as `POST /api/schedules`.
+pub type ScheduleConfig = crate::schedules::ScheduleSpec;
+
+/// Delayed tasks and cron schedules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulingConfig {
+    /// A cron tick handled later than this many seconds after it was due (every API was
+    /// down) is recorded as missed instead of creating its task. Default 300.
+    pub catch_up_s: u64,
+    /// How far ahead a delayed task may be scheduled (`run_at`, `delay_s`); further is a 422.
+    /// Default 365.
+    pub max_delay_days: u64,
+}
+
+impl Default for SchedulingConfig {
+    fn default() -> Self {
+        Self {
+            catch_up_s: 300,
+            max_delay_days: crate::domain::limits::MAX_DELAY_DAYS,
+        }
+    }
 }
 
 /// NATS connection and topology sizing.
@@ -464,6 +493,7 @@ impl Config {
         if w.weights.is_some_and(|ws| ws.iter().all(|&x| x == 0)) {
             return bad("worker.weights must not all be 0".into());
         }
+        self.validate_schedules()?;
         for k in &self.api.keys {
             if k.key.is_none() == k.key_env.is_none() {
                 return bad(format!(
@@ -481,6 +511,33 @@ impl Config {
                 if a != "*" && Assignee::parse(a).is_err() {
                     return bad(format!("api.keys `{}`: bad assignee {a:?}", k.name));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks `[[schedules]]` (each like `POST /api/schedules`, names unique) and `scheduling`.
+    fn validate_schedules(&self) -> Result<(), ConfigError> {
+        if self.scheduling.catch_up_s == 0 {
+            return Err(ConfigError::Invalid(
+                "scheduling.catch_up_s must be positive".into(),
+            ));
+        }
+        if !(1..=36_500).contains(&self.scheduling.max_delay_days) {
+            return Err(ConfigError::Invalid(
+                "scheduling.max_delay_days must be between 1 and 36500".into(),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &self.schedules {
+            if let Err(e) = s.check() {
+                return Err(ConfigError::Invalid(format!("schedules `{}`: {e}", s.name)));
+            }
+            if !seen.insert(&s.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "schedules: the name `{}` is used twice",
+                    s.name
+                )));
             }
         }
         Ok(())

@@ -8,6 +8,7 @@
 //! - [`domain`]: ids, names, priorities, the task record, events and the state machine (pure).
 //! - [`bus`]: NATS connection, the JetStream topology, and every subject name (`bus::subjects`).
 //! - [`tasks`]: the task service: create, claim, finish, cancel, retry, pending list, logs.
+//! - [`schedules`]: cron schedules: definitions in KV, ticks held by the broker, the scheduler.
 //! - [`registry`]: the worker registry: workers and relays announce themselves with a TTL.
 //! - [`api`]: the HTTP API (OpenTask routes, auth, errors, SSE, health, metrics).
 //! - [`serve`]: wiring a process: `taskfleet api` and the API part of `up`.
@@ -36,6 +37,7 @@ pub mod natsauth;
 pub mod natsd;
 pub mod registry;
 pub mod relay;
+pub mod schedules;
 pub mod secrets;
 pub mod serve;
 pub mod shutdown;

@@ -47,6 +47,15 @@ pub struct HttpLabels {
     pub status: String,
 }
 
+/// Labels of cron schedule ticks.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScheduleLabels {
+    /// The schedule's name.
+    pub schedule: String,
+    /// `created`, `skipped` or `missed`.
+    pub outcome: String,
+}
+
 type HistogramFamily = Family<HttpLabels, Histogram, fn() -> Histogram>;
 
 /// The metrics of one process.
@@ -65,6 +74,14 @@ pub struct Metrics {
     pub http_latency: HistogramFamily,
     /// Workers announced in the worker registry, per assignee (refreshed on every scrape).
     pub workers_online: Family<AssigneeLabel, Gauge>,
+    /// Delayed tasks waiting for their `run_at` (refreshed on every scrape).
+    pub tasks_scheduled: Gauge,
+    /// Seconds between a delayed task's `run_at` and when it was queued.
+    pub delayed_lag: Histogram,
+    /// Cron schedule ticks handled, per schedule and outcome.
+    pub schedule_ticks: Family<ScheduleLabels, Counter>,
+    /// Seconds between a tick's time and when it was handled.
+    pub schedule_lag: Histogram,
 }
 
 fn latency_histogram() -> Histogram {
@@ -86,6 +103,30 @@ impl Default for Metrics {
             workers_online.clone(),
         );
         registry.register("tasks_created", "Tasks created", tasks_created.clone());
+        let tasks_scheduled = Gauge::default();
+        registry.register(
+            "tasks_scheduled",
+            "Delayed tasks waiting for their run_at (schedule messages held by the broker)",
+            tasks_scheduled.clone(),
+        );
+        let delayed_lag = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "delayed_task_lag_seconds",
+            "Seconds between a delayed task's run_at and when it was queued (fire lag)",
+            delayed_lag.clone(),
+        );
+        let schedule_ticks = Family::<ScheduleLabels, Counter>::default();
+        registry.register(
+            "schedule_ticks",
+            "Cron schedule ticks handled, by schedule and outcome (created, skipped, missed)",
+            schedule_ticks.clone(),
+        );
+        let schedule_lag = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        registry.register(
+            "schedule_lag_seconds",
+            "Seconds between a cron schedule tick's time and when it was handled",
+            schedule_lag.clone(),
+        );
         registry.register(
             "tasks_started",
             "Task attempts started",
@@ -114,6 +155,10 @@ impl Default for Metrics {
             queue_depth,
             http_latency,
             workers_online,
+            tasks_scheduled,
+            delayed_lag,
+            schedule_ticks,
+            schedule_lag,
         }
     }
 }

@@ -56,8 +56,11 @@ pub fn api_state(
     shutdown: CancellationToken,
 ) -> anyhow::Result<AppState> {
     let keys = Keys::from_config(&cfg.api, admin_key, cfg.fleet.task_token_secret.as_ref())?;
+    let tasks = TaskService::new(bus, Arc::new(Metrics::default()))
+        .with_max_delay_days(cfg.scheduling.max_delay_days);
     Ok(AppState {
-        tasks: TaskService::new(bus, Arc::new(Metrics::default())),
+        schedules: crate::schedules::ScheduleService::new(tasks.clone(), cfg.scheduling.catch_up_s),
+        tasks,
         keys: Arc::new(keys),
         limits: Limits {
             body: cfg.api.body_limit,
@@ -89,6 +92,14 @@ pub fn spawn_sweeper(cfg: &Config, tasks: &TaskService, shutdown: &CancellationT
     });
 }
 
+/// Starts the cron scheduler (see `schedules/runner.rs`) until `shutdown`: it applies the
+/// config's `[[schedules]]`, then handles fired ticks; every API process runs one, sharing
+/// the ticks through one durable consumer.
+pub fn spawn_scheduler(cfg: &Config, state: &AppState, shutdown: &CancellationToken) {
+    let service = state.schedules.clone();
+    tokio::spawn(service.run(cfg.schedules.clone(), shutdown.clone()));
+}
+
 /// Serves the API on `listener` against NATS at `nats_url` until `shutdown` is cancelled, then
 /// drains the NATS connection.
 pub async fn run_api(
@@ -102,6 +113,7 @@ pub async fn run_api(
     let client = bus.client.clone();
     let state = api_state(cfg, bus, admin_key, shutdown.clone())?;
     spawn_sweeper(cfg, &state.tasks, &shutdown);
+    spawn_scheduler(cfg, &state, &shutdown);
     let router = api::router(state, Duration::from_secs(cfg.api.request_timeout_s));
     let served = api::serve(listener, router, shutdown).await;
     let _ = client.drain().await;

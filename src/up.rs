@@ -150,6 +150,7 @@ async fn run_services(
     };
     let state = serve::api_state(&cfg, bus.clone(), Some(&key), shutdown.clone())?;
     serve::spawn_sweeper(&cfg, &state.tasks, &shutdown);
+    serve::spawn_scheduler(&cfg, &state, &shutdown);
     let router = api::router(state, Duration::from_secs(cfg.api.request_timeout_s));
 
     // Every subsystem stops when the signal comes or when any of them fails.

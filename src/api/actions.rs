@@ -201,3 +201,47 @@ pub(super) async fn retry(
     })
     .await
 }
+
+/// The body of `reschedule`: the new time, as `run_at` (RFC 3339) or `delay_s` from now.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RescheduleBody {
+    #[serde(default, deserialize_with = "crate::domain::run_at_field")]
+    run_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
+    delay_s: Option<u64>,
+}
+
+impl RescheduleBody {
+    /// The time asked for; exactly one of the two fields must be given.
+    fn when(&self) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+        match (self.run_at, self.delay_s) {
+            (Some(at), None) => Ok(at),
+            (None, Some(s)) => {
+                let s = i64::try_from(s)
+                    .unwrap_or(i64::MAX / 1000)
+                    .min(i64::MAX / 1000);
+                Ok(crate::domain::now() + chrono::Duration::seconds(s))
+            }
+            _ => Err(ApiError::Unprocessable(
+                "give run_at (RFC 3339) or delay_s (seconds from now), exactly one".into(),
+            )),
+        }
+    }
+}
+
+/// `reschedule`: moves a scheduled (delayed) task to another time.
+pub(super) async fn reschedule(
+    State(state): State<AppState>,
+    who: Principal,
+    IdPath(id): IdPath,
+    key: IdempotencyKey,
+    JsonBody(body): JsonBody<RescheduleBody>,
+) -> Result<Acted, ApiError> {
+    let task = authorized_task(&state, &who, &id).await?;
+    let at = body.when()?;
+    act_once(&state, &task, "reschedule", key, || {
+        state.tasks.reschedule(&task.id, at, &who.name)
+    })
+    .await
+}

@@ -124,13 +124,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             }
         })?;
         let text: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
-        let parsed = serde_json::from_slice(text).map(JsonBody).map_err(|e| {
-            use serde_json::error::Category;
-            match e.classify() {
-                Category::Data => ApiError::Unprocessable(e.to_string()),
-                _ => ApiError::BadRequest(format!("malformed JSON: {e}")),
-            }
-        })?;
+        let mut json = serde_json::Deserializer::from_slice(text);
+        let parsed = serde_path_to_error::deserialize(&mut json)
+            .map_err(|e| (e.path().to_string(), e.into_inner()))
+            .and_then(|v| {
+                json.end()
+                    .map(|_| JsonBody(v))
+                    .map_err(|e| (String::new(), e))
+            })
+            .map_err(|(field, inner)| body_error(&field, inner))?;
         // Every body is an object (or none); serde would read a struct from an array too.
         if text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
             return Err(ApiError::Unprocessable(
@@ -138,6 +140,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             ));
         }
         Ok(parsed)
+    }
+}
+
+/// A body serde refused: malformed JSON is a 400; JSON of the wrong shape a 422 naming the
+/// field by its path (`delay_s`, `notify[2]`) unless the message names it already.
+fn body_error(field: &str, inner: serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    let message = inner.to_string();
+    match inner.classify() {
+        Category::Data if field.is_empty() || field == "." || message.starts_with(field) => {
+            ApiError::Unprocessable(message)
+        }
+        Category::Data => ApiError::Unprocessable(format!("{field}: {message}")),
+        _ => ApiError::BadRequest(format!("malformed JSON: {message}")),
     }
 }
 

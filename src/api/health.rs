@@ -58,6 +58,14 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         }
         Err(e) => tracing::warn!(error.message = %e, "queue depth unavailable"),
     }
+    let client = &state.tasks.bus().client;
+    let (stream, held) = (subjects::TASKS_STREAM, subjects::ALL_SCHEDULED);
+    match crate::bus::direct::count_after(client, stream, held, 0).await {
+        Ok(n) => {
+            metrics.tasks_scheduled.set(n as i64);
+        }
+        Err(e) => tracing::warn!(error.message = %e, "scheduled count unavailable"),
+    }
     (
         [(
             header::CONTENT_TYPE,

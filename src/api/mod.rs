@@ -8,6 +8,7 @@
 //! - `deliveries.rs`: push ingest and the relay's deliveries (list, replay);
 //! - `health.rs`: `/healthz`, `/metrics` and request timing;
 //! - `workers.rs`: `/api/workers`, the worker registry;
+//! - `schedules.rs`: `/api/schedules`, cron schedules;
 //! - `openapi.rs`: `/api/openapi.json`, the OpenAPI document of every route here;
 //! - `auth.rs`, `error.rs`, `state.rs`: keys, errors, shared state.
 
@@ -20,6 +21,7 @@ mod health;
 mod openapi;
 mod progress;
 mod runs;
+mod schedules;
 mod state;
 mod tasks;
 mod workers;
@@ -63,6 +65,10 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             put(actions::retry).post(actions::retry),
         )
         .route(
+            "/api/tasks/{id}/reschedule",
+            put(actions::reschedule).post(actions::reschedule),
+        )
+        .route(
             "/api/tasks/{id}/step",
             put(progress::step).post(progress::step),
         )
@@ -91,6 +97,19 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             post(deliveries::replay_destination),
         )
         .route("/api/workers", get(workers::list))
+        .route(
+            "/api/schedules",
+            post(schedules::create).get(schedules::list),
+        )
+        .route(
+            "/api/schedules/{name}",
+            get(schedules::get_one)
+                .put(schedules::replace)
+                .delete(schedules::delete),
+        )
+        .route("/api/schedules/{name}/pause", post(schedules::pause))
+        .route("/api/schedules/{name}/resume", post(schedules::resume))
+        .route("/api/schedules/{name}/trigger", post(schedules::trigger))
         .route("/api/openapi.json", get(openapi::serve))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(health::metrics))

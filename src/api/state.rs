@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 pub struct AppState {
     /// Task operations.
     pub tasks: TaskService,
+    /// Cron schedules.
+    pub schedules: crate::schedules::ScheduleService,
     /// Accepted API keys.
     pub keys: Arc<Keys>,
     /// Page sizes and limits.

@@ -53,7 +53,22 @@ pub(super) async fn create(
         StatusCode::OK
     };
     let location = format!("/api/tasks/{}", created.task.id);
-    Ok((status, [(header::LOCATION, location)], Json(created.task)))
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(
+        header::LOCATION,
+        location.parse().expect("a task path is a header value"),
+    );
+    if created.folded {
+        // The task this create was folded into (its debounce key's waiting task).
+        let id = created
+            .task
+            .id
+            .as_str()
+            .parse()
+            .expect("a task id is a header value");
+        headers.insert("taskfleet-folded-into", id);
+    }
+    Ok((status, headers, Json(created.task)))
 }
 
 /// `GET /api/tasks/{id}`.

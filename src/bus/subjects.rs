@@ -62,6 +62,16 @@ pub const RELAY_EVENTS_CONSUMER: &str = "relay_events";
 pub const ALL_DELIVERIES: &str = "deliveries.>";
 /// Every task subject.
 pub const ALL_TASKS: &str = "tasks.>";
+/// Every delayed task's schedule message (`scheduled.<assignee>.<id>`, in `TASKS`).
+pub const ALL_SCHEDULED: &str = "scheduled.>";
+/// Every cron schedule's messages (`schedules.<name>.next|tick`, in `TASKS`).
+pub const ALL_SCHEDULES: &str = "schedules.>";
+/// KV bucket of cron schedules: one entry per schedule name (definition and state).
+pub const SCHEDULES_BUCKET: &str = "taskfleet_schedules";
+/// The API replicas' shared durable consumer of fired schedule ticks (on `TASKS`).
+pub const SCHEDULER_CONSUMER: &str = "scheduler";
+/// Every fired tick of every cron schedule: what [`SCHEDULER_CONSUMER`] pulls.
+pub const SCHEDULE_TICKS: &str = "schedules.*.tick";
 /// Every dead-letter subject.
 pub const ALL_DEAD: &str = "dead.>";
 /// Every event subject.
@@ -74,6 +84,32 @@ pub fn task(assignee: &Assignee, priority: Priority, kind: TaskKind) -> String {
     } else {
         format!("tasks.{assignee}.{}", priority.token())
     }
+}
+
+/// The subject holding a delayed task's schedule message until it fires into the queue.
+pub fn scheduled(assignee: &Assignee, id: &TaskId) -> String {
+    format!("scheduled.{assignee}.{id}")
+}
+
+/// The subject holding cron schedule `name`'s next tick (a message schedule, `@at`).
+pub fn schedule_next(name: &str) -> String {
+    format!("schedules.{name}.next")
+}
+
+/// The subject cron schedule `name`'s ticks fire into.
+pub fn schedule_tick(name: &str) -> String {
+    format!("schedules.{name}.tick")
+}
+
+/// The task a delayed task's schedule subject (`scheduled.<assignee>.<id>`) names.
+pub fn parse_scheduled(subject: &str) -> Option<(Assignee, TaskId)> {
+    let mut parts = subject.split('.');
+    if parts.next()? != "scheduled" {
+        return None;
+    }
+    let assignee = Assignee::parse(parts.next()?).ok()?;
+    let id = TaskId::parse(parts.next()?).ok()?;
+    parts.next().is_none().then_some((assignee, id))
 }
 
 /// What a worker for `assignee` pulls at one priority (every worker-run kind).

@@ -55,6 +55,8 @@ pub struct Topology {
     pub idempotency: kv::Store,
     /// taskfleet's own bookkeeping (the sweeper's cursor).
     pub meta: kv::Store,
+    /// Cron schedules: definition and state per name.
+    pub schedules: kv::Store,
 }
 
 /// The ledger layout this build writes, kept in the `EVENTS` stream's metadata.
@@ -137,6 +139,18 @@ fn work_queue_config(
         max_message_size: cfg.max_msg_size,
         ..Default::default()
     }
+}
+
+/// `TASKS`: the queue (`tasks.>`), plus the broker-held schedules (message schedules, ADR-51)
+/// that fire into it: delayed tasks on `scheduled.<assignee>.<id>` and cron schedules' next
+/// ticks on `schedules.<name>.next`, firing into `schedules.<name>.tick`.
+fn tasks_config(cfg: &TopologyConfig) -> stream::Config {
+    let queue = (subjects::TASKS_STREAM, "queued tasks", subjects::ALL_TASKS);
+    let mut config = work_queue_config(cfg, queue);
+    config.subjects.push(subjects::ALL_SCHEDULED.into());
+    config.subjects.push(subjects::ALL_SCHEDULES.into());
+    config.allow_message_schedules = true;
+    config
 }
 
 /// `TASKS_DEAD`: tasks that used up their attempts (or were refused), kept `dead_letter_max_age`.
@@ -265,8 +279,7 @@ impl Topology {
             }
         }
         refuse_legacy(js).await?;
-        let queue = (subjects::TASKS_STREAM, "queued tasks", subjects::ALL_TASKS);
-        let tasks = ensure_stream(js, work_queue_config(cfg, queue)).await?;
+        let tasks = ensure_stream(js, tasks_config(cfg)).await?;
         let events = ensure_stream(js, ledger_config(cfg)).await?;
         ensure_stream(js, index_copy_config(cfg)).await?;
         let dead = ensure_stream(js, dead_config(cfg)).await?;
@@ -294,6 +307,8 @@ impl Topology {
         let state = (subjects::DESTINATION_BUCKET, "relay destination state");
         let destinations = ensure_bucket(js, bucket_config(cfg, state, Duration::ZERO)).await?;
         ensure_bucket(js, registry_config(cfg)).await?;
+        let crons = (subjects::SCHEDULES_BUCKET, "cron schedules and their state");
+        let schedules = ensure_bucket(js, bucket_config(cfg, crons, Duration::ZERO)).await?;
         ensure_relay_cursor(&events).await?;
         Ok(Self {
             tasks,
@@ -304,6 +319,7 @@ impl Topology {
             destinations,
             idempotency,
             meta,
+            schedules,
         })
     }
 }
@@ -323,6 +339,7 @@ impl Topology {
             destinations: open_bucket(js, subjects::DESTINATION_BUCKET).await?,
             idempotency: open_bucket(js, subjects::IDEMPOTENCY_BUCKET).await?,
             meta: open_bucket(js, subjects::META_BUCKET).await?,
+            schedules: open_bucket(js, subjects::SCHEDULES_BUCKET).await?,
         })
     }
 }

@@ -5,6 +5,7 @@ mod delivery;
 mod output;
 mod pulse;
 mod pulse_status;
+mod schedule;
 mod spool;
 mod task;
 mod workers;
@@ -53,6 +54,8 @@ pub enum Command {
     Task(Box<task::TaskArgs>),
     /// The workers and relays alive now (the worker registry), over the API.
     Workers(Box<workers::WorkersArgs>),
+    /// Cron schedules over the API: create, list, get, pause, resume, trigger, delete.
+    Schedule(Box<schedule::ScheduleArgs>),
     /// Write the NATS server's users and permissions (one user per process) and an env file
     /// with each process's credentials.
     #[command(name = "nats-config")]
@@ -196,6 +199,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.command {
         Command::Task(args) => return task::run(*args).await,
         Command::Workers(args) => return workers::run(*args).await,
+        Command::Schedule(args) => return schedule::run(*args).await,
         Command::Up(args) => serve_command(config, |cfg, t| up(cfg, args, t)).await,
         Command::Api(args) => serve_command(config, |cfg, t| api(cfg, args, t)).await,
         Command::Worker(args) => serve_command(config, |cfg, t| worker(cfg, args, t)).await,

@@ -19,6 +19,7 @@ fn icon(t: &Task, stalled: bool) -> &'static str {
         (TaskStatus::Failed, _) => "❌",
         (TaskStatus::Cancelled, _) => "🚫",
         (TaskStatus::Pending, _) => "⏳",
+        (TaskStatus::Scheduled, _) => "⏰",
     }
 }
 

@@ -20,42 +20,8 @@ pub struct TaskArgs {
 
 #[derive(Debug, Subcommand)]
 enum TaskCmd {
-    /// Create a task.
-    Create {
-        /// Task name.
-        #[arg(long, short = 'n')]
-        name: String,
-        /// Assignee (container), e.g. anna.
-        #[arg(long, short = 'a')]
-        assignee: String,
-        /// P0, P1 or P2.
-        #[arg(long, short = 'p', default_value = "P1")]
-        priority: String,
-        /// manual (default), exec, agent, hook, noop.
-        #[arg(long)]
-        kind: Option<String>,
-        /// Longer description.
-        #[arg(long)]
-        description: Option<String>,
-        /// Kind-specific payload as a JSON object.
-        #[arg(long)]
-        payload: Option<String>,
-        /// Step names.
-        #[arg(long, num_args = 1..)]
-        steps: Vec<String>,
-        /// Who asks.
-        #[arg(long)]
-        created_by: Option<String>,
-        /// Attempts before failing for good.
-        #[arg(long)]
-        max_attempts: Option<u32>,
-        /// Per-attempt timeout in seconds.
-        #[arg(long)]
-        timeout: Option<u64>,
-        /// Repeated creates with this key return the first task.
-        #[arg(long)]
-        idempotency_key: Option<String>,
-    },
+    /// Create a task (now, or later with --at / --in).
+    Create(Box<CreateArgs>),
     /// Show one task.
     Get { id: String },
     /// List tasks, newest first.
@@ -105,6 +71,12 @@ enum TaskCmd {
     },
     /// Queue a failed or cancelled task again.
     Retry { id: String },
+    /// Move a scheduled (delayed) task to another time.
+    Reschedule {
+        id: String,
+        #[command(flatten)]
+        when: When,
+    },
     /// The task log.
     Logs { id: String },
     /// Captured output of a command task (the last lines, or from --offset).
@@ -143,6 +115,118 @@ enum TaskCmd {
     },
 }
 
+/// `task create`'s flags.
+#[derive(Debug, Args)]
+struct CreateArgs {
+    /// Task name.
+    #[arg(long, short = 'n')]
+    name: String,
+    /// Assignee (container), e.g. anna.
+    #[arg(long, short = 'a')]
+    assignee: String,
+    /// P0, P1 or P2.
+    #[arg(long, short = 'p', default_value = "P1")]
+    priority: String,
+    /// manual (default), exec, agent, hook, noop.
+    #[arg(long)]
+    kind: Option<String>,
+    /// Longer description.
+    #[arg(long)]
+    description: Option<String>,
+    /// Kind-specific payload as a JSON object.
+    #[arg(long)]
+    payload: Option<String>,
+    /// Step names.
+    #[arg(long, num_args = 1..)]
+    steps: Vec<String>,
+    /// Who asks.
+    #[arg(long)]
+    created_by: Option<String>,
+    /// Attempts before failing for good.
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// Per-attempt timeout in seconds.
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Repeated creates with this key return the first task.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    #[command(flatten)]
+    when: When,
+}
+
+/// When a delayed task should run (neither: at once).
+#[derive(Debug, Args)]
+struct When {
+    /// Run at this time (RFC 3339, e.g. 2026-12-24T09:00:00+01:00).
+    #[arg(long, conflicts_with = "in_")]
+    at: Option<String>,
+    /// Run after this long, e.g. 90s, 10m, 2h, 1day.
+    #[arg(long = "in", id = "in_")]
+    in_: Option<String>,
+}
+
+impl When {
+    /// Puts `run_at` or `delay_s` into a request body.
+    fn fill(&self, body: &mut Value) -> Result<(), ClientError> {
+        if let Some(at) = &self.at {
+            body["run_at"] = at.as_str().into();
+        }
+        if let Some(d) = &self.in_ {
+            let d = humantime::parse_duration(d).map_err(|e| {
+                bad_flag(format!("--in {d:?} is not a duration like 10m or 2h: {e}"))
+            })?;
+            body["delay_s"] = d.as_secs().max(u64::from(d.subsec_nanos() > 0)).into();
+        }
+        Ok(())
+    }
+}
+
+impl CreateArgs {
+    /// The create request these flags describe.
+    fn body(&self) -> Result<Value, ClientError> {
+        let payload: Option<Value> = match &self.payload {
+            Some(p) => Some(
+                serde_json::from_str(p)
+                    .map_err(|e| bad_flag(format!("--payload is not JSON: {e}")))?,
+            ),
+            None => None,
+        };
+        let mut body = json!({
+            "task_name": self.name, "assigned_to": self.assignee, "priority": self.priority,
+        });
+        let fields = [
+            ("kind", self.kind.clone().map(Value::from)),
+            ("description", self.description.clone().map(Value::from)),
+            ("payload", payload),
+            ("created_by", self.created_by.clone().map(Value::from)),
+            ("max_attempts", self.max_attempts.map(Value::from)),
+            ("timeout_s", self.timeout.map(Value::from)),
+            (
+                "idempotency_key",
+                self.idempotency_key.clone().map(Value::from),
+            ),
+            ("steps", (!self.steps.is_empty()).then(|| json!(self.steps))),
+        ];
+        for (k, v) in fields {
+            if let Some(v) = v {
+                body[k] = v;
+            }
+        }
+        self.when.fill(&mut body)?;
+        Ok(body)
+    }
+}
+
+/// A flag the CLI itself refuses (exit code and message like the server's 400).
+fn bad_flag(message: String) -> ClientError {
+    ClientError::Api {
+        status: 400,
+        code: "bad_request".into(),
+        message,
+    }
+}
+
 /// Runs one `task` subcommand.
 pub(super) async fn run(args: TaskArgs) -> ExitCode {
     let client = args.flags.client(None);
@@ -165,47 +249,7 @@ async fn execute(client: &ApiClient, args: &TaskArgs) -> Result<(), ClientError>
         json: args.flags.json,
     };
     match &args.cmd {
-        TaskCmd::Create {
-            name,
-            assignee,
-            priority,
-            kind,
-            description,
-            payload,
-            steps,
-            created_by,
-            max_attempts,
-            timeout,
-            idempotency_key,
-        } => {
-            let payload: Option<Value> = match payload {
-                Some(p) => Some(serde_json::from_str(p).map_err(|e| ClientError::Api {
-                    status: 400,
-                    code: "bad_request".into(),
-                    message: format!("--payload is not JSON: {e}"),
-                })?),
-                None => None,
-            };
-            let mut body = json!({
-                "task_name": name, "assigned_to": assignee, "priority": priority,
-            });
-            let fields = [
-                ("kind", kind.clone().map(Value::from)),
-                ("description", description.clone().map(Value::from)),
-                ("payload", payload),
-                ("created_by", created_by.clone().map(Value::from)),
-                ("max_attempts", max_attempts.map(Value::from)),
-                ("timeout_s", timeout.map(Value::from)),
-                ("idempotency_key", idempotency_key.clone().map(Value::from)),
-                ("steps", (!steps.is_empty()).then(|| json!(steps))),
-            ];
-            for (k, v) in fields {
-                if let Some(v) = v {
-                    body[k] = v;
-                }
-            }
-            out.task(&client.create_task(&body).await?);
-        }
+        TaskCmd::Create(create) => out.task(&client.create_task(&create.body()?).await?),
         TaskCmd::Get { id } => out.task(&client.get_task(id).await?),
         TaskCmd::List {
             assignee,
@@ -258,6 +302,16 @@ async fn execute(client: &ApiClient, args: &TaskArgs) -> Result<(), ClientError>
             out.task(&client.action(id, "cancel", Some(&body)).await?);
         }
         TaskCmd::Retry { id } => out.task(&client.action(id, "retry", None).await?),
+        TaskCmd::Reschedule { id, when } => {
+            let mut body = json!({});
+            when.fill(&mut body)?;
+            if body.as_object().is_some_and(|o| o.is_empty()) {
+                return Err(bad_flag(
+                    "give --at <RFC 3339 time> or --in <duration>".into(),
+                ));
+            }
+            out.task(&client.action(id, "reschedule", Some(&body)).await?);
+        }
         TaskCmd::Logs { id } => out.logs(&client.logs(id).await?),
         TaskCmd::Output { id, offset, limit } => {
             let q = query(&[

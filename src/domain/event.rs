@@ -10,7 +10,9 @@ use serde_json::Value;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
-    /// The task was created.
+    /// A delayed task was created (or moved to another time): it runs at `run_at`.
+    Scheduled,
+    /// The task was created (a delayed one: its time came and it was queued).
     Created,
     /// An attempt began.
     Started,
@@ -36,7 +38,8 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind (the last token of an event subject is one of these).
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 12] = [
+        Self::Scheduled,
         Self::Created,
         Self::Started,
         Self::Step,
@@ -58,6 +61,7 @@ impl EventKind {
     /// The kind as text (also the last token of the event subject).
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Scheduled => "scheduled",
             Self::Created => "created",
             Self::Started => "started",
             Self::Step => "step",
@@ -89,7 +93,8 @@ impl EventKind {
     pub fn is_transition(self) -> bool {
         matches!(
             self,
-            Self::Created
+            Self::Scheduled
+                | Self::Created
                 | Self::Started
                 | Self::Completed
                 | Self::Failed

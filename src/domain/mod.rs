@@ -3,14 +3,18 @@
 //! Everything here is pure data plus the rules that govern it (parsing, the state machine);
 //! nothing in this module talks to NATS or HTTP.
 
+pub mod cron;
 mod event;
 mod names;
 pub mod payload;
 mod task;
 
+pub use cron::{CronError, CronSpec};
 pub use event::{EventKind, LogEntry, TaskEvent};
 pub use names::{Assignee, DomainError, Priority, TaskId, TaskKind};
-pub use task::{limits, Action, Lease, NewTask, Progress, Task, TaskStatus, DEFAULT_MAX_ATTEMPTS};
+pub use task::{
+    limits, run_at_field, Action, Lease, NewTask, Progress, Task, TaskStatus, DEFAULT_MAX_ATTEMPTS,
+};
 
 /// Current time, as stored in every record (UTC, RFC 3339 on the wire).
 pub fn now() -> chrono::DateTime<chrono::Utc> {

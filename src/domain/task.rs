@@ -10,6 +10,8 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
+    /// Waiting for its `run_at` (a delayed task): the broker queues it then.
+    Scheduled,
     /// Queued, waiting for a bot or worker to claim it.
     Pending,
     /// Claimed; an attempt is under way.
@@ -24,7 +26,8 @@ pub enum TaskStatus {
 
 impl TaskStatus {
     /// All statuses, in life order.
-    pub const ALL: [TaskStatus; 5] = [
+    pub const ALL: [TaskStatus; 6] = [
+        Self::Scheduled,
         Self::Pending,
         Self::Running,
         Self::Completed,
@@ -35,6 +38,7 @@ impl TaskStatus {
     /// The status as text.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Scheduled => "scheduled",
             Self::Pending => "pending",
             Self::Running => "running",
             Self::Completed => "completed",
@@ -55,8 +59,9 @@ impl TaskStatus {
 
     /// The status an action leads to, or `None` when the action is illegal from here.
     ///
-    /// pending → running → completed | failed | cancelled; pending → cancelled;
-    /// failed | cancelled → pending (retry).
+    /// pending → running → completed | failed | cancelled; scheduled | pending → cancelled;
+    /// failed | cancelled → pending (retry). A scheduled task becomes pending when its time
+    /// comes (the broker fires it; no action does that).
     pub fn after(self, action: Action) -> Option<TaskStatus> {
         use Action::*;
         use TaskStatus::*;
@@ -64,7 +69,7 @@ impl TaskStatus {
             (Pending, Start) => Some(Running),
             (Running, Complete) => Some(Completed),
             (Running, Fail) => Some(Failed),
-            (Pending | Running, Cancel) => Some(Cancelled),
+            (Scheduled | Pending | Running, Cancel) => Some(Cancelled),
             (Failed | Cancelled, Retry) => Some(Pending),
             _ => None,
         }
@@ -149,7 +154,7 @@ pub struct Progress {
 }
 
 /// What a create request (HTTP body or a message published to NATS directly) may say.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct NewTask {
     /// Only honoured for messages published to NATS directly; the API always generates ids.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -188,6 +193,40 @@ pub struct NewTask {
     /// Creates with the same key return the first task instead of a second one.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// Run no earlier than this (RFC 3339): the task is `scheduled` until then.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "run_at_field"
+    )]
+    pub run_at: Option<DateTime<Utc>>,
+    /// Run this many seconds after the create (after the message's publish time for a task
+    /// published to NATS directly). Give `run_at` or `delay_s`, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_s: Option<u64>,
+    /// Creates with the same key (per assignee) while its task still waits make one task,
+    /// which runs once the key has been quiet for `debounce_s` (the last create's body wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debounce_key: Option<String>,
+    /// The quiet period of `debounce_key`, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debounce_s: Option<u64>,
+}
+
+/// Reads `run_at` (serde `deserialize_with`), naming the field and the expected form when it is no RFC 3339 time.
+pub fn run_at_field<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<DateTime<Utc>>, D::Error> {
+    let Some(text) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| Some(t.with_timezone(&Utc)))
+        .map_err(|e| {
+            serde::de::Error::custom(format!(
+                "run_at must be an RFC 3339 time such as 2026-12-24T09:00:00+01:00 ({e}): {text:?}"
+            ))
+        })
 }
 
 /// Limits on create requests; beyond them a create is refused with 422.
@@ -208,6 +247,10 @@ pub mod limits {
     pub const MAX_ATTEMPTS: u32 = 100;
     /// Longest timeout a task may ask for (30 days).
     pub const TIMEOUT_S: u64 = 30 * 24 * 3600;
+    /// Default of how far ahead a task may be scheduled (`scheduling.max_delay_days`).
+    pub const MAX_DELAY_DAYS: u64 = 365;
+    /// Longest debounce quiet period (a day), in seconds.
+    pub const DEBOUNCE_S: u64 = 24 * 3600;
 }
 
 impl NewTask {
@@ -270,7 +313,44 @@ impl NewTask {
                 return Err("max_attempts must be between 1 and 100".into());
             }
         }
-        Ok(())
+        if self.run_at.is_some() && self.delay_s.is_some() {
+            return Err("give run_at or delay_s, not both".into());
+        }
+        self.validate_debounce()
+    }
+
+    /// `debounce_key` and `debounce_s` go together, alone: the quiet period decides when the
+    /// task runs, and a repeated create is folded, not replayed.
+    fn validate_debounce(&self) -> Result<(), String> {
+        match (&self.debounce_key, self.debounce_s) {
+            (None, None) => Ok(()),
+            (Some(k), Some(s)) => {
+                if k.trim().is_empty() || k.chars().count() > limits::SHORT_TEXT {
+                    return Err("debounce_key must be 1 to 255 characters".into());
+                }
+                if s == 0 || s > limits::DEBOUNCE_S {
+                    return Err("debounce_s must be between 1 and 86400".into());
+                }
+                if self.run_at.is_some() || self.delay_s.is_some() {
+                    return Err("debounce_s decides when a debounced task runs: \
+                        drop run_at and delay_s"
+                        .into());
+                }
+                if self.idempotency_key.is_some() {
+                    return Err("give idempotency_key or debounce_key, not both".into());
+                }
+                Ok(())
+            }
+            (Some(_), None) => Err("debounce_key needs debounce_s (the quiet period)".into()),
+            (None, Some(_)) => Err("debounce_s needs debounce_key".into()),
+        }
+    }
+
+    /// When the task should run, `delay_s` counted from `created`: `None` for at once.
+    pub fn due(&self, created: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let delay = |s: u64| chrono::Duration::seconds(s.min(i64::MAX as u64 / 1000) as i64);
+        self.run_at
+            .or_else(|| self.delay_s.map(|s| created + delay(s)))
     }
 }
 
@@ -339,6 +419,12 @@ pub struct Task {
     /// When it reached a terminal status.
     #[serde(default)]
     pub finished_time: Option<DateTime<Utc>>,
+    /// When a delayed task is (or was) due to run.
+    #[serde(default)]
+    pub run_at: Option<DateTime<Utc>>,
+    /// The debounce key creates of this task were folded under.
+    #[serde(default)]
+    pub debounce_key: Option<String>,
     /// Revision of the state entry this was read at (compare-and-set token).
     #[serde(default)]
     pub revision: u64,
@@ -352,6 +438,7 @@ impl Task {
     pub fn from_new(id: TaskId, new: NewTask) -> Self {
         let now = super::now();
         let total = new.steps.len() as u32;
+        let run_at = new.due(now);
         Self {
             id,
             task_name: new.task_name,
@@ -383,6 +470,8 @@ impl Task {
             updated_time: now,
             started_time: None,
             finished_time: None,
+            run_at,
+            debounce_key: new.debounce_key,
             revision: 0,
         }
     }
@@ -402,6 +491,7 @@ mod tests {
             (Running, Fail, Failed),
             (Running, Cancel, Cancelled),
             (Pending, Cancel, Cancelled),
+            (Scheduled, Cancel, Cancelled),
             (Failed, Retry, Pending),
             (Cancelled, Retry, Pending),
         ];

@@ -4,7 +4,7 @@
 //!
 //! | user | publishes | subscribes | JetStream |
 //! |---|---|---|---|
-//! | `api` | `tasks.>`, `ledger.>`, `deliveries.>`, `dead.*.*`, the five KV buckets, `control.<a>.>` per assignee, replies to requests it got | its inbox, `queue.check.*` | creates and updates the streams and buckets; direct gets on all; leader reads and purges (retention) of `EVENTS`; consumers on `EVENTS`; deletes queue messages |
+//! | `api` | `tasks.>`, `ledger.>`, `deliveries.>`, `dead.*.*`, `schedules.>`, the six KV buckets, `control.<a>.>` per assignee, replies to requests it got | its inbox, `queue.check.*` | creates and updates the streams and buckets; direct gets on all; leader reads and purges (retention) of `EVENTS`; consumers on `EVENTS`; deletes queue messages |
 //! | `relay` | `deliveries.>`, `ledger.*.*.stalled`, KV `deliveries`, `relay_destinations`, `taskfleet_workers` under `relay._` | its inbox | pulls `relay_events` and `relay_*` on `DELIVERIES`; reads the ledger (direct and leader gets), the queue and delivery records (direct gets) |
 //! | `worker-<a>` | `ledger.<a>.>`, `dead.<a>.*`, `wake.<a>`, `queue.check.<a>`, KV `taskfleet_workers` under `worker.<a>`, replies to requests it got | `tasks.<a>.>`, `wake.<a>`, `events.<a>.>`, `control.<a>.>`, its inbox | creates and pulls `worker_<a>_<p0,p1,p2>` (filter `tasks.<a>.<p>.*` only); direct gets of `events.<a>.>` by literal subject |
 //!
@@ -102,9 +102,10 @@ pub fn fleet_streams() -> Vec<String> {
     s
 }
 
-fn buckets() -> [&'static str; 5] {
+fn buckets() -> [&'static str; 6] {
     [
         subjects::META_BUCKET,
+        subjects::SCHEDULES_BUCKET,
         subjects::IDEMPOTENCY_BUCKET,
         subjects::DELIVERY_BUCKET,
         subjects::DESTINATION_BUCKET,
@@ -177,6 +178,7 @@ fn api(p: &mut UserPermissions, assignees: &[Assignee]) {
     p.publish.push(flow_control(events));
     for s in [
         subjects::ALL_TASKS,
+        subjects::ALL_SCHEDULED,
         subjects::LEDGER_WRITES,
         subjects::INDEX_WRITES,
         subjects::ALL_DELIVERIES,
@@ -186,6 +188,27 @@ fn api(p: &mut UserPermissions, assignees: &[Assignee]) {
     p.publish.extend(buckets().map(kv_keys));
     p.publish
         .extend(assignees.iter().map(subjects::assignee_control));
+    scheduler(p);
+}
+
+/// Cron schedules: arming ticks (`schedules.<name>.next`), removing them (a purge of `TASKS`),
+/// and the shared durable consumer of fired ticks.
+fn scheduler(p: &mut UserPermissions) {
+    let (tasks, consumer) = (subjects::TASKS_STREAM, subjects::SCHEDULER_CONSUMER);
+    p.publish.push(subjects::ALL_SCHEDULES.to_string());
+    p.publish.push(stream_api("PURGE", tasks));
+    p.publish.push(consumer_api(
+        "CREATE",
+        tasks,
+        Some(&format!("{consumer}.{}", subjects::SCHEDULE_TICKS)),
+    ));
+    p.publish
+        .push(consumer_api("CREATE", tasks, Some(consumer)));
+    p.publish
+        .push(consumer_api("DURABLE.CREATE", tasks, Some(consumer)));
+    p.publish
+        .push(consumer_api("MSG.NEXT", tasks, Some(consumer)));
+    p.publish.extend(acks(tasks, consumer));
 }
 
 fn relay(p: &mut UserPermissions) {
@@ -257,6 +280,10 @@ fn worker(p: &mut UserPermissions, a: &Assignee) {
     p.publish.push(subjects::dead_filter(Some(a)));
     p.publish.push(subjects::wake(a));
     announce(p, &format!("worker.{a}"));
+    // Holds delayed tasks (a message published to NATS asking to run later; a schedule armed
+    // again). A schedule fires only into its own task's queue subject: `decode_queued` refuses
+    // a fired message whose schedule subject names another assignee or task.
+    p.publish.push(format!("scheduled.{a}.*"));
     // Asks the API to move aside a queue message its reader connection could not parse.
     p.publish.push(subjects::queue_check(Some(a)));
     // Answers to stdin writes (`control.<a>.<id>.input` requests from the API).

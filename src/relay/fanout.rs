@@ -348,7 +348,7 @@ impl FanOut {
             EventKind::Completed | EventKind::Failed | EventKind::Cancelled => {
                 self.running.remove(&event.task_id);
             }
-            EventKind::Created | EventKind::Stalled => {}
+            EventKind::Scheduled | EventKind::Created | EventKind::Stalled => {}
             _ => {
                 self.running.insert(
                     event.task_id.clone(),

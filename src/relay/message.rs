@@ -33,6 +33,7 @@
 //! | `{error}` | the event's message, else the task's error (the reason, for a cancel) |
 //! | `{minutes}` | `data.minutes`, else minutes since the task's last update, else 3 |
 //! | `{attempt}` | `data.attempt`, else the event's attempt + 1 (the attempt about to run) |
+//! | `{run_at}` | when a delayed task runs (`2026-12-24 08:00 UTC`) |
 //!
 //! A `step` event is expected to carry `data: {"index": 0, "step": "s1", "next": "s2", "done":
 //! 1, "total": 3}` (every field optional); heartbeat and progress events
@@ -49,9 +50,9 @@ pub const MAX_VALUE_CHARS: usize = 300;
 /// Minutes without an update after which a running task counts as stalled (seed 002).
 pub const STALL_MINUTES: i64 = 3;
 
-const PLACEHOLDERS: [&str; 14] = [
+const PLACEHOLDERS: [&str; 15] = [
     "name", "steps", "current", "done", "total", "step", "next", "percent", "info", "message",
-    "result", "error", "minutes", "attempt",
+    "result", "error", "minutes", "attempt", "run_at",
 ];
 
 /// A template that cannot be used.
@@ -102,6 +103,10 @@ impl Templates {
     /// The built-in templates of `lang`.
     pub fn builtin(lang: Language) -> Self {
         use EventKind::*;
+        let scheduled = match lang {
+            Language::En => "⏰ 【{name}】 scheduled for {run_at}",
+            Language::Zh => "⏰ 【{name}】已安排在 {run_at} 执行",
+        };
         let (started, step, pulse, completed, failed, cancelled, retried, stalled) = match lang {
             Language::En => (
                 "🚀 Started 【{name}】{?\n📋 {steps}\n🔄 now: {current}}",
@@ -125,6 +130,7 @@ impl Templates {
             ),
         };
         let by_kind = [
+            (Scheduled, scheduled),
             (Created, ""),
             (Started, started),
             (Step, step),
@@ -369,6 +375,11 @@ impl Values {
             ("error", error),
             ("minutes", Some(minutes.to_string())),
             ("attempt", Some(attempt.to_string())),
+            (
+                "run_at",
+                task.run_at
+                    .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()),
+            ),
         ];
         Self(
             values

@@ -33,6 +33,11 @@ const EARLY_LIMIT: Duration = Duration::from_secs(60);
 
 enum Claimed {
     Started,
+    /// A delayed task whose time came: queued (`created`) and started in one batch.
+    Fired,
+    /// A delayed task whose `run_at` is still ahead: a superseded schedule fired. Its schedule
+    /// is armed again from this state and the message dropped.
+    Early(Box<Task>),
     TookOver,
     GaveUp,
     /// Refused: skip the message (`true`) or look again later (`false`).
@@ -138,6 +143,15 @@ impl TaskService {
             Err(TaskError::IllegalTransition(why)) => {
                 return Ok(match what {
                     Claimed::HeldElsewhere => ClaimOutcome::Later(HELD_RECHECK),
+                    Claimed::Early(t) => {
+                        let spec = super::transitions::spec_of(&t);
+                        self.arm(&spec, t.run_at.unwrap_or_else(now)).await?;
+                        ClaimOutcome::Skip(why)
+                    }
+                    // A schedule's message whose task moved on (cancelled before it fired).
+                    Claimed::Refused(false) if super::delayed::fired(msg) => {
+                        ClaimOutcome::Skip(why)
+                    }
                     Claimed::Refused(false) if message_age(msg) < EARLY_LIMIT => {
                         ClaimOutcome::Later(Duration::from_millis(250))
                     }
@@ -147,11 +161,14 @@ impl TaskService {
                         ClaimOutcome::Skip(why)
                     }
                     _ => ClaimOutcome::Skip(why),
-                })
+                });
             }
             Err(e) => return Err(e),
         };
         let after = changed.after;
+        if let Claimed::Fired = what {
+            self.observe_lag(&changed.before);
+        }
         match what {
             Claimed::GaveUp => {
                 self.dead_letter(&after).await?;
@@ -175,6 +192,11 @@ impl TaskService {
         new: NewTask,
         worker: &str,
     ) -> Result<Option<ClaimOutcome>, TaskError> {
+        if let Some(at) = super::delayed::deferred_until(msg, &new) {
+            // Published straight to NATS to run later: held by a schedule from now on.
+            let deferred = self.defer(msg, id, new, at).await?;
+            return Ok(deferred.map(|_| ClaimOutcome::Skip(format!("scheduled for {at}"))));
+        }
         let pending = queued_task(msg, id.clone(), new);
         let mut running = claimed_by(&pending, worker);
         running.updated_time = now();
@@ -373,6 +395,22 @@ fn claim_step(
             e.old_status = Some(TaskStatus::Pending);
             (Claimed::Started, Ok(Step::new(after, e)))
         }
+        TaskStatus::Scheduled if super::delayed::is_due(t) => {
+            let fired = super::delayed::fire_step(t, seq, worker);
+            let after = claimed_by(&fired.after, worker);
+            let step = Step {
+                event: started_event(&after, worker),
+                after,
+                prelude: Some((fired.after, fired.event)),
+            };
+            (Claimed::Fired, Ok(step))
+        }
+        TaskStatus::Scheduled => (
+            Claimed::Early(Box::new(t.clone())),
+            Err(TaskError::IllegalTransition(
+                "task is scheduled for later (an older schedule fired)".into(),
+            )),
+        ),
         TaskStatus::Running if redelivered && t.queue_seq == Some(seq) => take_over(t, worker),
         TaskStatus::Running if t.queue_seq == Some(seq) => (
             Claimed::HeldElsewhere,

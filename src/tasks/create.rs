@@ -15,6 +15,8 @@ pub struct Created {
     pub task: Task,
     /// False when an earlier create with the same idempotency key made it.
     pub created: bool,
+    /// True when this create was folded into the waiting task of its debounce key.
+    pub folded: bool,
 }
 
 enum Reserved {
@@ -28,9 +30,13 @@ impl TaskService {
     #[tracing::instrument(skip_all, fields(task_id = tracing::field::Empty, assignee = %new.assigned_to))]
     pub async fn create(&self, mut new: NewTask, operator: &str) -> Result<Created, TaskError> {
         new.validate().map_err(TaskError::Invalid)?;
+        self.normalise_due(&mut new)?;
         new.id = None;
         if new.created_by.is_none() {
             new.created_by = Some(operator.to_string());
+        }
+        if new.debounce_key.is_some() {
+            return self.create_debounced(new, operator).await;
         }
         let id = match new.idempotency_key.as_deref() {
             None => TaskId::generate(),
@@ -42,6 +48,7 @@ impl TaskService {
                         return Ok(Created {
                             task,
                             created: false,
+                            folded: false,
                         })
                     }
                     // An earlier call reserved the id but died before finishing: finish it.
@@ -51,6 +58,41 @@ impl TaskService {
         };
         tracing::Span::current().record("task_id", id.as_str());
         self.enqueue_new(id, new, operator).await
+    }
+
+    /// Creates a task under an id the caller derived (a cron schedule's tick), once: when a
+    /// task with this id exists already, it is returned with `created: false` and nothing is
+    /// written. The queue message is de-duplicated on the id, so two callers racing here
+    /// queue it once and record it once.
+    pub async fn create_with_id(
+        &self,
+        id: TaskId,
+        mut new: NewTask,
+        operator: &str,
+    ) -> Result<Created, TaskError> {
+        new.validate().map_err(TaskError::Invalid)?;
+        self.normalise_due(&mut new)?;
+        if new.created_by.is_none() {
+            new.created_by = Some(operator.to_string());
+        }
+        if let Some(task) = self.load(&id).await? {
+            return Ok(Created {
+                task,
+                created: false,
+                folded: false,
+            });
+        }
+        self.enqueue_new(id, new, operator).await
+    }
+
+    /// Turns `delay_s` into `run_at` (counted from now), refusing one too far ahead.
+    fn normalise_due(&self, new: &mut NewTask) -> Result<(), TaskError> {
+        new.run_at = new.due(crate::domain::now());
+        new.delay_s = None;
+        match new.run_at {
+            Some(at) => self.check_delay(at),
+            None => Ok(()),
+        }
     }
 
     async fn reserve(&self, key: &str) -> Result<Reserved, TaskError> {
@@ -79,6 +121,9 @@ impl TaskService {
         mut new: NewTask,
         operator: &str,
     ) -> Result<Created, TaskError> {
+        if let Some(at) = new.run_at.filter(|at| *at > crate::domain::now()) {
+            return self.enqueue_scheduled(id, new, at, operator).await;
+        }
         new.id = Some(id.clone());
         let subject = subjects::task(&new.assigned_to, new.priority, new.kind);
         let mut headers = message_headers(id.as_str());
@@ -97,12 +142,14 @@ impl TaskService {
             true => Ok(Created {
                 task,
                 created: true,
+                folded: false,
             }),
             // A reader of the queue materialised it first (or a worker claimed it): it is
             // still this call's task.
             false => Ok(Created {
                 task: self.get_written(&id).await?,
                 created: true,
+                folded: false,
             }),
         }
     }

@@ -198,6 +198,11 @@ fn source(status: Option<TaskStatus>, assignee: Option<&Assignee>) -> Source {
             filters: vec![format!("tasks.{a}.>")],
         },
         Some(TaskStatus::Completed) => events(&[EventKind::Completed]),
+        // A delayed task's schedule message stays in `TASKS` until it fires.
+        Some(TaskStatus::Scheduled) => Source {
+            stream: subjects::TASKS_STREAM,
+            filters: vec![format!("scheduled.{a}.*")],
+        },
         Some(status @ (TaskStatus::Failed | TaskStatus::Cancelled)) => Source {
             stream: subjects::INDEX_STREAM,
             filters: vec![subjects::status_index_filter(status, assignee)],
@@ -211,12 +216,15 @@ fn indexed_task(subject: &str) -> Option<(Assignee, TaskId)> {
     subjects::parse_event(subject)
         .map(|(a, id, _)| (a, id))
         .or_else(|| subjects::parse_index(subject))
+        .or_else(|| subjects::parse_scheduled(subject))
 }
 
 /// Whether a walked message stands for a task this listing may show (a `started` event only
 /// when it is also its task's creation; nothing outside the caller's scope).
 fn stands_for_a_task(m: &StreamMessage, filter: &ListFilter) -> bool {
-    if let Some((a, _)) = subjects::parse_index(&m.subject) {
+    let indexed =
+        subjects::parse_index(&m.subject).or_else(|| subjects::parse_scheduled(&m.subject));
+    if let Some((a, _)) = indexed {
         return filter.scope.as_ref().is_none_or(|s| s.contains(&a));
     }
     if let Some((a, _, kind)) = subjects::parse_event(&m.subject) {

@@ -168,6 +168,7 @@ fn append_failed(task: &Task, e: AppendError) -> MigrateError {
 /// The record that carries a task's state over: of the type its status came from.
 fn migration_event(task: &Task) -> TaskEvent {
     let kind = match task.status {
+        TaskStatus::Scheduled => EventKind::Scheduled,
         TaskStatus::Pending if task.attempt == 0 => EventKind::Created,
         TaskStatus::Pending => EventKind::Retried,
         TaskStatus::Running => EventKind::Started,

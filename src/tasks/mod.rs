@@ -4,6 +4,8 @@
 //! - the record format and state reads in `ledger.rs`; the write path (compare-and-set, retries
 //!   after a lost answer, a worker's pipelined writes) in `write.rs`;
 //! - [`create`](TaskService::create): publish to the queue, then record `created`;
+//! - delayed tasks (`run_at`), held by the broker's message schedules, in `delayed.rs`;
+//!   debounced creates (`debounce_key`), folded into one delayed task, in `debounce.rs`;
 //! - transitions (`start`, `complete`, `fail`, `cancel`, `retry`) in `transitions.rs`;
 //! - what workers do (claim, take over, give up, hand back) in `claim.rs`;
 //! - the pending list, read straight from the queue stream, in `queue.rs`; queue messages no
@@ -17,6 +19,8 @@
 mod claim;
 mod cleanup;
 mod create;
+mod debounce;
+mod delayed;
 mod history;
 mod idempotency;
 pub mod ledger;
@@ -83,6 +87,8 @@ pub struct TaskService {
     /// A worker's write chain per task it runs: the state it last wrote and the write still
     /// on its way (see `write.rs`).
     chains: write::Chains,
+    /// How far ahead a task may be scheduled, in days (`scheduling.max_delay_days`).
+    max_delay_days: u64,
 }
 
 /// Ids remembered before the id → assignee cache starts over.
@@ -97,7 +103,14 @@ impl TaskService {
             scope: None,
             located: Arc::default(),
             chains: write::Chains::default(),
+            max_delay_days: crate::domain::limits::MAX_DELAY_DAYS,
         }
+    }
+
+    /// The same service refusing `run_at` more than `days` ahead.
+    pub fn with_max_delay_days(mut self, days: u64) -> Self {
+        self.max_delay_days = days;
+        self
     }
 
     /// The same service limited to `assignee`'s tasks, as a worker for it: state is read with

@@ -132,7 +132,24 @@ pub fn decode_queued(msg: QueuedMessage<'_>) -> Result<(TaskId, NewTask), String
         ));
     }
     let id = new.id.clone().unwrap_or_else(|| message_task_id(msg));
+    check_scheduler(msg, &assignee, &id)?;
     Ok((id, new))
+}
+
+/// A message a schedule fired must come from that task's own schedule subject
+/// (`scheduled.<assignee>.<id>`): a user allowed to hold schedules for one assignee must not
+/// queue tasks for another through a schedule's target.
+fn check_scheduler(msg: QueuedMessage<'_>, assignee: &Assignee, id: &TaskId) -> Result<(), String> {
+    let Some(scheduler) = msg.headers.and_then(|h| h.get("Nats-Scheduler")) else {
+        return Ok(());
+    };
+    match subjects::parse_scheduled(scheduler.as_str()) {
+        Some((a, t)) if &a == assignee && &t == id => Ok(()),
+        _ => Err(format!(
+            "fired by the schedule {}, which is not task {id}'s schedule for {assignee}",
+            scheduler.as_str()
+        )),
+    }
 }
 
 /// The task id a queue message stands for when its body names none: its `Nats-Msg-Id` if that
@@ -241,23 +258,64 @@ impl TaskService {
         let mut states = self.latest_states(&keys).await?;
         let mut out = Vec::with_capacity(decoded.len());
         for (i, id, new) in decoded {
-            match states.remove(&id) {
-                Some(s) => out.push(s.task),
-                None => {
-                    let mut task = queued_task((&msgs[i]).into(), id.clone(), new);
-                    match self.record_new(&mut task, "nats").await {
-                        Ok(true) => out.push(task),
-                        Ok(false) => out.extend(self.load(&id).await?),
-                        Err(TaskError::Bus(BusError::TooLarge(why))) => {
-                            let why = format!("the task is too large to record ({why})");
-                            self.set_aside(&msgs[i], &why, tidy).await;
-                        }
-                        Err(e) => return Err(e),
-                    }
+            let m = &msgs[i];
+            let state = match states.remove(&id) {
+                Some(s) if s.task.status == TaskStatus::Scheduled && tidy => {
+                    self.fire_listed(m, s.task).await?
                 }
-            }
+                Some(s) => Some(s.task),
+                None => self.materialise(m, id, new, tidy).await?,
+            };
+            out.extend(state);
         }
         Ok(out)
+    }
+
+    /// A queue message whose task has no record yet: recorded `created` (or, when its body
+    /// asks to run later, `scheduled`, and the message dropped). `None` when it cannot be a
+    /// task after all (moved aside) or is scheduled.
+    async fn materialise(
+        &self,
+        m: &StreamMessage,
+        id: TaskId,
+        new: NewTask,
+        tidy: bool,
+    ) -> Result<Option<Task>, TaskError> {
+        if let Some(at) = super::delayed::deferred_until(m.into(), &new) {
+            if tidy {
+                self.defer(m.into(), &id, new, at).await?;
+                self.dequeue(Some(m.sequence)).await;
+            }
+            return Ok(None);
+        }
+        let mut task = queued_task(m.into(), id.clone(), new);
+        match self.record_new(&mut task, "nats").await {
+            Ok(true) => Ok(Some(task)),
+            Ok(false) => self.load(&id).await,
+            Err(TaskError::Bus(BusError::TooLarge(why))) => {
+                let why = format!("the task is too large to record ({why})");
+                self.set_aside(m, &why, tidy).await;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A scheduled task whose message is in the queue, met by the pending list: queued now
+    /// if due; else (a superseded schedule fired) its schedule is armed again and the message
+    /// dropped.
+    async fn fire_listed(&self, m: &StreamMessage, t: Task) -> Result<Option<Task>, TaskError> {
+        let id = t.id.clone();
+        match self.fire(t, m.into(), "api").await {
+            Ok(Some(pending)) => Ok(Some(pending)),
+            Ok(None) => {
+                self.dequeue(Some(m.sequence)).await;
+                Ok(None)
+            }
+            // Someone else queued (or cancelled) it meanwhile.
+            Err(TaskError::IllegalTransition(_)) => self.load(&id).await,
+            Err(e) => Err(e),
+        }
     }
 
     /// With `tidy` (the API's pending list), moves a queue message that can never become a

@@ -174,6 +174,9 @@ impl TaskService {
             })
             .await?;
         let (before, after) = (&changed.before, &changed.after);
+        if before.status == TaskStatus::Scheduled {
+            self.unschedule(before).await;
+        }
         if before.status == TaskStatus::Pending || after.kind == TaskKind::Manual {
             self.dequeue(before.queue_seq).await;
         }
@@ -217,21 +220,9 @@ impl TaskService {
 
     /// Publishes a fresh queue message for `task` (a retry); returns its sequence.
     async fn requeue(&self, current: &Task) -> Result<u64, TaskError> {
-        let spec = NewTask {
-            id: Some(current.id.clone()),
-            task_name: current.task_name.clone(),
-            assigned_to: current.assigned_to.clone(),
-            priority: current.priority,
-            created_by: current.created_by.clone(),
-            description: current.description.clone(),
-            kind: current.kind,
-            payload: Some(current.payload.clone()),
-            steps: current.steps.clone(),
-            notify: current.notify.clone(),
-            timeout_s: current.timeout_s,
-            max_attempts: Some(current.max_attempts),
-            idempotency_key: current.idempotency_key.clone(),
-        };
+        let mut spec = spec_of(current);
+        // A retry runs now, whenever the task was first due.
+        spec.run_at = None;
         let subject = subjects::task(&spec.assigned_to, spec.priority, spec.kind);
         let msg_id = format!("{}-retry-{}", current.id, ulid::Ulid::new());
         let mut headers = message_headers(&msg_id);
@@ -275,6 +266,30 @@ impl TaskService {
             // Already gone (acked by a worker, or deleted by an earlier call): nothing to do.
             tracing::debug!(seq, error.message = %e, "queue message already removed");
         }
+    }
+}
+
+/// The create body that queues `current` again (a retry, or a delayed task's schedule).
+pub(super) fn spec_of(current: &Task) -> NewTask {
+    NewTask {
+        id: Some(current.id.clone()),
+        task_name: current.task_name.clone(),
+        assigned_to: current.assigned_to.clone(),
+        priority: current.priority,
+        created_by: current.created_by.clone(),
+        description: current.description.clone(),
+        kind: current.kind,
+        payload: Some(current.payload.clone()),
+        steps: current.steps.clone(),
+        notify: current.notify.clone(),
+        timeout_s: current.timeout_s,
+        max_attempts: Some(current.max_attempts),
+        idempotency_key: current.idempotency_key.clone(),
+        run_at: current.run_at,
+        delay_s: None,
+        // Folding happens at create; a queued or held body is never folded again.
+        debounce_key: None,
+        debounce_s: None,
     }
 }
 

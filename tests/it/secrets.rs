@@ -376,7 +376,7 @@ impl Fleet {
             nats_conf,
         ];
         let mut up = Proc::start(&up_args, &up_env, dir.path().join("up.log"));
-        let api_line = up.wait_line("API:", Duration::from_secs(90)).await;
+        let api_line = up.wait_line("API:     http", Duration::from_secs(90)).await;
         let api = api_line.split_whitespace().last().unwrap().to_string();
         up.wait_line("Press Ctrl-C", Duration::from_secs(30)).await;
 

@@ -259,6 +259,10 @@ pub(crate) fn new_task() -> impl Strategy<Value = NewTask> {
             timeout_s,
             max_attempts,
             idempotency_key,
+            run_at: None,
+            delay_s: None,
+            debounce_key: None,
+            debounce_s: None,
         },
     )
 }

@@ -273,6 +273,8 @@ proptest! {
                 Act::Retry => documented(Action::Retry),
                 Act::Claim { .. } => match before.status {
                     Pending => Some(Running),
+                    // A delayed task whose time came: queued (`created`) and started at once.
+                    Scheduled if before.run_at.is_none() => Some(Running),
                     // A redelivered message of a running task: its holder stopped renewing.
                     Running if takes_over(&a) && before.queue_seq.is_some() => {
                         Some(if before.attempt >= before.max_attempts { Failed } else { Running })
@@ -387,8 +389,10 @@ proptest! {
             prop_assert_eq!(&event.assigned_to, &after.assigned_to);
             prop_assert_eq!(event.new_status, Some(after.status));
             prop_assert_eq!(event.attempt, after.attempt);
-            // A takeover records `retried` (running → pending) first; its `started` follows it.
-            let from = if takes_over(&a) && after.status == TaskStatus::Running {
+            // A takeover records `retried` (running → pending) first, a delayed task's claim
+            // `created` (scheduled → pending); its `started` follows.
+            let fired = matches!(a.act, Act::Claim { .. }) && a.before.status == TaskStatus::Scheduled;
+            let from = if (takes_over(&a) || fired) && after.status == TaskStatus::Running {
                 TaskStatus::Pending
             } else {
                 a.before.status

@@ -1,0 +1,306 @@
+//! Delayed tasks: a task with a `run_at` in the future is held by the broker, not by us.
+//!
+//! Its first record is `scheduled` (status `scheduled`, with `run_at`), and one message on
+//! `scheduled.<assignee>.<id>` in `TASKS` carries the create body with the headers of a NATS
+//! message schedule (`Nats-Schedule: @at <run_at>`, ADR-51): at `run_at` the server publishes
+//! the body into the task's queue subject, where workers pull it like any task. Whoever meets
+//! that fired message first — a worker's claim or the API's pending list — records `created`
+//! (scheduled → pending) and goes on as usual, so the `created` event marks the moment the task
+//! was queued. Everything survives restarts because the schedule is a stored stream message.
+//!
+//! - cancel: the record becomes `cancelled`, then the schedule subject is purged; a message
+//!   that fired in between meets a cancelled record and is dropped;
+//! - reschedule: the new schedule message is published first (it replaces the old one: the
+//!   last message on a schedule subject is the schedule), then the record; a message that
+//!   fired early (a race) meets a record whose `run_at` is still ahead: the schedule is armed
+//!   again from the record and the message dropped, so the ledger decides;
+//! - a producer publishing to `tasks.<a>.<p>` directly with `run_at` or `delay_s` in the body:
+//!   whoever meets the message records `scheduled`, arms the schedule and drops the message.
+
+use super::create::Created;
+use super::queue::{queued_task, QueuedMessage};
+use super::write::Step;
+use super::{transition_event, TaskError, TaskService};
+use crate::bus::{encode, message_headers, subjects, NatsResultExt, RECORDED_HEADER};
+use crate::domain::{now, EventKind, NewTask, Task, TaskEvent, TaskId, TaskStatus};
+use chrono::{DateTime, SecondsFormat, Utc};
+use std::time::Duration;
+
+/// How early a schedule may fire and still count as due (the server's clock and ours differ
+/// a little; a fire earlier than this is a superseded schedule's, see the module docs).
+const DUE_TOLERANCE: chrono::Duration = chrono::Duration::seconds(2);
+
+/// Header the server puts on a message a schedule produced (the schedule's subject).
+const SCHEDULER_HEADER: &str = "Nats-Scheduler";
+
+/// Whether `t`'s time has come (a task without `run_at` is always due).
+pub(crate) fn is_due(t: &Task) -> bool {
+    t.run_at.is_none_or(|at| at <= now() + DUE_TOLERANCE)
+}
+
+/// Whether a queue message was published by a message schedule (a delayed task firing).
+pub(crate) fn fired(msg: QueuedMessage<'_>) -> bool {
+    msg.headers
+        .is_some_and(|h| h.get(SCHEDULER_HEADER).is_some())
+}
+
+/// When a message published straight to NATS asks to run, if that is still ahead. A message a
+/// schedule fired is due whatever its body says (it is the schedule's own time).
+pub(crate) fn deferred_until(msg: QueuedMessage<'_>, new: &NewTask) -> Option<DateTime<Utc>> {
+    if fired(msg) {
+        return None;
+    }
+    let published = DateTime::from_timestamp_nanos(msg.published_ns as i64);
+    new.due(published).filter(|at| *at > now())
+}
+
+/// `t` (scheduled) queued by the message at `seq`: pending, with the `created` event that
+/// marks it, carrying how late the schedule fired.
+pub(crate) fn fire_step(t: &Task, seq: u64, operator: &str) -> Step {
+    let mut pending = t.clone();
+    pending.status = TaskStatus::Pending;
+    pending.queue_seq = Some(seq);
+    let mut e = transition_event(Some(t), &pending, EventKind::Created, operator, None);
+    e.message = Some(t.task_name.clone());
+    e.data = serde_json::json!({ "run_at": t.run_at, "lag_ms": lag(t).as_millis() as u64 });
+    Step::new(pending, e)
+}
+
+/// How late after its `run_at` a task is being queued.
+fn lag(t: &Task) -> Duration {
+    t.run_at
+        .and_then(|at| (now() - at).to_std().ok())
+        .unwrap_or_default()
+}
+
+/// `t` moved to `run_at` (still scheduled), with the `scheduled` event saying so.
+fn moved(t: &Task, run_at: DateTime<Utc>, operator: &str) -> Result<Step, TaskError> {
+    if t.status != TaskStatus::Scheduled {
+        return Err(TaskError::IllegalTransition(format!(
+            "task {} is {}; only a scheduled task can be rescheduled",
+            t.id, t.status
+        )));
+    }
+    let mut n = t.clone();
+    n.run_at = Some(run_at);
+    Ok(Step::new(n.clone(), scheduled_event(t, &n, operator)))
+}
+
+/// The `scheduled` event of `after` (its `run_at` in the message and data).
+fn scheduled_event(before: &Task, after: &Task, operator: &str) -> TaskEvent {
+    let at = after
+        .run_at
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true));
+    let mut e = transition_event(None, after, EventKind::Scheduled, operator, None);
+    e.old_status = (before.revision > 0).then_some(before.status);
+    e.message = Some(format!(
+        "{} (runs at {})",
+        after.task_name,
+        at.unwrap_or_default()
+    ));
+    e.data = serde_json::json!({ "run_at": after.run_at });
+    e
+}
+
+impl TaskService {
+    /// Refuses a `run_at` further ahead than `scheduling.max_delay_days`.
+    pub(super) fn check_delay(&self, run_at: DateTime<Utc>) -> Result<(), TaskError> {
+        let days = self.max_delay_days;
+        if run_at > now() + chrono::Duration::days(days as i64) {
+            return Err(TaskError::Invalid(format!(
+                "run_at is more than {days} days ahead (scheduling.max_delay_days)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Creates a delayed task: the schedule message first, then the `scheduled` record. A
+    /// crash in between leaves a schedule with no record, which fires into a message the claim
+    /// records as a task published straight to NATS (never a record nobody will queue).
+    pub(super) async fn enqueue_scheduled(
+        &self,
+        id: TaskId,
+        mut new: NewTask,
+        run_at: DateTime<Utc>,
+        operator: &str,
+    ) -> Result<Created, TaskError> {
+        new.id = Some(id.clone());
+        new.run_at = Some(run_at);
+        new.delay_s = None;
+        self.arm(&new, run_at).await?;
+        let mut task = Task::from_new(id.clone(), new);
+        task.status = TaskStatus::Scheduled;
+        match self.record_scheduled(&mut task, operator).await? {
+            true => Ok(Created {
+                task,
+                created: true,
+                folded: false,
+            }),
+            false => Ok(Created {
+                task: self.get(&id).await?,
+                created: true,
+                folded: false,
+            }),
+        }
+    }
+
+    /// Writes `task`'s first record, `scheduled`; false when it has one already.
+    async fn record_scheduled(&self, task: &mut Task, operator: &str) -> Result<bool, TaskError> {
+        let mut none = task.clone();
+        none.revision = 0;
+        let event = scheduled_event(&none, task, operator);
+        let Some(seq) = self.append_first(task, &event).await? else {
+            return Ok(false);
+        };
+        task.revision = seq;
+        let labels = crate::metrics::task_labels(task);
+        self.metrics.tasks_created.get_or_create(&labels).inc();
+        Ok(true)
+    }
+
+    /// Publishes (or replaces) the schedule message that queues `spec` at `run_at`.
+    pub(super) async fn arm(&self, spec: &NewTask, run_at: DateTime<Utc>) -> Result<(), TaskError> {
+        let id = spec.id.as_ref().expect("an armed task has its id");
+        let at = run_at.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let mut headers = message_headers(&format!("{id}-at-{}", run_at.timestamp_millis()));
+        headers.insert("Nats-Schedule", format!("@at {at}").as_str());
+        let target = subjects::task(&spec.assigned_to, spec.priority, spec.kind);
+        headers.insert("Nats-Schedule-Target", target.as_str());
+        headers.insert(RECORDED_HEADER, EventKind::Scheduled.as_str());
+        let subject = subjects::scheduled(&spec.assigned_to, id);
+        self.bus
+            .js
+            .publish_with_headers(subject, headers, encode(spec))
+            .await
+            .op("publish schedule")?
+            .await
+            .op("publish schedule ack")?;
+        Ok(())
+    }
+
+    /// Removes a delayed task's schedule message (after the record stopped being scheduled).
+    pub(super) async fn unschedule(&self, task: &Task) {
+        let subject = subjects::scheduled(&task.assigned_to, &task.id);
+        if let Err(e) = self.bus.topology.tasks.purge().filter(subject).await {
+            // If it fires after all, the claim meets a record that is not scheduled and drops it.
+            tracing::warn!(task_id = %task.id, error.message = %e, "schedule not removed");
+        }
+    }
+
+    /// Moves a scheduled task to `run_at` (a time not ahead of now queues it at once).
+    #[tracing::instrument(skip(self), fields(task_id = %id))]
+    pub async fn reschedule(
+        &self,
+        id: &TaskId,
+        run_at: DateTime<Utc>,
+        operator: &str,
+    ) -> Result<Task, TaskError> {
+        self.check_delay(run_at)?;
+        let current = self.get(id).await?;
+        moved(&current, run_at, operator)?;
+        self.arm(&super::transitions::spec_of(&current), run_at)
+            .await?;
+        let changed = self.change(id, |t| moved(t, run_at, operator)).await?;
+        Ok(changed.after)
+    }
+
+    /// Fires a scheduled task whose message reached the queue: `created` (pending) when due;
+    /// else (a superseded schedule fired) the schedule is armed again from the record and
+    /// `None` says the message is to be dropped.
+    pub(super) async fn fire(
+        &self,
+        t: Task,
+        msg: QueuedMessage<'_>,
+        operator: &str,
+    ) -> Result<Option<Task>, TaskError> {
+        if !is_due(&t) {
+            let at = t.run_at.unwrap_or_else(now);
+            self.arm(&super::transitions::spec_of(&t), at).await?;
+            return Ok(None);
+        }
+        let (seq, id) = (msg.seq, t.id.clone());
+        let changed = self
+            .change_from(&id, Some(t), |cur| match cur.status {
+                TaskStatus::Scheduled => Ok(fire_step(cur, seq, operator)),
+                other => Err(TaskError::IllegalTransition(format!("task is {other}"))),
+            })
+            .await?;
+        self.observe_lag(&changed.before);
+        Ok(Some(changed.after))
+    }
+
+    /// Counts how late a delayed task was queued after its `run_at`.
+    pub(super) fn observe_lag(&self, scheduled: &Task) {
+        self.metrics
+            .delayed_lag
+            .observe(lag(scheduled).as_secs_f64());
+    }
+
+    /// A message published straight to NATS that asks to run later: records it `scheduled`
+    /// and arms its schedule; the caller drops the message. `None` when the task has a record
+    /// already (someone else deferred it first).
+    pub(super) async fn defer(
+        &self,
+        msg: QueuedMessage<'_>,
+        id: &TaskId,
+        mut new: NewTask,
+        run_at: DateTime<Utc>,
+    ) -> Result<Option<Task>, TaskError> {
+        new.id = Some(id.clone());
+        new.run_at = Some(run_at);
+        new.delay_s = None;
+        self.arm(&new, run_at).await?;
+        let mut task = queued_task(msg, id.clone(), new);
+        task.status = TaskStatus::Scheduled;
+        task.queue_seq = None;
+        Ok(self
+            .record_scheduled(&mut task, "nats")
+            .await?
+            .then_some(task))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scheduled(run_at: DateTime<Utc>) -> Task {
+        let new: NewTask = serde_json::from_value(
+            serde_json::json!({"task_name": "x", "assigned_to": "anna", "run_at": run_at}),
+        )
+        .unwrap();
+        let mut t = Task::from_new(TaskId::parse("T1").unwrap(), new);
+        t.status = TaskStatus::Scheduled;
+        t
+    }
+
+    #[test]
+    fn a_task_is_due_from_its_run_at_and_not_before() {
+        assert!(is_due(&scheduled(now() - chrono::Duration::seconds(1))));
+        assert!(!is_due(&scheduled(now() + chrono::Duration::seconds(60))));
+    }
+
+    #[test]
+    fn firing_queues_the_task_with_a_created_event_naming_the_message() {
+        let t = scheduled(now());
+        let step = fire_step(&t, 42, "w1");
+        assert_eq!(step.after.status, TaskStatus::Pending);
+        assert_eq!(step.after.queue_seq, Some(42));
+        assert_eq!(step.event.kind, EventKind::Created);
+        assert_eq!(step.event.old_status, Some(TaskStatus::Scheduled));
+    }
+
+    #[test]
+    fn only_a_scheduled_task_can_be_moved() {
+        let mut t = scheduled(now());
+        let later = now() + chrono::Duration::hours(1);
+        let step = moved(&t, later, "op").unwrap();
+        assert_eq!(step.after.run_at, Some(later));
+        assert_eq!(step.event.kind, EventKind::Scheduled);
+        t.status = TaskStatus::Pending;
+        assert!(matches!(
+            moved(&t, later, "op"),
+            Err(TaskError::IllegalTransition(_))
+        ));
+    }
+}
