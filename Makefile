@@ -9,6 +9,7 @@
 #   make bench [ARGS="--quick"]    taskfleet vs BullMQ vs raw JetStream, side by side (~1.5 min + build)
 #   make bench-workers [ARGS=…]    the taskfleet side of `make bench` alone (JSON on stdout)
 #   make bench-relay               relay delivery rate, 1 and 100 destinations
+#   make bench-delayed [ARGS=…]    fire lag of 1,000 delayed tasks due in the same second
 #   make bench-scale [ARGS=…]      read routes with 10k/100k/1M tasks stored (1M: long; see docs)
 #   make chaos [ARGS=…]            fault suite: kill -9 worker/nats/relay/leader, SIGTERM, junk (~3.5 min + build)
 #
@@ -33,10 +34,10 @@ export NATS_SERVER_BIN; \
 echo "==> using NATS_SERVER_BIN=$$NATS_SERVER_BIN ($$("$$NATS_SERVER_BIN" --version 2>&1))" >&2
 endef
 
-.PHONY: help run test check deny nats bench bench-workers bench-relay bench-scale chaos fuzz-api
+.PHONY: help run test check deny nats bench bench-workers bench-relay bench-delayed bench-scale chaos fuzz-api
 
 help:
-	@sed -n '3,13p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,14p' Makefile | sed 's/^# \{0,1\}//'
 
 nats:
 	@$(ENSURE_NATS)
@@ -112,6 +113,11 @@ bench-relay:
 	@$(with_nats); \
 	echo "==> building the relay benchmark (release)…" >&2; \
 	$(CARGO) run --release --quiet --example bench_relay -- $(ARGS)
+
+bench-delayed:
+	@$(with_nats); \
+	echo "==> building the delayed-task benchmark (release)…" >&2; \
+	$(CARGO) run --release --quiet --example bench_delayed -- $(ARGS)
 
 # ARGS="--stages 10000,100000" for a quick run; --help lists the flags. Table on stdout, JSON in
 # docs/benchmarks-scale.json (--out FILE).

@@ -102,6 +102,17 @@ impl TaskService {
             Some(kind) => self.last_of_kind(&id, kind).await,
             None => None,
         };
+        let hint = match hint {
+            // A delayed task's schedule fired: `created` first, then the claim as usual (two
+            // single appends cost less than one atomic batch of both).
+            Some(t) if t.status == TaskStatus::Scheduled => match self.fire(t, msg, worker).await {
+                Ok(Some(pending)) => Some(pending),
+                Ok(None) => return Ok(ClaimOutcome::Skip("scheduled for later".into())),
+                Err(TaskError::IllegalTransition(_)) => None,
+                Err(e) => return Err(e),
+            },
+            other => other,
+        };
         match self
             .claim_recorded(msg, &id, hint, worker, redelivered)
             .await
@@ -133,7 +144,10 @@ impl TaskService {
         let mut what = Claimed::Started;
         let changed = self
             .change_from(id, hint, |t| {
-                let (claimed, step) = claim_step(t, msg.seq, worker, redelivered);
+                let (claimed, mut step) = claim_step(t, msg.seq, worker, redelivered);
+                if let (Claimed::Fired, Ok(step)) = (&claimed, step.as_mut()) {
+                    super::delayed::note_fired(step, msg);
+                }
                 what = claimed;
                 step
             })

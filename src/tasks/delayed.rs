@@ -66,6 +66,21 @@ pub(crate) fn fire_step(t: &Task, seq: u64, operator: &str) -> Step {
     Step::new(pending, e)
 }
 
+/// Adds to a fire's `created` event how late the broker published the message (`fired_lag_ms`,
+/// from the message's stream time), next to `lag_ms` (how late it was recorded).
+pub(crate) fn note_fired(step: &mut Step, msg: QueuedMessage<'_>) {
+    let created = match step.prelude.as_mut() {
+        Some((_, e)) => e,
+        None => &mut step.event,
+    };
+    let run_at = created.data.get("run_at").cloned();
+    let run_at: Option<DateTime<Utc>> = run_at.and_then(|v| serde_json::from_value(v).ok());
+    if let Some(at) = run_at {
+        let published = DateTime::from_timestamp_nanos(msg.published_ns as i64);
+        created.data["fired_lag_ms"] = (published - at).num_milliseconds().into();
+    }
+}
+
 /// How late after its `run_at` a task is being queued.
 fn lag(t: &Task) -> Duration {
     t.run_at
@@ -221,7 +236,11 @@ impl TaskService {
         let (seq, id) = (msg.seq, t.id.clone());
         let changed = self
             .change_from(&id, Some(t), |cur| match cur.status {
-                TaskStatus::Scheduled => Ok(fire_step(cur, seq, operator)),
+                TaskStatus::Scheduled => {
+                    let mut step = fire_step(cur, seq, operator);
+                    note_fired(&mut step, msg);
+                    Ok(step)
+                }
                 other => Err(TaskError::IllegalTransition(format!("task is {other}"))),
             })
             .await?;

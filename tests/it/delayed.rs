@@ -520,3 +520,22 @@ async fn debounce_fields_go_together_and_alone() {
         assert!(message.contains(field), "{body} → {message}");
     }
 }
+
+#[tokio::test]
+async fn a_delayed_task_created_through_an_api_that_stops_before_it_fires_still_runs() {
+    // Arrange: the create goes through a second API process, which then stops.
+    let app = TestApp::spawn().await;
+    let (other, stop) = app.another_api(|_| {}).await;
+    let body = json!({"task_name": "orphan", "assigned_to": "anna", "kind": "noop", "delay_s": 2});
+    let task = other.create_task(&body).await.unwrap();
+    stop.cancel();
+
+    // Act: a worker starts only after that API is gone.
+    let _worker = app.worker("anna", 2, worker_settings()).await;
+    let done = until_status(&app, task.id.as_str(), "completed").await;
+
+    // Assert
+    assert_eq!(task.status.as_str(), "scheduled");
+    let run_at = task.run_at.unwrap();
+    assert!(time(&done["started_time"]) >= run_at - chrono::Duration::milliseconds(50));
+}

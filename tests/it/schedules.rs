@@ -2,14 +2,12 @@
 //! ticks held by the broker and created once per tick by however many API replicas, overlap,
 //! pause, the config's `[[schedules]]`, and a tick missed while every API was down.
 
-use crate::harness::app::{test_config, ADMIN_KEY};
+use crate::harness::app::test_config;
 use crate::harness::{eventually, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::Duration;
-use taskfleet::client::ApiClient;
-use taskfleet::config::Config;
 use tokio_util::sync::CancellationToken;
 
 /// A schedule body creating a manual task for `assignee` on `cron`.
@@ -30,35 +28,6 @@ async fn task_ids(app: &TestApp, assignee: &str) -> Vec<String> {
     ];
     let tasks = app.admin.list_tasks(&q).await.expect("list tasks");
     tasks.into_iter().map(|t| t.id.to_string()).collect()
-}
-
-/// Another API process (its own scheduler) against `app`'s nats-server, configured by
-/// `configure`; stops when the token is cancelled.
-async fn second_api(
-    app: &TestApp,
-    configure: impl FnOnce(&mut Config),
-) -> (ApiClient, CancellationToken) {
-    let mut cfg = test_config(&app.nats.url());
-    configure(&mut cfg);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let token = CancellationToken::new();
-    let (t, nats_url) = (token.clone(), app.nats.url());
-    tokio::spawn(async move {
-        let key = cfg.api.admin_key.clone();
-        taskfleet::serve::run_api(&cfg, &nats_url, listener, key.as_ref(), t).await
-    });
-    let http = reqwest::Client::new();
-    eventually(
-        "the second API to answer",
-        Duration::from_secs(20),
-        || async {
-            let r = http.get(format!("{url}/healthz")).send().await.ok()?;
-            (r.status() == StatusCode::OK).then_some(())
-        },
-    )
-    .await;
-    (ApiClient::new(&url, Some(ADMIN_KEY.into())), token)
 }
 
 #[tokio::test]
@@ -245,7 +214,7 @@ async fn a_put_naming_another_schedule_and_a_scoped_key_are_refused() {
 #[tokio::test]
 async fn every_2s_on_two_api_processes_for_20s_creates_10_tasks_once_per_tick() {
     let app = TestApp::spawn().await;
-    let (second, stop_second) = second_api(&app, |_| {}).await;
+    let (second, stop_second) = app.another_api(|_| {}).await;
     let created = second
         .create_schedule(&body("pulse", "@every 2s", "ticks"))
         .await
@@ -371,7 +340,7 @@ async fn a_config_schedule_appears_at_start_up_and_is_applied_idempotently() {
 
     // A second API with the same config changes nothing; one with a changed entry replaces it.
     let same = spec.clone();
-    let (_, stop) = second_api(&app, move |cfg| cfg.schedules = vec![same]).await;
+    let (_, stop) = app.another_api(move |cfg| cfg.schedules = vec![same]).await;
     stop.cancel();
     let unchanged = app
         .admin
@@ -381,7 +350,9 @@ async fn a_config_schedule_appears_at_start_up_and_is_applied_idempotently() {
     assert_eq!(unchanged.schedule.generation, 1);
     let mut changed = spec;
     changed.cron = "0 3 * * *".into();
-    let (_, stop) = second_api(&app, move |cfg| cfg.schedules = vec![changed]).await;
+    let (_, stop) = app
+        .another_api(move |cfg| cfg.schedules = vec![changed])
+        .await;
     let s = eventually("the changed entry", Duration::from_secs(10), || async {
         let s = app
             .admin
@@ -422,7 +393,7 @@ async fn a_tick_missed_while_every_api_was_down_is_created_once_at_start_up() {
     tasks.purge().filter("schedules.hourly.next").await.unwrap();
 
     // A new API process checks every schedule at start.
-    let (_, stop) = second_api(&app, |_| {}).await;
+    let (_, stop) = app.another_api(|_| {}).await;
     let expected = taskfleet::domain::cron::tick_task_id("hourly", due).to_string();
     eventually(
         "the missed tick's task",

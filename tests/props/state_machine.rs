@@ -165,7 +165,8 @@ fn run(start: Task, acts: Vec<Act>) -> Vec<Applied> {
                 let q = t.queue_seq.unwrap_or(1);
                 let seq = match msg {
                     Msg::Current => q,
-                    Msg::Older => q.saturating_sub(1),
+                    // Sequence 0 has no older message: take another one instead.
+                    Msg::Older => q.checked_sub(1).unwrap_or(q + 2),
                     Msg::Newer => q + 1,
                 };
                 claim_state(&t, seq, "w1", *redelivered).map(|(n, e)| (n, Some(e)))
@@ -216,6 +217,10 @@ fn scenario() -> impl Strategy<Value = (Task, Vec<Act>)> {
         // Attempts used up or not, in about equal measure.
         t.max_attempts = max_attempts;
         t.attempt = t.attempt.min(max_attempts + 1);
+        // Stream sequences start at 1, so an older message than the task's always exists.
+        if let Some(q) = t.queue_seq.as_mut() {
+            *q = (*q).max(1);
+        }
         if let Some(lease) = t.lease.as_mut() {
             t.attempt = t.attempt.max(1);
             *lease = taskfleet::domain::Lease::new("w0", t.attempt);

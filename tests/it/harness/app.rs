@@ -120,6 +120,34 @@ impl TestApp {
         body["id"].as_str().expect("string id").to_string()
     }
 
+    /// Another API process (its own scheduler) against this app's nats-server, configured by
+    /// `configure`; stops when the token is cancelled.
+    pub async fn another_api(
+        &self,
+        configure: impl FnOnce(&mut Config),
+    ) -> (ApiClient, CancellationToken) {
+        let mut cfg = test_config(&self.nats.url());
+        configure(&mut cfg);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let token = CancellationToken::new();
+        let (t, nats_url) = (token.clone(), self.nats.url());
+        tokio::spawn(async move {
+            let key = cfg.api.admin_key.clone();
+            taskfleet::serve::run_api(&cfg, &nats_url, listener, key.as_ref(), t).await
+        });
+        super::eventually(
+            "the other API to answer /healthz",
+            std::time::Duration::from_secs(20),
+            || async {
+                let r = self.http.get(format!("{url}/healthz")).send().await.ok()?;
+                (r.status() == StatusCode::OK).then_some(())
+            },
+        )
+        .await;
+        (ApiClient::new(&url, Some(ADMIN_KEY.into())), token)
+    }
+
     /// A JetStream context on the test's server, for looking at streams directly.
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
         async_nats::jetstream::new(async_nats::connect(self.nats.url()).await.unwrap())
