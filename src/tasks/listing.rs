@@ -9,7 +9,7 @@
 //! | `pending`, `running` | queue messages (`TASKS`, which holds every queued or running task) | newest queued first |
 //! | `completed` | ledger events of that type | most recently finished first |
 //! | `failed`, `cancelled` | their index entries (`index.<status>.<assignee>.<id>`), in the server's copy `LEDGER_INDEX` | most recently finished first |
-//! | any | `created` events, and `started` events that stand for a creation | newest created first |
+//! | any | `created` and `scheduled` events, and `started` events that stand for a creation | newest created (or queued) first |
 //!
 //! A page ends with a cursor (a stream sequence): the next page walks on from there. Each window
 //! is read with [`direct::range`], which asks the server for exactly the messages the window
@@ -207,7 +207,7 @@ fn source(status: Option<TaskStatus>, assignee: Option<&Assignee>) -> Source {
             stream: subjects::INDEX_STREAM,
             filters: vec![subjects::status_index_filter(status, assignee)],
         },
-        None => events(&[EventKind::Created, EventKind::Started]),
+        None => events(&[EventKind::Scheduled, EventKind::Created, EventKind::Started]),
     }
 }
 

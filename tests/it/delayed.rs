@@ -340,6 +340,7 @@ async fn scheduled_tasks_are_listed_by_status_and_counted_in_metrics() {
     let (_, listed) = app
         .call(app.req(Method::GET, "/api/tasks?status=scheduled"))
         .await;
+    let (_, all) = app.call(app.req(Method::GET, "/api/tasks")).await;
     let metrics = app
         .http
         .get(format!("{}/metrics", app.url))
@@ -358,6 +359,11 @@ async fn scheduled_tasks_are_listed_by_status_and_counted_in_metrics() {
         .map(|t| t["id"].as_str().unwrap())
         .collect();
     assert_eq!(listed, [ids[1].as_str(), ids[0].as_str()], "newest first");
+    assert_eq!(
+        all.as_array().unwrap().len(),
+        3,
+        "every task, scheduled ones too: {all}"
+    );
     assert!(
         metrics.lines().any(|l| l == "taskfleet_tasks_scheduled 2"),
         "{metrics}"
