@@ -51,6 +51,12 @@ impl Output {
             t.created_time.format("%Y-%m-%d %H:%M:%S"),
             t.created_by.as_deref().unwrap_or("-")
         );
+        if let Some(at) = t.run_at {
+            println!("runs at:     {} UTC", at.format("%Y-%m-%d %H:%M:%S"));
+        }
+        if let Some(key) = &t.debounce_key {
+            println!("debounce:    {key}");
+        }
     }
 
     pub(super) fn tasks(&self, tasks: &[Task]) {

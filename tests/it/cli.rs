@@ -285,3 +285,47 @@ async fn up_runs_a_worker_per_configured_assignee_and_exec_tasks_complete() {
     assert_eq!(done.result, Some(serde_json::json!("200")));
     assert!(matches!(status, Ok(Ok(s)) if s.success()), "{status:?}");
 }
+
+#[tokio::test]
+async fn task_create_in_schedules_a_task_that_list_and_reschedule_show() {
+    let app = TestApp::spawn().await;
+
+    let created = taskfleet(
+        &app,
+        &["task", "create", "-n", "later", "-a", "anna", "--in", "2m"],
+    )
+    .await;
+    let listed = taskfleet(&app, &["task", "list", "--status", "scheduled", "--json"]).await;
+    let tasks: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let id = tasks[0]["id"].as_str().unwrap().to_string();
+    let at = (chrono::Utc::now() + chrono::Duration::days(30)).date_naive();
+    let at_text = format!("{at}T09:00:00+01:00");
+    let moved = taskfleet(&app, &["task", "reschedule", &id, "--at", &at_text]).await;
+    let bad = taskfleet(
+        &app,
+        &["task", "create", "-n", "x", "-a", "anna", "--in", "soon"],
+    )
+    .await;
+
+    assert!(created.status.success(), "{created:?}");
+    assert!(
+        stdout(&created).contains("status:      scheduled"),
+        "{}",
+        stdout(&created)
+    );
+    assert!(
+        stdout(&created).contains("runs at:"),
+        "{}",
+        stdout(&created)
+    );
+    assert_eq!(tasks.as_array().unwrap().len(), 1);
+    let run_at: chrono::DateTime<chrono::Utc> =
+        tasks[0]["run_at"].as_str().unwrap().parse().unwrap();
+    let ahead = run_at - chrono::Utc::now();
+    assert!(ahead > chrono::Duration::seconds(100) && ahead <= chrono::Duration::seconds(120));
+    assert!(moved.status.success(), "{moved:?}");
+    let shown = format!("runs at:     {at} 08:00:00 UTC");
+    assert!(stdout(&moved).contains(&shown), "{}", stdout(&moved));
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--in"));
+}
