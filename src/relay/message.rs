@@ -171,8 +171,12 @@ impl Templates {
     }
 
     /// The message for `event` of `task`, or `None` when its kind's template is empty (built
-    /// in: `created` and `output`).
+    /// in: `created` and `output`) or it is a debounced create folded into a task already
+    /// announced (one message per task, not per create).
     pub fn render(&self, task: &Task, event: &TaskEvent) -> Option<String> {
+        if event.kind == EventKind::Scheduled && event.data["folded"] == true {
+            return None;
+        }
         let parts = parse(self.get(event.kind)).ok()?;
         let values = Values::new(task, event);
         let mut out = String::new();
@@ -435,6 +439,17 @@ mod tests {
         Templates::builtin(lang)
             .render(t, &event(t, kind, msg, data))
             .unwrap_or_else(|| panic!("{kind:?} rendered nothing"))
+    }
+
+    #[test]
+    fn a_delayed_task_is_announced_once_with_its_time_and_folds_stay_quiet() {
+        let mut t = task("remind", &[]);
+        t.run_at = Some("2026-12-24T08:00:00Z".parse().unwrap());
+        let first = render(En, &t, Scheduled, None, json!({}));
+        let folded =
+            Templates::builtin(En).render(&t, &event(&t, Scheduled, None, json!({"folded": true})));
+        assert_eq!(first, "⏰ 【remind】 scheduled for 2026-12-24 08:00 UTC");
+        assert_eq!(folded, None);
     }
 
     #[test]
