@@ -8,6 +8,32 @@ use crate::metrics::ScheduleLabels;
 use crate::tasks::TaskError;
 use chrono::{DateTime, Utc};
 
+/// Most ticks a late tick is checked against (a 1 s schedule down for a day has 86,400).
+const MAX_PASSED: u64 = 100_000;
+
+/// A tick handled late stands for every tick due since: the latest of them (at or before
+/// `now`) is the one handled, the ones in between were missed. A fleet that was down creates
+/// one task for the outage (the latest tick, if younger than `catch_up_s`), never a burst.
+/// Returns the tick to handle, how many earlier ticks it passed over, and the last of those.
+fn latest_due(
+    spec: &crate::domain::CronSpec,
+    tick: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> (DateTime<Utc>, u64, Option<DateTime<Utc>>) {
+    let (mut due, mut passed, mut last_passed) = (tick, 0, None);
+    while let Some(n) = spec.next_after(due).filter(|n| *n <= now) {
+        if passed == MAX_PASSED {
+            let span = (now - due).to_std().unwrap_or_default();
+            let latest = spec.last_at_or_before(now, span).unwrap_or(due);
+            return (latest, passed, Some(due));
+        }
+        last_passed = Some(due);
+        due = n;
+        passed += 1;
+    }
+    (due, passed, last_passed)
+}
+
 impl ScheduleService {
     /// Handles one fired tick. A tick of a deleted or paused schedule, of an older generation
     /// (the schedule changed since it was armed) or one handled already is dropped (`None`).
@@ -23,12 +49,16 @@ impl ScheduleService {
                 return Ok(None);
             }
             let now = Utc::now();
-            let outcome = self.outcome(&s, tick.tick, now).await?;
-            let next = s.spec()?.next_after(tick.tick.max(now));
+            let spec = s.spec()?;
+            let (due, passed, last_passed) = latest_due(&spec, tick.tick, now);
+            let outcome = self.outcome(&s, due, now).await?;
+            let next = spec.next_after(due.max(now));
             let mut updated = s.clone();
-            updated.record(tick.tick, &outcome, next);
+            updated.record_passed(passed, last_passed);
+            updated.record(due, &outcome, next);
             if store::update(self.bus(), &updated, rev).await?.is_some() {
-                self.count(&s.name, &outcome, tick.tick, now);
+                self.count_passed(&s.name, passed);
+                self.count(&s.name, &outcome, due, now);
                 self.after_write(updated).await?;
                 return Ok(Some(outcome));
             }
@@ -61,6 +91,23 @@ impl ScheduleService {
             .create_with_id(id, s.task.clone(), &operator)
             .await?;
         Ok(Outcome::Created(created.task.id))
+    }
+
+    /// Counts ticks a late tick stood in for as missed.
+    fn count_passed(&self, name: &str, passed: u64) {
+        if passed > 0 {
+            let labels = ScheduleLabels {
+                schedule: name.to_string(),
+                outcome: Outcome::Missed.label().to_string(),
+            };
+            let metrics = self.tasks.metrics();
+            metrics.schedule_ticks.get_or_create(&labels).inc_by(passed);
+            tracing::info!(
+                schedule = name,
+                passed,
+                "schedule ticks missed while no API handled them"
+            );
+        }
     }
 
     fn count(&self, name: &str, outcome: &Outcome, tick: DateTime<Utc>, now: DateTime<Utc>) {
@@ -130,5 +177,38 @@ impl ScheduleService {
                 tracing::warn!(schedule = %s.name, error.message = %e, "cannot re-arm schedule");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::CronSpec;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_late_tick_stands_for_the_latest_due_tick_and_counts_the_ones_between_as_passed() {
+        let every_minute = CronSpec::parse("* * * * *", "UTC").unwrap();
+        let (due, passed, last) = latest_due(
+            &every_minute,
+            at("2026-12-02T10:00:00Z"),
+            at("2026-12-02T10:05:30Z"),
+        );
+        assert_eq!(due, at("2026-12-02T10:05:00Z"));
+        assert_eq!(passed, 5);
+        assert_eq!(last, Some(at("2026-12-02T10:04:00Z")));
+    }
+
+    #[test]
+    fn a_tick_on_time_passes_over_nothing() {
+        let daily = CronSpec::parse("0 9 * * *", "Europe/Berlin").unwrap();
+        let tick = at("2026-12-02T08:00:00Z");
+        assert_eq!(
+            latest_due(&daily, tick, at("2026-12-02T08:00:01Z")),
+            (tick, 0, None)
+        );
     }
 }

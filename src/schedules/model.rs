@@ -287,6 +287,14 @@ impl Outcome {
 }
 
 impl Schedule {
+    /// Records `passed` ticks, the last at `last`, as missed (a late tick stood in for them).
+    pub fn record_passed(&mut self, passed: u64, last: Option<DateTime<Utc>>) {
+        if passed > 0 {
+            self.missed += passed;
+            self.last_missed = last.or(self.last_missed);
+        }
+    }
+
     /// Records `outcome` for `tick` and arms `next`.
     pub fn record(&mut self, tick: DateTime<Utc>, outcome: &Outcome, next: Option<DateTime<Utc>>) {
         self.last_tick = Some(tick);

@@ -490,3 +490,61 @@ async fn a_schedule_deleted_and_created_again_ticks_again() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn after_a_long_outage_only_the_latest_due_tick_is_created_and_the_rest_are_missed() {
+    let app = TestApp::spawn().await;
+    app.admin
+        .create_schedule(&body("minutely", "* * * * *", "outage"))
+        .await
+        .unwrap();
+    // As if every API was down for five minutes: the record's next tick is 5 min old and the
+    // broker holds none.
+    let js = app.jetstream().await;
+    let kv = js.get_key_value("taskfleet_schedules").await.unwrap();
+    let entry = kv.entry("minutely").await.unwrap().unwrap();
+    let mut record: Value = serde_json::from_slice(&entry.value).unwrap();
+    let now = chrono::Utc::now();
+    let minute = chrono::DateTime::from_timestamp(now.timestamp() / 60 * 60, 0).unwrap();
+    let old = minute - chrono::TimeDelta::minutes(5);
+    record["next_fire_time"] = json!(old);
+    let value = serde_json::to_vec(&record).unwrap().into();
+    kv.update("minutely", value, entry.revision).await.unwrap();
+    let tasks = js.get_stream("TASKS").await.unwrap();
+    tasks
+        .purge()
+        .filter("schedules.minutely.next")
+        .await
+        .unwrap();
+
+    let (_, stop) = app.another_api(|_| {}).await;
+    let created = eventually(
+        "one task for the outage",
+        Duration::from_secs(10),
+        || async {
+            let ids = task_ids(&app, "outage").await;
+            (!ids.is_empty()).then_some(ids)
+        },
+    )
+    .await;
+    stop.cancel();
+    let s = app
+        .admin
+        .schedule(Method::GET, "minutely", None)
+        .await
+        .unwrap();
+
+    // The latest minute that was due (or the next, if the minute turned meanwhile), not the
+    // five-minute-old one; the four or five in between counted as missed.
+    let latest: Vec<String> = [minute, minute + chrono::TimeDelta::minutes(1)]
+        .iter()
+        .map(|t| taskfleet::domain::cron::tick_task_id("minutely", *t).to_string())
+        .collect();
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert!(
+        latest.contains(&created[0]),
+        "{created:?} not in {latest:?}"
+    );
+    assert!((4..=6).contains(&s.schedule.missed), "{:?}", s.schedule);
+    assert_eq!(s.schedule.created, 1);
+}
