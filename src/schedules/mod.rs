@@ -262,15 +262,25 @@ impl ScheduleService {
     }
 
     /// Creates `name`'s task now, with an id derived from the schedule and this second (a
-    /// second trigger within the same second finds that task: `created` false); the schedule's
-    /// ticks do not move.
+    /// second trigger within the same second finds that task: `created` false). It becomes the
+    /// schedule's last task (what `overlap: skip` looks at); the ticks do not move.
     pub async fn trigger(&self, name: &str, operator: &str) -> Result<Created, ScheduleError> {
         let Some((s, _)) = store::load(self.bus(), name).await? else {
             return Err(ScheduleError::NotFound(name.to_string()));
         };
         // Apart from the ticks' ids: a trigger in a tick's second is a task of its own.
         let id = crate::domain::cron::tick_task_id(&format!("{name}-manual"), Utc::now());
-        Ok(self.tasks.create_with_id(id, s.task, operator).await?)
+        let created = self.tasks.create_with_id(id, s.task, operator).await?;
+        for _ in 0..MAX_TRIES {
+            let Some((mut s, rev)) = store::load(self.bus(), name).await? else {
+                break;
+            };
+            s.last_task_id = Some(created.task.id.clone());
+            if store::update(self.bus(), &s, rev).await?.is_some() {
+                break;
+            }
+        }
+        Ok(created)
     }
 
     /// One schedule, with its last task's status.

@@ -83,6 +83,7 @@ async fn a_schedule_round_trips_through_create_list_get_pause_resume_and_trigger
         Some(next),
         "a trigger moves no tick"
     );
+    assert_eq!(after.schedule.last_task_id.as_ref(), Some(&task.id));
 }
 
 #[tokio::test]
