@@ -217,12 +217,7 @@ impl RescheduleBody {
     fn when(&self) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
         match (self.run_at, self.delay_s) {
             (Some(at), None) => Ok(at),
-            (None, Some(s)) => {
-                let s = i64::try_from(s)
-                    .unwrap_or(i64::MAX / 1000)
-                    .min(i64::MAX / 1000);
-                Ok(crate::domain::now() + chrono::Duration::seconds(s))
-            }
+            (None, Some(s)) => Ok(crate::domain::after_seconds(crate::domain::now(), s)),
             _ => Err(ApiError::Unprocessable(
                 "give run_at (RFC 3339) or delay_s (seconds from now), exactly one".into(),
             )),

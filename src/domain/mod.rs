@@ -13,7 +13,8 @@ pub use cron::{CronError, CronSpec};
 pub use event::{EventKind, LogEntry, TaskEvent};
 pub use names::{Assignee, DomainError, Priority, TaskId, TaskKind};
 pub use task::{
-    limits, run_at_field, Action, Lease, NewTask, Progress, Task, TaskStatus, DEFAULT_MAX_ATTEMPTS,
+    after_seconds, limits, run_at_field, Action, Lease, NewTask, Progress, Task, TaskStatus,
+    DEFAULT_MAX_ATTEMPTS,
 };
 
 /// Current time, as stored in every record (UTC, RFC 3339 on the wire).

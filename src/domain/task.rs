@@ -348,10 +348,19 @@ impl NewTask {
 
     /// When the task should run, `delay_s` counted from `created`: `None` for at once.
     pub fn due(&self, created: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let delay = |s: u64| chrono::Duration::seconds(s.min(i64::MAX as u64 / 1000) as i64);
         self.run_at
-            .or_else(|| self.delay_s.map(|s| created + delay(s)))
+            .or_else(|| self.delay_s.map(|s| after_seconds(created, s)))
     }
+}
+
+/// `from` plus `seconds`; a sum past the last representable time is that time (so a huge
+/// delay is refused as too far ahead, never an overflow).
+pub fn after_seconds(from: DateTime<Utc>, seconds: u64) -> DateTime<Utc> {
+    i64::try_from(seconds)
+        .ok()
+        .and_then(chrono::Duration::try_seconds)
+        .and_then(|d| from.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// A task as stored in the state bucket and returned by the API.
@@ -522,6 +531,17 @@ mod tests {
         assert_eq!(task.kind, TaskKind::Manual);
         assert_eq!(task.max_attempts, DEFAULT_MAX_ATTEMPTS);
         assert!(task.payload.is_object());
+    }
+
+    #[test]
+    fn a_delay_too_large_for_any_clock_is_the_last_time_not_an_overflow() {
+        let now = super::super::now();
+        assert_eq!(after_seconds(now, u64::MAX), DateTime::<Utc>::MAX_UTC);
+        assert_eq!(
+            after_seconds(now, 5_382_810_902_744_406_016),
+            DateTime::<Utc>::MAX_UTC
+        );
+        assert_eq!(after_seconds(now, 60), now + chrono::Duration::seconds(60));
     }
 
     #[test]

@@ -61,8 +61,7 @@ impl TaskService {
         let quiet = new
             .debounce_s
             .expect("validated: debounce_s with debounce_key");
-        let seconds = i64::try_from(quiet).unwrap_or(i64::MAX / 1000);
-        new.run_at = Some(now() + chrono::Duration::seconds(seconds));
+        new.run_at = Some(crate::domain::after_seconds(now(), quiet));
         let entry = key_entry(&new, &key);
         let bucket = &self.bus.topology.idempotency;
         for _ in 0..KEY_ATTEMPTS {

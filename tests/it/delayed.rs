@@ -210,6 +210,12 @@ async fn only_a_scheduled_task_can_be_rescheduled() {
                 .json(&json!({"delay_s": 60})),
         )
         .await;
+    let (huge, too_far) = app
+        .call(
+            app.req(Method::PUT, &format!("/api/tasks/{id}/reschedule"))
+                .json(&json!({"delay_s": 5_382_810_902_744_406_016u64})),
+        )
+        .await;
     let (neither, why) = app
         .call(
             app.req(Method::POST, &format!("/api/tasks/{id}/reschedule"))
@@ -219,6 +225,7 @@ async fn only_a_scheduled_task_can_be_rescheduled() {
 
     // Assert
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(huge, StatusCode::UNPROCESSABLE_ENTITY, "{too_far}");
     assert_eq!(neither, StatusCode::UNPROCESSABLE_ENTITY, "{why}");
     assert!(
         why["error"]["message"].as_str().unwrap().contains("run_at"),
@@ -293,6 +300,7 @@ async fn bad_run_at_and_delay_values_are_422s_naming_the_field_and_write_nothing
         (json!({"run_at": "2026-13-01T09:00:00Z"}), "run_at"),
         (json!({"run_at": far}), "max_delay_days"),
         (json!({"delay_s": 400 * 86_400}), "max_delay_days"),
+        (json!({"delay_s": u64::MAX}), "max_delay_days"),
         (json!({"run_at": soon, "delay_s": 5}), "run_at or delay_s"),
         (json!({"delay_s": -5}), "delay_s"),
     ];
