@@ -152,20 +152,6 @@ const MAX_LISTED: usize = 10_000;
 
 /// Every live announcement (workers and relays), oldest first.
 pub async fn list(bus: &Bus) -> Result<Vec<Announcement>, BusError> {
-    let stream = format!("KV_{}", subjects::WORKER_BUCKET);
-    let filter = format!("$KV.{}.>", subjects::WORKER_BUCKET);
-    let (mut out, mut next) = (Vec::new(), 1);
-    while out.len() < MAX_LISTED {
-        let got = direct::batch(&bus.client, &stream, &filter, next, direct::MAX_BATCH).await?;
-        let Some(last) = got.last().map(|m| m.sequence) else {
-            break;
-        };
-        // Delete and purge markers (a withdrawal, an expiry) have no body.
-        out.extend(
-            got.iter()
-                .filter_map(|m| serde_json::from_slice::<Announcement>(&m.payload).ok()),
-        );
-        next = last + 1;
-    }
-    Ok(out)
+    // Delete and purge markers (a withdrawal, an expiry) have no body: left out.
+    direct::bucket_values(&bus.client, subjects::WORKER_BUCKET, MAX_LISTED).await
 }

@@ -125,6 +125,31 @@ pub async fn range(
     Ok((out, from_start))
 }
 
+/// The values of a KV bucket's keys, read from its stream with direct gets (no consumer, so
+/// any replica answers), up to about `max`; delete and purge markers (no body) and values that
+/// are no `T` are left out.
+pub async fn bucket_values<T: serde::de::DeserializeOwned>(
+    client: &async_nats::Client,
+    bucket: &str,
+    max: usize,
+) -> Result<Vec<T>, BusError> {
+    let stream = super::permissions::kv_stream(bucket);
+    let filter = super::permissions::kv_keys(bucket);
+    let (mut out, mut next) = (Vec::new(), 1);
+    while out.len() < max {
+        let got = batch(client, &stream, &filter, next, MAX_BATCH).await?;
+        let Some(last) = got.last().map(|m| m.sequence) else {
+            break;
+        };
+        out.extend(
+            got.iter()
+                .filter_map(|m| serde_json::from_slice::<T>(&m.payload).ok()),
+        );
+        next = last + 1;
+    }
+    Ok(out)
+}
+
 /// How many messages on `filter` come after `seq` (a range reader's `after_end` for a range
 /// that does not end at the stream's end).
 pub async fn count_after(

@@ -65,21 +65,8 @@ pub(super) async fn delete(bus: &Bus, name: &str) -> Result<(), ScheduleError> {
 
 /// Every stored schedule, by name.
 pub(super) async fn list(bus: &Bus) -> Result<Vec<Schedule>, ScheduleError> {
-    let stream = format!("KV_{}", subjects::SCHEDULES_BUCKET);
-    let filter = format!("$KV.{}.>", subjects::SCHEDULES_BUCKET);
-    let (mut out, mut next) = (Vec::new(), 1);
-    while out.len() < MAX_LISTED {
-        let got = direct::batch(&bus.client, &stream, &filter, next, direct::MAX_BATCH).await?;
-        let Some(last) = got.last().map(|m| m.sequence) else {
-            break;
-        };
-        // Delete markers have no body.
-        out.extend(
-            got.iter()
-                .filter_map(|m| serde_json::from_slice::<Schedule>(&m.payload).ok()),
-        );
-        next = last + 1;
-    }
+    let mut out: Vec<Schedule> =
+        direct::bucket_values(&bus.client, subjects::SCHEDULES_BUCKET, MAX_LISTED).await?;
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
