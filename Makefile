@@ -5,6 +5,7 @@
 #   make check                     rustfmt --check + clippy -D warnings
 #   make fuzz-api [ARGS=…]         schemathesis vs a live API and its OpenAPI document (~1-2 min + build)
 #   make deny                      cargo deny check: licences, bans, sources; advisories if a DB is local
+#   make alerts-check              promtool: deploy/prometheus alert rules and their unit tests
 #   make nats                      just ensure nats-server and print its path
 #   make bench [ARGS="--quick"]    taskfleet vs BullMQ vs raw JetStream, side by side (~1.5 min + build)
 #   make bench-workers [ARGS=…]    the taskfleet side of `make bench` alone (JSON on stdout)
@@ -34,10 +35,10 @@ export NATS_SERVER_BIN; \
 echo "==> using NATS_SERVER_BIN=$$NATS_SERVER_BIN ($$("$$NATS_SERVER_BIN" --version 2>&1))" >&2
 endef
 
-.PHONY: help run test check deny nats bench bench-workers bench-relay bench-delayed bench-scale chaos fuzz-api
+.PHONY: help run test check deny alerts-check nats bench bench-workers bench-relay bench-delayed bench-scale chaos fuzz-api
 
 help:
-	@sed -n '3,14p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,15p' Makefile | sed 's/^# \{0,1\}//'
 
 nats:
 	@$(ENSURE_NATS)
@@ -96,6 +97,19 @@ deny:
 		echo "==> advisories: SKIPPED: no RustSec advisory database under $$dbs" >&2; \
 		echo "    (it is fetched from GitHub, which this machine cannot reach, and no package registry" >&2; \
 		echo "    ships a copy; where GitHub is reachable, \`$$CARGO_DENY fetch db\` puts one there)" >&2; \
+	fi
+
+# The Prometheus alert rules (deploy/prometheus/alerts.yaml) and their unit tests
+# (alerts_test.yaml), with promtool from scripts/ensure-promtool.sh (Debian's prometheus package,
+# promtool only, cached outside the clone). Where promtool cannot be had, the check is skipped
+# with a notice (the tests in tests/it/deploy/monitoring.rs still check the metric names).
+alerts-check:
+	@echo "==> ensuring promtool" >&2; \
+	if PROMTOOL="$$(scripts/ensure-promtool.sh | tail -n1)" && [ -x "$$PROMTOOL" ]; then \
+		"$$PROMTOOL" check rules deploy/prometheus/alerts.yaml; \
+		"$$PROMTOOL" test rules deploy/prometheus/alerts_test.yaml; \
+	else \
+		echo "==> alerts-check: SKIPPED: promtool could not be had (see the ensure-promtool lines above)" >&2; \
 	fi
 
 # Everything (builds, nats-server, redis-server, npm ci, the three programs, the report):

@@ -248,6 +248,35 @@ impl ApiClient {
             .await
     }
 
+    /// `GET /api/limits?…`: flow control: declared limits, overrides, keys in use.
+    pub async fn limits(&self, query: &[(&str, String)]) -> Result<Value, ClientError> {
+        self.send(self.request(Method::GET, "/api/limits").query(query))
+            .await
+    }
+
+    /// `PUT /api/limits/{assignee}/{key}` with `{concurrency, rate, burst}`, or with `body`
+    /// `None`, `DELETE` (the override goes).
+    pub async fn set_limit(
+        &self,
+        assignee: &str,
+        key: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let key = percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC);
+        let path = format!("/api/limits/{assignee}/{key}");
+        match body {
+            Some(b) => self.send(self.request(Method::PUT, &path).json(b)).await,
+            None => {
+                let gone: Result<Value, _> = self.send(self.request(Method::DELETE, &path)).await;
+                match gone {
+                    // 204: no body to decode.
+                    Err(ClientError::Decode(_)) | Ok(_) => Ok(Value::Null),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
     /// `POST /api/schedules`: a new cron schedule (`{name, cron, timezone, task, overlap}`).
     pub async fn create_schedule(
         &self,

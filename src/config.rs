@@ -252,6 +252,9 @@ pub struct WorkerConfig {
     /// (renewed every third of it): a worker that died drops out of `GET /api/workers` within
     /// this.
     pub registry_ttl_s: u64,
+    /// Flow control across every replica of the assignee: concurrency and rate limits per key
+    /// pattern, and `max_running` (see `limits/`).
+    pub limits: crate::domain::DeclaredLimits,
 }
 
 impl Default for WorkerConfig {
@@ -289,6 +292,7 @@ impl Default for WorkerConfig {
             weights: None,
             health_listen: None,
             registry_ttl_s: 15,
+            limits: Default::default(),
         }
     }
 }

@@ -32,6 +32,7 @@ pub mod client;
 pub mod config;
 pub mod domain;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod natsauth;
 pub mod natsd;

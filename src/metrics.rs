@@ -56,6 +56,85 @@ pub struct ScheduleLabels {
     pub outcome: String,
 }
 
+/// Labels of flow control figures.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlowLabels {
+    /// The assignee.
+    pub assignee: String,
+    /// `concurrency`, `lane`, `rate` or `max_running`.
+    pub kind: String,
+    /// The key (empty for `max_running`).
+    pub key: String,
+}
+
+/// Labels of flow control waits.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlowWaitLabels {
+    /// The assignee.
+    pub assignee: String,
+    /// What the task waited for: `concurrency`, `lane`, `rate` or `max_running`.
+    pub kind: String,
+}
+
+/// Flow control figures (see `limits/`).
+#[derive(Debug, Default)]
+pub struct FlowMetrics {
+    /// Tasks holding each key now (refreshed on every scrape of the API).
+    pub running: Family<FlowLabels, Gauge>,
+    /// Tasks waiting for each key now (refreshed on every scrape of the API).
+    pub waiting: Family<FlowLabels, Gauge>,
+    /// Seconds until a rate key's next start (refreshed on every scrape of the API).
+    pub next_slot: Family<FlowLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Times a worker put a task back because of a limit.
+    pub waits: Family<FlowWaitLabels, Counter>,
+}
+
+impl FlowMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let running = "Tasks holding a concurrency key, lane or max_running now";
+        registry.register("limit_running", running, self.running.clone());
+        let waiting = "Tasks waiting for a concurrency key, rate key or lane now";
+        registry.register("limit_waiting", waiting, self.waiting.clone());
+        let next = "Seconds until a rate key's next start";
+        registry.register("rate_next_slot_seconds", next, self.next_slot.clone());
+        let waits = "Times a worker put a task back because of a limit, by what it waited for";
+        registry.register("flow_waits", waits, self.waits.clone());
+    }
+}
+
+/// Labels of the delivery record gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// `pending` or `dead`.
+    pub status: String,
+}
+
+/// What the queues and the relay's records look like now, refreshed on every scrape of the
+/// API (the alerts of `deploy/prometheus/alerts.yaml` and the dashboard read these).
+#[derive(Debug, Default)]
+pub struct BacklogMetrics {
+    /// Seconds the oldest pending task of each queue has waited.
+    pub oldest_pending_age: Family<TaskLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Running tasks with no update for `relay.stall_after_s`, per queue.
+    pub tasks_stalled: Family<TaskLabels, Gauge>,
+    /// Delivery records that are pending (queued or waiting for a retry) or dead.
+    pub delivery_records: Family<DeliveryLabels, Gauge>,
+}
+
+impl BacklogMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let oldest = "Seconds the oldest pending task of each queue has waited since it was queued";
+        let age = self.oldest_pending_age.clone();
+        registry.register("oldest_pending_age_seconds", oldest, age);
+        let stalled = "Running tasks with no update for relay.stall_after_s, per queue";
+        registry.register("tasks_stalled", stalled, self.tasks_stalled.clone());
+        let records =
+            "Delivery records now pending or dead (a dead one replayed leaves within a minute)";
+        let records_family = self.delivery_records.clone();
+        registry.register("delivery_records", records, records_family);
+    }
+}
+
 type HistogramFamily = Family<HttpLabels, Histogram, fn() -> Histogram>;
 
 /// The metrics of one process.
@@ -82,6 +161,10 @@ pub struct Metrics {
     pub schedule_ticks: Family<ScheduleLabels, Counter>,
     /// Seconds between a tick's time and when it was handled.
     pub schedule_lag: Histogram,
+    /// Oldest pending age, stalled tasks, pending and dead deliveries.
+    pub backlog: BacklogMetrics,
+    /// Flow control: keys' holders and waiters, waits.
+    pub flow: FlowMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -147,6 +230,10 @@ impl Default for Metrics {
             "HTTP request latency",
             http_latency.clone(),
         );
+        let flow = FlowMetrics::default();
+        flow.register(&mut registry);
+        let backlog = BacklogMetrics::default();
+        backlog.register(&mut registry);
         Self {
             registry: Mutex::new(registry),
             tasks_created,
@@ -159,11 +246,22 @@ impl Default for Metrics {
             delayed_lag,
             schedule_ticks,
             schedule_lag,
+            backlog,
+            flow,
         }
     }
 }
 
 impl Metrics {
+    /// Counts a task put back because of a limit of `kind`.
+    pub fn note_flow_wait(&self, assignee: &str, kind: &str) {
+        let labels = FlowWaitLabels {
+            assignee: assignee.to_string(),
+            kind: kind.to_string(),
+        };
+        self.flow.waits.get_or_create(&labels).inc();
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -59,6 +59,7 @@ pub fn api_state(
     let tasks = TaskService::new(bus, Arc::new(Metrics::default()))
         .with_max_delay_days(cfg.scheduling.max_delay_days);
     Ok(AppState {
+        flow: crate::limits::Limits::new(tasks.bus()),
         schedules: crate::schedules::ScheduleService::new(tasks.clone(), cfg.scheduling.catch_up_s),
         tasks,
         keys: Arc::new(keys),
@@ -69,6 +70,7 @@ pub fn api_state(
         },
         shutdown,
         destinations: Arc::new(cfg.relay.destinations.keys().cloned().collect()),
+        stall_after: std::time::Duration::from_secs(cfg.relay.stall_after_s),
     })
 }
 

@@ -7,7 +7,7 @@
 //! Run: `cargo build --release --bin taskfleet --example bench &&
 //!       target/release/examples/bench [--tasks 5000] [--quick] [--out FILE]
 //!       [--samples 300] [--p2 10000] [--relay-events 3000]
-//!       [--only throughput,latency,p0,relay]`
+//!       [--only throughput,latency,p0,relay,flow]`
 //!
 //! What is measured, and where taskfleet stamps it, is in docs/benchmarks.md.
 
@@ -75,7 +75,7 @@ fn parse_args() -> anyhow::Result<Opts> {
 }
 
 const HELP: &str = "usage: bench [--tasks N] [--quick] [--out FILE] [--samples N] [--p2 N] \
-                    [--relay-events N] [--only throughput,latency,p0,relay]";
+                    [--relay-events N] [--only throughput,latency,p0,relay,flow]";
 
 impl Opts {
     fn wants(&self, part: &str) -> bool {
@@ -161,6 +161,9 @@ async fn main() -> anyhow::Result<()> {
     if o.wants("throughput") {
         out["throughput"] = Value::Array(throughput_rows(&o, &mut errors).await);
     }
+    if o.wants("flow") {
+        out["extra"]["flow"] = Value::Array(flow_rows(&o, &mut errors).await);
+    }
     if o.wants("p0") {
         let what = format!("P0 behind {} P2", o.p2);
         if let Some(mut v) = part(&what, &mut errors, scenarios::p0_behind_p2(&o)).await {
@@ -206,6 +209,7 @@ async fn throughput_rows(o: &Opts, errors: &mut Vec<String>) -> Vec<Value> {
             steps,
             procs,
             concurrency,
+            ..
         } = shape;
         let what = format!(
             "throughput, {} tasks, {} create, steps {steps}, {procs} worker process(es) × \
@@ -217,6 +221,34 @@ async fn throughput_rows(o: &Opts, errors: &mut Vec<String>) -> Vec<Value> {
             eprintln!(
                 "    → {:.0} tasks/s",
                 row["tasks_per_s"].as_f64().unwrap_or(0.0)
+            );
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+/// Flow control's cost (issue 13): 4 worker processes × 8, NATS creates, without keys and with
+/// the tasks spread over 100 concurrency keys of limit 1.
+async fn flow_rows(o: &Opts, errors: &mut Vec<String>) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for keys in [0, 100] {
+        let shape = Shape {
+            how: Create::Nats,
+            steps: 0,
+            procs: 4,
+            concurrency: CONCURRENCY,
+            keys,
+        };
+        let what = format!(
+            "flow control, {} tasks over {keys} keys of limit 1, 4 × 8",
+            o.tasks
+        );
+        if let Some(row) = part(&what, errors, scenarios::throughput(o, shape)).await {
+            eprintln!(
+                "    → {:.0} tasks/s, {:.2} limit writes per task",
+                row["tasks_per_s"].as_f64().unwrap_or(0.0),
+                row["limit_writes_per_task"].as_f64().unwrap_or(0.0)
             );
             rows.push(row);
         }
@@ -242,6 +274,7 @@ fn throughput_matrix() -> Vec<Shape> {
             steps,
             procs,
             concurrency,
+            keys: 0,
         }
     };
     let mut all: Vec<Shape> = c8.into_iter().map(shape(CONCURRENCY)).collect();

@@ -109,6 +109,8 @@ pub struct Shape {
     pub procs: usize,
     /// Tasks each worker process runs at once (`--concurrency`).
     pub concurrency: usize,
+    /// Concurrency keys of limit 1 the tasks are spread over round robin (0: no key).
+    pub keys: usize,
 }
 
 /// Throughput end to end: workers idle and ready, then `tasks` creates (64 in flight, P0/P1/P2
@@ -126,7 +128,9 @@ async fn throughput_on(fleet: &mut Fleet, tasks: usize, shape: Shape) -> anyhow:
         steps,
         procs,
         concurrency,
+        keys,
     } = shape;
+    limit_keys(&fleet.bus, keys).await?;
     fleet.spawn_workers(procs, concurrency).await?;
     let mut done = fleet
         .bus
@@ -155,7 +159,11 @@ async fn throughput_on(fleet: &mut Fleet, tasks: usize, shape: Shape) -> anyhow:
     let payload = json!({ "steps": steps });
     let t0 = Instant::now();
     futures::stream::iter(0..tasks)
-        .map(|i| create(how, bus, client, noop(priority_of(i), payload.clone())))
+        .map(|i| {
+            let mut new = noop(priority_of(i), payload.clone());
+            new.concurrency_key = (keys > 0).then(|| format!("key-{}", i % keys));
+            create(how, bus, client, new)
+        })
         .buffer_unordered(IN_FLIGHT)
         .try_for_each(|_| async { Ok(()) })
         .await?;
@@ -171,12 +179,37 @@ async fn throughput_on(fleet: &mut Fleet, tasks: usize, shape: Shape) -> anyhow:
         let mut stream = bus.js.get_stream(name).await?;
         stored += stream.info().await?.state.last_sequence;
     }
+    let limits = format!("KV_{}", subjects::LIMITS_BUCKET);
+    let limit_writes = bus
+        .js
+        .get_stream(&limits)
+        .await?
+        .info()
+        .await?
+        .state
+        .last_sequence;
     Ok(json!({
         "create": how.name(), "steps": steps, "procs": procs, "concurrency": concurrency,
-        "tasks": tasks,
+        "tasks": tasks, "concurrency_keys": keys,
+        "limit_writes_per_task": limit_writes.saturating_sub(keys as u64) as f64 / tasks as f64,
         "secs": secs, "tasks_per_s": tasks as f64 / secs, "create_secs": queued,
         "stream_writes_per_task": stored as f64 / tasks as f64,
     }))
+}
+
+/// Gives `keys` concurrency keys (`key-0`, `key-1`, …) a limit of 1 through overrides.
+async fn limit_keys(bus: &Bus, keys: usize) -> anyhow::Result<()> {
+    let limits = taskfleet::limits::Limits::new(bus);
+    let one = taskfleet::domain::KeyLimits {
+        concurrency: Some(1),
+        ..Default::default()
+    };
+    for k in 0..keys {
+        limits
+            .set_override(ASSIGNEE, &format!("key-{k}"), one.clone())
+            .await?;
+    }
+    Ok(())
 }
 
 /// Percentile of sorted values at index round((n − 1)·p), as the BullMQ and raw programs do.

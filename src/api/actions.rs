@@ -110,10 +110,64 @@ pub(super) async fn start(
     JsonBody(_body): JsonBody<Option<IgnoredBody>>,
 ) -> Result<Acted, ApiError> {
     let task = authorized_task(&state, &who, &id).await?;
-    act_once(&state, &task, "start", key, || {
+    // Only a pending task takes places (a repeat of a running task's start must not replace
+    // its holder's).
+    let permit = match task.status {
+        crate::domain::TaskStatus::Pending => gate(&state, &task, &who.name).await?,
+        _ => crate::limits::Permit::default(),
+    };
+    let started = act_once(&state, &task, "start", key, || {
         state.tasks.start(&task.id, &who.name)
     })
-    .await
+    .await;
+    if started.is_err() && !permit.is_empty() {
+        let _ = state.flow.release(&permit, false).await;
+    }
+    started
+}
+
+/// How long a bot's claim of a task with flow-control keys holds them, unless it ends sooner
+/// (its `timeout_s` if longer): a bot that never finishes frees them after this.
+const MANUAL_HOLD: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Flow control for a bot's `start`: takes the task's places, or answers 409 saying what it
+/// waits for (the task stays pending; `Retry-After` says when to try again).
+async fn gate(state: &AppState, task: &Task, who: &str) -> Result<crate::limits::Permit, ApiError> {
+    let hold = task
+        .timeout_s
+        .map(std::time::Duration::from_secs)
+        .map_or(MANUAL_HOLD, |t| t.max(MANUAL_HOLD));
+    let (a, id) = (task.assigned_to.as_str(), task.id.as_str());
+    match state.flow.acquire(a, id, &task.flow(), who, hold).await? {
+        crate::limits::Gate::Go(permit) => Ok(permit),
+        crate::limits::Gate::Wait(wait) => Err(ApiError::Conflict {
+            code: "waiting",
+            message: format!(
+                "task {id} waits: {} (try again in {:.1} s)",
+                wait.reason,
+                wait.retry_in.as_secs_f64()
+            ),
+        }),
+    }
+}
+
+/// After `task` (as it was before) ended through the API: gives back the flow-control places
+/// a bot held (and a place in a lane's line), so the next task of its keys starts now. A task a
+/// worker runs is left to the worker, which gives its places back once the run has stopped.
+pub(super) async fn ended(state: &AppState, task: &Task) {
+    let run_by_worker = task.status == crate::domain::TaskStatus::Running
+        && task.kind != crate::domain::TaskKind::Manual;
+    if run_by_worker || (task.flow().is_empty() && !has_cap(state, task).await) {
+        return;
+    }
+    if let Err(e) = state.flow.forget_task(task).await {
+        tracing::warn!(task_id = %task.id, error.message = %e, "flow-control places not given back; they lapse");
+    }
+}
+
+async fn has_cap(state: &AppState, task: &Task) -> bool {
+    let declared = state.flow.declared(task.assigned_to.as_str()).await;
+    declared.map_or(true, |d| d.max_running.is_some())
 }
 
 /// `complete`: `{"result": …}`.
@@ -128,7 +182,7 @@ pub(super) async fn complete(
     let body = body.unwrap_or_default();
     let task = authorized_task(&state, &who, &id).await?;
     let fence = fence(&headers, &body);
-    act_once(&state, &task, "complete", key, || {
+    let acted = act_once(&state, &task, "complete", key, || {
         state.tasks.complete(
             &task.id,
             body.result,
@@ -137,7 +191,9 @@ pub(super) async fn complete(
             Value::Null,
         )
     })
-    .await
+    .await?;
+    ended(&state, &task).await;
+    Ok(acted)
 }
 
 /// `fail`: `{"error": …}` (also accepts `reason`, `message` or `result`).
@@ -162,12 +218,14 @@ pub(super) async fn fail(
             other => other.to_string(),
         }))
         .unwrap_or_else(|| "failed (no reason given)".into());
-    act_once(&state, &task, "fail", key, || {
+    let acted = act_once(&state, &task, "fail", key, || {
         state
             .tasks
             .fail(&task.id, error, fence.as_deref(), &who.name, Value::Null)
     })
-    .await
+    .await?;
+    ended(&state, &task).await;
+    Ok(acted)
 }
 
 /// `cancel`: optional `{"reason": …}`.
@@ -181,10 +239,12 @@ pub(super) async fn cancel(
     let body = body.unwrap_or_default();
     let task = authorized_task(&state, &who, &id).await?;
     let reason = body.reason.or(body.message).or(body.error);
-    act_once(&state, &task, "cancel", key, || {
+    let acted = act_once(&state, &task, "cancel", key, || {
         state.tasks.cancel(&task.id, reason, &who.name)
     })
-    .await
+    .await?;
+    ended(&state, &task).await;
+    Ok(acted)
 }
 
 /// `retry`: queues a failed or cancelled task again.

@@ -60,6 +60,19 @@ impl Principal {
         }
     }
 
+    /// A listing's `?assignee=` filter: `None` for none (or empty), 400 if it is no assignee
+    /// name, 403 if this caller may not see it.
+    pub fn only(&self, assignee: Option<String>) -> Result<Option<Assignee>, ApiError> {
+        let only = assignee
+            .filter(|s| !s.is_empty())
+            .map(|s| Assignee::parse(&s).map_err(|e| ApiError::BadRequest(e.to_string())))
+            .transpose()?;
+        if let Some(a) = &only {
+            self.check(a)?;
+        }
+        Ok(only)
+    }
+
     /// The assignees a listing is limited to, `None` for all.
     pub fn visible(&self) -> Option<HashSet<Assignee>> {
         match &self.scope {

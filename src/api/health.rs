@@ -30,6 +30,7 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Response {
 /// `GET /metrics` (no auth): Prometheus text; queue depth is read from the stream on each scrape.
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     super::workers::count_online(&state).await;
+    super::limits::count_usage(&state).await;
     let metrics = state.tasks.metrics();
     match state
         .tasks
@@ -52,9 +53,10 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
                         .or_default() += n as i64;
                 }
             }
-            for (labels, n) in counts {
-                metrics.queue_depth.get_or_create(&labels).set(n);
+            for (labels, n) in &counts {
+                metrics.queue_depth.get_or_create(labels).set(*n);
             }
+            refresh_backlog(&state, counts.into_keys().collect()).await;
         }
         Err(e) => tracing::warn!(error.message = %e, "queue depth unavailable"),
     }
@@ -74,6 +76,58 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         metrics.render(),
     )
         .into_response()
+}
+
+/// Refreshes the backlog gauges: for each queue holding messages, its oldest pending task's age
+/// and its stalled tasks (one short walk each, `TaskService::queue_gauges`); and the pending and
+/// dead delivery records (counted in their copies, delete markers of the last minute included).
+async fn refresh_backlog(state: &AppState, queues: Vec<TaskLabels>) {
+    let backlog = &state.tasks.metrics().backlog;
+    let stall_after =
+        chrono::Duration::from_std(state.stall_after).unwrap_or(chrono::Duration::MAX);
+    backlog.oldest_pending_age.clear();
+    backlog.tasks_stalled.clear();
+    for labels in queues {
+        let parsed = (
+            crate::domain::Assignee::parse(&labels.assignee),
+            crate::domain::Priority::parse(&labels.priority),
+        );
+        let (Ok(assignee), Ok(priority)) = parsed else {
+            continue;
+        };
+        match state
+            .tasks
+            .queue_gauges(&assignee, priority, stall_after)
+            .await
+        {
+            Ok(g) => {
+                if let Some(age) = g.oldest_pending_s {
+                    backlog.oldest_pending_age.get_or_create(&labels).set(age);
+                }
+                backlog.tasks_stalled.get_or_create(&labels).set(g.stalled);
+            }
+            Err(e) => tracing::warn!(error.message = %e, "queue figures unavailable"),
+        }
+    }
+    let client = &state.tasks.bus().client;
+    for status in ["pending", "dead"] {
+        let stream = subjects::delivery_copy_stream(status);
+        let filter = subjects::delivery_record_subject(&format!("{status}.>"));
+        match crate::bus::direct::count_after(client, &stream, &filter, 0).await {
+            Ok(n) => {
+                let labels = crate::metrics::DeliveryLabels {
+                    status: status.into(),
+                };
+                backlog
+                    .delivery_records
+                    .get_or_create(&labels)
+                    .set(n as i64);
+            }
+            Err(e) => {
+                tracing::warn!(error.message = %e, status, "delivery record count unavailable")
+            }
+        }
+    }
 }
 
 /// Records the latency of every request by route template.
@@ -97,6 +151,42 @@ pub(super) async fn observe(State(state): State<AppState>, req: Request, next: N
         })
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// The span of one request, `METHOD /route/{template}`, a child of the caller's trace when the
+/// request carries a `traceparent`. Health checks and scrapes get none (they would drown the
+/// traces that matter).
+pub(super) fn request_span(req: &Request) -> tracing::Span {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str());
+    if matches!(route, "/healthz" | "/metrics") {
+        return tracing::Span::none();
+    }
+    let method = req.method().as_str();
+    let span = tracing::info_span!(target: "taskfleet::trace", "request",
+        otel.name = format!("{method} {route}"), otel.kind = "server",
+        http.request.method = method, http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty);
+    crate::telemetry::continue_http_trace(&span, req.headers());
+    span
+}
+
+/// Notes the status on the request's span (a 5xx marks it an error), and logs the request at
+/// debug level as tower-http's default does.
+pub(super) fn request_done(response: &Response, latency: Duration, span: &tracing::Span) {
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    tracing::debug!(
+        latency_ms = latency.as_millis() as u64,
+        status = status.as_u16(),
+        "finished processing request"
+    );
 }
 
 /// Requests that take longer than `limit` (`api.request_timeout_s`): a JSON 503 like every other

@@ -18,6 +18,7 @@ mod deliveries;
 mod error;
 mod events;
 mod health;
+mod limits;
 mod openapi;
 mod progress;
 mod runs;
@@ -97,6 +98,11 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             post(deliveries::replay_destination),
         )
         .route("/api/workers", get(workers::list))
+        .route("/api/limits", get(limits::list))
+        .route(
+            "/api/limits/{assignee}/{key}",
+            put(limits::put).delete(limits::remove),
+        )
         .route(
             "/api/schedules",
             post(schedules::create).get(schedules::list),
@@ -126,7 +132,11 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             state.clone(),
             health::observe,
         ))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(health::request_span)
+                .on_response(health::request_done),
+        )
         .layer(axum::Extension(BodyLimit(limit)))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

@@ -16,11 +16,16 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     /// Page sizes and limits.
     pub limits: Limits,
+    /// Flow control (concurrency keys, rates, lanes; see `limits/`).
+    pub flow: crate::limits::Limits,
     /// Cancelled on shutdown; long-lived responses (SSE) end with it.
     pub shutdown: CancellationToken,
     /// Names of the relay destinations in this process's config (`[relay.destinations.*]`);
     /// a destination-wide replay knows a name from here or from its recorded deliveries.
     pub destinations: Arc<std::collections::BTreeSet<String>>,
+    /// When a running task with no update counts as stalled in `/metrics` (the relay's
+    /// `relay.stall_after_s`).
+    pub stall_after: std::time::Duration,
 }
 
 /// Sizes the API enforces.

@@ -46,7 +46,17 @@ pub(super) async fn create(
 ) -> Result<impl IntoResponse, ApiError> {
     who.check(&new.assigned_to)?;
     check_notify(&new)?;
+    let lane = new.lane.clone();
     let created = state.tasks.create(new, &who.name).await?;
+    let due = created.task.status == crate::domain::TaskStatus::Pending;
+    if let (Some(lane), true) = (lane, created.created && due) {
+        // In line right after the create: tasks created one after another run in that order
+        // (a delayed task joins when a worker first meets it, once it is due).
+        let (a, id) = (created.task.assigned_to.as_str(), created.task.id.as_str());
+        if let Err(e) = state.flow.join_lane(a, &lane, id).await {
+            tracing::warn!(error.message = %e, lane, "lane not joined at create; the worker joins it when it first sees the task");
+        }
+    }
     let status = if created.created {
         StatusCode::CREATED
     } else {
@@ -77,7 +87,12 @@ pub(super) async fn get_one(
     who: Principal,
     IdPath(id): IdPath,
 ) -> Result<Json<Task>, ApiError> {
-    Ok(Json(authorized_task(&state, &who, &id).await?))
+    let mut task = authorized_task(&state, &who, &id).await?;
+    if task.status == crate::domain::TaskStatus::Pending {
+        // Best effort: a task is shown even when flow control cannot say why it waits.
+        task.waiting_for = state.flow.waiting_for(&task).await.unwrap_or_default();
+    }
+    Ok(Json(task))
 }
 
 /// Query of the list endpoints; parsed by hand so bad values get clear 400s.

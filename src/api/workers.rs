@@ -21,14 +21,7 @@ pub(super) async fn list(
     who: Principal,
     Params(q): Params<WorkersQuery>,
 ) -> Result<Json<Vec<Announcement>>, ApiError> {
-    let only = q
-        .assignee
-        .filter(|s| !s.is_empty())
-        .map(|s| Assignee::parse(&s).map_err(|e| ApiError::BadRequest(e.to_string())))
-        .transpose()?;
-    if let Some(a) = &only {
-        who.check(a)?;
-    }
+    let only = who.only(q.assignee)?;
     let visible = who.visible();
     let all = registry::list(state.tasks.bus())
         .await

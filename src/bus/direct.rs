@@ -133,18 +133,37 @@ pub async fn bucket_values<T: serde::de::DeserializeOwned>(
     bucket: &str,
     max: usize,
 ) -> Result<Vec<T>, BusError> {
+    let entries = bucket_entries(client, bucket, ">", max).await?;
+    Ok(entries
+        .iter()
+        .filter_map(|(_, value)| serde_json::from_slice::<T>(value).ok())
+        .collect())
+}
+
+/// `(key, value)` of a KV bucket's keys matching `keys` (`>` for all, `anna.>`…), read like
+/// [`bucket_values`]; delete and purge markers are left out.
+pub async fn bucket_entries(
+    client: &async_nats::Client,
+    bucket: &str,
+    keys: &str,
+    max: usize,
+) -> Result<Vec<(String, bytes::Bytes)>, BusError> {
     let stream = super::permissions::kv_stream(bucket);
-    let filter = super::permissions::kv_keys(bucket);
+    let prefix = format!("$KV.{bucket}.");
+    let filter = format!("{prefix}{keys}");
     let (mut out, mut next) = (Vec::new(), 1);
     while out.len() < max {
         let got = batch(client, &stream, &filter, next, MAX_BATCH).await?;
         let Some(last) = got.last().map(|m| m.sequence) else {
             break;
         };
-        out.extend(
-            got.iter()
-                .filter_map(|m| serde_json::from_slice::<T>(&m.payload).ok()),
-        );
+        out.extend(got.into_iter().filter(|m| !m.payload.is_empty()).map(|m| {
+            let key = m
+                .subject
+                .strip_prefix(prefix.as_str())
+                .unwrap_or(&m.subject);
+            (key.to_string(), m.payload)
+        }));
         next = last + 1;
     }
     Ok(out)

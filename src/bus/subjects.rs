@@ -56,6 +56,9 @@ pub const DELIVERY_BUCKET: &str = "deliveries";
 pub const DESTINATION_BUCKET: &str = "relay_destinations";
 /// KV bucket where workers and relays announce themselves (entries expire by per-message TTL).
 pub const WORKER_BUCKET: &str = "taskfleet_workers";
+/// KV bucket of flow control: holds of concurrency keys and lanes, rate schedules, overrides
+/// (see `limits/`). Keys start with the assignee.
+pub const LIMITS_BUCKET: &str = "taskfleet_limits";
 /// The relay's durable consumer of every task event.
 pub const RELAY_EVENTS_CONSUMER: &str = "relay_events";
 /// Every delivery subject.

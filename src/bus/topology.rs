@@ -307,6 +307,11 @@ impl Topology {
         let state = (subjects::DESTINATION_BUCKET, "relay destination state");
         let destinations = ensure_bucket(js, bucket_config(cfg, state, Duration::ZERO)).await?;
         ensure_bucket(js, registry_config(cfg)).await?;
+        let flow = (
+            subjects::LIMITS_BUCKET,
+            "flow control: holds, rates, overrides",
+        );
+        ensure_bucket(js, bucket_config(cfg, flow, Duration::ZERO)).await?;
         let crons = (subjects::SCHEDULES_BUCKET, "cron schedules and their state");
         let schedules = ensure_bucket(js, bucket_config(cfg, crons, Duration::ZERO)).await?;
         ensure_relay_cursor(&events).await?;

@@ -2,6 +2,7 @@
 
 mod api_flags;
 mod delivery;
+mod limits;
 mod output;
 mod pulse;
 mod pulse_status;
@@ -54,6 +55,9 @@ pub enum Command {
     Task(Box<task::TaskArgs>),
     /// The workers and relays alive now (the worker registry), over the API.
     Workers(Box<workers::WorkersArgs>),
+    /// Flow control over the API: keys in use with their limits, holders and waiting tasks;
+    /// `limits set` / `limits rm` change a key's override.
+    Limits(Box<limits::LimitsArgs>),
     /// Cron schedules over the API: create, list, get, pause, resume, trigger, delete.
     Schedule(Box<schedule::ScheduleArgs>),
     /// Write the NATS server's users and permissions (one user per process) and an env file
@@ -199,6 +203,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.command {
         Command::Task(args) => return task::run(*args).await,
         Command::Workers(args) => return workers::run(*args).await,
+        Command::Limits(args) => return limits::run(*args).await,
         Command::Schedule(args) => return schedule::run(*args).await,
         Command::Up(args) => serve_command(config, |cfg, t| up(cfg, args, t)).await,
         Command::Api(args) => serve_command(config, |cfg, t| api(cfg, args, t)).await,

@@ -153,6 +153,22 @@ struct CreateArgs {
     idempotency_key: Option<String>,
     #[command(flatten)]
     when: When,
+    #[command(flatten)]
+    flow: FlowFlags,
+}
+
+/// Flow control of a new task (limits per key across every replica; see `taskfleet limits`).
+#[derive(Debug, Args)]
+struct FlowFlags {
+    /// At most the key's limit of tasks with this key run at once, e.g. repo:acme/web.
+    #[arg(long)]
+    concurrency_key: Option<String>,
+    /// Tasks with this key start no faster than its rate, e.g. channel:tg-123.
+    #[arg(long)]
+    rate_key: Option<String>,
+    /// Tasks of one lane (e.g. a chat session) run one at a time, in creation order.
+    #[arg(long)]
+    lane: Option<String>,
 }
 
 /// When a delayed task should run (neither: at once).
@@ -207,6 +223,12 @@ impl CreateArgs {
                 self.idempotency_key.clone().map(Value::from),
             ),
             ("steps", (!self.steps.is_empty()).then(|| json!(self.steps))),
+            (
+                "concurrency_key",
+                self.flow.concurrency_key.clone().map(Value::from),
+            ),
+            ("rate_key", self.flow.rate_key.clone().map(Value::from)),
+            ("lane", self.flow.lane.clone().map(Value::from)),
         ];
         for (k, v) in fields {
             if let Some(v) = v {

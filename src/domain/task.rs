@@ -1,5 +1,6 @@
 //! The task record, what a create request may say, and the state machine.
 
+use super::flow::FlowKeys;
 use super::names::{Assignee, Priority, TaskId, TaskKind};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -211,6 +212,15 @@ pub struct NewTask {
     /// The quiet period of `debounce_key`, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debounce_s: Option<u64>,
+    /// At most the key's limit of tasks with this key run at once, across every replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
+    /// Tasks with this key start no faster than the key's rate (they wait in the queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_key: Option<String>,
+    /// Tasks of one lane (say, a chat session) run one at a time, in creation order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lane: Option<String>,
 }
 
 /// Reads `run_at` (serde `deserialize_with`), naming the field and the expected form when it is no RFC 3339 time.
@@ -316,7 +326,17 @@ impl NewTask {
         if self.run_at.is_some() && self.delay_s.is_some() {
             return Err("give run_at or delay_s, not both".into());
         }
+        self.flow().validate()?;
         self.validate_debounce()
+    }
+
+    /// Its flow control keys.
+    pub fn flow(&self) -> FlowKeys {
+        FlowKeys {
+            concurrency_key: self.concurrency_key.clone(),
+            rate_key: self.rate_key.clone(),
+            lane: self.lane.clone(),
+        }
     }
 
     /// `debounce_key` and `debounce_s` go together, alone: the quiet period decides when the
@@ -434,6 +454,19 @@ pub struct Task {
     /// The debounce key creates of this task were folded under.
     #[serde(default)]
     pub debounce_key: Option<String>,
+    /// Its concurrency key (flow control, see `limits/`).
+    #[serde(default)]
+    pub concurrency_key: Option<String>,
+    /// Its rate key.
+    #[serde(default)]
+    pub rate_key: Option<String>,
+    /// Its lane.
+    #[serde(default)]
+    pub lane: Option<String>,
+    /// Why a pending task waits (a key at its limit, a rate, its lane), worked out when the
+    /// API shows one task; null everywhere else (never stored).
+    #[serde(default)]
+    pub waiting_for: Option<String>,
     /// Revision of the state entry this was read at (compare-and-set token).
     #[serde(default)]
     pub revision: u64,
@@ -443,6 +476,15 @@ pub struct Task {
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
 impl Task {
+    /// Its flow control keys.
+    pub fn flow(&self) -> FlowKeys {
+        FlowKeys {
+            concurrency_key: self.concurrency_key.clone(),
+            rate_key: self.rate_key.clone(),
+            lane: self.lane.clone(),
+        }
+    }
+
     /// A pending task built from a validated create request.
     pub fn from_new(id: TaskId, new: NewTask) -> Self {
         let now = super::now();
@@ -481,6 +523,10 @@ impl Task {
             finished_time: None,
             run_at,
             debounce_key: new.debounce_key,
+            concurrency_key: new.concurrency_key,
+            rate_key: new.rate_key,
+            lane: new.lane,
+            waiting_for: None,
             revision: 0,
         }
     }

@@ -4,9 +4,9 @@
 //!
 //! | user | publishes | subscribes | JetStream |
 //! |---|---|---|---|
-//! | `api` | `tasks.>`, `ledger.>`, `deliveries.>`, `dead.*.*`, `schedules.>`, the six KV buckets, `control.<a>.>` per assignee, replies to requests it got | its inbox, `queue.check.*` | creates and updates the streams and buckets; direct gets on all; leader reads and purges (retention) of `EVENTS`; consumers on `EVENTS`; deletes queue messages |
+//! | `api` | `tasks.>`, `ledger.>`, `deliveries.>`, `dead.*.*`, `schedules.>`, the seven KV buckets, `control.<a>.>` per assignee, replies to requests it got | its inbox, `queue.check.*` | creates and updates the streams and buckets; direct gets on all; leader reads and purges (retention) of `EVENTS`; consumers on `EVENTS`; deletes queue messages |
 //! | `relay` | `deliveries.>`, `ledger.*.*.stalled`, KV `deliveries`, `relay_destinations`, `taskfleet_workers` under `relay._` | its inbox | pulls `relay_events` and `relay_*` on `DELIVERIES`; reads the ledger (direct and leader gets), the queue and delivery records (direct gets) |
-//! | `worker-<a>` | `ledger.<a>.>`, `dead.<a>.*`, `wake.<a>`, `queue.check.<a>`, KV `taskfleet_workers` under `worker.<a>`, replies to requests it got | `tasks.<a>.>`, `wake.<a>`, `events.<a>.>`, `control.<a>.>`, its inbox | creates and pulls `worker_<a>_<p0,p1,p2>` (filter `tasks.<a>.<p>.*` only); direct gets of `events.<a>.>` by literal subject |
+//! | `worker-<a>` | `ledger.<a>.>`, `dead.<a>.*`, `wake.<a>`, `queue.check.<a>`, KV `taskfleet_workers` under `worker.<a>` and `taskfleet_limits` under `<a>`, replies to requests it got | `tasks.<a>.>`, `wake.<a>`, `events.<a>.>`, `control.<a>.>`, its inbox | creates and pulls `worker_<a>_<p0,p1,p2>` (filter `tasks.<a>.<p>.*` only); direct gets of `events.<a>.>` by literal subject |
 //!
 //! Everyone may also ask `$SYS.REQ.USER.INFO` (its own permissions) and stream info of the
 //! fleet's streams (how a process opens the topology it may not create).
@@ -102,8 +102,9 @@ pub fn fleet_streams() -> Vec<String> {
     s
 }
 
-fn buckets() -> [&'static str; 6] {
+fn buckets() -> [&'static str; 7] {
     [
+        subjects::LIMITS_BUCKET,
         subjects::META_BUCKET,
         subjects::SCHEDULES_BUCKET,
         subjects::IDEMPOTENCY_BUCKET,
@@ -280,6 +281,13 @@ fn worker(p: &mut UserPermissions, a: &Assignee) {
     p.publish.push(subjects::dead_filter(Some(a)));
     p.publish.push(subjects::wake(a));
     announce(p, &format!("worker.{a}"));
+    // Flow control: its assignee's holds, rates and declared limits (see `limits/`).
+    let limits = format!("$KV.{}.{a}.>", subjects::LIMITS_BUCKET);
+    p.publish.push(direct_get(
+        &kv_stream(subjects::LIMITS_BUCKET),
+        Some(&limits),
+    ));
+    p.publish.push(limits);
     // Holds delayed tasks (a message published to NATS asking to run later; a schedule armed
     // again). A schedule fires only into its own task's queue subject: `decode_queued` refuses
     // a fired message whose schedule subject names another assignee or task.

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// How long an enabled destination is taken to stay enabled before its state is read again (only
 /// another relay replica's 410 could disable it meanwhile; this loop notes its own at once).
@@ -152,7 +153,10 @@ impl Delivery {
                 _ = self.shutdown.cancelled() => return Ok(()),
             };
             match msg {
-                Some(Ok(msg)) => self.attempt(key, &mut lane, &msg).await,
+                Some(Ok(msg)) => {
+                    let span = attempt_span(key, &msg);
+                    self.attempt(key, &mut lane, &msg).instrument(span).await
+                }
                 // The consumer is gone or unusable: start over (it is created again).
                 Some(Err(e))
                     if matches!(
@@ -188,6 +192,7 @@ impl Delivery {
                 return;
             }
         };
+        tracing::Span::current().record("delivery", job.id.as_str());
         let attempt_no = msg.info().map(|i| i.delivered.max(1) as usize).unwrap_or(1);
         let first = attempt_no == 1;
         let records = &self.bus;
@@ -248,6 +253,7 @@ impl Delivery {
         };
         tracing::info!(destination = key, kind = destination.kind(), delivery = job.id,
             attempt = attempt_no, status = ?outcome.status, verdict = ?outcome.verdict, "delivery attempt");
+        note_outcome(outcome.status, outcome.verdict);
         // The record is confirmed before the ack: a kill in between only redelivers.
         let (status, reason, ack) = match outcome.verdict {
             Verdict::Delivered => (DeliveryStatus::Delivered, None, AckKind::Ack),
@@ -320,6 +326,29 @@ impl Delivery {
             )
             .await;
         lane.disabled = Some((Instant::now(), Some(why.to_string())));
+    }
+}
+
+/// The span of one delivery attempt (for traces only): a child of the trace its job carries, so
+/// a task's deliveries belong to the task's trace; the webhook request carries it on.
+fn attempt_span(key: &str, msg: &Message) -> tracing::Span {
+    let attempt = msg.info().map(|i| i.delivered).unwrap_or(1);
+    let span = tracing::info_span!(target: "taskfleet::trace", "relay.deliver",
+        otel.kind = "client", destination = key, attempt,
+        delivery = tracing::field::Empty, http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty);
+    crate::telemetry::continue_trace(&span, msg.headers.as_ref());
+    span
+}
+
+/// Notes how the attempt went on its span: the status, and an error unless delivered.
+fn note_outcome(status: Option<u16>, verdict: Verdict) {
+    let span = tracing::Span::current();
+    if let Some(status) = status {
+        span.record("http.response.status_code", status);
+    }
+    if verdict != Verdict::Delivered {
+        span.record("otel.status_code", "ERROR");
     }
 }
 

@@ -20,6 +20,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// How the fan-out decides.
 #[derive(Debug)]
@@ -31,8 +33,9 @@ pub(super) struct FanOut {
     pub(super) templates: Templates,
     pub(super) throttle: Duration,
     pub(super) stall_after: Duration,
-    /// Throttled jobs waiting for their window, by (task, destination key).
-    held: HashMap<(TaskId, String), (DeliveryJob, Instant)>,
+    /// Throttled jobs waiting for their window, by (task, destination key), with the trace
+    /// their event belongs to.
+    held: HashMap<(TaskId, String), (DeliveryJob, Instant, opentelemetry::Context)>,
     /// When a throttled kind last went out, by (task, destination key).
     last_sent: HashMap<(TaskId, String), Instant>,
     /// The destination of `{"session_id": …}` notify entries (`relay.push_destination`).
@@ -120,22 +123,35 @@ impl FanOut {
                             continue;
                         }
                     };
-                    match shown_events(&msg.payload) {
-                        Ok(events) => match self.handle_all(events).await {
-                            // Every job is stored, so a plain ack: a lost one redelivers the
-                            // event, and its jobs' Nats-Msg-Ids keep them from being queued twice.
-                            Ok(()) => { let _ = msg.ack().await; }
-                            Err(e) => {
-                                tracing::warn!(error.message = %e, "fan-out failed; retrying the event");
-                                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                            }
-                        },
-                        Err(e) => {
-                            tracing::warn!(error.message = %e, "undecodable event; skipping");
-                            let _ = msg.ack_with(AckKind::Term).await;
-                        }
-                    }
+                    self.take(&msg).await;
                 }
+            }
+        }
+    }
+
+    /// Fans out one ledger message and acknowledges it, in a span that continues the trace its
+    /// headers carry (the deliveries' jobs carry it on).
+    async fn take(&mut self, msg: &async_nats::jetstream::Message) {
+        let span = tracing::info_span!(target: "taskfleet::trace", "relay.fanout",
+            subject = %msg.subject);
+        crate::telemetry::continue_trace(&span, msg.headers.as_ref());
+        match shown_events(&msg.payload) {
+            Ok(events) => match self.handle_all(events).instrument(span).await {
+                // Every job is stored, so a plain ack: a lost one redelivers the event, and its
+                // jobs' Nats-Msg-Ids keep them from being queued twice.
+                Ok(()) => {
+                    let _ = msg.ack().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "fan-out failed; retrying the event");
+                    let _ = msg
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error.message = %e, "undecodable event; skipping");
+                let _ = msg.ack_with(AckKind::Term).await;
             }
         }
     }
@@ -264,7 +280,8 @@ impl FanOut {
                 let now = Instant::now();
                 match self.last_sent.get(&slot) {
                     Some(&last) if now.duration_since(last) < self.throttle => {
-                        self.held.insert(slot, (job, last + self.throttle));
+                        let trace = tracing::Span::current().context();
+                        self.held.insert(slot, (job, last + self.throttle, trace));
                         continue;
                     }
                     _ => {
@@ -366,13 +383,17 @@ impl FanOut {
         let due: Vec<_> = self
             .held
             .iter()
-            .filter(|(_, (_, at))| *at <= now)
+            .filter(|(_, (_, at, _))| *at <= now)
             .map(|(k, _)| k.clone())
             .collect();
         for slot in due {
-            if let Some((job, _)) = self.held.remove(&slot) {
+            if let Some((job, _, trace)) = self.held.remove(&slot) {
                 self.last_sent.insert(slot, now);
-                if let Err(e) = publish(&self.tasks, &self.delivery, &job).await {
+                let span = tracing::info_span!(target: "taskfleet::trace", "relay.fanout",
+                    held = true);
+                let _ = span.set_parent(trace);
+                let queued = publish(&self.tasks, &self.delivery, &job).instrument(span);
+                if let Err(e) = queued.await {
                     tracing::warn!(error.message = %e, "could not queue a throttled delivery");
                 }
             }

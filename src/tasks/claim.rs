@@ -55,7 +55,7 @@ const HELD_RECHECK: Duration = Duration::from_secs(5);
 impl TaskService {
     /// Claims the task a pulled queue message stands for. `redelivered` is true when JetStream
     /// delivered this message before (the previous holder stopped acknowledging it).
-    #[tracing::instrument(skip_all, fields(worker = worker, seq = msg.seq))]
+    #[tracing::instrument(name = "task.claim", skip_all, fields(worker = worker, seq = msg.seq))]
     pub async fn claim_for_worker(
         &self,
         msg: QueuedMessage<'_>,

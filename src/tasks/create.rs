@@ -27,7 +27,7 @@ enum Reserved {
 impl TaskService {
     /// Creates a task: validates it, queues it on `tasks.<assignee>.<priority>[.<kind>]` and
     /// records its state. With an idempotency key, repeated calls return the first task.
-    #[tracing::instrument(skip_all, fields(task_id = tracing::field::Empty, assignee = %new.assigned_to))]
+    #[tracing::instrument(name = "task.create", skip_all, fields(task_id = tracing::field::Empty, assignee = %new.assigned_to))]
     pub async fn create(&self, mut new: NewTask, operator: &str) -> Result<Created, TaskError> {
         new.validate().map_err(TaskError::Invalid)?;
         self.normalise_due(&mut new)?;

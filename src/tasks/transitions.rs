@@ -290,6 +290,9 @@ pub(super) fn spec_of(current: &Task) -> NewTask {
         // Folding happens at create; a queued or held body is never folded again.
         debounce_key: None,
         debounce_s: None,
+        concurrency_key: current.concurrency_key.clone(),
+        rate_key: current.rate_key.clone(),
+        lane: current.lane.clone(),
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod control;
 mod dispatch;
+mod flow;
 mod kinds;
 pub mod output;
 pub mod process;
@@ -37,6 +38,12 @@ pub enum WorkerError {
     /// A task operation failed.
     #[error(transparent)]
     Task(#[from] TaskError),
+    /// Flow control (the limits bucket) failed.
+    #[error(transparent)]
+    Limits(#[from] crate::limits::LimitsError),
+    /// `[worker.limits]` is not valid.
+    #[error("[worker.limits]: {0}")]
+    BadLimits(String),
     /// The queue-reading connection dropped during a pull (a message it could not parse, or
     /// the server went away); the delivered messages are checked and the pull tried again.
     #[error("the connection reading the queue was lost")]
@@ -124,6 +131,10 @@ struct Ctx {
     token_secret: Option<SecretString>,
     running: control::Running,
     ack_wait: Duration,
+    /// Flow control: the gate before a claim.
+    limits: crate::limits::Limits,
+    /// Rate keys a task of this worker waits for in the process.
+    rate_waiters: flow::RateWaiters,
     /// For hook tasks; built on first use (its TLS roots cost an idle worker about 1 MB).
     http: std::sync::OnceLock<reqwest::Client>,
 }
@@ -138,6 +149,22 @@ impl Ctx {
             .as_ref()
             .map(|s| crate::token::mint(s.expose_secret().as_bytes(), &task.id, task.attempt))
     }
+}
+
+/// Opens flow control and declares this assignee's `[worker.limits]` (when it declares any,
+/// or to clear what an earlier config declared).
+async fn open_limits(
+    bus: &Bus,
+    opts: &WorkerOptions,
+) -> Result<crate::limits::Limits, WorkerError> {
+    let declared = &opts.settings.limits;
+    declared.validate().map_err(WorkerError::BadLimits)?;
+    let limits = crate::limits::Limits::new(bus);
+    let before = limits.declared(opts.assignee.as_str()).await?;
+    if &before != declared {
+        limits.declare(opts.assignee.as_str(), declared).await?;
+    }
+    Ok(limits)
 }
 
 /// How long handed-back tasks may take to be recorded once their commands have stopped
@@ -182,8 +209,11 @@ pub async fn run_with_health(
         s.weights,
     )
     .await?;
+    let limits = open_limits(&bus, &opts).await?;
     let ctx = Arc::new(Ctx {
         tasks,
+        limits,
+        rate_waiters: flow::RateWaiters::default(),
         settings: opts.settings.clone(),
         worker_id: opts.worker_id.clone(),
         api_url: opts.api_url.clone(),

@@ -3,10 +3,12 @@
 //! it (lease lost) or hand it back (shutdown).
 
 use super::control::{RunHandle, StopReason};
+use super::flow::{self, Gated};
 use super::kinds::{self, Outcome};
 use super::Ctx;
 use crate::bus::subjects;
 use crate::domain::Task;
+use crate::limits::Permit;
 use crate::tasks::{ClaimOutcome, Finish, QueuedMessage, TaskError};
 use async_nats::jetstream::{AckKind, Message};
 use std::sync::{Arc, OnceLock};
@@ -34,37 +36,83 @@ pub(super) async fn handle(ctx: Arc<Ctx>, msg: Message, slot: OwnedSemaphorePerm
     let span =
         tracing::info_span!("task", task_id = tracing::field::Empty, seq, worker = %ctx.worker_id);
     crate::telemetry::continue_trace(&span, msg.headers.as_ref());
+    let Some((claimed, permit)) = claim_through_gate(&ctx, &msg, queued, redelivered, &span).await
+    else {
+        return;
+    };
+    match claimed {
+        Ok(ClaimOutcome::Run(task)) => {
+            span.record("task_id", task.id.as_str());
+            let run = run_span(&span, &task);
+            run_claimed(&ctx, &msg, task, seq, slot, permit)
+                .instrument(run)
+                .instrument(span)
+                .await
+        }
+        other => settle_unrun(&msg, other, &span).await,
+    }
+}
+
+/// Passes the flow-control gate (see `flow.rs`), then claims. A message the gate holds back
+/// goes back to the queue for as long as it says (`None`); places taken for a task that then
+/// does not run are given back (one that never will, moved aside, not pending or out of
+/// attempts, also leaves its lane).
+async fn claim_through_gate(
+    ctx: &Ctx,
+    msg: &Message,
+    queued: QueuedMessage<'_>,
+    redelivered: bool,
+    span: &tracing::Span,
+) -> Option<(Result<ClaimOutcome, TaskError>, Permit)> {
+    let permit = match flow::gate(ctx, queued).instrument(span.clone()).await {
+        Gated::Go(permit) => permit,
+        Gated::Later(delay) => {
+            let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+            return None;
+        }
+    };
     let claimed = ctx
         .tasks
         .claim_for_worker(queued, &ctx.worker_id, redelivered)
         .instrument(span.clone())
         .await;
+    let gone = matches!(
+        claimed,
+        Ok(ClaimOutcome::Invalid(_) | ClaimOutcome::Skip(_) | ClaimOutcome::GaveUp(_))
+    );
+    if !permit.is_empty() && !matches!(claimed, Ok(ClaimOutcome::Run(_))) {
+        release(ctx, &permit, gone).await;
+    }
+    Some((claimed, permit))
+}
+
+/// Acknowledges, or puts back, a message whose task does not run here.
+async fn settle_unrun(
+    msg: &Message,
+    claimed: Result<ClaimOutcome, TaskError>,
+    span: &tracing::Span,
+) {
     match claimed {
-        Ok(ClaimOutcome::Run(task)) => {
-            span.record("task_id", task.id.as_str());
-            run_claimed(&ctx, &msg, task, seq, slot)
-                .instrument(span)
-                .await
-        }
+        Ok(ClaimOutcome::Run(_)) => {}
         Ok(ClaimOutcome::Invalid(why)) => {
-            tracing::warn!(parent: &span, subject = %msg.subject, why, "not a valid task; dead-lettered with the reason");
+            tracing::warn!(parent: span, subject = %msg.subject, why, "not a valid task; dead-lettered with the reason");
             let _ = msg.ack().await;
         }
         Ok(ClaimOutcome::Skip(why)) => {
-            tracing::debug!(parent: &span, why, "nothing to run; acknowledging");
+            tracing::debug!(parent: span, why, "nothing to run; acknowledging");
             let _ = msg.ack().await;
         }
         Ok(ClaimOutcome::GaveUp(task)) => {
-            tracing::warn!(parent: &span, task_id = %task.id, attempts = task.attempt,
+            tracing::warn!(parent: span, task_id = %task.id, attempts = task.attempt,
                 "attempts used up; task failed and dead-lettered");
             let _ = msg.ack().await;
         }
         Ok(ClaimOutcome::Later(delay)) => {
-            tracing::debug!(parent: &span, "the task's record is older than its message; later");
+            tracing::debug!(parent: span, "the task's record is older than its message; later");
             let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
         }
         Err(e) => {
-            tracing::warn!(parent: &span, error.message = %e, "claim failed; retrying shortly");
+            tracing::warn!(parent: span, error.message = %e, "claim failed; retrying shortly");
             let _ = msg
                 .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                 .await;
@@ -72,19 +120,46 @@ pub(super) async fn handle(ctx: Arc<Ctx>, msg: Message, slot: OwnedSemaphorePerm
     }
 }
 
-async fn run_claimed(ctx: &Ctx, msg: &Message, task: Task, seq: u64, slot: OwnedSemaphorePermit) {
-    run_claimed_inner(ctx, msg, &task, seq, slot).await;
-    // Whatever happened, nothing this run sent stays unconfirmed, and its chain goes.
-    ctx.tasks.forget(&task.id).await;
+/// The span of a task's run, from the command's start to the recorded finish (for traces only:
+/// the `task` span around it names the task in the logs already).
+fn run_span(task_span: &tracing::Span, task: &Task) -> tracing::Span {
+    tracing::info_span!(target: "taskfleet::trace", parent: task_span, "task.run",
+        task_id = task.id.as_str(), kind = %task.kind, attempt = task.attempt)
 }
 
+async fn run_claimed(
+    ctx: &Ctx,
+    msg: &Message,
+    task: Task,
+    seq: u64,
+    slot: OwnedSemaphorePermit,
+    permit: Permit,
+) {
+    let finished = run_claimed_inner(ctx, msg, &task, seq, slot, &permit).await;
+    // Whatever happened, nothing this run sent stays unconfirmed, and its chain goes.
+    ctx.tasks.forget(&task.id).await;
+    // Only now, with the task's end stored, may the next task of its keys start.
+    if !permit.is_empty() {
+        release(ctx, &permit, finished).await;
+    }
+}
+
+/// Gives a task's flow-control places back (see `limits/`); `finished`: it leaves its lane.
+async fn release(ctx: &Ctx, permit: &Permit, finished: bool) {
+    if let Err(e) = ctx.limits.release(permit, finished).await {
+        tracing::warn!(error.message = %e, "flow-control places not given back; they lapse after ack_wait");
+    }
+}
+
+/// Runs a claimed task to its end; returns whether it finished (it will not run again).
 async fn run_claimed_inner(
     ctx: &Ctx,
     msg: &Message,
     task: &Task,
     seq: u64,
     slot: OwnedSemaphorePermit,
-) {
+    permit: &Permit,
+) -> bool {
     let token = task
         .lease
         .as_ref()
@@ -105,7 +180,7 @@ async fn run_claimed_inner(
     let outcome = loop {
         tokio::select! {
             outcome = &mut run => break outcome,
-            _ = beat.tick() => renew(ctx, msg, task, &token, &handle).await,
+            _ = beat.tick() => renew(ctx, msg, task, &token, &handle, permit).await,
         }
     };
     ctx.running.remove(&task.id);
@@ -114,9 +189,11 @@ async fn run_claimed_inner(
         Some(StopReason::Cancelled) => {
             tracing::info!("stopped: cancelled");
             let _ = msg.double_ack().await;
+            true
         }
         Some(StopReason::LeaseLost) => {
             tracing::warn!("stopped: another replica holds the task now; leaving it to them");
+            false
         }
         Some(StopReason::HandBack) => {
             match ctx.tasks.hand_back(task, &token, &ctx.worker_id, seq).await {
@@ -135,15 +212,29 @@ async fn run_claimed_inner(
                 }
                 Err(e) => tracing::warn!(error.message = %e, "hand-back refused"),
             }
+            false
         }
         None => finish(ctx, msg, task, &token, outcome, slot).await,
     }
 }
 
-/// Renews the lease (in-progress ack) and checks that it still holds; stops the run if not.
-async fn renew(ctx: &Ctx, msg: &Message, task: &Task, token: &str, handle: &RunHandle) {
+/// Renews the lease (in-progress ack) and the task's flow-control places, and checks that the
+/// lease still holds; stops the run if not.
+async fn renew(
+    ctx: &Ctx,
+    msg: &Message,
+    task: &Task,
+    token: &str,
+    handle: &RunHandle,
+    permit: &Permit,
+) {
     if let Err(e) = msg.ack_with(AckKind::Progress).await {
         tracing::warn!(error.message = %e, "lease renewal failed");
+    }
+    if !permit.is_empty() {
+        if let Err(e) = ctx.limits.renew(permit, ctx.ack_wait).await {
+            tracing::warn!(error.message = %e, "flow-control places not renewed");
+        }
     }
     match ctx.tasks.holds(task, token).await {
         Ok(true) => {}
@@ -159,7 +250,7 @@ async fn finish(
     token: &str,
     outcome: Outcome,
     slot: OwnedSemaphorePermit,
-) {
+) -> bool {
     let finish = match outcome {
         Outcome::Completed { result, detail } => Finish::Completed {
             result: Some(result),
@@ -171,7 +262,7 @@ async fn finish(
         }
         Outcome::FinishedElsewhere | Outcome::Stopped => {
             let _ = msg.double_ack().await;
-            return;
+            return true;
         }
     };
     let who = &ctx.worker_id;
@@ -188,16 +279,22 @@ async fn finish(
             // The finish is stored before the message goes. A lost ack only means a
             // redelivery, which the claim then skips: no need to wait for its confirmation.
             let _ = msg.ack().await;
+            true
         }
         // Finished or cancelled through the API meanwhile: nothing left to do.
         Err(TaskError::IllegalTransition(why)) => {
             tracing::info!(why, "already finished elsewhere");
             let _ = msg.double_ack().await;
+            true
         }
         // A zombie: the task belongs to another attempt now. Leave its message alone.
-        Err(TaskError::StaleLease(why)) => tracing::warn!(why, "lease lost; result discarded"),
+        Err(TaskError::StaleLease(why)) => {
+            tracing::warn!(why, "lease lost; result discarded");
+            false
+        }
         Err(e) => {
             tracing::error!(error.message = %e, "cannot record the result; the task will be redelivered");
+            false
         }
     }
 }

@@ -329,3 +329,79 @@ async fn task_create_in_schedules_a_task_that_list_and_reschedule_show() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--in"));
 }
+
+#[tokio::test]
+async fn limits_commands_set_list_and_remove_a_keys_override_and_create_names_the_key() {
+    let app = TestApp::spawn().await;
+
+    let set = taskfleet(
+        &app,
+        &[
+            "limits",
+            "set",
+            "anna",
+            "repo:acme/web",
+            "--concurrency",
+            "1",
+        ],
+    )
+    .await;
+    let rate = taskfleet(
+        &app,
+        &[
+            "limits", "set", "anna", "chan:1", "--rate", "20/min", "--burst", "5",
+        ],
+    )
+    .await;
+    let bad = taskfleet(&app, &["limits", "set", "anna", "chan:2", "--rate", "soon"]).await;
+    let created = taskfleet(
+        &app,
+        &[
+            "task",
+            "create",
+            "-n",
+            "fix",
+            "-a",
+            "anna",
+            "--concurrency-key",
+            "repo:acme/web",
+            "--lane",
+            "session:1",
+            "--json",
+        ],
+    )
+    .await;
+    let listed = taskfleet(&app, &["limits", "--json", "-a", "anna"]).await;
+    let removed = taskfleet(&app, &["limits", "rm", "anna", "repo:acme/web"]).await;
+    let again = taskfleet(&app, &["limits", "rm", "anna", "repo:acme/web"]).await;
+
+    assert!(set.status.success(), "{set:?}");
+    assert!(
+        stdout(&set).contains(r#""concurrency": 1"#),
+        "{}",
+        stdout(&set)
+    );
+    assert!(rate.status.success(), "{rate:?}");
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("rate"),
+        "{bad:?}"
+    );
+    let task: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    assert_eq!(task["concurrency_key"], "repo:acme/web");
+    assert_eq!(task["lane"], "session:1");
+    let view: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let keys: Vec<&str> = view["overrides"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["key"].as_str())
+        .collect();
+    assert_eq!(keys.len(), 2, "{view}");
+    assert!(
+        keys.contains(&"repo:acme/web") && keys.contains(&"chan:1"),
+        "{view}"
+    );
+    assert!(removed.status.success(), "{removed:?}");
+    assert!(!again.status.success(), "a second rm finds no override");
+}

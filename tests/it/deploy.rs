@@ -16,6 +16,8 @@
 //!   on SIGTERM; a worker stopped in a rolling restart hands its task to the new replica.
 //! - `image`: the Dockerfile builds what the Makefile builds and runs as a non-root user; the
 //!   build context keeps every build input.
+//! - `monitoring`: the Grafana dashboard and the Prometheus alerts query only metrics a live API
+//!   exports, and the backlog gauges they read show the fleet's state.
 //!
 //! deploy/README.md lists every test here and says what they leave unchecked
 //! (`readme_names_every_check_of_the_deploy_tests` keeps it honest).
@@ -24,6 +26,7 @@ mod cluster;
 mod compose;
 mod image;
 mod k8s;
+mod monitoring;
 mod secrets;
 mod services;
 mod support;

@@ -187,6 +187,27 @@ fn new_task(assignee: &str, kind: &str, payload: serde_json::Value) -> NewTask {
     .unwrap()
 }
 
+/// Anna's worker (2 slots) as her own NATS user, until `token` is cancelled.
+async fn annas_worker(
+    nats: &SecureNats,
+    settings: taskfleet::config::WorkerConfig,
+    token: &CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), taskfleet::worker::WorkerError>> {
+    let anna = Role::Worker(assignee("anna"));
+    tokio::spawn(taskfleet::worker::run(
+        nats.bus(&anna).await,
+        taskfleet::worker::WorkerOptions {
+            assignee: assignee("anna"),
+            concurrency: 2,
+            worker_id: "anna@test".into(),
+            api_url: "http://127.0.0.1:9".into(),
+            task_token_secret: None,
+            settings,
+        },
+        token.clone(),
+    ))
+}
+
 fn service(bus: Bus) -> TaskService {
     TaskService::new(bus, Arc::new(taskfleet::metrics::Metrics::default()))
 }
@@ -343,18 +364,7 @@ async fn annas_worker_user_has_the_api_move_aside_a_message_it_cannot_read() {
         .unwrap()
         .task;
     let anna = Role::Worker(assignee("anna"));
-    let worker = tokio::spawn(taskfleet::worker::run(
-        nats.bus(&anna).await,
-        taskfleet::worker::WorkerOptions {
-            assignee: assignee("anna"),
-            concurrency: 2,
-            worker_id: "anna@test".into(),
-            api_url: "http://127.0.0.1:9".into(),
-            task_token_secret: None,
-            settings: worker_settings(),
-        },
-        token.clone(),
-    ));
+    let worker = annas_worker(&nats, worker_settings(), &token).await;
 
     // Act
     let good = finished(&api, &good.id).await;
@@ -762,4 +772,42 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+#[tokio::test]
+async fn annas_worker_user_holds_and_gives_back_flow_control_places_without_a_violation() {
+    // Arrange: a cap, a limited key, a lane and a rate, all in the worker's own config.
+    let nats = SecureNats::start(&["anna", "trump"]).await;
+    let api = service(nats.bus(&Role::Api).await);
+    let anna = Role::Worker(assignee("anna"));
+    let mut settings = worker_settings();
+    settings.limits.max_running = Some(1);
+    settings.limits.concurrency = [("repo:*".to_string(), 1)].into();
+    settings.limits.rate = [(
+        "chan:*".to_string(),
+        taskfleet::domain::Rate::parse("50/s").unwrap(),
+    )]
+    .into();
+    let token = CancellationToken::new();
+    let worker = annas_worker(&nats, settings, &token).await;
+
+    // Act
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let mut new = new_task("anna", "exec", json!({"command": "echo hi"}));
+        new.concurrency_key = Some("repo:acme/web".into());
+        new.rate_key = Some("chan:tg-1".into());
+        new.lane = Some("session:1".into());
+        ids.push(api.create(new, "t").await.unwrap().task.id);
+    }
+    let mut done = Vec::new();
+    for id in &ids {
+        done.push(finished(&api, id).await);
+    }
+    token.cancel();
+    worker.await.unwrap().expect("the worker ran");
+
+    // Assert
+    assert!(done.iter().all(|t| t.status.as_str() == "completed"));
+    assert_eq!(nats.violations(&anna), Vec::<String>::new());
 }

@@ -263,6 +263,9 @@ pub(crate) fn new_task() -> impl Strategy<Value = NewTask> {
             delay_s: None,
             debounce_key: None,
             debounce_s: None,
+            concurrency_key: None,
+            rate_key: None,
+            lane: None,
         },
     )
 }

@@ -5,7 +5,8 @@
 //! so receivers can de-duplicate), `webhook-timestamp: <unix seconds>` and, with a secret,
 //! `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`. The body is serialized
 //! and the timestamp and signature computed afresh on every attempt, so a retry hours later
-//! still passes the receiver's timestamp tolerance.
+//! still passes the receiver's timestamp tolerance. When traces are exported, `traceparent` (W3C
+//! trace context) names the delivery attempt's span, in the trace of the task.
 
 use super::http::{post_json, Redactor};
 use super::{Attempt, SinkContext};
@@ -38,6 +39,14 @@ pub(super) async fn send(
     ];
     if let Some(signer) = &signer {
         headers.push((HEADER_SIGNATURE, signer.sign(&job.id, timestamp, &body)));
+    }
+    // The delivery's trace (`traceparent`), when spans are exported: the receiver's work joins
+    // the task's trace.
+    let trace = crate::telemetry::http_trace_headers();
+    for (name, value) in &trace {
+        if let Ok(value) = value.to_str() {
+            headers.push((name.as_str(), value.to_string()));
+        }
     }
     // The key alone (the base64 after `whsec_`) is as secret as the whole string.
     let key = secret.and_then(|s| s.trim().strip_prefix(SECRET_PREFIX));

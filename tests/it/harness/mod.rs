@@ -4,6 +4,7 @@ pub mod app;
 pub mod cluster;
 pub mod events;
 pub mod nats;
+pub mod otlp;
 pub mod process;
 pub mod receiver;
 pub mod relay;

@@ -68,6 +68,8 @@ impl TestApp {
             .arg(config)
             .env_remove("TASKFLEET_CONFIG")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("OTEL_TRACES_EXPORTER")
             .env("NATS_URL", self.nats.url())
             .env("RUST_LOG", "info,async_nats=warn")
             .env("NO_COLOR", "1")
