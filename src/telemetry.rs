@@ -10,7 +10,6 @@
 //! whatever the log filter says; spans with the target [`SPAN_TARGET`] (HTTP requests, runs,
 //! fan-out, deliveries) are kept out of the logs.
 
-use crate::config::{LogFormat, TelemetryConfig};
 use opentelemetry::propagation::{
     Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
 };
@@ -18,10 +17,41 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithHttpConfig;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use serde::Deserialize;
 use std::time::Duration;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logs and traces.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `human` or `json`.
+    pub log_format: LogFormat,
+    /// Filter in `RUST_LOG` syntax (`RUST_LOG` wins when set).
+    pub log_filter: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Human,
+            log_filter: "info,async_nats=warn".into(),
+        }
+    }
+}
 
 /// Target of the spans that exist for traces only (kept out of the logs): HTTP requests,
 /// task runs, the relay's fan-out and deliveries.

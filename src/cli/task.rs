@@ -299,15 +299,7 @@ async fn execute(client: &ApiClient, args: &TaskArgs) -> Result<(), ClientError>
             result_json,
             fencing_token,
         } => {
-            let result = match (result, result_json) {
-                (Some(r), true) => serde_json::from_str(r).map_err(|e| ClientError::Api {
-                    status: 400,
-                    code: "bad_request".into(),
-                    message: format!("--result is not JSON: {e}"),
-                })?,
-                (Some(r), false) => Value::from(r.as_str()),
-                (None, _) => Value::Null,
-            };
+            let result = result_value(result.as_deref(), *result_json)?;
             let body = json!({ "result": result, "fencing_token": fencing_token });
             out.task(&client.action(id, "complete", Some(&body)).await?);
         }
@@ -335,93 +327,137 @@ async fn execute(client: &ApiClient, args: &TaskArgs) -> Result<(), ClientError>
             out.task(&client.action(id, "reschedule", Some(&body)).await?);
         }
         TaskCmd::Logs { id } => out.logs(&client.logs(id).await?),
-        TaskCmd::Output { id, offset, limit } => {
-            let q = query(&[
-                ("offset", offset.map(|o| o.to_string())),
-                ("limit", limit.map(|l| l.to_string())),
-            ]);
-            let page = client.output(id, &q).await?;
-            if out.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&page).unwrap_or_default()
-                );
-            } else {
-                for line in page["lines"].as_array().into_iter().flatten() {
-                    println!("{}", line.as_str().unwrap_or_default());
-                }
-            }
-        }
+        TaskCmd::Output { id, offset, limit } => output(client, out, id, *offset, *limit).await?,
         TaskCmd::Input {
             id,
             data,
             line,
             eof,
-        } => {
-            let text = if *line {
-                format!("{data}\n")
-            } else {
-                data.clone()
-            };
-            let answer = client.input(id, &text, *eof).await?;
-            if out.json {
-                println!("{answer}");
-            } else {
-                println!(
-                    "wrote {} bytes{}",
-                    text.len(),
-                    if *eof { " and closed stdin" } else { "" }
-                );
-            }
+        } => input(client, out, id, data, *line, *eof).await?,
+        TaskCmd::Dead { assignee, limit } => dead(client, out, assignee.clone(), *limit).await?,
+        TaskCmd::Watch { id, follow } => watch(client, out, id, *follow).await?,
+    }
+    Ok(())
+}
+
+/// `--result` as JSON (`--result-json`) or as a string.
+fn result_value(result: Option<&str>, as_json: bool) -> Result<Value, ClientError> {
+    match (result, as_json) {
+        (Some(r), true) => serde_json::from_str(r).map_err(|e| ClientError::Api {
+            status: 400,
+            code: "bad_request".into(),
+            message: format!("--result is not JSON: {e}"),
+        }),
+        (Some(r), false) => Ok(Value::from(r)),
+        (None, _) => Ok(Value::Null),
+    }
+}
+
+/// `task output`: the captured lines of a command task.
+async fn output(
+    client: &ApiClient,
+    out: Output,
+    id: &str,
+    offset: Option<usize>,
+    limit: Option<usize>,
+) -> Result<(), ClientError> {
+    let q = query(&[
+        ("offset", offset.map(|o| o.to_string())),
+        ("limit", limit.map(|l| l.to_string())),
+    ]);
+    let page = client.output(id, &q).await?;
+    if out.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&page).unwrap_or_default()
+        );
+    } else {
+        for line in page["lines"].as_array().into_iter().flatten() {
+            println!("{}", line.as_str().unwrap_or_default());
         }
-        TaskCmd::Dead { assignee, limit } => {
-            let q = query(&[
-                ("assigned_to", assignee.clone()),
-                ("limit", limit.map(|l| l.to_string())),
-            ]);
-            let dead = client.dead_letters(&q).await?;
-            if out.json {
-                out.tasks(&dead);
-            } else {
-                for t in &dead {
-                    println!(
-                        "{}  {}  {}  attempts {}  {}",
-                        t.id,
-                        t.assigned_to,
-                        t.task_name,
-                        t.attempt,
-                        t.error.as_deref().unwrap_or("")
-                    );
-                }
-                if dead.is_empty() {
-                    println!("(no dead letters)");
-                }
-            }
+    }
+    Ok(())
+}
+
+/// `task input`: writes to a running task's stdin.
+async fn input(
+    client: &ApiClient,
+    out: Output,
+    id: &str,
+    data: &str,
+    line: bool,
+    eof: bool,
+) -> Result<(), ClientError> {
+    let text = if line {
+        format!("{data}\n")
+    } else {
+        data.to_string()
+    };
+    let answer = client.input(id, &text, eof).await?;
+    if out.json {
+        println!("{answer}");
+    } else {
+        let closed = if eof { " and closed stdin" } else { "" };
+        println!("wrote {} bytes{closed}", text.len());
+    }
+    Ok(())
+}
+
+/// `task dead`: the dead letters, with their errors.
+async fn dead(
+    client: &ApiClient,
+    out: Output,
+    assignee: Option<String>,
+    limit: Option<usize>,
+) -> Result<(), ClientError> {
+    let q = query(&[
+        ("assigned_to", assignee),
+        ("limit", limit.map(|l| l.to_string())),
+    ]);
+    let dead = client.dead_letters(&q).await?;
+    if out.json {
+        out.tasks(&dead);
+        return Ok(());
+    }
+    for t in &dead {
+        println!(
+            "{}  {}  {}  attempts {}  {}",
+            t.id,
+            t.assigned_to,
+            t.task_name,
+            t.attempt,
+            t.error.as_deref().unwrap_or("")
+        );
+    }
+    if dead.is_empty() {
+        println!("(no dead letters)");
+    }
+    Ok(())
+}
+
+/// `task watch`: prints events as they come, until the task ends (or forever with `follow`).
+async fn watch(client: &ApiClient, out: Output, id: &str, follow: bool) -> Result<(), ClientError> {
+    eprintln!("watching task {id} (Ctrl-C to stop) …");
+    let events = client.watch(id).await?;
+    futures::pin_mut!(events);
+    while let Some(ev) = events.next().await {
+        let ev = ev?;
+        if out.json {
+            println!("{}", serde_json::to_string(&ev).unwrap_or_default());
+        } else {
+            println!(
+                "{}  {:<10} {}",
+                ev.time.format("%Y-%m-%d %H:%M:%S"),
+                ev.kind.as_str(),
+                ev.message.as_deref().unwrap_or("")
+            );
         }
-        TaskCmd::Watch { id, follow } => {
-            eprintln!("watching task {id} (Ctrl-C to stop) …");
-            let events = client.watch(id).await?;
-            futures::pin_mut!(events);
-            while let Some(ev) = events.next().await {
-                let ev = ev?;
-                if out.json {
-                    println!("{}", serde_json::to_string(&ev).unwrap_or_default());
-                } else {
-                    println!(
-                        "{}  {:<10} {}",
-                        ev.time.format("%Y-%m-%d %H:%M:%S"),
-                        ev.kind.as_str(),
-                        ev.message.as_deref().unwrap_or("")
-                    );
-                }
-                let terminal = matches!(
-                    ev.kind,
-                    EventKind::Completed | EventKind::Failed | EventKind::Cancelled
-                );
-                if terminal && !follow {
-                    break;
-                }
-            }
+        let terminal = matches!(
+            ev.kind,
+            EventKind::Completed | EventKind::Failed | EventKind::Cancelled
+        );
+        if terminal && !follow {
+            break;
         }
     }
     Ok(())

@@ -139,14 +139,32 @@ impl<'de> Deserialize<'de> for Rate {
 #[serde(deny_unknown_fields)]
 pub struct KeyLimits {
     /// Tasks with this `concurrency_key` running at once (0 holds them all).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub concurrency: Option<u32>,
     /// Starts per period of tasks with this `rate_key`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub rate: Option<Rate>,
     /// Starts allowed at once after a quiet spell (default 1: evenly spread).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub burst: Option<u32>,
+}
+
+/// A field that, when given, has a value: `null` is refused (leave the field out instead), so
+/// a body means exactly what it says.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 impl KeyLimits {

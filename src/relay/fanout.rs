@@ -3,12 +3,12 @@
 //! and output are throttled per (task, destination), keeping the latest; transitions always go
 //! through. The same loop watches running tasks for stalls.
 
+use super::config::RouteConfig;
 use super::deliver::Delivery;
 use super::destination::{parse_notify, session_key, Destination, NotifyEntry};
 use super::job::DeliveryJob;
 use super::message::Templates;
 use crate::bus::{encode, message_headers, subjects, BusError, NatsResultExt};
-use crate::config::RouteConfig;
 use crate::domain::{EventKind, Task, TaskEvent, TaskId, TaskStatus};
 use crate::tasks::ledger::shown_events;
 use crate::tasks::{ListFilter, TaskService};

@@ -20,6 +20,7 @@
 //!
 //! Every module is pure (or, for the resolver, only does DNS) and unit-tested in place.
 
+pub mod config;
 mod deliver;
 mod fanout;
 mod record;

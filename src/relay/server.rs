@@ -1,6 +1,7 @@
 //! `taskfleet relay`: wires the fan-out and the delivery loops from the config and runs them
 //! until shutdown.
 
+use super::config::RelayConfig;
 use super::deliver::Delivery;
 use super::destination::{Destination, DestinationError};
 use super::fanout::FanOut;
@@ -9,7 +10,6 @@ use super::retry::RetrySchedule;
 use super::sinks::SinkContext;
 use super::ssrf::AllowList;
 use crate::bus::{Bus, BusError};
-use crate::config::RelayConfig;
 use crate::domain::EventKind;
 use crate::health::{Health, Phase};
 use crate::tasks::TaskService;

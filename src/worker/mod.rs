@@ -233,9 +233,36 @@ pub async fn run_with_health(
     let announced = spawn_announcer(&bus, &opts, &ctx, &announcing);
     tracing::info!(assignee = %opts.assignee, worker = %opts.worker_id, concurrency = opts.concurrency, "worker pulling");
     health.set_phase(Phase::Running);
-
-    let slots = Arc::new(Semaphore::new(opts.concurrency));
     let tracker = TaskTracker::new();
+    pull_until(
+        &ctx,
+        &mut queue,
+        &tracker,
+        opts.concurrency,
+        &shutdown,
+        health,
+    )
+    .await;
+    health.set_phase(Phase::Draining);
+    drain(&bus, &ctx, queue, &tracker).await;
+    listening.cancel();
+    let _ = tokio::time::timeout(FLUSH_LIMIT, listener).await;
+    announcing.cancel();
+    let _ = tokio::time::timeout(FLUSH_LIMIT, announced).await;
+    flush_at_exit(&bus).await;
+    Ok(())
+}
+
+/// Fills every free slot of `concurrency` with the next task until `shutdown`.
+async fn pull_until(
+    ctx: &Arc<Ctx>,
+    queue: &mut dispatch::Queue,
+    tracker: &TaskTracker,
+    concurrency: usize,
+    shutdown: &CancellationToken,
+    health: &Health,
+) {
+    let slots = Arc::new(Semaphore::new(concurrency));
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
@@ -264,7 +291,11 @@ pub async fn run_with_health(
             }
         }
     }
-    health.set_phase(Phase::Draining);
+}
+
+/// Stops pulling, lets running tasks finish within the grace period, then hands the rest back.
+async fn drain(bus: &Bus, ctx: &Ctx, queue: dispatch::Queue, tracker: &TaskTracker) {
+    let s = &ctx.settings;
     if tokio::time::timeout(FLUSH_LIMIT, queue.close())
         .await
         .is_err()
@@ -291,28 +322,26 @@ pub async fn run_with_health(
         for h in left {
             h.stop(control::StopReason::HandBack);
         }
-        if !handed_back(&tracker, &bus, Duration::from_secs(s.kill_grace_s)).await {
+        if !handed_back(tracker, bus, Duration::from_secs(s.kill_grace_s)).await {
             tracing::warn!(
                 nats = %bus.client.connection_state(),
                 "hand-back not confirmed in time; JetStream redelivers the tasks after ack_wait"
             );
         }
     }
-    listening.cancel();
-    let _ = tokio::time::timeout(FLUSH_LIMIT, listener).await;
-    announcing.cancel();
-    let _ = tokio::time::timeout(FLUSH_LIMIT, announced).await;
-    // Acks and hand-backs must reach the server before the process may exit; a flush waits for
-    // a connection, so not while there is none.
-    if bus.is_connected() {
-        if tokio::time::timeout(FLUSH_LIMIT, bus.client.flush())
-            .await
-            .is_err()
-        {
-            tracing::warn!("last flush to NATS timed out");
-        }
-    } else {
+}
+
+/// Acks and hand-backs must reach the server before the process may exit; a flush waits for
+/// a connection, so not while there is none.
+async fn flush_at_exit(bus: &Bus) {
+    if !bus.is_connected() {
         tracing::warn!("NATS unreachable at exit: recent acks may be lost (tasks are redelivered)");
+        return;
     }
-    Ok(())
+    if tokio::time::timeout(FLUSH_LIMIT, bus.client.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("last flush to NATS timed out");
+    }
 }

@@ -392,6 +392,7 @@ async fn bad_limits_and_bad_flow_fields_are_422s_naming_the_field_and_change_not
         (json!({"burst": 3, "concurrency": 1}), "burst"),
         (json!({}), "concurrency"),
         (json!({"concurrency": 1, "limit": 2}), "limit"),
+        (json!({"concurrency": null, "rate": "1/s"}), "concurrency"),
     ];
     for (body, field) in cases {
         let (status, answer) = app
