@@ -312,6 +312,7 @@ fn print_banner(
     };
     println!("taskfleet is up");
     println!("  API:     {api_url}");
+    println!("  UI:      {api_url}/  (the dashboard; sign in with the API key)");
     println!("  NATS:    {nats_line}");
     println!("  API key: {key_line}");
     if workers.is_empty() {

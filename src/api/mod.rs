@@ -10,6 +10,8 @@
 //! - `workers.rs`: `/api/workers`, the worker registry;
 //! - `schedules.rs`: `/api/schedules`, cron schedules;
 //! - `openapi.rs`: `/api/openapi.json`, the OpenAPI document of every route here;
+//! - `overview.rs`: `/api/overview` and its live feed, the dashboard's first page;
+//! - `ui.rs`: `/` and `/ui/{file}`, the web dashboard (embedded files under `ui/`);
 //! - `auth.rs`, `error.rs`, `state.rs`: keys, errors, shared state.
 
 mod actions;
@@ -20,11 +22,13 @@ mod events;
 mod health;
 mod limits;
 mod openapi;
+mod overview;
 mod progress;
 mod runs;
 mod schedules;
 mod state;
 mod tasks;
+mod ui;
 mod workers;
 
 pub use error::{ApiError, BodyLimit, IdPath, JsonBody, Params};
@@ -117,13 +121,18 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/api/schedules/{name}/resume", post(schedules::resume))
         .route("/api/schedules/{name}/trigger", post(schedules::trigger))
         .route("/api/openapi.json", get(openapi::serve))
+        .route("/api/overview", get(overview::get))
+        .route("/", get(ui::index))
+        .route("/ui/{file}", get(ui::asset))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(health::metrics))
         .layer(axum::middleware::from_fn_with_state(
             request_timeout,
             health::timeout,
         ));
-    let streaming = Router::new().route("/api/tasks/{id}/events", get(events::feed));
+    let streaming = Router::new()
+        .route("/api/tasks/{id}/events", get(events::feed))
+        .route("/api/overview/events", get(overview::feed));
     timed
         .merge(streaming)
         .fallback(health::not_found)

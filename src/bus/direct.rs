@@ -185,6 +185,28 @@ pub async fn count_after(
     })
 }
 
+/// How many messages on `filter` were stored at or after `since` (the server finds the first
+/// one by time; the dashboard's failures of the last hour).
+pub async fn count_since(
+    client: &async_nats::Client,
+    stream: &str,
+    filter: &str,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<u64, BusError> {
+    let body = json!({
+        "start_time": since.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        "next_by_subj": filter,
+        "batch": 1,
+    });
+    let mut pending_after = None;
+    let got = request_with(client, stream, body, true, &mut pending_after).await?;
+    Ok(match (got.is_empty(), pending_after) {
+        (true, _) => 0,
+        (false, Some(p)) => p + 1,
+        (false, None) => 1,
+    })
+}
+
 /// The last message of every subject matching one of `filters`, in sequence order. At most
 /// [`MAX_MULTI_LAST`] subjects may match in all (the server refuses more).
 pub async fn multi_last(

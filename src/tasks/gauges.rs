@@ -21,6 +21,10 @@ pub struct QueueGauges {
     pub oldest_pending_s: Option<f64>,
     /// Running tasks with no update (event) for longer than `stall_after`.
     pub stalled: i64,
+    /// Pending tasks the walk saw (at most [`WALK_BUDGET`] messages are read).
+    pub pending: i64,
+    /// Running tasks the walk saw (stalled ones included).
+    pub running: i64,
 }
 
 impl TaskService {
@@ -55,6 +59,11 @@ impl TaskService {
                 .map(|m| (m.sequence, m.time.unix_timestamp_nanos()))
                 .collect();
             for t in self.queued_states(&batch, false).await? {
+                match t.status {
+                    TaskStatus::Pending => out.pending += 1,
+                    TaskStatus::Running => out.running += 1,
+                    _ => {}
+                }
                 match t.status {
                     TaskStatus::Pending if out.oldest_pending_s.is_none() => {
                         let since = t.queue_seq.and_then(|s| queued.get(&s).copied());

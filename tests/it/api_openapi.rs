@@ -154,7 +154,13 @@ async fn every_documented_operation_is_served_and_other_methods_are_405() {
         for method in ["get", "post", "put", "delete", "patch"] {
             // Act (the event feed of an unknown task is a 404, not a stream)
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-            let (status, body) = app.call(app.req(m, &url)).await;
+            let (status, body) = if url == "/api/overview/events" && method == "get" {
+                // An endless stream: its status is enough.
+                let r = app.req(m, &url).send().await.expect("request");
+                (r.status(), serde_json::Value::Null)
+            } else {
+                app.call(app.req(m, &url)).await
+            };
 
             // Assert
             if methods.contains(method) {

@@ -9,6 +9,7 @@ mod api_openapi;
 mod api_tasks;
 mod cli;
 mod cluster;
+mod dashboard;
 mod delayed;
 mod delivery_listing;
 mod delivery_permissions;

@@ -1,0 +1,85 @@
+// The task page (#/task/<id>): header, step progress, the event timeline, live updates through
+// /api/tasks/{id}/events, the output tail of a command task, and cancel / retry / complete.
+
+import { call, get, stream } from "/ui/api.js";
+import { h, status, when, confirmed } from "/ui/pages.js";
+
+/** Which actions the state machine allows in `t`'s state. */
+function allowed(t) {
+  return {
+    cancel: t.status === "pending" || t.status === "running",
+    retry: t.status === "failed" || t.status === "cancelled",
+    complete: t.status === "running" && t.kind === "manual",
+  };
+}
+
+/** The task page. */
+export async function task(root, ctx, id) {
+  const path = `/api/tasks/${encodeURIComponent(id)}`;
+  const head = h("div", {});
+  const timeline = h("ol", { class: "timeline", "data-test": "task-timeline" });
+  const output = h("pre", { "data-test": "task-output", hidden: true });
+  root.append(h("section", { "data-test": "page-task" }, head, h("h2", {}, "Timeline"), timeline, output));
+  let busy = false;
+  let again = false;
+  const refresh = async () => {
+    if (busy) { again = true; return; }
+    busy = true;
+    do {
+      again = false;
+      try {
+        const [t, logs] = await Promise.all([get(path), get(`${path}/logs`)]);
+        head.replaceChildren(...header(t, ctx, path, refresh));
+        timeline.replaceChildren(...logs.map(logRow));
+        if (t.kind === "exec") await tail(output, path);
+      } catch (e) { ctx.say(e.message, true); }
+    } while (again);
+    busy = false;
+  };
+  await refresh();
+  ctx.live(true);
+  stream(`${path}/events`, ctx.signal, (type) => { if (type !== "error") refresh(); })
+    .catch((e) => { if (!ctx.signal.aborted) ctx.say(e.message, true); })
+    .finally(() => ctx.live(false));
+}
+
+/** Name, status, lease holder, progress and the action buttons. */
+function header(t, ctx, path, refresh) {
+  const ok = allowed(t);
+  const act = (verb, label, test) => h("button", {
+    type: "button", "data-test": test, disabled: !ok[verb],
+    onclick: () => confirmed(ctx, `${label} task “${t.task_name}”?`, () => call("POST", `${path}/${verb}`, {}), refresh),
+  }, label);
+  const p = t.progress || {};
+  const total = p.total || (t.steps || []).length;
+  return [
+    h("h1", {}, t.task_name),
+    h("dl", {},
+      h("dt", {}, "Status"), h("dd", { "data-test": "task-status" }, status(t.status)),
+      h("dt", {}, "Lease holder"), h("dd", { "data-test": "task-lease" }, t.lease ? t.lease.holder : "–"),
+      h("dt", {}, "Assignee / priority / kind"), h("dd", {}, `${t.assigned_to} / ${t.priority} / ${t.kind}`),
+      h("dt", {}, "Attempt"), h("dd", {}, `${t.attempt} of ${t.max_attempts}`),
+      h("dt", {}, "Created"), h("dd", {}, when(t.created_time)),
+      t.waiting_for ? [h("dt", {}, "Waiting for"), h("dd", {}, t.waiting_for)] : null,
+      t.error ? [h("dt", {}, "Error"), h("dd", { class: "error" }, t.error)] : null),
+    h("label", { for: "task-progress" }, `Progress: ${p.current || ""} ${p.done || 0}/${total || 0}`),
+    h("progress", { id: "task-progress", "data-test": "task-progress", max: 100, value: p.percent || 0 }, `${p.percent || 0}%`),
+    h("div", { class: "actions" },
+      act("cancel", "Cancel", "task-cancel"), act("retry", "Retry", "task-retry"), act("complete", "Complete", "task-complete")),
+    t.result !== null && t.result !== undefined ? h("pre", {}, JSON.stringify(t.result, null, 2)) : null,
+  ];
+}
+
+/** One log row. */
+function logRow(l) {
+  const change = l.new_status ? ` → ${l.new_status}` : "";
+  return h("li", {}, h("span", { class: "muted" }, when(l.created_time)), " ",
+    h("b", {}, l.action), change, l.message ? `: ${l.message}` : "", h("span", { class: "muted" }, ` (${l.operator})`));
+}
+
+/** The last 200 lines of a command's output (the route's default page). */
+async function tail(pre, path) {
+  const page = await get(`${path}/output?limit=200`);
+  pre.hidden = false;
+  pre.textContent = (page.lines || []).join("\n") || "(no output yet)";
+}
