@@ -280,20 +280,8 @@ async fn annas_worker_user_runs_annas_tasks_end_to_end() {
     let nats = SecureNats::start(&["anna", "trump"]).await;
     let api = service(nats.bus(&Role::Api).await);
     let anna = Role::Worker(assignee("anna"));
-    let bus = nats.bus(&anna).await;
     let token = CancellationToken::new();
-    let worker = tokio::spawn(taskfleet::worker::run(
-        bus,
-        taskfleet::worker::WorkerOptions {
-            assignee: assignee("anna"),
-            concurrency: 2,
-            worker_id: "anna@test".into(),
-            api_url: "http://127.0.0.1:9".into(),
-            task_token_secret: None,
-            settings: worker_settings(),
-        },
-        token.clone(),
-    ));
+    let worker = annas_worker(&nats, worker_settings(), &token).await;
 
     // Act: one command that prints, one that reads stdin written through the API's user.
     let echo = api
