@@ -164,15 +164,9 @@ impl Limits {
 
     /// `key`'s limits: the override's fields where set, the config's patterns for the rest.
     pub async fn effective(&self, assignee: &str, key: &str) -> Result<KeyLimits, LimitsError> {
-        let declared = self.declared(assignee).await?.for_key(key);
-        Ok(match self.override_of(assignee, key).await? {
-            Some(o) => KeyLimits {
-                concurrency: o.concurrency.or(declared.concurrency),
-                burst: o.rate.map_or(declared.burst, |_| o.burst),
-                rate: o.rate.or(declared.rate),
-            },
-            None => declared,
-        })
+        let declared = self.declared(assignee).await?;
+        let over = self.override_of(assignee, key).await?;
+        Ok(merged(&declared, over.as_ref(), key))
     }
 
     /// Puts `task` in `lane`'s line (the API does this right after a create, so tasks created
@@ -218,6 +212,20 @@ pub(crate) struct Stored<T> {
     pub key: String,
     /// Its limits.
     pub limits: T,
+}
+
+/// `key`'s limits: `over`'s fields where set, `declared`'s patterns for the rest (a rate set by
+/// the override brings its own burst).
+pub(crate) fn merged(declared: &DeclaredLimits, over: Option<&KeyLimits>, key: &str) -> KeyLimits {
+    let declared = declared.for_key(key);
+    match over {
+        Some(o) => KeyLimits {
+            concurrency: o.concurrency.or(declared.concurrency),
+            burst: o.rate.map_or(declared.burst, |_| o.burst),
+            rate: o.rate.or(declared.rate),
+        },
+        None => declared,
+    }
 }
 
 /// Unix milliseconds now.

@@ -97,67 +97,67 @@ impl Limits {
             }
         }
         for (a, kind, value) in used {
-            if let Some(u) = self.usage(&a, &kind, &value).await? {
+            if let Some(u) = usage(&out, &a, &kind, &value) {
                 out.keys.push(u);
             }
         }
         Ok(out)
     }
+}
 
-    /// How one key entry stands, with the limits in force for it.
-    async fn usage(
-        &self,
-        assignee: &str,
-        kind: &str,
-        value: &[u8],
-    ) -> Result<Option<KeyUsage>, LimitsError> {
-        let now = now_ms();
-        let mut u = KeyUsage {
-            assignee: assignee.to_string(),
-            kind: "",
-            key: String::new(),
-            limit: None,
-            rate: None,
-            burst: None,
-            running: Vec::new(),
-            waiting: 0,
-            line: Vec::new(),
-            next_slot_in_s: None,
-        };
-        if kind == "r" {
-            let Ok(r) = serde_json::from_slice::<RateState>(value) else {
-                return Ok(None);
-            };
-            let limits = self.effective(assignee, &r.key).await?;
-            let Some(rate) = limits.rate else {
-                return Ok(None);
-            };
-            let interval = rate.interval().as_millis().max(1) as i64;
-            let wait = r.wait_ms(now, interval, limits.burst.unwrap_or(1));
-            u.next_slot_in_s = Some(wait as f64 / 1000.0);
-            (u.kind, u.key, u.rate, u.burst) = ("rate", r.key, Some(rate), limits.burst);
-            return Ok(Some(u));
-        }
-        let Ok(mut h) = serde_json::from_slice::<Holders>(value) else {
-            return Ok(None);
-        };
-        h.prune(now, kind == "l");
-        u.running = h.holders.keys().cloned().collect();
-        u.line = h.queue.iter().map(|w| w.id.clone()).collect();
-        u.waiting = u.line.len();
-        u.kind = match kind {
-            "c" => "concurrency",
-            "l" => "lane",
-            _ => "max_running",
-        };
-        u.limit = match kind {
-            "c" => self.effective(assignee, &h.key).await?.concurrency,
-            "l" => Some(1),
-            _ => self.declared(assignee).await?.max_running,
-        };
-        u.key = h.key;
-        Ok(Some(u))
+/// `key`'s limits from what the overview read (its one scan holds the declared limits and the
+/// overrides; no read per key).
+fn limits_of(view: &Overview, assignee: &str, key: &str) -> KeyLimits {
+    let declared = view.declared.get(assignee).cloned().unwrap_or_default();
+    let over = view
+        .overrides
+        .iter()
+        .find(|o| o.assignee == assignee && o.key == key);
+    super::merged(&declared, over.map(|o| &o.limits), key)
+}
+
+/// How one key entry stands, with the limits in force for it.
+fn usage(view: &Overview, assignee: &str, kind: &str, value: &[u8]) -> Option<KeyUsage> {
+    let now = now_ms();
+    let mut u = KeyUsage {
+        assignee: assignee.to_string(),
+        kind: "",
+        key: String::new(),
+        limit: None,
+        rate: None,
+        burst: None,
+        running: Vec::new(),
+        waiting: 0,
+        line: Vec::new(),
+        next_slot_in_s: None,
+    };
+    if kind == "r" {
+        let r = serde_json::from_slice::<RateState>(value).ok()?;
+        let limits = limits_of(view, assignee, &r.key);
+        let rate = limits.rate?;
+        let interval = rate.interval().as_millis().max(1) as i64;
+        let wait = r.wait_ms(now, interval, limits.burst.unwrap_or(1));
+        u.next_slot_in_s = Some(wait as f64 / 1000.0);
+        (u.kind, u.key, u.rate, u.burst) = ("rate", r.key, Some(rate), limits.burst);
+        return Some(u);
     }
+    let mut h = serde_json::from_slice::<Holders>(value).ok()?;
+    h.prune(now, kind == "l");
+    u.running = h.holders.keys().cloned().collect();
+    u.line = h.queue.iter().map(|w| w.id.clone()).collect();
+    u.waiting = u.line.len();
+    u.kind = match kind {
+        "c" => "concurrency",
+        "l" => "lane",
+        _ => "max_running",
+    };
+    u.limit = match kind {
+        "c" => limits_of(view, assignee, &h.key).concurrency,
+        "l" => Some(1),
+        _ => view.declared.get(assignee).and_then(|d| d.max_running),
+    };
+    u.key = h.key;
+    Some(u)
 }
 
 impl Limits {

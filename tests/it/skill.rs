@@ -291,7 +291,6 @@ fn the_skill_declares_its_name_and_the_env_it_needs_in_openclaw_front_matter() {
 
 #[test]
 fn the_skill_takes_the_api_key_from_the_environment_and_holds_none() {
-    assert!(!SKILL.contains("hope-bot-apikey"), "seed 001's sample key");
     for (i, line) in SKILL.lines().enumerate() {
         if let Some((_, after)) = line.split_once("X-Bot-Key: ") {
             assert!(
