@@ -402,7 +402,7 @@ fn noop(assignee: &Assignee, priority: Priority) -> (String, NewTask) {
     }))
     .expect("valid create body");
     (
-        subjects::task(&new.assigned_to, new.priority, new.kind),
+        subjects::task(&new.assigned_to, new.priority, new.kind, new.share()),
         new,
     )
 }

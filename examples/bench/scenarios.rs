@@ -84,7 +84,7 @@ async fn create(
         Create::Nats => {
             let id = TaskId::generate();
             new.id = Some(id.clone());
-            let subject = subjects::task(&new.assigned_to, new.priority, new.kind);
+            let subject = subjects::task(&new.assigned_to, new.priority, new.kind, new.share());
             bus.js
                 .publish_with_headers(subject, message_headers(id.as_str()), encode(&new))
                 .await?

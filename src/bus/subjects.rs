@@ -9,7 +9,7 @@
 //!   them as `events.…` and republishes each one on core NATS once it is stored, so a core
 //!   subscriber of `events.>` sees exactly the stored events (never a write the ledger refused).
 
-use crate::domain::{Assignee, EventKind, Priority, TaskId, TaskKind, TaskStatus};
+use crate::domain::{Assignee, EventKind, Priority, Share, TaskId, TaskKind, TaskStatus};
 
 /// Work-queue stream holding queued tasks.
 pub const TASKS_STREAM: &str = "TASKS";
@@ -80,12 +80,19 @@ pub const ALL_DEAD: &str = "dead.>";
 /// Every event subject.
 pub const ALL_EVENTS: &str = "events.>";
 
-/// The subject a task is queued on.
-pub fn task(assignee: &Assignee, priority: Priority, kind: TaskKind) -> String {
-    if kind.is_worker_run() {
-        format!("tasks.{assignee}.{}.{kind}", priority.token())
-    } else {
-        format!("tasks.{assignee}.{}", priority.token())
+/// The subject a task is queued on: `tasks.<assignee>.<p>` for bot-claimed kinds,
+/// `tasks.<assignee>.<p>.<kind>` for worker-run ones, and `….<kind>.s<NN>` for a worker-run task
+/// of a tenant (its fair-share turn, see [`Share`]).
+pub fn task(
+    assignee: &Assignee,
+    priority: Priority,
+    kind: TaskKind,
+    share: Option<Share>,
+) -> String {
+    match (kind.is_worker_run(), share) {
+        (false, _) => format!("tasks.{assignee}.{}", priority.token()),
+        (true, None) => format!("tasks.{assignee}.{}.{kind}", priority.token()),
+        (true, Some(s)) => format!("tasks.{assignee}.{}.{kind}.{}", priority.token(), s.token()),
     }
 }
 
@@ -115,17 +122,32 @@ pub fn parse_scheduled(subject: &str) -> Option<(Assignee, TaskId)> {
     parts.next().is_none().then_some((assignee, id))
 }
 
-/// What a worker for `assignee` pulls at one priority (every worker-run kind).
-pub fn worker_filter(assignee: &Assignee, priority: Priority) -> String {
-    format!("tasks.{assignee}.{}.*", priority.token())
+/// What a worker for `assignee` pulls at one priority: every worker-run kind of no tenant, or,
+/// with `share`, of the tenants of that fair-share turn.
+pub fn worker_filter(assignee: &Assignee, priority: Priority, share: Option<Share>) -> String {
+    match share {
+        None => format!("tasks.{assignee}.{}.*", priority.token()),
+        Some(s) => format!("tasks.{assignee}.{}.*.{}", priority.token(), s.token()),
+    }
 }
 
-/// The two subjects whose messages together are the queue of one priority, in sequence order:
-/// bot-claimed tasks and worker-run tasks. `None` means every assignee.
-pub fn queue_subjects(assignee: Option<&Assignee>, priority: Priority) -> [String; 2] {
+/// Every queued worker-run task of a tenant of `assignee` (any priority, kind and share): what
+/// a worker looks at to find the shares with work.
+pub fn shared_tasks(assignee: &Assignee) -> String {
+    format!("tasks.{assignee}.*.*.*")
+}
+
+/// The subjects whose messages together are the queue of one priority, in sequence order:
+/// bot-claimed tasks, worker-run tasks, and worker-run tasks of tenants. `None` means every
+/// assignee.
+pub fn queue_subjects(assignee: Option<&Assignee>, priority: Priority) -> [String; 3] {
     let a = assignee.map_or("*", Assignee::as_str);
     let p = priority.token();
-    [format!("tasks.{a}.{p}"), format!("tasks.{a}.{p}.*")]
+    [
+        format!("tasks.{a}.{p}"),
+        format!("tasks.{a}.{p}.*"),
+        format!("tasks.{a}.{p}.*.*"),
+    ]
 }
 
 /// Splits a task subject into assignee, priority and kind.
@@ -140,6 +162,10 @@ pub fn parse_task(subject: &str) -> Option<(Assignee, Priority, TaskKind)> {
         None => TaskKind::Manual,
         Some(k) => TaskKind::parse(k).ok()?,
     };
+    // A worker-run kind may name its fair-share turn.
+    if let Some(share) = parts.next() {
+        Share::parse(share).filter(|_| kind.is_worker_run())?;
+    }
     parts.next().is_none().then_some((assignee, priority, kind))
 }
 
@@ -231,9 +257,13 @@ pub fn task_events(task: &TaskId) -> String {
     format!("events.*.{task}.>")
 }
 
-/// The durable pull consumer shared by every worker replica of `assignee` at `priority`.
-pub fn worker_consumer(assignee: &Assignee, priority: Priority) -> String {
-    format!("worker_{assignee}_{}", priority.token())
+/// The durable pull consumer shared by every worker replica of `assignee` at `priority`: of
+/// the tasks of no tenant, or of one fair-share turn.
+pub fn worker_consumer(assignee: &Assignee, priority: Priority, share: Option<Share>) -> String {
+    match share {
+        None => format!("worker_{assignee}_{}", priority.token()),
+        Some(s) => format!("worker_{assignee}_{}_{}", priority.token(), s.token()),
+    }
 }
 
 /// Every queue subject of one assignee (a worker's doorbell: any publish wakes it up).
@@ -303,21 +333,57 @@ mod tests {
     #[test]
     fn manual_tasks_use_the_three_token_subject_and_worker_kinds_add_the_kind() {
         assert_eq!(
-            task(&anna(), Priority::P1, TaskKind::Manual),
+            task(&anna(), Priority::P1, TaskKind::Manual, None),
             "tasks.anna.p1"
         );
         assert_eq!(
-            task(&anna(), Priority::P0, TaskKind::Exec),
+            task(&anna(), Priority::P0, TaskKind::Exec, None),
             "tasks.anna.p0.exec"
         );
-        assert_eq!(worker_filter(&anna(), Priority::P2), "tasks.anna.p2.*");
+        assert_eq!(
+            worker_filter(&anna(), Priority::P2, None),
+            "tasks.anna.p2.*"
+        );
+    }
+
+    #[test]
+    fn a_tenants_worker_task_names_its_fair_share_turn_and_bot_tasks_do_not() {
+        let turn = Share::of("hope").token();
+        let hope = Some(Share::of("hope"));
+        assert_eq!(
+            task(&anna(), Priority::P1, TaskKind::Exec, hope),
+            format!("tasks.anna.p1.exec.{turn}")
+        );
+        assert_eq!(
+            task(&anna(), Priority::P1, TaskKind::Manual, hope),
+            "tasks.anna.p1"
+        );
+        assert_eq!(
+            worker_filter(&anna(), Priority::P1, hope),
+            format!("tasks.anna.p1.*.{turn}")
+        );
+        assert_ne!(
+            worker_consumer(&anna(), Priority::P1, hope),
+            worker_consumer(&anna(), Priority::P1, None)
+        );
+        let subject = task(&anna(), Priority::P1, TaskKind::Exec, hope);
+        assert_eq!(
+            parse_task(&subject),
+            Some((anna(), Priority::P1, TaskKind::Exec))
+        );
+        assert_eq!(parse_task("tasks.anna.p1.exec.s99"), None);
+        assert_eq!(parse_task("tasks.anna.p1.s01"), None);
     }
 
     #[test]
     fn queue_subjects_cover_both_forms() {
         assert_eq!(
             queue_subjects(Some(&anna()), Priority::P0),
-            ["tasks.anna.p0".to_string(), "tasks.anna.p0.*".to_string()]
+            [
+                "tasks.anna.p0".to_string(),
+                "tasks.anna.p0.*".to_string(),
+                "tasks.anna.p0.*.*".to_string()
+            ]
         );
         assert_eq!(queue_subjects(None, Priority::P2)[0], "tasks.*.p2");
     }
@@ -325,7 +391,7 @@ mod tests {
     #[test]
     fn task_subjects_round_trip_and_junk_is_refused() {
         for kind in [TaskKind::Manual, TaskKind::Agent] {
-            let s = task(&anna(), Priority::P2, kind);
+            let s = task(&anna(), Priority::P2, kind, None);
             assert_eq!(parse_task(&s), Some((anna(), Priority::P2, kind)));
         }
         for bad in [
@@ -343,7 +409,10 @@ mod tests {
     #[test]
     fn worker_subjects_are_scoped_to_one_assignee() {
         let id = TaskId::parse("T1").unwrap();
-        assert_eq!(worker_consumer(&anna(), Priority::P1), "worker_anna_p1");
+        assert_eq!(
+            worker_consumer(&anna(), Priority::P1, None),
+            "worker_anna_p1"
+        );
         assert_eq!(assignee_tasks(&anna()), "tasks.anna.>");
         assert_eq!(wake(&anna()), "wake.anna");
         assert_eq!(control(&anna(), &id, "input"), "control.anna.T1.input");

@@ -169,6 +169,10 @@ struct FlowFlags {
     /// Tasks of one lane (e.g. a chat session) run one at a time, in creation order.
     #[arg(long)]
     lane: Option<String>,
+    /// Whose fair share of the workers it runs in (default: who creates it); within a
+    /// priority, workers take tenants' tasks in turn.
+    #[arg(long)]
+    tenant: Option<String>,
 }
 
 /// When a delayed task should run (neither: at once).
@@ -229,6 +233,7 @@ impl CreateArgs {
             ),
             ("rate_key", self.flow.rate_key.clone().map(Value::from)),
             ("lane", self.flow.lane.clone().map(Value::from)),
+            ("tenant", self.flow.tenant.clone().map(Value::from)),
         ];
         for (k, v) in fields {
             if let Some(v) = v {

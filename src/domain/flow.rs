@@ -61,6 +61,51 @@ pub fn check_key(field: &str, key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// How many fair-share turns each priority of an assignee has: tenants hash onto these, and a
+/// worker takes the turns round robin (see [`Share`]).
+pub const SHARES: u8 = 16;
+
+/// A tenant's fair-share turn within one priority: its tasks queue on the subject of the share
+/// (`tasks.<assignee>.<p>.<kind>.s<NN>`), and workers pull from the shares with work in turn,
+/// so a tenant with thousands queued delays another tenant's task by at most one task per free
+/// slot. Tenants hash onto [`SHARES`] turns: two tenants that share a turn share its place in
+/// the round, in creation order. A stable hash (FNV-1a), so every process agrees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Share(u8);
+
+impl Share {
+    /// The share of `tenant`.
+    pub fn of(tenant: &str) -> Self {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in tenant.as_bytes() {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        Self((hash % u64::from(SHARES)) as u8)
+    }
+
+    /// Every share, in round-robin order.
+    pub fn all() -> impl Iterator<Item = Self> {
+        (0..SHARES).map(Self)
+    }
+
+    /// Its subject token, `s00` to `s15`.
+    pub fn token(self) -> String {
+        format!("s{:02}", self.0)
+    }
+
+    /// Reads a subject token written by [`token`](Self::token).
+    pub fn parse(token: &str) -> Option<Self> {
+        let n: u8 = token.strip_prefix('s')?.parse().ok()?;
+        (n < SHARES && token.len() == 3).then_some(Self(n))
+    }
+
+    /// Its number, 0 to [`SHARES`] - 1.
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
 /// `count` starts per `per` (a token bucket refilled evenly: one start every `per / count`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {

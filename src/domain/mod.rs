@@ -12,7 +12,7 @@ mod task;
 
 pub use cron::{CronError, CronSpec};
 pub use event::{EventKind, LogEntry, TaskEvent};
-pub use flow::{DeclaredLimits, FlowKeys, KeyLimits, Rate};
+pub use flow::{DeclaredLimits, FlowKeys, KeyLimits, Rate, Share, SHARES};
 pub use names::{Assignee, DomainError, Priority, TaskId, TaskKind};
 pub use task::{
     after_seconds, limits, run_at_field, Action, Lease, NewTask, Progress, Task, TaskStatus,

@@ -1,6 +1,6 @@
 //! The task record, what a create request may say, and the state machine.
 
-use super::flow::FlowKeys;
+use super::flow::{FlowKeys, Share};
 use super::names::{Assignee, Priority, TaskId, TaskKind};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -221,6 +221,10 @@ pub struct NewTask {
     /// Tasks of one lane (say, a chat session) run one at a time, in creation order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lane: Option<String>,
+    /// Whose share of the workers it runs in: within a priority, tenants take turns (default:
+    /// `created_by`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// Reads `run_at` (serde `deserialize_with`), naming the field and the expected form when it is no RFC 3339 time.
@@ -327,7 +331,15 @@ impl NewTask {
             return Err("give run_at or delay_s, not both".into());
         }
         self.flow().validate()?;
+        if let Some(t) = &self.tenant {
+            super::flow::check_key("tenant", t)?;
+        }
         self.validate_debounce()
+    }
+
+    /// Its fair-share turn: `tenant`, else `created_by`; `None` when it names neither.
+    pub fn share(&self) -> Option<Share> {
+        fair_share(self.tenant.as_deref(), self.created_by.as_deref())
     }
 
     /// Its flow control keys.
@@ -463,6 +475,9 @@ pub struct Task {
     /// Its lane.
     #[serde(default)]
     pub lane: Option<String>,
+    /// The tenant it was created for (fair shares; `created_by` stands in when null).
+    #[serde(default)]
+    pub tenant: Option<String>,
     /// Why a pending task waits (a key at its limit, a rate, its lane), worked out when the
     /// API shows one task; null everywhere else (never stored).
     #[serde(default)]
@@ -475,7 +490,17 @@ pub struct Task {
 /// Default number of attempts.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
+/// The share of `tenant`, else of `created_by`.
+fn fair_share(tenant: Option<&str>, created_by: Option<&str>) -> Option<Share> {
+    tenant.or(created_by).map(Share::of)
+}
+
 impl Task {
+    /// Its fair-share turn (see [`NewTask::share`]).
+    pub fn share(&self) -> Option<Share> {
+        fair_share(self.tenant.as_deref(), self.created_by.as_deref())
+    }
+
     /// Its flow control keys.
     pub fn flow(&self) -> FlowKeys {
         FlowKeys {
@@ -526,6 +551,7 @@ impl Task {
             concurrency_key: new.concurrency_key,
             rate_key: new.rate_key,
             lane: new.lane,
+            tenant: new.tenant,
             waiting_for: None,
             revision: 0,
         }

@@ -16,7 +16,7 @@ use crate::bus::permissions::{
     stream_api, USER_INFO,
 };
 use crate::bus::subjects;
-use crate::domain::{Assignee, EventKind, Priority, TaskId};
+use crate::domain::{Assignee, EventKind, Priority, Share, TaskId};
 
 /// One process kind of the fleet, and so one NATS user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,14 +259,17 @@ fn relay(p: &mut UserPermissions) {
 
 fn worker(p: &mut UserPermissions, a: &Assignee) {
     let tasks = subjects::TASKS_STREAM;
+    // Its consumers: one per priority for tasks of no tenant, one per fair-share turn.
     for priority in Priority::ALL {
-        let c = subjects::worker_consumer(a, priority);
-        let filtered = format!("{c}.{}", subjects::worker_filter(a, priority));
-        p.publish
-            .push(consumer_api("CREATE", tasks, Some(&filtered)));
-        p.publish.push(consumer_api("INFO", tasks, Some(&c)));
-        p.publish.push(consumer_api("MSG.NEXT", tasks, Some(&c)));
-        p.publish.extend(acks(tasks, &c));
+        for share in std::iter::once(None).chain(Share::all().map(Some)) {
+            let c = subjects::worker_consumer(a, priority, share);
+            let filtered = format!("{c}.{}", subjects::worker_filter(a, priority, share));
+            p.publish
+                .push(consumer_api("CREATE", tasks, Some(&filtered)));
+            p.publish.push(consumer_api("INFO", tasks, Some(&c)));
+            p.publish.push(consumer_api("MSG.NEXT", tasks, Some(&c)));
+            p.publish.extend(acks(tasks, &c));
+        }
     }
     // Task state is the ledger: this assignee's records only, appended by compare-and-set and
     // read with direct gets of literal subjects (the leader's MSG.GET and a direct get with a

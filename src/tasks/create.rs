@@ -125,7 +125,7 @@ impl TaskService {
             return self.enqueue_scheduled(id, new, at, operator).await;
         }
         new.id = Some(id.clone());
-        let subject = subjects::task(&new.assigned_to, new.priority, new.kind);
+        let subject = subjects::task(&new.assigned_to, new.priority, new.kind, new.share());
         let mut headers = message_headers(id.as_str());
         headers.insert(crate::bus::RECORDED_HEADER, EventKind::Created.as_str());
         let ack = self

@@ -179,7 +179,7 @@ impl TaskService {
         let at = run_at.to_rfc3339_opts(SecondsFormat::Millis, true);
         let mut headers = message_headers(&format!("{id}-at-{}", run_at.timestamp_millis()));
         headers.insert("Nats-Schedule", format!("@at {at}").as_str());
-        let target = subjects::task(&spec.assigned_to, spec.priority, spec.kind);
+        let target = subjects::task(&spec.assigned_to, spec.priority, spec.kind, spec.share());
         headers.insert("Nats-Schedule-Target", target.as_str());
         headers.insert(RECORDED_HEADER, EventKind::Scheduled.as_str());
         let subject = subjects::scheduled(&spec.assigned_to, id);

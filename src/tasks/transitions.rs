@@ -223,7 +223,7 @@ impl TaskService {
         let mut spec = spec_of(current);
         // A retry runs now, whenever the task was first due.
         spec.run_at = None;
-        let subject = subjects::task(&spec.assigned_to, spec.priority, spec.kind);
+        let subject = subjects::task(&spec.assigned_to, spec.priority, spec.kind, spec.share());
         let msg_id = format!("{}-retry-{}", current.id, ulid::Ulid::new());
         let mut headers = message_headers(&msg_id);
         headers.insert(RECORDED_HEADER, EventKind::Retried.as_str());
@@ -293,6 +293,7 @@ pub(super) fn spec_of(current: &Task) -> NewTask {
         concurrency_key: current.concurrency_key.clone(),
         rate_key: current.rate_key.clone(),
         lane: current.lane.clone(),
+        tenant: current.tenant.clone(),
     }
 }
 

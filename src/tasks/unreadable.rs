@@ -11,7 +11,7 @@
 use super::queue::{refused_task, QueuedMessage};
 use super::{TaskError, TaskService};
 use crate::bus::{permissions, raw, subjects, BusError, NatsResultExt};
-use crate::domain::{Assignee, Priority};
+use crate::domain::{Assignee, Priority, Share};
 use futures::StreamExt;
 use std::future::Future;
 use std::time::Duration;
@@ -81,26 +81,39 @@ impl TaskService {
     pub async fn check_delivered(&self, assignee: &Assignee) -> Result<usize, TaskError> {
         let mut moved = 0;
         for priority in Priority::ALL {
-            let name = subjects::worker_consumer(assignee, priority);
-            let info = self
-                .bus
-                .topology
-                .tasks
-                .consumer_info(&name)
-                .await
-                .op("consumer info")?;
-            let (floor, last) = (
-                info.ack_floor.stream_sequence,
-                info.delivered.stream_sequence,
-            );
-            tracing::debug!(consumer = %name, floor, last, "checking delivered queue messages");
-            if last > floor {
-                let filter = subjects::worker_filter(assignee, priority);
-                let span = (last - floor) as usize;
-                moved += self.check_range(&filter, floor + 1, last, span).await?;
+            let shares = std::iter::once(None).chain(Share::all().map(Some));
+            for share in shares {
+                moved += self.check_consumer(assignee, priority, share).await?;
             }
         }
         Ok(moved)
+    }
+
+    /// [`check_delivered`](Self::check_delivered) for one worker consumer (none yet for a
+    /// fair-share turn no task of a tenant was queued on: nothing to check).
+    async fn check_consumer(
+        &self,
+        assignee: &Assignee,
+        priority: Priority,
+        share: Option<Share>,
+    ) -> Result<usize, TaskError> {
+        let name = subjects::worker_consumer(assignee, priority, share);
+        let info = match self.bus.topology.tasks.consumer_info(&name).await {
+            Ok(info) => info,
+            Err(_) if share.is_some() => return Ok(0),
+            Err(e) => return Err(e).op("consumer info").map_err(Into::into),
+        };
+        let (floor, last) = (
+            info.ack_floor.stream_sequence,
+            info.delivered.stream_sequence,
+        );
+        tracing::debug!(consumer = %name, floor, last, "checking delivered queue messages");
+        if last <= floor {
+            return Ok(0);
+        }
+        let filter = subjects::worker_filter(assignee, priority, share);
+        let span = (last - floor) as usize;
+        self.check_range(&filter, floor + 1, last, span).await
     }
 
     /// [`check_delivered`](Self::check_delivered) by whoever may: this process if its NATS user

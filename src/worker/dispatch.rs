@@ -6,15 +6,20 @@
 //! publish rings it) plus `wake.<assignee>` (hand-backs), with `idle_poll` as a fallback for
 //! redeliveries. An idle worker with a free slot per priority also leaves a one-message request
 //! waiting at each priority's consumer, so the server pushes the next task to it directly.
+//!
+//! Within a priority, tenants take turns (see `turns.rs`): each fair-share turn has its own
+//! consumer, opened when a doorbell ring names it or a look at the stream's subjects (every
+//! [`SWEEP`]) finds tasks queued on it, and a pull takes the turns with work round robin.
 
 use super::pull::Puller;
+use super::turns::{slot, Turns};
 use super::WorkerError;
 use crate::bus::{subjects, NatsResultExt};
-use crate::domain::{Assignee, Priority};
+use crate::domain::{Assignee, Priority, Share};
 use crate::tasks::TaskService;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::Message;
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use std::time::Duration;
 
 /// The three durable consumers of one assignee and the doorbell.
@@ -22,8 +27,13 @@ pub(super) struct Queue {
     /// Checks the delivered messages when the reader connection drops.
     tasks: TaskService,
     assignee: Assignee,
-    /// Consumer names, P0 first.
-    consumers: Vec<(Priority, String)>,
+    ack_wait: Duration,
+    /// The consumers of each priority (P0 first) and their fair-share turns.
+    turns: [Turns; 3],
+    /// Fair-share turns a doorbell ring named before their consumer was opened.
+    to_open: Vec<(usize, Share)>,
+    /// When the stream's subjects were last looked at for turns with work.
+    swept: tokio::time::Instant,
     puller: Puller,
     doorbell: futures::stream::SelectAll<async_nats::Subscriber>,
     idle_poll: Duration,
@@ -34,9 +44,9 @@ pub(super) struct Queue {
     /// last full check (redeliveries ring no bell). Saves pulling from priorities known empty.
     maybe: [bool; 3],
     all_checked: tokio::time::Instant,
-    /// The doorbell rang since the last pull pass, and for which priorities.
+    /// The doorbell rang since the last pull pass, and for which turn of which priorities.
     rang: bool,
-    rang_for: [bool; 3],
+    rang_for: [Option<usize>; 3],
     /// The last pass found nothing and the worker waited.
     idle: bool,
 }
@@ -51,28 +61,13 @@ impl Queue {
         weights: Option<[u32; 3]>,
     ) -> Result<Self, WorkerError> {
         let bus = tasks.bus();
-        let mut consumers = Vec::new();
+        let mut turns = Vec::new();
         for priority in Priority::ALL {
-            let name = subjects::worker_consumer(assignee, priority);
-            let config = pull::Config {
-                durable_name: Some(name.clone()),
-                description: Some(format!("taskfleet workers of {assignee}, {priority}")),
-                filter_subject: subjects::worker_filter(assignee, priority),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait,
-                max_deliver: -1,
-                max_ack_pending: 10_000,
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            };
-            let _: PullConsumer = bus
-                .topology
-                .tasks
-                .create_consumer(config)
-                .await
-                .op("create worker consumer")?;
-            consumers.push((priority, name));
+            turns.push(Turns::new(
+                open_consumer(tasks, assignee, priority, None, ack_wait).await?,
+            ));
         }
+        let turns: [Turns; 3] = turns.try_into().ok().expect("one per priority");
         let puller = Puller::open(bus, subjects::TASKS_STREAM).await?;
         let mut doorbell = futures::stream::SelectAll::new();
         doorbell.push(
@@ -87,10 +82,13 @@ impl Queue {
                 .await
                 .op("subscribe wake")?,
         );
-        Ok(Self {
+        let mut queue = Self {
             tasks: tasks.clone(),
             assignee: assignee.clone(),
-            consumers,
+            ack_wait,
+            turns,
+            to_open: Vec::new(),
+            swept: tokio::time::Instant::now(),
             puller,
             doorbell,
             idle_poll,
@@ -99,9 +97,69 @@ impl Queue {
             maybe: [true; 3],
             all_checked: tokio::time::Instant::now(),
             rang: false,
-            rang_for: [false; 3],
+            rang_for: [None; 3],
             idle: false,
-        })
+        };
+        queue.sweep().await?;
+        Ok(queue)
+    }
+
+    /// Every priority, and every open turn of it, may have work.
+    fn mark_all(&mut self) {
+        self.maybe = [true; 3];
+        for turns in &mut self.turns {
+            turns.mark_all();
+        }
+    }
+
+    /// Opens the consumer of `share` at priority `i` unless it is open; it may have work.
+    async fn open_turn(&mut self, i: usize, share: Share) -> Result<(), WorkerError> {
+        let at = slot(Some(share));
+        if self.turns[i].name(at).is_none() {
+            let priority = Priority::ALL[i];
+            let name = open_consumer(
+                &self.tasks,
+                &self.assignee,
+                priority,
+                Some(share),
+                self.ack_wait,
+            )
+            .await?;
+            self.turns[i].open(at, name);
+        }
+        self.turns[i].mark(at);
+        self.maybe[i] = true;
+        Ok(())
+    }
+
+    /// Looks at the stream's subjects for fair-share turns with tasks queued (one request:
+    /// subject counts) and opens their consumers: turns whose tasks rang no bell, say ones
+    /// queued before this worker started or handed back.
+    async fn sweep(&mut self) -> Result<(), WorkerError> {
+        self.swept = tokio::time::Instant::now();
+        let filter = subjects::shared_tasks(&self.assignee);
+        let stream = &self.tasks.bus().topology.tasks;
+        let mut subjects = (stream.info_with_subjects(filter).await).op("list queue subjects")?;
+        let mut found = Vec::new();
+        while let Some((subject, count)) = subjects.try_next().await.op("list queue subjects")? {
+            if let Some(turn) = (count > 0).then(|| turn_of(&subject)).flatten() {
+                found.push(turn);
+            }
+        }
+        for (i, share) in found {
+            self.open_turn(i, share).await?;
+        }
+        Ok(())
+    }
+
+    /// Opens the turns doorbell rings named.
+    async fn open_rung(&mut self) -> Result<(), WorkerError> {
+        for (i, share) in std::mem::take(&mut self.to_open) {
+            self.open_turn(i, share).await?;
+            self.rang = true;
+            self.rang_for[i] = Some(slot(Some(share)));
+        }
+        Ok(())
     }
 
     /// Up to `free` messages (one per free slot), highest priority first, waiting (without
@@ -124,7 +182,7 @@ impl Queue {
     /// With no API up, the message comes back after `ack_wait` and breaks only the reader
     /// connection again, until an API process moves it aside.
     async fn reader_lost(&mut self) {
-        self.maybe = [true; 3];
+        self.mark_all();
         match self.tasks.check_delivered_anywhere(&self.assignee).await {
             Ok(0) => tracing::info!("queue-reading connection lost; no unreadable message found"),
             Ok(moved) => {
@@ -148,15 +206,19 @@ impl Queue {
             let usable = free.saturating_sub(self.puller.armed());
             if usable == 0 {
                 self.puller.wait_stashed().await?;
-                self.maybe = [true; 3];
+                self.mark_all();
                 continue;
             }
             // Rings from before this check are covered by the check itself.
             while let Some(Some(ring)) = self.doorbell.next().now_or_never() {
                 self.rung(&ring.subject);
             }
+            self.open_rung().await?;
+            if self.swept.elapsed() >= SWEEP {
+                self.sweep().await?;
+            }
             if self.all_checked.elapsed() >= RECHECK_ALL {
-                self.maybe = [true; 3];
+                self.mark_all();
             }
             if self.maybe == [true; 3] {
                 self.all_checked = tokio::time::Instant::now();
@@ -181,16 +243,19 @@ impl Queue {
             };
             self.idle = true;
             let wait = if !retry.is_zero() && retry <= RING_RETRY_MAX {
-                for (maybe, was_empty) in self.maybe.iter_mut().zip(empty) {
-                    *maybe |= was_empty;
+                for i in (0..3).filter(|&i| empty[i]) {
+                    self.maybe[i] = true;
+                    self.turns[i].mark_all();
                 }
                 retry
             } else {
                 retry = Duration::ZERO;
                 self.arm(usable).await?;
-                self.idle_poll
+                // Wakes for the next sweep: a delayed task fires into its turn with no ring.
+                self.idle_poll.min(SWEEP)
             };
-            self.idle_wait(wait, retry.is_zero()).await?;
+            let poll = retry.is_zero() && wait >= self.idle_poll;
+            self.idle_wait(wait, poll).await?;
         }
     }
 
@@ -202,11 +267,16 @@ impl Queue {
         let mut empty = [false; 3];
         let mut got = Vec::new();
         for i in pull_order(self.weights, self.served) {
-            if !self.maybe[i] || self.puller.is_armed(&self.consumers[i].1) {
+            if !self.maybe[i] {
                 continue;
             }
             let asked = wanted - got.len();
-            let batch = self.puller.pull(&self.consumers[i].1, asked, None).await?;
+            let (batch, tried) = self.pull_turns(i, asked).await?;
+            if !tried {
+                // Every turn with work has a request waiting at the server.
+                self.maybe[i] = self.turns[i].any();
+                continue;
+            }
             self.served[i] += batch.len() as u64;
             let short = batch.len() < asked;
             got.extend(batch);
@@ -221,6 +291,42 @@ impl Queue {
         Ok((got, empty))
     }
 
+    /// Up to `asked` messages of priority `i`, taken round robin from the turns that may have
+    /// work and have no request waiting (an equal part from each, the rest from those that
+    /// have more), and whether any turn was asked.
+    async fn pull_turns(
+        &mut self,
+        i: usize,
+        asked: usize,
+    ) -> Result<(Vec<Message>, bool), WorkerError> {
+        let (mut got, mut tried) = (Vec::new(), false);
+        loop {
+            let round: Vec<(usize, String)> = (self.turns[i].round().into_iter())
+                .filter_map(|at| Some((at, self.turns[i].name(at)?.to_string())))
+                .filter(|(_, name)| !self.puller.is_armed(name))
+                .collect();
+            if round.is_empty() || got.len() >= asked {
+                return Ok((got, tried));
+            }
+            let each = (asked - got.len()).div_ceil(round.len());
+            for (at, name) in round {
+                let want = each.min(asked - got.len());
+                if want == 0 {
+                    break;
+                }
+                tried = true;
+                let batch = self.puller.pull(&name, want, None).await?;
+                if batch.len() < want {
+                    self.turns[i].clear(at);
+                }
+                if !batch.is_empty() {
+                    self.turns[i].served(at);
+                }
+                got.extend(batch);
+            }
+        }
+    }
+
     /// The doorbell (core NATS) can ring before JetStream has stored the message, so a pull
     /// right after a ring may find nothing. Waits briefly on the highest priority that rang (the
     /// message is normally stored within a millisecond; a ring for a message another replica
@@ -228,16 +334,16 @@ impl Queue {
     /// of sleeping until the next poll.
     async fn after_empty_ring(
         &mut self,
-        rang_for: [bool; 3],
+        rang_for: [Option<usize>; 3],
         empty: [bool; 3],
     ) -> Result<Option<Vec<Message>>, WorkerError> {
         let announced = pull_order(self.weights, self.served)
             .into_iter()
-            .find(|&i| rang_for[i] && empty[i]);
+            .find(|&i| rang_for[i].is_some() && empty[i]);
         let Some(i) = announced else {
             return Ok(None);
         };
-        self.wait_for_rung(i).await
+        self.wait_for_rung(i, rang_for[i].unwrap_or(0)).await
     }
 
     /// An idle worker with a free slot for each priority leaves a one-message request waiting
@@ -249,7 +355,7 @@ impl Queue {
         if self.weights.is_some() {
             return Ok(());
         }
-        let unarmed: Vec<String> = (self.consumers.iter().map(|(_, c)| c.clone()))
+        let unarmed: Vec<String> = (self.turns.iter().map(|t| t.home().to_string()))
             .filter(|c| !self.puller.is_armed(c))
             .collect();
         if unarmed.is_empty() || usable < unarmed.len() {
@@ -269,18 +375,18 @@ impl Queue {
                 Some(ring) => self.rung(&ring.subject),
                 None => {
                     tokio::time::sleep(self.idle_poll).await;
-                    self.maybe = [true; 3];
+                    self.mark_all();
                 }
             },
             // A message, or a request that ended: a task may have come just as it expired
             // (its ring was ignored while armed), so every priority is worth a look.
             answered = self.puller.wait_stashed() => {
                 answered?;
-                self.maybe = [true; 3];
+                self.mark_all();
             }
             _ = tokio::time::sleep(wait) => {
                 if poll {
-                    self.maybe = [true; 3];
+                    self.mark_all();
                 }
             }
         }
@@ -289,7 +395,7 @@ impl Queue {
 
     /// Up to `free` messages armed requests delivered, highest priority first.
     fn take_stashed(&mut self, free: usize) -> Vec<Message> {
-        let order: Vec<&str> = self.consumers.iter().map(|(_, c)| c.as_str()).collect();
+        let order: Vec<&str> = self.turns.iter().flat_map(Turns::names).collect();
         self.puller.take(free, &order)
     }
 
@@ -309,20 +415,20 @@ impl Queue {
     /// the task.
     async fn after_idle_ring(
         &mut self,
-        rang_for: [bool; 3],
+        rang_for: [Option<usize>; 3],
     ) -> Result<Option<Vec<Message>>, WorkerError> {
-        let lone = rang_for.iter().filter(|&&r| r).count() == 1;
+        let lone = rang_for.iter().flatten().count() == 1;
         if !self.idle || !lone || self.weights.is_some() {
             return Ok(None);
         }
-        let first = (0..3).find(|&i| rang_for[i] || self.maybe[i]);
-        let Some(i) = first.filter(|&i| rang_for[i]) else {
+        let first = (0..3).find(|&i| rang_for[i].is_some() || self.maybe[i]);
+        let Some((i, at)) = first.and_then(|i| Some((i, rang_for[i]?))) else {
             return Ok(None);
         };
-        if self.puller.is_armed(&self.consumers[i].1) {
+        if (self.turns[i].name(at)).is_none_or(|name| self.puller.is_armed(name)) {
             return Ok(None);
         }
-        let got = self.wait_for_rung(i).await?;
+        let got = self.wait_for_rung(i, at).await?;
         if got.is_some() {
             self.idle = false;
         }
@@ -332,40 +438,95 @@ impl Queue {
     /// One message of priority `i`, waiting [`RING_WAIT`] at the server for the one whose ring
     /// came. One only: it waits at the server, where a later message for a request given up on
     /// would go to nobody until its ack wait ran out.
-    async fn wait_for_rung(&mut self, i: usize) -> Result<Option<Vec<Message>>, WorkerError> {
-        let got = self
-            .puller
-            .pull(&self.consumers[i].1, 1, Some(RING_WAIT))
-            .await?;
+    async fn wait_for_rung(
+        &mut self,
+        i: usize,
+        at: usize,
+    ) -> Result<Option<Vec<Message>>, WorkerError> {
+        let Some(name) = self.turns[i].name(at).map(str::to_string) else {
+            return Ok(None);
+        };
+        let got = self.puller.pull(&name, 1, Some(RING_WAIT)).await?;
         if got.is_empty() {
             return Ok(None);
         }
         self.served[i] += 1;
         self.maybe[i] = true;
+        self.turns[i].mark(at);
+        self.turns[i].served(at);
         Ok(Some(got))
     }
 
     /// A doorbell ring: a task queued at one priority, or a wake-up (hand-back) for any. An
     /// armed priority needs no ring: its waiting request gets the message.
     fn rung(&mut self, subject: &str) {
-        // Only the priority token matters; thousands of rings may be waiting, so no full parse.
-        let token = subject
-            .split('.')
-            .nth(2)
-            .and_then(|t| Priority::parse(t).ok());
-        let rang: Vec<usize> = match token {
+        // Only the priority and share tokens matter; thousands of rings may be waiting, so no
+        // full parse.
+        let mut tokens = subject.split('.').skip(2);
+        let priority = tokens.next().and_then(|t| Priority::parse(t).ok());
+        let share = tokens.nth(1).and_then(Share::parse);
+        let rang: Vec<usize> = match priority {
             Some(priority) => vec![priority_index(priority)],
             None => vec![0, 1, 2],
         };
         for i in rang {
-            if !self.puller.is_armed(&self.consumers[i].1) {
+            let at = slot(share);
+            let Some(name) = self.turns[i].name(at) else {
+                self.to_open.extend(share.map(|s| (i, s)));
+                continue;
+            };
+            if !self.puller.is_armed(name) {
                 self.rang = true;
                 self.maybe[i] = true;
-                self.rang_for[i] = true;
+                self.rang_for[i] = Some(at);
+                match priority {
+                    Some(_) => self.turns[i].mark(at),
+                    None => self.turns[i].mark_all(),
+                }
             }
         }
     }
 }
+
+/// Creates (or joins) the durable consumer of `assignee`'s tasks at `priority` of no tenant,
+/// or of one fair-share turn; every replica shares it. Returns its name.
+async fn open_consumer(
+    tasks: &TaskService,
+    assignee: &Assignee,
+    priority: Priority,
+    share: Option<Share>,
+    ack_wait: Duration,
+) -> Result<String, WorkerError> {
+    let name = subjects::worker_consumer(assignee, priority, share);
+    let turn = share.map_or(String::new(), |s| format!(", turn {}", s.token()));
+    let config = pull::Config {
+        durable_name: Some(name.clone()),
+        description: Some(format!("taskfleet workers of {assignee}, {priority}{turn}")),
+        filter_subject: subjects::worker_filter(assignee, priority, share),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait,
+        max_deliver: -1,
+        max_ack_pending: 10_000,
+        deliver_policy: DeliverPolicy::All,
+        ..Default::default()
+    };
+    let _: PullConsumer =
+        (tasks.bus().topology.tasks.create_consumer(config).await).op("create worker consumer")?;
+    Ok(name)
+}
+
+/// The priority (index) and fair-share turn of a queue subject of a tenant's task.
+fn turn_of(subject: &str) -> Option<(usize, Share)> {
+    let mut tokens = subject.split('.').skip(2);
+    let priority = Priority::parse(tokens.next()?).ok()?;
+    let share = Share::parse(tokens.nth(1)?)?;
+    Some((priority_index(priority), share))
+}
+
+/// How often a worker, busy or idle, looks at the stream's subjects for fair-share turns with
+/// work that rang no bell (see [`Queue::sweep`]): a delayed task fires into its queue subject
+/// without a ring, and only the turn that last gave a task has a request waiting at the server.
+const SWEEP: Duration = Duration::from_millis(500);
 
 /// How long a pull waits for a message whose ring came before it was stored (see `next`).
 const RING_WAIT: Duration = Duration::from_millis(5);

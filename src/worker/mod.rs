@@ -16,6 +16,7 @@ pub mod output;
 pub mod process;
 mod pull;
 mod run;
+mod turns;
 
 use crate::bus::{Bus, BusError};
 use crate::config::WorkerConfig;

@@ -13,7 +13,8 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
-use taskfleet::domain::{EventKind, Task, TaskEvent};
+use taskfleet::bus::subjects;
+use taskfleet::domain::{EventKind, Priority, Share, Task, TaskEvent};
 
 /// How many tasks the tests with workers run.
 const TASKS: usize = 300;
@@ -34,7 +35,18 @@ const TOPOLOGY: [&str; 11] = [
     "KV_relay_destinations",
 ];
 /// The workers' durable consumers on TASKS.
-const WORKER_CONSUMERS: [&str; 3] = ["worker_anna_p0", "worker_anna_p1", "worker_anna_p2"];
+/// The tenant of the load's tasks.
+const TENANT: &str = "load";
+
+/// The worker consumers the load goes through: per priority, the consumer of tasks of no tenant
+/// and the one of [`TENANT`]'s fair-share turn.
+fn worker_consumers() -> Vec<String> {
+    let anna = taskfleet::domain::Assignee::parse("anna").expect("valid");
+    let shares = [None, Some(Share::of(TENANT))];
+    (Priority::ALL.iter())
+        .flat_map(|&p| shares.map(|s| subjects::worker_consumer(&anna, p, s)))
+        .collect()
+}
 
 /// How many events match `filter`, or None while the stream cannot answer (an election).
 async fn count_events(js: &async_nats::jetstream::Context, filter: &str) -> Option<usize> {
@@ -129,7 +141,7 @@ async fn create_noops_with(app: &ClusterApp, n: usize, payload: Value) -> Vec<St
             let priority = ["P0", "P1", "P2"][i % 3];
             let body = json!({
                 "task_name": format!("noop {i}"), "assigned_to": "anna",
-                "priority": priority, "kind": "noop", "payload": payload,
+                "priority": priority, "kind": "noop", "payload": payload, "tenant": TENANT,
             });
             app.admin
                 .create_task(&body)
@@ -143,6 +155,24 @@ async fn create_noops_with(app: &ClusterApp, n: usize, payload: Value) -> Vec<St
         .await
 }
 
+/// One task of the load's tenant per priority, run to the end: the workers then have the
+/// consumers of its fair-share turn open.
+async fn warm_up(app: &ClusterApp) -> HashSet<String> {
+    let ids = create_noops(app, 3).await;
+    for id in &ids {
+        eventually(
+            &format!("warm-up task {id} to complete"),
+            Duration::from_secs(20),
+            || async {
+                let t = app.admin.get_task(id).await.ok()?;
+                (t.status.as_str() == "completed").then_some(())
+            },
+        )
+        .await;
+    }
+    ids.into_iter().collect()
+}
+
 /// The queue's messages and, per worker consumer, (pending, ack pending, redelivered).
 async fn queue_report(js: &async_nats::jetstream::Context) -> String {
     let Ok(stream) = js.get_stream("TASKS").await else {
@@ -150,7 +180,7 @@ async fn queue_report(js: &async_nats::jetstream::Context) -> String {
     };
     let messages = stream.get_info().await.map(|i| i.state.messages);
     let mut consumers = Vec::new();
-    for name in WORKER_CONSUMERS {
+    for name in worker_consumers() {
         consumers.push(
             stream
                 .consumer_info(name)
@@ -214,13 +244,14 @@ async fn every_task_finished(
     js: &async_nats::jetstream::Context,
     limit: Duration,
     workers: [&ClusterWorker; 2],
+    warm: &HashSet<String>,
 ) -> (Vec<Task>, Option<Duration>) {
     let started = Instant::now();
     let mut next_note = Duration::from_secs(5);
     let mut all_completed = None;
     loop {
         let completed = count_events(js, "events.anna.*.completed").await;
-        if all_completed.is_none() && completed >= Some(TASKS) {
+        if all_completed.is_none() && completed >= Some(TASKS + warm.len()) {
             all_completed = Some(started.elapsed());
         }
         // Bounded, so a slow answer does not blur when the completions were all recorded.
@@ -231,7 +262,13 @@ async fn every_task_finished(
                 ("limit", "1000".to_string()),
             ]),
         )
-        .await;
+        .await
+        .map(|listed| {
+            listed.map(|mut tasks| {
+                tasks.retain(|t| !warm.contains(t.id.as_str()));
+                tasks
+            })
+        });
         let seen = match listed {
             Err(_) => "the API did not answer within 2 s".to_string(),
             Ok(listed) => match listed {
@@ -400,7 +437,14 @@ async fn two_workers_on_different_nodes_run_every_task_exactly_once_with_three_r
     let started = Instant::now();
     w1.freeze(false);
     w2.freeze(false);
-    let (tasks, _) = every_task_finished(&app, &js, Duration::from_secs(30), [&w1, &w2]).await;
+    let (tasks, _) = every_task_finished(
+        &app,
+        &js,
+        Duration::from_secs(30),
+        [&w1, &w2],
+        &HashSet::new(),
+    )
+    .await;
     let ran = started.elapsed();
 
     // Assert
@@ -510,6 +554,8 @@ async fn kill_a_node_mid_load(victim_role: Victim) -> String {
         app.worker("anna", 8, &w1_url),
         app.worker("anna", 8, &w2_url)
     );
+    // The workers open the consumer of the load's fair-share turn once they see its first task.
+    let warm = warm_up(&app).await;
     let c = &app.cluster;
     match victim_role {
         Victim::Leader => {
@@ -520,8 +566,11 @@ async fn kill_a_node_mid_load(victim_role: Victim) -> String {
                     c.name(victim)
                 );
             }
-            for consumer in WORKER_CONSUMERS {
-                assert!(c.move_leader_to("TASKS", Some(consumer), victim).await);
+            for consumer in worker_consumers() {
+                assert!(
+                    c.move_leader_to("TASKS", Some(&consumer), victim).await,
+                    "{consumer}"
+                );
             }
         }
         Victim::Follower => {
@@ -565,7 +614,7 @@ async fn kill_a_node_mid_load(victim_role: Victim) -> String {
     app.cluster.kill(victim);
     let killed = Instant::now();
     let (tasks, events_done) =
-        every_task_finished(&app, &js, Duration::from_secs(45), [&w1, &w2]).await;
+        every_task_finished(&app, &js, Duration::from_secs(45), [&w1, &w2], &warm).await;
     let all_done = killed.elapsed();
     // Events of the last state changes may still be on their way; missing ones are named below.
     let _ = tokio::time::timeout(
@@ -574,19 +623,21 @@ async fn kill_a_node_mid_load(victim_role: Victim) -> String {
             "a completed event for every task",
             Duration::MAX,
             || async {
-                (count_events(&js, "events.anna.*.completed").await? >= TASKS).then_some(())
+                let n = count_events(&js, "events.anna.*.completed").await?;
+                (n >= TASKS + warm.len()).then_some(())
             },
         ),
     )
     .await;
-    let events = read_events(&js, "events.anna.>").await;
+    let mut events = read_events(&js, "events.anna.>").await;
+    events.retain(|e| !warm.contains(e.task_id.as_str()));
     eventually(
         "the queue and the workers' consumers to drain",
         Duration::from_secs(15),
         || async {
             let stream = js.get_stream("TASKS").await.ok()?;
-            for name in WORKER_CONSUMERS {
-                let info = stream.consumer_info(name).await.ok()?;
+            for name in worker_consumers() {
+                let info = stream.consumer_info(&name).await.ok()?;
                 if info.num_pending + info.num_ack_pending as u64 > 0 {
                     return None;
                 }

@@ -8,7 +8,7 @@ use crate::workers::finished;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::Duration;
-use taskfleet::domain::{DeclaredLimits, Task};
+use taskfleet::domain::{DeclaredLimits, Share, Task};
 
 /// Creates a task for `assignee` with `extra` fields merged into the body; returns its id.
 async fn create_with(app: &TestApp, assignee: &str, name: &str, extra: Value) -> String {
@@ -509,4 +509,157 @@ async fn a_bot_starting_manual_tasks_over_the_api_is_held_to_the_same_limits() {
         "pending",
         "a refused start changed nothing"
     );
+}
+
+/// Creates `n` tasks of `tenant` for `assignee` (32 creates in flight); their ids, in creation
+/// order.
+async fn backlog(
+    app: &TestApp,
+    assignee: &str,
+    tenant: &str,
+    n: usize,
+    extra: &Value,
+) -> Vec<String> {
+    use futures::StreamExt;
+    let creates = (0..n).map(|i| {
+        let mut extra = extra.clone();
+        extra["tenant"] = json!(tenant);
+        async move { create_with(app, assignee, &format!("{tenant} {i}"), extra).await }
+    });
+    futures::stream::iter(creates).buffered(32).collect().await
+}
+
+/// The tasks of `assignee` that started (running or finished), whatever their tenant.
+async fn started_tasks(app: &TestApp, assignee: &str) -> Vec<Task> {
+    let mut out = Vec::new();
+    for status in ["running", "completed"] {
+        let query = [
+            ("assigned_to", assignee.to_string()),
+            ("status", status.to_string()),
+            ("limit", "500".to_string()),
+        ];
+        let page = app.admin.list_tasks(&query).await.expect("list");
+        assert!(page.len() < 500, "more started than one page holds");
+        out.extend(page);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_tenants_one_task_waits_behind_another_tenants_2000_for_at_most_one_task_per_free_slot() {
+    // Arrange: tenant A's 2,000 tasks queued before tenant B's one (B by `created_by`, the
+    // default tenant), while a worker with 2 slots is busy with A's.
+    assert_ne!(
+        Share::of("tenant-a"),
+        Share::of("tenant-b"),
+        "the two tenants must take separate turns for this test to say anything"
+    );
+    let app = TestApp::spawn().await;
+    let slow = json!({"kind": "exec", "payload": {"argv": ["sleep", "0.05"]}});
+    let mut worker = app.worker_process("fair1", 2, &[]).await;
+    let a = backlog(&app, "fair1", "tenant-a", 2_000, &slow).await;
+    eventually(
+        "tenant A's first task to start",
+        Duration::from_secs(15),
+        || async {
+            let t = app.admin.get_task(&a[0]).await.ok()?;
+            t.started_time.map(|_| ())
+        },
+    )
+    .await;
+
+    // Act
+    let mut body = slow.clone();
+    body["created_by"] = json!("tenant-b");
+    let b = create_with(&app, "fair1", "tenant b's only task", body).await;
+    let b = finished(&app, &b, Duration::from_secs(30)).await;
+    worker.kill9();
+
+    // Assert: of A's tasks, at most one per free slot (2) started between B's create and its
+    // start; most of A's backlog is still queued.
+    let b_start = b.started_time.expect("B started");
+    let a_between: Vec<_> = started_tasks(&app, "fair1")
+        .await
+        .into_iter()
+        .filter(|t| t.tenant.as_deref() == Some("tenant-a"))
+        .filter(|t| {
+            t.started_time
+                .is_some_and(|s| s > b.created_time && s < b_start)
+        })
+        .map(|t| t.task_name)
+        .collect();
+    assert!(
+        a_between.len() <= 2,
+        "A's tasks that went before B: {a_between:?}"
+    );
+    assert_eq!(
+        b.tenant, None,
+        "B's tenant is its created_by, not stored as a tenant"
+    );
+    let pending = app
+        .admin
+        .pending(&[
+            ("assigned_to", "fair1".to_string()),
+            ("limit", "500".to_string()),
+        ])
+        .await
+        .expect("pending");
+    assert_eq!(pending.len(), 500, "A's backlog still waits");
+}
+
+#[tokio::test]
+async fn a_worker_started_after_two_tenants_queued_takes_them_in_turn() {
+    // Arrange: 300 of tenant A's tasks, then 3 of tenant B's, queued while no worker runs.
+    let app = TestApp::spawn().await;
+    let quick = json!({"kind": "noop"});
+    let a = backlog(&app, "fair2", "tenant-a", 300, &quick).await;
+    let b = backlog(&app, "fair2", "tenant-b", 3, &quick).await;
+
+    // Act: one slot, so the order of starts is the order of picks.
+    let _worker = app.worker_process("fair2", 1, &[]).await;
+    let b_done = all_finished(&app, &b, Duration::from_secs(30)).await;
+
+    // Assert: B's three ran within the first six picks, alternating with A's.
+    let last_b = b_done
+        .iter()
+        .filter_map(|t| t.started_time)
+        .max()
+        .expect("B's tasks started");
+    let a_before = started_tasks(&app, "fair2")
+        .await
+        .into_iter()
+        .filter(|t| t.tenant.as_deref() == Some("tenant-a"))
+        .filter(|t| t.started_time.is_some_and(|s| s < last_b))
+        .count();
+    assert!(
+        a_before <= 3,
+        "{a_before} of A's tasks went before B's last"
+    );
+    assert!(a.len() == 300);
+}
+
+#[tokio::test]
+async fn p0_still_goes_before_every_tenants_p1() {
+    // Arrange: two tenants' P1 tasks queued, then one P0 of a third tenant.
+    let app = TestApp::spawn().await;
+    let quick = json!({"kind": "noop"});
+    backlog(&app, "fair3", "tenant-a", 50, &quick).await;
+    backlog(&app, "fair3", "tenant-b", 50, &quick).await;
+    let mut urgent = quick.clone();
+    urgent["priority"] = json!("P0");
+    urgent["tenant"] = json!("tenant-c");
+    let p0 = create_with(&app, "fair3", "urgent", urgent).await;
+
+    // Act
+    let _worker = app.worker_process("fair3", 1, &[]).await;
+    let p0 = finished(&app, &p0, Duration::from_secs(30)).await;
+
+    // Assert: nothing started before the P0.
+    let p0_start = p0.started_time.expect("started");
+    let earlier = started_tasks(&app, "fair3")
+        .await
+        .into_iter()
+        .filter(|t| t.started_time.is_some_and(|s| s < p0_start))
+        .count();
+    assert_eq!(earlier, 0);
 }

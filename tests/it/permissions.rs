@@ -408,12 +408,16 @@ async fn annas_worker_user_is_refused_trumps_subjects_and_consumers() {
         .unwrap();
     let trump = nats.bus(&Role::Worker(assignee("trump"))).await;
     let worker_config = |who: &str, filter: String| pull::Config {
-        durable_name: Some(subjects::worker_consumer(&assignee(who), Priority::P1)),
+        durable_name: Some(subjects::worker_consumer(
+            &assignee(who),
+            Priority::P1,
+            None,
+        )),
         filter_subject: filter,
         ack_policy: AckPolicy::Explicit,
         ..Default::default()
     };
-    let trumps_p1 = subjects::worker_filter(&assignee("trump"), Priority::P1);
+    let trumps_p1 = subjects::worker_filter(&assignee("trump"), Priority::P1, None);
     let _: PullConsumer = trump
         .topology
         .tasks
@@ -488,7 +492,7 @@ async fn annas_worker_user_is_refused_trumps_subjects_and_consumers() {
     assert!(answer.contains("\"error\""), "{answer}");
 
     // Her own consumer is fine, and nothing of trump's ever reached her.
-    let own = subjects::worker_filter(&assignee("anna"), Priority::P1);
+    let own = subjects::worker_filter(&assignee("anna"), Priority::P1, None);
     tasks
         .create_consumer(worker_config("anna", own))
         .await

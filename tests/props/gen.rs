@@ -266,6 +266,7 @@ pub(crate) fn new_task() -> impl Strategy<Value = NewTask> {
             concurrency_key: None,
             rate_key: None,
             lane: None,
+            tenant: None,
         },
     )
 }

@@ -53,7 +53,7 @@ fn token() -> impl Strategy<Value = String> {
 /// Subjects: task subjects, almost-task subjects, and anything.
 fn subject() -> impl Strategy<Value = String> {
     let built = (gen::assignee(), gen::priority(), gen::kind())
-        .prop_map(|(a, p, k)| subjects::task(&a, p, k));
+        .prop_map(|(a, p, k)| subjects::task(&a, p, k, None));
     let tokens = (
         select(&["tasks", "events", "task", ""][..]),
         vec(token(), 0..5),
@@ -155,7 +155,7 @@ fn published(new: &NewTask, seq: u64, msg_id: Option<&TaskId>) -> Message {
         h
     });
     Message {
-        subject: subjects::task(&new.assigned_to, new.priority, new.kind),
+        subject: subjects::task(&new.assigned_to, new.priority, new.kind, new.share()),
         headers,
         payload: encode(new).to_vec(),
         seq,
@@ -246,7 +246,7 @@ proptest! {
         let ours = (new.assigned_to.clone(), new.priority, new.kind);
         prop_assume!(other != ours);
         let mut msg = published(&new, 7, None);
-        msg.subject = subjects::task(&other.0, other.1, other.2);
+        msg.subject = subjects::task(&other.0, other.1, other.2, None);
         prop_assert!(decode_queued(msg.view()).is_err());
     }
 
@@ -260,7 +260,7 @@ proptest! {
         s in gen::status(),
         junk in gen::text(40),
     ) {
-        prop_assert_eq!(subjects::parse_task(&subjects::task(&a, p, k)), Some((a.clone(), p, k)));
+        prop_assert_eq!(subjects::parse_task(&subjects::task(&a, p, k, None)), Some((a.clone(), p, k)));
         prop_assert_eq!(
             subjects::parse_event(&subjects::event(&a, &id, e)),
             Some((a.clone(), id.clone(), e))

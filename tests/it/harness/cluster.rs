@@ -379,14 +379,14 @@ impl NatsCluster {
 
     /// Makes node `to` the leader of `stream` (or its `consumer`) by asking the current leader to
     /// step down in its favour (nats-server 2.11+ honours a preferred placement). Waits up to
-    /// 10 s; false when it did not happen.
+    /// 20 s; false when it did not happen.
     pub async fn move_leader_to(&self, stream: &str, consumer: Option<&str>, to: usize) -> bool {
         self.move_leader(stream, consumer, Some(to), |l| l == to)
             .await
     }
 
     /// Makes some node other than `from` the leader of `stream` (or its `consumer`). Waits up to
-    /// 10 s; false when it did not happen.
+    /// 20 s; false when it did not happen.
     pub async fn move_leader_off(&self, stream: &str, consumer: Option<&str>, from: usize) -> bool {
         let other = (0..self.len()).find(|&i| i != from && self.is_up(i));
         self.move_leader(stream, consumer, other, |l| l != from)
@@ -409,7 +409,7 @@ impl NatsCluster {
             Some(p) => serde_json::json!({ "placement": { "preferred": self.name(p) } }),
             None => serde_json::json!({}),
         };
-        while started.elapsed() < Duration::from_secs(10) {
+        while started.elapsed() < Duration::from_secs(20) {
             match self.leader(stream, consumer).await {
                 Some(l) if done(l) => return true,
                 Some(_) => {
