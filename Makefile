@@ -1,7 +1,7 @@
 # taskfleet — developer entry points.
 #
 #   make run  [ARGS="--flag ..."]  ensure nats-server, build (release), `taskfleet up`
-#   make test [ARGS="filter ..."]  ensure nats-server, run all tests (nextest if present)
+#   make test [ARGS="filter ..."]  ensure nats-server + chromium, run all tests (nextest if present)
 #   make check                     rustfmt --check + clippy -D warnings
 #   make fuzz-api [ARGS=…]         schemathesis vs a live API and its OpenAPI document (~1-2 min + build)
 #   make deny                      cargo deny check: licences, bans, sources; advisories if a DB is local
@@ -25,6 +25,7 @@ CARGO       ?= cargo
 ARGS        ?=
 ENSURE_NATS := scripts/ensure-nats.sh
 ENSURE_DENY := scripts/ensure-cargo-deny.sh
+ENSURE_CHROMIUM := scripts/ensure-chromium.sh
 
 # Shell snippet: ensure nats-server and export its path (last stdout line).
 define with_nats
@@ -33,6 +34,16 @@ NATS_SERVER_BIN="$$($(ENSURE_NATS) | tail -n1)"; \
 [ -x "$$NATS_SERVER_BIN" ] || { echo "error: no nats-server found/installed" >&2; exit 1; }; \
 export NATS_SERVER_BIN; \
 echo "==> using NATS_SERVER_BIN=$$NATS_SERVER_BIN ($$("$$NATS_SERVER_BIN" --version 2>&1))" >&2
+endef
+
+# Shell snippet: ensure headless Chromium + chromedriver (Debian packages, for the browser tests in
+# tests/it/browser.rs) and export chromedriver's path as CHROMEDRIVER.
+define with_chromium
+echo "==> ensuring chromium + chromedriver (browser tests)" >&2; \
+CHROMEDRIVER="$$($(ENSURE_CHROMIUM) | tail -n1)"; \
+[ -x "$$CHROMEDRIVER" ] || { echo "error: no chromedriver found/installed" >&2; exit 1; }; \
+export CHROMEDRIVER; \
+echo "==> using CHROMEDRIVER=$$CHROMEDRIVER" >&2
 endef
 
 .PHONY: help run test check deny alerts-check nats bench bench-workers bench-relay bench-delayed bench-scale chaos fuzz-api
@@ -52,6 +63,7 @@ run:
 
 test:
 	@$(with_nats); \
+	$(with_chromium); \
 	echo "==> building taskfleet tests (first build takes several minutes on 2 cores)…" >&2; \
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		echo "==> test runner: cargo nextest (doctests via cargo test --doc first)" >&2; \

@@ -71,6 +71,7 @@ pub fn api_state(
         shutdown,
         destinations: Arc::new(cfg.relay.destinations.keys().cloned().collect()),
         stall_after: std::time::Duration::from_secs(cfg.relay.stall_after_s),
+        overview: Default::default(),
     })
 }
 

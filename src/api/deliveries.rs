@@ -673,8 +673,44 @@ pub(super) struct ReplaySince {
     since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// `POST /api/destinations/{key}/replay` `{"since": RFC 3339}`: every dead delivery of that
-/// destination (key `n_<name>` or the name) created since then, queued again in order.
+/// Query of a destination-wide replay (`?since=`, the body's alternative).
+#[derive(Debug, Deserialize)]
+pub(super) struct ReplaySinceQuery {
+    since: Option<String>,
+}
+
+/// Most deliveries one destination replay queues again; the answer says when more remain.
+const MAX_REPLAY: usize = 1000;
+
+/// The `since` of a destination replay, from the query or the body (not both): an RFC 3339
+/// time, or none (every dead delivery).
+fn replay_since(
+    query: ReplaySinceQuery,
+    body: Option<ReplaySince>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    let from_body = body.unwrap_or_default().since;
+    let Some(raw) = query.since.filter(|s| !s.is_empty()) else {
+        return Ok(from_body);
+    };
+    if from_body.is_some() {
+        return Err(ApiError::BadRequest(
+            "since: give it in the query or in the body, not both".into(),
+        ));
+    }
+    // As the body's `since` is read (serde), so both accept the same times.
+    raw.parse::<chrono::DateTime<chrono::FixedOffset>>()
+        .map(|t| Some(t.to_utc()))
+        .map_err(|_| {
+            ApiError::BadRequest(format!(
+                "since must be an RFC 3339 time (2026-01-02T03:04:05Z), got {raw:?}"
+            ))
+        })
+}
+
+/// `POST /api/destinations/{key}/replay?since=` (or `{"since": RFC 3339}`): the dead deliveries
+/// of that destination (key `n_<name>` or the name) created since then (all without it), queued
+/// again oldest first, at most [`MAX_REPLAY`] a call. Answers the ids queued, their count, and
+/// `more` when others remain (call again: the ones queued are no longer dead).
 ///
 /// Reads the copy of the dead records from the first one written since then (less
 /// [`CLOCK_SKEW`]) on, the destination's only; each is read again from the bucket before it
@@ -683,18 +719,19 @@ pub(super) async fn replay_destination(
     State(state): State<AppState>,
     who: Principal,
     IdPath(dest): IdPath,
+    Params(query): Params<ReplaySinceQuery>,
     JsonBody(body): JsonBody<Option<ReplaySince>>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     admin_only(&who)?;
     if !is_token(&dest) {
         return Err(bad_token("the destination", &dest));
     }
+    let since = replay_since(query, body)?;
     if !destination_known(&state, &dest).await? {
         return Err(ApiError::NotFound(format!(
             "no destination {dest:?}: not in the relay's config here, and no delivery to it is recorded"
         )));
     }
-    let since = body.unwrap_or_default().since;
     let mut dead: Vec<StoredRecord> = dead_since(&state, &dest, since)
         .await?
         .iter()
@@ -702,6 +739,8 @@ pub(super) async fn replay_destination(
         .filter(|s| since.is_none_or(|t| s.record.job.created_time >= t))
         .collect();
     dead.sort_by_key(|s| (s.record.job.created_time, s.seq));
+    let more = dead.len() > MAX_REPLAY;
+    dead.truncate(MAX_REPLAY);
     let mut ids = Vec::new();
     for listed in &dead {
         let id = &listed.record.job.id;
@@ -715,12 +754,16 @@ pub(super) async fn replay_destination(
             ids.push(id.clone());
         }
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({"replayed": ids}))))
+    let count = ids.len();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"replayed": ids, "count": count, "more": more})),
+    ))
 }
 
 /// Whether `dest` (a name or a queue key) is a destination this API can tell exists: configured
 /// here, or with at least one delivery record (any status) in the bucket.
-async fn destination_known(state: &AppState, dest: &str) -> Result<bool, ApiError> {
+pub(super) async fn destination_known(state: &AppState, dest: &str) -> Result<bool, ApiError> {
     let name = dest.strip_prefix("n_").unwrap_or(dest);
     if state.destinations.contains(name) {
         return Ok(true);
@@ -738,7 +781,8 @@ async fn destination_known(state: &AppState, dest: &str) -> Result<bool, ApiErro
 }
 
 /// The messages of `dest`'s dead records written since `since` (less [`CLOCK_SKEW`]; all
-/// without it), from the copy of the dead records, oldest first per filter.
+/// without it), from the copy of the dead records, oldest first per filter; reading stops
+/// once more than twice [`MAX_REPLAY`] are found.
 async fn dead_since(
     state: &AppState,
     dest: &str,
@@ -761,7 +805,8 @@ async fn dead_since(
             let Some(last) = got.last() else { break };
             let (last_seq, more) = (last.sequence, pending(last) != Some(0));
             out.extend(got.into_iter().filter(|m| !is_marker(m)));
-            if !more {
+            // Enough to fill one replay and tell that more remain (the rest waits its turn).
+            if !more || out.len() > 2 * MAX_REPLAY {
                 break;
             }
             from = last_seq + 1;

@@ -6,17 +6,20 @@
 //! - `events.rs`: the task log and the live SSE feed;
 //! - `runs.rs`: output and stdin of running commands, dead letters;
 //! - `deliveries.rs`: push ingest and the relay's deliveries (list, replay);
+//! - `destinations.rs`: the relay's destinations (list, enable one a 410 disabled);
 //! - `health.rs`: `/healthz`, `/metrics` and request timing;
 //! - `workers.rs`: `/api/workers`, the worker registry;
 //! - `schedules.rs`: `/api/schedules`, cron schedules;
 //! - `openapi.rs`: `/api/openapi.json`, the OpenAPI document of every route here;
 //! - `overview.rs`: `/api/overview` and its live feed, the dashboard's first page;
+//! - `throughput.rs`: the overview's tasks finished per minute, counted from the ledger;
 //! - `ui.rs`: `/` and `/ui/{file}`, the web dashboard (embedded files under `ui/`);
 //! - `auth.rs`, `error.rs`, `state.rs`: keys, errors, shared state.
 
 mod actions;
 pub mod auth;
 mod deliveries;
+mod destinations;
 mod error;
 mod events;
 mod health;
@@ -28,6 +31,7 @@ mod runs;
 mod schedules;
 mod state;
 mod tasks;
+mod throughput;
 mod ui;
 mod workers;
 
@@ -97,10 +101,12 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/api/deliveries", get(deliveries::list))
         .route("/api/deliveries/{id}", get(deliveries::get_one))
         .route("/api/deliveries/{id}/replay", post(deliveries::replay))
+        .route("/api/destinations", get(destinations::list))
         .route(
             "/api/destinations/{id}/replay",
             post(deliveries::replay_destination),
         )
+        .route("/api/destinations/{id}/enable", post(destinations::enable))
         .route("/api/workers", get(workers::list))
         .route("/api/limits", get(limits::list))
         .route(

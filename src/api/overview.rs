@@ -1,13 +1,18 @@
 //! `GET /api/overview` and its live feed `GET /api/overview/events`: the dashboard's first page,
 //! per assignee × priority what is queued, running and stalled and how long the oldest pending
-//! task has waited; per assignee its delayed tasks, failures of the last hour and workers online;
-//! and the relay's pending and dead deliveries. Computed from what `/metrics` reads (the queue
-//! walk of `TaskService::queue_gauges`, the worker registry, the delivery copies); a key scoped
-//! to some assignees sees only theirs (and no delivery counts, which span every assignee).
+//! task has waited; per assignee its delayed tasks, failures of the last hour, workers online and
+//! tasks finished per minute over the last 15 minutes; and the relay's pending and dead
+//! deliveries, its queue per destination and its disabled destinations. Computed from what
+//! `/metrics` reads (the queue walk of `TaskService::queue_gauges` with the queue's subject
+//! counts, the worker registry, the delivery copies), counts of ledger events by time, the
+//! relay's stream and KV `relay_destinations`; a key scoped to some assignees sees only theirs
+//! (and no delivery or relay figures, which span every assignee). The computed overview is kept
+//! per scope in [`Cache`] so that the open pages of one scope share one computation per tick.
 
 use super::auth::Principal;
 use super::error::ApiError;
 use super::state::AppState;
+use super::throughput::{Minutes, Throughput};
 use crate::bus::{direct, subjects};
 use crate::domain::{Assignee, EventKind, Priority};
 use axum::extract::State;
@@ -17,13 +22,17 @@ use futures::{Stream, StreamExt};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::convert::Infallible;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// How often the live feed sends the overview again.
+/// How often the live feed sends the overview again when no task event came (ages move on).
 const FEED_EVERY: Duration = Duration::from_secs(2);
+/// How long the live feed gathers a burst of task events into one new overview (so a page shows
+/// a change well within a second, and recomputes at most about four times a second).
+const FEED_SETTLE: Duration = Duration::from_millis(250);
 
 /// The whole overview.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub(super) struct Overview {
     /// When it was computed.
     generated_at: chrono::DateTime<chrono::Utc>,
@@ -33,12 +42,18 @@ pub(super) struct Overview {
     assignees: Vec<AssigneeRow>,
     /// Workers alive now (relays not counted).
     workers_online: u64,
+    /// Tasks finished per minute over the last 15 minutes: the whole fleet's, or for a scoped
+    /// key the sum of its assignees'; `null` when unavailable.
+    throughput: Option<Throughput>,
     /// Delivery records pending and dead; `null` for a scoped key or when unavailable.
     deliveries: Option<DeliveryCounts>,
+    /// The relay's queue and its disabled destinations; `null` for a scoped key or when
+    /// unavailable.
+    relay: Option<RelayView>,
 }
 
 /// One queue's figures.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct QueueRow {
     /// Whose queue.
     assignee: String,
@@ -46,9 +61,10 @@ struct QueueRow {
     priority: String,
     /// Messages in the queue (pending and running tasks and leftovers of finished ones).
     depth: u64,
-    /// Pending tasks seen by the walk (its first 500 messages).
+    /// Pending tasks: those the walk of the queue's head (its first 500 messages) saw pending,
+    /// plus every message behind the walk (which no worker has reached yet).
     queued: i64,
-    /// Running tasks seen by the walk.
+    /// Running tasks seen by the walk (workers take a queue in order, so they sit at its head).
     running: i64,
     /// Running tasks with no update for longer than `relay.stall_after_s`.
     stalled: i64,
@@ -57,7 +73,7 @@ struct QueueRow {
 }
 
 /// One assignee's figures.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct AssigneeRow {
     /// The assignee.
     assignee: String,
@@ -67,10 +83,12 @@ struct AssigneeRow {
     failed_last_hour: Option<u64>,
     /// Its workers alive now.
     workers_online: u64,
+    /// Tasks finished per minute over the last 15 minutes; `null` when unavailable.
+    throughput: Option<Throughput>,
 }
 
 /// The relay's delivery records.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct DeliveryCounts {
     /// Waiting for (another) attempt.
     pending: u64,
@@ -78,33 +96,44 @@ struct DeliveryCounts {
     dead: u64,
 }
 
-/// `GET /api/overview`.
+/// `GET /api/overview`: computed for this request (a script that just wrote sees its write),
+/// and kept for the live feeds of the same scope.
 pub(super) async fn get(
     State(state): State<AppState>,
     who: Principal,
 ) -> Result<Json<Overview>, ApiError> {
-    Ok(Json(compute(&state, who.visible()).await?))
+    Ok(Json(shared(&state, who.visible(), Instant::now()).await?))
 }
 
-/// `GET /api/overview/events`: the overview at once, then every two seconds, as server-sent
-/// `overview` events, until the client goes away or the process shuts down.
+/// `GET /api/overview/events`: the overview at once, then again after every burst of task events
+/// (see [`next_change`]) and at least every two seconds, as server-sent `overview` events, until
+/// the client goes away or the process shuts down.
 pub(super) async fn feed(
     State(state): State<AppState>,
     who: Principal,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let visible = who.visible();
     let stop = state.shutdown.clone();
-    let ticks = futures::stream::unfold(true, |first| async move {
-        if !first {
-            tokio::time::sleep(FEED_EVERY).await;
-        }
-        Some(((), false))
+    let wakes = state
+        .tasks
+        .bus()
+        .client
+        .subscribe(subjects::ALL_EVENTS)
+        .await
+        .inspect_err(|e| tracing::debug!(error.message = %e, "overview feed without task events"))
+        .ok();
+    let ticks = futures::stream::unfold((true, wakes), |(first, mut wakes)| async move {
+        let since = match first {
+            true => recent(),
+            false => next_change(&mut wakes).await,
+        };
+        Some((since, (false, wakes)))
     });
     let stream = ticks
-        .then(move |()| {
+        .then(move |since| {
             let (state, visible) = (state.clone(), visible.clone());
             async move {
-                Ok(match compute(&state, visible).await {
+                Ok(match shared(&state, visible, since).await {
                     Ok(o) => Event::default()
                         .event("overview")
                         .json_data(&o)
@@ -117,12 +146,133 @@ pub(super) async fn feed(
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
+/// Waits for the next reason to send the overview again: a task event on `wakes` (then
+/// [`FEED_SETTLE`] more, dropping the rest of the burst), or [`FEED_EVERY`] without one. A
+/// subscription that ended is dropped, and the feed falls back to the timer alone. Returns how
+/// fresh the overview sent must be: computed after the event that woke the feed, or
+/// [`recent`] after a quiet tick.
+async fn next_change(wakes: &mut Option<async_nats::Subscriber>) -> Instant {
+    let Some(sub) = wakes else {
+        tokio::time::sleep(FEED_EVERY).await;
+        return recent();
+    };
+    match tokio::time::timeout(FEED_EVERY, sub.next()).await {
+        Err(_elapsed) => recent(),
+        Ok(None) => {
+            *wakes = None;
+            recent()
+        }
+        Ok(Some(_event)) => {
+            let woke = Instant::now();
+            tokio::time::sleep(FEED_SETTLE).await;
+            while let Some(Some(_)) = futures::FutureExt::now_or_never(sub.next()) {}
+            woke
+        }
+    }
+}
+
+/// How long a computed overview serves every page of the same scope that asks.
+const FRESH_FOR: Duration = Duration::from_secs(1);
+/// Most scopes (sets of assignees a key sees) the cache keeps; past it, it starts over.
+const MAX_SCOPES: usize = 256;
+
+/// The overviews last computed, one per scope, shared by every page and request (in
+/// [`AppState`]): N open pages cost one computation per tick, not N.
+#[derive(Debug, Default)]
+pub(crate) struct Cache {
+    /// Per scope (`None`: every assignee), the last overview and when its computation began.
+    slots: std::sync::Mutex<BTreeMap<Scope, Arc<Slot>>>,
+    /// Ledger event counts of whole minutes already past, for the throughput series.
+    minutes: Minutes,
+}
+
+/// One scope's last overview and when its computation began; locked while it is computed.
+type Slot = tokio::sync::Mutex<Option<(Instant, Overview)>>;
+
+/// The assignees a caller sees, `None` for all: what an overview is cached under.
+type Scope = Option<BTreeSet<Assignee>>;
+
+/// The freshness a plain request asks for: an overview begun within [`FRESH_FOR`].
+fn recent() -> Instant {
+    let now = Instant::now();
+    now.checked_sub(FRESH_FOR).unwrap_or(now)
+}
+
+/// The overview as `visible` may see it, computed at or after `since`: the cached one when it
+/// is that fresh, else computed now (callers of one scope wait for one computation and share it).
+async fn shared(
+    state: &AppState,
+    visible: Option<HashSet<Assignee>>,
+    since: Instant,
+) -> Result<Overview, ApiError> {
+    let scope: Scope = visible.as_ref().map(|v| v.iter().cloned().collect());
+    let slot = {
+        let mut slots = state.overview.slots.lock().expect("overview cache lock");
+        if slots.len() >= MAX_SCOPES && !slots.contains_key(&scope) {
+            slots.clear();
+        }
+        slots.entry(scope).or_default().clone()
+    };
+    let mut slot = slot.lock().await;
+    if let Some((_, o)) = slot.as_ref().filter(|(began, _)| *began >= since) {
+        return Ok(o.clone());
+    }
+    let began = Instant::now();
+    let o = compute(state, visible).await?;
+    *slot = Some((began, o.clone()));
+    Ok(o)
+}
+
 /// The overview as `visible` (`None`: every assignee) may see it.
 async fn compute(
     state: &AppState,
     visible: Option<HashSet<Assignee>>,
 ) -> Result<Overview, ApiError> {
     let shown = |a: &Assignee| visible.as_ref().is_none_or(|v| v.contains(a));
+    let queues = queue_rows(state, &shown).await?;
+    let workers = workers_by_assignee(state).await?;
+    let mut names: BTreeSet<Assignee> = visible.clone().unwrap_or_default().into_iter().collect();
+    names.extend(
+        queues
+            .iter()
+            .filter_map(|q| Assignee::parse(&q.assignee).ok()),
+    );
+    names.extend(workers.keys().filter(|a| shown(a)).cloned());
+    let mut assignees = Vec::new();
+    for a in names {
+        assignees.push(assignee_row(state, &a, &workers).await);
+    }
+    let client = &state.tasks.bus().client;
+    let (deliveries, relay, throughput) = match visible {
+        None => (
+            delivery_counts(state).await,
+            relay_view(state).await,
+            state.overview.minutes.throughput(client, None).await,
+        ),
+        Some(_) => (
+            None,
+            None,
+            Throughput::sum(assignees.iter().map(|a| &a.throughput)),
+        ),
+    };
+    Ok(Overview {
+        generated_at: chrono::Utc::now(),
+        workers_online: assignees.iter().map(|a| a.workers_online).sum(),
+        throughput,
+        queues,
+        assignees,
+        deliveries,
+        relay,
+    })
+}
+
+/// One row per queue holding messages that `shown` lets the caller see. Pending tasks are
+/// counted exactly however long the queue: the walk of its head classifies what it reads, and
+/// every message behind the walk is a task no worker has reached yet.
+async fn queue_rows(
+    state: &AppState,
+    shown: &impl Fn(&Assignee) -> bool,
+) -> Result<Vec<QueueRow>, ApiError> {
     let depths = queue_depths(state).await?;
     let mut queues = Vec::new();
     let stall_after =
@@ -136,35 +286,13 @@ async fn compute(
             assignee: assignee.to_string(),
             priority: priority.to_string(),
             depth,
-            queued: g.pending,
+            queued: g.pending + depth.saturating_sub(g.walked) as i64,
             running: g.running,
             stalled: g.stalled,
             oldest_pending_s: g.oldest_pending_s,
         });
     }
-    let workers = workers_by_assignee(state).await?;
-    let mut names: BTreeSet<Assignee> = visible.clone().unwrap_or_default().into_iter().collect();
-    names.extend(
-        queues
-            .iter()
-            .filter_map(|q| Assignee::parse(&q.assignee).ok()),
-    );
-    names.extend(workers.keys().filter(|a| shown(a)).cloned());
-    let mut assignees = Vec::new();
-    for a in names {
-        assignees.push(assignee_row(state, &a, &workers).await);
-    }
-    let deliveries = match visible {
-        None => delivery_counts(state).await,
-        Some(_) => None,
-    };
-    Ok(Overview {
-        generated_at: chrono::Utc::now(),
-        workers_online: assignees.iter().map(|a| a.workers_online).sum(),
-        queues,
-        assignees,
-        deliveries,
-    })
+    Ok(queues)
 }
 
 /// Messages per queue, from the task stream's subject counts.
@@ -218,6 +346,7 @@ async fn assignee_row(
         scheduled: scheduled.ok(),
         failed_last_hour: failed.ok(),
         workers_online: workers.get(a).copied().unwrap_or(0),
+        throughput: state.overview.minutes.throughput(client, Some(a)).await,
     }
 }
 
@@ -236,4 +365,81 @@ async fn delivery_counts(state: &AppState) -> Option<DeliveryCounts> {
         pending: n[0],
         dead: n[1],
     })
+}
+
+/// The relay's queue (`DELIVERIES`, one subject per destination).
+#[derive(Debug, Clone, Serialize)]
+struct RelayView {
+    /// Delivery jobs waiting in the relay's queue, every destination.
+    backlog: u64,
+    /// Destinations with jobs waiting or disabled, by queue key.
+    destinations: Vec<DestinationRow>,
+}
+
+/// One destination of the relay's queue.
+#[derive(Debug, Clone, Serialize)]
+struct DestinationRow {
+    /// Its queue key (`n_<name>` for a configured destination, `h_<hash>` for an ad-hoc one).
+    destination: String,
+    /// Delivery jobs waiting for it.
+    backlog: u64,
+    /// Whether the relay stopped delivering to it (after a `410 Gone`) until a replay.
+    disabled: bool,
+    /// Why it is disabled, `null` when it is not.
+    reason: Option<String>,
+}
+
+/// Most destination states read from KV `relay_destinations` for the overview.
+const MAX_DESTINATIONS: usize = 1000;
+
+/// The relay's backlog per destination (the `DELIVERIES` stream's subject counts) and its
+/// disabled destinations (KV `relay_destinations`), `None` when unavailable.
+async fn relay_view(state: &AppState) -> Option<RelayView> {
+    let bus = state.tasks.bus();
+    let mut info = bus
+        .topology
+        .deliveries
+        .info_with_subjects(subjects::ALL_DELIVERIES)
+        .await
+        .ok()?;
+    let mut rows: BTreeMap<String, DestinationRow> = BTreeMap::new();
+    while let Some(item) = info.next().await {
+        let (subject, n) = item.ok()?;
+        let key = subject.strip_prefix("deliveries.").unwrap_or(&subject);
+        destination_row(&mut rows, key).backlog += n as u64;
+    }
+    let states = direct::bucket_entries(
+        &bus.client,
+        subjects::DESTINATION_BUCKET,
+        ">",
+        MAX_DESTINATIONS,
+    )
+    .await
+    .ok()?;
+    for (key, value) in states {
+        let v: serde_json::Value = serde_json::from_slice(&value).unwrap_or_default();
+        if v["disabled"].as_bool() == Some(true) {
+            let row = destination_row(&mut rows, &key);
+            row.disabled = true;
+            row.reason = Some(v["reason"].as_str().unwrap_or("disabled").to_string());
+        }
+    }
+    Some(RelayView {
+        backlog: rows.values().map(|r| r.backlog).sum(),
+        destinations: rows.into_values().collect(),
+    })
+}
+
+/// The row of destination `key` in `rows`, added empty if missing.
+fn destination_row<'a>(
+    rows: &'a mut BTreeMap<String, DestinationRow>,
+    key: &str,
+) -> &'a mut DestinationRow {
+    rows.entry(key.to_string())
+        .or_insert_with(|| DestinationRow {
+            destination: key.to_string(),
+            backlog: 0,
+            disabled: false,
+            reason: None,
+        })
 }

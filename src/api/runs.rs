@@ -192,14 +192,17 @@ pub(super) async fn input(
 pub(super) struct DeadQuery {
     assigned_to: Option<String>,
     limit: Option<usize>,
+    /// A cursor from `X-Next-Cursor` (empty: from the start).
+    after: Option<String>,
 }
 
-/// `GET /api/dead-letters?assigned_to=&limit=`: tasks that used up their attempts, oldest first.
+/// `GET /api/dead-letters?assigned_to=&limit=&after=`: tasks that used up their attempts, oldest
+/// first. A full page carries the next page's cursor in `X-Next-Cursor`; pass it as `after`.
 pub(super) async fn dead_letters(
     State(state): State<AppState>,
     who: Principal,
     Params(q): Params<DeadQuery>,
-) -> Result<Json<Vec<Task>>, ApiError> {
+) -> Result<(axum::http::HeaderMap, Json<Vec<Task>>), ApiError> {
     let assignee = q
         .assigned_to
         .filter(|s| !s.is_empty())
@@ -208,18 +211,32 @@ pub(super) async fn dead_letters(
     if let Some(a) = &assignee {
         who.check(a)?;
     }
+    let after = match q.after.filter(|s| !s.is_empty()) {
+        None => 0,
+        Some(raw) => raw.parse::<u64>().map_err(|_| {
+            ApiError::BadRequest(format!(
+                "after must be a cursor from X-Next-Cursor, got {raw:?}"
+            ))
+        })?,
+    };
     let limit = q
         .limit
         .unwrap_or(state.limits.default_page)
         .clamp(1, state.limits.max_page);
     let visible = who.visible();
-    let tasks = state.tasks.dead_letters(assignee.as_ref(), limit).await?;
-    Ok(Json(
-        tasks
-            .into_iter()
-            .filter(|t| visible.as_ref().is_none_or(|v| v.contains(&t.assigned_to)))
-            .collect(),
-    ))
+    let (tasks, next) = state
+        .tasks
+        .dead_letters_page(assignee.as_ref(), after, limit)
+        .await?;
+    let mut headers = axum::http::HeaderMap::new();
+    if let Some(next) = next {
+        headers.insert("x-next-cursor", next.into());
+    }
+    let tasks = tasks
+        .into_iter()
+        .filter(|t| visible.as_ref().is_none_or(|v| v.contains(&t.assigned_to)))
+        .collect();
+    Ok((headers, Json(tasks)))
 }
 
 #[cfg(test)]

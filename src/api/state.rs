@@ -26,6 +26,8 @@ pub struct AppState {
     /// When a running task with no update counts as stalled in `/metrics` (the relay's
     /// `relay.stall_after_s`).
     pub stall_after: std::time::Duration,
+    /// The dashboard overviews last computed, shared by every open page (see `overview.rs`).
+    pub(crate) overview: Arc<super::overview::Cache>,
 }
 
 /// Sizes the API enforces.

@@ -4,7 +4,7 @@ use super::auth::Principal;
 use super::error::{ApiError, JsonBody};
 use super::error::{IdPath, Params};
 use super::state::AppState;
-use crate::domain::{Assignee, NewTask, Task, TaskId, TaskStatus};
+use crate::domain::{Assignee, NewTask, Priority, Task, TaskId, TaskKind, TaskStatus};
 use crate::tasks::ListFilter;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -102,6 +102,51 @@ pub(super) struct ListQuery {
     status: Option<String>,
     limit: Option<String>,
     before: Option<String>,
+    /// `p0`, `p1` or `p2` (any case).
+    priority: Option<String>,
+    /// A task kind (`manual`, `exec`, …).
+    kind: Option<String>,
+    /// Text the task's name holds, compared case-insensitively.
+    q: Option<String>,
+}
+
+/// Longest `q` accepted, in characters.
+const MAX_QUERY_CHARS: usize = 200;
+
+/// A list's priority, kind and (lowercased) text in the name, each when given.
+type Narrowing = (Option<Priority>, Option<TaskKind>, Option<String>);
+
+/// The optional filters of the task list beyond assignee and status: priority, kind and name.
+fn parse_narrowing(q: &ListQuery) -> Result<Narrowing, ApiError> {
+    let given = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+    let priority = given(&q.priority)
+        .map(|p| {
+            // Exactly `p0`/`P0`…: not the bare digits or padding the create body allows.
+            let exact = Priority::parse(&p).ok().filter(|_| p.len() == 2);
+            exact.ok_or_else(|| {
+                ApiError::BadRequest(format!("priority must be one of p0, p1, p2, got {p:?}"))
+            })
+        })
+        .transpose()?;
+    let kind = given(&q.kind)
+        .map(|k| {
+            TaskKind::parse(&k).map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "kind must be one of manual, exec, agent, hook, noop, got {k:?}"
+                ))
+            })
+        })
+        .transpose()?;
+    let text = given(&q.q).map(|t| t.to_lowercase());
+    if text
+        .as_ref()
+        .is_some_and(|t| t.chars().count() > MAX_QUERY_CHARS)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "q must be at most {MAX_QUERY_CHARS} characters"
+        )));
+    }
+    Ok((priority, kind, text))
 }
 
 fn parse_assignee(raw: Option<&str>) -> Result<Option<Assignee>, ApiError> {
@@ -123,8 +168,11 @@ fn parse_limit(raw: Option<&str>, state: &AppState) -> Result<usize, ApiError> {
     }
 }
 
-/// `GET /api/tasks?assigned_to=&status=&limit=&before=`, newest first. A full page carries the
-/// next page's cursor in `X-Next-Cursor` (and a `Link: <…>; rel="next"`); pass it as `before`.
+/// `GET /api/tasks?assigned_to=&status=&priority=&kind=&q=&limit=&before=`, newest first. A
+/// full page carries the next page's cursor in `X-Next-Cursor` (and a `Link: <…>; rel="next"`);
+/// pass it as `before`. With `priority`, `kind` or `q` (checked on each task read, see
+/// `TaskService::list_page`) one call walks a bounded number of tasks: a page may come back
+/// short, even empty, with a cursor to walk on from; only a page without a cursor is the end.
 pub(super) async fn list(
     State(state): State<AppState>,
     who: Principal,
@@ -150,12 +198,16 @@ pub(super) async fn list(
             ))
         })?),
     };
+    let (priority, kind, name_contains) = parse_narrowing(&q)?;
     let filter = ListFilter {
         assignee,
         status,
         scope: who.visible(),
         limit: parse_limit(q.limit.as_deref(), &state)?,
         before,
+        priority,
+        kind,
+        name_contains,
     };
     let page = state.tasks.list_page(&filter).await?;
     let mut headers = axum::http::HeaderMap::new();
@@ -172,8 +224,16 @@ pub(super) async fn list(
 /// `<…>; rel="next"` for the page after the one answered.
 fn next_link(q: &ListQuery, f: &ListFilter, next: u64) -> String {
     let mut url = format!("/api/tasks?limit={}&before={next}", f.limit);
-    for (k, v) in [("assigned_to", &q.assigned_to), ("status", &q.status)] {
+    let given = [
+        ("assigned_to", &q.assigned_to),
+        ("status", &q.status),
+        ("priority", &q.priority),
+        ("kind", &q.kind),
+        ("q", &q.q),
+    ];
+    for (k, v) in given {
         if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+            let v: String = url::form_urlencoded::byte_serialize(v.as_bytes()).collect();
             url.push_str(&format!("&{k}={v}"));
         }
     }

@@ -32,50 +32,69 @@ enum DeliveryCmd {
     Get { id: String },
     /// Queue one delivery again.
     Replay { id: String },
-    /// Queue every dead delivery of a destination again, optionally since a time (RFC 3339).
+    /// Queue every dead delivery of a destination again, optionally since a time (RFC 3339);
+    /// at most 1,000 a call (`"more": true` says to run it again).
     ReplayDestination {
         destination: String,
         #[arg(long)]
         since: Option<String>,
     },
+    /// The destinations: configured ones and every one a 410 Gone disabled (why, since when).
+    Destinations,
+    /// Deliver to a destination a 410 Gone disabled again (without replaying anything).
+    Enable { destination: String },
+}
+
+/// A request of one subcommand: method, path, body and query.
+type Request = (Method, String, Option<Value>, Vec<(&'static str, String)>);
+
+/// The API request `cmd` makes.
+fn request(cmd: &DeliveryCmd) -> Request {
+    match cmd {
+        DeliveryCmd::List {
+            status,
+            destination,
+            task,
+            limit,
+        } => {
+            let q = [
+                ("status", status.clone()),
+                ("destination", destination.clone()),
+                ("task_id", task.clone()),
+                ("limit", limit.map(|l| l.to_string())),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+            (Method::GET, "/api/deliveries".into(), None, q)
+        }
+        DeliveryCmd::Get { id } => (Method::GET, format!("/api/deliveries/{id}"), None, vec![]),
+        DeliveryCmd::Replay { id } => (
+            Method::POST,
+            format!("/api/deliveries/{id}/replay"),
+            None,
+            vec![],
+        ),
+        DeliveryCmd::ReplayDestination { destination, since } => (
+            Method::POST,
+            format!("/api/destinations/{destination}/replay"),
+            Some(serde_json::json!({ "since": since })),
+            vec![],
+        ),
+        DeliveryCmd::Destinations => (Method::GET, "/api/destinations".into(), None, vec![]),
+        DeliveryCmd::Enable { destination } => (
+            Method::POST,
+            format!("/api/destinations/{destination}/enable"),
+            None,
+            vec![],
+        ),
+    }
 }
 
 /// Runs one `delivery` subcommand.
 pub(super) async fn run(args: DeliveryArgs) -> ExitCode {
     let client = args.flags.client(None);
-    let (method, path, body, query): (Method, String, Option<Value>, Vec<(&str, String)>) =
-        match &args.cmd {
-            DeliveryCmd::List {
-                status,
-                destination,
-                task,
-                limit,
-            } => {
-                let q = [
-                    ("status", status.clone()),
-                    ("destination", destination.clone()),
-                    ("task_id", task.clone()),
-                    ("limit", limit.map(|l| l.to_string())),
-                ]
-                .into_iter()
-                .filter_map(|(k, v)| v.map(|v| (k, v)))
-                .collect();
-                (Method::GET, "/api/deliveries".into(), None, q)
-            }
-            DeliveryCmd::Get { id } => (Method::GET, format!("/api/deliveries/{id}"), None, vec![]),
-            DeliveryCmd::Replay { id } => (
-                Method::POST,
-                format!("/api/deliveries/{id}/replay"),
-                None,
-                vec![],
-            ),
-            DeliveryCmd::ReplayDestination { destination, since } => (
-                Method::POST,
-                format!("/api/destinations/{destination}/replay"),
-                Some(serde_json::json!({ "since": since })),
-                vec![],
-            ),
-        };
+    let (method, path, body, query) = request(&args.cmd);
     let mut req = client.request(method, &path).query(&query);
     if let Some(b) = body {
         req = req.json(&b);
@@ -99,7 +118,8 @@ pub(super) async fn run(args: DeliveryArgs) -> ExitCode {
         eprintln!("error: {msg} (HTTP {})", status.as_u16());
         return ExitCode::FAILURE;
     }
-    if args.flags.json || !value.is_array() {
+    let records = matches!(args.cmd, DeliveryCmd::List { .. });
+    if args.flags.json || !records {
         println!(
             "{}",
             serde_json::to_string_pretty(&value).unwrap_or_default()

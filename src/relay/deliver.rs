@@ -210,16 +210,7 @@ impl Delivery {
                 Some(DeliveryStatus::Pending) | None => {}
             }
         }
-        let destination = match (&job.destination, &job.name) {
-            (Some(d), _) => Some(d.clone()),
-            (None, Some(name)) => self.named.get(name).cloned(),
-            (None, None) if key == super::job::PUSH_KEY => self
-                .push_destination
-                .as_ref()
-                .and_then(|n| self.named.get(n).cloned()),
-            (None, None) => None,
-        };
-        let Some(destination) = destination else {
+        let Some(destination) = self.resolve(key, &job) else {
             let why = Some("unknown destination".into());
             lane.records
                 .write(records, &job, None, DeliveryStatus::Dead, why, first)
@@ -244,23 +235,49 @@ impl Delivery {
         let started = Instant::now();
         let time = crate::domain::now();
         let outcome = sinks::send(&self.sinks, &destination, &job).await;
-        let mut attempt = Attempt {
-            time,
-            status: outcome.status,
-            duration_ms: started.elapsed().as_millis() as u64,
-            response: outcome.response.as_deref().map(clip_response),
-            next_attempt_time: None,
-        };
+        let mut attempt = recorded(&outcome, time, started);
         tracing::info!(destination = key, kind = destination.kind(), delivery = job.id,
             attempt = attempt_no, status = ?outcome.status, verdict = ?outcome.verdict, "delivery attempt");
         note_outcome(outcome.status, outcome.verdict);
         // The record is confirmed before the ack: a kill in between only redelivers.
-        let (status, reason, ack) = match outcome.verdict {
+        let (status, reason, ack) = self
+            .settle(key, lane, outcome.verdict, attempt_no, &mut attempt)
+            .await;
+        lane.records
+            .write(records, &job, Some(attempt), status, reason, first)
+            .await;
+        let _ = msg.ack_with(ack).await;
+    }
+
+    /// Where `job` goes: its own destination, its named one, or (a push) the push destination.
+    fn resolve(&self, key: &str, job: &DeliveryJob) -> Option<Destination> {
+        match (&job.destination, &job.name) {
+            (Some(d), _) => Some(d.clone()),
+            (None, Some(name)) => self.named.get(name).cloned(),
+            (None, None) if key == super::job::PUSH_KEY => self
+                .push_destination
+                .as_ref()
+                .and_then(|n| self.named.get(n).cloned()),
+            (None, None) => None,
+        }
+    }
+
+    /// What attempt number `attempt_no` with `verdict` leaves the delivery as: its status, why it
+    /// is dead, and the ack (a retry's delay is noted on `attempt`; a 410 disables the lane).
+    async fn settle(
+        &self,
+        key: &str,
+        lane: &mut Lane,
+        verdict: Verdict,
+        attempt_no: usize,
+        attempt: &mut Attempt,
+    ) -> (DeliveryStatus, Option<String>, AckKind) {
+        match verdict {
             Verdict::Delivered => (DeliveryStatus::Delivered, None, AckKind::Ack),
             Verdict::Retry { after } => match self.schedule.delay_for(attempt_no, after) {
                 Some(delay) => {
                     attempt.next_attempt_time =
-                        Some(time + chrono::Duration::from_std(delay).unwrap_or_default());
+                        Some(attempt.time + chrono::Duration::from_std(delay).unwrap_or_default());
                     (DeliveryStatus::Pending, None, AckKind::Nak(Some(delay)))
                 }
                 None => {
@@ -274,14 +291,10 @@ impl Delivery {
             }
             Verdict::Disable => {
                 let why = "the destination answered 410 Gone: disabled".to_string();
-                self.disable(key, lane, &why, time).await;
+                self.disable(key, lane, &why, attempt.time).await;
                 (DeliveryStatus::Dead, Some(why), AckKind::Term)
             }
-        };
-        lane.records
-            .write(records, &job, Some(attempt), status, reason, first)
-            .await;
-        let _ = msg.ack_with(ack).await;
+        }
     }
 
     /// Why the lane's destination is disabled, if it is (read from KV `relay_destinations`
@@ -298,15 +311,12 @@ impl Delivery {
     }
 
     async fn read_disabled(&self, key: &str) -> Option<String> {
-        let v = self.bus.topology.destinations.get(key).await.ok()??;
-        let state: serde_json::Value = serde_json::from_slice(&v).ok()?;
-        state["disabled"]
-            .as_bool()
-            .filter(|d| *d)
-            .map(|_| state["reason"].as_str().unwrap_or("disabled").to_string())
+        let state = super::disabled::read(&self.bus, key).await?;
+        Some(state.reason.unwrap_or_else(|| "disabled".into()))
     }
 
-    /// Marks the lane's destination disabled (KV `relay_destinations`; a replay clears it).
+    /// Marks the lane's destination disabled (KV `relay_destinations`; a replay or an enable
+    /// clears it).
     async fn disable(
         &self,
         key: &str,
@@ -314,18 +324,31 @@ impl Delivery {
         why: &str,
         time: chrono::DateTime<chrono::Utc>,
     ) {
-        let _ = self
-            .bus
-            .topology
-            .destinations
-            .put(
-                key,
-                serde_json::json!({"disabled": true, "reason": why, "time": time})
-                    .to_string()
-                    .into(),
-            )
-            .await;
+        if let Err(e) = super::disabled::disable(&self.bus, key, why, time).await {
+            tracing::warn!(destination = key, error.message = %e, "could not note the destination disabled");
+        }
         lane.disabled = Some((Instant::now(), Some(why.to_string())));
+    }
+}
+
+/// The attempt to record for `outcome`, started at `time` (`started` on the clock): its status,
+/// duration and the first 4 KiB of the response, flagged when more was cut off.
+fn recorded(
+    outcome: &sinks::SendOutcome,
+    time: chrono::DateTime<chrono::Utc>,
+    started: Instant,
+) -> Attempt {
+    let (response, truncated) = match outcome.response.as_deref().map(clip_response) {
+        Some((body, cut)) => (Some(body), cut),
+        None => (None, false),
+    };
+    Attempt {
+        time,
+        status: outcome.status,
+        duration_ms: started.elapsed().as_millis() as u64,
+        response,
+        truncated,
+        next_attempt_time: None,
     }
 }
 

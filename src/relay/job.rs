@@ -68,9 +68,13 @@ pub struct Attempt {
     pub status: Option<u16>,
     /// How long it took.
     pub duration_ms: u64,
-    /// The response body (at most 4 KiB) or the error.
+    /// The response body (its first 4 KiB, decoded as UTF-8 with bad bytes replaced) or the
+    /// error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<String>,
+    /// Whether `response` was cut to [`MAX_RESPONSE_BYTES`] (stored only when it was).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
     /// When the next attempt is due (none after the last).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_time: Option<DateTime<Utc>>,
@@ -135,14 +139,53 @@ pub const PUSH_KEY: &str = "push";
 /// Largest response body kept per attempt.
 pub const MAX_RESPONSE_BYTES: usize = 4096;
 
-/// Cuts a response body to [`MAX_RESPONSE_BYTES`] at a character boundary.
-pub fn clip_response(body: &str) -> String {
+/// Cuts a response body to [`MAX_RESPONSE_BYTES`] at a character boundary; `true` with it
+/// when something was cut off.
+pub fn clip_response(body: &str) -> (String, bool) {
     if body.len() <= MAX_RESPONSE_BYTES {
-        return body.to_string();
+        return (body.to_string(), false);
     }
     let mut end = MAX_RESPONSE_BYTES;
     while !body.is_char_boundary(end) {
         end -= 1;
     }
-    body[..end].to_string()
+    (body[..end].to_string(), true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_body_is_cut_at_4_kib_on_a_character_boundary_and_flagged() {
+        let (short, cut) = clip_response("ok");
+        assert_eq!((short.as_str(), cut), ("ok", false));
+        let long = "€".repeat(2000);
+        let (clipped, cut) = clip_response(&long);
+        assert!(cut);
+        assert_eq!(clipped.len(), 4095, "1365 three-byte characters");
+        assert!(long.starts_with(&clipped));
+    }
+
+    #[test]
+    fn an_attempt_stores_the_truncated_flag_only_when_set() {
+        let a = Attempt {
+            time: chrono::Utc::now(),
+            status: Some(500),
+            duration_ms: 3,
+            response: Some("x".into()),
+            truncated: false,
+            next_attempt_time: None,
+        };
+        let plain = serde_json::to_value(&a).unwrap();
+        assert!(plain.get("truncated").is_none(), "{plain}");
+        let cut = serde_json::to_value(Attempt {
+            truncated: true,
+            ..a
+        })
+        .unwrap();
+        assert_eq!(cut["truncated"], true);
+        let back: Attempt = serde_json::from_value(plain).unwrap();
+        assert!(!back.truncated);
+    }
 }

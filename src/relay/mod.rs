@@ -3,6 +3,7 @@
 //! - `fanout.rs`: every event → one delivery job per destination (notify + routes), throttled,
 //!   plus stall detection; `deliver.rs`: one ordered, retrying loop per destination;
 //!   `record.rs`: its delivery records (one write per attempt, the last record kept);
+//!   [`disabled`]: destinations disabled by a 410 (KV `relay_destinations`), listed and enabled;
 //!   `server.rs`: wiring ([`run`]).
 //!
 //! - [`destination`]: where to deliver (config-named or per-task `notify`) and its queue key.
@@ -22,6 +23,7 @@
 
 pub mod config;
 mod deliver;
+pub mod disabled;
 mod fanout;
 mod record;
 mod server;

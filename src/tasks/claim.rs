@@ -356,9 +356,20 @@ impl TaskService {
         assignee: Option<&crate::domain::Assignee>,
         limit: usize,
     ) -> Result<Vec<Task>, TaskError> {
+        Ok(self.dead_letters_page(assignee, 0, limit).await?.0)
+    }
+
+    /// A page of dead letters, oldest first, stored after sequence `after` of the dead-letter
+    /// stream (0: from the start), and the cursor of the next page when this one is full.
+    pub async fn dead_letters_page(
+        &self,
+        assignee: Option<&crate::domain::Assignee>,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<Task>, Option<u64>), TaskError> {
         let filter = subjects::dead_filter(assignee);
         let mut out = Vec::new();
-        let mut seq = 1;
+        let (mut seq, mut last_kept) = (after.saturating_add(1), after);
         while out.len() < limit {
             let batch = crate::bus::direct::batch(
                 &self.bus.client,
@@ -370,14 +381,16 @@ impl TaskService {
             .await?;
             let Some(last) = batch.last() else { break };
             seq = last.sequence + 1;
-            out.extend(
-                batch
-                    .iter()
-                    .filter_map(|m| crate::bus::decode::<Task>("dead letter", &m.payload).ok()),
-            );
+            for m in &batch {
+                if let Ok(t) = crate::bus::decode::<Task>("dead letter", &m.payload) {
+                    out.push(t);
+                    last_kept = m.sequence;
+                }
+            }
         }
         out.truncate(limit);
-        Ok(out)
+        let next = (out.len() == limit).then_some(last_kept);
+        Ok((out, next))
     }
 }
 

@@ -25,6 +25,8 @@ pub struct QueueGauges {
     pub pending: i64,
     /// Running tasks the walk saw (stalled ones included).
     pub running: i64,
+    /// Messages the walk read (so the queue's depth minus this is what lies behind the walk).
+    pub walked: u64,
 }
 
 impl TaskService {
@@ -54,6 +56,7 @@ impl TaskService {
             if batch.is_empty() {
                 break;
             }
+            out.walked += batch.len() as u64;
             let queued: HashMap<u64, i128> = batch
                 .iter()
                 .map(|m| (m.sequence, m.time.unix_timestamp_nanos()))

@@ -3,7 +3,7 @@
 use super::ledger::{also_created, decode_event, decode_record, implied_created, shown_events};
 use super::{TaskError, TaskService};
 use crate::bus::{direct, subjects, NatsResultExt};
-use crate::domain::{Assignee, LogEntry, Task, TaskEvent, TaskId, TaskStatus};
+use crate::domain::{Assignee, LogEntry, Priority, Task, TaskEvent, TaskId, TaskKind, TaskStatus};
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use futures::{Stream, StreamExt};
 use std::collections::HashSet;
@@ -21,6 +21,12 @@ pub struct ListFilter {
     pub limit: usize,
     /// A page cursor: start after (older than) this stream sequence.
     pub before: Option<u64>,
+    /// Only tasks of this priority.
+    pub priority: Option<Priority>,
+    /// Only tasks of this kind.
+    pub kind: Option<TaskKind>,
+    /// Only tasks whose name holds this text, compared case-insensitively (give it lowercased).
+    pub name_contains: Option<String>,
 }
 
 impl ListFilter {
@@ -31,6 +37,18 @@ impl ListFilter {
                 .scope
                 .as_ref()
                 .is_none_or(|s| s.contains(&t.assigned_to))
+            && self.priority.is_none_or(|p| p == t.priority)
+            && self.kind.is_none_or(|k| k == t.kind)
+            && self
+                .name_contains
+                .as_deref()
+                .is_none_or(|text| t.task_name.to_lowercase().contains(text))
+    }
+
+    /// Whether some of the filter can only be checked on a task's state, after reading it (the
+    /// walked subjects cannot narrow a listing by name, nor the ledger's by priority or kind).
+    pub(crate) fn narrows_after_read(&self) -> bool {
+        self.priority.is_some() || self.kind.is_some() || self.name_contains.is_some()
     }
 }
 

@@ -11,6 +11,10 @@
 //! | `failed`, `cancelled` | their index entries (`index.<status>.<assignee>.<id>`), in the server's copy `LEDGER_INDEX` | most recently finished first |
 //! | any | `created` and `scheduled` events, and `started` events that stand for a creation | newest created (or queued) first |
 //!
+//! A priority or kind narrows the queue subjects a `pending`/`running` listing walks; otherwise
+//! they, and text in the name, are checked on each task read, and such a listing walks at most
+//! about [`SCAN_BUDGET`] messages per call (a short page with a cursor says "walk on").
+//!
 //! A page ends with a cursor (a stream sequence): the next page walks on from there. Each window
 //! is read with [`direct::range`], which asks the server for exactly the messages the window
 //! holds (a batch asking for more would scan on past the window, to the end of the stream).
@@ -24,7 +28,7 @@
 use super::ledger::also_created;
 use super::{ListFilter, TaskError, TaskService};
 use crate::bus::{direct, subjects, BusError, NatsResultExt};
-use crate::domain::{Assignee, EventKind, Task, TaskId, TaskStatus};
+use crate::domain::{Assignee, EventKind, Priority, Task, TaskId, TaskKind, TaskStatus};
 use async_nats::jetstream::message::StreamMessage;
 use std::collections::HashSet;
 
@@ -41,6 +45,9 @@ pub struct Page {
 const WINDOW_PER_TASK: u64 = 4;
 /// How much a window grows when the last one yielded too little.
 const GROWTH: u64 = 4;
+/// About the most messages one call walks when its filter narrows only after reading (see
+/// [`TaskService::list_page`]).
+pub(super) const SCAN_BUDGET: u64 = 5_000;
 
 /// What one listing walks: a stream and the subjects whose messages stand for tasks.
 struct Source {
@@ -50,23 +57,34 @@ struct Source {
 
 impl TaskService {
     /// Tasks matching `filter`, newest first, from `filter.before` on.
+    ///
+    /// A filter that narrows only after reading (priority, kind, name; see
+    /// [`ListFilter::narrows_after_read`]) walks at most about [`SCAN_BUDGET`] messages per call:
+    /// when they are walked before the page fills, the page comes back short (even empty) with
+    /// the cursor to walk on from, so a rare match among a million tasks costs several calls
+    /// instead of one unbounded one.
     pub async fn list_page(&self, filter: &ListFilter) -> Result<Page, TaskError> {
         let assignee = filter.assignee.clone().or_else(|| single(&filter.scope));
-        let source = source(filter.status, assignee.as_ref());
+        let source = source(filter, assignee.as_ref());
         let (first, last) = bounds(&self.bus.js, source.stream).await?;
         let mut end = filter
             .before
             .map_or(last, |b| b.saturating_sub(1))
             .min(last);
         let mut after_end = self.counts_after(&source, end, end == last).await?;
+        let budget = filter.narrows_after_read().then_some(SCAN_BUDGET);
         let mut window = (filter.limit as u64 * WINDOW_PER_TASK).max(256);
-        let mut seen = HashSet::new();
+        let (mut seen, mut walked) = (HashSet::new(), 0);
         let mut page = Page::default();
         while page.tasks.len() < filter.limit && end >= first && end > 0 {
+            if let Some(b) = budget {
+                window = window.min(b);
+            }
             let start = end.saturating_sub(window - 1).max(first);
             let mut msgs = self
                 .read_range(&source, (start, end), &mut after_end)
                 .await?;
+            walked += msgs.len() as u64;
             msgs.sort_by_key(|m| std::cmp::Reverse(m.sequence));
             let candidates: Vec<StreamMessage> = msgs
                 .into_iter()
@@ -74,14 +92,13 @@ impl TaskService {
                 .filter(|m| seen.insert(task_of(m)))
                 .collect();
             let found = self.matching(&candidates, filter).await?;
-            for (seq, task) in found {
-                if page.tasks.len() == filter.limit {
-                    break;
-                }
-                page.next = Some(seq);
-                page.tasks.push(task);
-            }
+            fill(&mut page, found, filter.limit);
             end = start.saturating_sub(1);
+            let more = end >= first && end > 0;
+            if budget.is_some_and(|b| walked >= b) && page.tasks.len() < filter.limit {
+                page.next = more.then_some(start);
+                return Ok(page);
+            }
             if page.tasks.len() < filter.limit / 2 {
                 window = window.saturating_mul(GROWTH);
             }
@@ -175,6 +192,18 @@ impl TaskService {
     }
 }
 
+/// Adds `found` (newest first, with the sequence that found each) to `page` up to `limit`
+/// tasks; the cursor follows the last one added.
+fn fill(page: &mut Page, found: Vec<(u64, Task)>, limit: usize) {
+    for (seq, task) in found {
+        if page.tasks.len() == limit {
+            break;
+        }
+        page.next = Some(seq);
+        page.tasks.push(task);
+    }
+}
+
 /// The one assignee of a scope, if it has exactly one.
 fn single(scope: &Option<HashSet<Assignee>>) -> Option<Assignee> {
     match scope {
@@ -183,7 +212,8 @@ fn single(scope: &Option<HashSet<Assignee>>) -> Option<Assignee> {
     }
 }
 
-fn source(status: Option<TaskStatus>, assignee: Option<&Assignee>) -> Source {
+/// What a listing by `filter` walks (for `assignee`, the filter's or its scope's only one).
+fn source(filter: &ListFilter, assignee: Option<&Assignee>) -> Source {
     let a = assignee.map_or("*", Assignee::as_str);
     let events = |kinds: &[EventKind]| Source {
         stream: subjects::EVENTS_STREAM,
@@ -192,10 +222,10 @@ fn source(status: Option<TaskStatus>, assignee: Option<&Assignee>) -> Source {
             .map(|&k| subjects::events_of_kind(assignee, k))
             .collect(),
     };
-    match status {
+    match filter.status {
         Some(TaskStatus::Pending | TaskStatus::Running) => Source {
             stream: subjects::TASKS_STREAM,
-            filters: vec![format!("tasks.{a}.>")],
+            filters: queue_filters(a, filter.priority, filter.kind),
         },
         Some(TaskStatus::Completed) => events(&[EventKind::Completed]),
         // A delayed task's schedule message stays in `TASKS` until it fires.
@@ -208,6 +238,21 @@ fn source(status: Option<TaskStatus>, assignee: Option<&Assignee>) -> Source {
             filters: vec![subjects::status_index_filter(status, assignee)],
         },
         None => events(&[EventKind::Scheduled, EventKind::Created, EventKind::Started]),
+    }
+}
+
+/// The queue subjects of assignee `a` (`*` for all) narrowed to a priority and a kind when
+/// given (`tasks.<a>.<p>` holds manual tasks, `tasks.<a>.<p>.<kind>[.<share>]` the others).
+fn queue_filters(a: &str, priority: Option<Priority>, kind: Option<TaskKind>) -> Vec<String> {
+    let p = priority.map_or("*", Priority::token);
+    match kind {
+        None if priority.is_none() => vec![format!("tasks.{a}.>")],
+        None => vec![format!("tasks.{a}.{p}"), format!("tasks.{a}.{p}.>")],
+        Some(TaskKind::Manual) => vec![format!("tasks.{a}.{p}")],
+        Some(k) => {
+            let k = k.as_str();
+            vec![format!("tasks.{a}.{p}.{k}"), format!("tasks.{a}.{p}.{k}.*")]
+        }
     }
 }
 

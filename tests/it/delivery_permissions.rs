@@ -231,6 +231,16 @@ async fn the_relay_and_the_api_handle_delivery_records_as_their_own_users_withou
     let (again, _) = api
         .call(Method::POST, "/api/destinations/refusing/replay", since)
         .await;
+    let (listed, _) = api
+        .call(Method::GET, "/api/destinations", Value::Null)
+        .await;
+    let (enabled, _) = api
+        .call(
+            Method::POST,
+            "/api/destinations/refusing/enable",
+            Value::Null,
+        )
+        .await;
     for query in [
         "status=pending",
         "status=delivered",
@@ -247,6 +257,8 @@ async fn the_relay_and_the_api_handle_delivery_records_as_their_own_users_withou
     assert_eq!(read, StatusCode::OK);
     assert_eq!(replayed, StatusCode::ACCEPTED);
     assert_eq!(again, StatusCode::ACCEPTED);
+    assert_eq!(listed, StatusCode::OK);
+    assert_eq!(enabled, StatusCode::OK);
     assert_eq!(nats.violations(&Role::Relay), Vec::<String>::new());
     assert_eq!(nats.violations(&Role::Api), Vec::<String>::new());
 }

@@ -55,13 +55,14 @@ export function when(t) {
   return t ? new Date(t).toLocaleString() : "–";
 }
 
-/** Asks, then runs `action` and reports; `done` runs after success (e.g. a reload). */
+/** Asks, then runs `action` and reports; `done` runs after success (e.g. a reload, which clears
+ * the status line: the report comes after it). */
 export async function confirmed(ctx, question, action, done) {
   if (!window.confirm(question)) return;
   try {
     await action();
-    ctx.say("Done.");
     if (done) await done();
+    ctx.say("Done.");
   } catch (e) {
     ctx.say(e.message, true);
   }
@@ -81,13 +82,70 @@ export async function overview(root, ctx) {
     .finally(() => ctx.live(false));
 }
 
+/** The SVG namespace, from an <svg> the HTML parser made (so no URL is written out here). */
+const SVG_NS = (() => {
+  const t = document.createElement("template");
+  t.innerHTML = "<svg></svg>";
+  return t.content.firstChild.namespaceURI;
+})();
+
+/** An SVG element with attributes. */
+function svg(tag, attrs) {
+  const e = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  return e;
+}
+
+/** A small bar chart of `values` (oldest first), styled by app.css, with `label` as its text. */
+export function sparkline(values, label) {
+  const bar = 4, step = 5, height = 20, max = Math.max(1, ...values);
+  const chart = svg("svg", { class: "spark", role: "img", "aria-label": label,
+    width: values.length * step, height, viewBox: `0 0 ${values.length * step} ${height}` });
+  const title = svg("title");
+  title.textContent = label;
+  chart.append(title);
+  values.forEach((v, i) => {
+    const tall = v ? Math.max(2, Math.round((v / max) * height)) : 1;
+    chart.append(svg("rect", { x: i * step, y: height - tall, width: bar, height: tall, class: v ? "on" : "off" }));
+  });
+  return chart;
+}
+
+/** An assignee's tasks finished per minute over the last 15 minutes: a chart and the totals. */
+function throughputCell(t) {
+  if (!t) return "–";
+  const sum = (xs) => xs.reduce((a, b) => a + b, 0);
+  const label = `completed per minute, last 15 minutes, oldest first: ${t.completed.join(", ")}`;
+  return h("span", { class: "throughput", "data-test": "overview-throughput" }, sparkline(t.completed, label),
+    ` ${sum(t.completed)} done`, sum(t.failed) ? h("span", { class: "status-failed" }, `, ${sum(t.failed)} failed`) : null);
+}
+
+/** The relay's queue per destination and its disabled destinations, linked to the deliveries. */
+function relayParts(r) {
+  if (!r) return [];
+  const shown = (key) => `#/deliveries?destination=${encodeURIComponent(key)}`;
+  return [h("h2", {}, "Relay"), table("overview-relay", [
+    ["Destination", (x) => h("a", { href: shown(x.destination) }, x.destination)],
+    ["Waiting", (x) => x.backlog],
+    ["State", (x) => (x.disabled ? h("span", { class: "status-dead" }, `disabled: ${x.reason || "410 Gone"}`) : "delivering")],
+  ], r.destinations, (x) => x.destination)];
+}
+
 /** The overview's cards and tables. */
 function overviewParts(o) {
   const d = o.deliveries;
+  const r = o.relay;
+  const disabled = r ? r.destinations.filter((x) => x.disabled).length : 0;
   const cards = h("div", { class: "cards" },
     h("div", { class: "card", "data-test": "overview-workers" }, h("b", {}, o.workers_online), "workers online"),
+    o.throughput ? h("div", { class: "card", "data-test": "overview-fleet-throughput" },
+      h("b", {}, throughputCell(o.throughput)), "finished, last 15 min") : null,
     d ? h("div", { class: "card", "data-test": "overview-deliveries" },
-      h("b", {}, `${d.pending} / ${d.dead}`), "deliveries pending / dead") : null);
+      h("b", {}, `${d.pending} / ${d.dead}`), "deliveries pending / dead") : null,
+    r ? h("a", { class: "card", href: "#/deliveries?status=pending", "data-test": "overview-relay-backlog" },
+      h("b", {}, r.backlog), "relay backlog") : null,
+    r ? h("a", { class: `card${disabled ? " alert" : ""}`, href: "#/deliveries", "data-test": "overview-disabled" },
+      h("b", {}, disabled), "disabled destinations") : null);
   const queues = table("overview-queues", [
     ["Assignee", (q) => h("a", { href: `#/tasks?assigned_to=${encodeURIComponent(q.assignee)}` }, q.assignee)],
     ["Priority", (q) => q.priority],
@@ -102,8 +160,9 @@ function overviewParts(o) {
     ["Scheduled", (a) => a.scheduled ?? "–"],
     ["Failed (1 h)", (a) => a.failed_last_hour ?? "–"],
     ["Workers", (a) => a.workers_online],
+    ["Finished (15 min)", (a) => throughputCell(a.throughput)],
   ], o.assignees, (a) => a.assignee);
-  return [cards, h("h2", {}, "Queues"), queues, h("h2", {}, "Assignees"), people,
+  return [cards, h("h2", {}, "Queues"), queues, h("h2", {}, "Assignees"), people, ...relayParts(r),
     h("p", { class: "muted" }, `Updated ${when(o.generated_at)}`)];
 }
 
@@ -113,14 +172,27 @@ export function routeQuery() {
   return new URLSearchParams(q);
 }
 
-/** Tasks (#/tasks): filters, newest first, "older" paging through X-Next-Cursor. */
+/** A select of `values` ("" shown as "any") with `current` chosen. */
+function choice(id, test, values, current) {
+  return h("select", { id, "data-test": test },
+    values.map((v) => h("option", { value: v, selected: v === current }, v || "any")));
+}
+
+/** Most list calls one "load" makes while filters that narrow after reading return short pages. */
+const MAX_CALLS = 5;
+
+/**
+ * Tasks (#/tasks?assigned_to=&status=&priority=&kind=&q=): filters kept in the hash query (so a
+ * filtered list can be linked), newest first, "older" paging through X-Next-Cursor.
+ */
 export async function tasks(root, ctx) {
   const q = routeQuery();
   const assignee = h("input", { id: "f-assignee", "data-test": "tasks-assignee", value: q.get("assigned_to") || "" });
-  const state = h("select", { id: "f-status", "data-test": "tasks-status" },
-    ["", "scheduled", "pending", "running", "completed", "failed", "cancelled"].map((s) =>
-      h("option", { value: s, selected: s === (q.get("status") || "") }, s || "any")));
-  const text = h("input", { id: "f-text", "data-test": "tasks-text", type: "search" });
+  const state = choice("f-status", "tasks-status",
+    ["", "scheduled", "pending", "running", "completed", "failed", "cancelled"], q.get("status") || "");
+  const priority = choice("f-priority", "tasks-priority", ["", "p0", "p1", "p2"], (q.get("priority") || "").toLowerCase());
+  const kind = choice("f-kind", "tasks-kind", ["", "manual", "exec", "agent", "hook", "noop"], q.get("kind") || "");
+  const text = h("input", { id: "f-text", "data-test": "tasks-text", type: "search", maxlength: 200, value: q.get("q") || "" });
   const list = h("div", {});
   const older = h("button", { type: "button", class: "secondary", "data-test": "tasks-older", hidden: true }, "Older");
   let loaded = [];
@@ -131,21 +203,41 @@ export async function tasks(root, ctx) {
     list.replaceChildren(taskTable(shown));
     older.hidden = !cursor;
   };
+  const filters = () => {
+    const p = new URLSearchParams();
+    const given = { assigned_to: assignee.value.trim(), status: state.value, priority: priority.value,
+      kind: kind.value, q: text.value.trim() };
+    for (const [k, v] of Object.entries(given)) if (v) p.set(k, v);
+    return p;
+  };
+  // Filters by priority, kind or name may answer a short page with a cursor: walk on a little.
   const load = async (more) => {
-    const p = new URLSearchParams({ assigned_to: assignee.value.trim(), status: state.value, limit: "50" });
-    if (more && cursor) p.set("before", cursor);
+    const got = more ? loaded.slice() : [];
+    let next = more ? cursor : null;
     try {
-      const r = await call("GET", `/api/tasks?${p}`);
-      loaded = more ? loaded.concat(r.body) : r.body;
-      cursor = r.headers.get("X-Next-Cursor");
+      for (let calls = 0; calls < MAX_CALLS && got.length < 50 && (calls === 0 || next); calls++) {
+        const p = filters();
+        p.set("limit", String(50 - got.length));
+        if (next) p.set("before", next);
+        const r = await call("GET", `/api/tasks?${p}`);
+        got.push(...r.body);
+        next = r.headers.get("X-Next-Cursor");
+      }
+      loaded = got;
+      cursor = next;
       paint();
     } catch (e) { ctx.say(e.message, true); }
   };
-  const form = h("form", { class: "filters", onsubmit: (e) => { e.preventDefault(); load(false); } },
-    h("div", {}, h("label", { for: "f-assignee" }, "Assignee"), assignee),
-    h("div", {}, h("label", { for: "f-status" }, "Status"), state),
-    h("div", {}, h("label", { for: "f-text" }, "Name contains (this page)"), text),
-    h("button", { type: "submit", "data-test": "tasks-apply" }, "Apply"));
+  const apply = (e) => {
+    e.preventDefault();
+    const hash = `#/tasks?${filters()}`;
+    if (location.hash === hash) load(false);
+    else location.hash = hash;
+  };
+  const field = (label, input) => h("div", {}, h("label", { for: input.id }, label), input);
+  const form = h("form", { class: "filters", onsubmit: apply },
+    field("Assignee", assignee), field("Status", state), field("Priority", priority), field("Kind", kind),
+    field("Name contains", text), h("button", { type: "submit", "data-test": "tasks-apply" }, "Apply"));
   text.addEventListener("input", paint);
   older.addEventListener("click", () => load(true));
   root.append(h("section", { "data-test": "page-tasks" }, h("h1", {}, "Tasks"), form, list, older));
@@ -164,11 +256,14 @@ function taskTable(items) {
   ], items, (t) => t.id);
 }
 
-/** Dead letters (#/dead), each with retry. */
+/** Dead letters (#/dead), each with retry; paged through X-Next-Cursor (`after`). */
 export async function dead(root, ctx) {
+  const q = routeQuery();
   const section = h("section", { "data-test": "page-dead" }, h("h1", {}, "Dead letters"));
   root.append(section);
-  const items = await get("/api/dead-letters?limit=50");
+  const p = new URLSearchParams({ limit: "50" });
+  if (q.get("after")) p.set("after", q.get("after"));
+  const r = await call("GET", `/api/dead-letters?${p}`);
   const reload = () => ctx.reload();
   section.append(table("dead-table", [
     ["Name", (t) => taskLink(t.id, t.task_name)],
@@ -178,30 +273,128 @@ export async function dead(root, ctx) {
     ["", (t) => h("button", { type: "button", "data-test": "dead-retry",
       onclick: () => confirmed(ctx, `Retry task ${t.task_name}?`,
         () => call("POST", `/api/tasks/${encodeURIComponent(t.id)}/retry`), reload) }, "Retry")],
-  ], items, (t) => t.id));
+  ], r.body, (t) => t.id));
+  section.append(pager("dead", q, "after", r.headers.get("X-Next-Cursor")));
 }
 
-/** Deliveries (#/deliveries): by status, replay one. */
+/** "First page" (when paged) and "Next page" (when `next`) links of a list page `#/<page>`. */
+function pager(page, q, param, next) {
+  const at = (cursor) => {
+    const p = new URLSearchParams(q);
+    if (cursor) p.set(param, cursor); else p.delete(param);
+    return `#/${page}?${p}`;
+  };
+  return h("div", { class: "actions", "data-test": `${page}-pager` },
+    q.get(param) ? h("a", { href: at(null), "data-test": `${page}-first` }, "First page") : null,
+    next ? h("a", { href: at(next), "data-test": `${page}-next` }, "Next page") : null);
+}
+
+/** Where a delivery goes, as people call it: the destination's name, or the kind and host of
+ * a task's own destination (never its URL's path or query, where tokens live), or its key. */
+function destinationOf(d) {
+  if (d.job.name) return d.job.name;
+  const dest = d.job.destination;
+  let host = "";
+  try { host = dest && dest.url ? new URL(dest.url).host : ""; } catch { host = ""; }
+  return dest ? `${dest.type}${host ? ` ${host}` : ""}` : d.job.key;
+}
+
+/** Every attempt of a delivery, expandable: status code (or error), time, duration, body. */
+export function attemptsOf(d) {
+  const list = d.attempts || [];
+  if (!list.length) return h("span", { class: "muted" }, d.reason || "none yet");
+  const last = list[list.length - 1];
+  return h("details", { "data-test": "delivery-attempts" },
+    h("summary", {}, `${list.length} attempt${list.length === 1 ? "" : "s"}, last: ${last.status ?? "error"}`),
+    h("ol", {}, list.map((a) => h("li", { "data-test": "delivery-attempt" },
+      h("b", {}, a.status ?? "no response"), ` ${when(a.time)} · ${a.duration_ms} ms`,
+      a.next_attempt_time ? h("span", { class: "muted" }, ` · next ${when(a.next_attempt_time)}`) : null,
+      a.response ? h("pre", { "data-test": "delivery-response" }, a.response) : null,
+      a.truncated ? h("span", { class: "muted", "data-test": "delivery-truncated" }, "(first 4 KiB of the body)") : null))),
+    d.reason ? h("p", { class: "error" }, d.reason) : null);
+}
+
+/** Delivery records as a table, each with its attempts and a replay button. */
+export function deliveryTable(ctx, items, done) {
+  return table("deliveries-table", [
+    ["Destination", (d) => destinationOf(d)],
+    ["Event", (d) => d.job.event ? d.job.event.type : "push"],
+    ["Task", (d) => (d.job.task ? taskLink(d.job.task.id, d.job.task.task_name) : "–")],
+    ["Status", (d) => status(d.status)],
+    ["Attempts", attemptsOf],
+    ["Updated", (d) => when(d.updated_time)],
+    ["", (d) => h("button", { type: "button", "data-test": "delivery-replay", disabled: d.status === "pending",
+      onclick: () => confirmed(ctx, `Replay this delivery to ${destinationOf(d)}?`,
+        () => call("POST", `/api/deliveries/${encodeURIComponent(d.job.id)}/replay`), done) }, "Replay")],
+  ], items, (d) => d.job.id);
+}
+
+/** Deliveries (#/deliveries): by status and destination, paged; attempts; replay one; the
+ * destinations, with re-enable and "replay since". */
 export async function deliveries(root, ctx) {
   const q = routeQuery();
   const section = h("section", { "data-test": "page-deliveries" }, h("h1", {}, "Deliveries"));
-  const pick = h("select", { id: "f-dstatus", onchange: (e) => { location.hash = `#/deliveries?status=${e.target.value}`; } },
+  const pick = h("select", { id: "f-dstatus", name: "status", "data-test": "deliveries-status" },
     ["", "pending", "delivered", "dead"].map((s) => h("option", { value: s, selected: s === (q.get("status") || "") }, s || "any")));
-  section.append(h("div", { class: "filters" }, h("div", {}, h("label", { for: "f-dstatus" }, "Status"), pick)));
+  const dest = h("input", { id: "f-ddest", name: "destination", "data-test": "deliveries-destination",
+    value: q.get("destination") || "", pattern: "[A-Za-z0-9_\\-]*" });
+  const apply = (e) => {
+    e.preventDefault();
+    const p = new URLSearchParams();
+    if (pick.value) p.set("status", pick.value);
+    if (dest.value.trim()) p.set("destination", dest.value.trim());
+    location.hash = `#/deliveries?${p}`;
+  };
+  section.append(h("form", { class: "filters", onsubmit: apply },
+    h("div", {}, h("label", { for: "f-dstatus" }, "Status"), pick),
+    h("div", {}, h("label", { for: "f-ddest" }, "Destination"), dest),
+    h("button", { type: "submit", "data-test": "deliveries-apply" }, "Apply")));
   root.append(section);
   const p = new URLSearchParams({ limit: "50" });
-  if (q.get("status")) p.set("status", q.get("status"));
-  const items = await get(`/api/deliveries?${p}`);
-  section.append(table("deliveries-table", [
-    ["Destination", (d) => d.job.destination],
-    ["Task", (d) => (d.job.task ? taskLink(d.job.task.id, d.job.task.task_name) : "–")],
-    ["Status", (d) => status(d.status)],
-    ["Attempts", (d) => (d.attempts || []).map((a) => a.status ?? "error").join(", ") || "–"],
-    ["Updated", (d) => when(d.updated_time)],
-    ["", (d) => h("button", { type: "button", "data-test": "delivery-replay", disabled: d.status === "pending",
-      onclick: () => confirmed(ctx, `Replay this delivery to ${d.job.destination}?`,
-        () => call("POST", `/api/deliveries/${encodeURIComponent(d.job.id)}/replay`), () => ctx.reload()) }, "Replay")],
-  ], items, (d) => d.job.id));
+  for (const k of ["status", "destination", "before"]) if (q.get(k)) p.set(k, q.get(k));
+  const r = await call("GET", `/api/deliveries?${p}`);
+  section.append(deliveryTable(ctx, r.body, () => ctx.reload()),
+    pager("deliveries", q, "before", r.headers.get("X-Next-Cursor")));
+  section.append(...await destinationParts(ctx));
+}
+
+/** The destinations: a table (disabled ones with Re-enable) and the "Replay since…" form. */
+async function destinationParts(ctx) {
+  let list = [];
+  try { list = await get("/api/destinations"); } catch (e) { ctx.say(e.message, true); }
+  const enable = (d) => h("button", { type: "button", class: "secondary", "data-test": "destination-enable",
+    onclick: () => confirmed(ctx, `Re-enable ${d.name || d.key}? Deliveries to it resume (those that died stay dead).`,
+      () => call("POST", `/api/destinations/${encodeURIComponent(d.key)}/enable`), () => ctx.reload()) }, "Re-enable");
+  const rows = table("destinations-table", [
+    ["Destination", (d) => d.name ? `${d.name} (${d.key})` : d.key],
+    ["State", (d) => (d.disabled ? h("span", { class: "status-dead" }, "disabled") : "enabled")],
+    ["Why", (d) => d.reason || "–"],
+    ["Since", (d) => when(d.time)],
+    ["", (d) => (d.disabled ? enable(d) : null)],
+  ], list, (d) => d.key);
+  return [h("h2", {}, "Destinations"), rows, replaySinceForm(ctx, list)];
+}
+
+/** "Replay since…": POST /api/destinations/{name}/replay?since=, repeated by hand while more remain. */
+function replaySinceForm(ctx, list) {
+  const name = h("input", { id: "f-rname", required: true, "data-test": "replay-destination",
+    list: "f-rnames", pattern: "[A-Za-z0-9_\\-]+" });
+  const names = h("datalist", { id: "f-rnames" }, list.map((d) => h("option", { value: d.name || d.key })));
+  const since = h("input", { id: "f-rsince", type: "datetime-local", step: 1, required: true, "data-test": "replay-since" });
+  const submit = (e) => {
+    e.preventDefault();
+    const at = new Date(since.value);
+    if (Number.isNaN(at.getTime())) { ctx.say("Pick a time to replay from.", true); return; }
+    const path = `/api/destinations/${encodeURIComponent(name.value.trim())}/replay?since=${encodeURIComponent(at.toISOString())}`;
+    if (!window.confirm(`Replay every dead delivery to ${name.value.trim()} since ${at.toLocaleString()}?`)) return;
+    call("POST", path)
+      .then(({ body: r }) => ctx.say(`Queued ${r.count} again${r.more ? "; more remain: replay again" : ""}.`))
+      .catch((err) => ctx.say(err.message, true));
+  };
+  return h("form", { class: "filters", "data-test": "replay-since-form", onsubmit: submit },
+    h("div", {}, h("label", { for: "f-rname" }, "Destination"), name, names),
+    h("div", {}, h("label", { for: "f-rsince" }, "Dead since (your local time)"), since),
+    h("button", { type: "submit", "data-test": "replay-since-submit" }, "Replay since…"));
 }
 
 /** Workers (#/workers), from the registry. */

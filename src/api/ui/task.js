@@ -2,7 +2,7 @@
 // /api/tasks/{id}/events, the output tail of a command task, and cancel / retry / complete.
 
 import { call, get, stream } from "/ui/api.js";
-import { h, status, when, confirmed } from "/ui/pages.js";
+import { h, status, when, confirmed, deliveryTable } from "/ui/pages.js";
 
 /** Which actions the state machine allows in `t`'s state. */
 function allowed(t) {
@@ -19,7 +19,9 @@ export async function task(root, ctx, id) {
   const head = h("div", {});
   const timeline = h("ol", { class: "timeline", "data-test": "task-timeline" });
   const output = h("pre", { "data-test": "task-output", hidden: true });
-  root.append(h("section", { "data-test": "page-task" }, head, h("h2", {}, "Timeline"), timeline, output));
+  const sent = h("div", { "data-test": "task-deliveries" });
+  root.append(h("section", { "data-test": "page-task" }, head, h("h2", {}, "Timeline"), timeline, output,
+    h("h2", {}, "Deliveries"), sent));
   let busy = false;
   let again = false;
   const refresh = async () => {
@@ -29,7 +31,7 @@ export async function task(root, ctx, id) {
       again = false;
       try {
         const [t, logs] = await Promise.all([get(path), get(`${path}/logs`)]);
-        head.replaceChildren(...header(t, ctx, path, refresh));
+        head.replaceChildren(...header(t, ctx, path, refresh).filter(Boolean)); // no "null" text
         timeline.replaceChildren(...logs.map(logRow));
         if (t.kind === "exec") await tail(output, path);
       } catch (e) { ctx.say(e.message, true); }
@@ -37,6 +39,7 @@ export async function task(root, ctx, id) {
     busy = false;
   };
   await refresh();
+  await deliveries(sent, ctx, id);
   ctx.live(true);
   stream(`${path}/events`, ctx.signal, (type) => { if (type !== "error") refresh(); })
     .catch((e) => { if (!ctx.signal.aborted) ctx.say(e.message, true); })
@@ -82,4 +85,20 @@ async function tail(pre, path) {
   const page = await get(`${path}/output?limit=200`);
   pre.hidden = false;
   pre.textContent = (page.lines || []).join("\n") || "(no output yet)";
+}
+
+/** The task's deliveries (GET /api/deliveries?task_id=) with their attempts and replay; a
+ * "Reload" button reads them again (they change on the relay's schedule, not the task's). */
+async function deliveries(box, ctx, id) {
+  const load = async () => {
+    try {
+      const items = await get(`/api/deliveries?task_id=${encodeURIComponent(id)}&limit=100`);
+      box.replaceChildren(deliveryTable(ctx, items, load), reload);
+    } catch (e) {
+      const why = e.status === 403 ? "Deliveries are shown to admin keys only." : e.message;
+      box.replaceChildren(h("p", { class: "muted" }, why));
+    }
+  };
+  const reload = h("button", { type: "button", class: "secondary", "data-test": "task-deliveries-reload", onclick: load }, "Reload deliveries");
+  await load();
 }

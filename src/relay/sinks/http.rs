@@ -2,7 +2,6 @@
 //! body, classifying the answer, and keeping secrets out of what is reported.
 
 use super::{Attempt, SinkContext};
-use crate::relay::job::clip_response;
 use crate::relay::retry::{classify_status, classify_transport_error, parse_retry_after, Verdict};
 use crate::relay::ssrf::check_url;
 use std::time::Duration;
@@ -56,10 +55,11 @@ impl Redactor {
             .fold(text.to_string(), |t, s| t.replace(s.as_str(), REDACTED))
     }
 
-    /// `text` redacted and clipped to the response limit; `None` when empty.
+    /// `text` redacted; `None` when empty. Not clipped here: the delivery loop keeps its first
+    /// 4 KiB and notes whether more was cut off (`clip_response`).
     pub(super) fn report(&self, text: &str) -> Option<String> {
         let text = self.apply(text.trim());
-        (!text.is_empty()).then(|| clip_response(&text))
+        (!text.is_empty()).then_some(text)
     }
 }
 

@@ -97,7 +97,7 @@ pub struct SendOutcome {
     pub verdict: Verdict,
     /// HTTP status of the (last) response, if any.
     pub status: Option<u16>,
-    /// Response body (≤ 4 KiB) or error text.
+    /// Response body (as read, up to 64 KiB; the record keeps its first 4 KiB) or error text.
     pub response: Option<String>,
     /// How long the attempt took.
     pub duration: Duration,

@@ -1,6 +1,7 @@
 //! Test harness: a real nats-server per test, a real API on 127.0.0.1:0, and polling helpers.
 
 pub mod app;
+pub mod browser;
 pub mod cluster;
 pub mod events;
 pub mod nats;
