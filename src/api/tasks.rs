@@ -155,6 +155,30 @@ fn parse_assignee(raw: Option<&str>) -> Result<Option<Assignee>, ApiError> {
         .transpose()
 }
 
+/// The `status` of a listing; `stalled` means running and unchanged for longer than
+/// `relay.stall_after_s` (the rule of the overview's and `/metrics`' stalled count).
+fn parse_status(
+    raw: Option<&str>,
+    state: &AppState,
+) -> Result<(Option<TaskStatus>, Option<chrono::DateTime<chrono::Utc>>), ApiError> {
+    match raw.filter(|s| !s.is_empty()) {
+        None => Ok((None, None)),
+        Some("stalled") => {
+            let stall =
+                chrono::Duration::from_std(state.stall_after).unwrap_or(chrono::Duration::MAX);
+            let before = crate::domain::now().checked_sub_signed(stall);
+            Ok((Some(TaskStatus::Running), Some(before.unwrap_or_default())))
+        }
+        Some(s) => match TaskStatus::parse(s) {
+            Some(status) => Ok((Some(status), None)),
+            None => Err(ApiError::BadRequest(format!(
+                "status must be one of scheduled, pending, running, stalled, completed, failed, \
+                 cancelled, got {s:?}"
+            ))),
+        },
+    }
+}
+
 fn parse_limit(raw: Option<&str>, state: &AppState) -> Result<usize, ApiError> {
     let Some(raw) = raw.filter(|s| !s.is_empty()) else {
         return Ok(state.limits.default_page);
@@ -182,14 +206,7 @@ pub(super) async fn list(
     if let Some(a) = &assignee {
         who.check(a)?;
     }
-    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s) => Some(TaskStatus::parse(s).ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "status must be one of pending, running, completed, failed, cancelled, got {s:?}"
-            ))
-        })?),
-    };
+    let (status, unchanged_since) = parse_status(q.status.as_deref(), &state)?;
     let before = match q.before.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(raw) => Some(raw.parse::<u64>().map_err(|_| {
@@ -208,6 +225,7 @@ pub(super) async fn list(
         priority,
         kind,
         name_contains,
+        unchanged_since,
     };
     let page = state.tasks.list_page(&filter).await?;
     let mut headers = axum::http::HeaderMap::new();

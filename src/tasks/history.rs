@@ -27,6 +27,8 @@ pub struct ListFilter {
     pub kind: Option<TaskKind>,
     /// Only tasks whose name holds this text, compared case-insensitively (give it lowercased).
     pub name_contains: Option<String>,
+    /// Only tasks unchanged since before this time (with `status` running: the stalled ones).
+    pub unchanged_since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl ListFilter {
@@ -43,12 +45,16 @@ impl ListFilter {
                 .name_contains
                 .as_deref()
                 .is_none_or(|text| t.task_name.to_lowercase().contains(text))
+            && self.unchanged_since.is_none_or(|at| t.updated_time < at)
     }
 
     /// Whether some of the filter can only be checked on a task's state, after reading it (the
     /// walked subjects cannot narrow a listing by name, nor the ledger's by priority or kind).
     pub(crate) fn narrows_after_read(&self) -> bool {
-        self.priority.is_some() || self.kind.is_some() || self.name_contains.is_some()
+        self.priority.is_some()
+            || self.kind.is_some()
+            || self.name_contains.is_some()
+            || self.unchanged_since.is_some()
     }
 }
 

@@ -133,7 +133,12 @@ async fn signing_in_with_enter_shows_the_overview_where_a_task_posted_over_http_
 async fn click_through_the_pages(browser: &Browser) {
     let pages = [
         ("Tasks", "tasks-table", "from curl", "tasks"),
-        ("Dead letters", "dead-table", "Nothing here", "dead-letters"),
+        (
+            "Stalled & dead",
+            "dead-table",
+            "Nothing here",
+            "dead-letters",
+        ),
         ("Workers", "workers-table", "ops", "workers"),
         ("Limits", "limits-table", "", "limits"),
         ("Overview", "overview-queues", "anna", "overview-again"),

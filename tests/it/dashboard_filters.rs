@@ -301,3 +301,36 @@ async fn a_rare_name_among_thousands_of_tasks_is_found_through_short_pages_that_
     assert!(pages[0].is_empty(), "{pages:?}");
     assert_eq!(pages.concat(), ["the needle"], "{pages:?}");
 }
+
+#[tokio::test]
+async fn status_stalled_lists_the_running_tasks_unchanged_past_stall_after_only() {
+    // Arrange: stall_after 1 s; a bot starts two manual tasks and keeps reporting on one only.
+    let app = TestApp::spawn_with(|cfg| cfg.relay.stall_after_s = 1).await;
+    let quiet = create(
+        &app,
+        json!({"task_name": "gone quiet", "assigned_to": "anna"}),
+    )
+    .await;
+    let busy = create(
+        &app,
+        json!({"task_name": "still busy", "assigned_to": "anna"}),
+    )
+    .await;
+    create(&app, json!({"task_name": "waiting", "assigned_to": "anna"})).await;
+    for id in [&quiet, &busy] {
+        app.admin.action(id, "start", None).await.expect("start");
+    }
+
+    // Act: past stall_after, with a heartbeat for the busy one just before the look.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    app.admin
+        .heartbeat(&busy, None, None)
+        .await
+        .expect("heartbeat");
+    let (stalled, _) = names(&app, "status=stalled&assigned_to=anna").await;
+    let (running, _) = names(&app, "status=running&assigned_to=anna").await;
+
+    // Assert
+    assert_eq!(stalled, ["gone quiet"]);
+    assert_eq!(running.len(), 2, "{running:?}");
+}

@@ -4,7 +4,7 @@
 //! and enabled again without a replay; dead letters page with a cursor; scoped keys and bad
 //! input get a 4xx that writes nothing.
 
-use crate::harness::app::{relay_settings, ADMIN_KEY};
+use crate::harness::app::{relay_settings, TestRelay, ADMIN_KEY};
 use crate::harness::receiver::{Answer, Endpoint};
 use crate::harness::relay::webhook;
 use crate::harness::{eventually, TestApp};
@@ -23,6 +23,19 @@ fn named_webhook(url: &str) -> Destination {
         secret_env: None,
         events: vec![],
     }
+}
+
+/// A webhook answering `status` to every request, and a relay that knows it as destination
+/// `name` (at path `/<name>`).
+async fn relay_to_named_hook(app: &TestApp, name: &str, status: u16) -> (Endpoint, TestRelay) {
+    let hook = Endpoint::start().await;
+    hook.answer_from_now_on(Answer::status(status));
+    let mut settings = relay_settings();
+    settings
+        .destinations
+        .insert(name.into(), named_webhook(&hook.url(&format!("/{name}"))));
+    let relay = app.relay(settings).await;
+    (hook, relay)
 }
 
 /// The id of the delivery in `records` of `task`'s event `kind`.
@@ -139,13 +152,7 @@ async fn replaying_a_destination_since_a_time_in_the_query_requeues_only_later_d
     // Arrange: a named webhook that refuses (400: dead at once); one event before the time,
     // two after it.
     let app = TestApp::spawn().await;
-    let hook = Endpoint::start().await;
-    hook.answer_from_now_on(Answer::status(400));
-    let mut settings = relay_settings();
-    settings
-        .destinations
-        .insert("hook".into(), named_webhook(&hook.url("/hook")));
-    let _relay = app.relay(settings).await;
+    let (hook, _relay) = relay_to_named_hook(&app, "hook", 400).await;
     let before = app.task_notifying("before", json!(["hook"])).await;
     app.wait_deliveries("status=dead&destination=hook", 1, SETTLE)
         .await;
@@ -203,13 +210,7 @@ async fn enabling_a_destination_a_410_disabled_lets_its_deliveries_flow_again() 
     // Arrange: a named webhook that answers 410 Gone, so the relay disables it; the next event
     // is then dead without a request.
     let app = TestApp::spawn().await;
-    let hook = Endpoint::start().await;
-    hook.answer_from_now_on(Answer::status(410));
-    let mut settings = relay_settings();
-    settings
-        .destinations
-        .insert("gone".into(), named_webhook(&hook.url("/gone")));
-    let _relay = app.relay(settings).await;
+    let (hook, _relay) = relay_to_named_hook(&app, "gone", 410).await;
     let task = app.task_notifying("gone away", json!(["gone"])).await;
     app.wait_deliveries("status=dead&destination=gone", 1, SETTLE)
         .await;
@@ -283,13 +284,7 @@ async fn enabling_a_destination_a_410_disabled_lets_its_deliveries_flow_again() 
 async fn bad_input_and_scoped_keys_on_the_destination_routes_get_a_4xx_that_writes_nothing() {
     // Arrange: one dead delivery to a named webhook.
     let app = TestApp::spawn().await;
-    let hook = Endpoint::start().await;
-    hook.answer_from_now_on(Answer::status(400));
-    let mut settings = relay_settings();
-    settings
-        .destinations
-        .insert("hook".into(), named_webhook(&hook.url("/hook")));
-    let _relay = app.relay(settings).await;
+    let (hook, _relay) = relay_to_named_hook(&app, "hook", 400).await;
     app.task_notifying("refused", json!(["hook"])).await;
     let dead = app
         .wait_deliveries("status=dead&destination=hook", 1, SETTLE)

@@ -259,12 +259,14 @@ function taskTable(items) {
 /** Dead letters (#/dead), each with retry; paged through X-Next-Cursor (`after`). */
 export async function dead(root, ctx) {
   const q = routeQuery();
-  const section = h("section", { "data-test": "page-dead" }, h("h1", {}, "Dead letters"));
+  const section = h("section", { "data-test": "page-dead" });
   root.append(section);
+  const reload = () => ctx.reload();
+  await stalled(section, ctx, reload);
+  section.append(h("h1", {}, "Dead letters"));
   const p = new URLSearchParams({ limit: "50" });
   if (q.get("after")) p.set("after", q.get("after"));
   const r = await call("GET", `/api/dead-letters?${p}`);
-  const reload = () => ctx.reload();
   section.append(table("dead-table", [
     ["Name", (t) => taskLink(t.id, t.task_name)],
     ["Assignee", (t) => t.assigned_to],
@@ -275,6 +277,26 @@ export async function dead(root, ctx) {
         () => call("POST", `/api/tasks/${encodeURIComponent(t.id)}/retry`), reload) }, "Retry")],
   ], r.body, (t) => t.id));
   section.append(pager("dead", q, "after", r.headers.get("X-Next-Cursor")));
+}
+
+/**
+ * Stalled tasks (`GET /api/tasks?status=stalled`: running, unchanged for longer than the relay's
+ * `stall_after_s`), each with "Cancel and retry": the two API calls a script would make.
+ */
+async function stalled(section, ctx, reload) {
+  const list = await get("/api/tasks?status=stalled&limit=50");
+  section.append(h("h1", {}, "Stalled"), table("stalled-table", [
+    ["Name", (t) => taskLink(t.id, t.task_name)],
+    ["Assignee", (t) => t.assigned_to],
+    ["Holder", (t) => (t.lease && t.lease.holder) || "–"],
+    ["Last change", (t) => age((Date.now() - Date.parse(t.updated_time)) / 1000)],
+    ["", (t) => h("button", { type: "button", "data-test": "stalled-retry",
+      onclick: () => confirmed(ctx, `Cancel task ${t.task_name} and queue it again?`, async () => {
+        const id = encodeURIComponent(t.id);
+        await call("POST", `/api/tasks/${id}/cancel`);
+        return call("POST", `/api/tasks/${id}/retry`);
+      }, reload) }, "Cancel and retry")],
+  ], list, (t) => t.id));
 }
 
 /** "First page" (when paged) and "Next page" (when `next`) links of a list page `#/<page>`. */
