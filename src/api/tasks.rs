@@ -4,7 +4,7 @@ use super::auth::Principal;
 use super::error::{ApiError, JsonBody};
 use super::error::{IdPath, Params};
 use super::state::AppState;
-use crate::domain::{Assignee, NewTask, Priority, Task, TaskId, TaskKind, TaskStatus};
+use crate::domain::{Assignee, NewTask, Priority, Share, Task, TaskId, TaskKind, TaskStatus};
 use crate::tasks::ListFilter;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -38,14 +38,33 @@ fn check_notify(new: &NewTask) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The fair-share turn of a worker-run task's tenant (`tenant`, else `created_by`, else the
+/// caller), seated in the limits bucket so tenants active at once take different turns. `None`
+/// (the tenant's hash then decides) for a bot-claimed kind, or when the bucket cannot answer.
+async fn seat_tenant(state: &AppState, new: &NewTask, caller: &str) -> Option<Share> {
+    if !new.kind.is_worker_run() {
+        return None;
+    }
+    let tenant = new.tenant_or_creator().unwrap_or(caller);
+    let assignee = new.assigned_to.as_str();
+    match state.flow.turn_of(assignee, tenant).await {
+        Ok(turn) => Some(turn),
+        Err(e) => {
+            tracing::warn!(error.message = %e, "tenant's turn not seated; its hash decides");
+            None
+        }
+    }
+}
+
 /// `POST /api/tasks` → 201 with the task; 200 with the earlier task for a repeated idempotency key.
 pub(super) async fn create(
     State(state): State<AppState>,
     who: Principal,
-    JsonBody(new): JsonBody<NewTask>,
+    JsonBody(mut new): JsonBody<NewTask>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.check(&new.assigned_to)?;
     check_notify(&new)?;
+    new.fair_turn = seat_tenant(&state, &new, &who.name).await;
     let lane = new.lane.clone();
     let created = state.tasks.create(new, &who.name).await?;
     let due = created.task.status == crate::domain::TaskStatus::Pending;

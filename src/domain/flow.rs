@@ -89,6 +89,11 @@ impl Share {
         (0..SHARES).map(Self)
     }
 
+    /// Share number `n` (0 to [`SHARES`] - 1).
+    pub fn from_index(n: usize) -> Option<Self> {
+        u8::try_from(n).ok().filter(|&n| n < SHARES).map(Self)
+    }
+
     /// Its subject token, `s00` to `s15`.
     pub fn token(self) -> String {
         format!("s{:02}", self.0)
@@ -103,6 +108,20 @@ impl Share {
     /// Its number, 0 to [`SHARES`] - 1.
     pub fn index(self) -> usize {
         usize::from(self.0)
+    }
+}
+
+impl Serialize for Share {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.token())
+    }
+}
+
+impl<'de> Deserialize<'de> for Share {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("a turn is s00 to s15, not {text:?}")))
     }
 }
 

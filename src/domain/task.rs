@@ -225,6 +225,10 @@ pub struct NewTask {
     /// `created_by`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// The fair-share turn it queues on, given by the API at create (`None`: the tenant's
+    /// hash decides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fair_turn: Option<Share>,
 }
 
 /// Reads `run_at` (serde `deserialize_with`), naming the field and the expected form when it is no RFC 3339 time.
@@ -337,9 +341,15 @@ impl NewTask {
         self.validate_debounce()
     }
 
-    /// Its fair-share turn: `tenant`, else `created_by`; `None` when it names neither.
+    /// Its fair-share turn: the one given at create, else the hash of `tenant`, else of
+    /// `created_by`; `None` when it names neither.
     pub fn share(&self) -> Option<Share> {
-        fair_share(self.tenant.as_deref(), self.created_by.as_deref())
+        (self.fair_turn).or_else(|| fair_share(self.tenant.as_deref(), self.created_by.as_deref()))
+    }
+
+    /// Whose turn it takes: `tenant`, else `created_by`.
+    pub fn tenant_or_creator(&self) -> Option<&str> {
+        self.tenant.as_deref().or(self.created_by.as_deref())
     }
 
     /// Its flow control keys.
@@ -478,6 +488,9 @@ pub struct Task {
     /// The tenant it was created for (fair shares; `created_by` stands in when null).
     #[serde(default)]
     pub tenant: Option<String>,
+    /// The fair-share turn its tenant's tasks queue on (`s00`–`s15`), given at create.
+    #[serde(default)]
+    pub fair_turn: Option<Share>,
     /// Why a pending task waits (a key at its limit, a rate, its lane), worked out when the
     /// API shows one task; null everywhere else (never stored).
     #[serde(default)]
@@ -498,7 +511,7 @@ fn fair_share(tenant: Option<&str>, created_by: Option<&str>) -> Option<Share> {
 impl Task {
     /// Its fair-share turn (see [`NewTask::share`]).
     pub fn share(&self) -> Option<Share> {
-        fair_share(self.tenant.as_deref(), self.created_by.as_deref())
+        (self.fair_turn).or_else(|| fair_share(self.tenant.as_deref(), self.created_by.as_deref()))
     }
 
     /// Its flow control keys.
@@ -552,6 +565,7 @@ impl Task {
             rate_key: new.rate_key,
             lane: new.lane,
             tenant: new.tenant,
+            fair_turn: new.fair_turn,
             waiting_for: None,
             revision: 0,
         }

@@ -20,13 +20,14 @@ mod entry;
 mod gate;
 mod overview;
 mod store;
+mod turns;
 
 pub use entry::{Hold, Holders, RateState, Refusal, Waiter};
 pub use gate::{Gate, Permit, Wait};
 pub use overview::{KeyUsage, Overview};
 
 use crate::bus::{subjects, Bus, BusError, NatsResultExt};
-use crate::domain::{DeclaredLimits, KeyLimits};
+use crate::domain::{DeclaredLimits, KeyLimits, Share};
 use async_nats::jetstream::kv;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -46,6 +47,12 @@ pub enum LimitsError {
     Invalid(String),
 }
 
+/// How long a tenant's turn is taken from the process cache before the entry is read again.
+const TURN_CACHED: Duration = Duration::from_secs(300);
+
+/// Most tenants' turns one process keeps cached.
+const TURNS_CACHED_MAX: usize = 10_000;
+
 /// How long what the workers declared is trusted before it is read again.
 const DECLARED_FRESH: Duration = Duration::from_secs(2);
 
@@ -57,6 +64,8 @@ pub struct Limits {
     js: async_nats::jetstream::Context,
     client: async_nats::Client,
     declared: Arc<Mutex<HashMap<String, (Instant, DeclaredLimits)>>>,
+    /// Tenants' fair-share turns seated lately: (assignee, tenant) → (when, turn).
+    turns: Arc<Mutex<HashMap<(String, String), (Instant, Share)>>>,
 }
 
 impl std::fmt::Debug for Limits {
@@ -74,7 +83,31 @@ impl Limits {
             js: bus.js.clone(),
             client: bus.client.clone(),
             declared: Arc::default(),
+            turns: Arc::default(),
         }
+    }
+
+    /// The fair-share turn of `tenant`'s tasks for `assignee` (see `turns.rs`): seated on first
+    /// sight, then read from a process cache for [`TURN_CACHED`].
+    pub async fn turn_of(&self, assignee: &str, tenant: &str) -> Result<Share, LimitsError> {
+        let key = (assignee.to_string(), tenant.to_string());
+        if let Some((at, turn)) = self.turns.lock().expect("lock").get(&key) {
+            if at.elapsed() < TURN_CACHED {
+                return Ok(*turn);
+            }
+        }
+        let now = now_ms();
+        let entry = format!("{assignee}.turns");
+        let turn = store::change(self.kv().await?, &entry, turns::Seating::default, |s| {
+            s.seat(tenant, now)
+        })
+        .await?;
+        let mut cache = self.turns.lock().expect("lock");
+        if cache.len() >= TURNS_CACHED_MAX {
+            cache.clear();
+        }
+        cache.insert(key, (Instant::now(), turn));
+        Ok(turn)
     }
 
     /// The bucket.

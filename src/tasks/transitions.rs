@@ -294,6 +294,7 @@ pub(super) fn spec_of(current: &Task) -> NewTask {
         rate_key: current.rate_key.clone(),
         lane: current.lane.clone(),
         tenant: current.tenant.clone(),
+        fair_turn: current.fair_turn,
     }
 }
 

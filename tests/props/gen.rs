@@ -267,6 +267,7 @@ pub(crate) fn new_task() -> impl Strategy<Value = NewTask> {
             rate_key: None,
             lane: None,
             tenant: None,
+            fair_turn: None,
         },
     )
 }

@@ -20,8 +20,9 @@ export async function task(root, ctx, id) {
   const timeline = h("ol", { class: "timeline", "data-test": "task-timeline" });
   const output = h("pre", { "data-test": "task-output", hidden: true });
   const sent = h("div", { "data-test": "task-deliveries" });
-  root.append(h("section", { "data-test": "page-task" }, head, h("h2", {}, "Timeline"), timeline, output,
-    h("h2", {}, "Deliveries"), sent));
+  const outputHead = h("h2", { hidden: true }, "Output");
+  root.append(h("section", { "data-test": "page-task" }, head, outputHead, output, h("h2", {}, "Timeline"),
+    timeline, h("h2", {}, "Deliveries"), sent));
   let busy = false;
   let again = false;
   const refresh = async () => {
@@ -32,8 +33,8 @@ export async function task(root, ctx, id) {
       try {
         const [t, logs] = await Promise.all([get(path), get(`${path}/logs`)]);
         head.replaceChildren(...header(t, ctx, path, refresh).filter(Boolean)); // no "null" text
-        timeline.replaceChildren(...logs.map(logRow));
-        if (t.kind === "exec") await tail(output, path);
+        timeline.replaceChildren(...folded(logs).map(logRow));
+        if (t.kind === "exec") { outputHead.hidden = false; await tail(output, path); }
       } catch (e) { ctx.say(e.message, true); }
     } while (again);
     busy = false;
@@ -73,11 +74,30 @@ function header(t, ctx, path, refresh) {
   ];
 }
 
-/** One log row. */
+/** Actions that come in runs (a chunk of output a second, a heartbeat a minute): a run of them
+ * is one timeline row, so the state changes stay in sight. */
+const RUNS = new Set(["output", "heartbeat"]);
+
+/** The log with each run of one repeated action folded into its last entry, counted. */
+function folded(logs) {
+  const out = [];
+  for (const l of logs) {
+    const last = out[out.length - 1];
+    if (last && RUNS.has(l.action) && last.action === l.action) {
+      out[out.length - 1] = { ...l, times: (last.times || 1) + 1, since: last.since || last.created_time };
+    } else {
+      out.push(l);
+    }
+  }
+  return out;
+}
+
+/** One log row (a folded run shows how many, from when to when). */
 function logRow(l) {
   const change = l.new_status ? ` → ${l.new_status}` : "";
+  const times = l.times ? ` ×${l.times} (since ${when(l.since)})` : "";
   return h("li", {}, h("span", { class: "muted" }, when(l.created_time)), " ",
-    h("b", {}, l.action), change, l.message ? `: ${l.message}` : "", h("span", { class: "muted" }, ` (${l.operator})`));
+    h("b", {}, l.action), times, change, l.message ? `: ${l.message}` : "", h("span", { class: "muted" }, ` (${l.operator})`));
 }
 
 /** The last 200 lines of a command's output (the route's default page). */
