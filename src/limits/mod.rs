@@ -47,6 +47,9 @@ pub enum LimitsError {
     Invalid(String),
 }
 
+/// (assignee, tenant) → when its turn was read, and the turn.
+type SeatCache = HashMap<(String, String), (Instant, Share)>;
+
 /// How long a tenant's turn is taken from the process cache before the entry is read again.
 const TURN_CACHED: Duration = Duration::from_secs(300);
 
@@ -64,8 +67,8 @@ pub struct Limits {
     js: async_nats::jetstream::Context,
     client: async_nats::Client,
     declared: Arc<Mutex<HashMap<String, (Instant, DeclaredLimits)>>>,
-    /// Tenants' fair-share turns seated lately: (assignee, tenant) → (when, turn).
-    turns: Arc<Mutex<HashMap<(String, String), (Instant, Share)>>>,
+    /// Tenants' fair-share turns seated lately.
+    turns: Arc<Mutex<SeatCache>>,
 }
 
 impl std::fmt::Debug for Limits {
