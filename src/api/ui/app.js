@@ -42,7 +42,10 @@ async function show() {
     if (a.getAttribute("href") === current) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   }
-  const ctx = { signal: leaving.signal, say, reload: show, live };
+  // The indicator belongs to pages with a live feed, and only while they are shown.
+  const signal = leaving.signal;
+  $("live").hidden = true;
+  const ctx = { signal, say, reload: show, live: (on) => { if (!signal.aborted) live(on); } };
   say("");
   try {
     await render(root, ctx);
@@ -55,6 +58,7 @@ async function show() {
 /** The live-feed indicator. */
 function live(on) {
   const l = $("live");
+  l.hidden = false;
   l.textContent = on ? "live" : "offline";
   l.classList.toggle("on", on);
 }

@@ -105,6 +105,7 @@ async function tail(pre, path) {
   const page = await get(`${path}/output?limit=200`);
   pre.hidden = false;
   pre.textContent = (page.lines || []).join("\n") || "(no output yet)";
+  pre.scrollTop = pre.scrollHeight; // a tail: the newest line in sight
 }
 
 /** The task's deliveries (GET /api/deliveries?task_id=) with their attempts and replay; a
