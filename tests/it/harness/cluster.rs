@@ -507,9 +507,11 @@ impl ClusterApp {
             r
         });
         let http = reqwest::Client::new();
+        // Creating every stream with three replicas on a cluster that just formed took over
+        // 20 s once, on a loaded 2-core machine.
         eventually(
             "the API to answer /healthz",
-            Duration::from_secs(20),
+            Duration::from_secs(45),
             || async {
                 let r = http.get(format!("{url}/healthz")).send().await.ok()?;
                 (r.status() == StatusCode::OK).then_some(())
