@@ -389,9 +389,6 @@ struct DestinationRow {
     reason: Option<String>,
 }
 
-/// Most destination states read from KV `relay_destinations` for the overview.
-const MAX_DESTINATIONS: usize = 1000;
-
 /// The relay's backlog per destination (the `DELIVERIES` stream's subject counts) and its
 /// disabled destinations (KV `relay_destinations`), `None` when unavailable.
 async fn relay_view(state: &AppState) -> Option<RelayView> {
@@ -408,21 +405,10 @@ async fn relay_view(state: &AppState) -> Option<RelayView> {
         let key = subject.strip_prefix("deliveries.").unwrap_or(&subject);
         destination_row(&mut rows, key).backlog += n as u64;
     }
-    let states = direct::bucket_entries(
-        &bus.client,
-        subjects::DESTINATION_BUCKET,
-        ">",
-        MAX_DESTINATIONS,
-    )
-    .await
-    .ok()?;
-    for (key, value) in states {
-        let v: serde_json::Value = serde_json::from_slice(&value).unwrap_or_default();
-        if v["disabled"].as_bool() == Some(true) {
-            let row = destination_row(&mut rows, &key);
-            row.disabled = true;
-            row.reason = Some(v["reason"].as_str().unwrap_or("disabled").to_string());
-        }
+    for (key, d) in crate::relay::disabled::list(bus).await.ok()? {
+        let row = destination_row(&mut rows, &key);
+        row.disabled = true;
+        row.reason = Some(d.reason.unwrap_or_else(|| "disabled".to_string()));
     }
     Some(RelayView {
         backlog: rows.values().map(|r| r.backlog).sum(),

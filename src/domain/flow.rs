@@ -89,6 +89,12 @@ impl Share {
         (0..SHARES).map(Self)
     }
 
+    /// `None` (the tasks of no tenant), then every share: what each priority has a worker
+    /// consumer for.
+    pub fn every_turn() -> impl Iterator<Item = Option<Self>> {
+        std::iter::once(None).chain(Self::all().map(Some))
+    }
+
     /// Share number `n` (0 to [`SHARES`] - 1).
     pub fn from_index(n: usize) -> Option<Self> {
         u8::try_from(n).ok().filter(|&n| n < SHARES).map(Self)

@@ -261,7 +261,7 @@ fn worker(p: &mut UserPermissions, a: &Assignee) {
     let tasks = subjects::TASKS_STREAM;
     // Its consumers: one per priority for tasks of no tenant, one per fair-share turn.
     for priority in Priority::ALL {
-        for share in std::iter::once(None).chain(Share::all().map(Some)) {
+        for share in Share::every_turn() {
             let c = subjects::worker_consumer(a, priority, share);
             let filtered = format!("{c}.{}", subjects::worker_filter(a, priority, share));
             p.publish

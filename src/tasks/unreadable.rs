@@ -81,8 +81,7 @@ impl TaskService {
     pub async fn check_delivered(&self, assignee: &Assignee) -> Result<usize, TaskError> {
         let mut moved = 0;
         for priority in Priority::ALL {
-            let shares = std::iter::once(None).chain(Share::all().map(Some));
-            for share in shares {
+            for share in Share::every_turn() {
                 moved += self.check_consumer(assignee, priority, share).await?;
             }
         }

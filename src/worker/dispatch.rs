@@ -460,11 +460,7 @@ impl Queue {
     /// A doorbell ring: a task queued at one priority, or a wake-up (hand-back) for any. An
     /// armed priority needs no ring: its waiting request gets the message.
     fn rung(&mut self, subject: &str) {
-        // Only the priority and share tokens matter; thousands of rings may be waiting, so no
-        // full parse.
-        let mut tokens = subject.split('.').skip(2);
-        let priority = tokens.next().and_then(|t| Priority::parse(t).ok());
-        let share = tokens.nth(1).and_then(Share::parse);
+        let (priority, share) = ring_tokens(subject);
         let rang: Vec<usize> = match priority {
             Some(priority) => vec![priority_index(priority)],
             None => vec![0, 1, 2],
@@ -517,10 +513,18 @@ async fn open_consumer(
 
 /// The priority (index) and fair-share turn of a queue subject of a tenant's task.
 fn turn_of(subject: &str) -> Option<(usize, Share)> {
+    match ring_tokens(subject) {
+        (Some(priority), Some(share)) => Some((priority_index(priority), share)),
+        _ => None,
+    }
+}
+
+/// The priority and fair-share turn tokens of a queue subject (`tasks.<a>.<p>.<kind>.s<NN>`),
+/// where present. Only these matter, and thousands of rings may be waiting: no full parse.
+fn ring_tokens(subject: &str) -> (Option<Priority>, Option<Share>) {
     let mut tokens = subject.split('.').skip(2);
-    let priority = Priority::parse(tokens.next()?).ok()?;
-    let share = Share::parse(tokens.nth(1)?)?;
-    Some((priority_index(priority), share))
+    let priority = tokens.next().and_then(|t| Priority::parse(t).ok());
+    (priority, tokens.nth(1).and_then(Share::parse))
 }
 
 /// How often a worker, busy or idle, looks at the stream's subjects for fair-share turns with

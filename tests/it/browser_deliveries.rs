@@ -5,14 +5,13 @@
 //! "Next page", and at phone width nothing scrolls sideways. Screenshots go to
 //! `target/screenshots/`.
 
-use crate::harness::app::{relay_settings, ADMIN_KEY};
+use crate::harness::app::ADMIN_KEY;
 use crate::harness::browser::{Browser, DESKTOP, PATIENCE, PHONE};
-use crate::harness::receiver::{Answer, Endpoint};
+use crate::harness::receiver::Answer;
 use crate::harness::{eventually, TestApp};
 use fantoccini::key::Key;
 use reqwest::Method;
-use serde_json::{json, Value};
-use taskfleet::relay::destination::Destination;
+use serde_json::json;
 
 /// Signs in with `key` and waits for the overview.
 async fn sign_in(browser: &Browser, app: &TestApp, key: &str) {
@@ -49,17 +48,9 @@ async fn a_destination_a_410_disabled_is_re_enabled_and_replayed_since_a_time_fr
 ) {
     // Arrange: a named webhook answering 410 Gone, so its first delivery dies and disables it.
     let app = TestApp::spawn().await;
-    let hook = Endpoint::start().await;
-    hook.answer_from_now_on(Answer::status(410).body("this hook was removed"));
-    let mut settings = relay_settings();
-    let gone = Destination::Webhook {
-        url: hook.url("/gone"),
-        secret: None,
-        secret_env: None,
-        events: vec![],
-    };
-    settings.destinations.insert("gone".into(), gone);
-    let _relay = app.relay(settings).await;
+    let (hook, _relay) = app
+        .relay_to_named_hook("gone", Answer::status(410).body("this hook was removed"))
+        .await;
     let task = app.task_notifying("gone away", json!(["gone"])).await;
     let dead = app
         .wait_deliveries("status=dead&destination=gone", 1, PATIENCE)
@@ -153,20 +144,7 @@ async fn the_dead_letters_page_pages_with_next_page_links() {
     // Arrange: 51 dead letters (tasks copied to the dead-letter stream, as a worker does); the
     // page shows 50.
     let app = TestApp::spawn().await;
-    let js = app.jetstream().await;
-    let mut ids = Vec::new();
-    for n in 0..51 {
-        let id = app.create(&format!("dead {n:02}"), "anna", "p1").await;
-        let (_, task): (_, Value) = app
-            .call(app.req(Method::GET, &format!("/api/tasks/{id}")))
-            .await;
-        js.publish(format!("dead.anna.{id}"), task.to_string().into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        ids.push(id);
-    }
+    let ids = app.seed_dead_letters(51).await;
     let browser = Browser::start(DESKTOP).await;
     sign_in(&browser, &app, ADMIN_KEY).await;
     browser.open(&format!("{}/#/dead", app.url)).await;
@@ -200,17 +178,9 @@ const WIDTHS: &str = r#"
 async fn at_phone_width_the_deliveries_and_task_pages_with_long_bodies_do_not_scroll_sideways() {
     // Arrange: a disabled destination whose attempt answered a long body without spaces.
     let app = TestApp::spawn().await;
-    let hook = Endpoint::start().await;
-    hook.answer_from_now_on(Answer::status(410).body("x".repeat(5000)));
-    let mut settings = relay_settings();
-    let gone = Destination::Webhook {
-        url: hook.url("/gone"),
-        secret: None,
-        secret_env: None,
-        events: vec![],
-    };
-    settings.destinations.insert("gone".into(), gone);
-    let _relay = app.relay(settings).await;
+    let (_hook, _relay) = app
+        .relay_to_named_hook("gone", Answer::status(410).body("x".repeat(5000)))
+        .await;
     let task = app.task_notifying("gone away", json!(["gone"])).await;
     app.wait_deliveries("status=dead&destination=gone", 1, PATIENCE)
         .await;

@@ -4,39 +4,16 @@
 //! and enabled again without a replay; dead letters page with a cursor; scoped keys and bad
 //! input get a 4xx that writes nothing.
 
-use crate::harness::app::{relay_settings, TestRelay, ADMIN_KEY};
+use crate::harness::app::{relay_settings, ADMIN_KEY};
 use crate::harness::receiver::{Answer, Endpoint};
 use crate::harness::relay::webhook;
 use crate::harness::{eventually, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
-use taskfleet::relay::destination::Destination;
 
 /// How long a delivery may take to settle in these tests.
 const SETTLE: Duration = Duration::from_secs(15);
-
-fn named_webhook(url: &str) -> Destination {
-    Destination::Webhook {
-        url: url.into(),
-        secret: None,
-        secret_env: None,
-        events: vec![],
-    }
-}
-
-/// A webhook answering `status` to every request, and a relay that knows it as destination
-/// `name` (at path `/<name>`).
-async fn relay_to_named_hook(app: &TestApp, name: &str, status: u16) -> (Endpoint, TestRelay) {
-    let hook = Endpoint::start().await;
-    hook.answer_from_now_on(Answer::status(status));
-    let mut settings = relay_settings();
-    settings
-        .destinations
-        .insert(name.into(), named_webhook(&hook.url(&format!("/{name}"))));
-    let relay = app.relay(settings).await;
-    (hook, relay)
-}
 
 /// The id of the delivery in `records` of `task`'s event `kind`.
 fn id_of(records: &[Value], task: &taskfleet::domain::Task, kind: &str) -> String {
@@ -152,7 +129,7 @@ async fn replaying_a_destination_since_a_time_in_the_query_requeues_only_later_d
     // Arrange: a named webhook that refuses (400: dead at once); one event before the time,
     // two after it.
     let app = TestApp::spawn().await;
-    let (hook, _relay) = relay_to_named_hook(&app, "hook", 400).await;
+    let (hook, _relay) = app.relay_to_named_hook("hook", Answer::status(400)).await;
     let before = app.task_notifying("before", json!(["hook"])).await;
     app.wait_deliveries("status=dead&destination=hook", 1, SETTLE)
         .await;
@@ -210,7 +187,7 @@ async fn enabling_a_destination_a_410_disabled_lets_its_deliveries_flow_again() 
     // Arrange: a named webhook that answers 410 Gone, so the relay disables it; the next event
     // is then dead without a request.
     let app = TestApp::spawn().await;
-    let (hook, _relay) = relay_to_named_hook(&app, "gone", 410).await;
+    let (hook, _relay) = app.relay_to_named_hook("gone", Answer::status(410)).await;
     let task = app.task_notifying("gone away", json!(["gone"])).await;
     app.wait_deliveries("status=dead&destination=gone", 1, SETTLE)
         .await;
@@ -284,7 +261,7 @@ async fn enabling_a_destination_a_410_disabled_lets_its_deliveries_flow_again() 
 async fn bad_input_and_scoped_keys_on_the_destination_routes_get_a_4xx_that_writes_nothing() {
     // Arrange: one dead delivery to a named webhook.
     let app = TestApp::spawn().await;
-    let (hook, _relay) = relay_to_named_hook(&app, "hook", 400).await;
+    let (hook, _relay) = app.relay_to_named_hook("hook", Answer::status(400)).await;
     app.task_notifying("refused", json!(["hook"])).await;
     let dead = app
         .wait_deliveries("status=dead&destination=hook", 1, SETTLE)
@@ -369,20 +346,7 @@ async fn bad_input_and_scoped_keys_on_the_destination_routes_get_a_4xx_that_writ
 async fn dead_letters_page_oldest_first_through_the_cursor() {
     // Arrange: five dead letters (tasks copied to the dead-letter stream, as a worker does).
     let app = TestApp::spawn().await;
-    let js = app.jetstream().await;
-    let mut ids = Vec::new();
-    for n in 0..5 {
-        let id = app.create(&format!("dead {n}"), "anna", "p1").await;
-        let (_, task) = app
-            .call(app.req(Method::GET, &format!("/api/tasks/{id}")))
-            .await;
-        js.publish(format!("dead.anna.{id}"), task.to_string().into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        ids.push(id);
-    }
+    let ids = app.seed_dead_letters(5).await;
 
     // Act
     let mut pages = Vec::new();

@@ -2,8 +2,9 @@
 //! over the API, and the real `taskfleet relay` binary as a child process (so tests can kill -9
 //! it).
 
-use super::app::{test_config, TestApp};
+use super::app::{relay_settings, test_config, TestApp, TestRelay};
 use super::eventually;
+use super::receiver::{Answer, Endpoint};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -11,10 +12,48 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use taskfleet::domain::{EventKind, Task};
+use taskfleet::relay::destination::Destination;
 use taskfleet::tasks::TaskService;
 
 #[allow(dead_code)]
 impl TestApp {
+    /// A webhook answering `answer` to every request, and a relay that knows it as destination
+    /// `name` (at path `/<name>`, no secret).
+    pub async fn relay_to_named_hook(&self, name: &str, answer: Answer) -> (Endpoint, TestRelay) {
+        let hook = Endpoint::start().await;
+        hook.answer_from_now_on(answer);
+        let mut settings = relay_settings();
+        let dest = Destination::Webhook {
+            url: hook.url(&format!("/{name}")),
+            secret: None,
+            secret_env: None,
+            events: vec![],
+        };
+        settings.destinations.insert(name.into(), dest);
+        let relay = self.relay(settings).await;
+        (hook, relay)
+    }
+
+    /// `n` dead letters of anna, `dead 00`, `dead 01`, …: tasks created, then copied to the
+    /// dead-letter stream as a worker does. Their ids, in that order.
+    pub async fn seed_dead_letters(&self, n: usize) -> Vec<String> {
+        let js = self.jetstream().await;
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let id = self.create(&format!("dead {i:02}"), "anna", "p1").await;
+            let (_, task) = self
+                .call(self.req(Method::GET, &format!("/api/tasks/{id}")))
+                .await;
+            js.publish(format!("dead.anna.{id}"), task.to_string().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        ids
+    }
+
     /// A task service of its own on the test's NATS (for events with no HTTP route yet).
     pub async fn task_service(&self) -> TaskService {
         let cfg = test_config(&self.nats.url());
