@@ -1,6 +1,6 @@
 //! An HTTP client for the taskfleet API, shared by the CLI and the integration tests.
 
-use crate::domain::{LogEntry, Task, TaskEvent};
+use crate::domain::{LogEntry, StallRule, Task, TaskEvent};
 use futures::{Stream, StreamExt};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
@@ -99,6 +99,18 @@ impl ApiClient {
             });
         }
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// The fleet's stall rule: the threshold `GET /healthz` reports (`stall_after_s`, the API's
+    /// `relay.stall_after_s`).
+    pub async fn stall_rule(&self) -> Result<StallRule, ClientError> {
+        let health: Value = self.send(self.request(Method::GET, "/healthz")).await?;
+        match health["stall_after_s"].as_u64() {
+            Some(secs) => Ok(StallRule::from_secs(secs)),
+            None => Err(ClientError::Decode(
+                "/healthz does not say stall_after_s (an API older than this CLI?)".into(),
+            )),
+        }
     }
 
     /// `POST /api/tasks`.

@@ -347,36 +347,8 @@ impl Config {
         if self.events.max_age_s < 60 {
             return bad("events.max_age_s must be at least 60".into());
         }
-        let r = &self.relay;
-        if r.retry_schedule_s.is_empty() {
-            return bad("relay.retry_schedule_s must not be empty".into());
-        }
-        if r.attempt_timeout_s == 0 {
-            return bad("relay.attempt_timeout_s must be positive".into());
-        }
-        if let Err(e) = crate::relay::ssrf::AllowList::new(r.allow.iter()) {
-            return bad(format!("relay.allow: {e}"));
-        }
-        for name in r.destinations.keys() {
-            if Assignee::parse(name).is_err() {
-                return bad(format!(
-                    "relay.destinations.{name}: names must match [a-z0-9_-]{{1,64}}"
-                ));
-            }
-        }
-        for route in &r.routes {
-            for d in &route.destinations {
-                if !r.destinations.contains_key(d) {
-                    return bad(format!("relay.routes: unknown destination {d:?}"));
-                }
-            }
-        }
-        if let Some(p) = &r.push_destination {
-            if !r.destinations.contains_key(p) {
-                return bad(format!(
-                    "relay.push_destination {p:?} is not in relay.destinations"
-                ));
-            }
+        if let Err(m) = self.relay.validate() {
+            return bad(m);
         }
         let w = &self.worker;
         if !(1..=1024).contains(&w.concurrency) {

@@ -16,12 +16,17 @@
 //! - [`natsauth`]: `taskfleet nats-config`: one NATS user per process, least-privilege permissions.
 //! - [`client`]: the HTTP client used by the CLI and the integration tests.
 //! - [`cli`]: the command line (`main` only parses and dispatches).
-//! - [`relay`]: the relay's pure parts: webhook signing, chat messages, splitting, SSRF, retries.
+//! - [`relay`]: `taskfleet relay`: task events to webhook calls and chat messages.
+//! - [`outbound`]: how taskfleet talks to the outside: refusing internal addresses (SSRF),
+//!   signing webhooks (Standard Webhooks), the hardened HTTP client (pure).
+//! - [`text`]: messages for people: Live Task Pulse templates en/zh, chat platform splitting (pure).
 //! - [`worker`]: pulls an assignee's tasks in strict priority order and runs them.
 //! - [`token`]: task-scoped tokens handed to running tasks.
 //! - [`health`]: `/healthz` and `/readyz` of workers and the relay (`--health-listen`).
 //! - [`secrets`]: `taskfleet secrets`: the fleet-wide admin key and task-token secret.
 //! - [`config`], [`telemetry`], [`metrics`], [`shutdown`]: the process plumbing.
+//! - [`sys`]: the only module with `unsafe` code: process groups and the parent-death signal.
+#![deny(unsafe_code)]
 #![deny(unreachable_pub)]
 #![warn(missing_docs)]
 
@@ -36,14 +41,17 @@ pub mod limits;
 pub mod metrics;
 pub mod natsauth;
 pub mod natsd;
+pub mod outbound;
 pub mod registry;
 pub mod relay;
 pub mod schedules;
 pub mod secrets;
 pub mod serve;
 pub mod shutdown;
+pub mod sys;
 pub mod tasks;
 pub mod telemetry;
+pub mod text;
 pub mod token;
 pub mod up;
 pub mod worker;

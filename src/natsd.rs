@@ -3,6 +3,7 @@
 //! The child gets its own process group (so a terminal's Ctrl-C reaches only us and we stop it
 //! after draining) and a parent-death signal (so even `kill -9` of `up` leaves no orphan).
 
+use crate::sys;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -131,20 +132,6 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-#[allow(unsafe_code)]
-fn die_with_parent(cmd: &mut Command) {
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = cmd;
-}
-
 impl LocalNats {
     /// Starts the server and waits until it accepts connections with JetStream enabled.
     pub async fn start(opts: &LocalNatsOptions) -> Result<Self, NatsdError> {
@@ -166,7 +153,7 @@ impl LocalNats {
             .stderr(Stdio::null())
             .process_group(0)
             .kill_on_drop(true);
-        die_with_parent(&mut cmd);
+        sys::die_with_parent(cmd.as_std_mut(), libc::SIGTERM);
         let child = cmd.spawn().map_err(|source| NatsdError::Spawn {
             path: bin.display().to_string(),
             source,
@@ -224,7 +211,8 @@ impl LocalNats {
     /// Stops the server: SIGTERM (it flushes JetStream), SIGKILL after 15 s.
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
-            send_term(pid);
+            // A pid we spawned and still own (not yet reaped); gone already is fine.
+            let _ = sys::signal_process(pid, libc::SIGTERM);
             eprintln!("stopping nats-server (pid {pid}) …");
             if tokio::time::timeout(Duration::from_secs(15), self.child.wait())
                 .await
@@ -233,14 +221,6 @@ impl LocalNats {
                 let _ = self.child.kill().await;
             }
         }
-    }
-}
-
-#[allow(unsafe_code)]
-fn send_term(pid: u32) {
-    // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
-    unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGTERM);
     }
 }
 

@@ -1,12 +1,18 @@
-//! Wiring one process: connect to NATS, build the API state, serve until shutdown.
+//! Wiring one process: connect to NATS, build the API state, serve until shutdown. The `api`,
+//! `relay` and `worker` commands (`cli/mod.rs`) and `up` (`up.rs`) start their parts from here:
+//! [`run_api`] (or [`api_router`] on a connection of its own) for the API,
+//! [`run_with_health`] for a relay or worker process (health endpoint, connection, drain).
 
 use crate::api::{self, auth::Keys, AppState, Limits};
 use crate::bus::{Bus, BusError};
 use crate::config::Config;
+use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::tasks::TaskService;
 use anyhow::Context;
 use secrecy::SecretString;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -60,6 +66,7 @@ pub fn api_state(
         .with_max_delay_days(cfg.scheduling.max_delay_days);
     Ok(AppState {
         flow: crate::limits::Limits::new(tasks.bus()),
+        deliveries: crate::relay::store::DeliveryStore::new(tasks.bus().clone()),
         schedules: crate::schedules::ScheduleService::new(tasks.clone(), cfg.scheduling.catch_up_s),
         tasks,
         keys: Arc::new(keys),
@@ -70,7 +77,7 @@ pub fn api_state(
         },
         shutdown,
         destinations: Arc::new(cfg.relay.destinations.keys().cloned().collect()),
-        stall_after: std::time::Duration::from_secs(cfg.relay.stall_after_s),
+        stall: cfg.relay.stall_rule(),
         overview: Default::default(),
     })
 }
@@ -103,6 +110,23 @@ pub fn spawn_scheduler(cfg: &Config, state: &AppState, shutdown: &CancellationTo
     tokio::spawn(service.run(cfg.schedules.clone(), shutdown.clone()));
 }
 
+/// The API of one process over `bus`: its state ([`api_state`]), its sweeper and scheduler
+/// started until `shutdown`, and the router to serve.
+pub fn api_router(
+    cfg: &Config,
+    bus: Bus,
+    admin_key: Option<&SecretString>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<axum::Router> {
+    let state = api_state(cfg, bus, admin_key, shutdown.clone())?;
+    spawn_sweeper(cfg, &state.tasks, shutdown);
+    spawn_scheduler(cfg, &state, shutdown);
+    Ok(api::router(
+        state,
+        Duration::from_secs(cfg.api.request_timeout_s),
+    ))
+}
+
 /// Serves the API on `listener` against NATS at `nats_url` until `shutdown` is cancelled, then
 /// drains the NATS connection.
 pub async fn run_api(
@@ -114,11 +138,36 @@ pub async fn run_api(
 ) -> anyhow::Result<()> {
     let bus = connect(cfg, nats_url, "taskfleet-api").await?;
     let client = bus.client.clone();
-    let state = api_state(cfg, bus, admin_key, shutdown.clone())?;
-    spawn_sweeper(cfg, &state.tasks, &shutdown);
-    spawn_scheduler(cfg, &state, &shutdown);
-    let router = api::router(state, Duration::from_secs(cfg.api.request_timeout_s));
+    let router = api_router(cfg, bus, admin_key, &shutdown)?;
     let served = api::serve(listener, router, shutdown).await;
     let _ = client.drain().await;
     served.context("serving the API")
+}
+
+/// Runs a `relay` or `worker` process: serves `health` on `listen` (if set) until the end,
+/// connects to NATS at `url` as `name`, runs `run` on that connection, then drains it.
+pub async fn run_with_health<F, Fut, E>(
+    cfg: &Config,
+    url: &str,
+    name: &str,
+    health: Health,
+    listen: Option<SocketAddr>,
+    run: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(Bus, Health) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    anyhow::Error: From<E>,
+{
+    let _serving = health::spawn(listen, &health).await?;
+    let bus = connect(cfg, url, name).await?;
+    let client = bus.client.clone();
+    let result = run(bus, health).await;
+    drain(&client).await;
+    Ok(result?)
+}
+
+/// Drains the connection, but never waits long for a NATS that is gone.
+pub async fn drain(client: &async_nats::Client) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.drain()).await;
 }

@@ -2,6 +2,7 @@
 //! URL is given), creates the topology, makes sure an admin key exists, and serves the API until
 //! Ctrl-C or SIGTERM. The child nats-server is stopped on every exit path.
 
+use crate::bus::Bus;
 use crate::config::Config;
 use crate::natsauth::{self, Generated, Role};
 use crate::natsd::{LocalNats, LocalNatsOptions};
@@ -11,7 +12,6 @@ use secrecy::SecretString;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -114,6 +114,8 @@ pub async fn run(cfg: Config, opts: UpOptions, shutdown: CancellationToken) -> a
     outcome
 }
 
+/// Serves the API and runs the relay and one worker per assignee on NATS at `url` until
+/// `shutdown`, or until any of them stops; then drains every connection.
 async fn run_services(
     cfg: &Config,
     opts: &UpOptions,
@@ -137,59 +139,14 @@ async fn run_services(
         "creating streams and buckets on {} …",
         crate::bus::redact_url(url)
     );
-    let bus = serve::connect(&as_role(&cfg, users, &Role::Api), url, "taskfleet-up").await?;
-    // With --secure, the relay and every worker get their own connection as their own user.
-    let mut buses = vec![bus.clone()];
-    let mut bus_as = async |role: Role, name: &str| -> anyhow::Result<crate::bus::Bus> {
-        if users.is_none() {
-            return Ok(bus.clone());
-        }
-        let b = serve::connect(&as_role(&cfg, users, &role), url, name).await?;
-        buses.push(b.clone());
-        Ok(b)
-    };
-    let state = serve::api_state(&cfg, bus.clone(), Some(&key), shutdown.clone())?;
-    serve::spawn_sweeper(&cfg, &state.tasks, &shutdown);
-    serve::spawn_scheduler(&cfg, &state, &shutdown);
-    let router = api::router(state, Duration::from_secs(cfg.api.request_timeout_s));
+    let mut conns = Connections::open(&cfg, url, users).await?;
+    let router = serve::api_router(&cfg, conns.shared.clone(), Some(&key), &shutdown)?;
 
     // Every subsystem stops when the signal comes or when any of them fails.
     let stop = shutdown.child_token();
-    let mut set = tokio::task::JoinSet::new();
-    let token = stop.clone();
-    set.spawn(async move {
-        let r = api::serve(listener, router, token).await;
-        ("api".to_string(), r.map_err(anyhow::Error::from))
-    });
-    let api_url = cfg
-        .worker
-        .api_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{api_addr}"));
-    {
-        let bus = bus_as(Role::Relay, "taskfleet-relay").await?;
-        let (token, relay_cfg) = (stop.clone(), cfg.relay.clone());
-        set.spawn(async move {
-            let r = crate::relay::run(bus, relay_cfg, token).await;
-            ("relay".to_string(), r.map_err(anyhow::Error::from))
-        });
-    }
-    for assignee in &cfg.fleet.assignees {
-        let opts = crate::worker::WorkerOptions {
-            assignee: assignee.clone(),
-            concurrency: cfg.worker.concurrency,
-            worker_id: crate::worker::default_worker_id(assignee),
-            api_url: api_url.clone(),
-            task_token_secret: cfg.fleet.task_token_secret.clone(),
-            settings: cfg.worker.clone(),
-        };
-        let bus = bus_as(Role::Worker(assignee.clone()), &opts.worker_id).await?;
-        let (token, name) = (stop.clone(), format!("worker {assignee}"));
-        set.spawn(async move {
-            let r = crate::worker::run(bus, opts, token).await;
-            (name, r.map_err(anyhow::Error::from))
-        });
-    }
+    let mut set = Subsystems::new();
+    spawn_subsystem(&mut set, "api", api::serve(listener, router, stop.clone()));
+    spawn_relay_and_workers(&cfg, &mut conns, &mut set, &stop, api_addr).await?;
     if users.is_some() {
         let dir = opts.data_dir.join("nats-auth");
         eprintln!(
@@ -198,6 +155,53 @@ async fn run_services(
         );
     }
     print_banner(api_addr, url, local, &source, &cfg.fleet.assignees);
+    let outcome = supervise(set, &stop).await;
+    eprintln!("shutting down: draining the NATS connection …");
+    conns.drain().await;
+    outcome
+}
+
+/// `up`'s running parts, each ending with its name and result.
+type Subsystems = tokio::task::JoinSet<(String, anyhow::Result<()>)>;
+
+/// Runs `part` in `set` under `name`.
+fn spawn_subsystem<E>(
+    set: &mut Subsystems,
+    name: impl Into<String>,
+    part: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
+) where
+    anyhow::Error: From<E>,
+{
+    let name = name.into();
+    set.spawn(async move { (name, part.await.map_err(anyhow::Error::from)) });
+}
+
+/// Starts the relay and one worker per `fleet.assignees`, each on its connection from `conns`;
+/// tasks reach the API at `worker.api_url`, else at `api_addr`.
+async fn spawn_relay_and_workers(
+    cfg: &Config,
+    conns: &mut Connections<'_>,
+    set: &mut Subsystems,
+    stop: &CancellationToken,
+    api_addr: SocketAddr,
+) -> anyhow::Result<()> {
+    let bus = conns.as_role(Role::Relay, "taskfleet-relay").await?;
+    let relay = crate::relay::run(bus, cfg.relay.clone(), stop.clone());
+    spawn_subsystem(set, "relay", relay);
+    for assignee in &cfg.fleet.assignees {
+        let opts = crate::worker::WorkerOptions::from_config(cfg, assignee.clone(), api_addr);
+        let bus = conns
+            .as_role(Role::Worker(assignee.clone()), &opts.worker_id)
+            .await?;
+        let worker = crate::worker::run(bus, opts, stop.clone());
+        spawn_subsystem(set, format!("worker {assignee}"), worker);
+    }
+    Ok(())
+}
+
+/// Waits for every subsystem; the first to stop (failing or not) before `stop` stops the rest.
+/// The first failure is the outcome.
+async fn supervise(mut set: Subsystems, stop: &CancellationToken) -> anyhow::Result<()> {
     let mut first_error = None;
     while let Some(joined) = set.join_next().await {
         let (name, result) = joined.unwrap_or_else(|e| ("a subsystem".into(), Err(e.into())));
@@ -214,11 +218,55 @@ async fn run_services(
             }
         }
     }
-    eprintln!("shutting down: draining the NATS connection …");
-    for b in buses {
-        let _ = b.client.drain().await;
-    }
     first_error.map_or(Ok(()), Err)
+}
+
+/// `up`'s NATS connections: one shared by every part, or with `--secure` (`users`) one per
+/// process, each as its own user.
+struct Connections<'a> {
+    cfg: &'a Config,
+    url: &'a str,
+    users: Option<&'a Generated>,
+    /// The API's connection (the only one without `--secure`); it ensures the topology.
+    shared: Bus,
+    /// Every connection opened, drained at the end.
+    all: Vec<Bus>,
+}
+
+impl<'a> Connections<'a> {
+    /// Connects as the API and ensures the topology.
+    async fn open(
+        cfg: &'a Config,
+        url: &'a str,
+        users: Option<&'a Generated>,
+    ) -> anyhow::Result<Self> {
+        let shared = serve::connect(&as_role(cfg, users, &Role::Api), url, "taskfleet-up").await?;
+        let all = vec![shared.clone()];
+        Ok(Self {
+            cfg,
+            url,
+            users,
+            shared,
+            all,
+        })
+    }
+
+    /// The connection for `role`: its own one named `name` with `--secure`, else the shared one.
+    async fn as_role(&mut self, role: Role, name: &str) -> anyhow::Result<Bus> {
+        if self.users.is_none() {
+            return Ok(self.shared.clone());
+        }
+        let bus = serve::connect(&as_role(self.cfg, self.users, &role), self.url, name).await?;
+        self.all.push(bus.clone());
+        Ok(bus)
+    }
+
+    /// Drains every connection.
+    async fn drain(self) {
+        for bus in self.all {
+            let _ = bus.client.drain().await;
+        }
+    }
 }
 
 /// `up --secure`: users in `<data-dir>/nats-auth/` (passwords kept across runs), and

@@ -7,7 +7,7 @@ use super::auth::{Principal, Scope};
 use super::error::{ApiError, IdPath};
 use super::state::AppState;
 use crate::relay::disabled::{self, Disabled};
-use crate::relay::job::is_token;
+use crate::relay::store::is_token;
 use axum::extract::State;
 use axum::Json;
 use serde::Serialize;

@@ -4,6 +4,7 @@ use super::error::ApiError;
 use super::state::AppState;
 use crate::bus::subjects;
 use crate::metrics::{HttpLabels, TaskLabels};
+use crate::relay::job::DeliveryStatus;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -11,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::time::{Duration, Instant};
 
-/// `GET /healthz` (no auth): 200 while NATS is connected, 503 otherwise.
+/// `GET /healthz` (no auth): 200 while NATS is connected, 503 otherwise. It also says the
+/// fleet's stall threshold (`stall_after_s`, [`crate::domain::StallRule`]), which `pulse status`
+/// reads since it runs without the fleet's config.
 pub(super) async fn healthz(State(state): State<AppState>) -> Response {
     let connected = state.tasks.bus().is_connected();
     let status = if connected {
@@ -23,6 +26,7 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Response {
         "status": if connected { "ok" } else { "degraded" },
         "nats": if connected { "connected" } else { "disconnected" },
         "version": env!("CARGO_PKG_VERSION"),
+        "stall_after_s": state.stall.after.as_secs(),
     });
     (status, Json(body)).into_response()
 }
@@ -83,8 +87,6 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
 /// dead delivery records (counted in their copies, delete markers of the last minute included).
 async fn refresh_backlog(state: &AppState, queues: Vec<TaskLabels>) {
     let backlog = &state.tasks.metrics().backlog;
-    let stall_after =
-        chrono::Duration::from_std(state.stall_after).unwrap_or(chrono::Duration::MAX);
     backlog.oldest_pending_age.clear();
     backlog.tasks_stalled.clear();
     for labels in queues {
@@ -97,7 +99,7 @@ async fn refresh_backlog(state: &AppState, queues: Vec<TaskLabels>) {
         };
         match state
             .tasks
-            .queue_gauges(&assignee, priority, stall_after)
+            .queue_gauges(&assignee, priority, state.stall)
             .await
         {
             Ok(g) => {
@@ -109,14 +111,11 @@ async fn refresh_backlog(state: &AppState, queues: Vec<TaskLabels>) {
             Err(e) => tracing::warn!(error.message = %e, "queue figures unavailable"),
         }
     }
-    let client = &state.tasks.bus().client;
-    for status in ["pending", "dead"] {
-        let stream = subjects::delivery_copy_stream(status);
-        let filter = subjects::delivery_record_subject(&format!("{status}.>"));
-        match crate::bus::direct::count_after(client, &stream, &filter, 0).await {
+    for status in [DeliveryStatus::Pending, DeliveryStatus::Dead] {
+        match state.deliveries.count(status).await {
             Ok(n) => {
                 let labels = crate::metrics::DeliveryLabels {
-                    status: status.into(),
+                    status: status.as_str().into(),
                 };
                 backlog
                     .delivery_records
@@ -124,7 +123,7 @@ async fn refresh_backlog(state: &AppState, queues: Vec<TaskLabels>) {
                     .set(n as i64);
             }
             Err(e) => {
-                tracing::warn!(error.message = %e, status, "delivery record count unavailable")
+                tracing::warn!(error.message = %e, status = status.as_str(), "delivery record count unavailable")
             }
         }
     }

@@ -5,7 +5,8 @@
 //! - `progress.rs`: Live Task Pulse (step/next, heartbeat, progress) and cleanup;
 //! - `events.rs`: the task log and the live SSE feed;
 //! - `runs.rs`: output and stdin of running commands, dead letters;
-//! - `deliveries.rs`: push ingest and the relay's deliveries (list, replay);
+//! - `deliveries.rs`: push ingest and the relay's deliveries (list, replay), through the relay's
+//!   delivery store (`relay::store`);
 //! - `destinations.rs`: the relay's destinations (list, enable one a 410 disabled);
 //! - `health.rs`: `/healthz`, `/metrics` and request timing;
 //! - `workers.rs`: `/api/workers`, the worker registry;

@@ -15,6 +15,7 @@ use super::state::AppState;
 use super::throughput::{Minutes, Throughput};
 use crate::bus::{direct, subjects};
 use crate::domain::{Assignee, EventKind, Priority};
+use crate::relay::job::DeliveryStatus;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
@@ -275,12 +276,10 @@ async fn queue_rows(
 ) -> Result<Vec<QueueRow>, ApiError> {
     let depths = queue_depths(state).await?;
     let mut queues = Vec::new();
-    let stall_after =
-        chrono::Duration::from_std(state.stall_after).unwrap_or(chrono::Duration::MAX);
     for ((assignee, priority), depth) in depths.into_iter().filter(|((a, _), _)| shown(a)) {
         let g = state
             .tasks
-            .queue_gauges(&assignee, priority, stall_after)
+            .queue_gauges(&assignee, priority, state.stall)
             .await?;
         queues.push(QueueRow {
             assignee: assignee.to_string(),
@@ -352,18 +351,10 @@ async fn assignee_row(
 
 /// Pending and dead delivery records (their copies), `None` when unavailable.
 async fn delivery_counts(state: &AppState) -> Option<DeliveryCounts> {
-    let client = &state.tasks.bus().client;
-    let mut n = [0; 2];
-    for (i, status) in ["pending", "dead"].into_iter().enumerate() {
-        let stream = subjects::delivery_copy_stream(status);
-        let filter = subjects::delivery_record_subject(&format!("{status}.>"));
-        n[i] = direct::count_after(client, &stream, &filter, 0)
-            .await
-            .ok()?;
-    }
+    let store = &state.deliveries;
     Some(DeliveryCounts {
-        pending: n[0],
-        dead: n[1],
+        pending: store.count(DeliveryStatus::Pending).await.ok()?,
+        dead: store.count(DeliveryStatus::Dead).await.ok()?,
     })
 }
 
@@ -389,23 +380,14 @@ struct DestinationRow {
     reason: Option<String>,
 }
 
-/// The relay's backlog per destination (the `DELIVERIES` stream's subject counts) and its
-/// disabled destinations (KV `relay_destinations`), `None` when unavailable.
+/// The relay's backlog per destination (from the delivery store) and its disabled
+/// destinations (KV `relay_destinations`), `None` when unavailable.
 async fn relay_view(state: &AppState) -> Option<RelayView> {
-    let bus = state.tasks.bus();
-    let mut info = bus
-        .topology
-        .deliveries
-        .info_with_subjects(subjects::ALL_DELIVERIES)
-        .await
-        .ok()?;
     let mut rows: BTreeMap<String, DestinationRow> = BTreeMap::new();
-    while let Some(item) = info.next().await {
-        let (subject, n) = item.ok()?;
-        let key = subject.strip_prefix("deliveries.").unwrap_or(&subject);
-        destination_row(&mut rows, key).backlog += n as u64;
+    for (key, n) in state.deliveries.backlog().await.ok()? {
+        destination_row(&mut rows, &key).backlog += n;
     }
-    for (key, d) in crate::relay::disabled::list(bus).await.ok()? {
+    for (key, d) in crate::relay::disabled::list(state.tasks.bus()).await.ok()? {
         let row = destination_row(&mut rows, &key);
         row.disabled = true;
         row.reason = Some(d.reason.unwrap_or_else(|| "disabled".to_string()));

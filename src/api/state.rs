@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 pub struct AppState {
     /// Task operations.
     pub tasks: TaskService,
+    /// The relay's delivery store (records, queue, replays).
+    pub deliveries: crate::relay::store::DeliveryStore,
     /// Cron schedules.
     pub schedules: crate::schedules::ScheduleService,
     /// Accepted API keys.
@@ -23,9 +25,9 @@ pub struct AppState {
     /// Names of the relay destinations in this process's config (`[relay.destinations.*]`);
     /// a destination-wide replay knows a name from here or from its recorded deliveries.
     pub destinations: Arc<std::collections::BTreeSet<String>>,
-    /// When a running task with no update counts as stalled in `/metrics` (the relay's
-    /// `relay.stall_after_s`).
-    pub stall_after: std::time::Duration,
+    /// When a running task counts as stalled in `status=stalled` listings, the overview and
+    /// `/metrics` (the relay's rule, from `relay.stall_after_s`).
+    pub stall: crate::domain::StallRule,
     /// The dashboard overviews last computed, shared by every open page (see `overview.rs`).
     pub(crate) overview: Arc<super::overview::Cache>,
 }

@@ -175,19 +175,18 @@ fn parse_assignee(raw: Option<&str>) -> Result<Option<Assignee>, ApiError> {
 }
 
 /// The `status` of a listing; `stalled` means running and unchanged for longer than
-/// `relay.stall_after_s` (the rule of the overview's and `/metrics`' stalled count).
+/// `relay.stall_after_s` ([`crate::domain::StallRule`], the rule of the relay, the overview's and
+/// `/metrics`' stalled count).
 fn parse_status(
     raw: Option<&str>,
     state: &AppState,
 ) -> Result<(Option<TaskStatus>, Option<chrono::DateTime<chrono::Utc>>), ApiError> {
     match raw.filter(|s| !s.is_empty()) {
         None => Ok((None, None)),
-        Some("stalled") => {
-            let stall =
-                chrono::Duration::from_std(state.stall_after).unwrap_or(chrono::Duration::MAX);
-            let before = crate::domain::now().checked_sub_signed(stall);
-            Ok((Some(TaskStatus::Running), Some(before.unwrap_or_default())))
-        }
+        Some("stalled") => Ok((
+            Some(TaskStatus::Running),
+            Some(state.stall.since(crate::domain::now())),
+        )),
         Some(s) => match TaskStatus::parse(s) {
             Some(status) => Ok((Some(status), None)),
             None => Err(ApiError::BadRequest(format!(

@@ -200,6 +200,16 @@ const BATCH_DUPLICATE: ErrorCode = ErrorCode(10201);
 /// subject is still being replicated.
 const WRONG_LAST_SEQUENCE_CONSTANT: ErrorCode = ErrorCode(10164);
 
+/// "Message size exceeds maximum allowed": the stream's `max_msg_size` refused the message.
+const MESSAGE_TOO_LARGE: ErrorCode = ErrorCode(10054);
+
+/// Whether a publish failed for good: the message is larger than the connection's
+/// `max_payload` or than the stream's `max_msg_size`, so sending it again cannot help (a timeout,
+/// a lost connection or a full stream can).
+pub fn refused_for_good(e: &async_nats::jetstream::context::PublishError) -> bool {
+    e.kind() == PublishErrorKind::MaxPayloadExceeded || jetstream_code(e) == Some(MESSAGE_TOO_LARGE)
+}
+
 fn jetstream_code(e: &(dyn std::error::Error + 'static)) -> Option<ErrorCode> {
     std::error::Error::source(e)?
         .downcast_ref::<async_nats::jetstream::Error>()

@@ -25,7 +25,7 @@ pub const INDEX_WRITES: &str = "index.>";
 /// statuses walk: there they are dense, in the ledger a few among millions of events.
 pub const INDEX_STREAM: &str = "LEDGER_INDEX";
 /// The delivery record statuses (key tokens) the server also copies into a stream of their
-/// own, for listings (see `relay/record.rs`).
+/// own, for listings (see `relay/store/record.rs`).
 pub const COPIED_DELIVERY_STATUSES: [&str; 2] = ["pending", "dead"];
 
 /// The stream copying the delivery records of `status` (a key token): `DELIVERY_RECORDS_DEAD`.

@@ -98,7 +98,7 @@ pub fn ledger_config(cfg: &TopologyConfig) -> stream::Config {
 const DEDUP_WINDOW: Duration = Duration::from_secs(120);
 
 /// The stream of the KV bucket `deliveries` (one record per delivery, its status in its key;
-/// see `relay/record.rs`): what async-nats makes of a bucket with history 1, plus atomic
+/// see `relay/store/record.rs`): what async-nats makes of a bucket with history 1, plus atomic
 /// batches, so that a record changing status (a delete marker on the old key, the record on
 /// the new one) is one write.
 fn delivery_records_config(cfg: &TopologyConfig) -> stream::Config {
@@ -116,7 +116,7 @@ fn delivery_records_config(cfg: &TopologyConfig) -> stream::Config {
         deny_delete: true,
         allow_direct: true,
         allow_atomic_publish: true,
-        // Delete markers expire (`relay::job::MARKER_TTL_S`).
+        // Delete markers expire (`relay::store::MARKER_TTL_S`).
         allow_message_ttl: true,
         ..Default::default()
     }
@@ -240,7 +240,7 @@ fn index_copy_config(cfg: &TopologyConfig) -> stream::Config {
     }
 }
 
-/// The stream keeping a copy of the delivery records with `status` (see `relay/record.rs`):
+/// The stream keeping a copy of the delivery records with `status` (see `relay/store/record.rs`):
 /// sourced from the bucket's `<status>.>` keys, one message per key like the bucket.
 fn delivery_copy_config(cfg: &TopologyConfig, status: &str) -> stream::Config {
     let bucket = js_api::kv_stream(subjects::DELIVERY_BUCKET);

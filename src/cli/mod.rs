@@ -12,7 +12,7 @@ mod task;
 mod workers;
 
 use crate::config::Config;
-use crate::health::{self, Health};
+use crate::health::Health;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -332,46 +332,35 @@ async fn api(cfg: Config, args: ApiArgs, token: CancellationToken) -> anyhow::Re
 
 async fn relay(cfg: Config, args: RelayArgs, token: CancellationToken) -> anyhow::Result<()> {
     let url = nats_url(args.nats_url, &cfg);
+    let listen = args.health_listen.or(cfg.relay.health_listen);
+    let relay_cfg = cfg.relay.clone();
     let health = Health::new("relay");
-    let _serving = health::spawn(args.health_listen.or(cfg.relay.health_listen), &health).await?;
-    let bus = crate::serve::connect(&cfg, &url, "taskfleet-relay").await?;
-    let client = bus.client.clone();
-    let result = crate::relay::run_with_health(bus, cfg.relay.clone(), token, &health).await;
-    drain(&client).await;
-    Ok(result?)
-}
-
-/// Drains the connection, but never waits long for a NATS that is gone.
-async fn drain(client: &async_nats::Client) {
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), client.drain()).await;
+    crate::serve::run_with_health(
+        &cfg,
+        &url,
+        "taskfleet-relay",
+        health,
+        listen,
+        |bus, h| async move { crate::relay::run_with_health(bus, relay_cfg, token, &h).await },
+    )
+    .await
 }
 
 async fn worker(cfg: Config, args: WorkerArgs, token: CancellationToken) -> anyhow::Result<()> {
     let url = nats_url(args.nats_url, &cfg);
     let assignee = crate::domain::Assignee::parse(&args.assignee)?;
-    let name = crate::worker::default_worker_id(&assignee);
-    let health = Health::new("worker");
-    let _serving = health::spawn(args.health_listen.or(cfg.worker.health_listen), &health).await?;
-    let bus = crate::serve::connect(&cfg, &url, &name).await?;
+    let mut opts = crate::worker::WorkerOptions::from_config(&cfg, assignee, cfg.api.addr);
+    opts.concurrency = args.concurrency.unwrap_or(opts.concurrency);
     if cfg.fleet.task_token_secret.is_none() {
         tracing::warn!("no fleet.task_token_secret: running tasks get no TASKFLEET_TASK_TOKEN");
     }
-    let opts = crate::worker::WorkerOptions {
-        assignee,
-        concurrency: args.concurrency.unwrap_or(cfg.worker.concurrency),
-        worker_id: name,
-        api_url: cfg
-            .worker
-            .api_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", cfg.api.addr)),
-        task_token_secret: cfg.fleet.task_token_secret.clone(),
-        settings: cfg.worker.clone(),
-    };
-    let client = bus.client.clone();
-    let result = crate::worker::run_with_health(bus, opts, token, &health).await;
-    drain(&client).await;
-    Ok(result?)
+    let listen = args.health_listen.or(cfg.worker.health_listen);
+    let name = opts.worker_id.clone();
+    let health = Health::new("worker");
+    crate::serve::run_with_health(&cfg, &url, &name, health, listen, |bus, h| async move {
+        crate::worker::run_with_health(bus, opts, token, &h).await
+    })
+    .await
 }
 
 /// Loads config, installs telemetry and a signal token, runs `f`, flushes telemetry.

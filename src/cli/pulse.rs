@@ -4,7 +4,6 @@
 
 use super::spool::{send, CallError, Spool, SpooledCall};
 use crate::client::ApiClient;
-use crate::domain::{Task, TaskStatus};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use std::process::ExitCode;
@@ -377,9 +376,4 @@ async fn push(ctx: &Ctx, message: &str) -> ExitCode {
         Ok(_) => ExitCode::SUCCESS,
         Err(code) => code,
     }
-}
-
-/// The tasks `status` shows: one by id, else this session's running ones.
-pub(super) fn is_stalled(t: &Task, stall_after: chrono::Duration) -> bool {
-    t.status == TaskStatus::Running && crate::domain::now() - t.updated_time > stall_after
 }

@@ -8,12 +8,14 @@ mod event;
 pub mod flow;
 mod names;
 pub mod payload;
+mod stall;
 mod task;
 
 pub use cron::{CronError, CronSpec};
 pub use event::{EventKind, LogEntry, TaskEvent};
 pub use flow::{DeclaredLimits, FlowKeys, KeyLimits, Rate, Share, SHARES};
 pub use names::{Assignee, DomainError, Priority, TaskId, TaskKind};
+pub use stall::StallRule;
 pub use task::{
     after_seconds, limits, run_at_field, Action, Lease, NewTask, Progress, Task, TaskStatus,
     DEFAULT_MAX_ATTEMPTS,

@@ -1,6 +1,8 @@
 //! The relay's section of the config (`[relay]`): routes, destinations, templates, retries.
-//! `config.rs` composes it with the other sections.
+//! `config.rs` composes it with the other sections; the checks and defaults of the section live
+//! here ([`RelayConfig::validate`], `Default`).
 
+use crate::domain::{Assignee, StallRule};
 use serde::Deserialize;
 use std::net::SocketAddr;
 
@@ -23,12 +25,13 @@ pub struct RouteConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct RelayConfig {
     /// Built-in message language: `en` or `zh`.
-    pub language: super::message::Language,
+    pub language: crate::text::message::Language,
     /// Message templates by event type, replacing the built-in ones (see README).
     pub templates: std::collections::BTreeMap<String, String>,
     /// Heartbeats, progress and output of one task reach a destination at most this often (s).
     pub throttle_s: u64,
-    /// A running task with no event for this long gets one `stalled` event (s).
+    /// A running task with no event for longer than this gets one `stalled` event (s); the
+    /// threshold of the fleet's one stall rule ([`RelayConfig::stall_rule`]).
     pub stall_after_s: u64,
     /// Time limit of one delivery attempt (s).
     pub attempt_timeout_s: u64,
@@ -55,7 +58,7 @@ pub struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
-            language: super::message::Language::En,
+            language: crate::text::message::Language::En,
             templates: Default::default(),
             throttle_s: 30,
             stall_after_s: 180,
@@ -67,6 +70,114 @@ impl Default for RelayConfig {
             push_destination: None,
             health_listen: None,
             registry_ttl_s: 15,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// The stall rule these settings give (`stall_after_s`).
+    pub fn stall_rule(&self) -> StallRule {
+        StallRule::from_secs(self.stall_after_s)
+    }
+
+    /// Checks values that parse but make no sense; the error names the setting
+    /// (`relay.allow: …`).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.retry_schedule_s.is_empty() {
+            return Err("relay.retry_schedule_s must not be empty".into());
+        }
+        if self.attempt_timeout_s == 0 {
+            return Err("relay.attempt_timeout_s must be positive".into());
+        }
+        if let Err(e) = crate::outbound::ssrf::AllowList::new(self.allow.iter()) {
+            return Err(format!("relay.allow: {e}"));
+        }
+        for name in self.destinations.keys() {
+            if Assignee::parse(name).is_err() {
+                return Err(format!(
+                    "relay.destinations.{name}: names must match [a-z0-9_-]{{1,64}}"
+                ));
+            }
+        }
+        for route in &self.routes {
+            if let Some(d) = route
+                .destinations
+                .iter()
+                .find(|d| !self.destinations.contains_key(*d))
+            {
+                return Err(format!("relay.routes: unknown destination {d:?}"));
+            }
+        }
+        match &self.push_destination {
+            Some(p) if !self.destinations.contains_key(p) => Err(format!(
+                "relay.push_destination {p:?} is not in relay.destinations"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::destination::Destination;
+
+    /// A change to the default settings.
+    type Change = Box<dyn FnOnce(&mut RelayConfig)>;
+
+    /// The error of `cfg` after `change`.
+    fn refusal(change: impl FnOnce(&mut RelayConfig)) -> String {
+        let mut cfg = RelayConfig::default();
+        change(&mut cfg);
+        cfg.validate().expect_err("refused")
+    }
+
+    #[test]
+    fn the_defaults_pass_and_give_a_three_minute_stall_rule() {
+        let cfg = RelayConfig::default();
+        assert_eq!(cfg.validate(), Ok(()));
+        assert_eq!(cfg.stall_rule(), StallRule::default());
+    }
+
+    #[test]
+    fn each_refusal_names_the_relay_setting_at_fault() {
+        let cases: [(&str, Change); 6] = [
+            (
+                "relay.retry_schedule_s",
+                Box::new(|c| c.retry_schedule_s.clear()),
+            ),
+            (
+                "relay.attempt_timeout_s",
+                Box::new(|c| c.attempt_timeout_s = 0),
+            ),
+            (
+                "relay.allow",
+                Box::new(|c| c.allow = vec!["not an address/99".into()]),
+            ),
+            (
+                "relay.destinations.Bad Name",
+                Box::new(|c| {
+                    c.destinations
+                        .insert("Bad Name".into(), Destination::Log {});
+                }),
+            ),
+            (
+                "relay.routes",
+                Box::new(|c| {
+                    c.routes.push(RouteConfig {
+                        destinations: vec!["nowhere".into()],
+                        ..Default::default()
+                    });
+                }),
+            ),
+            (
+                "relay.push_destination",
+                Box::new(|c| c.push_destination = Some("nowhere".into())),
+            ),
+        ];
+        for (setting, change) in cases {
+            let err = refusal(change);
+            assert!(err.starts_with(setting), "{setting}: {err}");
         }
     }
 }

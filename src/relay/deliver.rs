@@ -4,18 +4,20 @@
 //! naks with the schedule's delay, so they survive relay restarts; every attempt is recorded.
 //!
 //! Round trips per delivery: the next message (one long-lived pull; the server hands it over as
-//! soon as the previous ack lands), the request itself, and one record write (one message; an
-//! atomic batch of two when a retry changes the record's status), confirmed before the plain,
-//! unconfirmed ack. A lost ack only brings the message back, and a redelivered
+//! soon as the previous ack lands) and the request itself. A first attempt that delivered sends
+//! its new record and then the ack on the same connection and goes on (the record's answer is
+//! awaited aside); any other attempt's record write (one message; an atomic batch of two when a
+//! retry changes the record's status) is confirmed before the plain, unconfirmed ack. A lost ack
+//! only brings the message back, and a redelivered
 //! message whose record already says delivered (or dead) is settled without a request. Whether
 //! the destination is disabled is read at most once per [`DISABLED_RECHECK`] while it is
 //! enabled, and before every attempt while it is disabled (a replay re-enables it).
 
 use super::destination::Destination;
-use super::job::{clip_response, Attempt, DeliveryJob, DeliveryStatus};
-use super::record::Recorder;
+use super::job::{clip_response, Attempt, DeliveryJob, DeliveryRecord, DeliveryStatus};
 use super::retry::{RetrySchedule, Verdict};
 use super::sinks::{self, SinkContext};
+use super::store::{send_new_record, Recorder};
 use crate::bus::{decode, subjects, Bus, BusError, NatsResultExt};
 use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
@@ -24,6 +26,7 @@ use futures::StreamExt;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -31,6 +34,10 @@ use tracing::Instrument;
 /// How long an enabled destination is taken to stay enabled before its state is read again (only
 /// another relay replica's 410 could disable it meanwhile; this loop notes its own at once).
 const DISABLED_RECHECK: Duration = Duration::from_secs(1);
+
+/// Most delivered records whose store is not confirmed yet, across every loop: beyond it a loop
+/// waits (NATS is slower than the destinations).
+const UNCONFIRMED_RECORDS: usize = 1024;
 
 /// What every delivery loop shares.
 #[derive(Debug)]
@@ -45,6 +52,8 @@ pub(super) struct Delivery {
     running: Mutex<HashSet<String>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    /// Room for records sent and not yet confirmed (see [`UNCONFIRMED_RECORDS`]).
+    unconfirmed: Arc<Semaphore>,
 }
 
 impl Delivery {
@@ -65,6 +74,7 @@ impl Delivery {
             running: Mutex::new(HashSet::new()),
             tracker: TaskTracker::new(),
             shutdown,
+            unconfirmed: Arc::new(Semaphore::new(UNCONFIRMED_RECORDS)),
         })
     }
 
@@ -218,7 +228,11 @@ impl Delivery {
             let _ = msg.ack_with(AckKind::Term).await;
             return;
         };
-        if let Some(reason) = self.disabled(key, lane).await {
+        // Another replica may have had the destination since this loop's last message (its
+        // consumer sequence is not the next one): then its state is read again, so a 410 that
+        // replica saw stops this one too.
+        let handed_over = lane.took(msg);
+        if let Some(reason) = self.disabled(key, lane, handed_over).await {
             lane.records
                 .write(
                     records,
@@ -239,14 +253,53 @@ impl Delivery {
         tracing::info!(destination = key, kind = destination.kind(), delivery = job.id,
             attempt = attempt_no, status = ?outcome.status, verdict = ?outcome.verdict, "delivery attempt");
         note_outcome(outcome.status, outcome.verdict);
-        // The record is confirmed before the ack: a kill in between only redelivers.
         let (status, reason, ack) = self
             .settle(key, lane, outcome.verdict, attempt_no, &mut attempt)
             .await;
+        if first && status == DeliveryStatus::Delivered {
+            return self.record_beside_ack(job, attempt, msg).await;
+        }
+        // Otherwise the record is confirmed before the ack: a kill in between only redelivers.
         lane.records
             .write(records, &job, Some(attempt), status, reason, first)
             .await;
         let _ = msg.ack_with(ack).await;
+    }
+
+    /// Settles a first attempt that delivered without waiting on NATS: its record is sent as a
+    /// new one and the ack right after it on the same connection, so the server takes them in
+    /// that order (a kill after the ack left the record with the server already). The record's
+    /// answer is awaited aside, at most [`UNCONFIRMED_RECORDS`] at once; a record that existed
+    /// (a replay's) or no answer falls back to the full read-and-update write.
+    async fn record_beside_ack(&self, job: DeliveryJob, attempt: Attempt, msg: &Message) {
+        let Ok(permit) = self.unconfirmed.clone().acquire_owned().await else {
+            return;
+        };
+        let record = DeliveryRecord {
+            job,
+            status: DeliveryStatus::Delivered,
+            attempts: vec![attempt],
+            reason: None,
+            updated_time: crate::domain::now(),
+        };
+        let sent = send_new_record(&self.bus.js, &record).await;
+        let _ = msg.ack().await;
+        let bus = self.bus.clone();
+        self.tracker.spawn(async move {
+            let stored = match sent {
+                Ok(sent) => sent.stored().await.is_ok(),
+                Err(_) => false,
+            };
+            if !stored {
+                let DeliveryRecord { job, attempts, .. } = record;
+                let status = DeliveryStatus::Delivered;
+                let attempt = attempts.into_iter().next();
+                Recorder::default()
+                    .write(&bus, &job, attempt, status, None, false)
+                    .await;
+            }
+            drop(permit);
+        });
     }
 
     /// Where `job` goes: its own destination, its named one, or (a push) the push destination.
@@ -298,10 +351,11 @@ impl Delivery {
     }
 
     /// Why the lane's destination is disabled, if it is (read from KV `relay_destinations`
-    /// while disabled, and at most once per [`DISABLED_RECHECK`] while enabled).
-    async fn disabled(&self, key: &str, lane: &mut Lane) -> Option<String> {
+    /// while disabled, after the destination was `handed_over` by another replica, and at most
+    /// once per [`DISABLED_RECHECK`] while enabled).
+    async fn disabled(&self, key: &str, lane: &mut Lane, handed_over: bool) -> Option<String> {
         if let Some((at, None)) = &lane.disabled {
-            if at.elapsed() < DISABLED_RECHECK {
+            if !handed_over && at.elapsed() < DISABLED_RECHECK {
                 return None;
             }
         }
@@ -382,4 +436,20 @@ struct Lane {
     records: Recorder,
     /// When the destination's state was last read, and why it was disabled, if it was.
     disabled: Option<(Instant, Option<String>)>,
+    /// The consumer sequence of the last message this loop took.
+    last_taken: Option<u64>,
+}
+
+impl Lane {
+    /// Notes `msg` as taken and says whether anyone else may have taken a message of this
+    /// destination since this loop's last one. The consumer counts every message it hands out
+    /// (redeliveries too), and it hands out one at a time: a count that follows on from this
+    /// loop's last means no other replica held the destination in between.
+    fn took(&mut self, msg: &Message) -> bool {
+        let taken = msg.info().ok().map(|i| i.consumer_sequence);
+        let follows =
+            matches!((self.last_taken, taken), (Some(last), Some(now)) if now == last + 1);
+        self.last_taken = taken;
+        !follows
+    }
 }

@@ -6,12 +6,13 @@
 use super::config::RouteConfig;
 use super::deliver::Delivery;
 use super::destination::{parse_notify, session_key, Destination, NotifyEntry};
-use super::job::DeliveryJob;
-use super::message::Templates;
+use super::job::{clip_response, DeliveryJob, DeliveryStatus};
+use crate::bus::append::refused_for_good;
 use crate::bus::{encode, message_headers, subjects, BusError, NatsResultExt};
-use crate::domain::{EventKind, Task, TaskEvent, TaskId, TaskStatus};
+use crate::domain::{EventKind, StallRule, Task, TaskEvent, TaskId, TaskStatus};
 use crate::tasks::ledger::shown_events;
 use crate::tasks::{ListFilter, TaskService};
+use crate::text::message::Templates;
 use async_nats::jetstream::consumer::{pull, PullConsumer};
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::AckKind;
@@ -292,12 +293,10 @@ impl FanOut {
                 // A transition supersedes a held heartbeat of the same task.
                 self.held.remove(&slot);
             }
-            sent.push((key, send(&self.tasks, &job).await?));
+            let queued = send(&self.tasks, &job).await?;
+            sent.push((job, queued));
         }
-        for (key, stored) in sent {
-            stored.await.op("queue delivery ack")?;
-            self.delivery.ensure(&key);
-        }
+        settle(&self.tasks, &self.delivery, sent).await?;
         if event.kind.is_transition() && event.new_status.is_some_and(TaskStatus::is_terminal) {
             self.last_sent.retain(|(t, _), _| *t != event.task_id);
         }
@@ -403,10 +402,11 @@ impl FanOut {
     /// Reports each running task that went quiet for `stall_after`, once until its next event.
     async fn check_stalls(&mut self) {
         let now = Instant::now();
+        let rule = StallRule::new(self.stall_after);
         let quiet: Vec<TaskId> = self
             .running
             .iter()
-            .filter(|(_, q)| !q.reported && now.duration_since(q.since) >= self.stall_after)
+            .filter(|(_, q)| !q.reported && rule.is_quiet_too_long(now.duration_since(q.since)))
             .map(|(id, _)| id.clone())
             .collect();
         for id in quiet {
@@ -443,21 +443,28 @@ fn public_view(task: &Task) -> Task {
     t
 }
 
-/// Queues a job on its destination's subject (de-duplicated on the job id).
+/// Queues a job on its destination's subject (de-duplicated on the job id) and waits until it
+/// is stored (or, refused for good, dead-lettered).
 pub(super) async fn publish(
     tasks: &TaskService,
     delivery: &Arc<Delivery>,
     job: &DeliveryJob,
 ) -> Result<(), BusError> {
-    send(tasks, job).await?.await.op("queue delivery ack")?;
-    delivery.ensure(&job.key);
-    Ok(())
+    let queued = send(tasks, job).await?;
+    settle(tasks, delivery, vec![(job.clone(), queued)]).await
 }
 
-/// Sends a job to its destination's subject (de-duplicated on the job id); the returned future
-/// resolves once the job is stored.
-async fn send(tasks: &TaskService, job: &DeliveryJob) -> Result<PublishAckFuture, BusError> {
-    tasks
+/// A job handed to the DELIVERIES stream, or why the stream can never take it.
+enum Queued {
+    /// Sent; the future resolves once it is stored.
+    Sent(PublishAckFuture),
+    /// Refused for good (larger than the stream or the connection accepts).
+    Refused(String),
+}
+
+/// Sends a job to its destination's subject (de-duplicated on the job id).
+async fn send(tasks: &TaskService, job: &DeliveryJob) -> Result<Queued, BusError> {
+    let sent = tasks
         .bus()
         .js
         .publish_with_headers(
@@ -465,6 +472,59 @@ async fn send(tasks: &TaskService, job: &DeliveryJob) -> Result<PublishAckFuture
             message_headers(&job.id),
             encode(job),
         )
-        .await
-        .op("queue delivery")
+        .await;
+    match sent {
+        Ok(ack) => Ok(Queued::Sent(ack)),
+        Err(e) if refused_for_good(&e) => Ok(Queued::Refused(e.to_string())),
+        Err(e) => Err(e).op("queue delivery"),
+    }
+}
+
+/// Waits, in order, until every job sent is stored, and starts its destination's loop. A job
+/// the stream refuses for good becomes a dead delivery with the reason, so the event's other
+/// jobs and the events after it go on; any other failure is returned (the event is retried,
+/// and the jobs stored already are dropped as duplicates).
+async fn settle(
+    tasks: &TaskService,
+    delivery: &Arc<Delivery>,
+    sent: Vec<(DeliveryJob, Queued)>,
+) -> Result<(), BusError> {
+    for (job, queued) in sent {
+        let why = match queued {
+            Queued::Sent(ack) => match ack.await {
+                Ok(_) => {
+                    delivery.ensure(&job.key);
+                    continue;
+                }
+                Err(e) if refused_for_good(&e) => e.to_string(),
+                Err(e) => return Err(e).op("queue delivery ack"),
+            },
+            Queued::Refused(why) => why,
+        };
+        dead_letter(tasks.bus(), &job, &why).await;
+    }
+    Ok(())
+}
+
+/// Records `job` as a dead delivery that was never queued: the queue refused it (`why`). The
+/// record keeps the event without its data and the text cut to 4 KiB, and no task, so it fits
+/// where the job did not.
+async fn dead_letter(bus: &crate::bus::Bus, job: &DeliveryJob, why: &str) {
+    let reason = format!("the delivery queue refused the job: {why}");
+    tracing::warn!(
+        delivery = job.id,
+        reason,
+        "dead-lettering a delivery that cannot be queued"
+    );
+    let mut kept = job.clone();
+    kept.task = None;
+    kept.text = clip_response(&kept.text).0;
+    if let Some(event) = kept.event.as_mut() {
+        event.data = serde_json::Value::Null;
+        event.message = event.message.as_deref().map(|m| clip_response(m).0);
+    }
+    let status = DeliveryStatus::Dead;
+    super::store::Recorder::default()
+        .write(bus, &kept, None, status, Some(reason), true)
+        .await;
 }

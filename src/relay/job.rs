@@ -1,5 +1,5 @@
 //! What travels through the delivery queue, and what the relay records about each attempt
-//! (and, re-exported from the relay's `record.rs`, where those records are stored).
+//! (where those records are stored: the delivery store, [`super::store`]).
 
 use super::destination::Destination;
 use crate::domain::{Task, TaskEvent};
@@ -111,7 +111,7 @@ impl DeliveryStatus {
 }
 
 /// Everything the relay knows about one delivery (KV bucket `deliveries`; where and how it is
-/// stored: the items below, from the relay's `record.rs`).
+/// stored: the delivery store, [`super::store`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeliveryRecord {
     /// The job.
@@ -126,12 +126,6 @@ pub struct DeliveryRecord {
     /// Last change.
     pub updated_time: DateTime<Utc>,
 }
-
-pub use super::record::{
-    from_message, id_pattern, is_marker, is_token, read_record, record_group, record_key,
-    record_stream, record_subject, status_stream, store_record, RecordError, StoredRecord,
-    COPIED_STATUSES, MARKER_TTL_S,
-};
 
 /// Queue key of pushes (`POST /api/push`): delivered to the relay's `push_destination`.
 pub const PUSH_KEY: &str = "push";

@@ -173,9 +173,10 @@ pub fn classify_status(status: u16, retry_after_header: Option<&str>) -> Verdict
 
 /// Classifies a request that got no usable response.
 ///
-/// A destination refused by [`super::ssrf`] is permanent, as are malformed requests and
-/// redirects; timeouts, refused or reset connections, DNS failures and everything else are
-/// retried. An error made from a status (`error_for_status`) is classified by that status.
+/// A destination refused by [`ssrf`](crate::outbound::ssrf) is permanent, as are malformed
+/// requests and redirects; timeouts, refused or reset connections, DNS failures and everything
+/// else are retried. An error made from a status (`error_for_status`) is classified by that
+/// status.
 pub fn classify_transport_error(err: &reqwest::Error) -> Verdict {
     if refused_by_ssrf(err) || err.is_builder() || err.is_redirect() {
         return Verdict::Permanent;
@@ -189,7 +190,7 @@ pub fn classify_transport_error(err: &reqwest::Error) -> Verdict {
 fn refused_by_ssrf(err: &reqwest::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
-        if let Some(ssrf) = e.downcast_ref::<super::ssrf::SsrfError>() {
+        if let Some(ssrf) = e.downcast_ref::<crate::outbound::ssrf::SsrfError>() {
             return ssrf.is_refusal();
         }
         source = e.source();
@@ -438,7 +439,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_destination_refused_by_the_safe_resolver_is_permanent() {
-        let resolver = super::super::ssrf::SafeResolver::new(Default::default());
+        let resolver = crate::outbound::ssrf::SafeResolver::new(Default::default());
         let client = reqwest::Client::builder()
             .no_proxy()
             .dns_resolver(std::sync::Arc::new(resolver))

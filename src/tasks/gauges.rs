@@ -6,7 +6,7 @@
 use super::queue::QueueWalk;
 use super::{TaskError, TaskService};
 use crate::bus::subjects;
-use crate::domain::{Assignee, Priority, TaskStatus};
+use crate::domain::{Assignee, Priority, StallRule, TaskStatus};
 use std::collections::HashMap;
 
 /// Most messages one queue's walk reads (a running task queued behind more pending ones than
@@ -19,7 +19,7 @@ pub struct QueueGauges {
     /// Seconds the oldest pending task has waited since it was queued (or queued again), if a
     /// task is pending.
     pub oldest_pending_s: Option<f64>,
-    /// Running tasks with no update (event) for longer than `stall_after`.
+    /// Running tasks the stall rule calls stalled (no update for longer than its `after`).
     pub stalled: i64,
     /// Pending tasks the walk saw (at most [`WALK_BUDGET`] messages are read).
     pub pending: i64,
@@ -30,13 +30,13 @@ pub struct QueueGauges {
 }
 
 impl TaskService {
-    /// The figures of the queue of `assignee` at `priority`; a task counts as stalled when it is
-    /// running and unchanged for longer than `stall_after` (the relay's `stall_after_s`).
+    /// The figures of the queue of `assignee` at `priority`; a task counts as stalled by `stall`
+    /// (the relay's rule, from `relay.stall_after_s`).
     pub async fn queue_gauges(
         &self,
         assignee: &Assignee,
         priority: Priority,
-        stall_after: chrono::Duration,
+        stall: StallRule,
     ) -> Result<QueueGauges, TaskError> {
         let filters = subjects::queue_subjects(Some(assignee), priority);
         let mut walk = QueueWalk::new(self, subjects::TASKS_STREAM, filters);
@@ -75,7 +75,7 @@ impl TaskService {
                         });
                         out.oldest_pending_s = Some((now_ns - since).max(0) as f64 / 1e9);
                     }
-                    TaskStatus::Running if now - t.updated_time > stall_after => out.stalled += 1,
+                    TaskStatus::Running if stall.is_stalled(&t, now) => out.stalled += 1,
                     _ => {}
                 }
             }

@@ -1,7 +1,7 @@
 //! Live Task Pulse (seed 002) on a running task: finish a step and move to the next, report a
 //! heartbeat on a long step, report a percentage. Each is one ledger append: the task's new
 //! progress with a `step`, `heartbeat` or `progress` event carrying the data the relay's
-//! messages expect (see `relay::message`). A worker's reports are pipelined (`write.rs`).
+//! messages expect (see `text::message`). A worker's reports are pipelined (`write.rs`).
 
 use super::write::Step;
 use super::{TaskError, TaskService};

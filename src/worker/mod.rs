@@ -19,11 +19,12 @@ mod run;
 mod turns;
 
 use crate::bus::{Bus, BusError};
-use crate::config::WorkerConfig;
+use crate::config::{Config, WorkerConfig};
 use crate::domain::{Assignee, Task};
 use crate::health::{Health, Phase};
 use crate::tasks::{TaskError, TaskService};
 use secrecy::{ExposeSecret, SecretString};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -66,6 +67,23 @@ pub struct WorkerOptions {
     pub task_token_secret: Option<SecretString>,
     /// Timings, limits, agents.
     pub settings: WorkerConfig,
+}
+
+impl WorkerOptions {
+    /// How `taskfleet worker` and `taskfleet up` run a worker for `assignee`: `worker.concurrency`
+    /// slots, the [`default_worker_id`], `worker.api_url` (else the API at `api_addr`) for the
+    /// running tasks, `fleet.task_token_secret` and the `[worker]` settings.
+    pub fn from_config(cfg: &Config, assignee: Assignee, api_addr: SocketAddr) -> Self {
+        let api_url = cfg.worker.api_url.clone();
+        Self {
+            concurrency: cfg.worker.concurrency,
+            worker_id: default_worker_id(&assignee),
+            assignee,
+            api_url: api_url.unwrap_or_else(|| format!("http://{api_addr}")),
+            task_token_secret: cfg.fleet.task_token_secret.clone(),
+            settings: cfg.worker.clone(),
+        }
+    }
 }
 
 /// Waits for the tasks being handed back. Their commands get `kill_grace` to stop; recording

@@ -10,9 +10,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
 use taskfleet::bus::subjects;
-use taskfleet::relay::job::{
-    record_key, store_record, DeliveryJob, DeliveryRecord, DeliveryStatus,
-};
+use taskfleet::relay::job::{DeliveryJob, DeliveryRecord, DeliveryStatus};
+use taskfleet::relay::store::{record_key, store_record};
 
 /// A record of a delivery to the named webhook `name` (queue key `n_<name>`).
 fn record(name: &str, status: DeliveryStatus, text: &str) -> DeliveryRecord {

@@ -31,6 +31,7 @@ mod relay;
 mod relay_deliveries;
 mod relay_destinations;
 mod relay_fanout;
+mod relay_replicas;
 mod relay_restart;
 mod schedules;
 mod secrets;

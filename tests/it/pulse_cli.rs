@@ -295,6 +295,59 @@ async fn status_prints_json_and_plain_lines_with_step_progress() {
 }
 
 #[tokio::test]
+async fn status_flags_a_task_stalled_after_the_fleets_stall_after_s_not_after_three_minutes() {
+    // Arrange: the fleet calls a running task stalled after 1 s; a bot starts two tasks.
+    let app = TestApp::spawn_with(|cfg| cfg.relay.stall_after_s = 1).await;
+    let state = tempfile::tempdir().unwrap();
+    let start = |name: &'static str| ok(cli(&app, state.path(), BIN, &["pulse", "start", name]));
+    let quiet = String::from_utf8_lossy(&start("gone quiet").await.stdout)
+        .trim()
+        .to_string();
+    let busy = String::from_utf8_lossy(&start("still busy").await.stdout)
+        .trim()
+        .to_string();
+
+    // Act: past 1 s, with a heartbeat for the busy one just before the look.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let beat = ["pulse", "heartbeat", busy.as_str(), "alive"];
+    ok(cli(&app, state.path(), BIN, &beat)).await;
+    let json_out = ok(cli(&app, state.path(), BIN, &["pulse", "status", "--json"])).await;
+    let plain = ok(cli(&app, state.path(), BIN, &["pulse", "status"])).await;
+    // The bot inside a task asks with its task-scoped token (it may not list tasks).
+    let token = taskfleet::token::mint(
+        crate::harness::app::TASK_TOKEN_SECRET.as_bytes(),
+        &taskfleet::domain::TaskId::parse(&quiet).unwrap(),
+        1,
+    );
+    let mut own = cli(&app, state.path(), BIN, &["pulse", "status", &quiet]);
+    own.env_remove("TASKFLEET_API_KEY")
+        .env("TASKFLEET_TASK_TOKEN", &token);
+    let own = ok(own).await;
+
+    // Assert
+    let rows: Vec<Value> = serde_json::from_slice(&json_out.stdout).unwrap();
+    let stalled = |id: &str| {
+        rows.iter()
+            .find(|r| r["id"] == id)
+            .map(|r| r["stalled"].clone())
+    };
+    assert_eq!(stalled(&quiet), Some(json!(true)), "{rows:?}");
+    assert_eq!(stalled(&busy), Some(json!(false)), "{rows:?}");
+    let text = String::from_utf8_lossy(&plain.stdout);
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.contains(name))
+            .unwrap_or("")
+            .to_string()
+    };
+    let stuck = "may be stuck (no update for more than 1 s)";
+    assert!(line("【gone quiet】").contains(stuck), "{text}");
+    assert!(!line("【still busy】").contains("may be stuck"), "{text}");
+    let by_token = String::from_utf8_lossy(&own.stdout);
+    assert!(by_token.contains(stuck), "{own:?}");
+}
+
+#[tokio::test]
 async fn status_on_a_terminal_draws_a_progress_bar() {
     let app = TestApp::spawn().await;
     let state = tempfile::tempdir().unwrap();

@@ -9,7 +9,7 @@ use axum::routing::post;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use taskfleet::relay::signature::Signer;
+use taskfleet::outbound::signature::Signer;
 
 /// A local HTTP receiver recording every request (headers, JSON body).
 #[derive(Clone, Default)]

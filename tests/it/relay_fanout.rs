@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use taskfleet::config::{RelayConfig, RouteConfig};
 use taskfleet::domain::{Assignee, EventKind, Priority};
 use taskfleet::relay::destination::Destination;
-use taskfleet::relay::message::Language;
+use taskfleet::text::message::Language;
 
 fn chat(ep: &Endpoint) -> serde_json::Value {
     json!({"type": "chat", "url": ep.url("/api/push"), "session_id": "sess-1", "token": "tok-1"})

@@ -171,7 +171,7 @@ async fn a_delivery_back_after_a_lost_ack_whose_record_says_delivered_is_not_sen
         updated_time: chrono::Utc::now(),
     };
     let value = serde_json::to_vec(&record).unwrap().into();
-    let stored_at = taskfleet::relay::job::record_key(DeliveryStatus::Delivered, &done).unwrap();
+    let stored_at = taskfleet::relay::store::record_key(DeliveryStatus::Delivered, &done).unwrap();
     records.put(&stored_at, value).await.unwrap();
     let stream = js.get_stream(subjects::DELIVERIES_STREAM).await.unwrap();
     let consumer: PullConsumer = stream

@@ -1,4 +1,4 @@
-//! Relay messages in the Live Task Pulse format (`relay::message`): any template string is
+//! Relay messages in the Live Task Pulse format (`text::message`): any template string is
 //! accepted or refused without a panic; every accepted template, built in (English, Chinese)
 //! or an override, renders any event of any task without a panic in at most three lines, with
 //! every placeholder one line of at most 300 characters; and literal text, braces included,
@@ -9,7 +9,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
 use taskfleet::domain::{EventKind, Task, TaskEvent};
-use taskfleet::relay::message::{Language, Templates, MAX_LINES, MAX_VALUE_CHARS};
+use taskfleet::text::message::{Language, Templates, MAX_LINES, MAX_VALUE_CHARS};
 
 const PLACEHOLDERS: &[&str] = &[
     "name", "steps", "current", "done", "total", "step", "next", "percent", "info", "message",

@@ -1,4 +1,4 @@
-//! Fitting text into chat platform limits (`relay::split`): any text and any limit split and
+//! Fitting text into chat platform limits (`text::split`): any text and any limit split and
 //! trim without a panic; every piece fits the limit (Telegram's, Discord's, Slack's, or any
 //! limit of at least one emoji); the pieces rejoin to the original text, in order, with only
 //! the line breaks and spaces at the cuts left out; a cut never falls inside an emoji cluster
@@ -8,7 +8,7 @@ use crate::gen;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
-use taskfleet::relay::split::{
+use taskfleet::text::split::{
     split_message, text_len, trim_message, DISCORD_LIMIT, TELEGRAM_LIMIT,
 };
 

@@ -16,6 +16,7 @@
 use super::{Attempt, SinkContext};
 use crate::relay::job::{DeliveryJob, MAX_RESPONSE_BYTES};
 use crate::relay::retry::Verdict;
+use crate::sys;
 use std::collections::BTreeMap;
 use std::io;
 use std::process::Stdio;
@@ -136,19 +137,10 @@ fn tail(text: &str) -> &str {
     &text[start..]
 }
 
-/// Kills process group `pgid` (the child made itself its leader with `process_group(0)`).
-#[allow(unsafe_code)]
+/// Kills process group `pgid` (the child made itself its leader with `process_group(0)`). A group
+/// that is already gone is harmless (ESRCH), and groups 0 and 1 are refused by [`sys`].
 fn kill_group(pgid: u32) {
-    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
-        return;
-    };
-    if pgid > 1 {
-        // SAFETY: kill(2) only reads its two integer arguments; `-pgid` names the group the
-        // child leads. A group that is already gone is harmless (ESRCH).
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
-        }
-    }
+    let _ = sys::signal_group(pgid, libc::SIGKILL);
 }
 
 #[cfg(test)]
@@ -156,7 +148,7 @@ mod tests {
     use super::super::testkit::{ctx, job, task_job};
     use super::super::{send, Destination, SinkContext};
     use super::*;
-    use crate::relay::ssrf::AllowList;
+    use crate::outbound::ssrf::AllowList;
     use std::time::{Duration, Instant};
 
     fn command(argv: &[&str], vars: &[(&str, &str)]) -> Destination {

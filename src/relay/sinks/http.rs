@@ -2,8 +2,8 @@
 //! body, classifying the answer, and keeping secrets out of what is reported.
 
 use super::{Attempt, SinkContext};
+use crate::outbound::ssrf::check_url;
 use crate::relay::retry::{classify_status, classify_transport_error, parse_retry_after, Verdict};
-use crate::relay::ssrf::check_url;
 use std::time::Duration;
 
 /// Most response bytes read (enough for any JSON a platform answers; the rest is dropped).
@@ -187,8 +187,8 @@ mod tests {
     use super::super::testkit::{ctx, job, Answer, Receiver};
     use super::super::{send, SinkContext};
     use super::*;
+    use crate::outbound::ssrf::AllowList;
     use crate::relay::destination::Destination;
-    use crate::relay::ssrf::AllowList;
 
     fn slack(rx: &Receiver) -> Destination {
         Destination::Slack {

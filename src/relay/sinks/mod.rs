@@ -11,9 +11,10 @@
 //! - `log` (here): one `tracing` line, for development.
 //!
 //! Every HTTP request goes through `http`: the URL is checked against [`ssrf::check_url`] first
-//! (a refusal is [`Verdict::Permanent`], and no request is made), the client's
-//! [`ssrf::SafeResolver`] refuses names that resolve to internal addresses, statuses go through
-//! [`retry::classify_status`] and transport errors through [`retry::classify_transport_error`].
+//! (a refusal is [`Verdict::Permanent`], and no request is made), the hardened client
+//! ([`outbound::client`]) refuses names that resolve to internal addresses
+//! ([`ssrf::SafeResolver`]), statuses go through [`retry::classify_status`] and transport errors
+//! through [`retry::classify_transport_error`].
 //!
 //! Tokens, secrets and URLs never appear in [`SendOutcome::response`] or in logs: reqwest errors
 //! are stripped of their URL, and the destination's secrets are replaced by `[redacted]` in
@@ -22,8 +23,9 @@
 //! A destination for people (everything but `webhook`) given an empty `job.text` has nothing to
 //! say: the attempt is [`Verdict::Delivered`] without a request.
 //!
-//! [`ssrf::check_url`]: super::ssrf::check_url
-//! [`ssrf::SafeResolver`]: super::ssrf::SafeResolver
+//! [`ssrf::check_url`]: crate::outbound::ssrf::check_url
+//! [`ssrf::SafeResolver`]: crate::outbound::ssrf::SafeResolver
+//! [`outbound::client`]: crate::outbound::client
 //! [`retry::classify_status`]: super::retry::classify_status
 //! [`retry::classify_transport_error`]: super::retry::classify_transport_error
 
@@ -40,26 +42,23 @@ mod testkit;
 use super::destination::Destination;
 use super::job::DeliveryJob;
 use super::retry::Verdict;
-use super::ssrf::{AllowList, SafeResolver};
-use std::sync::Arc;
+use crate::outbound::client::{self, ClientError};
+use crate::outbound::ssrf::AllowList;
 use std::time::{Duration, Instant};
 
 /// The per-attempt time limit used when the config names none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The `User-Agent` of every request.
-pub const USER_AGENT: &str = concat!("taskfleet/", env!("CARGO_PKG_VERSION"));
-
 /// Why the sinks could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    /// reqwest refused the client configuration (e.g. no TLS backend).
+    /// The hardened HTTP client could not be built.
     #[error("cannot build the relay's HTTP client")]
-    Client(#[from] reqwest::Error),
+    Client(#[from] ClientError),
 }
 
-/// What every sink shares: an HTTP client that refuses internal addresses (unless allowlisted),
-/// follows no redirects and uses no proxy, and the per-attempt timeout.
+/// What every sink shares: the hardened HTTP client ([`client::hardened`]: refuses internal
+/// addresses unless allowlisted, follows no redirects, uses no proxy), and the per-attempt timeout.
 #[derive(Debug, Clone)]
 pub struct SinkContext {
     /// The outbound HTTP client.
@@ -71,17 +70,10 @@ pub struct SinkContext {
 }
 
 impl SinkContext {
-    /// Builds the shared client: no proxy (a proxy would resolve names past the
-    /// [`SafeResolver`]), no redirects (a redirect target is a new, unchecked URL), the safe
-    /// resolver with `allow`, a `timeout` per request and a `taskfleet/<version>` user agent.
+    /// Builds the shared context around [`client::hardened`] with `allow` and a `timeout` per
+    /// request.
     pub fn new(allow: AllowList, timeout: Duration) -> Result<SinkContext, SinkError> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(SafeResolver::new(allow.clone())))
-            .timeout(timeout)
-            .user_agent(USER_AGENT)
-            .build()?;
+        let http = client::hardened(allow.clone(), timeout)?;
         Ok(SinkContext {
             http,
             allow,
@@ -207,6 +199,7 @@ impl Attempt {
 mod tests {
     use super::testkit::{ctx, job, Receiver};
     use super::*;
+    use crate::outbound::client::USER_AGENT;
 
     #[tokio::test]
     async fn an_empty_message_for_people_is_delivered_without_a_request() {

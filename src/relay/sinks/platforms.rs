@@ -25,7 +25,7 @@ use super::http::{parse_seconds, post_json, Redactor, Reply};
 use super::{Attempt, SinkContext};
 use crate::relay::job::DeliveryJob;
 use crate::relay::retry::Verdict;
-use crate::relay::split::{split_message, DISCORD_LIMIT, TELEGRAM_LIMIT};
+use crate::text::split::{split_message, DISCORD_LIMIT, TELEGRAM_LIMIT};
 use serde_json::{json, Value};
 
 /// The Telegram Bot API, unless the destination names another base.
@@ -142,7 +142,7 @@ mod tests {
     use super::super::testkit::{ctx, job, Answer, Receiver};
     use super::super::{send, Destination};
     use super::*;
-    use crate::relay::split::text_len;
+    use crate::text::split::text_len;
     use std::time::Duration;
 
     fn telegram_to(rx: &Receiver) -> Destination {

@@ -3,8 +3,8 @@
 
 use super::SinkContext;
 use crate::domain::{Assignee, EventKind, NewTask, Task, TaskEvent, TaskId};
+use crate::outbound::ssrf::AllowList;
 use crate::relay::job::DeliveryJob;
-use crate::relay::ssrf::AllowList;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};

@@ -10,10 +10,10 @@
 
 use super::http::{post_json, Redactor};
 use super::{Attempt, SinkContext};
-use crate::relay::job::DeliveryJob;
-use crate::relay::signature::{
+use crate::outbound::signature::{
     Signer, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, SECRET_PREFIX,
 };
+use crate::relay::job::DeliveryJob;
 
 /// Sends the envelope of `job` to `url`, signed with `secret` when there is one.
 pub(super) async fn send(
@@ -61,8 +61,8 @@ pub(super) async fn send(
 mod tests {
     use super::super::testkit::{ctx, job, task_job, Receiver};
     use super::super::{send, Destination};
+    use crate::outbound::signature::Signer;
     use crate::relay::retry::Verdict;
-    use crate::relay::signature::Signer;
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 

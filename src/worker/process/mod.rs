@@ -15,6 +15,7 @@
 
 use super::output::Coalescer;
 pub use super::output::{OutputChunk, Stream};
+use crate::sys::{self, signal_group};
 use std::io;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -336,7 +337,8 @@ fn spawn(spec: &ProcessSpec) -> Result<Spawned, ProcessError> {
     if let Some(dir) = &spec.cwd {
         cmd.current_dir(dir);
     }
-    die_with_parent(&mut cmd);
+    // SIGTERM to the guard shell when the spawning thread ends; the guard then stops the group.
+    sys::die_with_parent(cmd.as_std_mut(), libc::SIGTERM);
     let (child, stdout, stderr, stdin): (_, Reader, Option<Reader>, Writer) = if spec.pty {
         let (pty, pts) = pty_process::open().map_err(|e| ProcessError::Pty(pty_io(e)))?;
         pty.resize(pty_process::Size::new(24, 80))
@@ -422,23 +424,6 @@ impl Drop for GroupGuard {
         if self.armed {
             let _ = signal_group(self.pgid, libc::SIGKILL);
         }
-    }
-}
-
-/// Sends `sig` to every process of group `pgid` (0 only checks that the group exists).
-#[allow(unsafe_code)]
-fn signal_group(pgid: u32, sig: libc::c_int) -> io::Result<()> {
-    let pgid = libc::pid_t::try_from(pgid).map_err(io::Error::other)?;
-    if pgid <= 1 {
-        // kill(-1) would signal every process we may signal.
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
-    }
-    // SAFETY: kill(2) only reads its two integer arguments; `-pgid` names the group we created.
-    let rc = unsafe { libc::kill(-pgid, sig) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 
@@ -531,23 +516,6 @@ fn resolve_program(
         .map(|dir| dir.join(program))
         .find(|p| executable(p))
         .ok_or_else(not_found)
-}
-
-/// Asks Linux to send SIGTERM to the guard shell when the thread that spawned it ends (on a tokio
-/// runtime, a worker thread, which lives as long as the runtime); the guard then stops the group.
-#[allow(unsafe_code)]
-fn die_with_parent(cmd: &mut tokio::process::Command) {
-    #[cfg(target_os = "linux")]
-    // SAFETY: the closure runs between fork and exec; prctl is async-signal-safe and touches no
-    // memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = cmd;
 }
 
 #[cfg(test)]

@@ -292,27 +292,42 @@ fn one_line(s: &str) -> String {
     out
 }
 
-/// Every placeholder's value for one event.
-struct Values(HashMap<&'static str, String>);
+/// `data.<key>` as text, when it is a string.
+fn data_text(data: &Value, key: &str) -> Option<String> {
+    data.get(key).and_then(Value::as_str).map(str::to_string)
+}
 
-impl Values {
+/// `data.<key>` as a whole number, when it is a number (rounded).
+fn data_num(data: &Value, key: &str) -> Option<u64> {
+    data.get(key)
+        .and_then(Value::as_f64)
+        .map(|n| n.round() as u64)
+}
+
+/// Where one event leaves the task in its steps: the values of `{current}`, `{done}`,
+/// `{total}`, `{step}`, `{next}` and `{percent}`.
+struct StepValues {
+    current: Option<String>,
+    done: u64,
+    total: u64,
+    step: Option<String>,
+    next: Option<String>,
+    percent: Option<u64>,
+}
+
+impl StepValues {
     fn new(task: &Task, event: &TaskEvent) -> Self {
         let data = &event.data;
-        let text = |key: &str| data.get(key).and_then(Value::as_str).map(str::to_string);
-        let num = |key: &str| {
-            data.get(key)
-                .and_then(Value::as_f64)
-                .map(|n| n.round() as u64)
-        };
         let pulse = matches!(event.kind, EventKind::Heartbeat | EventKind::Progress);
         let steps = &task.steps;
-        let index = num("index").map(|i| i as usize);
-        let total = num("total").unwrap_or(task.progress.total.max(steps.len() as u32) as u64);
-        let done = num("done")
+        let index = data_num(data, "index").map(|i| i as usize);
+        let total =
+            data_num(data, "total").unwrap_or(task.progress.total.max(steps.len() as u32) as u64);
+        let done = data_num(data, "done")
             .or(index.map(|i| (i as u64).saturating_add(1)))
             .unwrap_or(task.progress.done as u64);
         let finished = index.or((done > 0).then(|| done as usize - 1));
-        let step = text("step")
+        let step = data_text(data, "step")
             .or_else(|| index.and_then(|i| steps.get(i).cloned()))
             .or_else(|| match pulse {
                 true => task
@@ -327,16 +342,43 @@ impl Values {
             Some(v) => v.as_str().map(str::to_string),
             None => finished.and_then(|i| steps.get(i.checked_add(1)?).cloned()),
         };
-        let current = text("current")
+        let current = data_text(data, "current")
             .or_else(|| task.progress.current.clone())
             .or_else(|| steps.first().cloned());
-        let percent = num("percent").or_else(|| {
+        let percent = data_num(data, "percent").or_else(|| {
             pulse
                 .then_some(task.progress.percent.map(u64::from))
                 .flatten()
         });
+        Self {
+            current,
+            done,
+            total,
+            step,
+            next,
+            percent,
+        }
+    }
+
+    /// A count for `{done}`/`{total}`: empty when the task has no steps.
+    fn count(&self, n: u64) -> Option<String> {
+        Some(if self.total == 0 {
+            String::new()
+        } else {
+            n.to_string()
+        })
+    }
+}
+
+/// Every placeholder's value for one event.
+struct Values(HashMap<&'static str, String>);
+
+impl Values {
+    fn new(task: &Task, event: &TaskEvent) -> Self {
+        let data = &event.data;
+        let at = StepValues::new(task, event);
         let message = event.message.clone().or_else(|| match event.kind {
-            EventKind::Output => text("text")?
+            EventKind::Output => data_text(data, "text")?
                 .lines()
                 .rev()
                 .find(|l| !l.trim().is_empty())
@@ -349,41 +391,35 @@ impl Values {
                 other => other.to_string(),
             })
         });
-        let error = event.message.clone().or_else(|| task.error.clone());
         let since = (event.time - task.updated_time).num_minutes();
-        let minutes = num("minutes").unwrap_or(if since >= 1 {
+        let minutes = data_num(data, "minutes").unwrap_or(if since >= 1 {
             since as u64
         } else {
             STALL_MINUTES as u64
         });
-        let attempt = num("attempt").unwrap_or(u64::from(event.attempt) + 1);
-        let count = |n: u64| {
-            if total == 0 {
-                String::new()
-            } else {
-                n.to_string()
-            }
-        };
+        let attempt = data_num(data, "attempt").unwrap_or(u64::from(event.attempt) + 1);
+        let run_at = task
+            .run_at
+            .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string());
         let values = [
             ("name", Some(task.task_name.clone())),
-            ("steps", Some(steps.join(" → "))),
-            ("current", current),
-            ("done", Some(count(done))),
-            ("total", Some(count(total))),
-            ("step", step),
-            ("next", next),
-            ("percent", percent.map(|p| p.to_string())),
+            ("steps", Some(task.steps.join(" → "))),
+            ("done", at.count(at.done)),
+            ("total", at.count(at.total)),
+            ("current", at.current),
+            ("step", at.step),
+            ("next", at.next),
+            ("percent", at.percent.map(|p| p.to_string())),
             ("info", event.message.clone()),
             ("message", message),
             ("result", result),
-            ("error", error),
+            (
+                "error",
+                event.message.clone().or_else(|| task.error.clone()),
+            ),
             ("minutes", Some(minutes.to_string())),
             ("attempt", Some(attempt.to_string())),
-            (
-                "run_at",
-                task.run_at
-                    .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()),
-            ),
+            ("run_at", run_at),
         ];
         Self(
             values

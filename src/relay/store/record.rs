@@ -1,5 +1,5 @@
-//! Delivery records (KV bucket `deliveries`): where they are stored, how they are read and
-//! written, and the records one delivery loop writes.
+//! The delivery store's records (KV bucket `deliveries`): where they are stored, how they are
+//! read and written, and the records one delivery loop writes.
 //!
 //! # Layout
 //!
@@ -43,10 +43,11 @@
 //! A stale kept record (a replay, another relay replica) fails the check and is read again,
 //! so nothing is ever overwritten blindly.
 
-use super::job::{Attempt, DeliveryJob, DeliveryRecord, DeliveryStatus};
-use crate::bus::append::{append_batch, Append, AppendError};
+use super::StoreError;
+use crate::bus::append::{append_batch, Append, AppendError, Sent};
 use crate::bus::permissions::kv_stream;
-use crate::bus::{decode, direct, encode, subjects, Bus, BusError};
+use crate::bus::{decode, direct, encode, subjects, Bus};
+use crate::relay::job::{Attempt, DeliveryJob, DeliveryRecord, DeliveryStatus};
 use async_nats::jetstream::message::StreamMessage;
 
 /// How many times a write is tried against a moving record before giving up.
@@ -68,22 +69,8 @@ const MESSAGE_TTL: &str = "Nats-TTL";
 pub const COPIED_STATUSES: [DeliveryStatus; 2] = [DeliveryStatus::Pending, DeliveryStatus::Dead];
 
 /// The stream holding the records (`KV_deliveries`).
-pub fn record_stream() -> String {
+pub(super) fn record_stream() -> String {
     kv_stream(subjects::DELIVERY_BUCKET)
-}
-
-/// Why a delivery record could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum RecordError {
-    /// Somebody else wrote the record since it was read.
-    #[error("delivery {0} changed concurrently")]
-    Conflict(String),
-    /// The id, key or name of the delivery cannot be part of a subject.
-    #[error("delivery {0:?} cannot be stored: its id, key or name is not a subject token")]
-    BadId(String),
-    /// NATS failed, refused the write, or gave no answer.
-    #[error(transparent)]
-    Bus(#[from] BusError),
 }
 
 /// A record and the stream sequence it is stored at (its revision).
@@ -97,7 +84,7 @@ pub struct StoredRecord {
 
 /// The stream keeping a copy of the records with `status` (`DELIVERY_RECORDS_PENDING`,
 /// `DELIVERY_RECORDS_DEAD`), if that status has one.
-pub fn status_stream(status: DeliveryStatus) -> Option<String> {
+pub(super) fn status_stream(status: DeliveryStatus) -> Option<String> {
     COPIED_STATUSES
         .contains(&status)
         .then(|| subjects::delivery_copy_stream(status.as_str()))
@@ -116,12 +103,12 @@ fn is_tokens(s: &str) -> bool {
 }
 
 /// `$KV.deliveries.<rest>`: a subject (or filter) in the record bucket.
-pub fn record_subject(rest: &str) -> String {
+pub(super) fn record_subject(rest: &str) -> String {
     subjects::delivery_record_subject(rest)
 }
 
 /// The group token of a job: `n_<name>` for a named destination, its queue key otherwise.
-pub fn record_group(job: &DeliveryJob) -> String {
+pub(super) fn record_group(job: &DeliveryJob) -> String {
     match &job.name {
         Some(name) => format!("n_{name}"),
         None => job.key.clone(),
@@ -137,16 +124,16 @@ fn tail(job: &DeliveryJob) -> &str {
 }
 
 /// The key of `job`'s record while it has `status`: `<status>.<group>.<key>.<tail>`.
-pub fn record_key(status: DeliveryStatus, job: &DeliveryJob) -> Result<String, RecordError> {
+pub fn record_key(status: DeliveryStatus, job: &DeliveryJob) -> Result<String, StoreError> {
     let (group, tail) = (record_group(job), tail(job));
     if !is_token(&group) || !is_token(&job.key) || !is_tokens(tail) {
-        return Err(RecordError::BadId(job.id.clone()));
+        return Err(StoreError::BadId(job.id.clone()));
     }
     Ok(format!("{}.{group}.{}.{tail}", status.as_str(), job.key))
 }
 
 /// Every subject `job`'s record may be on (any status): the subject its writes are guarded on.
-fn job_pattern(job: &DeliveryJob) -> Result<String, RecordError> {
+fn job_pattern(job: &DeliveryJob) -> Result<String, StoreError> {
     record_key(DeliveryStatus::Pending, job)?;
     Ok(record_subject(&format!("*.*.{}.{}", job.key, tail(job))))
 }
@@ -154,7 +141,7 @@ fn job_pattern(job: &DeliveryJob) -> Result<String, RecordError> {
 /// Every subject the record of delivery `id` may be on: `…*.*.<key>.<event id>` for an id
 /// `<event id>.<key>`, `…*.*.*.<id>` for an id without a dot (a push). `None` when `id`
 /// cannot be a delivery id.
-pub fn id_pattern(id: &str) -> Option<String> {
+pub(super) fn id_pattern(id: &str) -> Option<String> {
     if !is_tokens(id) {
         return None;
     }
@@ -165,13 +152,13 @@ pub fn id_pattern(id: &str) -> Option<String> {
 }
 
 /// Whether a message of the bucket (or of a copy) is a delete marker.
-pub fn is_marker(m: &StreamMessage) -> bool {
+pub(super) fn is_marker(m: &StreamMessage) -> bool {
     m.headers.get(KV_OPERATION).is_some()
 }
 
 /// The record a message of the bucket holds: `None` for a delete marker, a message outside the
 /// layout (a key from before it), or one that cannot be decoded.
-pub fn from_message(m: &StreamMessage) -> Option<StoredRecord> {
+pub(super) fn from_message(m: &StreamMessage) -> Option<StoredRecord> {
     if is_marker(m) {
         return None;
     }
@@ -192,7 +179,7 @@ async fn read_pattern(
     client: &async_nats::Client,
     pattern: &str,
     id: &str,
-) -> Result<Option<StoredRecord>, RecordError> {
+) -> Result<Option<StoredRecord>, StoreError> {
     let last = direct::last(client, &record_stream(), pattern).await?;
     Ok(last
         .as_ref()
@@ -202,10 +189,10 @@ async fn read_pattern(
 
 /// The stored record of delivery `id` (`None`: none, or `id` cannot be a delivery id). Read
 /// from any replica: a write based on it is still checked by the server.
-pub async fn read_record(
+pub(super) async fn read_record(
     client: &async_nats::Client,
     id: &str,
-) -> Result<Option<StoredRecord>, RecordError> {
+) -> Result<Option<StoredRecord>, StoreError> {
     match id_pattern(id) {
         Some(pattern) => read_pattern(client, &pattern, id).await,
         None => Ok(None),
@@ -216,19 +203,19 @@ pub async fn read_record(
 async fn read_job(
     client: &async_nats::Client,
     job: &DeliveryJob,
-) -> Result<Option<StoredRecord>, RecordError> {
+) -> Result<Option<StoredRecord>, StoreError> {
     read_pattern(client, &job_pattern(job)?, &job.id).await
 }
 
 /// Stores `record` under its status's key, replacing `before` (the stored record it was made
 /// from; `None` when there was none). Same status: one message; another status: a delete
 /// marker on the old key and the record, in one atomic batch. Answers the new sequence, or
-/// [`RecordError::Conflict`] when the record is no longer `before`.
+/// [`StoreError::Conflict`] when the record is no longer `before`.
 pub async fn store_record(
     js: &async_nats::jetstream::Context,
     record: &DeliveryRecord,
     before: Option<&StoredRecord>,
-) -> Result<u64, RecordError> {
+) -> Result<u64, StoreError> {
     let job = &record.job;
     let write_id = ulid::Ulid::new();
     let put = Append {
@@ -259,14 +246,37 @@ pub async fn store_record(
         },
     };
     stored.map_err(|e| match e {
-        AppendError::Conflict { .. } => RecordError::Conflict(job.id.clone()),
-        AppendError::Unknown(e) | AppendError::Refused(e) => RecordError::Bus(e),
+        AppendError::Conflict { .. } => StoreError::Conflict(job.id.clone()),
+        AppendError::Unknown(e) | AppendError::Refused(e) => StoreError::Bus(e),
+    })
+}
+
+/// Sends `record` as a new record (stored only if the delivery has none yet) without waiting
+/// for the answer: awaiting the returned [`Sent`] gives it ([`AppendError::Conflict`] when a
+/// record existed, say a replay's). The delivery loop sends a first attempt's record just
+/// before its ack, on the same connection, and goes on.
+pub(crate) async fn send_new_record(
+    js: &async_nats::jetstream::Context,
+    record: &DeliveryRecord,
+) -> Result<Sent, StoreError> {
+    let job = &record.job;
+    let put = Append {
+        subject: record_subject(&record_key(record.status, job)?),
+        guard: job_pattern(job)?,
+        expected: 0,
+        msg_id: format!("rec_{}", ulid::Ulid::new()),
+        extra: Vec::new(),
+        payload: encode(record),
+    };
+    put.send(js).await.map_err(|e| match e {
+        AppendError::Conflict { .. } => StoreError::Conflict(job.id.clone()),
+        AppendError::Unknown(e) | AppendError::Refused(e) => StoreError::Bus(e),
     })
 }
 
 /// The records of one delivery loop.
 #[derive(Debug, Default)]
-pub(super) struct Recorder {
+pub(crate) struct Recorder {
     /// What this loop last knew of one delivery's record.
     kept: Option<Kept>,
 }
@@ -283,7 +293,7 @@ struct Kept {
 impl Recorder {
     /// The stored status of `job`: the kept record's if it is that delivery's, read (and kept)
     /// otherwise. `None` when there is no record (or it cannot be read).
-    pub(super) async fn status(&mut self, bus: &Bus, job: &DeliveryJob) -> Option<DeliveryStatus> {
+    pub(crate) async fn status(&mut self, bus: &Bus, job: &DeliveryJob) -> Option<DeliveryStatus> {
         if self.kept.as_ref().is_none_or(|k| k.id != job.id) {
             let record = read_job(&bus.client, job).await.ok().flatten();
             self.kept = Some(Kept {
@@ -298,7 +308,7 @@ impl Recorder {
     /// Appends `attempt` to the record of `job` and sets its status and reason. `first` says
     /// this is the job's first delivery, so that without a kept record it is created without
     /// reading (an existing one, e.g. of a replay, is then read and updated).
-    pub(super) async fn write(
+    pub(crate) async fn write(
         &mut self,
         bus: &Bus,
         job: &DeliveryJob,
@@ -334,7 +344,7 @@ impl Recorder {
             let written = match store_record(&bus.js, &record, current.as_ref()).await {
                 Ok(seq) => Some(StoredRecord { record, seq }),
                 // No answer: stored after all if the record now is the one sent.
-                Err(RecordError::Bus(_)) => read_job(&bus.client, job)
+                Err(StoreError::Bus(_)) => read_job(&bus.client, job)
                     .await
                     .ok()
                     .flatten()
@@ -410,7 +420,7 @@ mod tests {
         let bad = job("evt_1.h_*", "h_*", None);
         assert!(matches!(
             record_key(DeliveryStatus::Dead, &bad),
-            Err(RecordError::BadId(_))
+            Err(StoreError::BadId(_))
         ));
     }
 

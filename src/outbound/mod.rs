@@ -1,0 +1,16 @@
+//! Outbound: how taskfleet talks to the outside: refusing internal addresses, signing webhooks,
+//! the hardened HTTP client.
+//!
+//! - [`ssrf`]: refusing outbound requests to loopback, private and other internal addresses, both
+//!   for the literal URL and after DNS resolution ([`ssrf::SafeResolver`] for reqwest).
+//! - [`signature`]: Standard Webhooks signing and verification (`webhook-id`,
+//!   `webhook-timestamp`, `webhook-signature`), checked against the reference library's vectors.
+//! - [`client`]: the HTTP client every outbound request uses: the safe resolver, no proxy, no
+//!   redirects, a per-request timeout and the `taskfleet/<version>` user agent.
+//!
+//! Nothing here knows NATS, tasks or the relay: these modules use external crates only, and are
+//! unit-tested in place (the resolver only does DNS).
+
+pub mod client;
+pub mod signature;
+pub mod ssrf;

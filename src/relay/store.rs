@@ -1,0 +1,246 @@
+//! The delivery store: the only code that reads or writes the DELIVERIES stream and the delivery
+//! records. The relay queues jobs and records attempts through it, and the API's delivery routes
+//! call it (list, inspect, replay, push, counts); neither names the stream, the bucket or a
+//! record's key itself.
+//!
+//! - `record.rs`: where a record is stored (its key by status, destination and event), how one
+//!   is read and written, and the [`Recorder`] a delivery loop writes its attempts with;
+//! - `listing.rs`: reading records a page at a time (by status and destination, by a task's
+//!   events) and a destination's dead records since a time;
+//! - here: [`DeliveryStore`], what the API asks of the relay's records and queue.
+
+mod listing;
+mod record;
+
+pub use listing::{ListQuery, Page};
+pub use record::{is_token, record_key, store_record, StoredRecord, COPIED_STATUSES, MARKER_TTL_S};
+pub(crate) use record::{send_new_record, Recorder};
+
+use super::job::{DeliveryJob, DeliveryRecord, DeliveryStatus, PUSH_KEY};
+use crate::bus::{direct, encode, message_headers, subjects, Bus, BusError, NatsResultExt};
+use futures::StreamExt;
+
+/// Why the store could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No delivery has that id (or it cannot be one).
+    #[error("delivery {0} not found")]
+    NotFound(String),
+    /// The delivery is still pending, so there is nothing to replay.
+    #[error("delivery {0} is still pending")]
+    StillPending(String),
+    /// Somebody else wrote the record since it was read.
+    #[error("delivery {0} changed concurrently")]
+    Conflict(String),
+    /// The id, key or name of the delivery cannot be part of a subject.
+    #[error("delivery {0:?} cannot be stored: its id, key or name is not a subject token")]
+    BadId(String),
+    /// NATS failed, refused the write, or gave no answer.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// The dead deliveries of one destination queued again by [`DeliveryStore::replay_dead`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replayed {
+    /// The delivery ids queued again, oldest first.
+    pub ids: Vec<String>,
+    /// Others remain dead (the call stopped at its limit).
+    pub more: bool,
+}
+
+/// The delivery store over one NATS connection. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct DeliveryStore {
+    /// The connection, streams and buckets.
+    bus: Bus,
+}
+
+impl DeliveryStore {
+    /// A store over `bus`.
+    pub fn new(bus: Bus) -> Self {
+        Self { bus }
+    }
+
+    /// Queues `job` on its destination's subject of DELIVERIES, de-duplicated on `msg_id`, and
+    /// waits until it is stored.
+    pub async fn queue(&self, job: &DeliveryJob, msg_id: &str) -> Result<(), StoreError> {
+        self.bus
+            .js
+            .publish_with_headers(
+                subjects::delivery(&job.key),
+                message_headers(msg_id),
+                encode(job),
+            )
+            .await
+            .op("queue delivery")?
+            .await
+            .op("queue delivery ack")?;
+        Ok(())
+    }
+
+    /// Queues a push of `text` under the relay's push key (the relay delivers it to its
+    /// `relay.push_destination`, to `session_id` when given); answers the delivery id.
+    pub async fn queue_push(
+        &self,
+        text: String,
+        session_id: Option<String>,
+    ) -> Result<String, StoreError> {
+        let job = DeliveryJob {
+            id: format!("push_{}", ulid::Ulid::new()),
+            key: PUSH_KEY.to_string(),
+            name: None,
+            destination: None,
+            event: None,
+            task: None,
+            text,
+            session_id,
+            created_time: crate::domain::now(),
+        };
+        self.queue(&job, &job.id).await?;
+        Ok(job.id)
+    }
+
+    /// One page of records by status and destination, most recently written first.
+    pub async fn list(&self, q: &ListQuery) -> Result<Page, StoreError> {
+        listing::walk(&self.bus, q).await
+    }
+
+    /// One page of the records of the deliveries of `events` (a task's event ids), most
+    /// recently written first, filtered by `q`'s status and destination.
+    pub async fn list_for_events(
+        &self,
+        q: &ListQuery,
+        events: &[String],
+    ) -> Result<Page, StoreError> {
+        listing::by_events(&self.bus, q, events).await
+    }
+
+    /// The record of delivery `id`: its job and every attempt.
+    pub async fn get(&self, id: &str) -> Result<DeliveryRecord, StoreError> {
+        Ok(self.stored(id).await?.record)
+    }
+
+    /// The stored record of delivery `id`, [`StoreError::NotFound`] without one.
+    async fn stored(&self, id: &str) -> Result<StoredRecord, StoreError> {
+        record::read_record(&self.bus.client, id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))
+    }
+
+    /// Queues delivery `id` again (same delivery id, a new queue message) and enables its
+    /// destination. [`StoreError::StillPending`] when it has not settled yet,
+    /// [`StoreError::Conflict`] when its record changed meanwhile.
+    pub async fn replay(&self, id: &str) -> Result<(), StoreError> {
+        let stored = self.stored(id).await?;
+        if stored.record.status == DeliveryStatus::Pending {
+            return Err(StoreError::StillPending(id.to_string()));
+        }
+        match self.replay_record(&stored).await? {
+            true => Ok(()),
+            false => Err(StoreError::Conflict(id.to_string())),
+        }
+    }
+
+    /// Marks `stored` pending again and queues its job anew (re-enabling its destination).
+    /// `false` when the record changed since it was read (nothing is queued then).
+    async fn replay_record(&self, stored: &StoredRecord) -> Result<bool, StoreError> {
+        let mut rec = stored.record.clone();
+        // Same delivery id (receivers de-duplicate on webhook-id), a new queue message.
+        let msg_id = format!("{}:replay:{}", rec.job.id, ulid::Ulid::new());
+        let _ = super::disabled::enable(&self.bus, &rec.job.key).await;
+        rec.status = DeliveryStatus::Pending;
+        rec.reason = Some("replayed".into());
+        rec.updated_time = crate::domain::now();
+        match store_record(&self.bus.js, &rec, Some(stored)).await {
+            Ok(_) => {}
+            Err(StoreError::Conflict(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        self.queue(&rec.job, &msg_id).await?;
+        Ok(true)
+    }
+
+    /// Queues again the dead deliveries of destination `dest` (a name or a queue key) created
+    /// since `since` (all without it), oldest first, at most `max`; `more` when others remain.
+    ///
+    /// Reads the copy of the dead records from the first one written since then (less a clock
+    /// skew) on, the destination's only; each is read again from the bucket before it is
+    /// replayed (one replayed meanwhile is left alone).
+    pub async fn replay_dead(
+        &self,
+        dest: &str,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        max: usize,
+    ) -> Result<Replayed, StoreError> {
+        let found = listing::dead_since(&self.bus, dest, since, 2 * max).await?;
+        let mut dead: Vec<StoredRecord> = found
+            .iter()
+            .filter_map(record::from_message)
+            .filter(|s| since.is_none_or(|t| s.record.job.created_time >= t))
+            .collect();
+        dead.sort_by_key(|s| (s.record.job.created_time, s.seq));
+        let more = dead.len() > max;
+        dead.truncate(max);
+        let mut ids = Vec::new();
+        for listed in &dead {
+            let id = &listed.record.job.id;
+            let current = record::read_record(&self.bus.client, id).await?;
+            let Some(current) = current.filter(|c| c.record.status == DeliveryStatus::Dead) else {
+                continue;
+            };
+            if self.replay_record(&current).await? {
+                ids.push(id.clone());
+            }
+        }
+        Ok(Replayed { ids, more })
+    }
+
+    /// Whether destination `dest` (a name or a queue key) has at least one delivery record.
+    pub async fn has_records(&self, dest: &str) -> Result<bool, StoreError> {
+        listing::has_records(&self.bus, dest).await
+    }
+
+    /// How many records have `status` (pending and dead ones counted in their copies; the
+    /// count includes records that left the status in the last [`MARKER_TTL_S`] seconds only
+    /// as their delete markers, as the copies hold them).
+    pub async fn count(&self, status: DeliveryStatus) -> Result<u64, StoreError> {
+        let stream = record::status_stream(status).unwrap_or_else(record::record_stream);
+        let filter = record::record_subject(&format!("{}.>", status.as_str()));
+        Ok(direct::count_after(&self.bus.client, &stream, &filter, 0).await?)
+    }
+
+    /// The jobs waiting in DELIVERIES, per destination queue key (keys with none left out).
+    pub async fn backlog(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut info = self
+            .bus
+            .topology
+            .deliveries
+            .info_with_subjects(subjects::ALL_DELIVERIES)
+            .await
+            .op("delivery backlog")?;
+        let mut out: Vec<(String, u64)> = Vec::new();
+        while let Some(item) = info.next().await {
+            let (subject, n) = item.op("delivery backlog")?;
+            out.push((queue_key(&subject).to_string(), n as u64));
+        }
+        Ok(out)
+    }
+}
+
+/// The queue key of a DELIVERIES subject (`deliveries.<key>`).
+fn queue_key(subject: &str) -> &str {
+    subject.strip_prefix("deliveries.").unwrap_or(subject)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_key_is_the_delivery_subject_without_its_prefix() {
+        let key = "n_hook";
+        assert_eq!(queue_key(&subjects::delivery(key)), key);
+        assert_eq!(queue_key("elsewhere"), "elsewhere");
+    }
+}
