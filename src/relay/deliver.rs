@@ -17,10 +17,9 @@ use super::destination::Destination;
 use super::job::{clip_response, Attempt, DeliveryJob, DeliveryRecord, DeliveryStatus};
 use super::retry::{RetrySchedule, Verdict};
 use super::sinks::{self, SinkContext};
-use super::store::{send_new_record, Recorder};
-use crate::bus::{decode, subjects, Bus, BusError, NatsResultExt};
+use super::store::{send_new_record, DeliveryStore, Recorder};
+use crate::bus::{decode, Bus, BusError, NatsResultExt};
 use async_nats::jetstream::consumer::pull::MessagesErrorKind;
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashSet};
@@ -43,6 +42,8 @@ const UNCONFIRMED_RECORDS: usize = 1024;
 #[derive(Debug)]
 pub(super) struct Delivery {
     pub(super) bus: Bus,
+    /// The delivery queue and records.
+    pub(super) store: DeliveryStore,
     pub(super) sinks: SinkContext,
     pub(super) schedule: RetrySchedule,
     /// Named destinations, secrets resolved.
@@ -66,6 +67,7 @@ impl Delivery {
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
+            store: DeliveryStore::new(bus.clone()),
             bus,
             sinks,
             schedule,
@@ -107,12 +109,8 @@ impl Delivery {
 
     /// Resumes the loops of every destination that has a consumer (after a restart).
     pub(super) async fn resume_all(self: &Arc<Self>) -> Result<(), crate::bus::BusError> {
-        let mut names = self.bus.topology.deliveries.consumer_names();
-        while let Some(name) = names.next().await {
-            let name = name.op("list delivery consumers")?;
-            if let Some(key) = name.strip_prefix("relay_") {
-                self.ensure(key);
-            }
+        for key in self.store.consumer_keys().await? {
+            self.ensure(&key);
         }
         Ok(())
     }
@@ -123,33 +121,12 @@ impl Delivery {
         self.tracker.wait().await;
     }
 
-    async fn consumer(&self, key: &str) -> Result<PullConsumer, BusError> {
-        let name = subjects::delivery_consumer(key);
-        self.bus
-            .topology
-            .deliveries
-            .get_or_create_consumer(
-                &name,
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: subjects::delivery(key),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: self.sinks.timeout + Duration::from_secs(5),
-                    max_deliver: -1,
-                    max_ack_pending: 1,
-                    deliver_policy: DeliverPolicy::All,
-                    ..Default::default()
-                },
-            )
-            .await
-            .op("create delivery consumer")
-    }
-
     async fn run_loop(&self, key: &str) -> Result<(), BusError> {
         // Opening the stream waits on JetStream, which may be unreachable: shutdown must not
         // wait for it (a delivery in flight, below, is still finished).
         let open = async {
-            let consumer = self.consumer(key).await?;
+            let ack_wait = self.sinks.timeout + Duration::from_secs(5);
+            let consumer = self.store.consumer(key, ack_wait).await?;
             consumer.messages().await.op("read deliveries")
         };
         let mut messages = tokio::select! {

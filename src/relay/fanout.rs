@@ -6,15 +6,15 @@
 use super::config::RouteConfig;
 use super::deliver::Delivery;
 use super::destination::{parse_notify, session_key, Destination, NotifyEntry};
-use super::job::{clip_response, DeliveryJob, DeliveryStatus};
+use super::job::DeliveryJob;
+use super::store::Queued;
 use crate::bus::append::refused_for_good;
-use crate::bus::{encode, message_headers, subjects, BusError, NatsResultExt};
+use crate::bus::{subjects, BusError, NatsResultExt};
 use crate::domain::{EventKind, StallRule, Task, TaskEvent, TaskId, TaskStatus};
 use crate::tasks::ledger::shown_events;
 use crate::tasks::{ListFilter, TaskService};
 use crate::text::message::Templates;
 use async_nats::jetstream::consumer::{pull, PullConsumer};
-use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::AckKind;
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
@@ -293,10 +293,10 @@ impl FanOut {
                 // A transition supersedes a held heartbeat of the same task.
                 self.held.remove(&slot);
             }
-            let queued = send(&self.tasks, &job).await?;
+            let queued = self.delivery.store.send(&job).await?;
             sent.push((job, queued));
         }
-        settle(&self.tasks, &self.delivery, sent).await?;
+        settle(&self.delivery, sent).await?;
         if event.kind.is_transition() && event.new_status.is_some_and(TaskStatus::is_terminal) {
             self.last_sent.retain(|(t, _), _| *t != event.task_id);
         }
@@ -391,7 +391,7 @@ impl FanOut {
                 let span = tracing::info_span!(target: "taskfleet::trace", "relay.fanout",
                     held = true);
                 let _ = span.set_parent(trace);
-                let queued = publish(&self.tasks, &self.delivery, &job).instrument(span);
+                let queued = publish(&self.delivery, &job).instrument(span);
                 if let Err(e) = queued.await {
                     tracing::warn!(error.message = %e, "could not queue a throttled delivery");
                 }
@@ -445,39 +445,9 @@ fn public_view(task: &Task) -> Task {
 
 /// Queues a job on its destination's subject (de-duplicated on the job id) and waits until it
 /// is stored (or, refused for good, dead-lettered).
-pub(super) async fn publish(
-    tasks: &TaskService,
-    delivery: &Arc<Delivery>,
-    job: &DeliveryJob,
-) -> Result<(), BusError> {
-    let queued = send(tasks, job).await?;
-    settle(tasks, delivery, vec![(job.clone(), queued)]).await
-}
-
-/// A job handed to the DELIVERIES stream, or why the stream can never take it.
-enum Queued {
-    /// Sent; the future resolves once it is stored.
-    Sent(PublishAckFuture),
-    /// Refused for good (larger than the stream or the connection accepts).
-    Refused(String),
-}
-
-/// Sends a job to its destination's subject (de-duplicated on the job id).
-async fn send(tasks: &TaskService, job: &DeliveryJob) -> Result<Queued, BusError> {
-    let sent = tasks
-        .bus()
-        .js
-        .publish_with_headers(
-            subjects::delivery(&job.key),
-            message_headers(&job.id),
-            encode(job),
-        )
-        .await;
-    match sent {
-        Ok(ack) => Ok(Queued::Sent(ack)),
-        Err(e) if refused_for_good(&e) => Ok(Queued::Refused(e.to_string())),
-        Err(e) => Err(e).op("queue delivery"),
-    }
+pub(super) async fn publish(delivery: &Arc<Delivery>, job: &DeliveryJob) -> Result<(), BusError> {
+    let queued = delivery.store.send(job).await?;
+    settle(delivery, vec![(job.clone(), queued)]).await
 }
 
 /// Waits, in order, until every job sent is stored, and starts its destination's loop. A job
@@ -485,7 +455,6 @@ async fn send(tasks: &TaskService, job: &DeliveryJob) -> Result<Queued, BusError
 /// jobs and the events after it go on; any other failure is returned (the event is retried,
 /// and the jobs stored already are dropped as duplicates).
 async fn settle(
-    tasks: &TaskService,
     delivery: &Arc<Delivery>,
     sent: Vec<(DeliveryJob, Queued)>,
 ) -> Result<(), BusError> {
@@ -501,30 +470,7 @@ async fn settle(
             },
             Queued::Refused(why) => why,
         };
-        dead_letter(tasks.bus(), &job, &why).await;
+        delivery.store.dead_letter(&job, &why).await;
     }
     Ok(())
-}
-
-/// Records `job` as a dead delivery that was never queued: the queue refused it (`why`). The
-/// record keeps the event without its data and the text cut to 4 KiB, and no task, so it fits
-/// where the job did not.
-async fn dead_letter(bus: &crate::bus::Bus, job: &DeliveryJob, why: &str) {
-    let reason = format!("the delivery queue refused the job: {why}");
-    tracing::warn!(
-        delivery = job.id,
-        reason,
-        "dead-lettering a delivery that cannot be queued"
-    );
-    let mut kept = job.clone();
-    kept.task = None;
-    kept.text = clip_response(&kept.text).0;
-    if let Some(event) = kept.event.as_mut() {
-        event.data = serde_json::Value::Null;
-        event.message = event.message.as_deref().map(|m| clip_response(m).0);
-    }
-    let status = DeliveryStatus::Dead;
-    super::store::Recorder::default()
-        .write(bus, &kept, None, status, Some(reason), true)
-        .await;
 }

@@ -16,8 +16,11 @@ pub use listing::{ListQuery, Page};
 pub use record::{is_token, record_key, store_record, StoredRecord, COPIED_STATUSES, MARKER_TTL_S};
 pub(crate) use record::{send_new_record, Recorder};
 
-use super::job::{DeliveryJob, DeliveryRecord, DeliveryStatus, PUSH_KEY};
+use super::job::{clip_response, DeliveryJob, DeliveryRecord, DeliveryStatus, PUSH_KEY};
+use crate::bus::append::refused_for_good;
 use crate::bus::{direct, encode, message_headers, subjects, Bus, BusError, NatsResultExt};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::context::PublishAckFuture;
 use futures::StreamExt;
 
 /// Why the store could not do what it was asked.
@@ -38,6 +41,14 @@ pub enum StoreError {
     /// NATS failed, refused the write, or gave no answer.
     #[error(transparent)]
     Bus(#[from] BusError),
+}
+
+/// A job handed to the DELIVERIES stream, or why the stream can never take it.
+pub enum Queued {
+    /// Sent; the future resolves once it is stored.
+    Sent(PublishAckFuture),
+    /// Refused for good (larger than the stream or the connection accepts).
+    Refused(String),
 }
 
 /// The dead deliveries of one destination queued again by [`DeliveryStore::replay_dead`].
@@ -77,6 +88,91 @@ impl DeliveryStore {
             .await
             .op("queue delivery ack")?;
         Ok(())
+    }
+
+    /// Sends `job` to its destination's subject, de-duplicated on the job id, without waiting
+    /// for the stream's answer (awaiting [`Queued::Sent`] gives it). A job larger than the
+    /// connection takes is [`Queued::Refused`] at once.
+    pub async fn send(&self, job: &DeliveryJob) -> Result<Queued, BusError> {
+        let sent = self
+            .bus
+            .js
+            .publish_with_headers(
+                subjects::delivery(&job.key),
+                message_headers(&job.id),
+                encode(job),
+            )
+            .await;
+        match sent {
+            Ok(ack) => Ok(Queued::Sent(ack)),
+            Err(e) if refused_for_good(&e) => Ok(Queued::Refused(e.to_string())),
+            Err(e) => Err(e).op("queue delivery"),
+        }
+    }
+
+    /// Records `job` as a dead delivery that was never queued: the queue refused it (`why`).
+    /// The record keeps the event without its data and the text cut to 4 KiB, and no task, so
+    /// it fits where the job did not.
+    pub async fn dead_letter(&self, job: &DeliveryJob, why: &str) {
+        let reason = format!("the delivery queue refused the job: {why}");
+        tracing::warn!(
+            delivery = job.id,
+            reason,
+            "dead-lettering a delivery that cannot be queued"
+        );
+        let mut kept = job.clone();
+        kept.task = None;
+        kept.text = clip_response(&kept.text).0;
+        if let Some(event) = kept.event.as_mut() {
+            event.data = serde_json::Value::Null;
+            event.message = event.message.as_deref().map(|m| clip_response(m).0);
+        }
+        let status = DeliveryStatus::Dead;
+        Recorder::default()
+            .write(&self.bus, &kept, None, status, Some(reason), true)
+            .await;
+    }
+
+    /// The durable consumer of destination `key`'s queue (`relay_<key>`): one message in
+    /// flight, so the destination gets its deliveries in order whichever replica takes them;
+    /// a message not settled within `ack_wait` goes to another.
+    pub(crate) async fn consumer(
+        &self,
+        key: &str,
+        ack_wait: std::time::Duration,
+    ) -> Result<PullConsumer, BusError> {
+        let name = subjects::delivery_consumer(key);
+        self.bus
+            .topology
+            .deliveries
+            .get_or_create_consumer(
+                &name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: subjects::delivery(key),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait,
+                    max_deliver: -1,
+                    max_ack_pending: 1,
+                    deliver_policy: DeliverPolicy::All,
+                    ..Default::default()
+                },
+            )
+            .await
+            .op("create delivery consumer")
+    }
+
+    /// The destination keys that have a queue consumer (the loops to resume after a restart).
+    pub(crate) async fn consumer_keys(&self) -> Result<Vec<String>, BusError> {
+        let mut names = self.bus.topology.deliveries.consumer_names();
+        let mut keys = Vec::new();
+        while let Some(name) = names.next().await {
+            let name = name.op("list delivery consumers")?;
+            if let Some(key) = name.strip_prefix("relay_") {
+                keys.push(key.to_string());
+            }
+        }
+        Ok(keys)
     }
 
     /// Queues a push of `text` under the relay's push key (the relay delivers it to its
