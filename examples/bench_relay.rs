@@ -57,7 +57,8 @@ async fn scenario(nats_url: &str, destinations: usize, events: usize) -> anyhow:
             name.clone(),
             Destination::Webhook {
                 url: format!("{base}/hook/{n}"),
-                secret: None,
+                // Signed, as a real webhook is: a fresh secret per run.
+                secret: Some(taskfleet::outbound::signature::Signer::generate_secret()),
                 secret_env: None,
                 events: vec![EventKind::Step],
             },

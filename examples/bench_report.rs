@@ -301,7 +301,7 @@ fn other_rows(sys: &[Option<Value>; 3]) -> Vec<Row> {
             values: pick(sys, |s| num(&s["p0_behind_p2_ms"]["ms"])),
         },
         Row {
-            label: "relay: progress events to one webhook, in order".into(),
+            label: "relay: progress events to one webhook, in order (taskfleet signs each)".into(),
             unit: Unit::PerS,
             values: pick(sys, |s| num(&s["relay_per_s"])),
         },

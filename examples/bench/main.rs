@@ -175,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     if o.wants("relay") {
-        let what = format!("relay, {} step events, 1 webhook", o.relay_events);
+        let what = format!("relay, {} step events, 1 signed webhook", o.relay_events);
         if let Some(rate) = part(&what, &mut errors, scenarios::relay(&o)).await {
             out["relay_per_s"] = json!(rate);
         }

@@ -421,7 +421,8 @@ async fn relay_on(fleet: &Fleet, events: usize) -> anyhow::Result<f64> {
         "hook".into(),
         Destination::Webhook {
             url,
-            secret: None,
+            // Signed, as a real webhook is: a fresh secret per run.
+            secret: Some(taskfleet::outbound::signature::Signer::generate_secret()),
             secret_env: None,
             events: vec![EventKind::Step],
         },

@@ -47,13 +47,57 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Every route, with limits, timeouts and metrics applied.
+///
+/// The request timeout wraps every route but the two live feeds (SSE streams stay open); the
+/// 404/405 fallbacks, request metrics, tracing and the body limit wrap everything, in that order
+/// from the inside out.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let limit = state.limits.body;
     let timed = Router::new()
+        .merge(task_routes())
+        .merge(task_action_routes())
+        .merge(relay_routes())
+        .merge(operation_routes())
+        .merge(ui_routes())
+        .layer(axum::middleware::from_fn_with_state(
+            request_timeout,
+            health::timeout,
+        ));
+    timed
+        .merge(streaming_routes())
+        .fallback(health::not_found)
+        .method_not_allowed_fallback(health::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            health::observe,
+        ))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(health::request_span)
+                .on_response(health::request_done),
+        )
+        .layer(axum::Extension(BodyLimit(limit)))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Tasks and what they hold: create, list, pending, cleanup, one task, its log, its output and
+/// input, and the dead letters.
+fn task_routes() -> Router<AppState> {
+    Router::new()
         .route("/api/tasks", post(tasks::create).get(tasks::list))
         .route("/api/tasks/pending", get(tasks::pending))
         .route("/api/tasks/cleanup", post(progress::cleanup))
         .route("/api/tasks/{id}", get(tasks::get_one))
+        .route("/api/tasks/{id}/logs", get(events::logs))
+        .route("/api/tasks/{id}/output", get(runs::output))
+        .route("/api/tasks/{id}/input", post(runs::input))
+        .route("/api/dead-letters", get(runs::dead_letters))
+}
+
+/// What changes a task, each under `PUT` and `POST`: the state actions and Live Task Pulse.
+fn task_action_routes() -> Router<AppState> {
+    Router::new()
         .route(
             "/api/tasks/{id}/start",
             put(actions::start).post(actions::start),
@@ -94,10 +138,11 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             "/api/tasks/{id}/progress",
             put(progress::progress).post(progress::progress),
         )
-        .route("/api/tasks/{id}/logs", get(events::logs))
-        .route("/api/tasks/{id}/output", get(runs::output))
-        .route("/api/tasks/{id}/input", post(runs::input))
-        .route("/api/dead-letters", get(runs::dead_letters))
+}
+
+/// The relay: push ingest, deliveries and destinations.
+fn relay_routes() -> Router<AppState> {
+    Router::new()
         .route("/api/push", post(deliveries::push))
         .route("/api/deliveries", get(deliveries::list))
         .route("/api/deliveries/{id}", get(deliveries::get_one))
@@ -108,6 +153,12 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             post(deliveries::replay_destination),
         )
         .route("/api/destinations/{id}/enable", post(destinations::enable))
+}
+
+/// Running the fleet: workers, limits, schedules, the overview, health, metrics and the OpenAPI
+/// document.
+fn operation_routes() -> Router<AppState> {
+    Router::new()
         .route("/api/workers", get(workers::list))
         .route("/api/limits", get(limits::list))
         .route(
@@ -129,33 +180,22 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/api/schedules/{name}/trigger", post(schedules::trigger))
         .route("/api/openapi.json", get(openapi::serve))
         .route("/api/overview", get(overview::get))
-        .route("/", get(ui::index))
-        .route("/ui/{file}", get(ui::asset))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(health::metrics))
-        .layer(axum::middleware::from_fn_with_state(
-            request_timeout,
-            health::timeout,
-        ));
-    let streaming = Router::new()
+}
+
+/// The web dashboard's page and its embedded files.
+fn ui_routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(ui::index))
+        .route("/ui/{file}", get(ui::asset))
+}
+
+/// The live feeds (SSE): a task's events and the overview's. No request timeout applies.
+fn streaming_routes() -> Router<AppState> {
+    Router::new()
         .route("/api/tasks/{id}/events", get(events::feed))
-        .route("/api/overview/events", get(overview::feed));
-    timed
-        .merge(streaming)
-        .fallback(health::not_found)
-        .method_not_allowed_fallback(health::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            health::observe,
-        ))
-        .layer(
-            tower_http::trace::TraceLayer::new_for_http()
-                .make_span_with(health::request_span)
-                .on_response(health::request_done),
-        )
-        .layer(axum::Extension(BodyLimit(limit)))
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
+        .route("/api/overview/events", get(overview::feed))
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then finishes in-flight requests.

@@ -4,20 +4,18 @@
 //! naks with the schedule's delay, so they survive relay restarts; every attempt is recorded.
 //!
 //! Round trips per delivery: the next message (one long-lived pull; the server hands it over as
-//! soon as the previous ack lands) and the request itself. A first attempt that delivered sends
-//! its new record and then the ack on the same connection and goes on (the record's answer is
-//! awaited aside); any other attempt's record write (one message; an atomic batch of two when a
-//! retry changes the record's status) is confirmed before the plain, unconfirmed ack. A lost ack
-//! only brings the message back, and a redelivered
+//! soon as the previous ack lands), the request itself, and one record write (one message; an
+//! atomic batch of two when a retry changes the record's status), confirmed before the plain,
+//! unconfirmed ack. A lost ack only brings the message back, and a redelivered
 //! message whose record already says delivered (or dead) is settled without a request. Whether
 //! the destination is disabled is read at most once per [`DISABLED_RECHECK`] while it is
 //! enabled, and before every attempt while it is disabled (a replay re-enables it).
 
 use super::destination::Destination;
-use super::job::{clip_response, Attempt, DeliveryJob, DeliveryRecord, DeliveryStatus};
+use super::job::{clip_response, Attempt, DeliveryJob, DeliveryStatus};
 use super::retry::{RetrySchedule, Verdict};
 use super::sinks::{self, SinkContext};
-use super::store::{send_new_record, DeliveryStore, Recorder};
+use super::store::{DeliveryStore, Recorder};
 use crate::bus::{decode, Bus, BusError, NatsResultExt};
 use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::{AckKind, Message};
@@ -25,7 +23,6 @@ use futures::StreamExt;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -33,10 +30,6 @@ use tracing::Instrument;
 /// How long an enabled destination is taken to stay enabled before its state is read again (only
 /// another relay replica's 410 could disable it meanwhile; this loop notes its own at once).
 const DISABLED_RECHECK: Duration = Duration::from_secs(1);
-
-/// Most delivered records whose store is not confirmed yet, across every loop: beyond it a loop
-/// waits (NATS is slower than the destinations).
-const UNCONFIRMED_RECORDS: usize = 1024;
 
 /// What every delivery loop shares.
 #[derive(Debug)]
@@ -53,8 +46,6 @@ pub(super) struct Delivery {
     running: Mutex<HashSet<String>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
-    /// Room for records sent and not yet confirmed (see [`UNCONFIRMED_RECORDS`]).
-    unconfirmed: Arc<Semaphore>,
 }
 
 impl Delivery {
@@ -76,7 +67,6 @@ impl Delivery {
             running: Mutex::new(HashSet::new()),
             tracker: TaskTracker::new(),
             shutdown,
-            unconfirmed: Arc::new(Semaphore::new(UNCONFIRMED_RECORDS)),
         })
     }
 
@@ -233,50 +223,11 @@ impl Delivery {
         let (status, reason, ack) = self
             .settle(key, lane, outcome.verdict, attempt_no, &mut attempt)
             .await;
-        if first && status == DeliveryStatus::Delivered {
-            return self.record_beside_ack(job, attempt, msg).await;
-        }
-        // Otherwise the record is confirmed before the ack: a kill in between only redelivers.
+        // The record is confirmed before the ack: a kill in between only redelivers.
         lane.records
             .write(records, &job, Some(attempt), status, reason, first)
             .await;
         let _ = msg.ack_with(ack).await;
-    }
-
-    /// Settles a first attempt that delivered without waiting on NATS: its record is sent as a
-    /// new one and the ack right after it on the same connection, so the server takes them in
-    /// that order (a kill after the ack left the record with the server already). The record's
-    /// answer is awaited aside, at most [`UNCONFIRMED_RECORDS`] at once; a record that existed
-    /// (a replay's) or no answer falls back to the full read-and-update write.
-    async fn record_beside_ack(&self, job: DeliveryJob, attempt: Attempt, msg: &Message) {
-        let Ok(permit) = self.unconfirmed.clone().acquire_owned().await else {
-            return;
-        };
-        let record = DeliveryRecord {
-            job,
-            status: DeliveryStatus::Delivered,
-            attempts: vec![attempt],
-            reason: None,
-            updated_time: crate::domain::now(),
-        };
-        let sent = send_new_record(&self.bus.js, &record).await;
-        let _ = msg.ack().await;
-        let bus = self.bus.clone();
-        self.tracker.spawn(async move {
-            let stored = match sent {
-                Ok(sent) => sent.stored().await.is_ok(),
-                Err(_) => false,
-            };
-            if !stored {
-                let DeliveryRecord { job, attempts, .. } = record;
-                let status = DeliveryStatus::Delivered;
-                let attempt = attempts.into_iter().next();
-                Recorder::default()
-                    .write(&bus, &job, attempt, status, None, false)
-                    .await;
-            }
-            drop(permit);
-        });
     }
 
     /// Where `job` goes: its own destination, its named one, or (a push) the push destination.

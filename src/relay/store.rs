@@ -13,8 +13,8 @@ mod listing;
 mod record;
 
 pub use listing::{ListQuery, Page};
+pub(crate) use record::Recorder;
 pub use record::{is_token, record_key, store_record, StoredRecord, COPIED_STATUSES, MARKER_TTL_S};
-pub(crate) use record::{send_new_record, Recorder};
 
 use super::job::{clip_response, DeliveryJob, DeliveryRecord, DeliveryStatus, PUSH_KEY};
 use crate::bus::append::refused_for_good;

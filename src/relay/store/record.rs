@@ -44,7 +44,7 @@
 //! so nothing is ever overwritten blindly.
 
 use super::StoreError;
-use crate::bus::append::{append_batch, Append, AppendError, Sent};
+use crate::bus::append::{append_batch, Append, AppendError};
 use crate::bus::permissions::kv_stream;
 use crate::bus::{decode, direct, encode, subjects, Bus};
 use crate::relay::job::{Attempt, DeliveryJob, DeliveryRecord, DeliveryStatus};
@@ -246,29 +246,6 @@ pub async fn store_record(
         },
     };
     stored.map_err(|e| match e {
-        AppendError::Conflict { .. } => StoreError::Conflict(job.id.clone()),
-        AppendError::Unknown(e) | AppendError::Refused(e) => StoreError::Bus(e),
-    })
-}
-
-/// Sends `record` as a new record (stored only if the delivery has none yet) without waiting
-/// for the answer: awaiting the returned [`Sent`] gives it ([`AppendError::Conflict`] when a
-/// record existed, say a replay's). The delivery loop sends a first attempt's record just
-/// before its ack, on the same connection, and goes on.
-pub(crate) async fn send_new_record(
-    js: &async_nats::jetstream::Context,
-    record: &DeliveryRecord,
-) -> Result<Sent, StoreError> {
-    let job = &record.job;
-    let put = Append {
-        subject: record_subject(&record_key(record.status, job)?),
-        guard: job_pattern(job)?,
-        expected: 0,
-        msg_id: format!("rec_{}", ulid::Ulid::new()),
-        extra: Vec::new(),
-        payload: encode(record),
-    };
-    put.send(js).await.map_err(|e| match e {
         AppendError::Conflict { .. } => StoreError::Conflict(job.id.clone()),
         AppendError::Unknown(e) | AppendError::Refused(e) => StoreError::Bus(e),
     })

@@ -192,124 +192,265 @@ pub async fn run(
     let started = Instant::now();
     let program = spec.argv.first().ok_or(ProcessError::EmptyArgv)?.clone();
     let Spawned {
-        mut child,
+        child,
         pgid,
-        stdout: mut out_reader,
+        stdout,
         stderr,
         stdin: stdin_writer,
     } = spawn(&spec)?;
+    // Declared before the guard so that, as the future is dropped, the guard's SIGKILL to the
+    // group comes before the child's own kill-on-drop.
+    let mut group = Group::new(child, pgid, &spec, started);
     let mut guard = GroupGuard { pgid, armed: true };
     tracing::debug!(pid = pgid, %program, pty = spec.pty, "child started");
 
-    let mut out = Coalescer::new(Stream::Stdout, spec.output_cap);
-    let mut err = Coalescer::new(Stream::Stderr, spec.output_cap);
-    let (mut out_eof, mut err_eof) = (false, stderr.is_none());
-    let mut err_reader: Reader = stderr.unwrap_or_else(|| Box::new(tokio::io::empty()));
-    let (mut out_buf, mut err_buf) = (vec![0u8; READ_BUF], vec![0u8; READ_BUF]);
+    let mut pipes = Pipes {
+        out: Pipe::new(Stream::Stdout, Some(stdout), spec.output_cap),
+        err: Pipe::new(Stream::Stderr, stderr, spec.output_cap),
+    };
+    let feed = pump_stdin(stdin, stdin_writer, spec.pty);
+    supervise(
+        &mut group,
+        &mut pipes,
+        feed,
+        &output,
+        &cancel,
+        spec.chunk_interval,
+    )
+    .await
+    .map_err(|source| ProcessError::Wait { program, source })?;
+    if group.gone {
+        guard.armed = false;
+    }
 
-    let stdin_task = pump_stdin(stdin, stdin_writer, spec.pty);
-    tokio::pin!(stdin_task);
-    let mut stdin_done = false;
+    pipes.flush_final(&output).await;
+    Ok(group.outcome(started, &pipes))
+}
 
-    let mut ticker = interval(spec.chunk_interval.max(Duration::from_millis(1)));
+/// Drives the child until [`Group::finished`]: reads both output streams, flushes chunks every
+/// `chunk_interval`, feeds stdin, and stops the group on `cancel` or at the deadline. Fails only
+/// if waiting for the child fails (the caller's [`GroupGuard`] then kills the group).
+async fn supervise(
+    group: &mut Group,
+    pipes: &mut Pipes,
+    feed: impl std::future::Future<Output = ()>,
+    output: &Sender<OutputChunk>,
+    cancel: &CancellationToken,
+    chunk_interval: Duration,
+) -> io::Result<()> {
+    tokio::pin!(feed);
+    let mut feed_done = false;
+    let mut ticker = interval(chunk_interval.max(Duration::from_millis(1)));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut poll = interval(GROUP_POLL);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
-    let deadline = spec.timeout.map(|t| started + t);
-    let mut status: Option<ExitStatus> = None;
-    let (mut timed_out, mut cancelled) = (false, false);
-    let mut kill_at: Option<Instant> = None;
-    let mut killed_at: Option<Instant> = None;
-    let mut group_gone = false;
-    let mut drain_until: Option<Instant> = None;
-
-    loop {
-        let drained = out_eof && err_eof;
-        if group_gone && (drained || drain_until.is_some_and(|d| Instant::now() >= d)) {
-            break;
+    while !group.finished(pipes.drained()) {
+        let drained = pipes.drained();
+        let stopping = group.stopping();
+        tokio::select! {
+            n = pipes.out.reader.read(&mut pipes.out.buf), if !pipes.out.eof => pipes.out.took(n),
+            n = pipes.err.reader.read(&mut pipes.err.buf), if !pipes.err.eof => pipes.err.took(n),
+            _ = ticker.tick() => pipes.flush(output),
+            () = &mut feed, if !feed_done => feed_done = true,
+            st = group.child.wait(), if group.status.is_none() => group.exited(st?),
+            () = cancel.cancelled(), if !stopping => {
+                group.cancelled = true;
+                group.terminate();
+            }
+            () = sleep_opt(group.deadline), if !stopping => {
+                group.timed_out = true;
+                group.terminate();
+            }
+            () = sleep_opt(group.kill_at), if group.killed_at.is_none() && !group.gone => {
+                group.kill();
+            }
+            _ = poll.tick(), if group.status.is_some() && !group.gone => group.check_gone(),
+            () = sleep_opt(group.drain_until), if !drained => {}
         }
-        if killed_at.is_some_and(|k| Instant::now() >= k + KILL_WAIT) {
+    }
+    Ok(())
+}
+
+/// One output stream of the child: its reader, a read buffer and the chunks made of it.
+struct Pipe {
+    reader: Reader,
+    buf: Vec<u8>,
+    chunks: Coalescer,
+    /// Nothing more will be read (EOF, a read error, or no such stream).
+    eof: bool,
+}
+
+impl Pipe {
+    /// A pipe reading `reader` as `stream`; with no reader (stderr under a pty) it is at EOF.
+    fn new(stream: Stream, reader: Option<Reader>, cap: usize) -> Self {
+        Self {
+            eof: reader.is_none(),
+            reader: reader.unwrap_or_else(|| Box::new(tokio::io::empty())),
+            buf: vec![0u8; READ_BUF],
+            chunks: Coalescer::new(stream, cap),
+        }
+    }
+
+    /// Takes the result of one read into `buf`.
+    fn took(&mut self, read: io::Result<usize>) {
+        match read {
+            Ok(n) if n > 0 => self.chunks.push(&self.buf[..n]),
+            _ => self.eof = true, // EOF, or EIO once a pty has no slave left
+        }
+    }
+}
+
+/// The child's stdout and stderr.
+struct Pipes {
+    out: Pipe,
+    err: Pipe,
+}
+
+impl Pipes {
+    /// Both streams are read to the end.
+    fn drained(&self) -> bool {
+        self.out.eof && self.err.eof
+    }
+
+    /// Sends what is pending of each stream if the channel has room now.
+    fn flush(&mut self, output: &Sender<OutputChunk>) {
+        self.out.chunks.flush(output);
+        self.err.chunks.flush(output);
+    }
+
+    /// Sends the rest of each stream, waiting at most [`FINAL_FLUSH_WAIT`] in all.
+    async fn flush_final(&mut self, output: &Sender<OutputChunk>) {
+        let deadline = Instant::now() + FINAL_FLUSH_WAIT;
+        self.out.chunks.flush_final(output, deadline).await;
+        self.err.chunks.flush_final(output, deadline).await;
+    }
+}
+
+/// The child and its process group on their way out: how the program ended, why the group is
+/// being stopped, when SIGKILL is due, and whether the group is gone.
+struct Group {
+    child: tokio::process::Child,
+    pgid: u32,
+    kill_grace: Duration,
+    /// When [`ProcessSpec::timeout`] passes.
+    deadline: Option<Instant>,
+    /// The program's exit status, once it exited.
+    status: Option<ExitStatus>,
+    timed_out: bool,
+    cancelled: bool,
+    /// When SIGKILL is due (SIGTERM was sent).
+    kill_at: Option<Instant>,
+    /// When SIGKILL was sent.
+    killed_at: Option<Instant>,
+    /// No live process of the group is left.
+    gone: bool,
+    /// How long output is still read now that the group is gone.
+    drain_until: Option<Instant>,
+}
+
+impl Group {
+    /// The group of `child` (led by `pgid`), started at `started` under `spec`.
+    fn new(child: tokio::process::Child, pgid: u32, spec: &ProcessSpec, started: Instant) -> Self {
+        Self {
+            child,
+            pgid,
+            kill_grace: spec.kill_grace,
+            deadline: spec.timeout.map(|t| started + t),
+            status: None,
+            timed_out: false,
+            cancelled: false,
+            kill_at: None,
+            killed_at: None,
+            gone: false,
+            drain_until: None,
+        }
+    }
+
+    /// Supervising is over: the group is gone and its output read (or the drain grace is
+    /// over), or the group outlived SIGKILL by [`KILL_WAIT`].
+    fn finished(&self, drained: bool) -> bool {
+        if self.gone && (drained || self.drain_until.is_some_and(|d| Instant::now() >= d)) {
+            return true;
+        }
+        if self
+            .killed_at
+            .is_some_and(|k| Instant::now() >= k + KILL_WAIT)
+        {
             tracing::warn!(
-                pid = pgid,
+                pid = self.pgid,
                 "process group still alive after SIGKILL; giving up"
             );
-            break;
+            return true;
         }
-        let stopping = status.is_some() || kill_at.is_some();
-        tokio::select! {
-            n = out_reader.read(&mut out_buf), if !out_eof => match n {
-                Ok(n) if n > 0 => out.push(&out_buf[..n]),
-                _ => out_eof = true, // EOF, or EIO once a pty has no slave left
-            },
-            n = err_reader.read(&mut err_buf), if !err_eof => match n {
-                Ok(n) if n > 0 => err.push(&err_buf[..n]),
-                _ => err_eof = true,
-            },
-            _ = ticker.tick() => {
-                out.flush(&output);
-                err.flush(&output);
-            }
-            () = &mut stdin_task, if !stdin_done => stdin_done = true,
-            st = child.wait(), if status.is_none() => {
-                status = Some(st.map_err(|source| ProcessError::Wait {
-                    program: program.clone(),
-                    source,
-                })?);
-                if group_alive(pgid) {
-                    if kill_at.is_none() {
-                        tracing::debug!(pid = pgid, "program exited; stopping the rest of its group");
-                        let _ = signal_group(pgid, libc::SIGTERM);
-                        kill_at = Some(Instant::now() + spec.kill_grace);
-                    }
-                } else {
-                    group_gone = true;
-                    drain_until = Some(Instant::now() + DRAIN_GRACE);
-                }
-            }
-            () = cancel.cancelled(), if !stopping => {
-                cancelled = true;
-                let _ = signal_group(pgid, libc::SIGTERM);
-                kill_at = Some(Instant::now() + spec.kill_grace);
-            }
-            () = sleep_opt(deadline), if !stopping => {
-                timed_out = true;
-                let _ = signal_group(pgid, libc::SIGTERM);
-                kill_at = Some(Instant::now() + spec.kill_grace);
-            }
-            () = sleep_opt(kill_at), if killed_at.is_none() && !group_gone => {
-                tracing::debug!(pid = pgid, "grace over; SIGKILL to the group");
-                let _ = signal_group(pgid, libc::SIGKILL);
-                killed_at = Some(Instant::now());
-            }
-            _ = poll.tick(), if status.is_some() && !group_gone => {
-                if !group_alive(pgid) {
-                    group_gone = true;
-                    drain_until = Some(Instant::now() + DRAIN_GRACE);
-                }
-            }
-            () = sleep_opt(drain_until), if !drained => {}
-        }
-    }
-    if group_gone {
-        guard.armed = false;
+        false
     }
 
-    let flush_deadline = Instant::now() + FINAL_FLUSH_WAIT;
-    out.flush_final(&output, flush_deadline).await;
-    err.flush_final(&output, flush_deadline).await;
-    Ok(ProcessOutcome {
-        pid: pgid,
-        exit_code: status.and_then(|s| s.code()),
-        signal: status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)),
-        timed_out,
-        cancelled,
-        duration: started.elapsed(),
-        stdout_tail: out.tail().tail(),
-        stderr_tail: err.tail().tail(),
-        stdout_bytes: out.tail().total(),
-        stderr_bytes: err.tail().total(),
-    })
+    /// The program exited or a stop is under way: cancellation and the timeout no longer apply.
+    fn stopping(&self) -> bool {
+        self.status.is_some() || self.kill_at.is_some()
+    }
+
+    /// SIGTERM to the group; SIGKILL follows after the grace.
+    fn terminate(&mut self) {
+        let _ = signal_group(self.pgid, libc::SIGTERM);
+        self.kill_at = Some(Instant::now() + self.kill_grace);
+    }
+
+    /// The grace is over: SIGKILL to the group.
+    fn kill(&mut self) {
+        tracing::debug!(pid = self.pgid, "grace over; SIGKILL to the group");
+        let _ = signal_group(self.pgid, libc::SIGKILL);
+        self.killed_at = Some(Instant::now());
+    }
+
+    /// The program exited: what is left of its group is stopped, unless a stop is under way.
+    fn exited(&mut self, status: ExitStatus) {
+        self.status = Some(status);
+        if group_alive(self.pgid) {
+            if self.kill_at.is_none() {
+                tracing::debug!(
+                    pid = self.pgid,
+                    "program exited; stopping the rest of its group"
+                );
+                self.terminate();
+            }
+        } else {
+            self.mark_gone();
+        }
+    }
+
+    /// Checks whether the group has died out since the program exited.
+    fn check_gone(&mut self) {
+        if !group_alive(self.pgid) {
+            self.mark_gone();
+        }
+    }
+
+    /// No live process of the group is left: output is read for [`DRAIN_GRACE`] more at most.
+    fn mark_gone(&mut self) {
+        self.gone = true;
+        self.drain_until = Some(Instant::now() + DRAIN_GRACE);
+    }
+
+    /// How the run ended, with the tails and totals of `pipes`.
+    fn outcome(&self, started: Instant, pipes: &Pipes) -> ProcessOutcome {
+        let (out, err) = (pipes.out.chunks.tail(), pipes.err.chunks.tail());
+        ProcessOutcome {
+            pid: self.pgid,
+            exit_code: self.status.and_then(|s| s.code()),
+            signal: self
+                .status
+                .and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)),
+            timed_out: self.timed_out,
+            cancelled: self.cancelled,
+            duration: started.elapsed(),
+            stdout_tail: out.tail(),
+            stderr_tail: err.tail(),
+            stdout_bytes: out.total(),
+            stderr_bytes: err.total(),
+        }
+    }
 }
 
 /// Starts the child: with pipes in a new process group, or on a new pty in a new session.
@@ -327,18 +468,7 @@ fn spawn(spec: &ProcessSpec) -> Result<Spawned, ProcessError> {
         .map(|(_, v)| std::ffi::OsString::from(v))
         .or_else(|| std::env::var_os("PATH"));
     resolve_program(&program, path.as_deref(), spec.cwd.as_deref()).map_err(spawn_err)?;
-    let mut cmd = tokio::process::Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(guard_script(spec.kill_grace))
-        .arg("taskfleet-task")
-        .args(&spec.argv)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .kill_on_drop(true);
-    if let Some(dir) = &spec.cwd {
-        cmd.current_dir(dir);
-    }
-    // SIGTERM to the guard shell when the spawning thread ends; the guard then stops the group.
-    sys::die_with_parent(cmd.as_std_mut(), libc::SIGTERM);
+    let mut cmd = guard_command(spec);
     let (child, stdout, stderr, stdin): (_, Reader, Option<Reader>, Writer) = if spec.pty {
         let (pty, pts) = pty_process::open().map_err(|e| ProcessError::Pty(pty_io(e)))?;
         pty.resize(pty_process::Size::new(24, 80))
@@ -375,6 +505,25 @@ fn spawn(spec: &ProcessSpec) -> Result<Spawned, ProcessError> {
     })
 }
 
+/// `sh -c GUARD taskfleet-task argv…` (see [`guard_script`]) with the spec's environment and
+/// working directory, killed on drop and sent SIGTERM when the spawning thread ends.
+fn guard_command(spec: &ProcessSpec) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(guard_script(spec.kill_grace))
+        .arg("taskfleet-task")
+        .args(&spec.argv)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .kill_on_drop(true);
+    if let Some(dir) = &spec.cwd {
+        cmd.current_dir(dir);
+    }
+    // SIGTERM to the guard shell when the spawning thread ends; the guard then stops the group.
+    sys::die_with_parent(cmd.as_std_mut(), libc::SIGTERM);
+    cmd
+}
+
+/// A pty error as an I/O error.
 fn pty_io(e: pty_process::Error) -> io::Error {
     match e {
         pty_process::Error::Io(e) => e,
@@ -406,6 +555,7 @@ async fn pump_stdin(mut rx: Receiver<StdinInput>, mut sink: Writer, pty: bool) {
     // Returning drops `sink`: closes the pipe (a pty's write half only shares the master).
 }
 
+/// Sleeps until `at`; with no `at`, for ever.
 async fn sleep_opt(at: Option<Instant>) {
     match at {
         Some(at) => sleep_until(at).await,
