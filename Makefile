@@ -4,7 +4,7 @@
 #   make test [ARGS="filter ..."]  ensure nats-server + chromium, run all tests (nextest if present)
 #   make check                     rustfmt --check + clippy -D warnings
 #   make fuzz-api [ARGS=…]         schemathesis vs a live API and its OpenAPI document (~1-2 min + build)
-#   make deny                      cargo deny check: licences, bans, sources; advisories if a DB is local
+#   make deny                      cargo deny check: licences, bans, sources, advisories (RustSec snapshot)
 #   make alerts-check              promtool: deploy/prometheus alert rules and their unit tests
 #   make nats                      just ensure nats-server and print its path
 #   make bench [ARGS="--quick"]    taskfleet vs BullMQ vs raw JetStream, side by side (~1.5 min + build)
@@ -83,9 +83,10 @@ check:
 # cargo-deny against deny.toml, offline (--offline --locked) after `cargo fetch --locked`: cargo
 # metadata reads the manifests of every platform's crates, which a build does not download. The
 # RustSec advisory database lives on GitHub, which our machines and CI cannot reach, and no
-# registry ships it: advisories are checked only when a clone is already at deny.toml's db-path
-# ($CARGO_HOME/advisory-dbs/advisory-db-*, where `cargo-deny fetch db` puts it), and skipped
-# with a notice otherwise.
+# registry ships it: advisories are checked against a clone at deny.toml's db-path when one is
+# there (`cargo-deny fetch db` puts it there), else against the repository's dated snapshot
+# (vendor/rustsec-advisory-db.tar.gz, unpacked by scripts/ensure-advisory-db.sh; the check warns
+# when the database is over 90 days old).
 deny:
 	@echo "==> ensuring cargo-deny" >&2; \
 	CARGO_DENY="$$($(ENSURE_DENY) | tail -n1)"; \
@@ -95,10 +96,7 @@ deny:
 	$(CARGO) fetch --locked --quiet; \
 	echo "==> cargo deny check licenses bans sources" >&2; \
 	"$$CARGO_DENY" --offline --locked check --hide-inclusion-graph --show-stats licenses bans sources; \
-	dbs="$${CARGO_HOME:-$$HOME/.cargo}/advisory-dbs"; db=""; \
-	for d in "$$dbs"/advisory-db-*; do \
-		if [ -d "$$d" ] && git -C "$$d" rev-parse --verify -q HEAD >/dev/null 2>&1; then db="$$d"; break; fi; \
-	done; \
+	db="$$(scripts/ensure-advisory-db.sh | tail -n1)"; \
 	if [ -n "$$db" ]; then \
 		at="$$(git -C "$$db" log -1 --format=%cs)"; \
 		age=$$(( ($$(date +%s) - $$(git -C "$$db" log -1 --format=%ct)) / 86400 )); \
@@ -106,9 +104,7 @@ deny:
 		if [ "$$age" -gt 90 ]; then echo "warning: the advisory database is $$age days old: newer advisories are not checked" >&2; fi; \
 		"$$CARGO_DENY" --offline --locked check --hide-inclusion-graph --show-stats advisories; \
 	else \
-		echo "==> advisories: SKIPPED: no RustSec advisory database under $$dbs" >&2; \
-		echo "    (it is fetched from GitHub, which this machine cannot reach, and no package registry" >&2; \
-		echo "    ships a copy; where GitHub is reachable, \`$$CARGO_DENY fetch db\` puts one there)" >&2; \
+		echo "error: no RustSec advisory database (scripts/ensure-advisory-db.sh failed)" >&2; exit 1; \
 	fi
 
 # The Prometheus alert rules (deploy/prometheus/alerts.yaml) and their unit tests
