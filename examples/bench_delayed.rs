@@ -148,17 +148,8 @@ async fn main() -> anyhow::Result<()> {
     let n = arg("--tasks", 1000);
     let concurrency = arg("--concurrency", 8);
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let nats = LocalNats::start(&LocalNatsOptions {
-        bin: None,
-        conf: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/nats.conf")),
-        store_dir: dir.path().join("nats"),
-        log_file: dir.path().join("nats.log"),
-        port,
-    })
-    .await?;
+    let conf = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/nats.conf"));
+    let nats = LocalNats::start(&LocalNatsOptions::scratch(conf, dir.path())?).await?;
     let result = run(&nats.url, n, concurrency).await;
     nats.stop().await;
     result

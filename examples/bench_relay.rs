@@ -116,17 +116,8 @@ async fn main() -> anyhow::Result<()> {
     let events = arg("--events", 3000);
     let fanout_events = arg("--fanout-events", 100);
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let nats = LocalNats::start(&LocalNatsOptions {
-        bin: None,
-        conf: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/nats.conf")),
-        store_dir: dir.path().join("nats"),
-        log_file: dir.path().join("nats.log"),
-        port,
-    })
-    .await?;
+    let conf = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/nats.conf"));
+    let nats = LocalNats::start(&LocalNatsOptions::scratch(conf, dir.path())?).await?;
     let one = scenario(&nats.url, 1, events).await?;
     let hundred = scenario(&nats.url, 100, fanout_events).await?;
     nats.stop().await;

@@ -152,17 +152,8 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5000);
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let nats = LocalNats::start(&LocalNatsOptions {
-        bin: None,
-        conf: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/nats.conf")),
-        store_dir: dir.path().join("nats"),
-        log_file: dir.path().join("nats.log"),
-        port,
-    })
-    .await?;
+    let conf = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/nats.conf"));
+    let nats = LocalNats::start(&LocalNatsOptions::scratch(conf, dir.path())?).await?;
     let js = jetstream::new(async_nats::connect(&nats.url).await?);
     js.create_stream(stream::Config {
         name: "PROBE_JOBS".into(),

@@ -65,6 +65,23 @@ pub struct LocalNatsOptions {
     pub port: u16,
 }
 
+impl LocalNatsOptions {
+    /// A throwaway server's options (benchmarks, probes): config `conf`, its store and log
+    /// under `dir`, on a free loopback port.
+    pub fn scratch(conf: PathBuf, dir: &std::path::Path) -> std::io::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        Ok(Self {
+            bin: None,
+            conf,
+            store_dir: dir.join("nats"),
+            log_file: dir.join("nats.log"),
+            port,
+        })
+    }
+}
+
 /// A running child nats-server. Dropping it kills the server; prefer [`LocalNats::stop`].
 #[derive(Debug)]
 pub struct LocalNats {

@@ -76,30 +76,28 @@ impl DeliveryStore {
     /// Queues `job` on its destination's subject of DELIVERIES, de-duplicated on `msg_id`, and
     /// waits until it is stored.
     pub async fn queue(&self, job: &DeliveryJob, msg_id: &str) -> Result<(), StoreError> {
-        self.bus
-            .js
-            .publish_with_headers(
-                subjects::delivery(&job.key),
-                message_headers(msg_id),
-                encode(job),
-            )
-            .await
-            .op("queue delivery")?
-            .await
-            .op("queue delivery ack")?;
-        Ok(())
+        let why = match self.publish(job, msg_id).await? {
+            Queued::Sent(ack) => return Ok(ack.await.map(drop).op("queue delivery ack")?),
+            Queued::Refused(why) => why,
+        };
+        Err(StoreError::Bus(BusError::TooLarge(why)))
     }
 
     /// Sends `job` to its destination's subject, de-duplicated on the job id, without waiting
     /// for the stream's answer (awaiting [`Queued::Sent`] gives it). A job larger than the
     /// connection takes is [`Queued::Refused`] at once.
     pub async fn send(&self, job: &DeliveryJob) -> Result<Queued, BusError> {
+        self.publish(job, &job.id).await
+    }
+
+    /// [`send`](Self::send) with the de-duplication id `msg_id`.
+    async fn publish(&self, job: &DeliveryJob, msg_id: &str) -> Result<Queued, BusError> {
         let sent = self
             .bus
             .js
             .publish_with_headers(
                 subjects::delivery(&job.key),
-                message_headers(&job.id),
+                message_headers(msg_id),
                 encode(job),
             )
             .await;

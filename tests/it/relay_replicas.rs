@@ -4,32 +4,13 @@
 //! dead delivery instead of stopping the fan-out.
 
 use crate::harness::receiver::{Answer, Endpoint, Hit};
-use crate::harness::relay::webhook;
+use crate::harness::relay::{hook_relay_config, webhook};
 use crate::harness::TestApp;
 use serde_json::json;
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::Duration;
 use taskfleet::bus::subjects;
 use taskfleet::domain::{EventKind, Task};
-
-/// A relay config with one named webhook, `hook`, and test timings (ack wait 2 + 5 s).
-fn config(dir: &tempfile::TempDir, hook_url: &str) -> PathBuf {
-    let path = dir.path().join("taskfleet.toml");
-    let toml = format!(
-        r#"[relay]
-allow = ["127.0.0.1/32"]
-attempt_timeout_s = 2
-retry_schedule_s = [0, 1, 1, 1]
-
-[relay.destinations.hook]
-type = "webhook"
-url = "{hook_url}"
-"#
-    );
-    std::fs::write(&path, toml).unwrap();
-    path
-}
 
 /// The step numbers of `hits` in order of first arrival (`step N` is the event's message).
 fn steps_in_first_arrival_order(hits: &[Hit]) -> Vec<u64> {
@@ -62,7 +43,7 @@ async fn two_relay_replicas_with_one_killed_mid_stream_deliver_every_event_once_
     let app = TestApp::spawn().await;
     let hook = Endpoint::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = config(&dir, &hook.url("/hook"));
+    let config = hook_relay_config(&dir, &hook.url("/hook"));
     let mut first = app.relay_process(&config).await;
     let second = app.relay_process(&config).await;
     let task = app.task_notifying("shared", json!(["hook"])).await;

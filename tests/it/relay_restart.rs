@@ -2,30 +2,11 @@
 //! event is lost, and duplicates carry the same `webhook-id`.
 
 use crate::harness::receiver::{Answer, Endpoint, Hit};
-use crate::harness::relay::RelayProcess;
+use crate::harness::relay::{hook_relay_config, RelayProcess};
 use crate::harness::TestApp;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::time::Duration;
-
-/// A relay config with one named webhook, `hook`, and test timings (ack wait 2 + 5 s).
-fn config(dir: &tempfile::TempDir, hook_url: &str) -> PathBuf {
-    let path = dir.path().join("taskfleet.toml");
-    let toml = format!(
-        r#"[relay]
-allow = ["127.0.0.1/32"]
-attempt_timeout_s = 2
-retry_schedule_s = [0, 1, 1, 1]
-
-[relay.destinations.hook]
-type = "webhook"
-url = "{hook_url}"
-"#
-    );
-    std::fs::write(&path, toml).unwrap();
-    path
-}
 
 /// Kinds in order of first arrival, and every webhook-id seen per kind.
 fn by_kind(hits: &[Hit]) -> (Vec<String>, BTreeMap<String, Vec<String>>) {
@@ -60,7 +41,7 @@ async fn a_relay_killed_mid_delivery_and_restarted_loses_nothing_and_keeps_webho
     let app = TestApp::spawn().await;
     let hook = Endpoint::scripted(vec![Answer::status(200).after(Duration::from_secs(30))]).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = config(&dir, &hook.url("/hook"));
+    let config = hook_relay_config(&dir, &hook.url("/hook"));
     let (mut relay, task) = hanging_first_delivery(&app, &hook, &config).await;
     app.act(&task, "start").await;
     app.wait_fanned_out(Duration::from_secs(5)).await;
@@ -102,7 +83,7 @@ async fn an_event_being_fanned_out_when_the_relay_is_killed_still_arrives_in_ord
     let app = TestApp::spawn().await;
     let hook = Endpoint::scripted(vec![Answer::status(200).after(Duration::from_secs(30))]).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = config(&dir, &hook.url("/hook"));
+    let config = hook_relay_config(&dir, &hook.url("/hook"));
     let (mut relay, task) = hanging_first_delivery(&app, &hook, &config).await;
 
     // Act: kill -9 right after `start`, while the fan-out is handling its event.

@@ -195,6 +195,26 @@ impl TestApp {
     }
 }
 
+/// A relay config file in `dir` with one named webhook, `hook`, at `hook_url`, and test timings
+/// (ack wait 2 + 5 s), for `taskfleet relay` processes.
+#[allow(dead_code)]
+pub fn hook_relay_config(dir: &tempfile::TempDir, hook_url: &str) -> PathBuf {
+    let path = dir.path().join("taskfleet.toml");
+    let toml = format!(
+        r#"[relay]
+allow = ["127.0.0.1/32"]
+attempt_timeout_s = 2
+retry_schedule_s = [0, 1, 1, 1]
+
+[relay.destinations.hook]
+type = "webhook"
+url = "{hook_url}"
+"#
+    );
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
 /// An inline webhook destination posting to `url`.
 #[allow(dead_code)]
 pub fn webhook(url: &str) -> Value {
