@@ -155,22 +155,41 @@ async fn create_noops_with(app: &ClusterApp, n: usize, payload: Value) -> Vec<St
         .await
 }
 
-/// One task of the load's tenant per priority, run to the end: the workers then have the
-/// consumers of its fair-share turn open.
-async fn warm_up(app: &ClusterApp) -> HashSet<String> {
-    let ids = create_noops(app, 3).await;
-    for id in &ids {
-        eventually(
-            &format!("warm-up task {id} to complete"),
-            Duration::from_secs(20),
-            || async {
-                let t = app.admin.get_task(id).await.ok()?;
-                (t.status.as_str() == "completed").then_some(())
-            },
-        )
-        .await;
+/// Rounds of 12 tasks of the load's tenant (200 ms each, more than one worker's 8 slots take at
+/// once), each run to the end, until both workers have taken one: each has then opened the
+/// consumers of the load's fair-share turn (a worker opens them lazily, on a ring or a sweep, so
+/// a warm-up the other worker ran alone leaves one of them to open in the middle of the load).
+async fn warm_up(app: &ClusterApp, workers: [&ClusterWorker; 2]) -> HashSet<String> {
+    let mut warm = HashSet::new();
+    for _ in 0..40 {
+        let ids = create_noops_with(app, 12, json!({"sleep_ms": 200})).await;
+        for id in &ids {
+            eventually(
+                &format!("warm-up task {id} to complete"),
+                Duration::from_secs(20),
+                || async {
+                    let t = app.admin.get_task(id).await.ok()?;
+                    (t.status.as_str() == "completed").then_some(())
+                },
+            )
+            .await;
+        }
+        warm.extend(ids);
+        // A worker names each task it takes in its log (read here, not through a consumer of
+        // our own: a consumer led by the node the test moves leaders off would be in the way).
+        let took_one = |w: &&ClusterWorker| {
+            let log = w.log();
+            warm.iter().any(|id| log.contains(id.as_str()))
+        };
+        if workers.iter().all(took_one) {
+            return warm;
+        }
     }
-    ids.into_iter().collect()
+    panic!(
+        "a worker took no warm-up task:\n{}\n{}",
+        workers[0].log(),
+        workers[1].log()
+    );
 }
 
 /// The queue's messages and, per worker consumer, (pending, ack pending, redelivered).
@@ -555,7 +574,7 @@ async fn kill_a_node_mid_load(victim_role: Victim) -> String {
         app.worker("anna", 8, &w2_url)
     );
     // The workers open the consumer of the load's fair-share turn once they see its first task.
-    let warm = warm_up(&app).await;
+    let warm = warm_up(&app, [&w1, &w2]).await;
     let c = &app.cluster;
     match victim_role {
         Victim::Leader => {
@@ -585,6 +604,14 @@ async fn kill_a_node_mid_load(victim_role: Victim) -> String {
             }
         }
     }
+    // A pull a worker sent while a leader moved goes unanswered, and the worker waits out its
+    // pull timeout (5 s) before it asks again: warm up again, so both workers take part in the
+    // load from its start.
+    let warm: HashSet<String> = warm
+        .union(&warm_up(&app, [&w1, &w2]).await)
+        .cloned()
+        .collect();
+    let c = &app.cluster;
     let js = c.jetstream(others[0]).await.expect("connect to a survivor");
     w1.freeze(true);
     w2.freeze(true);
