@@ -391,7 +391,7 @@ impl FanOut {
                 let span = tracing::info_span!(target: "taskfleet::trace", "relay.fanout",
                     held = true);
                 let _ = span.set_parent(trace);
-                let queued = publish(&self.delivery, &job).instrument(span);
+                let queued = publish(&self.delivery, job).instrument(span);
                 if let Err(e) = queued.await {
                     tracing::warn!(error.message = %e, "could not queue a throttled delivery");
                 }
@@ -445,9 +445,9 @@ fn public_view(task: &Task) -> Task {
 
 /// Queues a job on its destination's subject (de-duplicated on the job id) and waits until it
 /// is stored (or, refused for good, dead-lettered).
-pub(super) async fn publish(delivery: &Arc<Delivery>, job: &DeliveryJob) -> Result<(), BusError> {
-    let queued = delivery.store.send(job).await?;
-    settle(delivery, vec![(job.clone(), queued)]).await
+pub(super) async fn publish(delivery: &Arc<Delivery>, job: DeliveryJob) -> Result<(), BusError> {
+    let queued = delivery.store.send(&job).await?;
+    settle(delivery, vec![(job, queued)]).await
 }
 
 /// Waits, in order, until every job sent is stored, and starts its destination's loop. A job

@@ -22,6 +22,7 @@ use crate::bus::{direct, encode, message_headers, subjects, Bus, BusError, NatsR
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::context::PublishAckFuture;
 use futures::StreamExt;
+use std::collections::HashSet;
 
 /// Why the store could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
@@ -230,19 +231,26 @@ impl DeliveryStore {
         if stored.record.status == DeliveryStatus::Pending {
             return Err(StoreError::StillPending(id.to_string()));
         }
-        match self.replay_record(&stored).await? {
+        match self.replay_record(&stored, &mut HashSet::new()).await? {
             true => Ok(()),
             false => Err(StoreError::Conflict(id.to_string())),
         }
     }
 
-    /// Marks `stored` pending again and queues its job anew (re-enabling its destination).
+    /// Marks `stored` pending again and queues its job anew, re-enabling its destination unless
+    /// its queue key is in `enabled` already (a destination-wide replay enables each key once).
     /// `false` when the record changed since it was read (nothing is queued then).
-    async fn replay_record(&self, stored: &StoredRecord) -> Result<bool, StoreError> {
+    async fn replay_record(
+        &self,
+        stored: &StoredRecord,
+        enabled: &mut HashSet<String>,
+    ) -> Result<bool, StoreError> {
         let mut rec = stored.record.clone();
         // Same delivery id (receivers de-duplicate on webhook-id), a new queue message.
         let msg_id = format!("{}:replay:{}", rec.job.id, ulid::Ulid::new());
-        let _ = super::disabled::enable(&self.bus, &rec.job.key).await;
+        if enabled.insert(rec.job.key.clone()) {
+            let _ = super::disabled::enable(&self.bus, &rec.job.key).await;
+        }
         rec.status = DeliveryStatus::Pending;
         rec.reason = Some("replayed".into());
         rec.updated_time = crate::domain::now();
@@ -276,14 +284,14 @@ impl DeliveryStore {
         dead.sort_by_key(|s| (s.record.job.created_time, s.seq));
         let more = dead.len() > max;
         dead.truncate(max);
-        let mut ids = Vec::new();
+        let (mut ids, mut enabled) = (Vec::new(), HashSet::new());
         for listed in &dead {
             let id = &listed.record.job.id;
             let current = record::read_record(&self.bus.client, id).await?;
             let Some(current) = current.filter(|c| c.record.status == DeliveryStatus::Dead) else {
                 continue;
             };
-            if self.replay_record(&current).await? {
+            if self.replay_record(&current, &mut enabled).await? {
                 ids.push(id.clone());
             }
         }
