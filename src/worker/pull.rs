@@ -4,10 +4,18 @@
 //! every request; a worker pulls after every task, so that doubled the server's work per pull.
 //!
 //! A request ends when it has its `n` messages or the server sends a status (404 no messages,
-//! 408 timeout or requests pending, 409 …) on its own reply subject. Delivered messages carry
-//! their stream subject, not the reply subject, so they cannot be told apart by request: one
-//! that arrives late for a request given up on (its node died, say) is simply taken by the next
-//! pull, never dropped.
+//! 408 timeout or requests pending, 409 …, 503 no leader to answer) on its own reply subject.
+//! Delivered messages carry their stream subject, not the reply subject, so they cannot be told
+//! apart by request: one that arrives late for a request given up on (its node died, say) is
+//! simply taken by the next pull, never dropped.
+//!
+//! A request can also go unanswered: nats-server drops the requests a consumer's old leader
+//! had queued or kept waiting when it steps down (or its node dies), and the new leader sends
+//! `409 Leadership Change` only for the waiting ones its followers had heard of.
+//! A no-wait pull is answered within a millisecond and one with `expires` by then, so a request
+//! with no answer [`ANSWER_GRACE`] past its expiry is given up on and asked again, under a new
+//! reply subject, for the messages still missing; only when nothing answers for
+//! [`PULL_TIMEOUT`] does the pull fail (see `docs/cluster.md`).
 //!
 //! An idle worker can also *arm* a consumer: leave a one-message request waiting at the server,
 //! so a task published later is pushed to it at once instead of after a doorbell ring and a
@@ -29,11 +37,14 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// How long a pull may go without an answer before it counts as lost (a node died under it).
+/// How long a pull may go without an answer to any of its requests before it fails (the
+/// cluster has no leader for the consumer, or the connection is stuck).
 const PULL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long past its expiry an armed request counts as waiting if its end was never heard.
-const ARMED_GRACE: Duration = Duration::from_secs(1);
+/// How long past its expiry (a no-wait request's is when it is sent) a request that got no
+/// answer counts as lost: a pull then asks again, and an armed consumer counts as unarmed.
+/// Answers normally take well under a millisecond; a late one still finds its messages taken.
+const ANSWER_GRACE: Duration = Duration::from_secs(1);
 
 /// The pull requests of one worker process.
 pub(super) struct Puller {
@@ -79,7 +90,7 @@ impl Puller {
     /// Leaves a request for one message of `consumer` waiting at the server for `wait`.
     pub(super) async fn arm(&mut self, consumer: &str, wait: Duration) -> Result<(), WorkerError> {
         let reply = self.send(consumer, 1, Some(wait)).await?;
-        let until = Instant::now() + wait + ARMED_GRACE;
+        let until = Instant::now() + wait + ANSWER_GRACE;
         self.armed.insert(consumer.to_string(), (reply, until));
         Ok(())
     }
@@ -142,25 +153,47 @@ impl Puller {
         }
     }
 
-    /// Armed requests whose end (a 408 from the server) never came: lost with a connection.
+    /// Armed requests whose end (a 408 from the server) never came: lost with a connection or
+    /// in a leader move.
     fn forget_lapsed(&mut self) {
         let now = Instant::now();
         self.armed.retain(|_, (_, until)| *until > now);
     }
 
     /// Up to `max` messages of `consumer` that are there now (a no-wait pull), or, with `wait`,
-    /// the first ones to arrive within it.
+    /// the first ones to arrive within it. A request unanswered [`ANSWER_GRACE`] past its expiry
+    /// is asked again for what is still missing (see the module doc).
     pub(super) async fn pull(
         &mut self,
         consumer: &str,
         max: usize,
         wait: Option<Duration>,
     ) -> Result<Vec<Message>, WorkerError> {
-        let reply = self.send(consumer, max, wait).await?;
-        let limit = PULL_TIMEOUT + wait.unwrap_or_default();
-        match tokio::time::timeout(limit, self.collect(&reply, max)).await {
-            Ok(got) => got,
-            Err(_) => Err(pull_error("no answer to the pull request")),
+        let fail_at = Instant::now() + PULL_TIMEOUT + wait.unwrap_or_default();
+        let mut out = Vec::with_capacity(max);
+        let mut asked = 0;
+        loop {
+            let reply = self.send(consumer, max - out.len(), wait).await?;
+            asked += 1;
+            let give_up = (Instant::now() + wait.unwrap_or_default() + ANSWER_GRACE).min(fail_at);
+            let collected = self.collect(&reply, max, &mut out);
+            if let Ok(done) = tokio::time::timeout_at(give_up, collected).await {
+                return done.map(|()| out);
+            }
+            if out.len() >= max || Instant::now() >= fail_at {
+                // Messages that came count as the answer; none in the whole time is a failure.
+                return match out.is_empty() {
+                    true => Err(pull_error(&format!(
+                        "{asked} pull requests to {consumer} went unanswered"
+                    ))),
+                    false => Ok(out),
+                };
+            }
+            tracing::info!(
+                consumer,
+                got = out.len(),
+                "a pull request went unanswered (its consumer's leader moved?); asking again"
+            );
         }
     }
 
@@ -185,15 +218,21 @@ impl Puller {
         Ok(reply)
     }
 
-    async fn collect(&mut self, reply: &str, max: usize) -> Result<Vec<Message>, WorkerError> {
-        let mut out = Vec::with_capacity(max);
+    /// Reads answers into `out` until it holds `max` messages or `reply`'s request ended.
+    /// Cancel-safe: what came stays in `out`.
+    async fn collect(
+        &mut self,
+        reply: &str,
+        max: usize,
+        out: &mut Vec<Message>,
+    ) -> Result<(), WorkerError> {
         while out.len() < max {
             let msg = self.answer().await?;
-            if self.route(msg, reply, &mut out) {
+            if self.route(msg, reply, out) {
                 break;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The next answer to any request; [`WorkerError::ReaderLost`] when the connection drops
