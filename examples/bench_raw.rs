@@ -13,7 +13,12 @@
 //! after it, shaped like taskfleet's. So a trivial task stores 3 messages, one with 3 steps 6.
 //! Output per the bench contract (issue 7): progress on stderr, one JSON object last on stdout.
 //!
-//! Run: `cargo run --release --example bench_raw -- [--tasks 5000] [--quick] [--out FILE]`
+//! The relay rows: progress events of one task forwarded to one local webhook receiver by one
+//! durable pull consumer (one in flight), and fanned out to 100 destinations, each forwarded in
+//! order by its own durable consumer (see `FANOUT_NOTE`).
+//!
+//! Run: `cargo run --release --example bench_raw -- [--tasks 5000] [--quick] [--out FILE]
+//!       [--relay-fanout-events 100]`
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::{self, stream, Context, Message};
@@ -21,7 +26,7 @@ use async_nats::{HeaderMap, Subscriber};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
-use std::sync::{atomic::AtomicUsize, atomic::Ordering::SeqCst, Arc};
+use std::sync::{atomic::AtomicUsize, atomic::Ordering::SeqCst, Arc, Mutex};
 use std::time::{Duration, Instant};
 use taskfleet::bus::append::Append;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -41,6 +46,14 @@ const MATRIX: [(usize, usize, u64); 6] = [
     (1, 64, 0),
     (1, 64, 3),
 ];
+/// Webhook destinations of the fan-out relay.
+const FANOUT: usize = 100;
+/// How the raw side's fan-out relay works, for the report's notes.
+const FANOUT_NOTE: &str = "one pull consumer of the ledger's progress events publishes one job \
+    per destination to its subject deliver.bench.d<n> of a work-queue stream (the 100 publishes \
+    of an event awaited, then the event acked); 100 durable pull consumers, one per destination \
+    subject, each with one unacked job (max_ack_pending 1), POST it to the destination's path \
+    and ack after the 200; no delivery record is stored";
 /// What the raw side writes, for the report's notes.
 const WRITES_NOTE: &str = "per task, the queue message (work-queue stream) and, on the ledger \
     stream (taskfleet::bus::ledger_config), a claim appended expecting sequence 0, one append \
@@ -493,6 +506,185 @@ impl Bench {
         eprintln!("  {rate:.0} deliveries/s");
         Ok(rate)
     }
+
+    /// `events` progress events of one task (written in order, acks awaited after), fanned out
+    /// to [`FANOUT`] destinations as [`FANOUT_NOTE`] says; deliveries/s from the first event
+    /// written until the receiver has counted every delivery.
+    async fn relay_fanout(&mut self, events: usize) -> Res<Value> {
+        let expected = events * FANOUT;
+        eprintln!("relay fan-out: {events} events × {FANOUT} destinations = {expected} …");
+        let (base, seen, server) = fanout_receiver(FANOUT).await?;
+        let mut relays = Vec::new();
+        for (n, c) in (destination_consumers(&self.js, FANOUT).await?)
+            .into_iter()
+            .enumerate()
+        {
+            relays.push(tokio::spawn(forward(c, format!("{base}/hook/{n}"))));
+        }
+        let consumer = fanout_consumer(&self.js).await?;
+        let fan = tokio::spawn(fan_out(self.js.clone(), consumer, FANOUT));
+        let rid = ulid::Ulid::new().to_string();
+        let started = Instant::now();
+        let mut stored = Vec::new();
+        for i in 0..events {
+            stored.push(progress_event_unacked(&self.js, &rid, i, events).await?);
+        }
+        for ack in stored {
+            ack.await?;
+        }
+        let limit = Duration::from_secs(60) + Duration::from_millis(expected as u64 * 20);
+        let got = || seen.lock().expect("lock").got;
+        while got() < expected && started.elapsed() < limit && !fan.is_finished() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        if fan.is_finished() {
+            fan.await??; // it stopped early: say why
+        } else {
+            fan.abort();
+        }
+        relays.iter().for_each(|r| r.abort());
+        server.abort();
+        let s = seen.lock().expect("lock");
+        if s.got < expected || s.out_of_order > 0 || s.unreadable > 0 {
+            anyhow::bail!(
+                "relay fan-out: {} of {expected} delivered, {} out of order, {} unreadable",
+                s.got,
+                s.out_of_order,
+                s.unreadable
+            );
+        }
+        let rate = expected as f64 / secs;
+        eprintln!("  {rate:.0} deliveries/s ({secs:.2} s), in order per destination");
+        let figures = json!({"events": events, "destinations": FANOUT, "deliveries": expected,
+            "secs": secs, "deliveries_per_s": rate});
+        Ok(figures)
+    }
+}
+
+/// What the fan-out receiver has seen: per destination the highest step, and the counts.
+#[derive(Default)]
+struct Seen {
+    /// Per destination, the highest step index (`data.done`) received so far.
+    highest: Vec<Option<u64>>,
+    /// Deliveries received.
+    got: usize,
+    /// Deliveries that arrived after a later step of their destination.
+    out_of_order: usize,
+    /// Requests with no step index, or to no destination.
+    unreadable: usize,
+}
+
+impl Seen {
+    /// Counts one POST to destination `dest` whose event is step `seq`.
+    fn note(&mut self, dest: usize, seq: Option<u64>) {
+        let (Some(seq), Some(highest)) = (seq, self.highest.get_mut(dest)) else {
+            self.unreadable += 1;
+            return;
+        };
+        self.got += 1;
+        if highest.is_some_and(|h| seq <= h) {
+            self.out_of_order += 1;
+        }
+        *highest = Some(highest.map_or(seq, |h| h.max(seq)));
+    }
+}
+
+/// A local receiver of `destinations` webhooks (`/hook/<n>`) checking the order per
+/// destination: its base URL, what it saw, and its task.
+async fn fanout_receiver(
+    destinations: usize,
+) -> Res<(
+    String,
+    Arc<Mutex<Seen>>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    let seen = Arc::new(Mutex::new(Seen {
+        highest: vec![None; destinations],
+        ..Seen::default()
+    }));
+    let s = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook/{n}",
+        axum::routing::post(
+            move |axum::extract::Path(n): axum::extract::Path<usize>, body: bytes::Bytes| {
+                let seq = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v["data"]["done"].as_u64());
+                s.lock().expect("lock").note(n, seq);
+                async { "ok" }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((base, seen, server))
+}
+
+/// The fan-out's jobs (a work-queue stream over `deliver.bench.>`) and one durable pull
+/// consumer per destination subject, one unacked job at a time.
+async fn destination_consumers(js: &Context, destinations: usize) -> Res<Vec<PullConsumer>> {
+    let jobs = js
+        .create_stream(stream::Config {
+            name: "DELIVER".into(),
+            subjects: vec!["deliver.bench.>".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await?;
+    let mut consumers = Vec::new();
+    for n in 0..destinations {
+        consumers.push(
+            jobs.create_consumer(pull::Config {
+                durable_name: Some(format!("dest_d{n}")),
+                filter_subject: format!("deliver.bench.d{n}"),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(10),
+                max_ack_pending: 1,
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await?,
+        );
+    }
+    Ok(consumers)
+}
+
+/// The fan-out's durable pull consumer of every new progress event of the ledger.
+async fn fanout_consumer(js: &Context) -> Res<PullConsumer> {
+    Ok((js.get_stream("EVENTS").await?)
+        .create_consumer(pull::Config {
+            durable_name: Some("fanout_bench".into()),
+            filter_subject: "events.bench.*.progress".into(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(10),
+            max_ack_pending: 256,
+            deliver_policy: DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await?)
+}
+
+/// Reads `consumer`'s events in stream order; per event, publishes one job to each of the
+/// `destinations` subjects, waits until all are stored, then acks the event.
+async fn fan_out(js: Context, consumer: PullConsumer, destinations: usize) -> Res<()> {
+    let mut msgs = consumer.messages().await?;
+    while let Some(m) = msgs.next().await {
+        let m = m?;
+        let mut stored = Vec::with_capacity(destinations);
+        for n in 0..destinations {
+            let subject = format!("deliver.bench.d{n}");
+            stored.push(js.publish(subject, m.payload.clone()).await?);
+        }
+        for ack in stored {
+            ack.await?;
+        }
+        m.ack().await.map_err(boxed)?;
+    }
+    Ok(())
 }
 
 /// A local webhook receiver counting its POSTs into `count`: its URL and its task.
@@ -551,15 +743,23 @@ async fn forward(consumer: PullConsumer, url: String) {
 
 /// Writes progress event `i` of `n` of task `rid` to the ledger (stored as an event).
 async fn progress_event(js: &Context, rid: &str, i: usize, n: usize) -> Res<()> {
+    progress_event_unacked(js, rid, i, n).await?.await?;
+    Ok(())
+}
+
+/// Sends progress event `i` of `n` of task `rid` to the ledger; its stream ack, to await.
+async fn progress_event_unacked(
+    js: &Context,
+    rid: &str,
+    i: usize,
+    n: usize,
+) -> Res<jetstream::context::PublishAckFuture> {
     let evt = format!("evt_{rid}_p{i}");
     let body = json!({"id": evt, "task_id": rid, "assigned_to": "bench", "type": "progress",
         "time": now_text(), "attempt": 1, "operator": "bench", "data": {"done": i, "total": n}});
     let subject = format!("ledger.bench.{rid}.progress");
     let body = serde_json::to_vec(&body)?.into();
-    js.publish_with_headers(subject, msg_id(&evt), body)
-        .await?
-        .await?;
-    Ok(())
+    Ok(js.publish_with_headers(subject, msg_id(&evt), body).await?)
 }
 
 /// The queue (a work-queue stream like taskfleet's `TASKS`, with its three worker consumers)
@@ -623,6 +823,7 @@ async fn drive(b: &mut Bench, args: &Args) -> Res<Value> {
     let pick = |q: usize, full: usize| if quick { q } else { full };
     let n = args.num("--tasks", pick(500, 5000));
     let (samples, p2, relay_n) = (pick(50, 300), pick(1000, 10_000), pick(300, 3000));
+    let fanout_n = args.num("--relay-fanout-events", pick(20, 100));
     let sample = task_body(&ulid::Ulid::new().to_string(), "p0", &json!({"steps": 0}));
     eprintln!("task message: {} bytes", sample.len());
     let mut rows = Vec::new();
@@ -632,6 +833,7 @@ async fn drive(b: &mut Bench, args: &Args) -> Res<Value> {
     let (rss, latency) = b.latency(samples).await?;
     let p0 = b.p0_behind_p2(p2).await?;
     let relay = b.relay(relay_n).await?;
+    let fanout = b.relay_fanout(fanout_n).await?;
     Ok(json!({
         "system": "raw-jetstream", "tasks": n, "concurrency": 8,
         "writes_note": WRITES_NOTE,
@@ -639,6 +841,9 @@ async fn drive(b: &mut Bench, args: &Args) -> Res<Value> {
         "idle_latency_ms": latency,
         "p0_behind_p2_ms": p0,
         "relay_per_s": relay,
+        "relay_fanout_per_s": fanout["deliveries_per_s"],
+        "relay_fanout_note": FANOUT_NOTE,
+        "extra": {"relay_fanout": fanout},
         "rss_mb": {"worker": rss, "api": null},
     }))
 }

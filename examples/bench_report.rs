@@ -1,9 +1,9 @@
 //! The report of `make bench` (issue 7): reads the JSON objects written by the taskfleet, BullMQ
 //! and raw-JetStream benchmarks (see examples/bench/ and docs/benchmarks.md), prints a markdown
-//! section with one row per figure (throughput at concurrency 8 and 64, latency, P0, relay, RSS,
-//! writes stored per task) and the targets of the issue "Task storage v2" judged against them,
-//! puts it between `<!-- bench:begin -->` and `<!-- bench:end -->` of the doc, and writes the
-//! merged JSON.
+//! section with one row per figure (throughput at concurrency 8 and 64, latency, P0, relay to one
+//! webhook and to 100, RSS, writes stored per task) and the targets of the issue "Task storage
+//! v2" judged against them, puts it between `<!-- bench:begin -->` and `<!-- bench:end -->` of
+//! the doc, and writes the merged JSON.
 //!
 //! Run: `target/release/examples/bench_report [--doc docs/benchmarks.md]
 //!       [--json docs/benchmarks.json] [--command "make bench"] TASKFLEET.json BULLMQ.json RAW.json`
@@ -305,6 +305,11 @@ fn other_rows(sys: &[Option<Value>; 3]) -> Vec<Row> {
             unit: Unit::PerS,
             values: pick(sys, |s| num(&s["relay_per_s"])),
         },
+        Row {
+            label: fanout_label(sys),
+            unit: Unit::PerS,
+            values: pick(sys, |s| num(&s["relay_fanout_per_s"])),
+        },
     ];
     for (k, what) in [
         ("worker", "one idle worker process"),
@@ -317,6 +322,21 @@ fn other_rows(sys: &[Option<Value>; 3]) -> Vec<Row> {
         });
     }
     rows
+}
+
+/// The fan-out relay row's label, with the events and destinations the programs report
+/// (`extra.relay_fanout`; the first system that has them).
+fn fanout_label(sys: &[Option<Value>; 3]) -> String {
+    let size =
+        |k: &str| (sys.iter().flatten()).find_map(|s| s["extra"]["relay_fanout"][k].as_u64());
+    let events = size("events").map_or("progress events".into(), |n| {
+        format!("{} progress events", grouped(n as i64))
+    });
+    let destinations = size("destinations").unwrap_or(100);
+    format!(
+        "relay: {events} × {destinations} webhook destinations, in order per destination \
+         (taskfleet signs each)"
+    )
 }
 
 /// One target of the issue ("Task storage v2"), judged against the figures.
@@ -739,6 +759,22 @@ fn main() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_fanout_row_names_the_events_and_destinations_a_program_reported() {
+        let tf = serde_json::json!({"system": "taskfleet", "relay_fanout_per_s": 4000.0,
+            "extra": {"relay_fanout": {"events": 100, "destinations": 100}}});
+        let sys = [Some(tf), None, None];
+        let row = (super::rows(&sys).into_iter())
+            .find(|r| r.label.contains("100 webhook destinations"))
+            .expect("a fan-out row");
+        assert_eq!(
+            row.label,
+            "relay: 100 progress events × 100 webhook destinations, in order per destination \
+             (taskfleet signs each)"
+        );
+        assert_eq!(row.values, [Some(4000.0), None, None]);
+    }
+
     #[test]
     fn splice_replaces_only_between_the_markers() {
         let doc = "intro\n<!-- bench:begin -->\nold\n<!-- bench:end -->\nrest\n";

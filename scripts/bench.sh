@@ -4,8 +4,9 @@
 #
 # Usage: scripts/bench.sh [--quick] [--tasks N] [--only taskfleet,bullmq,raw]
 #   --quick and --tasks N go to all three programs (see docs/benchmarks.md for the scenarios:
-#   throughput with 1, 2, 4 worker processes × 8 and 1 × 64, idle latency, P0 behind P2, relay,
-#   idle RSS, writes stored per task; the report judges the storage-v2 targets against them).
+#   throughput with 1, 2, 4 worker processes × 8 and 1 × 64, idle latency, P0 behind P2, relay
+#   to 1 webhook and to 100, idle RSS, writes stored per task; the report judges the storage-v2
+#   targets against them).
 #   --only runs a subset (the others show "—").
 # Writes target/bench/{taskfleet,bullmq,raw}.json (+ .log), target/bench/report.md and
 # target/bench/benchmarks.json. A full run (no --quick, no --only, every system succeeded) also
@@ -29,7 +30,7 @@ while (($#)); do
         --tasks=*) pass+=(--tasks "${1#*=}"); shown_args+=("$1") ;;
         --only) [[ $# -ge 2 ]] || { echo "bench.sh: --only needs a list" >&2; exit 2; }
                 only="$2"; full=0; shown_args+=("$1" "$2"); shift ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
     shift

@@ -6,6 +6,7 @@
 // progress goes to stderr.
 //
 //   node bench.mjs [--redis-server PATH] [--tasks N] [--quick] [--out FILE]
+//                  [--relay-fanout-events N] [--only throughput,latency,p0,relay,fanout]
 //
 // redis-server comes from --redis-server, else $REDIS_SERVER, else PATH
 // (scripts/ensure-redis.sh prints one). Worker processes are this same file run
@@ -25,7 +26,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Queue, QueueEvents, Worker } from 'bullmq';
+import { FlowProducer, Queue, QueueEvents, Worker } from 'bullmq';
 
 const SELF = fileURLToPath(import.meta.url);
 const HERE = path.dirname(SELF);
@@ -41,6 +42,7 @@ const ROUND_ROBIN = [PRIO.P0, PRIO.P1, PRIO.P2];
 const CONCURRENCY = 8; // per worker process, as in the contract
 const WIDE_CONCURRENCY = 64; // the wide rows: one worker process running 64 jobs at once
 const IN_FLIGHT = 64; // queue.add calls in flight while producing
+const FANOUT = 100; // webhook destinations of the relay fan-out
 
 // Completed jobs are kept, but only the newest 1,000 per queue. BullMQ's
 // default keeps every completed job forever, which nobody runs in production
@@ -635,6 +637,118 @@ async function relay(port, events) {
     return round(perS, 1);
 }
 
+// Relay fan-out: the relay model above, extended to FANOUT destinations the way
+// a BullMQ user would make each destination durable and in order: one queue per
+// destination (`relay-d<n>`), drained by a Worker of concurrency 1 (FIFO, one
+// POST in flight, its own keep-alive socket). A QueueEvents listener on the
+// source queue's 'progress' events fans each event out with one
+// FlowProducer.addBulk (one MULTI/EXEC adding a job to each of the FANOUT
+// queues); the addBulk calls are chained, so events are added in the order they
+// came. Each delivery is thus a stored job (completed ones kept, the newest
+// 1,000 per queue); no retries are configured. The listener, the FANOUT
+// workers and the receiver live in this (parent) process; the job emitting the
+// events runs in a forked worker process, as above. Figure: deliveries ÷ (the
+// job's first progress call → the receiver counting the last delivery).
+async function relayFanout(port, events) {
+    const name = 'relay-fanout';
+    const queue = new Queue(name, { connection: connection(port), defaultJobOptions: JOB_DEFAULTS });
+    await queue.waitUntilReady();
+    const expected = events * FANOUT;
+
+    // receiver: /hook/<n>; counts POSTs, checks the order per destination, answers 200
+    const highest = new Array(FANOUT).fill(-1);
+    let received = 0;
+    let lastAt = 0;
+    let outOfOrder = 0;
+    let unreadable = 0;
+    let failure = null;
+    let resolveAll;
+    const allReceived = new Promise((r) => { resolveAll = r; });
+    const server = http.createServer((req, res) => {
+        const chunks = [];
+        req.on('data', (c) => chunks.push(c));
+        req.on('end', () => {
+            const n = Number(/^\/hook\/(\d+)$/.exec(req.url)?.[1]);
+            let seq;
+            try { seq = JSON.parse(Buffer.concat(chunks).toString('utf8')).data?.seq; } catch { /* counted below */ }
+            if (!Number.isInteger(seq) || !(n >= 0 && n < FANOUT)) unreadable++;
+            else {
+                if (seq <= highest[n]) outOfOrder++;
+                highest[n] = Math.max(highest[n], seq);
+                received++;
+                lastAt = now();
+            }
+            res.writeHead(200, { 'content-type': 'text/plain' }).end('ok');
+            if (received === expected) resolveAll();
+        });
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const target = server.address().port;
+
+    // one queue and one worker (concurrency 1) per destination
+    const agents = [];
+    const destinations = [];
+    for (let n = 0; n < FANOUT; n++) {
+        const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+        agents.push(agent);
+        const post = (body) => new Promise((resolve, reject) => {
+            const req = http.request({
+                host: '127.0.0.1', port: target, path: `/hook/${n}`, method: 'POST', agent,
+                headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+            }, (res) => {
+                res.resume();
+                res.on('end', () => (res.statusCode === 200 ? resolve() : reject(new Error(`receiver said ${res.statusCode}`))));
+            });
+            req.on('error', reject);
+            req.end(body);
+        });
+        const worker = new Worker(`relay-d${n}`, (job) => post(job.data.body), { connection: connection(port), concurrency: 1 });
+        worker.on('failed', (job, err) => { failure ??= new Error(`delivery ${job?.id} to d${n} failed: ${err?.message ?? err}`); resolveAll(); });
+        worker.on('error', (err) => log(`relay-d${n} worker: ${err?.message ?? err}`));
+        destinations.push(worker);
+    }
+    await Promise.all(destinations.map((w) => w.waitUntilReady()));
+
+    // fan-out: one addBulk per progress event, chained in arrival order
+    const flow = new FlowProducer({ connection: connection(port) });
+    let chain = Promise.resolve();
+    const qe = new QueueEvents(name, { connection: connection(port), lastEventId: '0-0' });
+    qe.on('progress', ({ jobId, data }, id) => {
+        const body = JSON.stringify({ event: 'progress', queue: name, jobId, data, id });
+        const jobs = highest.map((_, n) => ({ name: 'deliver', queueName: `relay-d${n}`, data: { body }, opts: JOB_DEFAULTS }));
+        chain = chain.then(() => flow.addBulk(jobs)).catch((e) => { failure ??= e; resolveAll(); });
+    });
+    await qe.waitUntilReady();
+
+    const [w] = await startWorkers(1, port, name, 1);
+    log(`relay fan-out: ${events} progress events × ${FANOUT} destinations (a queue and a worker of concurrency 1 each) …`);
+    const jobDone = w.next((m) => m.type === 'done' && m.name === 'emit', 120_000);
+    await queue.add('emit', { events }, { priority: PRIO.P1 });
+    const { result } = await jobDone;
+    const timeout = setTimeout(() => { failure ??= new Error(`only ${received} of ${expected} deliveries within 120 s`); resolveAll(); }, 120_000);
+    await allReceived;
+    clearTimeout(timeout);
+    if (failure) throw failure;
+    if (outOfOrder || unreadable) throw new Error(`relay fan-out: ${outOfOrder} deliveries out of order, ${unreadable} unreadable`);
+    const secs = (lastAt - result.first) / 1000;
+    const perS = expected / secs;
+    log(`relay fan-out: ${expected} deliveries in ${secs.toFixed(3)} s = ${perS.toFixed(0)}/s, in order per destination`);
+
+    await qe.close();
+    await flow.close();
+    await Promise.all(destinations.map((d) => d.close()));
+    for (const a of agents) a.destroy();
+    server.close();
+    await w.close();
+    for (let n = 0; n < FANOUT; n++) {
+        const q = new Queue(`relay-d${n}`, { connection: connection(port) });
+        await dropQueue(q);
+    }
+    await dropQueue(queue);
+    return round(perS, 1);
+}
+
 // ---------------------------------------------------------------------------
 
 function versions(redisBin) {
@@ -666,6 +780,7 @@ async function main(args) {
     const samples = intArg(args, 'samples', quick ? 50 : 300);
     const p2 = intArg(args, 'p2', quick ? 1000 : 10_000);
     const relayEvents = intArg(args, 'relay-events', quick ? 300 : 3000);
+    const fanoutEvents = intArg(args, 'relay-fanout-events', quick ? 20 : 100);
     const outFile = typeof args.out === 'string' ? args.out : null;
 
     const redisBin = findRedis(args);
@@ -679,7 +794,7 @@ async function main(args) {
         concurrency: CONCURRENCY,
         throughput: [],
     };
-    // --only a,b (throughput, latency, p0, relay) runs a subset, for poking at
+    // --only a,b (throughput, latency, p0, relay, fanout) runs a subset, for poking at
     // one scenario; the JSON then lacks the others. Not for `make bench`.
     const only = typeof args.only === 'string' ? new Set(args.only.split(',')) : null;
     const want = (s) => !only || only.has(s);
@@ -702,10 +817,19 @@ async function main(args) {
         result.relay_note = 'BullMQ has no relay; modelled as a QueueEvents listener on "progress" POSTing each event ' +
             'to one local HTTP receiver, one POST in flight, in order (node http, keep-alive); no delivery record is persisted';
     }
+    if (want('fanout')) {
+        result.relay_fanout_per_s = await relayFanout(port, fanoutEvents);
+        result.extra = { relay_fanout: { events: fanoutEvents, destinations: FANOUT, deliveries: fanoutEvents * FANOUT } };
+        result.relay_fanout_note = `BullMQ has no relay; ${fanoutEvents} progress events × ${FANOUT} destinations modelled as ` +
+            `a QueueEvents listener on "progress" adding one job per destination to ${FANOUT} queues (one FlowProducer.addBulk ` +
+            'per event, chained in event order), each queue drained in order by a Worker of concurrency 1 POSTing to its ' +
+            'destination (node http, keep-alive, one socket each); every delivery is a stored job (no retries configured); ' +
+            `listener, ${FANOUT} workers and receiver in one node process`;
+    }
     // keys in the contract's order
     const ordered = {};
     for (const k of ['system', 'versions', 'tasks', 'concurrency', 'throughput', 'idle_latency_ms',
-        'p0_behind_p2_ms', 'relay_per_s', 'relay_note', 'rss_mb']) {
+        'p0_behind_p2_ms', 'relay_per_s', 'relay_note', 'relay_fanout_per_s', 'relay_fanout_note', 'rss_mb', 'extra']) {
         if (k in result) ordered[k] = result[k];
     }
 

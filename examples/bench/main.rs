@@ -6,12 +6,13 @@
 //!
 //! Run: `cargo build --release --bin taskfleet --example bench &&
 //!       target/release/examples/bench [--tasks 5000] [--quick] [--out FILE]
-//!       [--samples 300] [--p2 10000] [--relay-events 3000]
-//!       [--only throughput,latency,p0,relay,flow]`
+//!       [--samples 300] [--p2 10000] [--relay-events 3000] [--relay-fanout-events 100]
+//!       [--only throughput,latency,p0,relay,fanout,flow]`
 //!
 //! What is measured, and where taskfleet stamps it, is in docs/benchmarks.md.
 
 mod fleet;
+mod relay;
 mod scenarios;
 
 use scenarios::{Create, Shape, CONCURRENCY, WIDE_CONCURRENCY};
@@ -29,8 +30,10 @@ pub struct Opts {
     pub warmup: usize,
     /// P2 tasks queued behind the blocker.
     pub p2: usize,
-    /// Step events forwarded by the relay.
+    /// Step events forwarded by the relay to one destination.
     pub relay_events: usize,
+    /// Step events forwarded by the relay to each of [`relay::FANOUT_DESTINATIONS`].
+    pub relay_fanout_events: usize,
     out: Option<PathBuf>,
     only: Option<Vec<String>>,
 }
@@ -44,6 +47,7 @@ fn parse_args() -> anyhow::Result<Opts> {
         warmup: 20,
         p2: if quick { 1000 } else { 10_000 },
         relay_events: if quick { 300 } else { 3000 },
+        relay_fanout_events: if quick { 20 } else { 100 },
         out: None,
         only: None,
     };
@@ -59,6 +63,7 @@ fn parse_args() -> anyhow::Result<Opts> {
             "--samples" => o.samples = value()?.parse()?,
             "--p2" => o.p2 = value()?.parse()?,
             "--relay-events" => o.relay_events = value()?.parse()?,
+            "--relay-fanout-events" => o.relay_fanout_events = value()?.parse()?,
             "--out" => o.out = Some(PathBuf::from(value()?)),
             "--only" => o.only = Some(value()?.split(',').map(str::to_string).collect()),
             "-h" | "--help" => {
@@ -68,14 +73,17 @@ fn parse_args() -> anyhow::Result<Opts> {
             other => anyhow::bail!("unknown argument {other:?}\n{HELP}"),
         }
     }
-    if o.tasks == 0 || o.samples == 0 || o.relay_events == 0 {
-        anyhow::bail!("--tasks, --samples and --relay-events must be at least 1");
+    if o.tasks == 0 || o.samples == 0 || o.relay_events == 0 || o.relay_fanout_events == 0 {
+        anyhow::bail!(
+            "--tasks, --samples, --relay-events and --relay-fanout-events must be at least 1"
+        );
     }
     Ok(o)
 }
 
 const HELP: &str = "usage: bench [--tasks N] [--quick] [--out FILE] [--samples N] [--p2 N] \
-                    [--relay-events N] [--only throughput,latency,p0,relay,flow]";
+                    [--relay-events N] [--relay-fanout-events N] \
+                    [--only throughput,latency,p0,relay,fanout,flow]";
 
 impl Opts {
     fn wants(&self, part: &str) -> bool {
@@ -141,7 +149,8 @@ async fn main() -> anyhow::Result<()> {
     let mut out = json!({
         "system": "taskfleet", "versions": versions(), "tasks": o.tasks,
         "concurrency": CONCURRENCY, "throughput": [], "idle_latency_ms": null,
-        "p0_behind_p2_ms": null, "relay_per_s": null, "rss_mb": null, "extra": {},
+        "p0_behind_p2_ms": null, "relay_per_s": null, "relay_fanout_per_s": null,
+        "rss_mb": null, "extra": {},
     });
 
     if o.wants("latency") {
@@ -174,12 +183,7 @@ async fn main() -> anyhow::Result<()> {
             out["extra"]["p0_behind_p2"] = v;
         }
     }
-    if o.wants("relay") {
-        let what = format!("relay, {} step events, 1 signed webhook", o.relay_events);
-        if let Some(rate) = part(&what, &mut errors, scenarios::relay(&o)).await {
-            out["relay_per_s"] = json!(rate);
-        }
-    }
+    relay_parts(&o, &mut out, &mut errors).await;
     out["extra"]["secs"] = json!(started.elapsed().as_secs_f64());
     if !errors.is_empty() {
         out["errors"] = json!(errors);
@@ -198,6 +202,28 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("{} part(s) failed", errors.len());
     }
     Ok(())
+}
+
+/// The relay's parts into `out`: to one webhook (`relay`), to [`relay::FANOUT_DESTINATIONS`]
+/// (`fanout`).
+async fn relay_parts(o: &Opts, out: &mut Value, errors: &mut Vec<String>) {
+    if o.wants("relay") {
+        let what = format!("relay, {} step events, 1 signed webhook", o.relay_events);
+        if let Some(rate) = part(&what, errors, relay::relay(o)).await {
+            out["relay_per_s"] = json!(rate);
+        }
+    }
+    if o.wants("fanout") {
+        let what = format!(
+            "relay, {} step events × {} signed webhooks",
+            o.relay_fanout_events,
+            relay::FANOUT_DESTINATIONS
+        );
+        if let Some(mut v) = part(&what, errors, relay::relay_fanout(o)).await {
+            out["relay_fanout_per_s"] = v["deliveries_per_s"].take();
+            out["extra"]["relay_fanout"] = v;
+        }
+    }
 }
 
 /// Every run of [`throughput_matrix`], in order; a failed run is left out (and in `errors`).
@@ -316,6 +342,11 @@ fn print_summary(out: &Value) {
         f(&out["p0_behind_p2_ms"]["ms"])
     );
     eprintln!("  relay: {} deliveries/s", f(&out["relay_per_s"]));
+    eprintln!(
+        "  relay fan-out ({} destinations): {} deliveries/s",
+        relay::FANOUT_DESTINATIONS,
+        f(&out["relay_fanout_per_s"])
+    );
     eprintln!(
         "  idle RSS MB: worker {}, api {}",
         f(&out["rss_mb"]["worker"]),

@@ -1,4 +1,5 @@
-//! The scenarios of the benchmark contract, each on a fresh [`Fleet`].
+//! The scenarios of the benchmark contract, each on a fresh [`Fleet`] (the relay's are in
+//! `relay.rs`).
 
 use crate::fleet::{rss_mb, Fleet, ASSIGNEE};
 use crate::Opts;
@@ -6,14 +7,10 @@ use anyhow::{bail, Context};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use taskfleet::bus::{encode, message_headers, subjects, Bus};
 use taskfleet::client::ApiClient;
-use taskfleet::config::{RelayConfig, RouteConfig};
 use taskfleet::domain::{Assignee, EventKind, NewTask, Priority, TaskId};
-use taskfleet::relay::destination::Destination;
 
 /// Tasks each worker process runs at once (the contract's `concurrency`).
 pub const CONCURRENCY: usize = 8;
@@ -383,85 +380,4 @@ async fn p0_on(fleet: &mut Fleet, p2: usize) -> anyhow::Result<Value> {
         "p0_queued_before_slot_freed": p0_queued <= freed,
         "tasks_started_between": others,
     }))
-}
-
-/// Relay: `events` `step` events of one task, published one after another through the task
-/// service, forwarded by the relay (in this process) to one local webhook receiver.
-pub async fn relay(o: &Opts) -> anyhow::Result<f64> {
-    let fleet = Fleet::start(false).await?;
-    let result = relay_on(&fleet, o.relay_events).await;
-    fleet.stop().await;
-    result
-}
-
-async fn relay_on(fleet: &Fleet, events: usize) -> anyhow::Result<f64> {
-    let count = Arc::new(AtomicUsize::new(0));
-    let last = Arc::new(Mutex::new(None::<Instant>));
-    let (c, l) = (count.clone(), last.clone());
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move || {
-            let (c, l) = (c.clone(), l.clone());
-            async move {
-                c.fetch_add(1, Ordering::SeqCst);
-                *l.lock().expect("lock") = Some(Instant::now());
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/hook", listener.local_addr()?);
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    let assignee = Assignee::parse(ASSIGNEE)?;
-    let mut relay = RelayConfig {
-        allow: vec!["127.0.0.1/32".into()],
-        ..RelayConfig::default()
-    };
-    relay.destinations.insert(
-        "hook".into(),
-        Destination::Webhook {
-            url,
-            // Signed, as a real webhook is: a fresh secret per run.
-            secret: Some(taskfleet::outbound::signature::Signer::generate_secret()),
-            secret_env: None,
-            events: vec![EventKind::Step],
-        },
-    );
-    relay.routes = vec![RouteConfig {
-        assignees: vec![assignee],
-        events: vec![EventKind::Step],
-        destinations: vec!["hook".into()],
-        ..RouteConfig::default()
-    }];
-    let tasks = taskfleet::tasks::TaskService::new(fleet.bus.clone(), Default::default());
-    let token = tokio_util::sync::CancellationToken::new();
-    let relay_task = tokio::spawn(taskfleet::relay::run(
-        fleet.bus.clone(),
-        relay,
-        token.clone(),
-    ));
-    let task = tasks
-        .create(noop(Priority::P1, json!({})), "bench")
-        .await?
-        .task;
-    let t0 = Instant::now();
-    for i in 0..events {
-        let info = Some(format!("step {i}"));
-        tasks
-            .record(&task, EventKind::Step, "bench", info, json!({}))
-            .await;
-    }
-    let limit = Duration::from_secs(60) + Duration::from_millis(events as u64 * 20);
-    while count.load(Ordering::SeqCst) < events && t0.elapsed() < limit {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    token.cancel();
-    let _ = relay_task.await;
-    server.abort();
-    let got = count.load(Ordering::SeqCst);
-    if got < events {
-        bail!("only {got} of {events} deliveries within {limit:?}");
-    }
-    let end = last.lock().expect("lock").context("nothing received")?;
-    Ok(events as f64 / end.duration_since(t0).as_secs_f64())
 }
