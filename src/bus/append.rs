@@ -85,21 +85,49 @@ pub async fn send_batch(
     js: &async_nats::jetstream::Context,
     batch: &[Append],
 ) -> Result<Sent, AppendError> {
-    let Some((last, rest)) = batch.split_last() else {
+    if let [one] = batch {
+        return one.send(js).await;
+    }
+    let messages = batch.iter().enumerate().map(|(i, a)| {
+        let headers = if i == 0 {
+            a.headers()
+        } else {
+            let mut h = message_headers(&a.msg_id);
+            for (name, value) in &a.extra {
+                h.insert(*name, value.as_str());
+            }
+            h
+        };
+        (a.subject.clone(), headers, a.payload.clone())
+    });
+    let batch_id = batch.first().map(|a| a.msg_id.as_str()).unwrap_or_default();
+    publish_batch(js, batch_id, messages.collect()).await
+}
+
+/// Publishes `messages` (subject, headers, payload) to one stream as one atomic batch, named
+/// after `id` (ADR-50: all are stored or none, at consecutive sequences); the answer is the
+/// last one's. A batch holding a `Nats-Msg-Id` stored before is refused whole
+/// ([`AppendError::Conflict`]).
+pub async fn publish_batch(
+    js: &async_nats::jetstream::Context,
+    id: &str,
+    messages: Vec<(String, HeaderMap, Bytes)>,
+) -> Result<Sent, AppendError> {
+    let count = messages.len();
+    let mut messages = messages.into_iter();
+    let Some(last) = messages.next_back() else {
         return Err(AppendError::Refused(BusError::Op {
             op: "append batch",
             source: "an empty batch".into(),
         }));
     };
-    if rest.is_empty() {
-        return last.send(js).await;
-    }
-    let batch_id = format!("b{}", batch[0].msg_id.chars().take(60).collect::<String>());
+    let batch_id = format!("b{}", id.chars().take(60).collect::<String>());
     let client = js.client();
-    for (i, a) in rest.iter().enumerate() {
-        let h = batch_headers(a, i == 0, &batch_id, i + 1);
+    for (i, (subject, mut h, payload)) in messages.enumerate() {
+        h.insert(BATCH_ID, batch_id.as_str());
+        h.insert(BATCH_SEQUENCE, (i + 1).to_string().as_str());
         client
-            .publish_with_headers(a.subject.clone(), h, a.payload.clone())
+            .publish_with_headers(subject, h, payload)
             .await
             .map_err(|e| match e.kind() {
                 async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
@@ -108,10 +136,12 @@ pub async fn send_batch(
                 _ => AppendError::Unknown(BusError::from_op("append batch", e)),
             })?;
     }
-    let mut h = batch_headers(last, false, &batch_id, batch.len());
+    let (subject, mut h, payload) = last;
+    h.insert(BATCH_ID, batch_id.as_str());
+    h.insert(BATCH_SEQUENCE, count.to_string().as_str());
     h.insert(BATCH_COMMIT, "1");
     let ack = js
-        .publish_with_headers(last.subject.clone(), h, last.payload.clone())
+        .publish_with_headers(subject, h, payload)
         .await
         .map_err(|e| publish_error("append batch", e))?;
     Ok(Sent(ack))
@@ -134,22 +164,6 @@ pub async fn append_batch(
     batch: &[Append],
 ) -> Result<u64, AppendError> {
     send_batch(js, batch).await?.stored().await
-}
-
-/// The headers of the `n`th message of a batch (the first one carries the guard).
-fn batch_headers(a: &Append, first: bool, batch_id: &str, n: usize) -> HeaderMap {
-    let mut h = if first {
-        a.headers()
-    } else {
-        let mut h = message_headers(&a.msg_id);
-        for (name, value) in &a.extra {
-            h.insert(*name, value.as_str());
-        }
-        h
-    };
-    h.insert(BATCH_ID, batch_id);
-    h.insert(BATCH_SEQUENCE, n.to_string().as_str());
-    h
 }
 
 /// ADR-50 batch headers.

@@ -61,6 +61,9 @@ pub const WORKER_BUCKET: &str = "taskfleet_workers";
 pub const LIMITS_BUCKET: &str = "taskfleet_limits";
 /// The relay's durable consumer of every task event.
 pub const RELAY_EVENTS_CONSUMER: &str = "relay_events";
+/// The priority group the relay pulls its consumers in (`relay_events` and the delivery
+/// queues): each consumer hands its messages to one pinned relay replica at a time.
+pub const RELAY_GROUP: &str = "relay";
 /// Every delivery subject.
 pub const ALL_DELIVERIES: &str = "deliveries.>";
 /// Every task subject.

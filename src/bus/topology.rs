@@ -2,7 +2,7 @@
 
 use super::permissions::{self as js_api, user_permissions};
 use super::{subjects, BusError, NatsResultExt};
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PriorityPolicy};
 use async_nats::jetstream::{self, kv, stream};
 use std::time::Duration;
 
@@ -200,23 +200,36 @@ fn registry_config(cfg: &TopologyConfig) -> kv::Config {
 /// published before the relay first runs are still delivered.
 async fn ensure_relay_cursor(events: &stream::Stream) -> Result<(), BusError> {
     events
-        .create_consumer(pull::Config {
-            durable_name: Some(subjects::RELAY_EVENTS_CONSUMER.into()),
-            description: Some("taskfleet relay: every task event".into()),
-            filter_subject: subjects::ALL_EVENTS.into(),
-            ack_policy: AckPolicy::Explicit,
-            // One event at a time: after a crash the unacked event comes back first, so
-            // destinations still see events in order.
-            ack_wait: Duration::from_secs(10),
-            max_deliver: -1,
-            max_ack_pending: 1,
-            deliver_policy: DeliverPolicy::New,
-            ..Default::default()
-        })
+        .create_consumer(relay_cursor_config())
         .await
         .map(|_: async_nats::jetstream::consumer::PullConsumer| ())
         .op("create relay consumer")
 }
+
+/// The relay's cursor on the ledger: a window of events in flight, all to one relay replica
+/// at a time (the pinned client of group [`subjects::RELAY_GROUP`]), which fans them out in
+/// order; after a crash the unacked events come back first (the next holder waits for them),
+/// so destinations still see events in order.
+fn relay_cursor_config() -> pull::Config {
+    let ack_wait = Duration::from_secs(10);
+    pull::Config {
+        durable_name: Some(subjects::RELAY_EVENTS_CONSUMER.into()),
+        description: Some("taskfleet relay: every task event".into()),
+        filter_subject: subjects::ALL_EVENTS.into(),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait,
+        max_deliver: -1,
+        max_ack_pending: RELAY_CURSOR_WINDOW as i64,
+        deliver_policy: DeliverPolicy::New,
+        priority_policy: PriorityPolicy::PinnedClient,
+        priority_groups: vec![subjects::RELAY_GROUP.into()],
+        priority_timeout: ack_wait,
+        ..Default::default()
+    }
+}
+
+/// How many events the relay's cursor hands out before the first is acknowledged.
+const RELAY_CURSOR_WINDOW: usize = 64;
 
 /// The copy of the ledger's index entries (`index.<status>.<assignee>.<id>`, see
 /// `tasks/listing.rs`), sourced by the server: one message per task and status, kept as long as
@@ -295,7 +308,10 @@ impl Topology {
             "relay deliveries per destination",
             subjects::ALL_DELIVERIES,
         );
-        let deliveries = ensure_stream(js, work_queue_config(cfg, jobs)).await?;
+        let mut deliveries = work_queue_config(cfg, jobs);
+        // The relay queues the jobs of several events at once, all or none (their order).
+        deliveries.allow_atomic_publish = true;
+        let deliveries = ensure_stream(js, deliveries).await?;
         ensure_stream(js, delivery_records_config(cfg)).await?;
         for status in subjects::COPIED_DELIVERY_STATUSES {
             ensure_stream(js, delivery_copy_config(cfg, status)).await?;

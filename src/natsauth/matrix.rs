@@ -217,6 +217,8 @@ fn relay(p: &mut UserPermissions) {
     p.publish.push(consumer_api("INFO", events, Some(consumer)));
     p.publish
         .push(consumer_api("MSG.NEXT", events, Some(consumer)));
+    p.publish
+        .push(consumer_api("UNPIN", events, Some(consumer)));
     p.publish.extend(acks(events, consumer));
     announce(p, "relay._");
 
@@ -227,6 +229,8 @@ fn relay(p: &mut UserPermissions) {
     p.publish
         .push(consumer_api("CREATE", deliveries, Some(&create)));
     p.publish.push(consumer_api("INFO", deliveries, Some("*")));
+    // A loop takes its destination over at start and hands it back at shutdown.
+    p.publish.push(consumer_api("UNPIN", deliveries, Some("*")));
     p.publish
         .push(consumer_api("MSG.NEXT", deliveries, Some("*")));
     p.publish.extend(acks(deliveries, "*"));

@@ -1,25 +1,31 @@
-//! Delivery: one loop per destination, each on its own durable consumer with one message in
-//! flight, so events reach a destination in order (a later one waits while an earlier one is
-//! retrying) and a slow or dead destination never holds up the others. Retries are JetStream
-//! naks with the schedule's delay, so they survive relay restarts; every attempt is recorded.
+//! Delivery: one loop per destination, each on its own durable consumer, so events reach a
+//! destination in order (a later one waits while an earlier one is retrying) and a slow or dead
+//! destination never holds up the others. Every attempt is recorded.
 //!
-//! Round trips per delivery: the next message (one long-lived pull; the server hands it over as
-//! soon as the previous ack lands), the request itself, and one record write (one message; an
-//! atomic batch of two when a retry changes the record's status), confirmed before the plain,
-//! unconfirmed ack. A lost ack only brings the message back, and a redelivered
-//! message whose record already says delivered (or dead) is settled without a request. Whether
-//! the destination is disabled is read at most once per [`DISABLED_RECHECK`] while it is
-//! enabled, and before every attempt while it is disabled (a replay re-enables it).
+//! Each loop holds a window of the destination's queue (see [`Lane`]): the next message is
+//! already here when an attempt ends, and each attempt's record and ack are written behind the
+//! loop, the ack only once the record is stored (a kill in between only hands the message out
+//! again). The requests themselves go one at a time, in queue order. So a delivery costs the
+//! request and nothing waited on besides it: the record write and the ack overlap the next
+//! requests.
+//!
+//! A retry is held in the loop: the attempt is recorded as pending with when the next one is
+//! due, and the loop waits (keeping the message and the ones behind it with in-progress acks),
+//! so no later message overtakes it. A message handed out again (a lost ack, a kill, a
+//! take-over by another replica) is settled from its record: without a request when it says
+//! delivered or dead, at the attempt after the last recorded one, when that is due, if it is
+//! pending. Whether the destination is disabled is read at most once per [`DISABLED_RECHECK`]
+//! while it is enabled, before every attempt while it is disabled (a replay re-enables it),
+//! and after a take-over (a 410 the other replica saw stops this one too).
 
 use super::destination::Destination;
 use super::job::{clip_response, Attempt, DeliveryJob, DeliveryStatus};
+use super::lane::Lane;
 use super::retry::{RetrySchedule, Verdict};
 use super::sinks::{self, SinkContext};
 use super::store::{DeliveryStore, Recorder};
-use crate::bus::{decode, Bus, BusError, NatsResultExt};
-use async_nats::jetstream::consumer::pull::MessagesErrorKind;
+use crate::bus::{decode, Bus, BusError};
 use async_nats::jetstream::{AckKind, Message};
-use futures::StreamExt;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,6 +36,10 @@ use tracing::Instrument;
 /// How long an enabled destination is taken to stay enabled before its state is read again (only
 /// another relay replica's 410 could disable it meanwhile; this loop notes its own at once).
 const DISABLED_RECHECK: Duration = Duration::from_secs(1);
+
+/// How many messages of one destination a loop holds at once (its consumer's
+/// `max_ack_pending`).
+const WINDOW: usize = 32;
 
 /// What every delivery loop shares.
 #[derive(Debug)]
@@ -114,120 +124,192 @@ impl Delivery {
     async fn run_loop(&self, key: &str) -> Result<(), BusError> {
         // Opening the stream waits on JetStream, which may be unreachable: shutdown must not
         // wait for it (a delivery in flight, below, is still finished).
+        let ack_wait = self.sinks.timeout + Duration::from_secs(5);
         let open = async {
-            let ack_wait = self.sinks.timeout + Duration::from_secs(5);
-            let consumer = self.store.consumer(key, ack_wait).await?;
-            consumer.messages().await.op("read deliveries")
+            let consumer = self.store.consumer(key, ack_wait, WINDOW).await?;
+            // Take the destination over now rather than after the last holder's pin times
+            // out (it was this process before a restart, or is another replica: the lane
+            // waits for what that one still holds, so the order is kept either way).
+            self.store.unpin(key).await?;
+            Lane::open(consumer, ack_wait, WINDOW).await
         };
-        let mut messages = tokio::select! {
-            m = open => m?,
+        let mut lane = tokio::select! {
+            l = open => l?,
             _ = self.shutdown.cancelled() => return Ok(()),
         };
-        let mut lane = Lane::default();
-        loop {
-            let msg = tokio::select! {
-                m = messages.next() => m,
-                _ = self.shutdown.cancelled() => return Ok(()),
-            };
-            match msg {
-                Some(Ok(msg)) => {
+        let mut state = State::default();
+        let ended = loop {
+            match lane.next(&self.shutdown).await {
+                Ok(Some(msg)) => {
                     let span = attempt_span(key, &msg);
-                    self.attempt(key, &mut lane, &msg).instrument(span).await
+                    self.deliver(key, &mut lane, &mut state, msg)
+                        .instrument(span)
+                        .await
                 }
-                // The consumer is gone or unusable: start over (it is created again).
-                Some(Err(e))
-                    if matches!(
-                        e.kind(),
-                        MessagesErrorKind::ConsumerDeleted
-                            | MessagesErrorKind::PushBasedConsumer
-                            | MessagesErrorKind::RequestLimitExceeded
-                    ) =>
-                {
-                    return Err(e).op("fetch delivery")
-                }
-                // Missed heartbeats, a failed pull: the stream asks again by itself.
-                Some(Err(e)) => {
-                    tracing::warn!(destination = key, error.message = %e, "delivery stream hiccup")
-                }
-                None => {
-                    return Err(BusError::Op {
-                        op: "fetch delivery",
-                        source: "the delivery stream ended".into(),
-                    })
-                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
             }
+        };
+        lane.drain().await;
+        // Hand the destination to whoever pulls next (another replica, or this relay after a
+        // restart) at once.
+        let unpin = tokio::time::timeout(Duration::from_secs(1), self.store.unpin(key));
+        if let Ok(Err(e)) = unpin.await {
+            tracing::debug!(destination = key, error.message = %e, "could not hand the destination back");
         }
+        ended
     }
 
-    /// One attempt of the message at the head of a destination's queue.
-    async fn attempt(&self, key: &str, lane: &mut Lane, msg: &Message) {
+    /// Delivers the message at the head of a destination's queue: attempts it (again, while
+    /// the schedule says so, holding the messages behind it) and settles it behind the loop.
+    async fn deliver(&self, key: &str, lane: &mut Lane, state: &mut State, msg: Message) {
         let job: DeliveryJob = match decode("delivery job", &msg.payload) {
             Ok(j) => j,
             Err(e) => {
                 tracing::warn!(destination = key, error.message = %e, "undecodable delivery; dropping");
-                let _ = msg.ack_with(AckKind::Term).await;
+                lane.settle(msg, AckKind::Term, async {}).await;
                 return;
             }
         };
         tracing::Span::current().record("delivery", job.id.as_str());
-        let attempt_no = msg.info().map(|i| i.delivered.max(1) as usize).unwrap_or(1);
-        let first = attempt_no == 1;
-        let records = &self.bus;
+        let first = msg.info().map(|i| i.delivered <= 1).unwrap_or(true);
+        let mut attempt_no = 1;
         if !first {
-            // Back after a lost ack or a kill: settled already?
-            match lane.records.status(records, &job).await {
-                Some(DeliveryStatus::Delivered) => {
-                    let _ = msg.ack().await;
+            // Back after a lost ack, a kill or a take-over: settled already, or retrying?
+            match self.resume(lane, state, &msg, &job).await {
+                Resume::Settled(ack) => {
+                    lane.settle(msg, ack, async {}).await;
                     return;
                 }
-                Some(DeliveryStatus::Dead) => {
-                    let _ = msg.ack_with(AckKind::Term).await;
-                    return;
-                }
-                Some(DeliveryStatus::Pending) | None => {}
+                Resume::Stop => return,
+                Resume::Attempt(n) => attempt_no = n,
             }
         }
-        let Some(destination) = self.resolve(key, &job) else {
-            let why = Some("unknown destination".into());
-            lane.records
-                .write(records, &job, None, DeliveryStatus::Dead, why, first)
-                .await;
-            let _ = msg.ack_with(AckKind::Term).await;
-            return;
+        let end = loop {
+            match self.attempt(key, lane, state, &msg, &job, attempt_no).await {
+                Step::Settled(end) => break end,
+                Step::RetryAfter(delay, attempt) => {
+                    let status = DeliveryStatus::Pending;
+                    let written = state.records.write(
+                        &self.bus,
+                        &job,
+                        Some(attempt),
+                        status,
+                        None,
+                        first && attempt_no == 1,
+                    );
+                    written.await;
+                    if !self.hold(lane, &msg, delay).await {
+                        return;
+                    }
+                    attempt_no += 1;
+                }
+            }
         };
-        // Another replica may have had the destination since this loop's last message (its
-        // consumer sequence is not the next one): then its state is read again, so a 410 that
-        // replica saw stops this one too.
-        let handed_over = lane.took(msg);
-        if let Some(reason) = self.disabled(key, lane, handed_over).await {
-            lane.records
+        let (bus, mut records) = (self.bus.clone(), std::mem::take(&mut state.records));
+        let (attempt, status, reason, ack) = end;
+        // The record is confirmed before the ack: a kill in between only hands it out again.
+        let write = async move {
+            records
                 .write(
-                    records,
+                    &bus,
                     &job,
-                    None,
-                    DeliveryStatus::Dead,
-                    Some(reason),
-                    first,
+                    attempt,
+                    status,
+                    reason,
+                    first && attempt_no == 1,
                 )
                 .await;
-            let _ = msg.ack_with(AckKind::Term).await;
-            return;
+        };
+        lane.settle(msg, ack, write).await;
+    }
+
+    /// What a message handed out again needs: nothing (its record says it is settled), or its
+    /// next attempt, after waiting until it is due. Every record under way is written first,
+    /// since the message's first copy may be among them.
+    async fn resume(
+        &self,
+        lane: &mut Lane,
+        state: &mut State,
+        msg: &Message,
+        job: &DeliveryJob,
+    ) -> Resume {
+        lane.drain().await;
+        let queued = msg.info().ok().map(|i| {
+            chrono::DateTime::from_timestamp_nanos(i.published.unix_timestamp_nanos() as i64)
+        });
+        let Some(record) = state.records.current(&self.bus, job).await else {
+            return Resume::Attempt(1);
+        };
+        // The attempts made since this queue message was stored (a replay queues a new one).
+        let made: Vec<&Attempt> = record
+            .attempts
+            .iter()
+            .filter(|a| queued.is_none_or(|q| a.time >= q))
+            .collect();
+        match record.status {
+            DeliveryStatus::Delivered => return Resume::Settled(AckKind::Ack),
+            DeliveryStatus::Dead => return Resume::Settled(AckKind::Term),
+            DeliveryStatus::Pending => {}
+        }
+        let due = made.last().and_then(|a| a.next_attempt_time);
+        let next = made.len() + 1;
+        if let Some(wait) = due.and_then(|d| (d - crate::domain::now()).to_std().ok()) {
+            if !self.hold(lane, msg, wait).await {
+                return Resume::Stop;
+            }
+        }
+        Resume::Attempt(next)
+    }
+
+    /// Waits `delay` before the next attempt of `msg`, keeping it and the messages behind it
+    /// (an in-progress ack) so none is handed out meanwhile. `false` at shutdown: the message
+    /// is left unacknowledged, and whoever gets it next reads when it is due from its record.
+    async fn hold(&self, lane: &mut Lane, msg: &Message, delay: Duration) -> bool {
+        lane.drain().await;
+        let wait = async {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => true,
+                _ = self.shutdown.cancelled() => false,
+            }
+        };
+        lane.watch(msg, wait).await
+    }
+
+    /// One attempt of `job` (number `attempt_no`): dead at once when its destination is unknown
+    /// or disabled, else sent, and settled or to be retried after a delay.
+    async fn attempt(
+        &self,
+        key: &str,
+        lane: &mut Lane,
+        state: &mut State,
+        msg: &Message,
+        job: &DeliveryJob,
+        attempt_no: usize,
+    ) -> Step {
+        let Some(destination) = self.resolve(key, job) else {
+            let why = Some("unknown destination".into());
+            return Step::Settled((None, DeliveryStatus::Dead, why, AckKind::Term));
+        };
+        if let Some(reason) = self.disabled(key, lane, state).await {
+            return Step::Settled((None, DeliveryStatus::Dead, Some(reason), AckKind::Term));
         }
         let started = Instant::now();
         let time = crate::domain::now();
-        let outcome = sinks::send(&self.sinks, &destination, &job).await;
+        let outcome = lane
+            .watch(msg, sinks::send(&self.sinks, &destination, job))
+            .await;
         let mut attempt = recorded(&outcome, time, started);
         tracing::info!(destination = key, kind = destination.kind(), delivery = job.id,
             attempt = attempt_no, status = ?outcome.status, verdict = ?outcome.verdict, "delivery attempt");
         note_outcome(outcome.status, outcome.verdict);
-        let (status, reason, ack) = self
-            .settle(key, lane, outcome.verdict, attempt_no, &mut attempt)
-            .await;
-        // The record is confirmed before the ack: a kill in between only redelivers.
-        lane.records
-            .write(records, &job, Some(attempt), status, reason, first)
-            .await;
-        let _ = msg.ack_with(ack).await;
+        match self
+            .settle(key, state, outcome.verdict, attempt_no, &mut attempt)
+            .await
+        {
+            Ok((status, reason, ack)) => Step::Settled((Some(attempt), status, reason, ack)),
+            Err(delay) => Step::RetryAfter(delay, attempt),
+        }
     }
 
     /// Where `job` goes: its own destination, its named one, or (a push) the push destination.
@@ -244,51 +326,53 @@ impl Delivery {
     }
 
     /// What attempt number `attempt_no` with `verdict` leaves the delivery as: its status, why it
-    /// is dead, and the ack (a retry's delay is noted on `attempt`; a 410 disables the lane).
+    /// is dead, and the ack; or the delay before the next attempt (noted on `attempt`). A 410
+    /// disables the destination.
     async fn settle(
         &self,
         key: &str,
-        lane: &mut Lane,
+        state: &mut State,
         verdict: Verdict,
         attempt_no: usize,
         attempt: &mut Attempt,
-    ) -> (DeliveryStatus, Option<String>, AckKind) {
+    ) -> Result<(DeliveryStatus, Option<String>, AckKind), Duration> {
         match verdict {
-            Verdict::Delivered => (DeliveryStatus::Delivered, None, AckKind::Ack),
+            Verdict::Delivered => Ok((DeliveryStatus::Delivered, None, AckKind::Ack)),
             Verdict::Retry { after } => match self.schedule.delay_for(attempt_no, after) {
                 Some(delay) => {
                     attempt.next_attempt_time =
                         Some(attempt.time + chrono::Duration::from_std(delay).unwrap_or_default());
-                    (DeliveryStatus::Pending, None, AckKind::Nak(Some(delay)))
+                    Err(delay)
                 }
                 None => {
                     let why = format!("gave up after {attempt_no} attempts");
-                    (DeliveryStatus::Dead, Some(why), AckKind::Term)
+                    Ok((DeliveryStatus::Dead, Some(why), AckKind::Term))
                 }
             },
             Verdict::Permanent => {
                 let why = "permanent failure (the destination refused it)".to_string();
-                (DeliveryStatus::Dead, Some(why), AckKind::Term)
+                Ok((DeliveryStatus::Dead, Some(why), AckKind::Term))
             }
             Verdict::Disable => {
                 let why = "the destination answered 410 Gone: disabled".to_string();
-                self.disable(key, lane, &why, attempt.time).await;
-                (DeliveryStatus::Dead, Some(why), AckKind::Term)
+                self.disable(key, state, &why, attempt.time).await;
+                Ok((DeliveryStatus::Dead, Some(why), AckKind::Term))
             }
         }
     }
 
     /// Why the lane's destination is disabled, if it is (read from KV `relay_destinations`
-    /// while disabled, after the destination was `handed_over` by another replica, and at most
-    /// once per [`DISABLED_RECHECK`] while enabled).
-    async fn disabled(&self, key: &str, lane: &mut Lane, handed_over: bool) -> Option<String> {
-        if let Some((at, None)) = &lane.disabled {
-            if !handed_over && at.elapsed() < DISABLED_RECHECK {
+    /// while disabled, after another replica may have held the destination, and at most once
+    /// per [`DISABLED_RECHECK`] while enabled).
+    async fn disabled(&self, key: &str, lane: &mut Lane, state: &mut State) -> Option<String> {
+        let recheck = std::mem::take(&mut lane.recheck);
+        if let Some((at, None)) = &state.disabled {
+            if !recheck && at.elapsed() < DISABLED_RECHECK {
                 return None;
             }
         }
         let reason = self.read_disabled(key).await;
-        lane.disabled = Some((Instant::now(), reason.clone()));
+        state.disabled = Some((Instant::now(), reason.clone()));
         reason
     }
 
@@ -302,14 +386,14 @@ impl Delivery {
     async fn disable(
         &self,
         key: &str,
-        lane: &mut Lane,
+        state: &mut State,
         why: &str,
         time: chrono::DateTime<chrono::Utc>,
     ) {
         if let Err(e) = super::disabled::disable(&self.bus, key, why, time).await {
             tracing::warn!(destination = key, error.message = %e, "could not note the destination disabled");
         }
-        lane.disabled = Some((Instant::now(), Some(why.to_string())));
+        state.disabled = Some((Instant::now(), Some(why.to_string())));
     }
 }
 
@@ -359,25 +443,31 @@ fn note_outcome(status: Option<u16>, verdict: Verdict) {
 
 /// What one delivery loop remembers between messages.
 #[derive(Debug, Default)]
-struct Lane {
-    /// The records this loop writes, with the last one kept.
+struct State {
+    /// The record of the delivery being attempted, as last written or read.
     records: Recorder,
     /// When the destination's state was last read, and why it was disabled, if it was.
     disabled: Option<(Instant, Option<String>)>,
-    /// The consumer sequence of the last message this loop took.
-    last_taken: Option<u64>,
 }
 
-impl Lane {
-    /// Notes `msg` as taken and says whether anyone else may have taken a message of this
-    /// destination since this loop's last one. The consumer counts every message it hands out
-    /// (redeliveries too), and it hands out one at a time: a count that follows on from this
-    /// loop's last means no other replica held the destination in between.
-    fn took(&mut self, msg: &Message) -> bool {
-        let taken = msg.info().ok().map(|i| i.consumer_sequence);
-        let follows =
-            matches!((self.last_taken, taken), (Some(last), Some(now)) if now == last + 1);
-        self.last_taken = taken;
-        !follows
-    }
+/// How an attempt ended: the attempt to record (none when it was not sent), the status, why it
+/// is dead, and the ack.
+type End = (Option<Attempt>, DeliveryStatus, Option<String>, AckKind);
+
+/// What comes after one attempt.
+enum Step {
+    /// Settled: record and ack.
+    Settled(End),
+    /// Retry after the delay; the attempt is recorded meanwhile.
+    RetryAfter(Duration, Attempt),
+}
+
+/// What a message handed out again needs.
+enum Resume {
+    /// Its record says it is settled: only the ack.
+    Settled(AckKind),
+    /// Its attempt with this number is due.
+    Attempt(usize),
+    /// Shutdown came while it waited.
+    Stop,
 }

@@ -7,6 +7,7 @@ use super::config::RouteConfig;
 use super::deliver::Delivery;
 use super::destination::{parse_notify, session_key, Destination, NotifyEntry};
 use super::job::DeliveryJob;
+use super::lane::Lane;
 use super::store::Queued;
 use crate::bus::append::refused_for_good;
 use crate::bus::{subjects, BusError, NatsResultExt};
@@ -14,15 +15,20 @@ use crate::domain::{EventKind, StallRule, Task, TaskEvent, TaskId, TaskStatus};
 use crate::tasks::ledger::shown_events;
 use crate::tasks::{ListFilter, TaskService};
 use crate::text::message::Templates;
-use async_nats::jetstream::consumer::{pull, PullConsumer};
+use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::AckKind;
-use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// How many events the fan-out takes at once (their jobs are queued together).
+const WINDOW_EVENTS: usize = 64;
+
+/// How many jobs go in one atomic batch (the server takes up to 1,000).
+const BATCH_JOBS: usize = 500;
 
 /// How the fan-out decides.
 #[derive(Debug)]
@@ -102,67 +108,105 @@ impl FanOut {
     /// Reads events until `shutdown`.
     pub(super) async fn run(&mut self, shutdown: CancellationToken) -> Result<(), BusError> {
         // Opening waits on JetStream, which may be unreachable: shutdown must not wait for it.
-        let (mut messages, mut resets) = tokio::select! {
+        let (mut lane, mut resets) = tokio::select! {
             m = self.open_events() => m?,
             _ = shutdown.cancelled() => return Ok(()),
         };
         let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
+        let ended = loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => break Ok(()),
                 _ = tick.tick() => {
                     self.flush_due().await;
                     self.check_stalls().await;
                 }
                 _ = resets.changed() => self.reader_lost().await,
-                msg = messages.next() => {
-                    let Some(msg) = msg else { return Ok(()) };
-                    let msg = match msg {
-                        Ok(m) => m,
-                        Err(e) => {
-                            tracing::warn!(error.message = %e, "event stream hiccup");
-                            continue;
-                        }
-                    };
-                    self.take(&msg).await;
-                }
+                next = lane.next(&shutdown) => match next {
+                    Ok(Some(first)) => self.take_window(&mut lane, first, &shutdown).await,
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                },
             }
+        };
+        // Hand the cursor to whoever pulls next (another replica, this relay after a restart).
+        let events = &self.tasks.bus().topology.events;
+        let unpin = events.unpin_consumer(subjects::RELAY_EVENTS_CONSUMER, subjects::RELAY_GROUP);
+        let _ = tokio::time::timeout(Duration::from_secs(1), unpin).await;
+        ended
+    }
+
+    /// Fans out `first` and the events that are here behind it, in order: their jobs are
+    /// queued together (one atomic batch), then every one of the events is acknowledged. A
+    /// failure is retried here (not with a nak, which would let later events overtake).
+    async fn take_window(
+        &mut self,
+        lane: &mut Lane,
+        first: async_nats::jetstream::Message,
+        shutdown: &CancellationToken,
+    ) {
+        let mut window = vec![first];
+        while window.len() < WINDOW_EVENTS {
+            match lane.ready() {
+                Some(m) => window.push(m),
+                None => break,
+            }
+        }
+        let mut jobs = Vec::new();
+        for msg in &window {
+            self.take(msg, &mut jobs, shutdown).await;
+        }
+        while let Err(e) = queue_jobs(&self.delivery, &jobs).await {
+            tracing::warn!(error.message = %e, "could not queue deliveries; retrying in 1 s");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                // Unacknowledged: whoever reads the events next fans them out again.
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        for msg in window {
+            let _ = msg.ack().await;
         }
     }
 
-    /// Fans out one ledger message and acknowledges it, in a span that continues the trace its
-    /// headers carry (the deliveries' jobs carry it on).
-    async fn take(&mut self, msg: &async_nats::jetstream::Message) {
+    /// Fans out one ledger message into `jobs`, in a span that continues the trace its headers
+    /// carry (the deliveries' jobs carry it on). A message that cannot be read is ended at once
+    /// (it stays in the ledger); a task that cannot be read is tried again until it can.
+    async fn take(
+        &mut self,
+        msg: &async_nats::jetstream::Message,
+        jobs: &mut Vec<DeliveryJob>,
+        shutdown: &CancellationToken,
+    ) {
         let span = tracing::info_span!(target: "taskfleet::trace", "relay.fanout",
             subject = %msg.subject);
         crate::telemetry::continue_trace(&span, msg.headers.as_ref());
-        match shown_events(&msg.payload) {
-            Ok(events) => match self.handle_all(events).instrument(span).await {
-                // Every job is stored, so a plain ack: a lost one redelivers the event, and its
-                // jobs' Nats-Msg-Ids keep them from being queued twice.
-                Ok(()) => {
-                    let _ = msg.ack().await;
-                }
-                Err(e) => {
-                    tracing::warn!(error.message = %e, "fan-out failed; retrying the event");
-                    let _ = msg
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await;
-                }
-            },
+        let events = match shown_events(&msg.payload) {
+            Ok(events) => events,
             Err(e) => {
                 tracing::warn!(error.message = %e, "undecodable event; skipping");
                 let _ = msg.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        let before = jobs.len();
+        while let Err(e) = self
+            .handle_all(&events, jobs)
+            .instrument(span.clone())
+            .await
+        {
+            jobs.truncate(before);
+            tracing::warn!(error.message = %e, "fan-out failed; retrying the event in 1 s");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.cancelled() => return,
             }
         }
     }
 
     /// The relay's cursor on the ledger, read over the bus's reader connection (a message
     /// async-nats cannot parse drops that connection, see [`Bus::reader`](crate::bus::Bus::reader)),
-    /// and what wakes when it drops.
-    async fn open_events(
-        &mut self,
-    ) -> Result<(pull::Stream, tokio::sync::watch::Receiver<u64>), BusError> {
+    /// taken over from whoever held it, and what wakes when the connection drops.
+    async fn open_events(&mut self) -> Result<(Lane, tokio::sync::watch::Receiver<u64>), BusError> {
         self.seed_running().await;
         let reader = self.tasks.bus().reader().await?;
         let mut resets = reader.resets();
@@ -174,7 +218,14 @@ impl FanOut {
                 op: "open relay consumer",
                 source: Box::new(source),
             })?;
-        Ok((consumer.messages().await.op("read events")?, resets))
+        let window = consumer.cached_info().config.max_ack_pending.max(1) as usize;
+        let ack_wait = consumer.cached_info().config.ack_wait;
+        let events = &self.tasks.bus().topology.events;
+        events
+            .unpin_consumer(subjects::RELAY_EVENTS_CONSUMER, subjects::RELAY_GROUP)
+            .await
+            .op("take the relay consumer over")?;
+        Ok((Lane::open(consumer, ack_wait, window).await?, resets))
     }
 
     /// After the reader connection dropped: an event whose headers no client can parse (a
@@ -217,22 +268,30 @@ impl FanOut {
         }
     }
 
-    /// Fans out what one ledger message shows, in order. Migration records (a state carried
-    /// over by `taskfleet migrate`) go to nobody.
-    async fn handle_all(&mut self, events: Vec<(TaskEvent, Option<Task>)>) -> Result<(), BusError> {
+    /// Fans out what one ledger message shows, in order, into `jobs`. Migration records (a state
+    /// carried over by `taskfleet migrate`) go to nobody.
+    async fn handle_all(
+        &mut self,
+        events: &[(TaskEvent, Option<Task>)],
+        jobs: &mut Vec<DeliveryJob>,
+    ) -> Result<(), BusError> {
         for (event, task) in events {
-            if !crate::tasks::is_migration(&event) {
-                self.handle(event, task).await?;
+            if !crate::tasks::is_migration(event) {
+                self.handle(event.clone(), task.clone(), jobs).await?;
             }
         }
         Ok(())
     }
 
-    /// Queues the event's jobs, one per destination, and returns once every one is stored. The
-    /// publishes are pipelined: they go to different destinations, and the next event is only
-    /// read after this one is acked. `task` is the state the event recorded (read now for an
-    /// event that carries none, written before task storage v2).
-    async fn handle(&mut self, event: TaskEvent, task: Option<Task>) -> Result<(), BusError> {
+    /// Adds the event's jobs to `jobs`, one per destination (a throttled one is held instead).
+    /// `task` is the state the event recorded (read now for an event that carries none, written
+    /// before task storage v2).
+    async fn handle(
+        &mut self,
+        event: TaskEvent,
+        task: Option<Task>,
+        jobs: &mut Vec<DeliveryJob>,
+    ) -> Result<(), BusError> {
         self.track(&event);
         let task = match task {
             Some(t) => t,
@@ -246,61 +305,62 @@ impl FanOut {
                 }
             },
         };
-        let mut sent = Vec::new();
-        for Target {
-            key,
-            name,
-            session_id,
-            dest,
-        } in self.targets(&task, &event)
-        {
-            if !dest.wants(event.kind) {
-                continue;
+        for target in self.targets(&task, &event) {
+            if let Some(job) = self.job(&task, &event, target) {
+                jobs.push(job);
             }
-            let text = self.templates.render(&task, &event).unwrap_or_default();
-            if text.is_empty() && !matches!(dest, Destination::Webhook { .. }) {
-                continue;
-            }
-            let job = DeliveryJob {
-                id: format!("{}.{key}", event.id),
-                key: key.clone(),
-                name: name.clone(),
-                destination: if name.is_some() {
-                    None
-                } else {
-                    Some(dest.clone())
-                },
-                event: Some(event.clone()),
-                task: Some(public_view(&task)),
-                text,
-                session_id,
-                created_time: crate::domain::now(),
-            };
-            let slot = (task.id.clone(), key.clone());
-            if throttled(event.kind) {
-                let now = Instant::now();
-                match self.last_sent.get(&slot) {
-                    Some(&last) if now.duration_since(last) < self.throttle => {
-                        let trace = tracing::Span::current().context();
-                        self.held.insert(slot, (job, last + self.throttle, trace));
-                        continue;
-                    }
-                    _ => {
-                        self.last_sent.insert(slot, now);
-                    }
-                }
-            } else {
-                // A transition supersedes a held heartbeat of the same task.
-                self.held.remove(&slot);
-            }
-            let queued = self.delivery.store.send(&job).await?;
-            sent.push((job, queued));
         }
-        settle(&self.delivery, sent).await?;
         if event.kind.is_transition() && event.new_status.is_some_and(TaskStatus::is_terminal) {
             self.last_sent.retain(|(t, _), _| *t != event.task_id);
         }
         Ok(())
+    }
+
+    /// The job of `event` for `target`, unless the destination does not want it, it has no text
+    /// for it, or it is throttled (then it is held, keeping the latest).
+    fn job(&mut self, task: &Task, event: &TaskEvent, target: Target) -> Option<DeliveryJob> {
+        let Target {
+            key,
+            name,
+            session_id,
+            dest,
+        } = target;
+        if !dest.wants(event.kind) {
+            return None;
+        }
+        let text = self.templates.render(task, event).unwrap_or_default();
+        if text.is_empty() && !matches!(dest, Destination::Webhook { .. }) {
+            return None;
+        }
+        let job = DeliveryJob {
+            id: format!("{}.{key}", event.id),
+            key: key.clone(),
+            name: name.clone(),
+            destination: if name.is_some() { None } else { Some(dest) },
+            event: Some(event.clone()),
+            task: Some(public_view(task)),
+            text,
+            session_id,
+            created_time: crate::domain::now(),
+        };
+        let slot = (task.id.clone(), key);
+        if throttled(event.kind) {
+            let now = Instant::now();
+            match self.last_sent.get(&slot) {
+                Some(&last) if now.duration_since(last) < self.throttle => {
+                    let trace = tracing::Span::current().context();
+                    self.held.insert(slot, (job, last + self.throttle, trace));
+                    return None;
+                }
+                _ => {
+                    self.last_sent.insert(slot, now);
+                }
+            }
+        } else {
+            // A transition supersedes a held heartbeat of the same task.
+            self.held.remove(&slot);
+        }
+        Some(job)
     }
 
     /// The task's `notify` destinations plus every route that matches, each once. A named
@@ -448,6 +508,35 @@ fn public_view(task: &Task) -> Task {
 pub(super) async fn publish(delivery: &Arc<Delivery>, job: DeliveryJob) -> Result<(), BusError> {
     let queued = delivery.store.send(&job).await?;
     settle(delivery, vec![(job, queued)]).await
+}
+
+/// Queues `jobs` in order and starts their destinations' loops: together, as atomic batches of
+/// up to [`BATCH_JOBS`], and one at a time (each stored before the next is sent) where a batch
+/// fails, so a job is never stored after a later one. A job the stream refuses for good becomes
+/// a dead delivery; any other failure is returned (queueing them again is safe: jobs are
+/// de-duplicated on their ids).
+async fn queue_jobs(delivery: &Arc<Delivery>, jobs: &[DeliveryJob]) -> Result<(), BusError> {
+    for chunk in jobs.chunks(BATCH_JOBS) {
+        let together = match chunk {
+            [] => continue,
+            [_] => false,
+            _ => match delivery.store.queue_batch(chunk).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::debug!(error.message = %e, "queueing the jobs one at a time");
+                    false
+                }
+            },
+        };
+        for job in chunk {
+            if together {
+                delivery.ensure(&job.key);
+            } else {
+                publish(delivery, job.clone()).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Waits, in order, until every job sent is stored, and starts its destination's loop. A job

@@ -2,6 +2,8 @@
 //!
 //! - `fanout.rs`: every event → one delivery job per destination (notify + routes), throttled,
 //!   plus stall detection; `deliver.rs`: one ordered, retrying loop per destination;
+//!   `lane.rs`: the window of messages both take, in order, from a consumer pinned to one relay
+//!   replica at a time;
 //!   [`store`]: the delivery store, the only code that reads or writes the DELIVERIES stream
 //!   and the delivery records (one write per attempt, the last record kept), which the API's
 //!   delivery routes call;
@@ -22,6 +24,7 @@ pub mod config;
 mod deliver;
 pub mod disabled;
 mod fanout;
+mod lane;
 mod server;
 
 pub use server::{resolve_destinations, run, run_with_health, templates, RelayError};

@@ -17,9 +17,11 @@ pub(crate) use record::Recorder;
 pub use record::{is_token, record_key, store_record, StoredRecord, COPIED_STATUSES, MARKER_TTL_S};
 
 use super::job::{clip_response, DeliveryJob, DeliveryRecord, DeliveryStatus, PUSH_KEY};
-use crate::bus::append::refused_for_good;
+use crate::bus::append::{refused_for_good, AppendError};
 use crate::bus::{direct, encode, message_headers, subjects, Bus, BusError, NatsResultExt};
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::consumer::{
+    pull, AckPolicy, DeliverPolicy, PriorityPolicy, PullConsumer,
+};
 use async_nats::jetstream::context::PublishAckFuture;
 use futures::StreamExt;
 use std::collections::HashSet;
@@ -91,6 +93,34 @@ impl DeliveryStore {
         self.publish(job, &job.id).await
     }
 
+    /// Queues `jobs` (of any destinations) as one atomic batch, in order, and waits until they
+    /// are stored: all of them or none. An error says none was stored, or that the batch could
+    /// not be told apart from one stored before (a job id stored already makes the stream refuse
+    /// the whole batch): then queueing the jobs one at a time, in order, settles it (each is
+    /// de-duplicated on its id).
+    pub async fn queue_batch(&self, jobs: &[DeliveryJob]) -> Result<(), BusError> {
+        let messages = jobs
+            .iter()
+            .map(|job| {
+                let subject = subjects::delivery(&job.key);
+                (subject, message_headers(&job.id), encode(job))
+            })
+            .collect();
+        let id = jobs.first().map_or("", |j| j.id.as_str());
+        let sent = crate::bus::append::publish_batch(&self.bus.js, id, messages).await;
+        let stored = match sent {
+            Ok(sent) => sent.stored().await,
+            Err(e) => Err(e),
+        };
+        stored.map(drop).map_err(|e| match e {
+            AppendError::Unknown(e) | AppendError::Refused(e) => e,
+            AppendError::Conflict { .. } => BusError::Op {
+                op: "queue deliveries",
+                source: "the batch holds a job queued before".into(),
+            },
+        })
+    }
+
     /// [`send`](Self::send) with the de-duplication id `msg_id`.
     async fn publish(&self, job: &DeliveryJob, msg_id: &str) -> Result<Queued, BusError> {
         let sent = self
@@ -132,33 +162,48 @@ impl DeliveryStore {
             .await;
     }
 
-    /// The durable consumer of destination `key`'s queue (`relay_<key>`): one message in
-    /// flight, so the destination gets its deliveries in order whichever replica takes them;
-    /// a message not settled within `ack_wait` goes to another.
+    /// The durable consumer of destination `key`'s queue (`relay_<key>`), created or brought up
+    /// to date: up to `window` messages in flight, all to one relay replica at a time (the
+    /// pinned client of priority group [`subjects::RELAY_GROUP`]), so the destination gets its
+    /// deliveries in order whichever replica holds it. A replica that stops pulling loses the
+    /// pin after `ack_wait`, and a message not settled within `ack_wait` is handed out again.
     pub(crate) async fn consumer(
         &self,
         key: &str,
         ack_wait: std::time::Duration,
+        window: usize,
     ) -> Result<PullConsumer, BusError> {
         let name = subjects::delivery_consumer(key);
         self.bus
             .topology
             .deliveries
-            .get_or_create_consumer(
-                &name,
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: subjects::delivery(key),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait,
-                    max_deliver: -1,
-                    max_ack_pending: 1,
-                    deliver_policy: DeliverPolicy::All,
-                    ..Default::default()
-                },
-            )
+            .create_consumer(pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: subjects::delivery(key),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait,
+                max_deliver: -1,
+                max_ack_pending: window as i64,
+                deliver_policy: DeliverPolicy::All,
+                priority_policy: PriorityPolicy::PinnedClient,
+                priority_groups: vec![subjects::RELAY_GROUP.to_string()],
+                priority_timeout: ack_wait,
+                ..Default::default()
+            })
             .await
             .op("create delivery consumer")
+    }
+
+    /// Ends the pin of destination `key`'s consumer, so the next replica that pulls holds it:
+    /// a loop takes the destination over when it starts (a replica killed or restarted would
+    /// otherwise hold it until its pin times out) and hands it back at shutdown.
+    pub(crate) async fn unpin(&self, key: &str) -> Result<(), BusError> {
+        let name = subjects::delivery_consumer(key);
+        let deliveries = &self.bus.topology.deliveries;
+        deliveries
+            .unpin_consumer(&name, subjects::RELAY_GROUP)
+            .await
+            .op("unpin delivery consumer")
     }
 
     /// The destination keys that have a queue consumer (the loops to resume after a restart).

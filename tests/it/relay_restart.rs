@@ -202,3 +202,43 @@ async fn a_delivery_back_after_a_lost_ack_whose_record_says_delivered_is_not_sen
     let kept: DeliveryRecord = serde_json::from_slice(&kept).unwrap();
     assert_eq!(kept, record);
 }
+
+#[tokio::test]
+async fn a_retry_interrupted_by_a_kill_resumes_at_its_next_attempt_and_gives_up_on_schedule() {
+    // Arrange: two attempts in all, 3 s apart; the receiver always answers 503.
+    let app = TestApp::spawn().await;
+    let hook = Endpoint::start().await;
+    hook.answer_from_now_on(Answer::status(503));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("taskfleet.toml");
+    let toml = format!(
+        "[relay]\nallow = [\"127.0.0.1/32\"]\nattempt_timeout_s = 2\nretry_schedule_s = [0, 3]\n\n\
+         [relay.destinations.hook]\ntype = \"webhook\"\nurl = \"{}\"\n",
+        hook.url("/hook")
+    );
+    std::fs::write(&config, toml).unwrap();
+    let (mut relay, _task) = hanging_first_delivery(&app, &hook, &config).await;
+    app.wait_deliveries("status=pending", 1, Duration::from_secs(10))
+        .await;
+
+    // Act: kill -9 while the relay waits for the second attempt, and start it again.
+    relay.kill9();
+    let relay = app.relay_process(&config).await;
+    let dead = app
+        .wait_deliveries("status=dead", 1, Duration::from_secs(30))
+        .await;
+
+    // Assert: the restarted relay made the second attempt, not a new first one: two requests
+    // with one webhook-id, and the record gave up after two.
+    let record = &dead[0];
+    assert_eq!(
+        record["reason"],
+        "gave up after 2 attempts",
+        "{}",
+        relay.log()
+    );
+    assert_eq!(record["attempts"].as_array().unwrap().len(), 2, "{record}");
+    let hits = hook.hits();
+    assert_eq!(hits.len(), 2, "{hits:?}");
+    assert_eq!(hits[0].webhook_id(), hits[1].webhook_id());
+}

@@ -268,9 +268,13 @@ struct Kept {
 }
 
 impl Recorder {
-    /// The stored status of `job`: the kept record's if it is that delivery's, read (and kept)
+    /// The stored record of `job`: the kept one if it is that delivery's, read (and kept)
     /// otherwise. `None` when there is no record (or it cannot be read).
-    pub(crate) async fn status(&mut self, bus: &Bus, job: &DeliveryJob) -> Option<DeliveryStatus> {
+    pub(crate) async fn current(
+        &mut self,
+        bus: &Bus,
+        job: &DeliveryJob,
+    ) -> Option<&DeliveryRecord> {
         if self.kept.as_ref().is_none_or(|k| k.id != job.id) {
             let record = read_job(&bus.client, job).await.ok().flatten();
             self.kept = Some(Kept {
@@ -279,7 +283,7 @@ impl Recorder {
             });
         }
         let kept = self.kept.as_ref()?;
-        kept.record.as_ref().map(|s| s.record.status)
+        kept.record.as_ref().map(|s| &s.record)
     }
 
     /// Appends `attempt` to the record of `job` and sets its status and reason. `first` says
