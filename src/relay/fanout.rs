@@ -174,7 +174,7 @@ impl FanOut {
     async fn take(
         &mut self,
         msg: &async_nats::jetstream::Message,
-        jobs: &mut Vec<DeliveryJob>,
+        jobs: &mut Vec<(DeliveryJob, tracing::Span)>,
         shutdown: &CancellationToken,
     ) {
         let span = tracing::info_span!(target: "taskfleet::trace", "relay.fanout",
@@ -188,19 +188,21 @@ impl FanOut {
                 return;
             }
         };
-        let before = jobs.len();
+        let mut mine = Vec::new();
         while let Err(e) = self
-            .handle_all(&events, jobs)
+            .handle_all(&events, &mut mine)
             .instrument(span.clone())
             .await
         {
-            jobs.truncate(before);
+            mine.clear();
             tracing::warn!(error.message = %e, "fan-out failed; retrying the event in 1 s");
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.cancelled() => return,
             }
         }
+        // Each job carries on the trace of its event.
+        jobs.extend(mine.into_iter().map(|job| (job, span.clone())));
     }
 
     /// The relay's cursor on the ledger, read over the bus's reader connection (a message
@@ -515,7 +517,10 @@ pub(super) async fn publish(delivery: &Arc<Delivery>, job: DeliveryJob) -> Resul
 /// fails, so a job is never stored after a later one. A job the stream refuses for good becomes
 /// a dead delivery; any other failure is returned (queueing them again is safe: jobs are
 /// de-duplicated on their ids).
-async fn queue_jobs(delivery: &Arc<Delivery>, jobs: &[DeliveryJob]) -> Result<(), BusError> {
+async fn queue_jobs(
+    delivery: &Arc<Delivery>,
+    jobs: &[(DeliveryJob, tracing::Span)],
+) -> Result<(), BusError> {
     for chunk in jobs.chunks(BATCH_JOBS) {
         let together = match chunk {
             [] => continue,
@@ -528,11 +533,13 @@ async fn queue_jobs(delivery: &Arc<Delivery>, jobs: &[DeliveryJob]) -> Result<()
                 }
             },
         };
-        for job in chunk {
+        for (job, span) in chunk {
             if together {
                 delivery.ensure(&job.key);
             } else {
-                publish(delivery, job.clone()).await?;
+                publish(delivery, job.clone())
+                    .instrument(span.clone())
+                    .await?;
             }
         }
     }

@@ -94,19 +94,20 @@ impl DeliveryStore {
     }
 
     /// Queues `jobs` (of any destinations) as one atomic batch, in order, and waits until they
-    /// are stored: all of them or none. An error says none was stored, or that the batch could
-    /// not be told apart from one stored before (a job id stored already makes the stream refuse
-    /// the whole batch): then queueing the jobs one at a time, in order, settles it (each is
-    /// de-duplicated on its id).
-    pub async fn queue_batch(&self, jobs: &[DeliveryJob]) -> Result<(), BusError> {
+    /// are stored: all of them or none. Each job carries the trace of its span (its event's).
+    /// An error says none was stored, or that the batch could not be told apart from one stored
+    /// before (a job id stored already makes the stream refuse the whole batch): then queueing
+    /// the jobs one at a time, in order, settles it (each is de-duplicated on its id).
+    pub async fn queue_batch(&self, jobs: &[(DeliveryJob, tracing::Span)]) -> Result<(), BusError> {
         let messages = jobs
             .iter()
-            .map(|job| {
+            .map(|(job, span)| {
                 let subject = subjects::delivery(&job.key);
-                (subject, message_headers(&job.id), encode(job))
+                let headers = span.in_scope(|| message_headers(&job.id));
+                (subject, headers, encode(job))
             })
             .collect();
-        let id = jobs.first().map_or("", |j| j.id.as_str());
+        let id = jobs.first().map_or("", |(j, _)| j.id.as_str());
         let sent = crate::bus::append::publish_batch(&self.bus.js, id, messages).await;
         let stored = match sent {
             Ok(sent) => sent.stored().await,
