@@ -11,10 +11,12 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use taskfleet::config::{Config, RelayConfig, RouteConfig};
-use taskfleet::domain::{Assignee, EventKind, NewTask};
+use taskfleet::config::Config;
+use taskfleet::domain::{EventKind, NewTask};
 use taskfleet::natsd::{LocalNats, LocalNatsOptions};
-use taskfleet::relay::destination::Destination;
+
+#[path = "bench/relay_config.rs"]
+mod relay_config;
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -49,31 +51,7 @@ async fn scenario(nats_url: &str, destinations: usize, events: usize) -> anyhow:
     let mut cfg = Config::default();
     cfg.nats.url = Some(nats_url.to_string());
     let assignee = format!("bench{destinations}");
-    let mut relay = RelayConfig {
-        allow: vec!["127.0.0.1/32".into()],
-        ..RelayConfig::default()
-    };
-    let mut names = Vec::new();
-    for n in 0..destinations {
-        let name = format!("d{n}");
-        relay.destinations.insert(
-            name.clone(),
-            Destination::Webhook {
-                url: format!("{base}/hook/{n}"),
-                // Signed, as a real webhook is: a fresh secret per run.
-                secret: Some(taskfleet::outbound::signature::Signer::generate_secret()),
-                secret_env: None,
-                events: vec![EventKind::Step],
-            },
-        );
-        names.push(name);
-    }
-    relay.routes = vec![RouteConfig {
-        assignees: vec![Assignee::parse(&assignee)?],
-        events: vec![EventKind::Step],
-        destinations: names,
-        ..RouteConfig::default()
-    }];
+    let relay = relay_config::fanout_config(&base, destinations, &assignee)?;
     let bus = taskfleet::serve::connect(&cfg, nats_url, "bench").await?;
     let tasks = taskfleet::tasks::TaskService::new(bus.clone(), Default::default());
     let new: NewTask = serde_json::from_value(serde_json::json!({

@@ -13,6 +13,7 @@
 
 mod fleet;
 mod relay;
+mod relay_config;
 mod scenarios;
 
 use scenarios::{Create, Shape, CONCURRENCY, WIDE_CONCURRENCY};

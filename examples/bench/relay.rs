@@ -5,15 +5,14 @@
 //! arrives after a later one of its destination.
 
 use crate::fleet::{Fleet, ASSIGNEE};
+use crate::relay_config::fanout_config;
 use crate::Opts;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use taskfleet::config::{RelayConfig, RouteConfig};
-use taskfleet::domain::{Assignee, EventKind, NewTask, Priority};
-use taskfleet::relay::destination::Destination;
+use taskfleet::domain::{EventKind, NewTask, Priority};
 
 /// Webhook destinations of the fan-out scenario.
 pub const FANOUT_DESTINATIONS: usize = 100;
@@ -98,37 +97,6 @@ async fn receiver(
     Ok((base, seen, server))
 }
 
-/// The relay's config: `destinations` signed webhooks `d0`, `d1`, … at `<base>/hook/<n>`, and
-/// one route sending every `step` event of the bench assignee to all of them.
-fn fanout_config(base: &str, destinations: usize) -> anyhow::Result<RelayConfig> {
-    let mut relay = RelayConfig {
-        allow: vec!["127.0.0.1/32".into()],
-        ..RelayConfig::default()
-    };
-    let mut names = Vec::new();
-    for n in 0..destinations {
-        let name = format!("d{n}");
-        relay.destinations.insert(
-            name.clone(),
-            Destination::Webhook {
-                url: format!("{base}/hook/{n}"),
-                // Signed, as a real webhook is: a fresh secret per destination and run.
-                secret: Some(taskfleet::outbound::signature::Signer::generate_secret()),
-                secret_env: None,
-                events: vec![EventKind::Step],
-            },
-        );
-        names.push(name);
-    }
-    relay.routes = vec![RouteConfig {
-        assignees: vec![Assignee::parse(ASSIGNEE)?],
-        events: vec![EventKind::Step],
-        destinations: names,
-        ..RouteConfig::default()
-    }];
-    Ok(relay)
-}
-
 /// Records `events` `step` events of one new task, one after another (`data.seq` = index).
 async fn publish_steps(fleet: &Fleet, events: usize) -> anyhow::Result<Instant> {
     let tasks = taskfleet::tasks::TaskService::new(fleet.bus.clone(), Default::default());
@@ -164,7 +132,7 @@ struct Measured {
 async fn run(fleet: &Fleet, destinations: usize, events: usize) -> anyhow::Result<Measured> {
     let (base, seen, server) = receiver(destinations).await?;
     let token = tokio_util::sync::CancellationToken::new();
-    let relay = fanout_config(&base, destinations)?;
+    let relay = fanout_config(&base, destinations, ASSIGNEE)?;
     let relay_task = tokio::spawn(taskfleet::relay::run(
         fleet.bus.clone(),
         relay,

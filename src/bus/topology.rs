@@ -211,16 +211,32 @@ async fn ensure_relay_cursor(events: &stream::Stream) -> Result<(), BusError> {
 /// order; after a crash the unacked events come back first (the next holder waits for them),
 /// so destinations still see events in order.
 fn relay_cursor_config() -> pull::Config {
+    let (name, filter) = (subjects::RELAY_EVENTS_CONSUMER, subjects::ALL_EVENTS);
     let ack_wait = Duration::from_secs(10);
     pull::Config {
-        durable_name: Some(subjects::RELAY_EVENTS_CONSUMER.into()),
         description: Some("taskfleet relay: every task event".into()),
-        filter_subject: subjects::ALL_EVENTS.into(),
+        deliver_policy: DeliverPolicy::New,
+        ..relay_consumer_config(name, filter, ack_wait, RELAY_CURSOR_WINDOW)
+    }
+}
+
+/// A durable consumer `name` of the relay on `filter`: up to `window` messages out, all to one
+/// relay replica at a time (the pinned client of group [`subjects::RELAY_GROUP`], unpinned when
+/// it stops pulling for `ack_wait`), explicit acks, redelivered without limit.
+pub fn relay_consumer_config(
+    name: &str,
+    filter: &str,
+    ack_wait: Duration,
+    window: usize,
+) -> pull::Config {
+    pull::Config {
+        durable_name: Some(name.into()),
+        filter_subject: filter.into(),
         ack_policy: AckPolicy::Explicit,
         ack_wait,
         max_deliver: -1,
-        max_ack_pending: RELAY_CURSOR_WINDOW as i64,
-        deliver_policy: DeliverPolicy::New,
+        max_ack_pending: window as i64,
+        deliver_policy: DeliverPolicy::All,
         priority_policy: PriorityPolicy::PinnedClient,
         priority_groups: vec![subjects::RELAY_GROUP.into()],
         priority_timeout: ack_wait,

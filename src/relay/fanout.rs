@@ -279,7 +279,7 @@ impl FanOut {
     ) -> Result<(), BusError> {
         for (event, task) in events {
             if !crate::tasks::is_migration(event) {
-                self.handle(event.clone(), task.clone(), jobs).await?;
+                self.handle(event, task.as_ref(), jobs).await?;
             }
         }
         Ok(())
@@ -290,15 +290,15 @@ impl FanOut {
     /// before task storage v2).
     async fn handle(
         &mut self,
-        event: TaskEvent,
-        task: Option<Task>,
+        event: &TaskEvent,
+        task: Option<&Task>,
         jobs: &mut Vec<DeliveryJob>,
     ) -> Result<(), BusError> {
-        self.track(&event);
+        self.track(event);
         let task = match task {
-            Some(t) => t,
+            Some(t) => std::borrow::Cow::Borrowed(t),
             None => match self.tasks.get(&event.task_id).await {
-                Ok(t) => t,
+                Ok(t) => std::borrow::Cow::Owned(t),
                 Err(crate::tasks::TaskError::NotFound(_)) => return Ok(()),
                 Err(crate::tasks::TaskError::Bus(e)) => return Err(e),
                 Err(e) => {
@@ -307,8 +307,8 @@ impl FanOut {
                 }
             },
         };
-        for target in self.targets(&task, &event) {
-            if let Some(job) = self.job(&task, &event, target) {
+        for target in self.targets(&task, event) {
+            if let Some(job) = self.job(&task, event, target) {
                 jobs.push(job);
             }
         }

@@ -18,10 +18,10 @@ pub use record::{is_token, record_key, store_record, StoredRecord, COPIED_STATUS
 
 use super::job::{clip_response, DeliveryJob, DeliveryRecord, DeliveryStatus, PUSH_KEY};
 use crate::bus::append::{refused_for_good, AppendError};
-use crate::bus::{direct, encode, message_headers, subjects, Bus, BusError, NatsResultExt};
-use async_nats::jetstream::consumer::{
-    pull, AckPolicy, DeliverPolicy, PriorityPolicy, PullConsumer,
+use crate::bus::{
+    direct, encode, message_headers, relay_consumer_config, subjects, Bus, BusError, NatsResultExt,
 };
+use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::context::PublishAckFuture;
 use futures::StreamExt;
 use std::collections::HashSet;
@@ -178,19 +178,12 @@ impl DeliveryStore {
         self.bus
             .topology
             .deliveries
-            .create_consumer(pull::Config {
-                durable_name: Some(name.clone()),
-                filter_subject: subjects::delivery(key),
-                ack_policy: AckPolicy::Explicit,
+            .create_consumer(relay_consumer_config(
+                &name,
+                &subjects::delivery(key),
                 ack_wait,
-                max_deliver: -1,
-                max_ack_pending: window as i64,
-                deliver_policy: DeliverPolicy::All,
-                priority_policy: PriorityPolicy::PinnedClient,
-                priority_groups: vec![subjects::RELAY_GROUP.to_string()],
-                priority_timeout: ack_wait,
-                ..Default::default()
-            })
+                window,
+            ))
             .await
             .op("create delivery consumer")
     }
