@@ -19,6 +19,8 @@ use taskfleet::domain::{EventKind, Priority, Share, Task, TaskEvent};
 
 /// How many tasks the tests with workers run.
 const TASKS: usize = 300;
+/// How long each task of [`kill_a_node_mid_load`]'s load runs, in ms.
+const LOAD_TASK_MS: u64 = 50;
 /// The streams whose replica on a restarted node must catch up.
 const STREAMS: [&str; 2] = ["TASKS", "EVENTS"];
 /// Every stream and bucket of the topology.
@@ -616,7 +618,10 @@ async fn kill_a_node_mid_load(victim_role: Victim) -> String {
     let js = c.jetstream(others[0]).await.expect("connect to a survivor");
     w1.freeze(true);
     w2.freeze(true);
-    let ids = create_noops(&app, TASKS).await;
+    // Each takes 50 ms, so one worker alone needs about 2 s for the load (300 × 50 ms over 8
+    // slots): a worker whose first pull after the freeze goes unanswered for 1 s still takes
+    // part, and the kill lands while both run tasks.
+    let ids = create_noops_with(&app, TASKS, json!({"sleep_ms": LOAD_TASK_MS})).await;
     let led = app.cluster.led_by(victim).await;
     match victim_role {
         Victim::Leader => assert!(
