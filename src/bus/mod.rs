@@ -65,10 +65,24 @@ pub struct Reader {
     resets: watch::Receiver<u64>,
 }
 
+/// How long a JetStream request over the [`Reader`] waits for its answer (see
+/// [`Reader::jetstream`]).
+const READER_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Reader {
     /// Counts the times the connection was lost; `changed()` wakes on the next loss.
     pub fn resets(&self) -> watch::Receiver<u64> {
         self.resets.clone()
+    }
+
+    /// JetStream over this connection, its requests answered within 2 s or asked again: an
+    /// answer is lost when a message drops the connection, and async-nats's pull streams read
+    /// their consumer's state after every reconnection and pull nothing until they have it
+    /// (with the client's 10 s request timeout, two drops in a row stalled them that long).
+    pub fn jetstream(&self) -> jetstream::Context {
+        jetstream::ContextBuilder::new()
+            .timeout(READER_REQUEST_TIMEOUT)
+            .build(self.client.clone())
     }
 }
 
@@ -90,12 +104,18 @@ impl Bus {
     }
 
     /// The queue-reading connection (see [`Reader`]), connected on first use and shared by
-    /// every clone of this `Bus`.
+    /// every clone of this `Bus`. It may be made after the servers in the URL went away: it
+    /// also tries every server the cluster advertised to the main connection.
     pub async fn reader(&self) -> Result<Reader, BusError> {
         let reader = self.reader.get_or_try_init(|| async {
             let (tx, resets) = watch::channel(0);
+            let mut url = self.opts.url.clone();
+            for advertised in self.client.server_info().connect_urls {
+                url = format!("{url},{advertised}");
+            }
             let opts = ConnectOptions {
                 name: format!("{} (queue reads)", self.opts.name),
+                url,
                 ..(*self.opts).clone()
             };
             let client = connect_with(&opts, Some(tx)).await?;

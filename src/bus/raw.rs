@@ -15,6 +15,7 @@ use super::{BusError, NatsResultExt};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Deserialize;
+use std::time::Duration;
 
 /// A stored message read through `MSG.GET`, headers and body as the publisher sent them.
 #[derive(Debug, Clone)]
@@ -84,6 +85,43 @@ pub async fn get(
     filter: &str,
 ) -> Result<Option<RawStored>, BusError> {
     let body = serde_json::json!({ "seq": from.max(1), "next_by_subj": filter });
+    get_by(client, stream, body).await
+}
+
+/// The last message on a subject matching `filter` (wildcards allowed), read as JSON from the
+/// stream's leader like [`get`]; `None` when there is none.
+pub async fn last(
+    client: &async_nats::Client,
+    stream: &str,
+    filter: &str,
+) -> Result<Option<RawStored>, BusError> {
+    get_by(
+        client,
+        stream,
+        serde_json::json!({ "last_by_subj": filter }),
+    )
+    .await
+}
+
+/// The first message on a subject matching `filter` stored at or after `since`, read as JSON
+/// like [`get`]; `None` when there is none.
+pub async fn first_since(
+    client: &async_nats::Client,
+    stream: &str,
+    filter: &str,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<RawStored>, BusError> {
+    let at = since.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let body = serde_json::json!({ "start_time": at, "next_by_subj": filter });
+    get_by(client, stream, body).await
+}
+
+/// One `MSG.GET` request with `body`, its answer decoded.
+async fn get_by(
+    client: &async_nats::Client,
+    stream: &str,
+    body: serde_json::Value,
+) -> Result<Option<RawStored>, BusError> {
     let answer = client
         .request(
             format!("$JS.API.STREAM.MSG.GET.{stream}"),
@@ -114,45 +152,108 @@ pub async fn term(
     (stream_seq, consumer_seq): (u64, u64),
     reason: &str,
 ) -> Result<(), BusError> {
+    let body = format!("+TERM {reason}");
+    let op = "terminate an unreadable message";
+    acknowledge(
+        client,
+        (stream, consumer),
+        (stream_seq, consumer_seq),
+        body,
+        op,
+    )
+    .await
+}
+
+/// Sends `body` (`+TERM …`, `-NAK`) to the acknowledgement subject the server gave message
+/// `stream_seq` of `consumer` (see [`term`]; `consumer_seq` need only be one the consumer has
+/// handed out and not seen acknowledged) and waits for the server's confirmation.
+async fn acknowledge(
+    client: &async_nats::Client,
+    (stream, consumer): (&str, &str),
+    (stream_seq, consumer_seq): (u64, u64),
+    body: String,
+    op: &'static str,
+) -> Result<(), BusError> {
     let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
     let subject = format!("$JS.ACK.{stream}.{consumer}.1.{stream_seq}.{consumer_seq}.{now}.0");
-    client
-        .request(subject, format!("+TERM {reason}").into())
-        .await
-        .op("terminate an unreadable message")?;
+    client.request(subject, body.into()).await.op(op)?;
     Ok(())
 }
+
+/// How long [`term_unreadable`] waits for the dropped connection to answer again.
+const READ_BACK: Duration = Duration::from_secs(1);
 
 /// Ends the delivery of every message `consumer` of `stream` delivered and that is not
 /// acknowledged yet whose headers no client can parse (the one that made the reader's
 /// connection drop is among them), with the problem as the reason. The messages stay in the
-/// stream. Which were ended, with their problems.
+/// stream. Which were ended (as read, with their problems).
+///
+/// The readable messages the server sent over the connection that the client never got were
+/// lost with it (the client stops reading at a block it cannot parse, and what the server
+/// sends until the client has subscribed again goes nowhere): they are handed out again at
+/// once (`-NAK`) rather than after the ack wait. Those are the ones past `received`, the
+/// highest stream sequence the reader got from the consumer (when it got none, the ones past
+/// the first unreadable message). So the consumer's state is read over `reader`, the
+/// connection that dropped, once it is back: async-nats subscribes again before it sends
+/// anything else, so every message delivered after that state arrives. The rest goes over
+/// `client`, whose answers a further drop of the reader cannot lose (the state too, when the
+/// reader does not answer within `READ_BACK`: it dropped again, and the next check sees
+/// what this one cannot). (A message may arrive between the reconnection and the check: it
+/// then comes twice, as after any redelivery.)
 pub async fn term_unreadable(
-    client: &async_nats::Client,
-    stream: &async_nats::jetstream::stream::Stream,
-    consumer: &str,
+    (reader, client): (&async_nats::Client, &async_nats::Client),
+    (stream, consumer): (&str, &str),
     filter: &str,
-) -> Result<Vec<(u64, String)>, BusError> {
-    let info = stream.consumer_info(consumer).await.op("consumer info")?;
-    let name = stream.cached_info().config.name.clone();
+    received: Option<u64>,
+) -> Result<Vec<(RawStored, String)>, BusError> {
+    // Reading the consumer reads its info; over the main connection if the reader does not
+    // answer (it dropped again, and the next check sees what this one cannot).
+    let read = |client: &async_nats::Client| {
+        let js = async_nats::jetstream::new(client.clone());
+        async move { js.get_consumer_from_stream(consumer, stream).await }
+    };
+    let handle: async_nats::jetstream::consumer::PullConsumer =
+        match tokio::time::timeout(READ_BACK, read(reader)).await {
+            Ok(handle) => handle,
+            Err(_) => read(client).await,
+        }
+        .op("consumer info")?;
+    let (info, name) = (handle.cached_info(), stream);
     let (mut seq, last) = (
         info.ack_floor.stream_sequence + 1,
         info.delivered.stream_sequence,
     );
+    let dseq = info.delivered.consumer_sequence;
     let mut ended = Vec::new();
     while seq <= last {
-        let Some(m) = get(client, &name, seq, filter).await? else {
+        let Some(m) = get(client, name, seq, filter).await? else {
             break;
         };
         if m.seq > last {
             break;
         }
-        if let Some(problem) = m.problem() {
-            let seqs = (m.seq, info.delivered.consumer_sequence);
-            term(client, (&name, consumer), seqs, &problem).await?;
-            ended.push((m.seq, problem));
-        }
         seq = m.seq + 1;
+        let at = (m.seq, dseq);
+        match m.problem() {
+            Some(problem) => match term(client, (name, consumer), at, &problem).await {
+                Ok(()) => ended.push((m, problem)),
+                // It comes back after the ack wait, and the next check ends it.
+                Err(e) if !ended.is_empty() => {
+                    tracing::warn!(seq = m.seq, error.message = %e, "could not end an unreadable message");
+                    break;
+                }
+                Err(e) => return Err(e),
+            },
+            None if received.map_or(!ended.is_empty(), |r| m.seq > r) => {
+                let op = "hand out again a message lost with the connection";
+                let nak = acknowledge(client, (name, consumer), at, "-NAK".into(), op).await;
+                if let Err(e) = nak {
+                    // It comes back after the ack wait.
+                    tracing::debug!(seq = m.seq, error.message = %e, "could not hand a message out again");
+                }
+            }
+            None => {}
+        }
     }
     Ok(ended)
 }

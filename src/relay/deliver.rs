@@ -17,18 +17,25 @@
 //! pending. Whether the destination is disabled is read at most once per [`DISABLED_RECHECK`]
 //! while it is enabled, before every attempt while it is disabled (a replay re-enables it),
 //! and after a take-over (a 410 the other replica saw stops this one too).
+//!
+//! The queues are read over the bus's reader connection ([`Bus::reader`]): a job whose headers
+//! no client can parse (anyone allowed to publish on `deliveries.<key>` can write one) drops
+//! that connection only, never the one records, the fan-out and the other requests use. Each
+//! drop makes every loop end such jobs of its queue with the problem as the reason, whatever
+//! it is doing meanwhile; a job that still reads as a job becomes a dead delivery.
 
 use super::destination::Destination;
 use super::job::{clip_response, Attempt, DeliveryJob, DeliveryStatus};
-use super::lane::Lane;
+use super::lane::{Lane, Received};
 use super::retry::{RetrySchedule, Verdict};
 use super::sinks::{self, SinkContext};
 use super::store::{DeliveryStore, Recorder};
-use crate::bus::{decode, Bus, BusError};
+use crate::bus::{decode, raw, Bus, BusError};
 use async_nats::jetstream::{AckKind, Message};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -36,6 +43,9 @@ use tracing::Instrument;
 /// How long an enabled destination is taken to stay enabled before its state is read again (only
 /// another relay replica's 410 could disable it meanwhile; this loop notes its own at once).
 const DISABLED_RECHECK: Duration = Duration::from_secs(1);
+
+/// How much of an unreadable job's header block a log line shows.
+const SHOWN_HEADERS: usize = 128;
 
 /// How many messages of one destination a loop holds at once (its consumer's
 /// `max_ack_pending`).
@@ -121,29 +131,40 @@ impl Delivery {
         self.tracker.wait().await;
     }
 
+    /// Delivers destination `key`'s queue until shutdown, reading it over the bus's reader
+    /// connection (see [`Bus::reader`]): a job no client can parse drops that connection only,
+    /// and each drop ends such jobs ([`Delivery::reader_lost`]) whatever the loop is doing.
     async fn run_loop(&self, key: &str) -> Result<(), BusError> {
         // Opening the stream waits on JetStream, which may be unreachable: shutdown must not
         // wait for it (a delivery in flight, below, is still finished).
         let ack_wait = self.sinks.timeout + Duration::from_secs(5);
         let open = async {
-            let consumer = self.store.consumer(key, ack_wait, WINDOW).await?;
+            let reader = self.bus.reader().await?;
+            let mut resets = reader.resets();
+            resets.borrow_and_update();
+            let consumer = self.store.consumer(key, ack_wait, WINDOW, &reader).await?;
             // Take the destination over now rather than after the last holder's pin times
             // out (it was this process before a restart, or is another replica: the lane
             // waits for what that one still holds, so the order is kept either way).
             self.store.unpin(key).await?;
-            Lane::open(consumer, ack_wait, WINDOW).await
+            Ok::<_, BusError>((
+                Lane::open(consumer, &self.bus.topology.deliveries, ack_wait, WINDOW).await?,
+                resets,
+            ))
         };
-        let mut lane = tokio::select! {
+        let (mut lane, resets) = tokio::select! {
             l = open => l?,
             _ = self.shutdown.cancelled() => return Ok(()),
         };
+        let mut reader = (resets, lane.received());
         let mut state = State::default();
         let ended = loop {
-            match lane.next(&self.shutdown).await {
+            let next = self.watching(key, &mut reader, lane.next(&self.shutdown));
+            match next.await {
                 Ok(Some(msg)) => {
                     let span = attempt_span(key, &msg);
-                    self.deliver(key, &mut lane, &mut state, msg)
-                        .instrument(span)
+                    let delivered = self.deliver(key, &mut lane, &mut state, msg);
+                    self.watching(key, &mut reader, delivered.instrument(span))
                         .await
                 }
                 Ok(None) => break Ok(()),
@@ -160,16 +181,72 @@ impl Delivery {
         ended
     }
 
+    /// Runs `work` to its end, checking destination `key`'s queue each time the reader
+    /// connection drops meanwhile (`work` waits while the check runs; nothing is cancelled).
+    /// `reader`: the connection's losses, and what the lane got over it.
+    async fn watching<F: std::future::Future>(
+        &self,
+        key: &str,
+        (resets, received): &mut (watch::Receiver<u64>, Received),
+        work: F,
+    ) -> F::Output {
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                lost = resets.changed() => match lost {
+                    Ok(()) => self.reader_lost(key, received.get()).await,
+                    // The connection is gone for good (the relay is stopping).
+                    Err(_) => return work.await,
+                },
+            }
+        }
+    }
+
+    /// After the reader connection dropped: a job whose headers no client can parse is among
+    /// the ones destination `key`'s consumer handed out. Each such job is ended with the
+    /// problem as the reason, so the loop goes on with the next one (the jobs lost with the
+    /// connection are handed out again at once), and becomes a dead delivery when its body is
+    /// a job; else it is logged with its sequence and problem (the headers cut short, never
+    /// the body).
+    async fn reader_lost(&self, key: &str, received: Option<u64>) {
+        let ended = async {
+            let reader = self.bus.reader().await?;
+            let ended = self.store.end_unreadable(key, &reader.client, received);
+            ended.await
+        };
+        let ended = match ended.await {
+            Ok(ended) => ended,
+            Err(e) => {
+                tracing::warn!(destination = key, error.message = %e,
+                    "delivery reader connection lost; cannot check the delivered jobs");
+                return;
+            }
+        };
+        if !ended.is_empty() && received.is_none() {
+            // The server names this replica's pin in a header of the messages it delivers;
+            // when the first of them was the unreadable one, the loop never learnt it, and its
+            // pulls would get nothing until the pin timed out. It takes the destination anew.
+            if let Err(e) = self.store.unpin(key).await {
+                tracing::debug!(destination = key, error.message = %e, "could not renew the pin");
+            }
+        }
+        for (m, problem) in ended {
+            match decode::<DeliveryJob>("delivery job", &m.payload) {
+                Ok(job) => self.store.dead_unreadable(key, &job, &problem).await,
+                Err(e) => tracing::warn!(destination = key, seq = m.seq, problem,
+                    headers = raw::shown(&m.headers, SHOWN_HEADERS), error.message = %e,
+                    "ended a queued job no client can read, whose body is no delivery job"),
+            }
+        }
+    }
+
     /// Delivers the message at the head of a destination's queue: attempts it (again, while
     /// the schedule says so, holding the messages behind it) and settles it behind the loop.
     async fn deliver(&self, key: &str, lane: &mut Lane, state: &mut State, msg: Message) {
         let job: DeliveryJob = match decode("delivery job", &msg.payload) {
             Ok(j) => j,
-            Err(e) => {
-                tracing::warn!(destination = key, error.message = %e, "undecodable delivery; dropping");
-                lane.settle(msg, AckKind::Term, async {}).await;
-                return;
-            }
+            Err(e) => return end_junk(key, lane, msg, &e).await,
         };
         tracing::Span::current().record("delivery", job.id.as_str());
         let first = msg.info().map(|i| i.delivered <= 1).unwrap_or(true);
@@ -395,6 +472,15 @@ impl Delivery {
         }
         state.disabled = Some((Instant::now(), Some(why.to_string())));
     }
+}
+
+/// Ends a queued job of destination `key` whose body is no delivery job (`e` says why): it is
+/// never attempted, nor handed out again; the log names its sequence.
+async fn end_junk(key: &str, lane: &mut Lane, msg: Message, e: &BusError) {
+    let seq = msg.info().map_or(0, |i| i.stream_sequence);
+    tracing::warn!(destination = key, seq, error.message = %e,
+        "a queued job whose body is no delivery job; ending it");
+    lane.settle(msg, AckKind::Term, async {}).await;
 }
 
 /// The attempt to record for `outcome`, started at `time` (`started` on the clock): its status,

@@ -120,7 +120,7 @@ impl FanOut {
                     self.flush_due().await;
                     self.check_stalls().await;
                 }
-                _ = resets.changed() => self.reader_lost().await,
+                _ = resets.changed() => self.reader_lost(lane.received().get()).await,
                 next = lane.next(&shutdown) => match next {
                     Ok(Some(first)) => self.take_window(&mut lane, first, &shutdown).await,
                     Ok(None) => break Ok(()),
@@ -213,7 +213,8 @@ impl FanOut {
         let reader = self.tasks.bus().reader().await?;
         let mut resets = reader.resets();
         resets.borrow_and_update();
-        let consumer: PullConsumer = async_nats::jetstream::new(reader.client.clone())
+        let consumer: PullConsumer = reader
+            .jetstream()
             .get_consumer_from_stream(subjects::RELAY_EVENTS_CONSUMER, subjects::EVENTS_STREAM)
             .await
             .map_err(|source| BusError::Op {
@@ -227,22 +228,37 @@ impl FanOut {
             .unpin_consumer(subjects::RELAY_EVENTS_CONSUMER, subjects::RELAY_GROUP)
             .await
             .op("take the relay consumer over")?;
-        Ok((Lane::open(consumer, ack_wait, window).await?, resets))
+        Ok((
+            Lane::open(consumer, events, ack_wait, window).await?,
+            resets,
+        ))
     }
 
     /// After the reader connection dropped: an event whose headers no client can parse (a
-    /// fleet user wrote to the ledger around taskfleet) is the one delivered and not
+    /// fleet user wrote to the ledger around taskfleet) is among the ones delivered and not
     /// acknowledged. Its delivery is ended with the reason, so the relay goes on with the next
-    /// event; it stays in the ledger, logged here with its sequence.
-    async fn reader_lost(&self) {
-        let bus = self.tasks.bus();
-        let (stream, consumer) = (&bus.topology.events, subjects::RELAY_EVENTS_CONSUMER);
-        let ended =
-            crate::bus::raw::term_unreadable(&bus.client, stream, consumer, subjects::ALL_EVENTS);
+    /// event; it stays in the ledger, logged here with its sequence. The events lost with the
+    /// connection (past `received`, the last one the lane got) are handed out again at once.
+    async fn reader_lost(&self, received: Option<u64>) {
+        let (stream, consumer) = (subjects::EVENTS_STREAM, subjects::RELAY_EVENTS_CONSUMER);
+        let ended = async {
+            let bus = self.tasks.bus();
+            let clients = (&bus.reader().await?.client, &bus.client);
+            let filter = subjects::ALL_EVENTS;
+            let ended =
+                crate::bus::raw::term_unreadable(clients, (stream, consumer), filter, received);
+            ended.await
+        };
         match ended.await {
             Ok(ended) => {
-                for (seq, problem) in ended {
-                    tracing::warn!(seq, problem, "skipping an event no client can read");
+                if !ended.is_empty() && received.is_none() {
+                    // Its pin may have come only in the unreadable message's headers (see
+                    // `Delivery::reader_lost`): the relay takes the cursor anew.
+                    let events = &self.tasks.bus().topology.events;
+                    let _ = events.unpin_consumer(consumer, subjects::RELAY_GROUP).await;
+                }
+                for (m, problem) in ended {
+                    tracing::warn!(seq = m.seq, problem, "skipping an event no client can read");
                 }
             }
             Err(e) => tracing::warn!(error.message = %e,

@@ -16,15 +16,21 @@
 //!   the ack wait), and sorts the window by stream sequence, so the order survives the hand-over.
 //!   The next attempt also reads the destination's disabled state again (a 410 the other
 //!   replica saw).
+//! - **Over the reader connection.** Messages come over the bus's reader connection, which an
+//!   unreadable message drops; [`Lane::received`] tells the check that follows which messages
+//!   were lost with it. The consumer's state is read over the main connection.
 
 use crate::bus::subjects::RELAY_GROUP;
 use crate::bus::{BusError, NatsResultExt};
 use async_nats::jetstream::consumer::pull::{self, MessagesError, MessagesErrorKind};
 use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::stream::Stream;
 use async_nats::jetstream::{AckKind, Message};
 use futures::{FutureExt, StreamExt};
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +45,9 @@ const CATCH_UP_POLL: Duration = Duration::from_millis(200);
 
 /// The messages a relay loop holds, and what it remembers of them.
 pub(super) struct Lane {
-    consumer: PullConsumer,
+    /// The consumer's stream over the main connection, and the consumer's name: its state is
+    /// read there (an answer on the reader connection would be lost if it dropped meanwhile).
+    status: (Stream, String),
     /// How many messages may be out at once (the consumer's `max_ack_pending`).
     window: usize,
     messages: pull::Stream,
@@ -59,6 +67,9 @@ pub(super) struct Lane {
     kept_alive: Instant,
     /// The consumer or its stream is unusable (the loop starts over).
     broken: Option<BusError>,
+    /// The highest stream sequence taken from the consumer (0 before the first): after the
+    /// connection drops, the messages past it were lost with it (see [`Lane::received`]).
+    received: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Lane {
@@ -73,9 +84,10 @@ impl std::fmt::Debug for Lane {
 
 impl Lane {
     /// A lane over `consumer` (its `max_ack_pending` is `window`), pulling as a member of the
-    /// relay's group.
+    /// relay's group; `stream` is its stream over the main connection.
     pub(super) async fn open(
         consumer: PullConsumer,
+        stream: &Stream,
         ack_wait: Duration,
         window: usize,
     ) -> Result<Self, BusError> {
@@ -87,8 +99,9 @@ impl Lane {
             .messages()
             .await
             .op("read a relay consumer")?;
+        let name = consumer.cached_info().name.clone();
         Ok(Self {
-            consumer,
+            status: (stream.clone(), name),
             window,
             messages,
             ack_wait,
@@ -99,6 +112,7 @@ impl Lane {
             recheck: true,
             kept_alive: Instant::now(),
             broken: None,
+            received: Arc::default(),
         })
     }
 
@@ -127,6 +141,13 @@ impl Lane {
                 _ = shutdown.cancelled() => return Ok(None),
             }
         }
+    }
+
+    /// The highest stream sequence taken from the consumer so far, kept up to date (`None`
+    /// before the first): what the reader connection got, for
+    /// [`raw::term_unreadable`](crate::bus::raw::term_unreadable) after it dropped.
+    pub(super) fn received(&self) -> Received {
+        Received(self.received.clone())
     }
 
     /// The next message if one is here already and no take-over has to be caught up with
@@ -209,6 +230,8 @@ impl Lane {
                 self.last_taken = seq.map(|(c, _)| c);
                 // A message handed out again while its first copy waits here is kept once.
                 let stream_seq = seq.map(|(_, s)| s);
+                self.received
+                    .fetch_max(stream_seq.unwrap_or_default(), Ordering::Relaxed);
                 if !self.queue.iter().any(|(s, _)| *s == stream_seq) {
                     self.queue.push_back((stream_seq, msg));
                 }
@@ -241,7 +264,8 @@ impl Lane {
         self.drain().await;
         loop {
             self.take_ready();
-            let out = match self.consumer.get_info().await {
+            let (stream, name) = &self.status;
+            let out = match stream.consumer_info(name).await {
                 Ok(info) => info.num_ack_pending,
                 Err(e) => {
                     tracing::warn!(error.message = %e, "cannot read a relay consumer's state; retrying");
@@ -271,5 +295,16 @@ impl Lane {
             let _ = msg.ack_with(AckKind::Progress).await;
         }
         self.kept_alive = Instant::now();
+    }
+}
+
+/// A lane's highest stream sequence taken so far, readable while the lane is busy.
+#[derive(Debug, Clone)]
+pub(super) struct Received(Arc<AtomicU64>);
+
+impl Received {
+    /// The highest stream sequence taken, `None` before the first.
+    pub(super) fn get(&self) -> Option<u64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|s| *s > 0)
     }
 }

@@ -19,7 +19,8 @@ pub use record::{is_token, record_key, store_record, StoredRecord, COPIED_STATUS
 use super::job::{clip_response, DeliveryJob, DeliveryRecord, DeliveryStatus, PUSH_KEY};
 use crate::bus::append::{refused_for_good, AppendError};
 use crate::bus::{
-    direct, encode, message_headers, relay_consumer_config, subjects, Bus, BusError, NatsResultExt,
+    direct, encode, message_headers, raw, relay_consumer_config, subjects, Bus, BusError,
+    NatsResultExt,
 };
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::context::PublishAckFuture;
@@ -150,6 +151,30 @@ impl DeliveryStore {
             reason,
             "dead-lettering a delivery that cannot be queued"
         );
+        self.bury(job, reason).await;
+    }
+
+    /// Records `job`, read as JSON from queue `key` because no client can parse its headers
+    /// (`problem`), as a dead delivery of that queue: it was ended without an attempt.
+    pub(crate) async fn dead_unreadable(&self, key: &str, job: &DeliveryJob, problem: &str) {
+        let reason = format!("no client can read the queued job: {problem}");
+        tracing::warn!(
+            destination = key,
+            delivery = job.id,
+            reason,
+            "dead-lettering a delivery no client can read"
+        );
+        let job = DeliveryJob {
+            key: key.to_string(),
+            ..job.clone()
+        };
+        self.bury(&job, reason).await;
+    }
+
+    /// Records `job` as dead with `reason`, without an attempt (an existing record, e.g. of a
+    /// replay, is updated). The record keeps the event without its data and the text cut to
+    /// 4 KiB, and no task, so it fits where the job may not.
+    async fn bury(&self, job: &DeliveryJob, reason: String) {
         let mut kept = job.clone();
         kept.task = None;
         kept.text = clip_response(&kept.text).0;
@@ -168,24 +193,41 @@ impl DeliveryStore {
     /// pinned client of priority group [`subjects::RELAY_GROUP`]), so the destination gets its
     /// deliveries in order whichever replica holds it. A replica that stops pulling loses the
     /// pin after `ack_wait`, and a message not settled within `ack_wait` is handed out again.
+    ///
+    /// The handle reads over `reader` (the bus's [`Reader`](crate::bus::Reader)): a job no
+    /// client can parse drops that connection only, and [`end_unreadable`](Self::end_unreadable)
+    /// then ends it.
     pub(crate) async fn consumer(
         &self,
         key: &str,
         ack_wait: std::time::Duration,
         window: usize,
+        reader: &crate::bus::Reader,
     ) -> Result<PullConsumer, BusError> {
         let name = subjects::delivery_consumer(key);
-        self.bus
-            .topology
-            .deliveries
-            .create_consumer(relay_consumer_config(
-                &name,
-                &subjects::delivery(key),
-                ack_wait,
-                window,
-            ))
+        let config = relay_consumer_config(&name, &subjects::delivery(key), ack_wait, window);
+        reader
+            .jetstream()
+            .create_consumer_on_stream(config, subjects::DELIVERIES_STREAM)
             .await
             .op("create delivery consumer")
+    }
+
+    /// Ends every job destination `key`'s consumer handed out and that is not acknowledged
+    /// yet whose headers no client can parse (read as JSON once `reader`, the connection that
+    /// dropped, is back; see [`raw::term_unreadable`]), with the problem as the reason; the jobs
+    /// lost with the connection (past `received`, the last one the loop got) are handed out
+    /// again. Which were ended (they stay in the stream until it removes acknowledged jobs).
+    pub(crate) async fn end_unreadable(
+        &self,
+        key: &str,
+        reader: &async_nats::Client,
+        received: Option<u64>,
+    ) -> Result<Vec<(raw::RawStored, String)>, BusError> {
+        let consumer = subjects::delivery_consumer(key);
+        let (stream, filter) = (subjects::DELIVERIES_STREAM, subjects::delivery(key));
+        let clients = (reader, &self.bus.client);
+        raw::term_unreadable(clients, (stream, &consumer), &filter, received).await
     }
 
     /// Ends the pin of destination `key`'s consumer, so the next replica that pulls holds it:

@@ -6,6 +6,7 @@ use crate::harness::app::worker_settings;
 use crate::harness::TestApp;
 use crate::workers::finished;
 use serde_json::json;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -212,6 +213,7 @@ async fn the_relay_skips_an_event_with_unreadable_headers_and_delivers_the_next_
     let (hook, receiver) = crate::relay::Receiver::start().await;
     let _relay = app.relay(crate::harness::app::relay_settings()).await;
     let subject = "ledger.anna.01JPOISONEVENT000000000000001.started";
+    let published = std::time::Instant::now();
     publish_raw(&app.nats.url(), subject, POISON_HEADERS, b"{}").await;
 
     // Act
@@ -228,6 +230,14 @@ async fn the_relay_skips_an_event_with_unreadable_headers_and_delivers_the_next_
     app.admin.action(&id, "complete", None).await.unwrap();
 
     // Assert: the task's three events arrive, in order.
+    crate::harness::eventually("a first delivery", Duration::from_secs(30), || async {
+        (!receiver.seen.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    eprintln!(
+        "from the unreadable event to the next event delivered: {:?}",
+        published.elapsed()
+    );
     let seen = crate::harness::eventually("three deliveries", Duration::from_secs(30), || async {
         let s = receiver.seen.lock().unwrap().clone();
         (s.len() >= 3).then_some(s)
@@ -333,4 +343,90 @@ async fn the_pending_list_moves_junk_and_oversized_messages_to_the_dead_letters(
         .state
         .messages;
     assert_eq!(left, 1, "only the good task stays queued");
+}
+
+#[tokio::test]
+async fn the_relay_ends_an_unreadable_delivery_job_and_delivers_the_next_ones() {
+    // Arrange: a relay whose main connection the test can watch, delivering a task's events to
+    // a receiver; its first event arrived, so the destination's queue has a loop.
+    let app = TestApp::spawn().await;
+    let (hook, receiver) = crate::relay::Receiver::start().await;
+    let cfg = crate::harness::app::test_config(&app.nats.url());
+    let bus = taskfleet::serve::connect(&cfg, &app.nats.url(), "test-relay")
+        .await
+        .expect("relay connects");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let settings = crate::harness::app::relay_settings();
+    let relay = tokio::spawn(taskfleet::relay::run(bus.clone(), settings, stop.clone()));
+    let webhook = crate::harness::relay::webhook(&hook);
+    let task = app
+        .task_notifying("around unreadable jobs", json!([webhook]))
+        .await;
+    let created = format!("task_id={}", task.id);
+    let first = app
+        .wait_deliveries(&created, 1, Duration::from_secs(15))
+        .await;
+    let key = first[0]["job"]["key"].as_str().unwrap().to_string();
+    let subject = taskfleet::bus::subjects::delivery(&key);
+
+    // Act: on the destination's queue, an unreadable job, a job whose body is no job, and an
+    // unreadable message whose body is no job either; then the task's next events.
+    let job = json!({
+        "id": "unreadable_job", "key": key, "destination": webhook,
+        "text": "never sent", "created_time": "2026-01-01T00:00:00Z"
+    });
+    let url = app.nats.url();
+    let published = std::time::Instant::now();
+    publish_raw(&url, &subject, POISON_HEADERS, job.to_string().as_bytes()).await;
+    let js = app.jetstream().await;
+    js.publish(subject.clone(), "not a job".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    publish_raw(&url, &subject, POISON_HEADERS_2, b"not a job either").await;
+    app.act(&task, "start").await;
+    app.act(&task, "complete").await;
+
+    // Assert: every event arrived, in order, and nothing else did.
+    crate::harness::eventually("the next delivery", Duration::from_secs(30), || async {
+        (receiver.seen.lock().unwrap().len() >= 2).then_some(())
+    })
+    .await;
+    eprintln!(
+        "from the unreadable job to the next job delivered: {:?}",
+        published.elapsed()
+    );
+    let seen = crate::harness::eventually("three deliveries", Duration::from_secs(30), || async {
+        let s = receiver.seen.lock().unwrap().clone();
+        (s.len() >= 3).then_some(s)
+    })
+    .await;
+    let types: Vec<&str> = seen
+        .iter()
+        .map(|(_, b)| b["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["task.created", "task.started", "task.completed"]);
+    // The unreadable job is a dead delivery of its queue, saying why.
+    let dead = app
+        .wait_deliveries("status=dead", 1, Duration::from_secs(15))
+        .await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["job"]["id"], "unreadable_job");
+    assert_eq!(dead[0]["job"]["key"], key.as_str());
+    let reason = dead[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("UTF-8"), "{reason}");
+    // Nothing is left to be handed out again (the junk bodies were ended too).
+    let consumer = taskfleet::bus::subjects::delivery_consumer(&key);
+    let stream = js.get_stream("DELIVERIES").await.unwrap();
+    crate::harness::eventually("a settled queue", Duration::from_secs(30), || async {
+        let info = stream.consumer_info(&consumer).await.ok()?;
+        (info.num_ack_pending == 0 && info.num_pending == 0).then_some(())
+    })
+    .await;
+    // The relay's main connection never dropped (only its reader connection did).
+    let connects = bus.client.statistics().connects.load(Ordering::Relaxed);
+    assert_eq!(connects, 1, "the relay's main connection reconnected");
+    stop.cancel();
+    relay.await.unwrap().expect("the relay ran");
 }
