@@ -115,14 +115,18 @@ pub(super) async fn feed(
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let visible = who.visible();
     let stop = state.shutdown.clone();
-    let wakes = state
-        .tasks
-        .bus()
-        .client
-        .subscribe(subjects::ALL_EVENTS)
-        .await
-        .inspect_err(|e| tracing::debug!(error.message = %e, "overview feed without task events"))
-        .ok();
+    // On the reader connection: a fleet user may write a ledger message no client can read,
+    // and its republished copy must not drop the connection other requests use.
+    let wakes = match state.tasks.bus().reader().await {
+        Ok(reader) => reader
+            .client
+            .subscribe(subjects::ALL_EVENTS)
+            .await
+            .map_err(anyhow::Error::from),
+        Err(e) => Err(e.into()),
+    }
+    .inspect_err(|e| tracing::debug!(error.message = %e, "overview feed without task events"))
+    .ok();
     let ticks = futures::stream::unfold((true, wakes), |(first, mut wakes)| async move {
         let since = match first {
             true => recent(),
@@ -243,12 +247,11 @@ async fn compute(
     for a in names {
         assignees.push(assignee_row(state, &a, &workers).await);
     }
-    let client = &state.tasks.bus().client;
     let (deliveries, relay, throughput) = match visible {
         None => (
             delivery_counts(state).await,
             relay_view(state).await,
-            state.overview.minutes.throughput(client, None).await,
+            state.overview.minutes.throughput(&state.tasks, None).await,
         ),
         Some(_) => (
             None,
@@ -331,12 +334,17 @@ async fn assignee_row(
     a: &Assignee,
     workers: &BTreeMap<Assignee, u64>,
 ) -> AssigneeRow {
-    let client = &state.tasks.bus().client;
-    let held = format!("scheduled.{a}.>");
-    let scheduled = direct::count_after(client, subjects::TASKS_STREAM, &held, 0).await;
+    let (held, tasks) = (format!("scheduled.{a}.>"), subjects::TASKS_STREAM);
+    let scheduled = state
+        .tasks
+        .read_source(tasks, (&held, 1, usize::MAX), |client| {
+            let held = &held;
+            async move { direct::count_after(&client, tasks, held, 0).await }
+        })
+        .await;
     let failed = subjects::events_of_kind(Some(a), EventKind::Failed);
     let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
-    let failed = direct::count_since(client, subjects::EVENTS_STREAM, &failed, hour_ago).await;
+    let failed = state.tasks.count_events_since(&failed, hour_ago).await;
     if let Err(e) = &failed {
         tracing::debug!(error.message = %e, "failures of the last hour unavailable");
     }
@@ -345,7 +353,11 @@ async fn assignee_row(
         scheduled: scheduled.ok(),
         failed_last_hour: failed.ok(),
         workers_online: workers.get(a).copied().unwrap_or(0),
-        throughput: state.overview.minutes.throughput(client, Some(a)).await,
+        throughput: state
+            .overview
+            .minutes
+            .throughput(&state.tasks, Some(a))
+            .await,
     }
 }
 

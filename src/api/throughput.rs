@@ -1,13 +1,14 @@
 //! The overview's throughput series: tasks finished per minute over the last
 //! [`MINUTES`] minutes, per assignee or fleet-wide, counted from the ledger without reading an
 //! event. Per minute boundary one direct get asks how many `completed` (or `failed`) events were
-//! stored since it ([`direct::count_since`]: the server finds the first by time and counts the
+//! stored since it ([`crate::bus::direct::count_since`]: the server finds the first by time and counts the
 //! rest); a minute's count is the difference of its two boundaries'. A whole minute that ended a
 //! while ago no longer changes, so [`Minutes`] keeps its count and each overview asks only for
 //! the minute under way (and the one that just ended): two requests per series, not sixteen.
 
-use crate::bus::{direct, subjects, BusError};
+use crate::bus::subjects;
 use crate::domain::{Assignee, EventKind};
+use crate::tasks::{TaskError, TaskService};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -62,12 +63,12 @@ impl Minutes {
     /// The tasks `a` (`None`: every assignee) finished per minute, `None` when unavailable.
     pub(super) async fn throughput(
         &self,
-        client: &async_nats::Client,
+        tasks: &TaskService,
         a: Option<&Assignee>,
     ) -> Option<Throughput> {
         let now = Utc::now();
-        let completed = self.per_minute(client, a, EventKind::Completed, now).await;
-        let failed = self.per_minute(client, a, EventKind::Failed, now).await;
+        let completed = self.per_minute(tasks, a, EventKind::Completed, now).await;
+        let failed = self.per_minute(tasks, a, EventKind::Failed, now).await;
         match (completed, failed) {
             (Ok(completed), Ok(failed)) => Some(Throughput { completed, failed }),
             (Err(e), _) | (_, Err(e)) => {
@@ -80,11 +81,11 @@ impl Minutes {
     /// `kind` events of `a` per calendar minute, the last [`MINUTES`] up to `now`'s.
     async fn per_minute(
         &self,
-        client: &async_nats::Client,
+        tasks: &TaskService,
         a: Option<&Assignee>,
         kind: EventKind,
         now: DateTime<Utc>,
-    ) -> Result<Vec<u64>, BusError> {
+    ) -> Result<Vec<u64>, TaskError> {
         let filter = subjects::events_of_kind(a, kind);
         let current = now.timestamp().div_euclid(60);
         let first = current - (MINUTES - 1);
@@ -100,7 +101,7 @@ impl Minutes {
                 ask.extend([m, m + 1]);
             }
         }
-        let since = counts_since(client, &filter, ask).await?;
+        let since = counts_since(tasks, &filter, ask).await?;
         let mut out = Vec::with_capacity(MINUTES as usize);
         for (m, k) in (first..current).zip(known) {
             out.push(k.unwrap_or_else(|| since[&m].saturating_sub(since[&(m + 1)])));
@@ -126,17 +127,18 @@ impl Minutes {
     }
 }
 
-/// Per Unix minute of `minutes`, how many events on `filter` were stored since it began.
+/// Per Unix minute of `minutes`, how many events on `filter` were stored since it began (read
+/// over the reader connection, see [`TaskService::count_events_since`]).
 async fn counts_since(
-    client: &async_nats::Client,
+    tasks: &TaskService,
     filter: &str,
     minutes: BTreeSet<i64>,
-) -> Result<BTreeMap<i64, u64>, BusError> {
+) -> Result<BTreeMap<i64, u64>, TaskError> {
     futures::stream::iter(minutes)
         .map(|m| async move {
             let t = DateTime::from_timestamp(m * 60, 0).unwrap_or_default();
-            let n = direct::count_since(client, subjects::EVENTS_STREAM, filter, t).await?;
-            Ok::<_, BusError>((m, n))
+            let n = tasks.count_events_since(filter, t).await?;
+            Ok::<_, TaskError>((m, n))
         })
         .buffered(8)
         .try_collect()

@@ -4,8 +4,8 @@
 //!
 //! | user | publishes | subscribes | JetStream |
 //! |---|---|---|---|
-//! | `api` | `tasks.>`, `ledger.>`, `deliveries.>`, `dead.*.*`, `schedules.>`, the seven KV buckets, `control.<a>.>` per assignee, replies to requests it got | its inbox, `queue.check.*` | creates and updates the streams and buckets; direct gets on all; leader reads and purges (retention) of `EVENTS`; consumers on `EVENTS`; deletes queue messages |
-//! | `relay` | `deliveries.>`, `ledger.*.*.stalled`, KV `deliveries`, `relay_destinations`, `taskfleet_workers` under `relay._` | its inbox | pulls `relay_events` and `relay_*` on `DELIVERIES`; reads the ledger (direct and leader gets), the queue and delivery records (direct gets) |
+//! | `api` | `tasks.>`, `ledger.>`, `deliveries.>`, `dead.*.*`, `schedules.>`, the seven KV buckets, `control.<a>.>` per assignee, replies to requests it got | its inbox, `queue.check.*` | creates and updates the streams and buckets; direct gets on all; leader reads and purges (retention) of `EVENTS`; consumers on `EVENTS`; deletes queue messages, and ledger messages no client can read |
+//! | `relay` | `deliveries.>`, `ledger.*.*.stalled`, KV `deliveries`, `relay_destinations`, `taskfleet_workers` under `relay._` | its inbox | pulls `relay_events` and `relay_*` on `DELIVERIES`; reads the ledger (direct and leader gets), the queue and delivery records (direct gets), `DELIVERIES` messages as JSON (a job no client can parse) |
 //! | `worker-<a>` | `ledger.<a>.>`, `dead.<a>.*`, `wake.<a>`, `queue.check.<a>`, KV `taskfleet_workers` under `worker.<a>` and `taskfleet_limits` under `<a>`, replies to requests it got | `tasks.<a>.>`, `wake.<a>`, `events.<a>.>`, `control.<a>.>`, its inbox | creates and pulls `worker_<a>_<p0,p1,p2>` (filter `tasks.<a>.<p>.*` only); direct gets of `events.<a>.>` by literal subject |
 //!
 //! Everyone may also ask `$SYS.REQ.USER.INFO` (its own permissions) and stream info of the
@@ -168,10 +168,20 @@ fn api(p: &mut UserPermissions, assignees: &[Assignee]) {
     p.publish.push(stream_api("INFO", legacy));
     p.publish.push(stream_api("DELETE", legacy));
     p.publish.push(direct_get(legacy, None));
-    // Task state read from the ledger's leader; finished tasks purged after the retention.
+    // Task state read from the ledger's leader; finished tasks purged after the retention; a
+    // message no client can read, written into a task's log by a fleet user, read as JSON,
+    // moved to the dead letters and deleted (see `tasks/unreadable.rs`).
     p.publish
         .push(stream_api("MSG.GET", subjects::EVENTS_STREAM));
+    p.publish
+        .push(stream_api("MSG.DELETE", subjects::EVENTS_STREAM));
     p.publish.push(stream_api("PURGE", subjects::EVENTS_STREAM));
+    // An index entry no client can read is read as JSON and removed from the listings' copy.
+    p.publish
+        .push(stream_api("MSG.GET", subjects::INDEX_STREAM));
+    p.publish
+        .push(stream_api("MSG.DELETE", subjects::INDEX_STREAM));
+    p.publish.push(stream_api("INFO", subjects::INDEX_STREAM));
     // Live feeds and the retention walk read EVENTS (delivery records are read with direct
     // gets only).
     let events = subjects::EVENTS_STREAM;
@@ -234,6 +244,8 @@ fn relay(p: &mut UserPermissions) {
     p.publish
         .push(consumer_api("MSG.NEXT", deliveries, Some("*")));
     p.publish.extend(acks(deliveries, "*"));
+    // A job no client can parse is read as JSON and ended (see `bus/raw.rs`).
+    p.publish.push(stream_api("MSG.GET", deliveries));
     p.publish.push(subjects::ALL_DELIVERIES.to_string());
     // Stalled tasks are reported by the relay, for any assignee.
     p.publish.push(pattern(&subjects::ledger_write(
@@ -399,6 +411,9 @@ mod tests {
         assert!(may(&api.publish, "$JS.API.STREAM.CREATE.EVENTS"));
         assert!(may(&api.publish, "ledger.anna.T1.created"));
         assert!(may(&api.publish, "$JS.API.STREAM.PURGE.EVENTS"));
+        assert!(may(&api.publish, "$JS.API.STREAM.MSG.DELETE.EVENTS"));
+        assert!(may(&api.publish, "$JS.API.STREAM.MSG.GET.EVENTS"));
+        assert!(may(&api.publish, "$JS.API.STREAM.MSG.DELETE.LEDGER_INDEX"));
         assert!(may(&api.publish, "control.anna.T1.input"));
         assert!(!may(&api.publish, "control.trump.T1.input"));
         let relay = Role::Relay.permissions(&fleet);
@@ -424,6 +439,8 @@ mod tests {
     fn the_relay_reads_and_moves_delivery_records_and_the_api_lists_them_and_their_copies() {
         let relay = Role::Relay.permissions(&[a("anna")]);
         assert!(may(&relay.publish, "$JS.API.DIRECT.GET.KV_deliveries"));
+        assert!(may(&relay.publish, "$JS.API.STREAM.MSG.GET.DELIVERIES"));
+        assert!(!may(&relay.publish, "$JS.API.STREAM.MSG.GET.TASKS"));
         assert!(may(
             &relay.publish,
             "$KV.deliveries.dead.n_hook.n_hook.evt_1"

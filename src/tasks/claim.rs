@@ -231,11 +231,20 @@ impl TaskService {
     }
 
     /// The last record of `kind` for one of this worker's tasks, as a first guess of its state
-    /// (the compare-and-set finds out if it is not the latest).
+    /// (the compare-and-set finds out if it is not the latest), read over the reader
+    /// connection.
     async fn last_of_kind(&self, id: &TaskId, kind: EventKind) -> Option<Task> {
         let a = self.scope.clone().or_else(|| self.assignee_of(id))?;
-        let subject = subjects::event(&a, id, kind);
-        let msg = ledger::literal_last(&self.bus.topology.events, subject)
+        let (subject, filter) = (subjects::event(&a, id, kind), subjects::task_ledger(&a, id));
+        let covered = super::unreadable::Covered::Ledger(&filter, 1, usize::MAX);
+        let msg = self
+            .read_on_reader(covered, |client| {
+                let subject = subject.clone();
+                async move {
+                    let events = ledger::events_over(client).await?;
+                    ledger::literal_last(&events, subject).await
+                }
+            })
             .await
             .ok()??;
         ledger::decode_record(&msg).map(|s| s.task)

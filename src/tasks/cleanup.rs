@@ -8,6 +8,7 @@
 //! all). The cursor moves by compare-and-set, so with several API replicas one sweeps at a time
 //! and the others find the cursor moved and wait for their next turn.
 
+use super::unreadable::Covered;
 use super::{TaskError, TaskService};
 use crate::bus::{subjects, BusError, NatsResultExt};
 use crate::domain::{now, Assignee, EventKind, TaskId};
@@ -72,11 +73,14 @@ impl Sweeper {
         };
         let meta = &self.tasks.bus.topology.meta;
         let (mut cursor, mut revision) = read_cursor(meta).await?;
-        let mut walk = LedgerWalk::open(&self.tasks.bus.topology.events, cursor).await?;
+        let mut walk = LedgerWalk::open(&self.tasks, cursor).await?;
         let mut removed = 0;
         loop {
             let step = self.tasks.sweep_step(&mut walk, cutoff).await?;
             removed += step.removed;
+            if step.done {
+                self.tasks.after_walk(&mut walk).await?;
+            }
             if step.next != cursor {
                 let value = step.next.to_string().into();
                 revision = match revision {
@@ -123,16 +127,29 @@ impl TaskService {
         let Some(cutoff) = cutoff(older_than) else {
             return Ok(0);
         };
-        let mut walk = LedgerWalk::open(&self.bus.topology.events, 1).await?;
+        let mut walk = LedgerWalk::open(self, 1).await?;
         let mut removed = 0;
         loop {
             let step = self.sweep_step(&mut walk, cutoff).await?;
             removed += step.removed;
             if step.done {
+                self.after_walk(&mut walk).await?;
                 tracing::info!(removed, "removed finished tasks");
                 return Ok(removed);
             }
         }
+    }
+
+    /// After a walk ended: when its connection was lost meanwhile (a message no client can read
+    /// ends the walk that way), moves such messages among the next [`STEP`] aside, so that the
+    /// next sweep walks past them.
+    async fn after_walk(&self, walk: &mut LedgerWalk) -> Result<(), TaskError> {
+        if walk.resets.has_changed().unwrap_or(false) {
+            let covered = Covered::Ledger(subjects::ALL_EVENTS, walk.next_seq, STEP);
+            let moved = self.check(covered).await?;
+            tracing::debug!(moved, from = walk.next_seq, "retention walk interrupted");
+        }
+        Ok(())
     }
 
     /// Looks at up to [`STEP`] more ledger messages, removing the finished tasks whose terminal
@@ -213,22 +230,25 @@ impl TaskService {
 /// The ledger read oldest first from a sequence, through an ordered consumer (headers only: the
 /// sweeper needs subjects and times). A consumer, not batch direct gets: those count the
 /// messages pending after their start on every request, which costs the whole subject index on
-/// a large stream with purged tasks in it.
+/// a large stream with purged tasks in it. Read over the reader connection (a fleet user may
+/// have written a message no client can read); `resets` tells whether it was lost meanwhile.
 struct LedgerWalk {
     messages: async_nats::jetstream::consumer::pull::Ordered,
     next_seq: u64,
     unread: Option<(u64, String, DateTime<Utc>)>,
+    resets: tokio::sync::watch::Receiver<u64>,
 }
 
 /// How long the walk waits for a message before it counts as the end of the ledger.
 const END_WAIT: Duration = Duration::from_millis(500);
 
 impl LedgerWalk {
-    async fn open(
-        events: &async_nats::jetstream::stream::Stream,
-        from: u64,
-    ) -> Result<Self, BusError> {
+    async fn open(tasks: &TaskService, from: u64) -> Result<Self, BusError> {
         use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+        let reader = tasks.bus.reader().await?;
+        let mut resets = reader.resets();
+        resets.borrow_and_update();
+        let events = super::ledger::events_over(reader.client).await?;
         let messages = events
             .create_consumer(OrderedConfig {
                 filter_subject: subjects::ALL_EVENTS.into(),
@@ -247,6 +267,7 @@ impl LedgerWalk {
             messages,
             next_seq: from.max(1),
             unread: None,
+            resets,
         })
     }
 

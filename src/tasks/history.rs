@@ -1,6 +1,7 @@
 //! Reading back: task listing (see `listing.rs`), and the task log / live feed from the ledger.
 
 use super::ledger::{also_created, decode_event, decode_record, implied_created, shown_events};
+use super::unreadable::Covered;
 use super::{TaskError, TaskService};
 use crate::bus::{direct, subjects, NatsResultExt};
 use crate::domain::{Assignee, LogEntry, Priority, Task, TaskEvent, TaskId, TaskKind, TaskStatus};
@@ -75,9 +76,16 @@ impl TaskService {
     /// (asking for more would make it scan on to the end of the stream).
     async fn events_of(&self, task: &Task) -> Result<Vec<TaskEvent>, TaskError> {
         let filter = subjects::task_ledger(&task.assigned_to, &task.id);
-        let client = &self.bus.client;
         let window = (1, task.revision);
-        let (msgs, _) = direct::range(client, subjects::EVENTS_STREAM, &filter, window, 0).await?;
+        let covered = (filter.as_str(), 1, usize::MAX);
+        let (msgs, _) = self
+            .read_source(subjects::EVENTS_STREAM, covered, |client| {
+                let filter = &filter;
+                async move {
+                    direct::range(&client, subjects::EVENTS_STREAM, filter, window, 0).await
+                }
+            })
+            .await?;
         let mut events = Vec::with_capacity(msgs.len() + 1);
         for m in &msgs {
             let event = decode_event(m)?;
@@ -89,6 +97,39 @@ impl TaskService {
             events.push(event);
         }
         Ok(events)
+    }
+
+    /// Checks `filter` of the ledger (from its start) after every loss of the reader
+    /// connection counted by `resets`, until the returned guard is dropped.
+    fn check_on_resets(
+        &self,
+        mut resets: tokio::sync::watch::Receiver<u64>,
+        filter: String,
+    ) -> AbortOnDrop {
+        resets.borrow_and_update();
+        let tasks = self.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            while resets.changed().await.is_ok() {
+                let covered = Covered::Ledger(&filter, 1, usize::MAX);
+                if let Err(e) = tasks.check(covered).await {
+                    tracing::debug!(filter, error.message = %e, "event feed check failed");
+                }
+            }
+        }))
+    }
+
+    /// How many ledger messages on `filter` were stored at or after `since` (the overview's
+    /// counts), read over the reader connection like every read of the ledger.
+    pub async fn count_events_since(
+        &self,
+        filter: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, TaskError> {
+        let covered = Covered::LedgerSince(filter, since);
+        self.read_on_reader(covered, |client| async move {
+            direct::count_since(&client, subjects::EVENTS_STREAM, filter, since).await
+        })
+        .await
     }
 
     /// The task log in seed 001's `bot_task_log` shape.
@@ -107,17 +148,20 @@ impl TaskService {
         Ok(entries)
     }
 
-    /// A task's events from the first one on, then live as they happen.
+    /// A task's events from the first one on, then live as they happen. Read over the reader
+    /// connection; while the feed lasts, each loss of that connection has the task's log
+    /// checked, so that a message no client can read is moved aside and the feed goes on.
     pub async fn follow(
         &self,
         id: &TaskId,
     ) -> Result<impl Stream<Item = Result<TaskEvent, TaskError>> + Send + 'static, TaskError> {
-        let messages = self
-            .bus
-            .topology
-            .events
+        let reader = self.bus.reader().await?;
+        let filter = subjects::task_events(id);
+        let watch = self.check_on_resets(reader.resets(), filter.clone());
+        let messages = super::ledger::events_over(reader.client)
+            .await?
             .create_consumer(pull::OrderedConfig {
-                filter_subject: subjects::task_events(id),
+                filter_subject: filter,
                 deliver_policy: DeliverPolicy::All,
                 ..Default::default()
             })
@@ -126,6 +170,11 @@ impl TaskService {
             .messages()
             .await
             .op("open event feed")?;
+        // Ends the checks when the feed is dropped.
+        let messages = messages.map(move |m| {
+            let _checks = &watch;
+            m
+        });
         Ok(messages.flat_map(|m| {
             let events = match m.op("event feed") {
                 Ok(m) => shown_events(&m.payload)
@@ -138,5 +187,14 @@ impl TaskService {
                 Err(e) => vec![Err(e)],
             })
         }))
+    }
+}
+
+/// A background task that ends when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -3,7 +3,7 @@
 //! after it. The last message of a task is its current state; its stream sequence is the
 //! revision every write compares against.
 
-use crate::bus::{decode, encode, subjects, BusError, NatsResultExt};
+use crate::bus::{decode, encode, raw, subjects, BusError, NatsResultExt};
 use crate::domain::{Assignee, EventKind, Task, TaskEvent, TaskId};
 use async_nats::jetstream::message::StreamMessage;
 use serde::{Deserialize, Serialize};
@@ -44,9 +44,14 @@ pub(crate) fn encode_record(event: &TaskEvent, task: &Task) -> bytes::Bytes {
 /// Reads a ledger message; `None` for a message that carries no state (not written by this
 /// layout).
 pub(crate) fn decode_record(msg: &StreamMessage) -> Option<Stored> {
-    let record: RecordIn = decode("ledger record", &msg.payload).ok()?;
+    decode_stored(&msg.payload, msg.sequence)
+}
+
+/// [`decode_record`] of a message's body and stream sequence.
+fn decode_stored(payload: &[u8], seq: u64) -> Option<Stored> {
+    let record: RecordIn = decode("ledger record", payload).ok()?;
     let mut task = record.task;
-    task.revision = msg.sequence;
+    task.revision = seq;
     Some(Stored {
         task,
         event_id: record.id,
@@ -66,30 +71,28 @@ pub(crate) fn newest(msgs: impl IntoIterator<Item = StreamMessage>) -> Option<St
         .and_then(|m| decode_record(&m))
 }
 
-/// The latest state of a task from the stream leader (a consistent read): by the task's ledger
-/// subject when the assignee is known, else by its id under any assignee.
+/// The latest state of a task from the stream leader (a consistent read) on `filter` (its
+/// ledger subjects, `events.<a>.<id>.*`, or `events.*.<id>.*` when the assignee is not known),
+/// read as JSON so that it cannot break the connection. `Err(seq)` when the last message is
+/// one no client can read (see `bus::raw`).
 pub(crate) async fn leader_last(
-    events: &async_nats::jetstream::stream::Stream,
-    assignee: Option<&Assignee>,
-    id: &TaskId,
-) -> Result<Option<Stored>, BusError> {
-    use async_nats::jetstream::stream::RawMessageErrorKind;
-    let filter = match assignee {
-        Some(a) => subjects::task_ledger(a, id),
-        None => subjects::task_ledger_any_assignee(id),
+    client: &async_nats::Client,
+    filter: &str,
+) -> Result<Result<Option<Stored>, u64>, BusError> {
+    let Some(m) = raw::last(client, subjects::EVENTS_STREAM, filter).await? else {
+        return Ok(Ok(None));
     };
-    match events.get_last_raw_message_by_subject(&filter).await {
-        Ok(m) => Ok(decode_record(&m)),
-        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(e) => Err(e).op("read task state"),
+    if m.problem().is_some() {
+        return Ok(Err(m.seq));
     }
+    Ok(Ok(decode_stored(&m.payload, m.seq)))
 }
 
 /// The latest state of one of `assignee`'s tasks, read the way a worker's NATS user may: a
 /// direct get of the last message of each event type's literal subject (a worker may not name
 /// a wildcard in a request body), the newest one winning. Any replica may answer.
-pub(crate) async fn scoped_last(
-    events: &async_nats::jetstream::stream::Stream,
+pub(crate) async fn scoped_last<I>(
+    events: &async_nats::jetstream::stream::Stream<I>,
     assignee: &Assignee,
     id: &TaskId,
 ) -> Result<Option<Stored>, BusError> {
@@ -102,9 +105,20 @@ pub(crate) async fn scoped_last(
     Ok(newest(found))
 }
 
+/// The ledger stream over `client` (no request is made), for direct gets of literal subjects
+/// over a connection other than the bus's main one.
+pub(crate) async fn events_over(
+    client: async_nats::Client,
+) -> Result<async_nats::jetstream::stream::Stream<()>, BusError> {
+    async_nats::jetstream::new(client)
+        .get_stream_no_info(subjects::EVENTS_STREAM)
+        .await
+        .op("events stream")
+}
+
 /// The last message on one literal event subject, if any (a direct get any replica answers).
-pub(crate) async fn literal_last(
-    events: &async_nats::jetstream::stream::Stream,
+pub(crate) async fn literal_last<I>(
+    events: &async_nats::jetstream::stream::Stream<I>,
     subject: String,
 ) -> Result<Option<StreamMessage>, BusError> {
     use async_nats::jetstream::stream::DirectGetErrorKind;

@@ -9,7 +9,7 @@
 //! - transitions (`start`, `complete`, `fail`, `cancel`, `retry`) in `transitions.rs`;
 //! - what workers do (claim, take over, give up, hand back) in `claim.rs`;
 //! - the pending list, read straight from the queue stream, in `queue.rs`; queue messages no
-//!   client can read, moved aside, in `unreadable.rs`;
+//!   client can read, in the queue or in a task's log, moved aside, in `unreadable.rs`;
 //! - listings newest first, logs and live event feeds in `history.rs` and `listing.rs`;
 //! - Live Task Pulse reports (`step`, `heartbeat`, `progress`) in `progress.rs`;
 //! - idempotent actions (`Idempotency-Key`) in `idempotency.rs`;
@@ -45,13 +45,14 @@ pub use progress::MAX_INFO_CHARS;
 pub use queue::{decode_queued, refused_task, QueuedMessage};
 pub use transitions::{finish_state, Finish};
 
-use crate::bus::{Bus, BusError};
+use crate::bus::{subjects, Bus, BusError};
 use crate::domain::{Assignee, EventKind, Task, TaskEvent, TaskId};
 use crate::metrics::Metrics;
 use ledger::Stored;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use unreadable::Covered;
 
 /// Why a task operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +92,11 @@ pub struct TaskService {
     chains: write::Chains,
     /// How far ahead a task may be scheduled, in days (`scheduling.max_delay_days`).
     max_delay_days: u64,
+    /// Ledger filters holding a message this process may not move aside, warned about once
+    /// (see `unreadable.rs`).
+    unreadable_warned: Arc<Mutex<HashSet<String>>>,
+    /// Whether this process's NATS user may move such a message aside (asked once).
+    ledger_fixable: Arc<tokio::sync::OnceCell<bool>>,
 }
 
 /// Ids remembered before the id → assignee cache starts over.
@@ -106,6 +112,8 @@ impl TaskService {
             located: Arc::default(),
             chains: write::Chains::default(),
             max_delay_days: crate::domain::limits::MAX_DELAY_DAYS,
+            unreadable_warned: Arc::default(),
+            ledger_fixable: Arc::default(),
         }
     }
 
@@ -160,13 +168,22 @@ impl TaskService {
     }
 
     /// The task's latest ledger record. Unscoped, it is read from the stream leader (a direct
-    /// get may be answered by a lagging replica); an id seen for the first time is found under
-    /// any assignee. Scoped, it is a worker's direct gets of its assignee's literal subjects.
+    /// get may be answered by a lagging replica) as JSON; an id seen for the first time is
+    /// found under any assignee. Scoped, it is a worker's direct gets of its assignee's literal
+    /// subjects, over the reader connection. Either way a message no client can read in the
+    /// task's log is moved aside first (see `unreadable.rs`).
     async fn read(&self, id: &TaskId) -> Result<Option<Stored>, TaskError> {
-        let events = &self.bus.topology.events;
         let stored = match &self.scope {
-            Some(a) => ledger::scoped_last(events, a, id).await?,
-            None => ledger::leader_last(events, self.assignee_of(id).as_ref(), id).await?,
+            Some(a) => {
+                let filter = subjects::task_ledger(a, id);
+                let covered = Covered::Ledger(&filter, 1, usize::MAX);
+                self.read_on_reader(covered, |client| async move {
+                    let events = ledger::events_over(client).await?;
+                    ledger::scoped_last(&events, a, id).await
+                })
+                .await?
+            }
+            None => self.leader_read(self.assignee_of(id).as_ref(), id).await?,
         };
         if let Some(s) = &stored {
             self.remember(&s.task.id, &s.task.assigned_to);

@@ -7,6 +7,7 @@
 //! started by id.
 
 use super::ledger::{self, Stored};
+use super::unreadable::Covered;
 use super::{TaskError, TaskService};
 use crate::bus::{direct, subjects, BusError};
 use crate::domain::{Assignee, EventKind, NewTask, Priority, Task, TaskId, TaskStatus};
@@ -332,8 +333,8 @@ impl TaskService {
         }
     }
 
-    /// The latest record of each task (read from any replica), in as few requests as the
-    /// server allows. Tasks without a record are missing from the map.
+    /// The latest record of each task (read from any replica, over the reader connection), in
+    /// as few requests as the server allows. Tasks without a record are missing from the map.
     pub(crate) async fn latest_states(
         &self,
         tasks: &[(Assignee, TaskId)],
@@ -344,8 +345,14 @@ impl TaskService {
                 .iter()
                 .map(|(a, id)| subjects::task_ledger(a, id))
                 .collect();
-            let msgs =
-                direct::multi_last(&self.bus.client, subjects::EVENTS_STREAM, &filters).await?;
+            let msgs = self
+                .read_on_reader(Covered::Ledgers(&filters), |client| {
+                    let filters = &filters;
+                    async move {
+                        direct::multi_last(&client, subjects::EVENTS_STREAM, filters).await
+                    }
+                })
+                .await?;
             let mut by_task: HashMap<TaskId, Vec<StreamMessage>> = HashMap::new();
             for m in msgs {
                 if let Some((_, id, _)) = subjects::parse_event(&m.subject) {

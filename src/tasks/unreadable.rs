@@ -1,24 +1,31 @@
-//! Queue messages that no client can read (headers async-nats cannot parse, see `bus::raw`):
-//! found by reading the queue as JSON, copied to the dead letters as failed tasks with the
-//! reason, the headers and the body, then removed from the queue, so no such message can stop
-//! a queue.
+//! Messages that no client can read (headers async-nats cannot parse, see `bus::raw`), in the
+//! queue (`TASKS`) or in the task ledger (`EVENTS`): found by reading the stream as JSON, copied
+//! to the dead letters as failed tasks with the reason, the headers and the body, then removed
+//! from the stream, so no such message can stop a queue or make a task unreadable.
 //!
-//! Readers of the queue (a worker's pulls, the API's pending list and listings) read it over
-//! the bus's second connection ([`Bus::reader`](crate::bus::Bus::reader)). When that connection
-//! is lost in the middle of a read, the messages the read covered are checked here and the
-//! read is tried again.
+//! Reads of either stream (a worker's pulls, the API's pending list, listings, task states and
+//! logs, the overview's counts) go over the bus's second connection
+//! ([`Bus::reader`](crate::bus::Bus::reader)) through [`read_on_reader`](TaskService::read_on_reader).
+//! When that connection is lost in the middle of a read, the messages the read covered
+//! ([`Covered`]) are checked here and the read is tried again. A leader read of a task's state
+//! is JSON already (it cannot break a connection): it finds the unreadable message itself.
+//!
+//! Taskfleet never writes such a message: each one a fleet user wrote into a task's log is
+//! removed from the log (the dead letter keeps it), and no event of taskfleet's is lost.
 
+use super::ledger::{self, Stored};
 use super::queue::{refused_task, QueuedMessage};
 use super::{TaskError, TaskService};
 use crate::bus::{permissions, raw, subjects, BusError, NatsResultExt};
-use crate::domain::{Assignee, Priority, Share};
+use crate::domain::{Assignee, Priority, Share, TaskId};
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use std::future::Future;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Most messages one check reads (each is one request; a check runs only after a lost reader
-/// connection).
+/// Most messages one check reads per filter (each is one request; a check runs only after a
+/// lost reader connection, or a leader read that met an unreadable message).
 const CHECK_LIMIT: usize = 2_000;
 
 /// How many times a read is tried again after moving messages aside.
@@ -30,10 +37,32 @@ const CHECK_ANSWER: Duration = Duration::from_secs(10);
 /// How much of an unreadable message's header block its dead letter shows.
 const SHOWN_HEADERS: usize = 512;
 
+/// Task logs (or other ledger filters) whose unreadable message this process may not move
+/// aside, remembered once warned about (past this many, the memory starts over).
+const WARNED_CAP: usize = 10_000;
+
+/// What a read over the reader connection covered: what is checked when that connection is
+/// lost during it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Covered<'a> {
+    /// Up to `n` queue messages on a filter from a sequence on.
+    Queue(&'a str, u64, usize),
+    /// Up to `n` ledger messages on a filter (one task's: `events.<a>.<id>.*`) from a sequence
+    /// on.
+    Ledger(&'a str, u64, usize),
+    /// The ledger messages on a filter stored since a time (up to [`CHECK_LIMIT`]).
+    LedgerSince(&'a str, DateTime<Utc>),
+    /// Several tasks' ledgers, each from its start (up to [`CHECK_LIMIT`] each).
+    Ledgers(&'a [String]),
+    /// Up to `n` entries of the index copy (`LEDGER_INDEX`) on a filter from a sequence on.
+    Index(&'a str, u64, usize),
+}
+
 impl TaskService {
-    /// Runs `read` on the reader connection. If that connection is lost meanwhile (a message
-    /// async-nats cannot parse makes it drop the connection), checks up to `span` messages on
-    /// `filter` from sequence `from` on, moves the unreadable ones aside, and reads again.
+    /// Runs `read` on the reader connection. If that connection is lost meanwhile twice in a
+    /// row (a message async-nats cannot parse makes it drop the connection each time it is
+    /// read), checks up to `span` queue messages on `filter` from sequence `from` on, moves the
+    /// unreadable ones aside, and reads again (see [`read_on_reader`](Self::read_on_reader)).
     pub(crate) async fn read_queue<T, F, Fut>(
         &self,
         (filter, from, span): (&str, u64, usize),
@@ -43,36 +72,88 @@ impl TaskService {
         F: Fn(async_nats::Client) -> Fut,
         Fut: Future<Output = Result<T, BusError>>,
     {
-        let reader = self.bus.reader().await?;
-        for _ in 0..READ_ATTEMPTS {
-            let mut resets = reader.resets();
-            resets.borrow_and_update();
-            tokio::select! {
-                got = read(reader.client.clone()) => return Ok(got?),
-                _ = resets.changed() => {
-                    self.check_span(filter, from, span).await?;
-                }
-            }
-        }
-        Ok(read(reader.client.clone()).await?)
+        self.read_on_reader(Covered::Queue(filter, from, span), read)
+            .await
     }
 
-    /// `read` over the reader connection for the queue stream (see
-    /// [`read_queue`](Self::read_queue)), over the main one for every other stream.
-    pub(crate) async fn read_source<T, F, Fut>(
+    /// Runs `read` on the reader connection. If that connection is lost meanwhile, reads
+    /// again; if it is lost again, checks the messages `covered` names, moves the unreadable
+    /// ones aside, and reads again.
+    pub(crate) async fn read_on_reader<T, F, Fut>(
         &self,
-        stream: &str,
-        span: (&str, u64, usize),
+        covered: Covered<'_>,
         read: F,
     ) -> Result<T, TaskError>
     where
         F: Fn(async_nats::Client) -> Fut,
         Fut: Future<Output = Result<T, BusError>>,
     {
-        if stream == subjects::TASKS_STREAM {
-            return self.read_queue(span, read).await;
+        let reader = self.bus.reader().await?;
+        for attempt in 0..READ_ATTEMPTS {
+            let mut resets = reader.resets();
+            resets.borrow_and_update();
+            tokio::select! {
+                got = read(reader.client.clone()) => return Ok(got?),
+                // The first loss may be the network's (or another read's): read again at once;
+                // a message that breaks the connection breaks it again.
+                _ = resets.changed() => if attempt > 0 {
+                    self.check(covered).await?;
+                }
+            }
         }
-        Ok(read(self.bus.client.clone()).await?)
+        Ok(read(reader.client.clone()).await?)
+    }
+
+    /// `read` over the reader connection for the queue and the ledger (see
+    /// [`read_on_reader`](Self::read_on_reader)), over the main one for every other stream
+    /// (written by taskfleet alone).
+    pub(crate) async fn read_source<T, F, Fut>(
+        &self,
+        stream: &str,
+        (filter, from, span): (&str, u64, usize),
+        read: F,
+    ) -> Result<T, TaskError>
+    where
+        F: Fn(async_nats::Client) -> Fut,
+        Fut: Future<Output = Result<T, BusError>>,
+    {
+        let covered = match stream {
+            subjects::TASKS_STREAM => Covered::Queue(filter, from, span),
+            subjects::EVENTS_STREAM => Covered::Ledger(filter, from, span),
+            subjects::INDEX_STREAM => Covered::Index(filter, from, span),
+            _ => return Ok(read(self.bus.client.clone()).await?),
+        };
+        self.read_on_reader(covered, read).await
+    }
+
+    /// The latest record of a task, read as JSON from the ledger's leader (a read that cannot
+    /// break a connection): when the last message of its log is one no client can read, the
+    /// log is checked, such messages moved aside, and the record read again.
+    pub(crate) async fn leader_read(
+        &self,
+        assignee: Option<&Assignee>,
+        id: &TaskId,
+    ) -> Result<Option<Stored>, TaskError> {
+        let filter = match assignee {
+            Some(a) => subjects::task_ledger(a, id),
+            None => subjects::task_ledger_any_assignee(id),
+        };
+        for _ in 0..READ_ATTEMPTS {
+            match ledger::leader_last(&self.bus.client, &filter).await? {
+                Ok(stored) => return Ok(stored),
+                Err(seq) => {
+                    tracing::debug!(task_id = %id, seq, "the last record of a task is unreadable");
+                    self.check(Covered::Ledger(&filter, 1, CHECK_LIMIT)).await?;
+                }
+            }
+        }
+        match ledger::leader_last(&self.bus.client, &filter).await? {
+            Ok(stored) => Ok(stored),
+            Err(seq) => {
+                let why = format!("at sequence {seq}, still there after {READ_ATTEMPTS} checks");
+                Err(unreadable_error(&filter, &why))
+            }
+        }
     }
 
     /// Moves aside the unreadable messages that the worker consumers of `assignee` delivered
@@ -112,7 +193,8 @@ impl TaskService {
         }
         let filter = subjects::worker_filter(assignee, priority, share);
         let span = (last - floor) as usize;
-        self.check_range(&filter, floor + 1, last, span).await
+        self.check_range(subjects::TASKS_STREAM, &filter, (floor + 1, last), span)
+            .await
     }
 
     /// [`check_delivered`](Self::check_delivered) by whoever may: this process if its NATS user
@@ -177,31 +259,71 @@ impl TaskService {
         }
     }
 
-    /// [`check_range`](Self::check_range) of the next `span` messages from `from`.
-    async fn check_span(&self, filter: &str, from: u64, span: usize) -> Result<usize, TaskError> {
-        self.check_range(filter, from, u64::MAX, span).await
+    /// Checks the messages a read covered, moving the unreadable ones aside. How many were
+    /// moved.
+    pub(super) async fn check(&self, covered: Covered<'_>) -> Result<usize, TaskError> {
+        let (stream, events) = (subjects::TASKS_STREAM, subjects::EVENTS_STREAM);
+        match covered {
+            Covered::Queue(filter, from, span) => {
+                self.check_range(stream, filter, (from, u64::MAX), span)
+                    .await
+            }
+            Covered::Ledger(filter, from, span) => {
+                self.may_fix_ledger(filter).await?;
+                self.check_range(events, filter, (from, u64::MAX), span)
+                    .await
+            }
+            Covered::LedgerSince(filter, since) => {
+                self.may_fix_ledger(filter).await?;
+                let client = &self.bus.client;
+                let Some(first) = raw::first_since(client, events, filter, since).await? else {
+                    return Ok(0);
+                };
+                self.check_range(events, filter, (first.seq, u64::MAX), CHECK_LIMIT)
+                    .await
+            }
+            Covered::Ledgers(filters) => {
+                let mut moved = 0;
+                for filter in filters {
+                    self.may_fix_ledger(filter).await?;
+                    moved += self
+                        .check_range(events, filter, (1, u64::MAX), CHECK_LIMIT)
+                        .await?;
+                }
+                Ok(moved)
+            }
+            Covered::Index(filter, from, span) => {
+                let index = subjects::INDEX_STREAM;
+                self.check_range(index, filter, (from, u64::MAX), span)
+                    .await
+            }
+        }
     }
 
-    /// Reads up to `span` messages on `filter` in `[from, to]` as JSON and moves the
-    /// unreadable ones aside. How many were moved.
+    /// Reads up to `span` messages of `stream` on `filter` in `[from, to]` as JSON and moves
+    /// the unreadable ones aside. How many were moved.
     async fn check_range(
         &self,
+        stream: &str,
         filter: &str,
-        from: u64,
-        to: u64,
+        (from, to): (u64, u64),
         span: usize,
     ) -> Result<usize, TaskError> {
         let client = &self.bus.client;
         let (mut seq, mut moved) = (from, 0);
         for _ in 0..span.clamp(1, CHECK_LIMIT) {
-            let Some(m) = raw::get(client, subjects::TASKS_STREAM, seq, filter).await? else {
+            let Some(m) = raw::get(client, stream, seq, filter).await? else {
                 break;
             };
             if m.seq > to {
                 break;
             }
             if let Some(problem) = m.problem() {
-                self.move_aside(&m, &problem).await?;
+                match stream {
+                    subjects::EVENTS_STREAM => self.move_record_aside(&m, &problem).await?,
+                    subjects::INDEX_STREAM => self.drop_index_entry(&m, &problem).await?,
+                    _ => self.move_aside(&m, &problem).await?,
+                }
                 moved += 1;
             }
             seq = m.seq + 1;
@@ -226,6 +348,98 @@ impl TaskService {
         self.move_to_dead_letters(msg, &why).await
     }
 
+    /// Copies an unreadable message of a task's log to the dead letters (a failed task of its
+    /// subject's assignee, under an id of its own derived from the stream sequence, whose error
+    /// names the task), then removes it from the ledger. Taskfleet never writes such a message,
+    /// so the log loses no event of taskfleet's.
+    async fn move_record_aside(&self, m: &raw::RawStored, problem: &str) -> Result<(), TaskError> {
+        // `events.<assignee>.<task>.<type>`
+        let task = m.subject.split('.').nth(2).unwrap_or("?");
+        let why = format!(
+            "the log of task {task} held a message no client can read: {problem} (headers: {:?})",
+            raw::shown(&m.headers, SHOWN_HEADERS)
+        );
+        let msg = QueuedMessage {
+            subject: &m.subject,
+            headers: None,
+            payload: &m.payload,
+            seq: m.seq,
+            published_ns: m.published_ns,
+        };
+        if let Some(mut letter) = refused_task(msg, &why) {
+            letter.id = ledger_letter_id(m);
+            letter.queue_seq = None;
+            self.dead_letter(&letter).await?;
+        }
+        match self.bus.topology.events.delete_message(m.seq).await {
+            Ok(_) => {}
+            // Already gone (another API process moved it first).
+            Err(e) => {
+                tracing::debug!(seq = m.seq, error.message = %e, "ledger message already removed")
+            }
+        }
+        tracing::warn!(subject = %m.subject, seq = m.seq, task_id = %task, problem,
+            "moved an unreadable message of a task's log to the dead letters");
+        Ok(())
+    }
+
+    /// Removes an unreadable entry from the index copy: an entry only points at a task (whose
+    /// log the listing reads next), taskfleet never writes one no client can read, and the
+    /// copy keeps one entry per subject, so the task's next real entry takes its place.
+    async fn drop_index_entry(&self, m: &raw::RawStored, problem: &str) -> Result<(), TaskError> {
+        let index = self.bus.js.get_stream(subjects::INDEX_STREAM).await;
+        let index = index.op("open the index copy")?;
+        if let Err(e) = index.delete_message(m.seq).await {
+            tracing::debug!(seq = m.seq, error.message = %e, "index entry already removed");
+        }
+        tracing::warn!(subject = %m.subject, seq = m.seq, problem,
+            "removed an index entry no client can read from the listings' copy");
+        Ok(())
+    }
+
+    /// Refuses to check `filter` of the ledger when this process's NATS user may not read it
+    /// as JSON and delete from it (a worker under `--secure`): the read fails with a clear
+    /// error, warned about once per filter.
+    async fn may_fix_ledger(&self, filter: &str) -> Result<(), TaskError> {
+        let events = subjects::EVENTS_STREAM;
+        let needed = [
+            permissions::stream_api("MSG.GET", events),
+            permissions::stream_api("MSG.DELETE", events),
+        ];
+        let may = match self.ledger_fixable.get() {
+            Some(&may) => may,
+            None => match permissions::user_permissions(&self.bus.client).await {
+                Some(p) => {
+                    let may = needed.iter().all(|n| p.may_publish(n));
+                    *self.ledger_fixable.get_or_init(|| async { may }).await
+                }
+                // No answer (or no permissions reported): try; a refusal is an error anyway.
+                None => true,
+            },
+        };
+        if may {
+            return Ok(());
+        }
+        let err = unreadable_error(
+            filter,
+            "this process's NATS user may not move it aside (MSG.GET and MSG.DELETE on EVENTS); \
+             the API moves it to the dead letters when it reads the task",
+        );
+        let first = {
+            let mut warned = self.unreadable_warned.lock().expect("warned lock");
+            if warned.len() >= WARNED_CAP {
+                warned.clear();
+            }
+            warned.insert(filter.to_string())
+        };
+        if first {
+            let task = filter.split('.').nth(2).unwrap_or("*");
+            tracing::warn!(task_id = task, filter, error.message = %err,
+                "a task's log holds a message this process cannot read nor move aside");
+        }
+        Err(err)
+    }
+
     /// Copies a queue message that can never become a task (`why`) to the dead letters (a
     /// failed task of its subject's assignee, with the reason and the body), then removes it
     /// from the queue.
@@ -245,4 +459,24 @@ impl TaskService {
             "moved a queue message to the dead letters");
         Ok(())
     }
+}
+
+/// The id of the dead letter of ledger message `m`: a ULID of its store time and, with its
+/// top bit set (a queue message's letter never has it), its stream sequence. The same message
+/// always gets the same id, which no task has (task ids are random ULIDs or chosen names).
+fn ledger_letter_id(m: &raw::RawStored) -> TaskId {
+    let ms = (m.published_ns / 1_000_000).max(0) as u64;
+    let random = (1u128 << 79) | u128::from(m.seq);
+    TaskId::parse(&ulid::Ulid::from_parts(ms, random).to_string())
+        .expect("a ULID is a valid task id")
+}
+
+/// The error of a read that met a message no client can read in `filter` of the ledger and
+/// could not move it aside, for the reason `why` (503 in the API).
+fn unreadable_error(filter: &str, why: &str) -> TaskError {
+    let task = filter.split('.').nth(2).unwrap_or("*");
+    TaskError::Bus(BusError::Op {
+        op: "read a task log holding a message no client can read",
+        source: format!("the log of task {task} holds a message no client can read: {why}").into(),
+    })
 }

@@ -1,6 +1,8 @@
 //! One integration test binary. Every test starts its own nats-server (random port, temp store,
 //! loopback) through `harness`, so tests run in parallel and share nothing.
 
+#![deny(unsafe_code)]
+
 mod harness;
 
 mod api_auth;
@@ -21,6 +23,7 @@ mod durability;
 mod flow;
 mod health;
 mod ledger;
+mod ledger_poison;
 mod migrate;
 mod nats_outage;
 mod permissions;

@@ -19,7 +19,7 @@ use taskfleet::tasks::TaskService;
 use tokio_util::sync::CancellationToken;
 
 /// A nats-server running `nats.conf` plus a generated auth file, on a random port.
-struct SecureNats {
+pub(crate) struct SecureNats {
     child: Child,
     port: u16,
     users: Generated,
@@ -28,7 +28,7 @@ struct SecureNats {
 
 impl SecureNats {
     /// Generates users for `assignees` and starts the server with them.
-    async fn start(assignees: &[&str]) -> Self {
+    pub(crate) async fn start(assignees: &[&str]) -> Self {
         taskfleet::telemetry::init_for_tests();
         let dir = tempfile::tempdir().unwrap();
         let users = natsauth::generate(&natsauth::Options {
@@ -89,17 +89,17 @@ impl SecureNats {
         me
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    fn user(&self, role: &Role) -> (String, String) {
+    pub(crate) fn user(&self, role: &Role) -> (String, String) {
         let c = self.users.credentials(role).expect("generated user");
         (c.user.clone(), c.password.expose_secret().to_string())
     }
 
     /// A fleet connection as `role`'s user, exactly as the processes make it.
-    async fn bus(&self, role: &Role) -> Bus {
+    pub(crate) async fn bus(&self, role: &Role) -> Bus {
         let (user, password) = self.user(role);
         let opts = ConnectOptions {
             url: self.url(),
@@ -135,7 +135,7 @@ impl SecureNats {
     }
 
     /// The server's log lines reporting a permission violation by `role`'s user.
-    fn violations(&self, role: &Role) -> Vec<String> {
+    pub(crate) fn violations(&self, role: &Role) -> Vec<String> {
         let log = std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default();
         let who = format!("user:{}\"", role.user());
         log.lines()
@@ -736,7 +736,7 @@ async fn up_secure_runs_every_process_as_its_own_user() {
     let spy = impatient(anonymous)
         .get_stream(subjects::TASKS_STREAM)
         .await;
-    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    taskfleet::sys::signal_process(child.id().unwrap(), libc::SIGTERM).expect("SIGTERM");
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("up exits after SIGTERM")
@@ -802,4 +802,69 @@ async fn annas_worker_user_holds_and_gives_back_flow_control_places_without_a_vi
     // Assert
     assert!(done.iter().all(|t| t.status.as_str() == "completed"));
     assert_eq!(nats.violations(&anna), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn the_relay_user_ends_an_unreadable_delivery_job_without_a_violation() {
+    // Arrange: a relay as its own user delivering anna's tasks to a receiver; the first task's
+    // event arrived, so its destination has a queue and a loop.
+    let nats = SecureNats::start(&["anna"]).await;
+    let api = service(nats.bus(&Role::Api).await);
+    let (hook, receiver) = crate::relay::Receiver::start().await;
+    let token = CancellationToken::new();
+    let settings = crate::harness::app::relay_settings();
+    let relay_bus = nats.bus(&Role::Relay).await;
+    let relay = tokio::spawn(taskfleet::relay::run(relay_bus, settings, token.clone()));
+    let notifying = |name: &str| -> NewTask {
+        serde_json::from_value(json!({
+            "task_name": name, "assigned_to": "anna", "priority": "P0", "kind": "manual",
+            "notify": [{"type": "webhook", "url": hook}],
+        }))
+        .unwrap()
+    };
+    let received = |n: usize| {
+        let receiver = receiver.clone();
+        async move {
+            eventually("the deliveries", Duration::from_secs(20), || async {
+                (receiver.seen.lock().unwrap().len() >= n).then_some(())
+            })
+            .await
+        }
+    };
+    api.create(notifying("first"), "t").await.unwrap();
+    received(1).await;
+    let webhook = json!({"type": "webhook", "url": hook});
+    let destination: taskfleet::relay::destination::Destination =
+        serde_json::from_value(webhook.clone()).unwrap();
+    let key = destination.key(None);
+
+    // Act: an unreadable job on the destination's queue (the API user may write there), then
+    // the next task's event.
+    let (user, password) = nats.user(&Role::Api);
+    let job = json!({
+        "id": "unreadable_job", "key": key, "destination": webhook,
+        "text": "never sent", "created_time": "2026-01-01T00:00:00Z"
+    });
+    crate::poison::publish_raw_as(
+        &nats.url(),
+        Some((&user, &password)),
+        &subjects::delivery(&key),
+        crate::poison::POISON_HEADERS,
+        job.to_string().as_bytes(),
+    )
+    .await;
+    api.create(notifying("second"), "t").await.unwrap();
+    received(2).await;
+    let store = taskfleet::relay::store::DeliveryStore::new(api.bus().clone());
+    let dead = eventually("the dead delivery", Duration::from_secs(15), || async {
+        let record = store.get("unreadable_job").await.ok()?;
+        (record.status == taskfleet::relay::job::DeliveryStatus::Dead).then_some(record)
+    })
+    .await;
+    token.cancel();
+    relay.await.unwrap().expect("the relay ran");
+
+    // Assert: the relay's user read the job as JSON and ended it, with nothing refused.
+    assert!(dead.reason.unwrap_or_default().contains("UTF-8"));
+    assert_eq!(nats.violations(&Role::Relay), Vec::<String>::new());
 }
