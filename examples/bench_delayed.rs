@@ -6,6 +6,8 @@
 //!
 //! Run: `cargo run --release --example bench_delayed -- [--tasks 1000] [--concurrency 8]`
 
+#![deny(unsafe_code)]
+
 use chrono::{DateTime, Utc};
 use std::path::PathBuf;
 use std::sync::Arc;

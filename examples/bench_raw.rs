@@ -20,6 +20,8 @@
 //! Run: `cargo run --release --example bench_raw -- [--tasks 5000] [--quick] [--out FILE]
 //!       [--relay-fanout-events 100]`
 
+#![deny(unsafe_code)]
+
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::{self, stream, Context, Message};
 use async_nats::{HeaderMap, Subscriber};

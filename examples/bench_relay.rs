@@ -6,6 +6,8 @@
 //!
 //! Run: `cargo run --release --example bench_relay -- [--events 3000] [--fanout-events 100]`
 
+#![deny(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -10,6 +10,8 @@
 //!
 //! A missing or unreadable file leaves that system's column as "—".
 
+#![deny(unsafe_code)]
+
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use std::fmt::Write as _;

@@ -16,6 +16,8 @@
 //! Memory: nothing here grows with the tasks stored but a fixed-size sample of their ids (a
 //! reservoir) and the counts.
 
+#![deny(unsafe_code)]
+
 #[path = "bench/fleet.rs"]
 #[allow(dead_code)]
 mod fleet;

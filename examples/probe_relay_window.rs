@@ -15,6 +15,8 @@
 //!
 //! Run: `cargo run --release --example probe_relay_window -- [--jobs 5000]`
 
+#![deny(unsafe_code)]
+
 use async_nats::jetstream::consumer::{pull, AckPolicy, PriorityPolicy};
 use async_nats::jetstream::{self, stream};
 use futures::StreamExt;

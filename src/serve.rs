@@ -50,7 +50,7 @@ pub async fn migrate(cfg: &Config, url: &str) -> anyhow::Result<()> {
         println!("nothing to migrate: the store is already in task storage v2 (or empty)");
     }
     crate::bus::Topology::ensure(&js, &cfg.topology()).await?;
-    let _ = client.drain().await;
+    drain(&client).await;
     Ok(())
 }
 
@@ -140,7 +140,7 @@ pub async fn run_api(
     let client = bus.client.clone();
     let router = api_router(cfg, bus, admin_key, &shutdown)?;
     let served = api::serve(listener, router, shutdown).await;
-    let _ = client.drain().await;
+    drain(&client).await;
     served.context("serving the API")
 }
 

@@ -264,7 +264,7 @@ impl<'a> Connections<'a> {
     /// Drains every connection.
     async fn drain(self) {
         for bus in self.all {
-            let _ = bus.client.drain().await;
+            serve::drain(&bus.client).await;
         }
     }
 }

@@ -85,15 +85,8 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// A child that gets SIGTERM when the benchmark dies, so a killed run leaves no processes behind.
-#[allow(unsafe_code)]
 fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
+    taskfleet::sys::die_with_parent(cmd.as_std_mut(), libc::SIGTERM);
 }
 
 /// VmRSS of a process in MB (kB / 1024), as the contract asks.

@@ -11,6 +11,8 @@
 //!
 //! What is measured, and where taskfleet stamps it, is in docs/benchmarks.md.
 
+#![deny(unsafe_code)]
+
 mod fleet;
 mod relay;
 mod relay_config;

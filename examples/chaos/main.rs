@@ -9,6 +9,8 @@
 //!
 //! What each scenario does and the latest figures: docs/reliability.md.
 
+#![deny(unsafe_code)]
+
 mod bad_header;
 mod fleet;
 mod handback;

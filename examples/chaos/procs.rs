@@ -5,7 +5,6 @@
 
 use anyhow::{bail, Context};
 use std::collections::BTreeSet;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
@@ -20,16 +19,8 @@ fn registry() -> std::sync::MutexGuard<'static, BTreeSet<u32>> {
 }
 
 /// Sends `sig` to `pid` (one of ours).
-#[allow(unsafe_code)]
 pub fn signal(pid: u32, sig: libc::c_int) -> std::io::Result<()> {
-    let pid = libc::pid_t::try_from(pid).map_err(std::io::Error::other)?;
-    // SAFETY: kill(2) only reads its two integer arguments.
-    let rc = unsafe { libc::kill(pid, sig) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    taskfleet::sys::signal_process(pid, sig)
 }
 
 /// SIGKILLs every child still registered (the suite is being interrupted) and returns their pids.
@@ -72,7 +63,6 @@ pub struct Proc {
 impl Proc {
     /// Spawns `cmd` with stdin closed and stdout and stderr appended to `log`, a parent-death
     /// SIGKILL, and its pid registered.
-    #[allow(unsafe_code)]
     pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<Self> {
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -82,13 +72,7 @@ impl Proc {
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        taskfleet::sys::die_with_parent(&mut cmd, libc::SIGKILL);
         let child = cmd.spawn().with_context(|| format!("spawning {name}"))?;
         registry().insert(child.id());
         Ok(Self {

@@ -96,7 +96,7 @@ fn free_port() -> u16 {
 
 fn alive(pid: i32) -> bool {
     // Signal 0 checks existence; a zombie is reaped by init quickly, so also look at /proc state.
-    let exists = unsafe { libc::kill(pid, 0) } == 0;
+    let exists = u32::try_from(pid).is_ok_and(|p| taskfleet::sys::signal_process(p, 0).is_ok());
     let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| s.split_whitespace().nth(2) == Some("Z"))
         .unwrap_or(false);
@@ -173,7 +173,7 @@ async fn up_serves_the_api_with_a_generated_key_and_stops_nats_on_sigterm() {
         .send()
         .await
         .unwrap();
-    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    taskfleet::sys::signal_process(child.id().unwrap(), libc::SIGTERM).expect("SIGTERM");
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("up exits after SIGTERM")
@@ -277,7 +277,7 @@ async fn up_runs_a_worker_per_configured_assignee_and_exec_tasks_complete() {
         },
     )
     .await;
-    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    taskfleet::sys::signal_process(child.id().unwrap(), libc::SIGTERM).expect("SIGTERM");
     let status = tokio::time::timeout(Duration::from_secs(40), child.wait()).await;
 
     // Assert

@@ -159,9 +159,8 @@ impl Running {
     }
 
     fn sigterm(&self) {
-        let pid = i32::try_from(self.pid()).unwrap();
-        // SAFETY: signals a child this test started and has not reaped yet.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        // A child this test started and has not reaped yet.
+        let _ = taskfleet::sys::signal_process(self.pid(), libc::SIGTERM);
     }
 
     async fn exit_status(&mut self, limit: Duration) -> ExitStatus {

@@ -611,19 +611,13 @@ impl ClusterWorker {
     }
 
     /// Freezes it (SIGSTOP) or lets it go on (SIGCONT).
-    #[allow(unsafe_code)]
     pub fn freeze(&self, frozen: bool) {
         let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits");
-        // SAFETY: kill(2) only reads its integer arguments; the pid is our own child, not yet
-        // reaped (it is reaped only in `Drop`).
-        let rc = unsafe { libc::kill(pid, sig) };
-        assert_eq!(
-            rc,
-            0,
-            "kill({pid}, {sig}): {}",
-            std::io::Error::last_os_error()
-        );
+        // Our own child, not yet reaped (it is reaped only in `Drop`).
+        let pid = self.child.id();
+        if let Err(e) = taskfleet::sys::signal_process(pid, sig) {
+            panic!("kill({pid}, {sig}): {e}");
+        }
     }
 }
 

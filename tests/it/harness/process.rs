@@ -141,18 +141,12 @@ impl WorkerProcess {
     }
 
     /// Sends `sig` (SIGKILL, SIGSTOP, SIGCONT, SIGTERM…).
-    #[allow(unsafe_code)]
     pub fn signal(&self, sig: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits");
-        // SAFETY: kill(2) only reads its integer arguments; the pid is our own child, not yet
-        // reaped (it is reaped only in `wait_exit`/`kill9`/`Drop`).
-        let rc = unsafe { libc::kill(pid, sig) };
-        assert_eq!(
-            rc,
-            0,
-            "kill({pid}, {sig}): {}",
-            std::io::Error::last_os_error()
-        );
+        // Our own child, not yet reaped (it is reaped only in `wait_exit`/`kill9`/`Drop`).
+        let pid = self.pid();
+        if let Err(e) = taskfleet::sys::signal_process(pid, sig) {
+            panic!("kill({pid}, {sig}): {e}");
+        }
     }
 
     /// `kill -9`, and reaps it.
