@@ -171,7 +171,10 @@ async fn judge(
     let got = rx.tasks();
     out.lost = want.difference(&got).count();
     out.duplicates = total - distinct;
-    out.in_flight = format!("{jobs} delivery unacknowledged on relay_n_hook (max_ack_pending 1), {events} event(s) being fanned out");
+    out.in_flight = format!(
+        "{jobs} deliveries unacknowledged on relay_n_hook (its window), {events} event(s) \
+         being fanned out"
+    );
     out.figure(
         "webhooks",
         format!(

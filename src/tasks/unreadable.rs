@@ -58,6 +58,18 @@ pub(crate) enum Covered<'a> {
     Index(&'a str, u64, usize),
 }
 
+/// A message read as JSON, shaped as the queue's messages are for a dead letter (the headers
+/// are the problem: none are kept).
+fn as_queued(m: &raw::RawStored) -> QueuedMessage<'_> {
+    QueuedMessage {
+        subject: &m.subject,
+        headers: None,
+        payload: &m.payload,
+        seq: m.seq,
+        published_ns: m.published_ns,
+    }
+}
+
 impl TaskService {
     /// Runs `read` on the reader connection. If that connection is lost meanwhile twice in a
     /// row (a message async-nats cannot parse makes it drop the connection each time it is
@@ -334,13 +346,7 @@ impl TaskService {
     /// Copies an unreadable queue message to the dead letters (a failed task of its subject's
     /// assignee), then removes it from the queue.
     async fn move_aside(&self, m: &raw::RawStored, problem: &str) -> Result<(), TaskError> {
-        let msg = QueuedMessage {
-            subject: &m.subject,
-            headers: None,
-            payload: &m.payload,
-            seq: m.seq,
-            published_ns: m.published_ns,
-        };
+        let msg = as_queued(m);
         let why = format!(
             "no client can read this message: {problem} (headers: {:?})",
             raw::shown(&m.headers, SHOWN_HEADERS)
@@ -359,13 +365,7 @@ impl TaskService {
             "the log of task {task} held a message no client can read: {problem} (headers: {:?})",
             raw::shown(&m.headers, SHOWN_HEADERS)
         );
-        let msg = QueuedMessage {
-            subject: &m.subject,
-            headers: None,
-            payload: &m.payload,
-            seq: m.seq,
-            published_ns: m.published_ns,
-        };
+        let msg = as_queued(m);
         if let Some(mut letter) = refused_task(msg, &why) {
             letter.id = ledger_letter_id(m);
             letter.queue_seq = None;

@@ -230,23 +230,12 @@ async fn the_relay_skips_an_event_with_unreadable_headers_and_delivers_the_next_
     app.admin.action(&id, "complete", None).await.unwrap();
 
     // Assert: the task's three events arrive, in order.
-    crate::harness::eventually("a first delivery", Duration::from_secs(30), || async {
-        (!receiver.seen.lock().unwrap().is_empty()).then_some(())
-    })
-    .await;
+    receiver.wait_types(1).await;
     eprintln!(
         "from the unreadable event to the next event delivered: {:?}",
         published.elapsed()
     );
-    let seen = crate::harness::eventually("three deliveries", Duration::from_secs(30), || async {
-        let s = receiver.seen.lock().unwrap().clone();
-        (s.len() >= 3).then_some(s)
-    })
-    .await;
-    let types: Vec<&str> = seen
-        .iter()
-        .map(|(_, b)| b["type"].as_str().unwrap())
-        .collect();
+    let types = receiver.wait_types(3).await;
     assert_eq!(types, ["task.created", "task.started", "task.completed"]);
 }
 
@@ -389,23 +378,12 @@ async fn the_relay_ends_an_unreadable_delivery_job_and_delivers_the_next_ones() 
     app.act(&task, "complete").await;
 
     // Assert: every event arrived, in order, and nothing else did.
-    crate::harness::eventually("the next delivery", Duration::from_secs(30), || async {
-        (receiver.seen.lock().unwrap().len() >= 2).then_some(())
-    })
-    .await;
+    receiver.wait_types(2).await;
     eprintln!(
         "from the unreadable job to the next job delivered: {:?}",
         published.elapsed()
     );
-    let seen = crate::harness::eventually("three deliveries", Duration::from_secs(30), || async {
-        let s = receiver.seen.lock().unwrap().clone();
-        (s.len() >= 3).then_some(s)
-    })
-    .await;
-    let types: Vec<&str> = seen
-        .iter()
-        .map(|(_, b)| b["type"].as_str().unwrap())
-        .collect();
+    let types = receiver.wait_types(3).await;
     assert_eq!(types, ["task.created", "task.started", "task.completed"]);
     // The unreadable job is a dead delivery of its queue, saying why.
     let dead = app

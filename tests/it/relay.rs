@@ -40,6 +40,19 @@ impl Receiver {
         tokio::spawn(async move { axum::serve(listener, app).await });
         (url, r)
     }
+
+    /// Waits until at least `n` deliveries arrived; the `type` of each, in arrival order.
+    pub(crate) async fn wait_types(&self, n: usize) -> Vec<String> {
+        let what = format!("{n} deliveries");
+        let seen = eventually(&what, Duration::from_secs(30), || async {
+            let s = self.seen.lock().unwrap().clone();
+            (s.len() >= n).then_some(s)
+        })
+        .await;
+        seen.iter()
+            .map(|(_, b)| b["type"].as_str().unwrap_or("?").to_string())
+            .collect()
+    }
 }
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
