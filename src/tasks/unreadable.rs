@@ -217,10 +217,15 @@ impl TaskService {
         if may.is_none_or(|p| p.may_publish(&read_json)) {
             return self.check_delivered(assignee).await;
         }
-        let ask = self
-            .bus
-            .client
-            .request(subjects::queue_check(Some(assignee)), "".into());
+        self.ask_api_check(assignee, "").await
+    }
+
+    /// Asks an API process over `queue.check.<assignee>` to check: with an empty `body` the
+    /// assignee's delivered queue messages, with `{"task": "<id>"}` that task's log. How many
+    /// messages it moved aside.
+    async fn ask_api_check(&self, assignee: &Assignee, body: &str) -> Result<usize, TaskError> {
+        let subject = subjects::queue_check(Some(assignee));
+        let ask = self.bus.client.request(subject, body.to_string().into());
         let answer = tokio::time::timeout(CHECK_ANSWER, ask)
             .await
             .map_err(|_| TaskError::Invalid("the API did not answer the queue check".into()))?
@@ -233,6 +238,17 @@ impl TaskService {
                 answer["error"].as_str().unwrap_or("no reason given")
             ))),
         }
+    }
+
+    /// A worker's check of one task's log, done by an API process (`{"task": id}` on
+    /// `queue.check.<assignee>`): the log, `events.<assignee>.<id>.*`, from its start.
+    async fn answer_ledger_check(&self, assignee: &Assignee, body: &[u8]) -> Result<usize, String> {
+        let asked: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        let id = asked["task"].as_str().ok_or("no task named")?;
+        let id = TaskId::parse(id).map_err(|e| e.to_string())?;
+        let filter = subjects::task_ledger(assignee, &id);
+        let covered = Covered::Ledger(&filter, 1, CHECK_LIMIT);
+        self.check(covered).await.map_err(|e| e.to_string())
     }
 
     /// Answers workers' `queue.check.<assignee>` requests (an API process) until `shutdown`:
@@ -251,7 +267,10 @@ impl TaskService {
             };
             let assignee = req.subject.as_str().rsplit('.').next().map(Assignee::parse);
             let moved = match assignee {
-                Some(Ok(a)) => self.check_delivered(&a).await.map_err(|e| e.to_string()),
+                Some(Ok(a)) if req.payload.is_empty() => {
+                    self.check_delivered(&a).await.map_err(|e| e.to_string())
+                }
+                Some(Ok(a)) => self.answer_ledger_check(&a, &req.payload).await,
                 _ => Err("no assignee in the subject".into()),
             };
             let body = match &moved {
@@ -280,11 +299,7 @@ impl TaskService {
                 self.check_range(stream, filter, (from, u64::MAX), span)
                     .await
             }
-            Covered::Ledger(filter, from, span) => {
-                self.may_fix_ledger(filter).await?;
-                self.check_range(events, filter, (from, u64::MAX), span)
-                    .await
-            }
+            Covered::Ledger(filter, from, span) => self.check_ledger(filter, from, span).await,
             Covered::LedgerSince(filter, since) => {
                 self.may_fix_ledger(filter).await?;
                 let client = &self.bus.client;
@@ -297,10 +312,7 @@ impl TaskService {
             Covered::Ledgers(filters) => {
                 let mut moved = 0;
                 for filter in filters {
-                    self.may_fix_ledger(filter).await?;
-                    moved += self
-                        .check_range(events, filter, (1, u64::MAX), CHECK_LIMIT)
-                        .await?;
+                    moved += self.check_ledger(filter, 1, CHECK_LIMIT).await?;
                 }
                 Ok(moved)
             }
@@ -395,6 +407,38 @@ impl TaskService {
         tracing::warn!(subject = %m.subject, seq = m.seq, problem,
             "removed an index entry no client can read from the listings' copy");
         Ok(())
+    }
+
+    /// Checks `filter` of the ledger from `from` on here or, when this process's user may not
+    /// (a worker under `--secure`) and the filter is one task's log, has an API process check
+    /// that log (as it does for the queue); else the error of
+    /// [`may_fix_ledger`](Self::may_fix_ledger).
+    async fn check_ledger(&self, filter: &str, from: u64, span: usize) -> Result<usize, TaskError> {
+        let refused = match self.may_fix_ledger(filter).await {
+            Ok(()) => {
+                let events = subjects::EVENTS_STREAM;
+                return self
+                    .check_range(events, filter, (from, u64::MAX), span)
+                    .await;
+            }
+            Err(refused) => refused,
+        };
+        // `events.<assignee>.<task>.*`
+        let parts: Vec<&str> = filter.split('.').collect();
+        let (Some(a), Some(id)) = (parts.get(1), parts.get(2)) else {
+            return Err(refused);
+        };
+        let (Ok(assignee), false) = (Assignee::parse(a), *id == "*") else {
+            return Err(refused);
+        };
+        let body = serde_json::json!({ "task": id }).to_string();
+        match self.ask_api_check(&assignee, &body).await {
+            Ok(moved) => Ok(moved),
+            Err(e) => {
+                tracing::debug!(filter, error.message = %e, "the API did not check the task's log");
+                Err(refused)
+            }
+        }
     }
 
     /// Refuses to check `filter` of the ledger when this process's NATS user may not read it

@@ -270,10 +270,15 @@ async fn run_hook(ctx: &Ctx, task: &Task, stop: CancellationToken) -> Outcome {
         Err(e) => return failed(format!("hook endpoint unreachable: {e}")),
     }
     // Every event of the task wakes a re-read of its state (a bot reporting back sends one);
-    // a slow poll covers events missed on core NATS.
-    let bus = ctx.tasks.bus();
+    // a slow poll covers events missed on core NATS. Heard over the reader connection: an
+    // event whose headers no client can parse (a fleet user wrote it) drops that one, not the
+    // connection leases and events go over.
     let subject = crate::bus::subjects::task_ledger(&task.assigned_to, &task.id);
-    let mut events = match bus.client.subscribe(subject).await {
+    let reader = match ctx.tasks.bus().reader().await {
+        Ok(r) => r,
+        Err(e) => return failed(format!("cannot follow the task's events: {e}")),
+    };
+    let mut events = match reader.client.subscribe(subject).await {
         Ok(s) => s,
         Err(e) => return failed(format!("cannot follow the task's events: {e}")),
     };

@@ -252,7 +252,8 @@ async fn a_live_feed_of_a_task_goes_on_past_an_unreadable_message_in_its_log() {
 #[tokio::test]
 async fn a_worker_user_that_may_not_move_an_unreadable_record_aside_gets_a_clear_error() {
     // Arrange: under per-process users, anna's task, then an unreadable step written into its
-    // log by anna's worker user (which may append to anna's logs).
+    // log by anna's worker user (which may append to anna's logs); no API process answers the
+    // worker's request to check the log.
     use taskfleet::domain::{Assignee, NewTask};
     use taskfleet::natsauth::Role;
     use taskfleet::tasks::TaskService;
@@ -342,4 +343,51 @@ async fn the_cancelled_list_answers_past_an_unreadable_index_entry_and_drops_it(
     assert_eq!(ids, [cancelled]);
     let left = copy.get_info().await.unwrap().state.messages;
     assert_eq!(left, copied - 1, "the junk entry is still in the copy");
+}
+
+#[tokio::test]
+async fn a_worker_user_has_the_api_move_an_unreadable_record_out_of_its_tasks_log() {
+    // Arrange: under per-process users, an API process answering checks, anna's task, then an
+    // unreadable step written into its log by anna's worker user.
+    use taskfleet::domain::{Assignee, NewTask};
+    use taskfleet::natsauth::Role;
+    use taskfleet::tasks::TaskService;
+    let nats = crate::permissions::SecureNats::start(&["anna"]).await;
+    let metrics = Arc::new(taskfleet::metrics::Metrics::default());
+    let api = TaskService::new(nats.bus(&Role::Api).await, metrics.clone());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let answering = tokio::spawn(api.clone().answer_queue_checks(shutdown.clone()));
+    let new: NewTask =
+        serde_json::from_value(serde_json::json!({"task_name": "victim", "assigned_to": "anna"}))
+            .unwrap();
+    let id = api.create(new, "t").await.unwrap().task.id;
+    let anna = Assignee::parse("anna").unwrap();
+    let role = Role::Worker(anna.clone());
+    let (user, password) = nats.user(&role);
+    let subject = format!("ledger.anna.{id}.step");
+    let (url, auth) = (nats.url(), Some((user.as_str(), password.as_str())));
+    publish_raw_as(&url, auth, &subject, UNREADABLE[0], br#"{"junk": true}"#).await;
+    let worker = TaskService::new(nats.bus(&role).await, metrics).scoped_to(anna.clone());
+
+    // Act
+    let read = worker.get(&id).await;
+    shutdown.cancel();
+    let _ = answering.await;
+
+    // Assert: the worker reads its task; the step is a dead letter naming the task; the
+    // worker's user was refused nothing.
+    assert_eq!(
+        read.expect("the worker reads its task").status.as_str(),
+        "pending"
+    );
+    let dead = api
+        .dead_letters(Some(&anna), 100)
+        .await
+        .expect("dead letters");
+    let named: Vec<_> = dead
+        .iter()
+        .filter(|t| t.error.as_deref().unwrap_or("").contains(id.as_str()))
+        .collect();
+    assert_eq!(named.len(), 1, "{dead:?}");
+    assert_eq!(nats.violations(&role), Vec::<String>::new());
 }
