@@ -4,11 +4,14 @@
 //! letters, naming the task, and removed from the log.
 
 use crate::harness::TestApp;
+use crate::permissions::SecureNats;
 use crate::poison::publish_raw_as;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use taskfleet::client::ApiClient;
-use taskfleet::domain::Task;
+use taskfleet::domain::{Assignee, NewTask, Task, TaskId};
+use taskfleet::natsauth::Role;
+use taskfleet::tasks::TaskService;
 
 /// Header blocks async-nats refuses (`Nats-Msg-Id` not UTF-8), each with its own id (the
 /// ledger would drop a second message with the same id as a duplicate).
@@ -249,17 +252,17 @@ async fn a_live_feed_of_a_task_goes_on_past_an_unreadable_message_in_its_log() {
     assert_eq!(ledger_letters(&app, "anna").await.len(), 1);
 }
 
-#[tokio::test]
-async fn a_worker_user_that_may_not_move_an_unreadable_record_aside_gets_a_clear_error() {
-    // Arrange: under per-process users, anna's task, then an unreadable step written into its
-    // log by anna's worker user (which may append to anna's logs); no API process answers the
-    // worker's request to check the log.
-    use taskfleet::domain::{Assignee, NewTask};
-    use taskfleet::natsauth::Role;
-    use taskfleet::tasks::TaskService;
-    let nats = crate::permissions::SecureNats::start(&["anna"]).await;
+/// Under per-process users: an API task service (answering workers' checks if `answering`,
+/// until the test ends), anna's task, an unreadable step written into its log by anna's worker
+/// user (which may append to anna's logs), and anna's worker task service.
+async fn secure_victim(answering: bool) -> (SecureNats, TaskService, TaskService, TaskId) {
+    let nats = SecureNats::start(&["anna"]).await;
     let metrics = Arc::new(taskfleet::metrics::Metrics::default());
     let api = TaskService::new(nats.bus(&Role::Api).await, metrics.clone());
+    if answering {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(api.clone().answer_queue_checks(shutdown));
+    }
     let new: NewTask =
         serde_json::from_value(serde_json::json!({"task_name": "victim", "assigned_to": "anna"}))
             .unwrap();
@@ -268,16 +271,24 @@ async fn a_worker_user_that_may_not_move_an_unreadable_record_aside_gets_a_clear
     let role = Role::Worker(anna.clone());
     let (user, password) = nats.user(&role);
     let subject = format!("ledger.anna.{id}.step");
-    let junk = br#"{"junk": true}"#;
+    let auth = Some((user.as_str(), password.as_str()));
     publish_raw_as(
         &nats.url(),
-        Some((&user, &password)),
+        auth,
         &subject,
         UNREADABLE[0],
-        junk,
+        br#"{"junk": true}"#,
     )
     .await;
     let worker = TaskService::new(nats.bus(&role).await, metrics).scoped_to(anna);
+    (nats, api, worker, id)
+}
+
+#[tokio::test]
+async fn a_worker_user_that_may_not_move_an_unreadable_record_aside_gets_a_clear_error() {
+    // Arrange: no API process answers the worker's request to check the log.
+    let (nats, api, worker, id) = secure_victim(false).await;
+    let role = Role::Worker(Assignee::parse("anna").unwrap());
 
     // Act
     let refused = worker.get(&id).await;
@@ -347,32 +358,13 @@ async fn the_cancelled_list_answers_past_an_unreadable_index_entry_and_drops_it(
 
 #[tokio::test]
 async fn a_worker_user_has_the_api_move_an_unreadable_record_out_of_its_tasks_log() {
-    // Arrange: under per-process users, an API process answering checks, anna's task, then an
-    // unreadable step written into its log by anna's worker user.
-    use taskfleet::domain::{Assignee, NewTask};
-    use taskfleet::natsauth::Role;
-    use taskfleet::tasks::TaskService;
-    let nats = crate::permissions::SecureNats::start(&["anna"]).await;
-    let metrics = Arc::new(taskfleet::metrics::Metrics::default());
-    let api = TaskService::new(nats.bus(&Role::Api).await, metrics.clone());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let answering = tokio::spawn(api.clone().answer_queue_checks(shutdown.clone()));
-    let new: NewTask =
-        serde_json::from_value(serde_json::json!({"task_name": "victim", "assigned_to": "anna"}))
-            .unwrap();
-    let id = api.create(new, "t").await.unwrap().task.id;
+    // Arrange: an API process answers checks.
+    let (nats, api, worker, id) = secure_victim(true).await;
     let anna = Assignee::parse("anna").unwrap();
     let role = Role::Worker(anna.clone());
-    let (user, password) = nats.user(&role);
-    let subject = format!("ledger.anna.{id}.step");
-    let (url, auth) = (nats.url(), Some((user.as_str(), password.as_str())));
-    publish_raw_as(&url, auth, &subject, UNREADABLE[0], br#"{"junk": true}"#).await;
-    let worker = TaskService::new(nats.bus(&role).await, metrics).scoped_to(anna.clone());
 
     // Act
     let read = worker.get(&id).await;
-    shutdown.cancel();
-    let _ = answering.await;
 
     // Assert: the worker reads its task; the step is a dead letter naming the task; the
     // worker's user was refused nothing.
