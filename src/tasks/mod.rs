@@ -95,8 +95,8 @@ pub struct TaskService {
     /// Ledger filters holding a message this process may not move aside, warned about once
     /// (see `unreadable.rs`).
     unreadable_warned: Arc<Mutex<HashSet<String>>>,
-    /// Whether this process's NATS user may move such a message aside (asked once).
-    ledger_fixable: Arc<tokio::sync::OnceCell<bool>>,
+    /// This process's NATS permissions, kept once the server answered (see `unreadable.rs`).
+    user_permissions: Arc<tokio::sync::OnceCell<crate::bus::permissions::Permissions>>,
 }
 
 /// Ids remembered before the id → assignee cache starts over.
@@ -113,7 +113,7 @@ impl TaskService {
             chains: write::Chains::default(),
             max_delay_days: crate::domain::limits::MAX_DELAY_DAYS,
             unreadable_warned: Arc::default(),
-            ledger_fixable: Arc::default(),
+            user_permissions: Arc::default(),
         }
     }
 

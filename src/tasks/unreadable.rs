@@ -213,8 +213,7 @@ impl TaskService {
     /// may read the queue as JSON, else the API, asked over `queue.check.<assignee>`.
     pub async fn check_delivered_anywhere(&self, assignee: &Assignee) -> Result<usize, TaskError> {
         let read_json = permissions::stream_api("MSG.GET", subjects::TASKS_STREAM);
-        let may = permissions::user_permissions(&self.bus.client).await;
-        if may.is_none_or(|p| p.may_publish(&read_json)) {
+        if self.may_publish(&[read_json]).await {
             return self.check_delivered(assignee).await;
         }
         self.ask_api_check(assignee, "").await
@@ -441,6 +440,21 @@ impl TaskService {
         }
     }
 
+    /// Whether this process's NATS user may publish every one of `subjects` (its permissions
+    /// are kept once the server answered; with no answer, it may: a refusal is an error anyway,
+    /// and the next call asks again).
+    async fn may_publish(&self, subjects: &[String]) -> bool {
+        let asked = self.user_permissions.get_or_try_init(|| async {
+            permissions::user_permissions(&self.bus.client)
+                .await
+                .ok_or(())
+        });
+        match asked.await {
+            Ok(p) => subjects.iter().all(|s| p.may_publish(s)),
+            Err(()) => true,
+        }
+    }
+
     /// Refuses to check `filter` of the ledger when this process's NATS user may not read it
     /// as JSON and delete from it (a worker under `--secure`): the read fails with a clear
     /// error, warned about once per filter.
@@ -450,18 +464,7 @@ impl TaskService {
             permissions::stream_api("MSG.GET", events),
             permissions::stream_api("MSG.DELETE", events),
         ];
-        let may = match self.ledger_fixable.get() {
-            Some(&may) => may,
-            None => match permissions::user_permissions(&self.bus.client).await {
-                Some(p) => {
-                    let may = needed.iter().all(|n| p.may_publish(n));
-                    *self.ledger_fixable.get_or_init(|| async { may }).await
-                }
-                // No answer (or no permissions reported): try; a refusal is an error anyway.
-                None => true,
-            },
-        };
-        if may {
+        if self.may_publish(&needed).await {
             return Ok(());
         }
         let err = unreadable_error(
