@@ -3,7 +3,7 @@
 
 use taskfleet::config::{RelayConfig, RouteConfig};
 use taskfleet::domain::{Assignee, EventKind};
-use taskfleet::relay::destination::Destination;
+use taskfleet::outbound::destination::Destination;
 
 /// `destinations` signed webhooks `d0`, `d1`, … at `<base>/hook/<n>`, and one route sending
 /// every `step` event of `assignee` to all of them.

@@ -32,7 +32,7 @@ pub(super) async fn authorized_task(
 /// nor a destination object. Whether a name is configured is the relay's to say.
 fn check_notify(new: &NewTask) -> Result<(), ApiError> {
     for (i, entry) in new.notify.iter().enumerate() {
-        crate::relay::destination::parse_notify(entry)
+        crate::outbound::destination::parse_notify(entry)
             .map_err(|e| ApiError::Unprocessable(format!("notify[{i}]: {e}")))?;
     }
     Ok(())

@@ -1,6 +1,8 @@
-//! Outbound: how taskfleet talks to the outside: refusing internal addresses, signing webhooks,
-//! the hardened HTTP client.
+//! Outbound: how taskfleet talks to the outside: where to deliver, refusing internal addresses,
+//! signing webhooks, the hardened HTTP client.
 //!
+//! - [`destination`]: where to deliver (named in the relay's config or given per task in
+//!   `notify`, which the API and the schedules check on create) and the key it is queued under.
 //! - [`ssrf`]: refusing outbound requests to loopback, private and other internal addresses, both
 //!   for the literal URL and after DNS resolution ([`ssrf::SafeResolver`] for reqwest).
 //! - [`signature`]: Standard Webhooks signing and verification (`webhook-id`,
@@ -8,9 +10,10 @@
 //! - [`client`]: the HTTP client every outbound request uses: the safe resolver, no proxy, no
 //!   redirects, a per-request timeout and the `taskfleet/<version>` user agent.
 //!
-//! Nothing here knows NATS, tasks or the relay: these modules use external crates only, and are
-//! unit-tested in place (the resolver only does DNS).
+//! Nothing here knows NATS, tasks or the relay: these modules use external crates and
+//! [`crate::domain`] only, and are unit-tested in place (the resolver only does DNS).
 
 pub mod client;
+pub mod destination;
 pub mod signature;
 pub mod ssrf;

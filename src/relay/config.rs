@@ -42,7 +42,7 @@ pub struct RelayConfig {
     /// otherwise.
     pub allow: Vec<String>,
     /// Named destinations (`[relay.destinations.ops] type = "webhook" …`).
-    pub destinations: std::collections::BTreeMap<String, super::destination::Destination>,
+    pub destinations: std::collections::BTreeMap<String, crate::outbound::destination::Destination>,
     /// Routing rules by assignee, priority and event type.
     pub routes: Vec<RouteConfig>,
     /// The destination `POST /api/push` (and `pulse push`) delivers to; its session id is
@@ -120,7 +120,7 @@ impl RelayConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::relay::destination::Destination;
+    use crate::outbound::destination::Destination;
 
     /// A change to the default settings.
     type Change = Box<dyn FnOnce(&mut RelayConfig)>;

@@ -24,13 +24,13 @@
 //! drop makes every loop end such jobs of its queue with the problem as the reason, whatever
 //! it is doing meanwhile; a job that still reads as a job becomes a dead delivery.
 
-use super::destination::Destination;
 use super::job::{clip_response, Attempt, DeliveryJob, DeliveryStatus};
 use super::lane::{Lane, Received};
 use super::retry::{RetrySchedule, Verdict};
 use super::sinks::{self, SinkContext};
 use super::store::{DeliveryStore, Recorder};
 use crate::bus::{decode, raw, Bus, BusError};
+use crate::outbound::destination::Destination;
 use async_nats::jetstream::{AckKind, Message};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};

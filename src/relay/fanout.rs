@@ -5,13 +5,13 @@
 
 use super::config::RouteConfig;
 use super::deliver::Delivery;
-use super::destination::{parse_notify, session_key, Destination, NotifyEntry};
 use super::job::DeliveryJob;
 use super::lane::Lane;
 use super::store::Queued;
 use crate::bus::append::refused_for_good;
 use crate::bus::{subjects, BusError, NatsResultExt};
 use crate::domain::{EventKind, StallRule, Task, TaskEvent, TaskId, TaskStatus};
+use crate::outbound::destination::{parse_notify, session_key, Destination, NotifyEntry};
 use crate::tasks::ledger::shown_events;
 use crate::tasks::{ListFilter, TaskService};
 use crate::text::message::Templates;

@@ -1,8 +1,8 @@
 //! What travels through the delivery queue, and what the relay records about each attempt
 //! (where those records are stored: the delivery store, [`super::store`]).
 
-use super::destination::Destination;
 use crate::domain::{Task, TaskEvent};
+use crate::outbound::destination::Destination;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 

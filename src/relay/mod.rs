@@ -10,15 +10,14 @@
 //!   [`disabled`]: destinations disabled by a 410 (KV `relay_destinations`), listed and enabled;
 //!   `server.rs`: wiring ([`run`]).
 //!
-//! - [`destination`]: where to deliver (config-named or per-task `notify`) and its queue key.
 //! - [`retry`]: the delivery schedule (Svix's: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h,
 //!   10 h, ±20 % jitter), Retry-After handling, and the classification of HTTP statuses and
 //!   transport errors into deliver / retry / give up / disable.
 //! - [`sinks`]: sending one delivery job to one destination, once.
 //!
-//! `destination` and `retry` are pure and unit-tested in place. The pure libraries the relay
-//! builds on live below it: [`crate::outbound`] (SSRF guard, Standard Webhooks signing, the
-//! hardened HTTP client) and [`crate::text`] (Live Task Pulse templates, chat platform splitting).
+//! `retry` is pure and unit-tested in place. The pure libraries the relay builds on live below
+//! it: [`crate::outbound`] (where to deliver and its queue key, SSRF guard, Standard Webhooks
+//! signing, the hardened HTTP client) and [`crate::text`] (Live Task Pulse templates, chat platform splitting).
 
 pub mod config;
 mod deliver;
@@ -28,7 +27,6 @@ mod lane;
 mod server;
 
 pub use server::{resolve_destinations, run, run_with_health, templates, RelayError};
-pub mod destination;
 pub mod job;
 pub mod retry;
 pub mod sinks;

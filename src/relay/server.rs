@@ -3,13 +3,13 @@
 
 use super::config::RelayConfig;
 use super::deliver::Delivery;
-use super::destination::{Destination, DestinationError};
 use super::fanout::FanOut;
 use super::retry::RetrySchedule;
 use super::sinks::SinkContext;
 use crate::bus::{Bus, BusError};
 use crate::domain::EventKind;
 use crate::health::{Health, Phase};
+use crate::outbound::destination::{Destination, DestinationError};
 use crate::outbound::ssrf::AllowList;
 use crate::tasks::TaskService;
 use crate::text::message::Templates;

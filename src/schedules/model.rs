@@ -137,7 +137,7 @@ impl ScheduleSpec {
         task.id = None;
         task.validate().map_err(|m| invalid("task", m))?;
         for (i, entry) in task.notify.iter().enumerate() {
-            crate::relay::destination::parse_notify(entry)
+            crate::outbound::destination::parse_notify(entry)
                 .map_err(|e| invalid(&format!("task.notify[{i}]"), e.to_string()))?;
         }
         Ok(Definition {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use taskfleet::config::Config;
 use taskfleet::domain::Assignee;
 use taskfleet::natsauth::{self, Generated, Role};
-use taskfleet::relay::destination::Destination;
+use taskfleet::outbound::destination::Destination;
 use tokio_util::sync::CancellationToken;
 
 /// nats-server with the repository's `nats.conf` and a generated authorization block.

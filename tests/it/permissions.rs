@@ -834,7 +834,7 @@ async fn the_relay_user_ends_an_unreadable_delivery_job_without_a_violation() {
     api.create(notifying("first"), "t").await.unwrap();
     received(1).await;
     let webhook = json!({"type": "webhook", "url": hook});
-    let destination: taskfleet::relay::destination::Destination =
+    let destination: taskfleet::outbound::destination::Destination =
         serde_json::from_value(webhook.clone()).unwrap();
     let key = destination.key(None);
 

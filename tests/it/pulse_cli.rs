@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use taskfleet::relay::destination::Destination;
+use taskfleet::outbound::destination::Destination;
 use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_taskfleet");

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use std::process::Output;
 use std::time::Duration;
 use taskfleet::config::RelayConfig;
-use taskfleet::relay::destination::Destination;
+use taskfleet::outbound::destination::Destination;
 use tokio::process::Command;
 
 async fn taskfleet(app: &TestApp, args: &[&str]) -> Output {

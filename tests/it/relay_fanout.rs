@@ -10,7 +10,7 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 use taskfleet::config::{RelayConfig, RouteConfig};
 use taskfleet::domain::{Assignee, EventKind, Priority};
-use taskfleet::relay::destination::Destination;
+use taskfleet::outbound::destination::Destination;
 use taskfleet::text::message::Language;
 
 fn chat(ep: &Endpoint) -> serde_json::Value {

@@ -177,7 +177,7 @@ async fn a_delivery_back_after_a_lost_ack_whose_record_says_delivered_is_not_sen
     let mut settings = crate::harness::app::relay_settings();
     settings.destinations.insert(
         "hook".into(),
-        taskfleet::relay::destination::Destination::Webhook {
+        taskfleet::outbound::destination::Destination::Webhook {
             url: hook.url("/hook"),
             secret: None,
             secret_env: None,

@@ -15,7 +15,7 @@ use proptest::sample::select;
 use serde_json::{json, Value};
 use taskfleet::api::JsonBody;
 use taskfleet::domain::{limits, NewTask, Task, TaskId, TaskStatus, DEFAULT_MAX_ATTEMPTS};
-use taskfleet::relay::destination::parse_notify;
+use taskfleet::outbound::destination::parse_notify;
 
 /// What the API makes of a create body: the request, or the status and message it answers.
 fn create(body: Vec<u8>) -> Result<NewTask, (StatusCode, String)> {

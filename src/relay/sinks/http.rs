@@ -187,8 +187,8 @@ mod tests {
     use super::super::testkit::{ctx, job, Answer, Receiver};
     use super::super::{send, SinkContext};
     use super::*;
+    use crate::outbound::destination::Destination;
     use crate::outbound::ssrf::AllowList;
-    use crate::relay::destination::Destination;
 
     fn slack(rx: &Receiver) -> Destination {
         Destination::Slack {

@@ -39,10 +39,10 @@ mod webhook;
 #[cfg(test)]
 mod testkit;
 
-use super::destination::Destination;
 use super::job::DeliveryJob;
 use super::retry::Verdict;
 use crate::outbound::client::{self, ClientError};
+use crate::outbound::destination::Destination;
 use crate::outbound::ssrf::AllowList;
 use std::time::{Duration, Instant};
 

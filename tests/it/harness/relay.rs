@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use taskfleet::domain::{EventKind, Task};
-use taskfleet::relay::destination::Destination;
+use taskfleet::outbound::destination::Destination;
 use taskfleet::tasks::TaskService;
 
 #[allow(dead_code)]
