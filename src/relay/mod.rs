@@ -17,7 +17,8 @@
 //!
 //! `retry` is pure and unit-tested in place. The pure libraries the relay builds on live below
 //! it: [`crate::outbound`] (where to deliver and its queue key, SSRF guard, Standard Webhooks
-//! signing, the hardened HTTP client) and [`crate::text`] (Live Task Pulse templates, chat platform splitting).
+//! signing, the hardened HTTP client) and [`crate::text`] (Live Task Pulse templates, chat
+//! platform splitting).
 
 pub mod config;
 mod deliver;
