@@ -123,15 +123,28 @@ impl Puller {
         all
     }
 
-    /// Reads answers until a message is stashed or an armed request ends; never returns while
-    /// neither happens (a branch of the idle wait). At once when a message is stashed already
-    /// (an armed request can deliver while another pull is being collected).
+    /// Reads answers until a message is stashed or an armed request ends, or counts as lost
+    /// ([`ANSWER_GRACE`] past its expiry with no answer: a leader move can drop it silently,
+    /// and a worker whose free slots are all held by armed requests waits here alone). With no
+    /// request armed it never returns while no message comes (a branch of the idle wait). At
+    /// once when a message is stashed already (an armed request can deliver while another
+    /// pull is being collected).
     pub(super) async fn wait_stashed(&mut self) -> Result<(), WorkerError> {
         if !self.stash.is_empty() {
             return Ok(());
         }
         loop {
-            let msg = self.answer().await?;
+            let lapse = self.armed.values().map(|(_, until)| *until).min();
+            let msg = match lapse {
+                None => self.answer().await?,
+                Some(at) => match tokio::time::timeout_at(at, self.answer()).await {
+                    Ok(msg) => msg?,
+                    Err(_) => {
+                        self.forget_lapsed();
+                        return Ok(());
+                    }
+                },
+            };
             let stashed = self.stash.len();
             let armed = self.armed.len();
             self.route(msg, "", &mut Vec::new());
@@ -157,7 +170,17 @@ impl Puller {
     /// in a leader move.
     fn forget_lapsed(&mut self) {
         let now = Instant::now();
-        self.armed.retain(|_, (_, until)| *until > now);
+        self.armed.retain(|consumer, (_, until)| {
+            let lapsed = *until <= now;
+            if lapsed {
+                tracing::info!(
+                    consumer = consumer.as_str(),
+                    "an armed pull request went \
+                    unanswered past its expiry (its consumer's leader moved?); no longer armed"
+                );
+            }
+            !lapsed
+        });
     }
 
     /// Up to `max` messages of `consumer` that are there now (a no-wait pull), or, with `wait`,

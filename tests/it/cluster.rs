@@ -787,14 +787,19 @@ async fn create_until(
     sent
 }
 
-/// Per task of `sent`, how long from sending its create to its first `started` event; None
-/// while one has not started.
+/// Per task of `sent`, how long from sending its create to its first `started` event; or the
+/// ids of those that have not started yet (all of them while EVENTS cannot answer).
 async fn start_delays(
     js: &async_nats::jetstream::Context,
     sent: &BTreeMap<String, chrono::DateTime<chrono::Utc>>,
-) -> Option<BTreeMap<String, Duration>> {
-    if count_events(js, "events.anna.*.started").await? < sent.len() {
-        return None;
+) -> Result<BTreeMap<String, Duration>, Vec<String>> {
+    let all = || sent.keys().cloned().collect::<Vec<_>>();
+    if count_events(js, "events.anna.*.started")
+        .await
+        .ok_or_else(all)?
+        < sent.len()
+    {
+        return Err(all());
     }
     let mut delays = BTreeMap::new();
     for e in read_events(js, "events.anna.*.started").await {
@@ -803,7 +808,46 @@ async fn start_delays(
             delays.insert(id, (e.time - *at).to_std().unwrap_or_default());
         }
     }
-    (delays.len() == sent.len()).then_some(delays)
+    match delays.len() == sent.len() {
+        true => Ok(delays),
+        false => Err(sent
+            .keys()
+            .filter(|id| !delays.contains_key(*id))
+            .cloned()
+            .collect()),
+    }
+}
+
+/// [`start_delays`] once every task of `sent` started, polled for up to 30 s; past that a panic
+/// that names the tasks that did not start, with their events and `worker`'s log about them.
+async fn wait_for_starts(
+    js: &async_nats::jetstream::Context,
+    sent: &BTreeMap<String, chrono::DateTime<chrono::Utc>>,
+    worker: &ClusterWorker,
+) -> BTreeMap<String, Duration> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let missing = match start_delays(js, sent).await {
+            Ok(delays) => return delays,
+            Err(missing) => missing,
+        };
+        if Instant::now() > deadline {
+            let (log, mut about) = (worker.log(), String::new());
+            for id in missing.iter().take(5) {
+                let events = read_events(js, &format!("events.anna.{id}.*")).await;
+                let kinds: Vec<String> = events.iter().map(|e| format!("{:?}", e.kind)).collect();
+                about += &format!("\n{id}: events {kinds:?}\n");
+                (log.lines().filter(|l| l.contains(id.as_str())))
+                    .for_each(|l| about += &format!("  {l}\n"));
+            }
+            panic!(
+                "{} of {} tasks did not start within 30 s:{about}",
+                missing.len(),
+                sent.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -826,7 +870,10 @@ async fn a_lone_worker_starts_every_task_within_3_s_while_its_consumer_leader_mo
     // Act: tasks created by four clients, each every 15 ms, while the consumer's leader steps
     // down again and again. A pull sent as the leader steps down can go unanswered: the worker
     // used to wait out its 5 s pull timeout, and 1 s more, before it pulled again (in 5 of 5
-    // runs before the fix, some task started 6-7 s after it was created).
+    // runs before the fix, some task started 6-7 s after it was created). A request an idle
+    // worker left waiting there can be dropped the same way: a worker whose free slots were
+    // all held by such requests used to wait for their answers with no end (1 fresh-clone CI
+    // run in 7 timed out with tasks never started).
     let stop = std::sync::atomic::AtomicBool::new(false);
     let moves = async {
         let moved = step_down(&js, &consumer, LEADER_MOVES).await;
@@ -838,10 +885,7 @@ async fn a_lone_worker_starts_every_task_within_3_s_while_its_consumer_leader_mo
         futures::future::join_all((0..CREATORS).map(|_| create_until(&app, every, &stop)));
     let (created, (moved, took)) = tokio::join!(creators, moves);
     let sent: BTreeMap<_, _> = created.into_iter().flatten().collect();
-    let delays = eventually("every task to start", Duration::from_secs(30), || {
-        start_delays(&js, &sent)
-    })
-    .await;
+    let delays = wait_for_starts(&js, &sent, &worker).await;
 
     // Assert
     assert!(moved >= 10, "the leader stepped down only {moved} times");
@@ -861,9 +905,11 @@ async fn a_lone_worker_starts_every_task_within_3_s_while_its_consumer_leader_mo
     let mut sorted: Vec<Duration> = delays.values().copied().collect();
     sorted.sort();
     let asked_again = log.matches("asking again").count();
+    let lapsed = log.matches("no longer armed").count();
     eprintln!(
         "{} tasks over {moved} leader moves in {took:?}: median start {:?}, slowest \
-         {longest:?}; {asked_again} pull requests unanswered and asked again",
+         {longest:?}; {asked_again} pull requests unanswered and asked again, {lapsed} armed \
+         ones unanswered and forgotten",
         sent.len(),
         sorted[sorted.len() / 2],
     );
