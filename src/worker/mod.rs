@@ -52,6 +52,18 @@ pub enum WorkerError {
     ReaderLost,
 }
 
+impl WorkerError {
+    /// Whether trying again later may succeed: NATS trouble or contention, not a bad config.
+    fn is_transient(&self) -> bool {
+        use crate::limits::LimitsError;
+        match self {
+            Self::Bus(_) | Self::Task(TaskError::Bus(_)) | Self::ReaderLost => true,
+            Self::Limits(LimitsError::Bus(_) | LimitsError::Contended(_)) => true,
+            Self::Task(_) | Self::Limits(_) | Self::BadLimits(_) => false,
+        }
+    }
+}
+
 /// Who this worker is and what it runs.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -170,6 +182,43 @@ impl Ctx {
     }
 }
 
+/// How long a starting worker keeps trying to open its queue and flow control while NATS
+/// fails: a cluster whose streams are still electing leaders answers "no responders" for a
+/// few seconds, and a worker started then used to exit.
+const START_TRIES_FOR: Duration = Duration::from_secs(30);
+
+/// The queue and flow control of a starting worker, tried again every second while NATS fails
+/// (for up to [`START_TRIES_FOR`]); `None` when `shutdown` comes first.
+async fn open_all(
+    tasks: &TaskService,
+    opts: &WorkerOptions,
+    ack_wait: Duration,
+    shutdown: &CancellationToken,
+) -> Result<Option<(dispatch::Queue, crate::limits::Limits)>, WorkerError> {
+    let s = &opts.settings;
+    let give_up = tokio::time::Instant::now() + START_TRIES_FOR;
+    loop {
+        let opened = async {
+            let idle_poll = Duration::from_millis(s.idle_poll_ms);
+            let queue =
+                dispatch::Queue::open(tasks, &opts.assignee, ack_wait, idle_poll, s.weights)
+                    .await?;
+            Ok::<_, WorkerError>((queue, open_limits(tasks.bus(), opts).await?))
+        };
+        match opened.await {
+            Err(e) if e.is_transient() && tokio::time::Instant::now() < give_up => {
+                tracing::warn!(error.message = %e, "cannot open the queue and flow control yet; \
+                    trying again in 1 s");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => return Ok(None),
+                }
+            }
+            other => return other.map(Some),
+        }
+    }
+}
+
 /// Opens flow control and declares this assignee's `[worker.limits]` (when it declares any,
 /// or to clear what an earlier config declared).
 async fn open_limits(
@@ -220,15 +269,9 @@ pub async fn run_with_health(
     let ack_wait = Duration::from_secs(s.ack_wait_s);
     let tasks = TaskService::new(bus.clone(), Arc::new(crate::metrics::Metrics::default()))
         .scoped_to(opts.assignee.clone());
-    let mut queue = dispatch::Queue::open(
-        &tasks,
-        &opts.assignee,
-        ack_wait,
-        Duration::from_millis(s.idle_poll_ms),
-        s.weights,
-    )
-    .await?;
-    let limits = open_limits(&bus, &opts).await?;
+    let Some((mut queue, limits)) = open_all(&tasks, &opts, ack_wait, &shutdown).await? else {
+        return Ok(());
+    };
     let ctx = Arc::new(Ctx {
         tasks,
         limits,
