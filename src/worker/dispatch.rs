@@ -137,6 +137,21 @@ impl Queue {
     /// queued before this worker started or handed back.
     async fn sweep(&mut self) -> Result<(), WorkerError> {
         self.swept = tokio::time::Instant::now();
+        let listed = tokio::time::timeout(SWEEP_ANSWER, self.queued_turns()).await;
+        let found = listed.unwrap_or_else(|_| {
+            Err(WorkerError::Bus(crate::bus::BusError::Op {
+                op: "list queue subjects",
+                source: format!("no answer within {SWEEP_ANSWER:?}").into(),
+            }))
+        })?;
+        for (i, share) in found {
+            self.open_turn(i, share).await?;
+        }
+        Ok(())
+    }
+
+    /// The fair-share turns with tasks queued, from the stream's subject counts.
+    async fn queued_turns(&self) -> Result<Vec<(usize, Share)>, WorkerError> {
         let filter = subjects::shared_tasks(&self.assignee);
         let stream = &self.tasks.bus().topology.tasks;
         let mut subjects = (stream.info_with_subjects(filter).await).op("list queue subjects")?;
@@ -146,10 +161,7 @@ impl Queue {
                 found.push(turn);
             }
         }
-        for (i, share) in found {
-            self.open_turn(i, share).await?;
-        }
-        Ok(())
+        Ok(found)
     }
 
     /// Opens the turns doorbell rings named.
@@ -215,7 +227,10 @@ impl Queue {
             }
             self.open_rung().await?;
             if self.swept.elapsed() >= SWEEP {
-                self.sweep().await?;
+                // Pulling goes on without it: the next sweep is due in SWEEP.
+                if let Err(e) = self.sweep().await {
+                    tracing::info!(error.message = %e, "cannot look at the queue's subjects");
+                }
             }
             if self.all_checked.elapsed() >= RECHECK_ALL {
                 self.mark_all();
@@ -561,6 +576,11 @@ fn pull_order(weights: Option<[u32; 3]>, served: [u64; 3]) -> [usize; 3] {
     }
     order
 }
+
+/// How long a [`Queue::sweep`] waits for the stream's answer. It takes milliseconds; one asked
+/// while the stream elects a leader is never answered, and waiting out the client's 10 s
+/// request timeout stopped every worker's pulls that long (chaos scenario 6).
+const SWEEP_ANSWER: Duration = Duration::from_secs(2);
 
 /// Longest time a busy worker goes without pulling from every priority: a redelivered message
 /// (a nak, an expired lease) rings no doorbell, so this bounds how long it can wait behind
