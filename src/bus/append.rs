@@ -44,11 +44,12 @@ pub enum AppendError {
         /// The last sequence on the guarded subject, if the server named it.
         current: Option<u64>,
     },
-    /// No answer (a timeout, a lost connection): the append may or may not have been stored;
-    /// sending it again is safe (its `Nats-Msg-Id` makes a stored one a duplicate).
+    /// No answer (a timeout, a lost connection, no stream leader to answer): the append may or
+    /// may not have been stored; sending it again is safe (its `Nats-Msg-Id` makes a stored one
+    /// a duplicate).
     #[error(transparent)]
     Unknown(BusError),
-    /// The stream refused it for good (too large, no stream, no permission): not stored.
+    /// The stream refused it for good (too large, no permission): not stored.
     #[error(transparent)]
     Refused(BusError),
 }
@@ -193,10 +194,16 @@ impl Sent {
             {
                 Err(AppendError::Conflict { current: None })
             }
+            // StreamNotFound is "no responders": in a cluster, the stream is electing a leader
+            // (one that does not exist was found when the topology was checked at start). Not
+            // stored, and sent again like an unanswered one: refusing it made a worker drop a
+            // finished task's result, so the task ran again (chaos scenario 6: 15-20 a run).
             Err(e)
                 if matches!(
                     e.kind(),
-                    PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+                    PublishErrorKind::TimedOut
+                        | PublishErrorKind::BrokenPipe
+                        | PublishErrorKind::StreamNotFound
                 ) =>
             {
                 Err(AppendError::Unknown(BusError::from_op("append ack", e)))

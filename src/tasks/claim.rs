@@ -122,7 +122,11 @@ impl TaskService {
                 match self.claim_unrecorded(msg, &id, new, worker).await? {
                     Some(run) => Ok(run),
                     None => {
-                        self.claim_recorded(msg, &id, None, worker, redelivered)
+                        // Recorded after all (the first-record write met it): the replica that
+                        // answered the read had not caught up. Read until one has (≤ 2 s),
+                        // rather than fail the claim and try the message again a second later.
+                        let hint = self.read_at_least(&id, 1).await?.map(|s| s.task);
+                        self.claim_recorded(msg, &id, hint, worker, redelivered)
                             .await
                     }
                 }

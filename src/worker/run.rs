@@ -112,7 +112,8 @@ async fn settle_unrun(
             let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
         }
         Err(e) => {
-            tracing::warn!(parent: span, error.message = %e, "claim failed; retrying shortly");
+            tracing::warn!(parent: span, error.message = %e, error.cause_chain = ?e,
+                "claim failed; retrying shortly");
             let _ = msg
                 .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                 .await;
@@ -293,7 +294,8 @@ async fn finish(
             false
         }
         Err(e) => {
-            tracing::error!(error.message = %e, "cannot record the result; the task will be redelivered");
+            tracing::error!(error.message = %e, error.cause_chain = ?e,
+                "cannot record the result; the task will be redelivered");
             false
         }
     }
