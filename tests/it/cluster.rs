@@ -8,7 +8,7 @@
 //! Run the ignored one with `cargo test --test it cluster:: -- --ignored --nocapture`.
 
 use crate::harness::cluster::{ClusterApp, ClusterWorker, NatsCluster};
-use crate::harness::eventually;
+use crate::harness::{eventually, poll_until};
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -825,29 +825,23 @@ async fn wait_for_starts(
     sent: &BTreeMap<String, chrono::DateTime<chrono::Utc>>,
     worker: &ClusterWorker,
 ) -> BTreeMap<String, Duration> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let missing = match start_delays(js, sent).await {
-            Ok(delays) => return delays,
-            Err(missing) => missing,
-        };
-        if Instant::now() > deadline {
-            let (log, mut about) = (worker.log(), String::new());
-            for id in missing.iter().take(5) {
-                let events = read_events(js, &format!("events.anna.{id}.*")).await;
-                let kinds: Vec<String> = events.iter().map(|e| format!("{:?}", e.kind)).collect();
-                about += &format!("\n{id}: events {kinds:?}\n");
-                (log.lines().filter(|l| l.contains(id.as_str())))
-                    .for_each(|l| about += &format!("  {l}\n"));
-            }
-            panic!(
-                "{} of {} tasks did not start within 30 s:{about}",
-                missing.len(),
-                sent.len()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+    let missing = match poll_until(Duration::from_secs(30), || start_delays(js, sent)).await {
+        Ok(delays) => return delays,
+        Err(missing) => missing,
+    };
+    let (log, mut about) = (worker.log(), String::new());
+    for id in missing.iter().take(5) {
+        let events = read_events(js, &format!("events.anna.{id}.*")).await;
+        let kinds: Vec<String> = events.iter().map(|e| format!("{:?}", e.kind)).collect();
+        about += &format!("\n{id}: events {kinds:?}\n");
+        (log.lines().filter(|l| l.contains(id.as_str())))
+            .for_each(|l| about += &format!("  {l}\n"));
     }
+    panic!(
+        "{} of {} tasks did not start within 30 s:{about}",
+        missing.len(),
+        sent.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,4 +15,4 @@ pub use app::TestApp;
 #[allow(unused_imports)]
 pub use nats::NatsServer;
 #[allow(unused_imports)]
-pub use wait::eventually;
+pub use wait::{eventually, poll_until};

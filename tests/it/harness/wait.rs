@@ -9,15 +9,29 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
+    let polled = poll_until(limit, || {
+        let checked = check();
+        async move { checked.await.ok_or(()) }
+    });
+    match polled.await {
+        Ok(v) => v,
+        Err(()) => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
+/// Polls `check` every 25 ms until it returns `Ok`; after `limit`, its last `Err` (for a test
+/// that says more than [`eventually`] about what did not happen).
+pub async fn poll_until<T, E, F, Fut>(limit: Duration, mut check: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
     let started = Instant::now();
     loop {
-        if let Some(v) = check().await {
-            return v;
+        let last = check().await;
+        if last.is_ok() || started.elapsed() >= limit {
+            return last;
         }
-        assert!(
-            started.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
