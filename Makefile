@@ -13,6 +13,7 @@
 #   make bench-delayed [ARGS=…]    fire lag of 1,000 delayed tasks due in the same second
 #   make bench-scale [ARGS=…]      read routes with 10k/100k/1M tasks stored (1M: long; see docs)
 #   make chaos [ARGS=…]            fault suite: kill -9 worker/nats/relay/leader, SIGTERM, junk (~3.5 min + build)
+#   make symbol-order              rewrite link/hot-functions.txt (after a dependency or toolchain update; ~3 min + build)
 #
 # nats-server >= 2.12 comes from $NATS_SERVER_BIN, PATH, or is installed into
 # .tools/nats by scripts/ensure-nats.sh; its path is exported as NATS_SERVER_BIN.
@@ -46,7 +47,7 @@ export CHROMEDRIVER; \
 echo "==> using CHROMEDRIVER=$$CHROMEDRIVER" >&2
 endef
 
-.PHONY: help run test check deny alerts-check nats bench bench-workers bench-relay bench-delayed bench-scale chaos fuzz-api
+.PHONY: help run test check deny alerts-check nats bench bench-workers bench-relay bench-delayed bench-scale chaos fuzz-api symbol-order
 
 help:
 	@sed -n '3,15p' Makefile | sed 's/^# \{0,1\}//'
@@ -128,7 +129,8 @@ bench:
 bench-workers:
 	@$(with_nats); \
 	echo "==> building release binaries (several minutes on 2 cores the first time)…" >&2; \
-	$(CARGO) build --release --bin taskfleet --example bench; \
+	$(CARGO) build --release --bin taskfleet; \
+	$(CARGO) build --release --example bench; \
 	target/release/examples/bench $(ARGS)
 
 bench-relay:
@@ -146,7 +148,8 @@ bench-delayed:
 bench-scale:
 	@$(with_nats); \
 	echo "==> building release binaries (several minutes on 2 cores the first time)…" >&2; \
-	$(CARGO) build --release --bin taskfleet --example bench_scale; \
+	$(CARGO) build --release --bin taskfleet; \
+	$(CARGO) build --release --example bench_scale; \
 	target/release/examples/bench_scale $(ARGS)
 
 # The fault suite (docs/reliability.md): every scenario on its own nats-server(s) and release
@@ -155,8 +158,14 @@ bench-scale:
 chaos:
 	@$(with_nats); \
 	echo "==> building release binaries (several minutes on 2 cores the first time)…" >&2; \
-	$(CARGO) build --release --bin taskfleet --example chaos; \
+	$(CARGO) build --release --bin taskfleet; \
+	$(CARGO) build --release --example chaos; \
 	target/release/examples/chaos $(ARGS)
+
+# The functions a worker and the API run, placed together by the linker (build.rs): an idle
+# worker is ~6 MB smaller. Needs valgrind. See scripts/symbol-order.sh.
+symbol-order:
+	@scripts/symbol-order.sh
 
 # Schema fuzzing (scripts/schemathesis.sh): nats-server and `taskfleet api` on random ports, then
 # schemathesis (pinned, installed into .tools/schemathesis) checks every answer against
