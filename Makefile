@@ -50,7 +50,7 @@ endef
 .PHONY: help run test check deny alerts-check nats bench bench-workers bench-relay bench-delayed bench-scale chaos fuzz-api symbol-order
 
 help:
-	@sed -n '3,15p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,16p' Makefile | sed 's/^# \{0,1\}//'
 
 nats:
 	@$(ENSURE_NATS)
