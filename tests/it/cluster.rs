@@ -739,7 +739,7 @@ async fn the_api_and_a_worker_take_every_node_in_a_comma_separated_nats_url() {
 }
 
 /// How often the leader of the consumer a lone worker pulls from moves in
-/// [`a_lone_worker_starts_every_task_within_3_s_while_its_consumer_leader_moves`].
+/// [`a_lone_worker_starts_every_task_within_4_s_while_its_consumer_leader_moves`].
 const LEADER_MOVES: usize = 60;
 
 /// Asks the leader of `consumer` on TASKS to step down `n` times, 30 ms apart (one asked for
@@ -845,7 +845,7 @@ async fn wait_for_starts(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lone_worker_starts_every_task_within_3_s_while_its_consumer_leader_moves() {
+async fn a_lone_worker_starts_every_task_within_4_s_while_its_consumer_leader_moves() {
     // Arrange: the API on n3; one worker with eight slots on n1; its P0 consumer led by n2, so a
     // pull crosses a route to reach the leader.
     let cluster = NatsCluster::start(3).await;
@@ -881,7 +881,9 @@ async fn a_lone_worker_starts_every_task_within_3_s_while_its_consumer_leader_mo
     let sent: BTreeMap<_, _> = created.into_iter().flatten().collect();
     let delays = wait_for_starts(&js, &sent, &worker).await;
 
-    // Assert
+    // Assert: 4 s lies between the 6-7 s of the fault and what an election alone costs on a
+    // loaded machine (slowest starts of 2.5-2.7 s in 3 of 8 runs beside a CPU hog; one CI run
+    // at 3.1 s when timed from the create's send).
     assert!(moved >= 10, "the leader stepped down only {moved} times");
     let (slowest, longest) = delays.iter().max_by_key(|(_, d)| **d).expect("tasks");
     let log = worker.log();
@@ -892,7 +894,7 @@ async fn a_lone_worker_starts_every_task_within_3_s_while_its_consumer_leader_mo
             .join("\n")
     };
     assert!(
-        *longest < Duration::from_secs(3),
+        *longest < Duration::from_secs(4),
         "{slowest} started {longest:?} after its create was answered:\n{}",
         about(slowest)
     );
