@@ -22,6 +22,7 @@ log() { printf '==> symbol-order: %s\n' "$*" >&2; }
 
 if [[ "${1:-}" == --check ]]; then
     bin=${2:?usage: symbol-order.sh --check BIN}
+    [[ -f "$bin" ]] || { log "no $bin to check"; exit 1; }
     [[ -f "$OUT" ]] || { log "no $OUT: the code of $bin is in the compiler's order"; exit 0; }
     listed=$(grep -vc '^#' "$OUT" || true)
     found=$(nm --defined-only "$bin" 2>/dev/null | awk '{ print $3 }' | grep -cFxf <(grep -v '^#' "$OUT") || true)
