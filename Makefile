@@ -47,6 +47,16 @@ export CHROMEDRIVER; \
 echo "==> using CHROMEDRIVER=$$CHROMEDRIVER" >&2
 endef
 
+# Shell snippet: the release binary, then example $(1), in two cargo invocations. Examples
+# unify the dev-dependencies' features into the library, so a binary built beside them is not the
+# one `make run` and the Docker image build (other code, and other symbol names than
+# link/hot-functions.txt lists).
+define build_release
+echo "==> building release binaries (several minutes on 2 cores the first time)…" >&2; \
+$(CARGO) build --release --bin taskfleet; \
+$(CARGO) build --release --example $(1)
+endef
+
 .PHONY: help run test check deny alerts-check nats bench bench-workers bench-relay bench-delayed bench-scale chaos fuzz-api symbol-order
 
 help:
@@ -128,9 +138,7 @@ bench:
 
 bench-workers:
 	@$(with_nats); \
-	echo "==> building release binaries (several minutes on 2 cores the first time)…" >&2; \
-	$(CARGO) build --release --bin taskfleet; \
-	$(CARGO) build --release --example bench; \
+	$(call build_release,bench); \
 	target/release/examples/bench $(ARGS)
 
 bench-relay:
@@ -147,9 +155,7 @@ bench-delayed:
 # docs/benchmarks-scale.json (--out FILE).
 bench-scale:
 	@$(with_nats); \
-	echo "==> building release binaries (several minutes on 2 cores the first time)…" >&2; \
-	$(CARGO) build --release --bin taskfleet; \
-	$(CARGO) build --release --example bench_scale; \
+	$(call build_release,bench_scale); \
 	target/release/examples/bench_scale $(ARGS)
 
 # The fault suite (docs/reliability.md): every scenario on its own nats-server(s) and release
@@ -157,9 +163,7 @@ bench-scale:
 # scenario finds a fault; failed scenarios keep their logs and stores (the paths are printed).
 chaos:
 	@$(with_nats); \
-	echo "==> building release binaries (several minutes on 2 cores the first time)…" >&2; \
-	$(CARGO) build --release --bin taskfleet; \
-	$(CARGO) build --release --example chaos; \
+	$(call build_release,chaos); \
 	target/release/examples/chaos $(ARGS)
 
 # The functions a worker and the API run, placed together by the linker (build.rs): an idle

@@ -774,43 +774,43 @@ async fn create_until(
     every: Duration,
     stop: &std::sync::atomic::AtomicBool,
 ) -> BTreeMap<String, chrono::DateTime<chrono::Utc>> {
-    let mut sent = BTreeMap::new();
+    let mut queued = BTreeMap::new();
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let body = json!({
-            "task_name": format!("noop {}", sent.len()), "assigned_to": "anna",
+            "task_name": format!("noop {}", queued.len()), "assigned_to": "anna",
             "priority": "P0", "kind": "noop", "payload": {},
         });
         let task = app.admin.create_task(&body).await.expect("create");
-        sent.insert(task.id.to_string(), chrono::Utc::now());
+        queued.insert(task.id.to_string(), chrono::Utc::now());
         tokio::time::sleep(every).await;
     }
-    sent
+    queued
 }
 
-/// Per task of `sent`, how long from its create's answer to its first `started` event; or the
+/// Per task of `queued`, how long from its create's answer to its first `started` event; or the
 /// ids of those that have not started yet (all of them while EVENTS cannot answer).
 async fn start_delays(
     js: &async_nats::jetstream::Context,
-    sent: &BTreeMap<String, chrono::DateTime<chrono::Utc>>,
+    queued: &BTreeMap<String, chrono::DateTime<chrono::Utc>>,
 ) -> Result<BTreeMap<String, Duration>, Vec<String>> {
-    let all = || sent.keys().cloned().collect::<Vec<_>>();
+    let all = || queued.keys().cloned().collect::<Vec<_>>();
     if count_events(js, "events.anna.*.started")
         .await
         .ok_or_else(all)?
-        < sent.len()
+        < queued.len()
     {
         return Err(all());
     }
     let mut delays = BTreeMap::new();
     for e in read_events(js, "events.anna.*.started").await {
         let id = e.task_id.to_string();
-        if let (Some(at), 1) = (sent.get(&id), e.attempt) {
+        if let (Some(at), 1) = (queued.get(&id), e.attempt) {
             delays.insert(id, (e.time - *at).to_std().unwrap_or_default());
         }
     }
-    match delays.len() == sent.len() {
+    match delays.len() == queued.len() {
         true => Ok(delays),
-        false => Err(sent
+        false => Err(queued
             .keys()
             .filter(|id| !delays.contains_key(*id))
             .cloned()
@@ -818,14 +818,14 @@ async fn start_delays(
     }
 }
 
-/// [`start_delays`] once every task of `sent` started, polled for up to 30 s; past that a panic
+/// [`start_delays`] once every task of `queued` started, polled for up to 30 s; past that a panic
 /// that names the tasks that did not start, with their events and `worker`'s log about them.
 async fn wait_for_starts(
     js: &async_nats::jetstream::Context,
-    sent: &BTreeMap<String, chrono::DateTime<chrono::Utc>>,
+    queued: &BTreeMap<String, chrono::DateTime<chrono::Utc>>,
     worker: &ClusterWorker,
 ) -> BTreeMap<String, Duration> {
-    let missing = match poll_until(Duration::from_secs(30), || start_delays(js, sent)).await {
+    let missing = match poll_until(Duration::from_secs(30), || start_delays(js, queued)).await {
         Ok(delays) => return delays,
         Err(missing) => missing,
     };
@@ -840,7 +840,7 @@ async fn wait_for_starts(
     panic!(
         "{} of {} tasks did not start within 30 s:{about}",
         missing.len(),
-        sent.len()
+        queued.len()
     );
 }
 
@@ -878,8 +878,8 @@ async fn a_lone_worker_starts_every_task_within_4_s_while_its_consumer_leader_mo
     let creators =
         futures::future::join_all((0..CREATORS).map(|_| create_until(&app, every, &stop)));
     let (created, (moved, took)) = tokio::join!(creators, moves);
-    let sent: BTreeMap<_, _> = created.into_iter().flatten().collect();
-    let delays = wait_for_starts(&js, &sent, &worker).await;
+    let queued: BTreeMap<_, _> = created.into_iter().flatten().collect();
+    let delays = wait_for_starts(&js, &queued, &worker).await;
 
     // Assert: 4 s lies between the 6-7 s of the fault and what an election alone costs on a
     // loaded machine (slowest starts of 2.5-2.7 s in 3 of 8 runs beside a CPU hog; one CI run
@@ -906,7 +906,7 @@ async fn a_lone_worker_starts_every_task_within_4_s_while_its_consumer_leader_mo
         "{} tasks over {moved} leader moves in {took:?}: median start {:?}, slowest \
          {longest:?}; {asked_again} pull requests unanswered and asked again, {lapsed} armed \
          ones unanswered and forgotten",
-        sent.len(),
+        queued.len(),
         sorted[sorted.len() / 2],
     );
 }
