@@ -16,6 +16,9 @@ use bytes::Bytes;
 pub const EXPECTED_SEQ: &str = "Nats-Expected-Last-Subject-Sequence";
 /// Header naming the subject (wildcards allowed) the check is made on.
 pub const EXPECTED_SUBJECT: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
+/// Header naming the `Nats-Msg-Id` the stream's last stored message must have (the check is
+/// made where the message is stored, in order, also on every replica of a clustered stream).
+pub const EXPECTED_LAST_MSG_ID: &str = "Nats-Expected-Last-Msg-Id";
 
 /// One append: where it goes, what it expects, and its de-duplication id.
 #[derive(Debug, Clone)]

@@ -45,8 +45,9 @@ pub struct Bus {
     pub client: async_nats::Client,
     /// JetStream context.
     pub js: jetstream::Context,
-    /// Streams and buckets.
-    pub topology: Topology,
+    /// Streams and buckets (shared: a handle holds each stream's info, so copying it for every
+    /// clone of the bus cost the relay ~6 % of its CPU).
+    pub topology: Arc<Topology>,
     /// How it connected, for [`reader`](Self::reader).
     opts: Arc<ConnectOptions>,
     /// The second connection for reading the task queue, made on first use.
@@ -97,7 +98,7 @@ impl Bus {
         Ok(Self {
             client,
             js,
-            topology,
+            topology: Arc::new(topology),
             opts: Arc::new(opts.clone()),
             reader: Arc::default(),
         })

@@ -27,8 +27,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// How many events the fan-out takes at once (their jobs are queued together).
 const WINDOW_EVENTS: usize = 64;
 
-/// How many jobs go in one atomic batch (the server takes up to 1,000).
-const BATCH_JOBS: usize = 500;
+/// How many jobs are sent before their answers are awaited (async-nats lets a connection wait
+/// on at most 5,000 answers at once; a window for 100 destinations holds 6,400 jobs).
+const CHAIN_JOBS: usize = 500;
 
 /// How the fan-out decides.
 #[derive(Debug)]
@@ -136,7 +137,7 @@ impl FanOut {
     }
 
     /// Fans out `first` and the events that are here behind it, in order: their jobs are
-    /// queued together (one atomic batch), then every one of the events is acknowledged. A
+    /// queued together (pipelined, see [`queue_jobs`]), then every one of the events is acknowledged. A
     /// failure is retried here (not with a nak, which would let later events overtake).
     async fn take_window(
         &mut self,
@@ -528,20 +529,21 @@ pub(super) async fn publish(delivery: &Arc<Delivery>, job: DeliveryJob) -> Resul
     settle(delivery, vec![(job, queued)]).await
 }
 
-/// Queues `jobs` in order and starts their destinations' loops: together, as atomic batches of
-/// up to [`BATCH_JOBS`], and one at a time (each stored before the next is sent) where a batch
-/// fails, so a job is never stored after a later one. A job the stream refuses for good becomes
-/// a dead delivery; any other failure is returned (queueing them again is safe: jobs are
-/// de-duplicated on their ids).
+/// Queues `jobs` in order and starts their destinations' loops: together, pipelined in
+/// chains of up to [`CHAIN_JOBS`] (each job stored only after the one before it, see
+/// [`DeliveryStore::queue_chained`](super::store::DeliveryStore::queue_chained)), and one at a
+/// time (each stored before the next is sent) from where a chain broke, so a job is never
+/// stored after a later one. A job the stream refuses for good becomes a dead delivery; any
+/// other failure is returned (queueing them again is safe: jobs are de-duplicated on their ids).
 async fn queue_jobs(
     delivery: &Arc<Delivery>,
     jobs: &[(DeliveryJob, tracing::Span)],
 ) -> Result<(), BusError> {
-    for chunk in jobs.chunks(BATCH_JOBS) {
+    for chunk in jobs.chunks(CHAIN_JOBS) {
         let together = match chunk {
             [] => continue,
             [_] => false,
-            _ => match delivery.store.queue_batch(chunk).await {
+            _ => match delivery.store.queue_chained(chunk).await {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::debug!(error.message = %e, "queueing the jobs one at a time");

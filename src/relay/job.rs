@@ -43,19 +43,43 @@ impl DeliveryJob {
         }
     }
 
-    /// The JSON body a webhook receives.
-    pub fn envelope(&self) -> serde_json::Value {
-        serde_json::json!({
-            "type": self.event_type(),
-            "id": self.id,
-            "timestamp": self.created_time,
-            "data": {
-                "event": self.event,
-                "task": self.task,
-                "text": self.text,
+    /// The JSON body a webhook receives: `type`, `id`, `timestamp` and `data` (`event`,
+    /// `task`, `text`), serialized straight from the job (no JSON tree in between).
+    pub fn envelope(&self) -> Envelope<'_> {
+        Envelope {
+            kind: self.event_type(),
+            id: &self.id,
+            timestamp: self.created_time,
+            data: EnvelopeData {
+                event: self.event.as_ref(),
+                task: self.task.as_ref(),
+                text: &self.text,
             },
-        })
+        }
     }
+}
+
+/// The JSON body a webhook receives ([`DeliveryJob::envelope`]).
+#[derive(Debug, Serialize)]
+pub struct Envelope<'a> {
+    /// `task.<event type>`, or `push`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// The delivery id (also the `webhook-id` header).
+    id: &'a str,
+    /// When the job was queued.
+    timestamp: DateTime<Utc>,
+    /// What happened.
+    data: EnvelopeData<'a>,
+}
+
+/// The `data` of an [`Envelope`]: the event, the task as it was then (`null` for a push), and
+/// the message for people.
+#[derive(Debug, Serialize)]
+struct EnvelopeData<'a> {
+    event: Option<&'a TaskEvent>,
+    task: Option<&'a Task>,
+    text: &'a str,
 }
 
 /// How one attempt went.

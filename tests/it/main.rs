@@ -34,6 +34,7 @@ mod relay;
 mod relay_deliveries;
 mod relay_destinations;
 mod relay_fanout;
+mod relay_queue;
 mod relay_replicas;
 mod relay_restart;
 mod schedules;

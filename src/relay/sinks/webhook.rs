@@ -118,7 +118,11 @@ mod tests {
         assert_eq!(body["id"], job.id.as_str());
         assert_eq!(body["data"]["text"], "✅ done");
         assert_eq!(body["data"]["task"]["id"], "t_42");
-        assert_eq!(body, job.envelope());
+        let envelope = serde_json::json!({
+            "type": "task.completed", "id": job.id, "timestamp": job.created_time,
+            "data": {"event": job.event, "task": job.task, "text": job.text},
+        });
+        assert_eq!(body, envelope);
     }
 
     #[tokio::test]
