@@ -303,7 +303,10 @@ fn other_rows(sys: &[Option<Value>; 3]) -> Vec<Row> {
             values: pick(sys, |s| num(&s["p0_behind_p2_ms"]["ms"])),
         },
         Row {
-            label: "relay: progress events to one webhook, in order (taskfleet signs each)".into(),
+            label:
+                "relay: progress events to one webhook, in order (taskfleet signs each, and starts \
+                    on a backlog)"
+                    .into(),
             unit: Unit::PerS,
             values: pick(sys, |s| num(&s["relay_per_s"])),
         },
@@ -337,11 +340,11 @@ fn fanout_label(sys: &[Option<Value>; 3]) -> String {
     let destinations = size("destinations").unwrap_or(100);
     format!(
         "relay: {events} × {destinations} webhook destinations, in order per destination \
-         (taskfleet signs each)"
+         (taskfleet signs each, and starts on a backlog)"
     )
 }
 
-/// One target of the issue ("Task storage v2"), judged against the figures.
+/// One target of an issue ("Task storage v2", "Relay v2"), judged against the figures.
 struct Target {
     what: String,
     measured: String,
@@ -413,6 +416,27 @@ fn ahead_of_bullmq(sys: &[Option<Value>; 3], run: Run, factor: f64) -> Target {
         ratio: ratio.map_or("—".into(), |r| format!("{r:.2}× BullMQ")),
         met: ratio.map(|r| r >= factor),
     }
+}
+
+/// The targets of the issue "Relay v2": signed webhook deliveries per second, in order.
+fn relay_targets(sys: &[Option<Value>; 3]) -> Vec<Target> {
+    let null = Value::Null;
+    let tf = sys[0].as_ref().unwrap_or(&null);
+    [
+        ("one destination", "relay_per_s", 5_000.0),
+        ("100 destinations", "relay_fanout_per_s", 20_000.0),
+    ]
+    .into_iter()
+    .map(|(to, key, floor)| {
+        let measured = num(&tf[key]);
+        Target {
+            what: format!("relay, {to}: ≥ {} deliveries/s", grouped(floor as i64)),
+            measured: fmt_value(measured, Unit::PerS),
+            ratio: measured.map_or("—".into(), |m| format!("{:.2}× the target", m / floor)),
+            met: measured.map(|m| m >= floor),
+        }
+    })
+    .collect()
 }
 
 /// A figure of taskfleet's at most `limit`.
@@ -518,7 +542,8 @@ fn versions(v: &Value) -> String {
 fn section(sys: &[Option<Value>; 3], command: &str, date: &str, m: &Value) -> String {
     let mut s = header(sys, command, date, m);
     s.push_str(&table(sys));
-    s.push_str(&targets_block(sys));
+    s.push_str(&targets_block("Task storage v2", targets(sys)));
+    s.push_str(&targets_block("Relay v2", relay_targets(sys)));
     let notes = notes(sys);
     if !notes.is_empty() {
         let _ = writeln!(s, "\nNotes from the programs:\n\n{}", notes.join("\n"));
@@ -619,13 +644,12 @@ fn table(sys: &[Option<Value>; 3]) -> String {
 }
 
 /// The issue's targets as a table, each met or not with its ratio.
-fn targets_block(sys: &[Option<Value>; 3]) -> String {
-    let all = targets(sys);
+fn targets_block(issue: &str, all: Vec<Target>) -> String {
     let met = all.iter().filter(|t| t.met == Some(true)).count();
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n**Targets of the issue \"Task storage v2\"**, computed from the figures above: \
+        "\n**Targets of the issue \"{issue}\"**, computed from the figures above: \
          {met} of {} met.\n",
         all.len()
     );
@@ -762,6 +786,18 @@ fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn relay_targets_are_met_at_or_above_5_000_and_20_000_deliveries_per_s() {
+        let tf = serde_json::json!({"relay_per_s": 5000.0, "relay_fanout_per_s": 19_999.0});
+        let met: Vec<_> = super::relay_targets(&[Some(tf), None, None])
+            .into_iter()
+            .map(|t| t.met)
+            .collect();
+        assert_eq!(met, [Some(true), Some(false)]);
+        let none = super::relay_targets(&[None, None, None]);
+        assert!(none.iter().all(|t| t.met.is_none()));
+    }
+
+    #[test]
     fn the_fanout_row_names_the_events_and_destinations_a_program_reported() {
         let tf = serde_json::json!({"system": "taskfleet", "relay_fanout_per_s": 4000.0,
             "extra": {"relay_fanout": {"events": 100, "destinations": 100}}});
@@ -772,7 +808,7 @@ mod tests {
         assert_eq!(
             row.label,
             "relay: 100 progress events × 100 webhook destinations, in order per destination \
-             (taskfleet signs each)"
+             (taskfleet signs each, and starts on a backlog)"
         );
         assert_eq!(row.values, [Some(4000.0), None, None]);
     }
