@@ -56,13 +56,40 @@ impl Seen {
     }
 }
 
+/// The part of a webhook body the receiver reads; serde skips the rest without building it
+/// (the receiver shares the 2 cores with the relay, so it should cost little).
+#[derive(serde::Deserialize)]
+struct Body {
+    data: BodyData,
+}
+
+/// `data` of a webhook body.
+#[derive(serde::Deserialize)]
+struct BodyData {
+    event: BodyEvent,
+}
+
+/// `data.event` of a webhook body: its `data.seq` and its message.
+#[derive(serde::Deserialize)]
+struct BodyEvent {
+    #[serde(default)]
+    data: Option<Seq>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// An event's `data`, as [`publish_steps`] records it.
+#[derive(serde::Deserialize)]
+struct Seq {
+    seq: Option<u64>,
+}
+
 /// The step index a delivery carries: the event's `data.seq` (as [`publish_steps`] records it),
 /// else the number in its message `step N`.
 fn step_of(body: &[u8]) -> Option<u64> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    let event = &v["data"]["event"];
-    event["data"]["seq"].as_u64().or_else(|| {
-        let message = event["message"].as_str()?;
+    let event = serde_json::from_slice::<Body>(body).ok()?.data.event;
+    event.data.and_then(|d| d.seq).or_else(|| {
+        let message = event.message?;
         message.strip_prefix("step ")?.parse().ok()
     })
 }

@@ -145,18 +145,19 @@ fn is_local_name(host: &str) -> bool {
     host == "localhost" || host.ends_with(".localhost")
 }
 
-/// Checks a URL before use: scheme `http`/`https`, and a literal host that is allowed.
+/// Checks a URL before use: scheme `http`/`https`, and a literal host that is allowed. Answers
+/// the parsed URL, so the request is made with it (not parsed again).
 ///
 /// A host name is only checked for `localhost` here (allowed when the name itself, or a
 /// loopback address, is in `allow`); what it resolves to is [`SafeResolver`]'s job.
-pub fn check_url(url: &str, allow: &AllowList) -> Result<(), SsrfError> {
+pub fn check_url(url: &str, allow: &AllowList) -> Result<url::Url, SsrfError> {
     let url = url::Url::parse(url)?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(SsrfError::Scheme(url.scheme().to_string()));
     }
     match url.host().ok_or(SsrfError::NoHost)? {
-        url::Host::Ipv4(ip) => check_ip(IpAddr::V4(ip), allow),
-        url::Host::Ipv6(ip) => check_ip(IpAddr::V6(ip), allow),
+        url::Host::Ipv4(ip) => check_ip(IpAddr::V4(ip), allow)?,
+        url::Host::Ipv6(ip) => check_ip(IpAddr::V6(ip), allow)?,
         url::Host::Domain(name) => {
             let name = normalize_host(name);
             let loopback_allowed = allow.allows_ip(Ipv4Addr::LOCALHOST.into())
@@ -164,9 +165,9 @@ pub fn check_url(url: &str, allow: &AllowList) -> Result<(), SsrfError> {
             if is_local_name(&name) && !allow.allows_host(&name) && !loopback_allowed {
                 return Err(SsrfError::LocalName(name));
             }
-            Ok(())
         }
     }
+    Ok(url)
 }
 
 /// Checks one address (literal or resolved) against the refused ranges and the allowlist.

@@ -100,9 +100,10 @@ pub(super) async fn post_json(
     body: Vec<u8>,
     redact: &Redactor,
 ) -> Result<Reply, Attempt> {
-    if let Err(e) = check_url(url, &ctx.allow) {
-        return Err(Attempt::permanent(redact.apply(&format!("refused: {e}"))));
-    }
+    let url = match check_url(url, &ctx.allow) {
+        Ok(url) => url,
+        Err(e) => return Err(Attempt::permanent(redact.apply(&format!("refused: {e}")))),
+    };
     let mut request = ctx
         .http
         .post(url)
