@@ -324,9 +324,11 @@ impl Topology {
             "relay deliveries per destination",
             subjects::ALL_DELIVERIES,
         );
-        // The relay queues the jobs of several events as a chain, not an atomic batch (a stream
-        // created before 2026-12-04 allows batches; nothing needs them any more).
-        let deliveries = ensure_stream(js, work_queue_config(cfg, jobs)).await?;
+        let mut deliveries = work_queue_config(cfg, jobs);
+        // With more than one replica, the relay queues the jobs of several events at once as an
+        // atomic batch, all or none (their order); see `DeliveryStore::queue_together`.
+        deliveries.allow_atomic_publish = true;
+        let deliveries = ensure_stream(js, deliveries).await?;
         ensure_stream(js, delivery_records_config(cfg)).await?;
         for status in subjects::COPIED_DELIVERY_STATUSES {
             ensure_stream(js, delivery_copy_config(cfg, status)).await?;

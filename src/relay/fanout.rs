@@ -28,7 +28,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 const WINDOW_EVENTS: usize = 64;
 
 /// How many jobs are sent before their answers are awaited (async-nats lets a connection wait
-/// on at most 5,000 answers at once; a window for 100 destinations holds 6,400 jobs).
+/// on at most 5,000 answers at once, and an atomic batch holds at most 1,000; a window for 100
+/// destinations holds 6,400 jobs).
 const CHAIN_JOBS: usize = 500;
 
 /// How the fan-out decides.
@@ -137,8 +138,9 @@ impl FanOut {
     }
 
     /// Fans out `first` and the events that are here behind it, in order: their jobs are
-    /// queued together (pipelined, see [`queue_jobs`]), then every one of the events is acknowledged. A
-    /// failure is retried here (not with a nak, which would let later events overtake).
+    /// queued together (pipelined, see [`queue_jobs`]), then every one of the events is
+    /// acknowledged. A failure is retried here (not with a nak, which would let later events
+    /// overtake).
     async fn take_window(
         &mut self,
         lane: &mut Lane,
@@ -529,11 +531,12 @@ pub(super) async fn publish(delivery: &Arc<Delivery>, job: DeliveryJob) -> Resul
     settle(delivery, vec![(job, queued)]).await
 }
 
-/// Queues `jobs` in order and starts their destinations' loops: together, pipelined in
-/// chains of up to [`CHAIN_JOBS`] (each job stored only after the one before it, see
-/// [`DeliveryStore::queue_chained`](super::store::DeliveryStore::queue_chained)), and one at a
-/// time (each stored before the next is sent) from where a chain broke, so a job is never
-/// stored after a later one. A job the stream refuses for good becomes a dead delivery; any
+/// Queues `jobs` in order and starts their destinations' loops: together, up to
+/// [`CHAIN_JOBS`] at once (a chain where each job is stored only after the one before it, or
+/// an atomic batch on a replicated stream, see
+/// [`DeliveryStore::queue_together`](super::store::DeliveryStore::queue_together)), and one at
+/// a time (each stored before the next is sent) where that failed, so a job is never stored
+/// after a later one. A job the stream refuses for good becomes a dead delivery; any
 /// other failure is returned (queueing them again is safe: jobs are de-duplicated on their ids).
 async fn queue_jobs(
     delivery: &Arc<Delivery>,
@@ -543,7 +546,7 @@ async fn queue_jobs(
         let together = match chunk {
             [] => continue,
             [_] => false,
-            _ => match delivery.store.queue_chained(chunk).await {
+            _ => match delivery.store.queue_together(chunk).await {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::debug!(error.message = %e, "queueing the jobs one at a time");

@@ -13,6 +13,7 @@ mod browser;
 mod browser_deliveries;
 mod cli;
 mod cluster;
+mod cluster_relay;
 mod dashboard;
 mod dashboard_filters;
 mod delayed;

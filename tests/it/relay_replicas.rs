@@ -13,7 +13,7 @@ use taskfleet::bus::subjects;
 use taskfleet::domain::{EventKind, Task};
 
 /// The step numbers of `hits` in order of first arrival (`step N` is the event's message).
-fn steps_in_first_arrival_order(hits: &[Hit]) -> Vec<u64> {
+pub(crate) fn steps_in_first_arrival_order(hits: &[Hit]) -> Vec<u64> {
     let mut seen = BTreeSet::new();
     let mut order = Vec::new();
     for h in hits.iter().filter(|h| h.kind() == "task.step") {
