@@ -150,7 +150,8 @@ impl DeliveryStore {
     /// written by anyone else in between also ends the chain there). Each job carries the trace
     /// of its span (its event's). Unlike an atomic batch, for which the server creates and
     /// removes a file store each time (docs/benchmarks.md), this costs no more than the
-    /// publishes themselves.
+    /// publishes themselves. For a stream of one replica only: see
+    /// [`queue_together`](Self::queue_together).
     pub async fn queue_chained(
         &self,
         jobs: &[(DeliveryJob, tracing::Span)],
