@@ -30,7 +30,7 @@ const WINDOW_EVENTS: usize = 64;
 /// How many jobs are sent before their answers are awaited (async-nats lets a connection wait
 /// on at most 5,000 answers at once, and an atomic batch holds at most 1,000; a window for 100
 /// destinations holds 6,400 jobs).
-const CHAIN_JOBS: usize = 500;
+const JOBS_AT_ONCE: usize = 500;
 
 /// How the fan-out decides.
 #[derive(Debug)]
@@ -138,7 +138,7 @@ impl FanOut {
     }
 
     /// Fans out `first` and the events that are here behind it, in order: their jobs are
-    /// queued together (pipelined, see [`queue_jobs`]), then every one of the events is
+    /// queued together (see [`queue_jobs`]), then every one of the events is
     /// acknowledged. A failure is retried here (not with a nak, which would let later events
     /// overtake).
     async fn take_window(
@@ -532,7 +532,7 @@ pub(super) async fn publish(delivery: &Arc<Delivery>, job: DeliveryJob) -> Resul
 }
 
 /// Queues `jobs` in order and starts their destinations' loops: together, up to
-/// [`CHAIN_JOBS`] at once (a chain where each job is stored only after the one before it, or
+/// [`JOBS_AT_ONCE`] at once (a chain where each job is stored only after the one before it, or
 /// an atomic batch on a replicated stream, see
 /// [`DeliveryStore::queue_together`](super::store::DeliveryStore::queue_together)), and one at
 /// a time (each stored before the next is sent) where that failed, so a job is never stored
@@ -542,7 +542,7 @@ async fn queue_jobs(
     delivery: &Arc<Delivery>,
     jobs: &[(DeliveryJob, tracing::Span)],
 ) -> Result<(), BusError> {
-    for chunk in jobs.chunks(CHAIN_JOBS) {
+    for chunk in jobs.chunks(JOBS_AT_ONCE) {
         let together = match chunk {
             [] => continue,
             [_] => false,

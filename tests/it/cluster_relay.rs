@@ -1,15 +1,14 @@
 //! The relay on a 3-node cluster, every stream with three replicas: the fan-out queues a
-//! window's jobs as one atomic batch there (not as a chain, see `DeliveryStore::queue_jobs`), and
+//! window's jobs as one atomic batch there (not as a chain, see `DeliveryStore::queue_together`), and
 //! a backlog of events reaches the webhook once each, in order.
 
-use crate::harness::app::{relay_settings, test_config};
+use crate::harness::app::test_config;
 use crate::harness::cluster::{ClusterApp, NatsCluster};
 use crate::harness::receiver::Endpoint;
-use crate::relay_replicas::steps_in_first_arrival_order;
+use crate::harness::relay::named_hook_settings;
+use crate::relay_replicas::{steps, steps_in_first_arrival_order};
 use serde_json::json;
 use std::time::Duration;
-use taskfleet::domain::EventKind;
-use taskfleet::outbound::destination::Destination;
 use taskfleet::tasks::TaskService;
 use tokio_util::sync::CancellationToken;
 
@@ -33,20 +32,9 @@ async fn a_backlog_of_events_reaches_the_webhook_once_each_in_order_with_three_r
         .await
         .expect("task created");
     let service = TaskService::new(bus.clone(), Default::default());
-    for i in 0..STEPS {
-        let message = Some(format!("step {i}"));
-        (service.record(&task, EventKind::Step, "test", message, json!({}))).await;
-    }
+    steps(&service, &task, STEPS).await;
     let hook = Endpoint::start().await;
-    let mut settings = relay_settings();
-    let url = hook.url("/hook");
-    let dest = Destination::Webhook {
-        url,
-        secret: None,
-        secret_env: None,
-        events: vec![],
-    };
-    settings.destinations.insert("hook".into(), dest);
+    let settings = named_hook_settings("hook", hook.url("/hook"));
 
     // Act
     let token = CancellationToken::new();

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 use taskfleet::bus::subjects;
 use taskfleet::domain::{EventKind, Task};
+use taskfleet::tasks::TaskService;
 
 /// The step numbers of `hits` in order of first arrival (`step N` is the event's message).
 pub(crate) fn steps_in_first_arrival_order(hits: &[Hit]) -> Vec<u64> {
@@ -26,9 +27,8 @@ pub(crate) fn steps_in_first_arrival_order(hits: &[Hit]) -> Vec<u64> {
     order
 }
 
-/// Records `n` step events (`step 0` … `step n-1`) of `task`, in order.
-async fn steps(app: &TestApp, task: &Task, n: u64) {
-    let service = app.task_service().await;
+/// Records `n` step events (`step 0` … `step n-1`) of `task` through `service`, in order.
+pub(crate) async fn steps(service: &TaskService, task: &Task, n: u64) {
     for i in 0..n {
         let message = Some(format!("step {i}"));
         service
@@ -49,7 +49,8 @@ async fn two_relay_replicas_with_one_killed_mid_stream_deliver_every_event_once_
     let task = app.task_notifying("shared", json!(["hook"])).await;
 
     // Act: 300 steps; the first replica is killed once a third of them arrived.
-    let writer = steps(&app, &task, 300);
+    let service = app.task_service().await;
+    let writer = steps(&service, &task, 300);
     let killer = async {
         hook.wait_for(100, Duration::from_secs(30)).await;
         first.kill9();

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
+use taskfleet::config::RelayConfig;
 use taskfleet::domain::{EventKind, Task};
 use taskfleet::outbound::destination::Destination;
 use taskfleet::tasks::TaskService;
@@ -22,14 +23,7 @@ impl TestApp {
     pub async fn relay_to_named_hook(&self, name: &str, answer: Answer) -> (Endpoint, TestRelay) {
         let hook = Endpoint::start().await;
         hook.answer_from_now_on(answer);
-        let mut settings = relay_settings();
-        let dest = Destination::Webhook {
-            url: hook.url(&format!("/{name}")),
-            secret: None,
-            secret_env: None,
-            events: vec![],
-        };
-        settings.destinations.insert(name.into(), dest);
+        let settings = named_hook_settings(name, hook.url(&format!("/{name}")));
         let relay = self.relay(settings).await;
         (hook, relay)
     }
@@ -193,6 +187,19 @@ impl TestApp {
             .await
             .unwrap_or_else(|e| panic!("{verb} {}: {e}", task.id))
     }
+}
+
+/// [`relay_settings`] with one webhook destination, `name`, at `url` (no secret).
+pub fn named_hook_settings(name: &str, url: String) -> RelayConfig {
+    let mut settings = relay_settings();
+    let dest = Destination::Webhook {
+        url,
+        secret: None,
+        secret_env: None,
+        events: vec![],
+    };
+    settings.destinations.insert(name.into(), dest);
+    settings
 }
 
 /// A relay config file in `dir` with one named webhook, `hook`, at `hook_url`, and test timings
