@@ -14,8 +14,8 @@ mod topology;
 pub use codec::{decode, encode, message_headers, HEADER_TRACEPARENT, RECORDED_HEADER};
 pub use error::{BusError, NatsResultExt};
 pub use topology::{
-    ledger_config, relay_consumer_config, Topology, TopologyConfig, LAYOUT, LAYOUT_KEY,
-    MIGRATE_HINT,
+    delivery_consumer_config, ledger_config, relay_consumer_config, Topology, TopologyConfig,
+    LAYOUT, LAYOUT_KEY, MIGRATE_HINT,
 };
 
 use async_nats::jetstream;

@@ -5,7 +5,7 @@
 //! | user | publishes | subscribes | JetStream |
 //! |---|---|---|---|
 //! | `api` | `tasks.>`, `ledger.>`, `deliveries.>`, `dead.*.*`, `schedules.>`, the seven KV buckets, `control.<a>.>` per assignee, replies to requests it got | its inbox, `queue.check.*` | creates and updates the streams and buckets; direct gets on all; leader reads and purges (retention) of `EVENTS`; consumers on `EVENTS`; deletes queue messages, and ledger messages no client can read |
-//! | `relay` | `deliveries.>`, `ledger.*.*.stalled`, KV `deliveries`, `relay_destinations`, `taskfleet_workers` under `relay._` | its inbox | pulls `relay_events` and `relay_*` on `DELIVERIES`; reads the ledger (direct and leader gets), the queue and delivery records (direct gets), `DELIVERIES` messages as JSON (a job no client can parse) |
+//! | `relay` | `deliveries.>`, `ledger.*.*.stalled`, KV `deliveries`, `relay_destinations`, `taskfleet_workers` under `relay._` | its inbox | pulls `relay_events` and `relay_*` on `DELIVERIES` (and replaces a `relay_*` kept on disk); reads the ledger (direct and leader gets), the queue and delivery records (direct gets), `DELIVERIES` messages as JSON (a job no client can parse) |
 //! | `worker-<a>` | `ledger.<a>.>`, `dead.<a>.*`, `wake.<a>`, `queue.check.<a>`, KV `taskfleet_workers` under `worker.<a>` and `taskfleet_limits` under `<a>`, replies to requests it got | `tasks.<a>.>`, `wake.<a>`, `events.<a>.>`, `control.<a>.>`, its inbox | creates and pulls `worker_<a>_<p0,p1,p2>` (filter `tasks.<a>.<p>.*` only); direct gets of `events.<a>.>` by literal subject |
 //!
 //! Everyone may also ask `$SYS.REQ.USER.INFO` (its own permissions) and stream info of the
@@ -239,6 +239,9 @@ fn relay(p: &mut UserPermissions) {
     p.publish
         .push(consumer_api("CREATE", deliveries, Some(&create)));
     p.publish.push(consumer_api("INFO", deliveries, Some("*")));
+    // A consumer kept on disk (made by an older relay) is replaced by one kept in memory.
+    p.publish
+        .push(consumer_api("DELETE", deliveries, Some("*")));
     // A loop takes its destination over at start and hands it back at shutdown.
     p.publish.push(consumer_api("UNPIN", deliveries, Some("*")));
     p.publish

@@ -117,9 +117,10 @@ impl Delivery {
         });
     }
 
-    /// Resumes the loops of every destination that has a consumer (after a restart).
+    /// Resumes the loops of every destination that has a consumer or a job queued (after a
+    /// restart of the relay or of the server).
     pub(super) async fn resume_all(self: &Arc<Self>) -> Result<(), crate::bus::BusError> {
-        for key in self.store.consumer_keys().await? {
+        for key in self.store.queued_keys().await? {
             self.ensure(&key);
         }
         Ok(())
@@ -147,8 +148,9 @@ impl Delivery {
             // out (it was this process before a restart, or is another replica: the lane
             // waits for what that one still holds, so the order is kept either way).
             self.store.unpin(key).await?;
+            let deliveries = &self.bus.topology.deliveries;
             Ok::<_, BusError>((
-                Lane::open(consumer, &self.bus.topology.deliveries, ack_wait, WINDOW).await?,
+                Lane::open(consumer, (deliveries, resets.clone()), ack_wait, WINDOW).await?,
                 resets,
             ))
         };

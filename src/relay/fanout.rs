@@ -232,7 +232,7 @@ impl FanOut {
             .await
             .op("take the relay consumer over")?;
         Ok((
-            Lane::open(consumer, events, ack_wait, window).await?,
+            Lane::open(consumer, (events, resets.clone()), ack_wait, window).await?,
             resets,
         ))
     }

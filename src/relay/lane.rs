@@ -24,6 +24,7 @@ use crate::bus::subjects::RELAY_GROUP;
 use crate::bus::{BusError, NatsResultExt};
 use async_nats::jetstream::consumer::pull::{self, MessagesError, MessagesErrorKind};
 use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::Stream;
 use async_nats::jetstream::{AckKind, Message};
 use futures::{FutureExt, StreamExt};
@@ -32,6 +33,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +44,9 @@ const PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// How often, while a take-over waits for the previous holder's messages, the consumer is asked
 /// how many messages it has out.
 const CATCH_UP_POLL: Duration = Duration::from_millis(200);
+
+/// How long a lane asks whether its consumer still exists after the connection was lost.
+const CONSUMER_CHECK: Duration = Duration::from_secs(10);
 
 /// The messages a relay loop holds, and what it remembers of them.
 pub(super) struct Lane {
@@ -67,6 +72,11 @@ pub(super) struct Lane {
     kept_alive: Instant,
     /// The consumer or its stream is unusable (the loop starts over).
     broken: Option<BusError>,
+    /// The reader connection's losses (see [`Reader::resets`](crate::bus::Reader::resets)).
+    resets: watch::Receiver<u64>,
+    /// The connection was lost or a pull went unanswered: the consumer may be gone (one kept
+    /// in memory does not outlive a server restart), which the next [`Lane::next`] asks.
+    unanswered: bool,
     /// The highest stream sequence taken from the consumer (0 before the first): after the
     /// connection drops, the messages past it were lost with it (see [`Lane::received`]).
     received: Arc<AtomicU64>,
@@ -84,10 +94,11 @@ impl std::fmt::Debug for Lane {
 
 impl Lane {
     /// A lane over `consumer` (its `max_ack_pending` is `window`), pulling as a member of the
-    /// relay's group; `stream` is its stream over the main connection.
+    /// relay's group over the reader connection, whose losses `resets` counts; `stream` is its
+    /// stream over the main connection.
     pub(super) async fn open(
         consumer: PullConsumer,
-        stream: &Stream,
+        (stream, resets): (&Stream, watch::Receiver<u64>),
         ack_wait: Duration,
         window: usize,
     ) -> Result<Self, BusError> {
@@ -112,6 +123,8 @@ impl Lane {
             recheck: true,
             kept_alive: Instant::now(),
             broken: None,
+            resets,
+            unanswered: false,
             received: Arc::default(),
         })
     }
@@ -124,6 +137,9 @@ impl Lane {
     ) -> Result<Option<Message>, BusError> {
         loop {
             self.take_ready();
+            if std::mem::take(&mut self.unanswered) {
+                self.check_consumer().await;
+            }
             if let Some(e) = self.broken.take() {
                 return Err(e);
             }
@@ -138,6 +154,7 @@ impl Lane {
             self.drain().await;
             tokio::select! {
                 m = self.messages.next() => self.take(m),
+                Ok(()) = self.resets.changed() => self.unanswered = true,
                 _ = shutdown.cancelled() => return Ok(None),
             }
         }
@@ -246,6 +263,9 @@ impl Lane {
             {
                 self.broken = Some(BusError::from_op("read a relay consumer", e));
             }
+            Some(Err(e)) if matches!(e.kind(), MessagesErrorKind::NoResponders) => {
+                self.unanswered = true;
+            }
             // Missed heartbeats, a failed pull: the stream asks again by itself.
             Some(Err(e)) => tracing::warn!(error.message = %e, "relay pull stream hiccup"),
             None => {
@@ -253,6 +273,28 @@ impl Lane {
                     op: "read a relay consumer",
                     source: "the pull stream ended".into(),
                 })
+            }
+        }
+    }
+
+    /// After the connection was lost or a pull went unanswered: marks the lane broken if its
+    /// consumer is gone (the server restarted; the loop makes the consumer again, and it hands
+    /// out every job still queued). Asks until the server answers, for up to
+    /// [`CONSUMER_CHECK`] (async-nats's pull stream would take ~15 s to give up by itself).
+    async fn check_consumer(&mut self) {
+        let (stream, name) = &self.status;
+        let since = Instant::now();
+        loop {
+            match stream.consumer_info(name).await {
+                Ok(_) => return,
+                Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => {
+                    self.broken = Some(BusError::from_op("read a relay consumer", e));
+                    return;
+                }
+                Err(_) if since.elapsed() < CONSUMER_CHECK => {
+                    tokio::time::sleep(CATCH_UP_POLL).await;
+                }
+                Err(_) => return,
             }
         }
     }

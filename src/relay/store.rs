@@ -19,13 +19,13 @@ pub use record::{is_token, record_key, store_record, StoredRecord, COPIED_STATUS
 use super::job::{clip_response, DeliveryJob, DeliveryRecord, DeliveryStatus, PUSH_KEY};
 use crate::bus::append::{refused_for_good, AppendError, EXPECTED_LAST_MSG_ID};
 use crate::bus::{
-    direct, encode, message_headers, raw, relay_consumer_config, subjects, Bus, BusError,
+    delivery_consumer_config, direct, encode, message_headers, raw, subjects, Bus, BusError,
     NatsResultExt,
 };
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::context::PublishAckFuture;
 use futures::StreamExt;
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 /// Why the store could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
@@ -259,12 +259,34 @@ impl DeliveryStore {
         reader: &crate::bus::Reader,
     ) -> Result<PullConsumer, BusError> {
         let name = subjects::delivery_consumer(key);
-        let config = relay_consumer_config(&name, &subjects::delivery(key), ack_wait, window);
-        reader
-            .jetstream()
-            .create_consumer_on_stream(config, subjects::DELIVERIES_STREAM)
-            .await
-            .op("create delivery consumer")
+        let config = delivery_consumer_config(&name, &subjects::delivery(key), ack_wait, window);
+        let js = reader.jetstream();
+        let stream = subjects::DELIVERIES_STREAM;
+        match js.create_consumer_on_stream(config.clone(), stream).await {
+            Ok(consumer) => Ok(consumer),
+            Err(_) if self.drop_stored_on_disk(&name).await => js
+                .create_consumer_on_stream(config, stream)
+                .await
+                .op("create delivery consumer"),
+            Err(e) => Err(e).op("create delivery consumer"),
+        }
+    }
+
+    /// Deletes delivery consumer `name` if it keeps its state on disk (a relay before 2026-12
+    /// made it so, and the server cannot change that in place): the jobs it held stay queued
+    /// and the consumer made next hands them out again. Whether it was deleted.
+    async fn drop_stored_on_disk(&self, name: &str) -> bool {
+        let deliveries = &self.bus.topology.deliveries;
+        match deliveries.consumer_info(name).await {
+            Ok(info) if !info.config.memory_storage => {
+                tracing::info!(
+                    consumer = name,
+                    "replacing a delivery consumer kept on disk"
+                );
+                deliveries.delete_consumer(name).await.is_ok()
+            }
+            _ => false,
+        }
     }
 
     /// Ends every job destination `key`'s consumer handed out and that is not acknowledged
@@ -296,14 +318,27 @@ impl DeliveryStore {
             .op("unpin delivery consumer")
     }
 
-    /// The destination keys that have a queue consumer (the loops to resume after a restart).
-    pub(crate) async fn consumer_keys(&self) -> Result<Vec<String>, BusError> {
-        let mut names = self.bus.topology.deliveries.consumer_names();
-        let mut keys = Vec::new();
+    /// The destination keys that have a queue consumer or a job queued: the loops to resume
+    /// after a restart. Consumers keep their state in memory, so after the server restarts
+    /// only the queued jobs say which destinations have work.
+    pub(crate) async fn queued_keys(&self) -> Result<BTreeSet<String>, BusError> {
+        let deliveries = &self.bus.topology.deliveries;
+        let mut keys = BTreeSet::new();
+        let mut names = deliveries.consumer_names();
         while let Some(name) = names.next().await {
             let name = name.op("list delivery consumers")?;
             if let Some(key) = name.strip_prefix("relay_") {
-                keys.push(key.to_string());
+                keys.insert(key.to_string());
+            }
+        }
+        let mut queued = deliveries
+            .info_with_subjects(subjects::ALL_DELIVERIES)
+            .await
+            .op("list queued deliveries")?;
+        while let Some(subject) = queued.next().await {
+            let (subject, _) = subject.op("list queued deliveries")?;
+            if let Some(key) = subject.strip_prefix("deliveries.") {
+                keys.insert(key.to_string());
             }
         }
         Ok(keys)

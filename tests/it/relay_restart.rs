@@ -22,6 +22,21 @@ fn by_kind(hits: &[Hit]) -> (Vec<String>, BTreeMap<String, Vec<String>>) {
     (firsts, ids)
 }
 
+/// Waits until `task.completed` reaches `hook` after a restart, asserts that the task's
+/// events first arrived in order (created, started, completed), and answers every request.
+async fn completed_in_order(hook: &Endpoint, relay: &RelayProcess) -> Vec<Hit> {
+    let limit = Duration::from_secs(30);
+    let hits = hook
+        .wait_until("task.completed after the restart", limit, |h| {
+            h.kind() == "task.completed"
+        })
+        .await;
+    let (firsts, _) = by_kind(&hits);
+    let expected = ["task.created", "task.started", "task.completed"];
+    assert_eq!(firsts, expected, "{}", relay.log());
+    hits
+}
+
 /// Starts the relay binary, creates a task notifying `hook` and waits for the first (hanging)
 /// request.
 async fn hanging_first_delivery(
@@ -50,22 +65,10 @@ async fn a_relay_killed_mid_delivery_and_restarted_loses_nothing_and_keeps_webho
     relay.kill9();
     app.act(&task, "complete").await;
     let relay = app.relay_process(&config).await;
-    let hits = hook
-        .wait_until(
-            "task.completed after the restart",
-            Duration::from_secs(20),
-            |h| h.kind() == "task.completed",
-        )
-        .await;
+    let hits = completed_in_order(&hook, &relay).await;
 
     // Assert: every event, in order of first arrival, each kind under one webhook-id.
-    let (firsts, ids) = by_kind(&hits);
-    assert_eq!(
-        firsts,
-        ["task.created", "task.started", "task.completed"],
-        "{}",
-        relay.log()
-    );
+    let (_, ids) = by_kind(&hits);
     for (kind, seen) in &ids {
         assert!(seen.iter().all(|i| i == &seen[0]), "{kind}: {seen:?}");
     }
@@ -164,6 +167,8 @@ async fn a_delivery_back_after_a_lost_ack_whose_record_says_delivered_is_not_sen
             max_deliver: -1,
             max_ack_pending: 1,
             deliver_policy: DeliverPolicy::All,
+            // As the relay keeps it (a consumer on disk would be replaced, and its count lost).
+            memory_storage: true,
             ..Default::default()
         })
         .await
@@ -241,4 +246,116 @@ async fn a_retry_interrupted_by_a_kill_resumes_at_its_next_attempt_and_gives_up_
     let hits = hook.hits();
     assert_eq!(hits.len(), 2, "{hits:?}");
     assert_eq!(hits[0].webhook_id(), hits[1].webhook_id());
+}
+
+/// Waits until the API answers for `task` again (after nats-server came back).
+async fn api_back(app: &TestApp, task: &taskfleet::domain::Task) {
+    let id = task.id.as_str();
+    crate::harness::eventually(
+        "the API after the restart",
+        Duration::from_secs(30),
+        || async { app.admin.get_task(id).await.ok() },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_relay_running_through_a_nats_server_kill_delivers_what_is_queued_after_the_restart() {
+    // Arrange: `task.created` delivered, so the destination's loop and consumer exist.
+    let mut app = TestApp::spawn().await;
+    let hook = Endpoint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = hook_relay_config(&dir, &hook.url("/hook"));
+    let relay = app.relay_process(&config).await;
+    let task = app.task_notifying("through", json!(["hook"])).await;
+    hook.wait_for(1, Duration::from_secs(10)).await;
+
+    // Act: SIGKILL nats-server (the consumer, kept in memory, is gone with it), start it
+    // again, and make two more events.
+    app.nats.kill();
+    app.nats.restart().await;
+    api_back(&app, &task).await;
+    app.act(&task, "start").await;
+    app.act(&task, "complete").await;
+
+    // Assert
+    completed_in_order(&hook, &relay).await;
+}
+
+#[tokio::test]
+async fn jobs_queued_when_relay_and_nats_server_are_killed_are_delivered_after_both_restart() {
+    use crate::harness::relay::webhook;
+    use futures::TryStreamExt;
+
+    // Arrange: an inline webhook (no loop is started for it by name) that hangs on
+    // `task.created`; `task.started` is queued behind it.
+    let mut app = TestApp::spawn().await;
+    let hook = Endpoint::scripted(vec![Answer::status(200).after(Duration::from_secs(30))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = hook_relay_config(&dir, &hook.url("/hook"));
+    let mut relay = app.relay_process(&config).await;
+    let notify = json!([webhook(&hook.url("/inline"))]);
+    let task = app.task_notifying("queued", notify).await;
+    hook.wait_for(1, Duration::from_secs(10)).await;
+    app.act(&task, "start").await;
+    app.wait_fanned_out(Duration::from_secs(5)).await;
+    // The server writes a consumer's state to disk within 100 ms: the fan-out's cursor must be
+    // there, or `task.started` would be fanned out again after the restart.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Act: kill -9 both; no new event afterwards, so only the queue says there is work.
+    relay.kill9();
+    app.nats.kill();
+    app.nats.restart().await;
+    api_back(&app, &task).await;
+    let deliveries = app
+        .jetstream()
+        .await
+        .get_stream("DELIVERIES")
+        .await
+        .unwrap();
+    let names: Vec<String> = deliveries.consumer_names().try_collect().await.unwrap();
+    assert!(
+        names.is_empty(),
+        "consumers kept in memory went with the server: {names:?}"
+    );
+    let relay = app.relay_process(&config).await;
+    let hits = hook
+        .wait_until(
+            "task.started after the restart",
+            Duration::from_secs(30),
+            |h| h.kind() == "task.started",
+        )
+        .await;
+
+    // Assert: both queued jobs came, in order.
+    let (firsts, _) = by_kind(&hits);
+    assert_eq!(firsts, ["task.created", "task.started"], "{}", relay.log());
+}
+
+#[tokio::test]
+async fn a_delivery_consumer_an_older_relay_kept_on_disk_is_replaced_and_its_queue_delivered() {
+    use taskfleet::bus::{relay_consumer_config, subjects};
+
+    // Arrange: destination `hook`'s consumer as relays before 2026-12 made it (state on disk).
+    let app = TestApp::spawn().await;
+    let hook = Endpoint::start().await;
+    let js = app.jetstream().await;
+    let key = "n_hook";
+    let name = subjects::delivery_consumer(key);
+    let old = relay_consumer_config(&name, &subjects::delivery(key), Duration::from_secs(15), 8);
+    let deliveries = js.get_stream(subjects::DELIVERIES_STREAM).await.unwrap();
+    deliveries.create_consumer(old).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = hook_relay_config(&dir, &hook.url("/hook"));
+
+    // Act
+    let relay = app.relay_process(&config).await;
+    app.task_notifying("upgraded", json!(["hook"])).await;
+    let hits = hook.wait_for(1, Duration::from_secs(20)).await;
+
+    // Assert: delivered, by a consumer that now keeps its state in memory.
+    assert_eq!(hits[0].kind(), "task.created", "{}", relay.log());
+    let info = deliveries.consumer_info(&name).await.unwrap();
+    assert!(info.config.memory_storage, "{}", relay.log());
 }
