@@ -138,7 +138,10 @@ impl Lane {
         loop {
             self.take_ready();
             if std::mem::take(&mut self.unanswered) {
-                self.check_consumer().await;
+                tokio::select! {
+                    () = self.check_consumer() => {}
+                    _ = shutdown.cancelled() => return Ok(None),
+                }
             }
             if let Some(e) = self.broken.take() {
                 return Err(e);
