@@ -5,7 +5,7 @@
 
 use super::config::RouteConfig;
 use super::deliver::Delivery;
-use super::job::DeliveryJob;
+use super::job::{DeliveryJob, EventJson, TaskJson};
 use super::lane::Lane;
 use super::store::Queued;
 use crate::bus::append::refused_for_good;
@@ -326,9 +326,19 @@ impl FanOut {
                 }
             },
         };
-        for target in self.targets(&task, event) {
-            if let Some(job) = self.job(&task, event, target) {
-                jobs.push(job);
+        let targets = self.targets(&task, event);
+        if !targets.is_empty() {
+            // The same message and task snapshot for every destination, made once.
+            let text = self.templates.render(&task, event).unwrap_or_default();
+            let shared = (
+                text,
+                TaskJson::of(&public_view(&task)),
+                EventJson::of(event),
+            );
+            for target in targets {
+                if let Some(job) = self.job(&task, event, &shared, target) {
+                    jobs.push(job);
+                }
             }
         }
         if event.kind.is_transition() && event.new_status.is_some_and(TaskStatus::is_terminal) {
@@ -337,9 +347,16 @@ impl FanOut {
         Ok(())
     }
 
-    /// The job of `event` for `target`, unless the destination does not want it, it has no text
-    /// for it, or it is throttled (then it is held, keeping the latest).
-    fn job(&mut self, task: &Task, event: &TaskEvent, target: Target) -> Option<DeliveryJob> {
+    /// The job of `event` for `target`, with the event's message and task snapshot (`shared`),
+    /// unless the destination does not want it, it has no text for it, or it is throttled (then
+    /// it is held, keeping the latest).
+    fn job(
+        &mut self,
+        task: &Task,
+        event: &TaskEvent,
+        (text, snapshot, event_json): &(String, TaskJson, EventJson),
+        target: Target,
+    ) -> Option<DeliveryJob> {
         let Target {
             key,
             name,
@@ -349,7 +366,6 @@ impl FanOut {
         if !dest.wants(event.kind) {
             return None;
         }
-        let text = self.templates.render(task, event).unwrap_or_default();
         if text.is_empty() && !matches!(dest, Destination::Webhook { .. }) {
             return None;
         }
@@ -358,9 +374,9 @@ impl FanOut {
             key: key.clone(),
             name: name.clone(),
             destination: if name.is_some() { None } else { Some(dest) },
-            event: Some(event.clone()),
-            task: Some(public_view(task)),
-            text,
+            event: Some(event_json.clone()),
+            task: Some(snapshot.clone()),
+            text: text.clone(),
             session_id,
             created_time: crate::domain::now(),
         };

@@ -232,10 +232,7 @@ impl DeliveryStore {
         let mut kept = job.clone();
         kept.task = None;
         kept.text = clip_response(&kept.text).0;
-        if let Some(event) = kept.event.as_mut() {
-            event.data = serde_json::Value::Null;
-            event.message = event.message.as_deref().map(|m| clip_response(m).0);
-        }
+        kept.event = kept.event.as_ref().map(|e| e.clipped());
         let status = DeliveryStatus::Dead;
         Recorder::default()
             .write(&self.bus, &kept, None, status, Some(reason), true)

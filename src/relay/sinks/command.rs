@@ -85,13 +85,13 @@ fn retry(why: String) -> Attempt {
 
 /// `template` with every known `{name}` replaced, in one left-to-right pass.
 fn expand(template: &str, job: &DeliveryJob, vars: &BTreeMap<String, String>) -> String {
-    let task_id = job
-        .task
+    let names = job.task.as_ref().and_then(|t| t.names());
+    let task_id = names
         .as_ref()
         .map(|t| t.id.as_str())
         .or_else(|| job.event.as_ref().map(|e| e.task_id.as_str()))
         .unwrap_or_default();
-    let task_name = job.task.as_ref().map_or("", |t| t.task_name.as_str());
+    let task_name = names.as_ref().map_or("", |t| t.task_name.as_str());
     let event = job.event_type();
     let lookup = |name: &str| -> Option<&str> {
         match name {

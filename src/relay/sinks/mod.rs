@@ -161,7 +161,8 @@ fn is_for_people(dest: &Destination) -> bool {
 
 /// The `log` sink: one `info` line with the message.
 fn log(job: &DeliveryJob) -> Attempt {
-    let task_id = job.task.as_ref().map(|t| t.id.as_str());
+    let names = job.task.as_ref().and_then(|t| t.names());
+    let task_id = names.as_ref().map(|t| t.id.as_str());
     tracing::info!(
         job_id = %job.id,
         event = %job.event_type(),

@@ -192,8 +192,8 @@ pub(super) fn task_job(text: &str) -> DeliveryJob {
         "test",
     );
     DeliveryJob {
-        event: Some(event),
-        task: Some(task),
+        event: Some(super::super::job::EventJson::of(&event)),
+        task: Some(super::super::job::TaskJson::of(&task)),
         ..job(text)
     }
 }
