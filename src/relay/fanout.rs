@@ -328,7 +328,7 @@ impl FanOut {
         };
         let targets = self.targets(&task, event);
         if !targets.is_empty() {
-            // The same message and task snapshot for every destination, made once.
+            // The same message, task snapshot and event JSON for every destination, made once.
             let text = self.templates.render(&task, event).unwrap_or_default();
             let shared = (
                 text,

@@ -4,7 +4,7 @@
 use super::SinkContext;
 use crate::domain::{Assignee, EventKind, NewTask, Task, TaskEvent, TaskId};
 use crate::outbound::ssrf::AllowList;
-use crate::relay::job::DeliveryJob;
+use crate::relay::job::{DeliveryJob, EventJson, TaskJson};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -192,8 +192,8 @@ pub(super) fn task_job(text: &str) -> DeliveryJob {
         "test",
     );
     DeliveryJob {
-        event: Some(super::super::job::EventJson::of(&event)),
-        task: Some(super::super::job::TaskJson::of(&task)),
+        event: Some(EventJson::of(&event)),
+        task: Some(TaskJson::of(&task)),
         ..job(text)
     }
 }
