@@ -4,7 +4,8 @@
 //! delivery), not the rate at which the benchmark can record events. Prints figures; asserts
 //! nothing.
 //!
-//! Run: `cargo run --release --example bench_relay -- [--events 3000] [--fanout-events 100]`
+//! Run: `cargo run --release --example bench_relay -- [--events 3000] [--fanout-events 100]
+//! [--log]` (`--log`: the relay logs as `taskfleet relay` does, to stderr, at its default level).
 
 #![deny(unsafe_code)]
 
@@ -105,6 +106,9 @@ async fn scenario(nats_url: &str, destinations: usize, events: usize) -> anyhow:
 async fn main() -> anyhow::Result<()> {
     let events = arg("--events", 3000);
     let fanout_events = arg("--fanout-events", 100);
+    let _logs = std::env::args()
+        .any(|a| a == "--log")
+        .then(|| taskfleet::telemetry::init(&Default::default(), "bench_relay"));
     let dir = tempfile::tempdir()?;
     let conf = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/nats.conf"));
     let nats = LocalNats::start(&LocalNatsOptions::scratch(conf, dir.path())?).await?;
