@@ -259,14 +259,12 @@ impl DeliveryStore {
         let config = delivery_consumer_config(&name, &subjects::delivery(key), ack_wait, window);
         let js = reader.jetstream();
         let stream = subjects::DELIVERIES_STREAM;
-        match js.create_consumer_on_stream(config.clone(), stream).await {
-            Ok(consumer) => Ok(consumer),
-            Err(_) if self.drop_stored_on_disk(&name).await => js
-                .create_consumer_on_stream(config, stream)
-                .await
-                .op("create delivery consumer"),
-            Err(e) => Err(e).op("create delivery consumer"),
+        let created = js.create_consumer_on_stream(config.clone(), stream).await;
+        if created.is_err() && self.drop_stored_on_disk(&name).await {
+            let again = js.create_consumer_on_stream(config, stream).await;
+            return again.op("create delivery consumer");
         }
+        created.op("create delivery consumer")
     }
 
     /// Deletes delivery consumer `name` if it keeps its state on disk (a relay before 2026-12
