@@ -164,6 +164,12 @@ pub async fn term(
     .await
 }
 
+/// Whether reading a consumer failed because the server has no such consumer.
+fn consumer_missing(e: &async_nats::jetstream::stream::ConsumerError) -> bool {
+    use async_nats::jetstream::{stream::ConsumerErrorKind, ErrorCode};
+    matches!(e.kind(), ConsumerErrorKind::JetStream(j) if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND)
+}
+
 /// Sends `body` (`+TERM …`, `-NAK`) to the acknowledgement subject the server gave message
 /// `stream_seq` of `consumer` (see [`term`]; `consumer_seq` need only be one the consumer has
 /// handed out and not seen acknowledged) and waits for the server's confirmation.
@@ -212,12 +218,17 @@ pub async fn term_unreadable(
         let js = async_nats::jetstream::new(client.clone());
         async move { js.get_consumer_from_stream(consumer, stream).await }
     };
-    let handle: async_nats::jetstream::consumer::PullConsumer =
+    let handle: Result<async_nats::jetstream::consumer::PullConsumer, _> =
         match tokio::time::timeout(READ_BACK, read(reader)).await {
             Ok(handle) => handle,
             Err(_) => read(client).await,
-        }
-        .op("consumer info")?;
+        };
+    let handle = match handle {
+        // Gone with a server restart (a consumer kept in memory): it holds nothing handed out,
+        // and its owner makes it again.
+        Err(e) if consumer_missing(&e) => return Ok(Vec::new()),
+        other => other.op("consumer info")?,
+    };
     let (info, name) = (handle.cached_info(), stream);
     let (mut seq, last) = (
         info.ack_floor.stream_sequence + 1,
