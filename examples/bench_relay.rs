@@ -21,6 +21,11 @@ use taskfleet::natsd::{LocalNats, LocalNatsOptions};
 #[path = "bench/relay_config.rs"]
 mod relay_config;
 
+/// The `taskfleet` binary's allocator (src/main.rs), so the relay this process runs in-process
+/// is measured as `taskfleet relay` runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter()

@@ -3,6 +3,12 @@
 
 use std::process::ExitCode;
 
+/// mimalloc rather than glibc's allocator: the worker at concurrency 64 and the relay spend a
+/// tenth or more of their time in `malloc`/`free` (docs/benchmarks.md, "mimalloc"). Its arena is
+/// committed on demand (`.cargo/config.toml`), which keeps an idle worker as small as before.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = taskfleet::cli::parse();
     // A worker spends its time waiting on NATS and its tasks' processes: one thread answers a

@@ -23,6 +23,11 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// The `taskfleet` binary's allocator (src/main.rs), so the relay this process runs in-process
+/// is measured as `taskfleet relay` runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Command-line options.
 pub struct Opts {
     /// Tasks per throughput run.
