@@ -205,7 +205,8 @@ const READ_BACK: Duration = Duration::from_secs(1);
 /// `client`, whose answers a further drop of the reader cannot lose (the state too, when the
 /// reader does not answer within `READ_BACK`: it dropped again, and the next check sees
 /// what this one cannot). (A message may arrive between the reconnection and the check: it
-/// then comes twice, as after any redelivery.)
+/// then comes twice, as after any redelivery.) A consumer the server no longer has (one kept
+/// in memory, gone with a server restart) has nothing handed out: nothing is ended.
 pub async fn term_unreadable(
     (reader, client): (&async_nats::Client, &async_nats::Client),
     (stream, consumer): (&str, &str),
