@@ -225,6 +225,11 @@ impl LocalNats {
         }
     }
 
+    /// Waits until the server exits without being asked to (killed, crashed): how it ended.
+    pub async fn exited(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait().await
+    }
+
     /// Stops the server: SIGTERM (it flushes JetStream), SIGKILL after 15 s.
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {

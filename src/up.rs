@@ -100,18 +100,69 @@ pub async fn run(cfg: Config, opts: UpOptions, shutdown: CancellationToken) -> a
             };
             let start = LocalNats::start(&nats_opts);
             tokio::select! {
-                started = start => Some(started?),
+                started = start => Some((started?, nats_opts)),
                 _ = shutdown.cancelled() => return Ok(()),
             }
         }
     };
-    let url = external.unwrap_or_else(|| local.as_ref().map(|l| l.url.clone()).unwrap_or_default());
+    let url =
+        external.unwrap_or_else(|| local.as_ref().map(|l| l.0.url.clone()).unwrap_or_default());
     let users = secure.as_ref().map(|(_, users)| users);
-    let outcome = run_services(&cfg, &opts, &url, local.as_ref(), users, shutdown).await;
-    if let Some(l) = local {
-        l.stop().await;
+    let about = local.as_ref().map(|(l, _)| local_note(l));
+    let services = run_services(&cfg, &opts, &url, about, users, shutdown.clone());
+    match local {
+        Some((nats, nats_opts)) => keeping_nats_up(nats, &nats_opts, services, &shutdown).await,
+        None => services.await,
     }
-    outcome
+}
+
+/// Runs `services` while keeping the local nats-server up: one that exits on its own (killed,
+/// crashed) is started again on the same store and port, so the fleet's connections come back
+/// and nothing it stored is lost. Stopped when `services` end; when it cannot be started
+/// again, the fleet stops with that error.
+async fn keeping_nats_up(
+    mut nats: LocalNats,
+    opts: &LocalNatsOptions,
+    services: impl std::future::Future<Output = anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut services = std::pin::pin!(services);
+    loop {
+        let exited = tokio::select! {
+            outcome = &mut services => {
+                nats.stop().await;
+                return outcome;
+            }
+            exited = nats.exited() => exited,
+        };
+        let how = exited.map_or_else(|e| e.to_string(), |status| status.to_string());
+        tracing::warn!(pid = nats.pid, exit = %how,
+            "the local nats-server exited; starting it again on the same store");
+        // A server that dies at once is not started again and again.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let restarted = tokio::select! {
+            restarted = LocalNats::start(opts) => restarted,
+            outcome = &mut services => return outcome,
+        };
+        match restarted {
+            Ok(started) => nats = started,
+            Err(e) => {
+                tracing::error!(error.message = %e, "cannot start the local nats-server again; stopping the fleet");
+                shutdown.cancel();
+                let _ = services.await;
+                return Err(e.into());
+            }
+        }
+    }
+}
+
+/// How the banner names the local nats-server.
+fn local_note(nats: &LocalNats) -> String {
+    format!(
+        "local nats-server pid {}, log {}",
+        nats.pid,
+        nats.log_file.display()
+    )
 }
 
 /// Serves the API and runs the relay and one worker per assignee on NATS at `url` until
@@ -120,7 +171,7 @@ async fn run_services(
     cfg: &Config,
     opts: &UpOptions,
     url: &str,
-    local: Option<&LocalNats>,
+    local: Option<String>,
     users: Option<&Generated>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -154,7 +205,13 @@ async fn run_services(
             dir.display()
         );
     }
-    print_banner(api_addr, url, local, &source, &cfg.fleet.assignees);
+    print_banner(
+        api_addr,
+        url,
+        local.as_deref(),
+        &source,
+        &cfg.fleet.assignees,
+    );
     let outcome = supervise(set, &stop).await;
     eprintln!("shutting down: draining the NATS connection …");
     conns.drain().await;
@@ -331,7 +388,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 fn print_banner(
     api: SocketAddr,
     nats: &str,
-    local: Option<&LocalNats>,
+    local: Option<&str>,
     source: &KeySource,
     workers: &[crate::domain::Assignee],
 ) {
@@ -350,12 +407,7 @@ fn print_banner(
         ),
     };
     let nats_line = match local {
-        Some(l) => format!(
-            "{} (local nats-server pid {}, log {})",
-            nats,
-            l.pid,
-            l.log_file.display()
-        ),
+        Some(about) => format!("{nats} ({about})"),
         None => format!("{} (external)", crate::bus::redact_url(nats)),
     };
     println!("taskfleet is up");

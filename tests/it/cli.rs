@@ -149,6 +149,25 @@ async fn wait_until_up(child: &mut tokio::process::Child) -> i32 {
     pid.expect("banner names the nats-server pid")
 }
 
+/// Starts `up` with a worker for each of `assignees` (a TOML array) and waits until it is up:
+/// the process, its nats-server's pid, and a client of its API with the generated key.
+async fn up_with_workers(
+    data: &Path,
+    assignees: &str,
+) -> (tokio::process::Child, i32, taskfleet::client::ApiClient) {
+    let config = data.join("fleet.toml");
+    std::fs::write(&config, format!("[fleet]\nassignees = {assignees}\n")).unwrap();
+    let api_port = free_port();
+    let mut cmd = up_command(data, api_port, free_port());
+    cmd.arg("--config").arg(&config);
+    let mut child = cmd.spawn().unwrap();
+    let nats_pid = wait_until_up(&mut child).await;
+    let key = std::fs::read_to_string(data.join("api-key")).unwrap();
+    let url = format!("http://127.0.0.1:{api_port}");
+    let client = taskfleet::client::ApiClient::new(&url, Some(key.trim().to_string()));
+    (child, nats_pid, client)
+}
+
 #[tokio::test]
 async fn up_serves_the_api_with_a_generated_key_and_stops_nats_on_sigterm() {
     // Arrange
@@ -246,18 +265,7 @@ async fn up_killed_with_sigkill_takes_its_nats_server_with_it() {
 async fn up_runs_a_worker_per_configured_assignee_and_exec_tasks_complete() {
     // Arrange
     let data = tempfile::tempdir().unwrap();
-    let config = data.path().join("fleet.toml");
-    std::fs::write(&config, "[fleet]\nassignees = [\"anna\", \"cc\"]\n").unwrap();
-    let api_port = free_port();
-    let mut cmd = up_command(data.path(), api_port, free_port());
-    cmd.arg("--config").arg(&config);
-    let mut child = cmd.spawn().unwrap();
-    wait_until_up(&mut child).await;
-    let key = std::fs::read_to_string(data.path().join("api-key")).unwrap();
-    let client = taskfleet::client::ApiClient::new(
-        &format!("http://127.0.0.1:{api_port}"),
-        Some(key.trim().to_string()),
-    );
+    let (mut child, _, client) = up_with_workers(data.path(), r#"["anna", "cc"]"#).await;
 
     // Act: the program reports on its own task with the token it was given.
     let task = client
@@ -283,6 +291,56 @@ async fn up_runs_a_worker_per_configured_assignee_and_exec_tasks_complete() {
     // Assert
     assert_eq!(done.status.as_str(), "completed", "{done:?}");
     assert_eq!(done.result, Some(serde_json::json!("200")));
+    assert!(matches!(status, Ok(Ok(s)) if s.success()), "{status:?}");
+}
+
+#[tokio::test]
+async fn up_starts_its_nats_server_again_when_it_is_killed_and_keeps_what_it_stored() {
+    // Arrange: a fleet with one worker, and a task it finished.
+    let data = tempfile::tempdir().unwrap();
+    let (mut child, nats_pid, client) = up_with_workers(data.path(), r#"["anna"]"#).await;
+    let finished = |id: String| {
+        let client = client.clone();
+        eventually(
+            "the exec task to finish",
+            Duration::from_secs(60),
+            move || {
+                let (client, id) = (client.clone(), id.clone());
+                async move {
+                    let t = client.get_task(&id).await.ok()?;
+                    t.status.is_terminal().then_some(t)
+                }
+            },
+        )
+    };
+    let exec = serde_json::json!({
+        "task_name": "echo", "assigned_to": "anna", "kind": "exec",
+        "payload": {"command": "echo done"}
+    });
+    let before = client.create_task(&exec).await.unwrap();
+    finished(before.id.to_string()).await;
+
+    // Act: kill -9 the nats-server `up` started; then a new task.
+    taskfleet::sys::signal_process(nats_pid as u32, libc::SIGKILL).expect("SIGKILL");
+    let after = eventually("the API after the restart", Duration::from_secs(60), || {
+        let (client, exec) = (client.clone(), exec.clone());
+        let create = async move { client.create_task(&exec).await.ok() };
+        async move {
+            tokio::time::timeout(Duration::from_secs(5), create)
+                .await
+                .ok()?
+        }
+    })
+    .await;
+    let done = finished(after.id.to_string()).await;
+    let kept = client.get_task(before.id.as_str()).await.unwrap();
+    taskfleet::sys::signal_process(child.id().unwrap(), libc::SIGTERM).expect("SIGTERM");
+    let status = tokio::time::timeout(Duration::from_secs(40), child.wait()).await;
+
+    // Assert
+    assert!(!alive(nats_pid));
+    assert_eq!(done.status.as_str(), "completed", "{done:?}");
+    assert_eq!(kept.status.as_str(), "completed", "{kept:?}");
     assert!(matches!(status, Ok(Ok(s)) if s.success()), "{status:?}");
 }
 
