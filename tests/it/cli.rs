@@ -168,6 +168,19 @@ async fn up_with_workers(
     (child, nats_pid, client)
 }
 
+/// Waits up to `limit` until task `id` has finished (any terminal status), and returns it.
+async fn finished(
+    client: &taskfleet::client::ApiClient,
+    id: &str,
+    limit: Duration,
+) -> taskfleet::domain::Task {
+    eventually("the exec task to finish", limit, || async {
+        let t = client.get_task(id).await.ok()?;
+        t.status.is_terminal().then_some(t)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn up_serves_the_api_with_a_generated_key_and_stops_nats_on_sigterm() {
     // Arrange
@@ -275,16 +288,7 @@ async fn up_runs_a_worker_per_configured_assignee_and_exec_tasks_complete() {
         }))
         .await
         .unwrap();
-    let id = task.id.to_string();
-    let done = eventually(
-        "the exec task to finish",
-        Duration::from_secs(30),
-        || async {
-            let t = client.get_task(&id).await.ok()?;
-            t.status.is_terminal().then_some(t)
-        },
-    )
-    .await;
+    let done = finished(&client, task.id.as_str(), Duration::from_secs(30)).await;
     taskfleet::sys::signal_process(child.id().unwrap(), libc::SIGTERM).expect("SIGTERM");
     let status = tokio::time::timeout(Duration::from_secs(40), child.wait()).await;
 
@@ -299,26 +303,12 @@ async fn up_starts_its_nats_server_again_when_it_is_killed_and_keeps_what_it_sto
     // Arrange: a fleet with one worker, and a task it finished.
     let data = tempfile::tempdir().unwrap();
     let (mut child, nats_pid, client) = up_with_workers(data.path(), r#"["anna"]"#).await;
-    let finished = |id: String| {
-        let client = client.clone();
-        eventually(
-            "the exec task to finish",
-            Duration::from_secs(60),
-            move || {
-                let (client, id) = (client.clone(), id.clone());
-                async move {
-                    let t = client.get_task(&id).await.ok()?;
-                    t.status.is_terminal().then_some(t)
-                }
-            },
-        )
-    };
     let exec = serde_json::json!({
         "task_name": "echo", "assigned_to": "anna", "kind": "exec",
         "payload": {"command": "echo done"}
     });
     let before = client.create_task(&exec).await.unwrap();
-    finished(before.id.to_string()).await;
+    finished(&client, before.id.as_str(), Duration::from_secs(60)).await;
 
     // Act: kill -9 the nats-server `up` started; then a new task.
     taskfleet::sys::signal_process(nats_pid as u32, libc::SIGKILL).expect("SIGKILL");
@@ -332,7 +322,7 @@ async fn up_starts_its_nats_server_again_when_it_is_killed_and_keeps_what_it_sto
         }
     })
     .await;
-    let done = finished(after.id.to_string()).await;
+    let done = finished(&client, after.id.as_str(), Duration::from_secs(60)).await;
     let kept = client.get_task(before.id.as_str()).await.unwrap();
     taskfleet::sys::signal_process(child.id().unwrap(), libc::SIGTERM).expect("SIGTERM");
     let status = tokio::time::timeout(Duration::from_secs(40), child.wait()).await;
