@@ -55,7 +55,7 @@ const STALL_LIMIT: Duration = Duration::from_secs(120);
 const HELP: &str = "usage: bench_scale [--stages 10000,100000,1000000] [--out FILE] \
     [--samples 300] [--warmup 30] [--assignees 10] [--procs 1] [--concurrency 64] \
     [--in-flight 256] [--backlog 20000] [--stuck 20] [--relay-wait-s 900] [--no-relay] \
-    [--route-budget-s 60]
+    [--route-budget-s 60] [--store DIR [--measure-only]]
 
   --stages       tasks stored after each stage (cumulative), ascending
   --out          where the JSON goes (rewritten after every stage)
@@ -67,7 +67,11 @@ const HELP: &str = "usage: bench_scale [--stages 10000,100000,1000000] [--out FI
   --stuck        per stage: pending tasks whose `created` goes to a receiver answering 503
   --relay-wait-s how long to wait after loading for the relay to catch up
   --no-relay     no relay (no deliveries)
-  --route-budget-s  a route slower than this in all stops early (at least 20 timed requests)";
+  --route-budget-s  a route slower than this in all stops early (at least 20 timed requests)
+  --store        keep the store in DIR (DIR/nats, and DIR/loaded.json: what was loaded and
+                 the sampled ids); DIR must be empty or not exist, unless --measure-only
+  --measure-only with --store: load nothing, measure the read routes of the store in DIR
+                 (nats-server and the API only; the stages and loading flags are ignored)";
 
 /// Command-line options.
 struct Opts {
@@ -97,6 +101,10 @@ struct Opts {
     relay: bool,
     /// Time after which a slow route stops early.
     route_budget: Duration,
+    /// Where the store is kept (`--store`), if it outlives the run.
+    store: Option<PathBuf>,
+    /// Measure the kept store without loading (`--measure-only`).
+    measure_only: bool,
 }
 
 /// Parses the command line (see [`HELP`]).
@@ -115,6 +123,8 @@ fn parse_args() -> anyhow::Result<Opts> {
         relay_wait: Duration::from_secs(900),
         relay: true,
         route_budget: Duration::from_secs(60),
+        store: None,
+        measure_only: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -139,6 +149,8 @@ fn parse_args() -> anyhow::Result<Opts> {
             "--relay-wait-s" => o.relay_wait = Duration::from_secs(value()?.parse()?),
             "--no-relay" => o.relay = false,
             "--route-budget-s" => o.route_budget = Duration::from_secs(value()?.parse()?),
+            "--store" => o.store = Some(PathBuf::from(value()?)),
+            "--measure-only" => o.measure_only = true,
             "-h" | "--help" => {
                 println!("{HELP}");
                 std::process::exit(0);
@@ -150,10 +162,54 @@ fn parse_args() -> anyhow::Result<Opts> {
     if o.stages.is_empty() || o.stages[0] == 0 || !ascending {
         bail!("--stages must be ascending counts above 0");
     }
+    check_store(&o)?;
     if [o.samples, o.assignees, o.procs, o.concurrency, o.in_flight].contains(&0) {
         bail!("--samples, --assignees, --procs, --concurrency and --in-flight must be at least 1");
     }
     Ok(o)
+}
+
+/// `--store` and `--measure-only` make sense together: a store to load must start empty, a
+/// store to measure must have been loaded by an earlier run.
+fn check_store(o: &Opts) -> anyhow::Result<()> {
+    let Some(dir) = &o.store else {
+        match o.measure_only {
+            true => bail!("--measure-only needs --store DIR (a store an earlier run kept)"),
+            false => return Ok(()),
+        }
+    };
+    let empty = std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_none());
+    match (o.measure_only, empty) {
+        (false, false) => bail!(
+            "{} is not empty: give an empty directory to load into, or add --measure-only \
+             to measure the store it holds",
+            dir.display()
+        ),
+        (true, _) if !dir.join(LOADED).is_file() => bail!(
+            "{} holds no {LOADED}: load a store into it first (`--store {}` without \
+             --measure-only)",
+            dir.display(),
+            dir.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The file in a `--store` directory that says what was loaded into it.
+const LOADED: &str = "loaded.json";
+
+/// What a kept store holds, for a later `--measure-only` run.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Loaded {
+    /// The tasks of each kind.
+    counts: Mix,
+    /// The sampled ids (a uniform sample of every task created).
+    sample: Vec<String>,
+    /// How many ids were offered to the sample.
+    seen: u64,
+    /// How many assignees the tasks went to (`--assignees` of the loading run).
+    #[serde(default)]
+    assignees: Option<usize>,
 }
 
 /// A uniform sample of the task ids created so far (Algorithm R): the only ids kept in memory.
@@ -202,7 +258,7 @@ enum Other {
 }
 
 /// How many tasks of each kind a stage (or a chunk of it, or the whole store) has.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 struct Mix {
     /// Completed by the workers (published straight to NATS).
     noop: u64,
@@ -435,8 +491,19 @@ struct Bench {
 
 impl Bench {
     /// Starts a fresh fleet (nats-server and the API process) and the webhook receiver.
-    async fn start(opts: Opts) -> anyhow::Result<Self> {
-        let fleet = Fleet::start(true).await?;
+    async fn start(mut opts: Opts) -> anyhow::Result<Self> {
+        let loaded = match (&opts.store, opts.measure_only) {
+            (Some(dir), true) => serde_json::from_slice(&std::fs::read(dir.join(LOADED))?)?,
+            _ => Loaded {
+                counts: Mix::default(),
+                sample: Vec::with_capacity(SAMPLE),
+                seen: 0,
+                assignees: None,
+            },
+        };
+        opts.assignees = loaded.assignees.unwrap_or(opts.assignees);
+        let store = opts.store.as_ref().map(|d| d.join("nats"));
+        let fleet = Fleet::start_on(true, store).await?;
         let assignees: Vec<Assignee> = (0..opts.assignees)
             .map(|i| Assignee::parse(&format!("bench-a{i:02}")))
             .collect::<Result<_, _>>()?;
@@ -455,10 +522,10 @@ impl Bench {
             assignees,
             bodies,
             sample: Mutex::new(Reservoir {
-                ids: Vec::with_capacity(SAMPLE),
-                seen: 0,
+                ids: loaded.sample,
+                seen: loaded.seen,
             }),
-            counts: Mix::default(),
+            counts: loaded.counts,
             hooks,
             hook_base,
             relay_config,
@@ -803,7 +870,36 @@ impl Bench {
             false => Value::Null,
         };
         self.fleet.stop_relay().await;
+        self.keep_loaded()?;
         tokio::time::sleep(Duration::from_secs(2)).await;
+        let load = json!({"tasks": mix.total(), "secs": load_secs,
+                          "tasks_per_s": mix.total() as f64 / load_secs});
+        let mut figures = self.measured().await?;
+        figures["stage_mix"] = json!(mix);
+        figures["load"] = load;
+        figures["relay"] = relay;
+        Ok(figures)
+    }
+
+    /// Writes what the store holds to `--store`'s [`LOADED`], when the store is kept.
+    fn keep_loaded(&self) -> anyhow::Result<()> {
+        let Some(dir) = &self.opts.store else {
+            return Ok(());
+        };
+        let sample = self.sample.lock().expect("sample lock");
+        let loaded = Loaded {
+            counts: self.counts,
+            sample: sample.ids.clone(),
+            seen: sample.seen,
+            assignees: Some(self.assignees.len()),
+        };
+        std::fs::write(dir.join(LOADED), serde_json::to_vec(&loaded)?)?;
+        Ok(())
+    }
+
+    /// The store's figures and the read routes' latencies, with only nats-server and the API
+    /// running.
+    async fn measured(&self) -> anyhow::Result<Value> {
         let disk = self.disk().await?;
         let pid = self.api().pid;
         let rss_before = rss_mb(pid);
@@ -815,10 +911,7 @@ impl Bench {
         let routes = self.measure().await?;
         let rss_after = rss_mb(pid);
         Ok(json!({
-            "stored": self.counts.total(), "counts": self.counts, "stage_mix": mix,
-            "load": {"tasks": mix.total(), "secs": load_secs,
-                     "tasks_per_s": mix.total() as f64 / load_secs},
-            "relay": relay, "disk": disk,
+            "stored": self.counts.total(), "counts": self.counts, "disk": disk,
             "api_rss_mb": {"before": rss_before, "after": rss_after},
             "measure_secs": t1.elapsed().as_secs_f64(), "routes": routes,
         }))
@@ -1110,19 +1203,22 @@ fn print_store_rows(stages: &[Value]) {
     for s in stages {
         let (c, r) = (&s["counts"], &s["relay"]["receiver"]);
         let pending = c["pending"].as_u64().unwrap_or(0) + c["stuck"].as_u64().unwrap_or(0);
+        let answers = match r.is_null() {
+            true => "no relay in this run".to_string(),
+            false => format!(
+                "webhook answers: {} × 200 (delivered), {} × 400 (dead), {} × 503 (pending)",
+                r["answered_200"], r["answered_400"], r["answered_503"]
+            ),
+        };
         println!(
             "stored at {}: completed {}, failed {} + {} dead-lettered, cancelled {}, \
-             pending {pending}, running {}; webhook answers: {} × 200 (delivered), {} × 400 \
-             (dead), {} × 503 (pending)",
+             pending {pending}, running {}; {answers}",
             short(s["stored"].as_u64().unwrap_or(0)),
             c["noop"],
             c["failed"],
             c["dead"],
             c["cancelled"],
             c["running"],
-            r["answered_200"],
-            r["answered_400"],
-            r["answered_503"],
         );
     }
 }
@@ -1132,6 +1228,25 @@ impl Bench {
     /// the error that ended the run early, if one did.
     async fn run(&mut self) -> (Vec<Value>, anyhow::Result<()>) {
         let mut stages = Vec::new();
+        if self.opts.measure_only {
+            eprintln!(
+                "==> measuring the store kept in {} ({} tasks; nothing loaded)",
+                self.opts
+                    .store
+                    .as_deref()
+                    .unwrap_or(Path::new("?"))
+                    .display(),
+                self.counts.total()
+            );
+            let result = match self.measured().await {
+                Ok(f) => {
+                    stages.push(f);
+                    self.write(&stages)
+                }
+                Err(e) => Err(e),
+            };
+            return (stages, result);
+        }
         for target in self.opts.stages.clone() {
             let t = Instant::now();
             let mut figures = match self.stage(target).await {

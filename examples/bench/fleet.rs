@@ -36,6 +36,9 @@ pub struct Api {
 /// A running fleet; [`Fleet::stop`] takes it down.
 pub struct Fleet {
     _dir: tempfile::TempDir,
+    /// nats-server's store: `nats` in the temporary directory, or a directory that outlives
+    /// the run ([`Fleet::start_on`]).
+    store: PathBuf,
     nats: LocalNats,
     /// The benchmark's own connection.
     pub bus: Bus,
@@ -100,11 +103,19 @@ pub fn rss_mb(pid: u32) -> Option<f64> {
 impl Fleet {
     /// A fresh nats-server and the benchmark's connection; with `api`, the API process too.
     pub async fn start(api: bool) -> anyhow::Result<Self> {
+        Self::start_on(api, None).await
+    }
+
+    #[allow(dead_code)] // bench_scale only
+    /// [`Fleet::start`] with nats-server's store in `store` when given (kept after the run,
+    /// and used as it is when it already holds one), else in the temporary directory.
+    pub async fn start_on(api: bool, store: Option<PathBuf>) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
+        let store = store.unwrap_or_else(|| dir.path().join("nats"));
         let nats = LocalNats::start(&LocalNatsOptions {
             bin: None,
             conf: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/nats.conf")),
-            store_dir: dir.path().join("nats"),
+            store_dir: store.clone(),
             log_file: dir.path().join("nats.log"),
             port: free_port()?,
         })
@@ -114,6 +125,7 @@ impl Fleet {
         let bus = taskfleet::serve::connect(&cfg, &nats.url, "bench").await?;
         let mut fleet = Self {
             _dir: dir,
+            store,
             nats,
             bus,
             api: None,
@@ -270,7 +282,7 @@ impl Fleet {
     /// nats-server's store directory (for the bytes on disk).
     #[allow(dead_code)] // bench_scale only
     pub fn store_dir(&self) -> PathBuf {
-        self._dir.path().join("nats")
+        self.store.clone()
     }
 
     /// A task's current state, read as the API reads it.
@@ -279,7 +291,8 @@ impl Fleet {
         Ok(tasks.get(id).await?)
     }
 
-    /// Kills the processes and stops nats-server (its store is a temporary directory).
+    /// Kills the processes and stops nats-server (its store goes with the temporary directory
+    /// unless [`Fleet::start_on`] put it elsewhere).
     pub async fn stop(mut self) {
         for w in &mut self.workers {
             let _ = w.kill().await;
