@@ -220,6 +220,17 @@ pub async fn multi_last(
     request(client, stream, json!({ "multi_last": filters }), true).await
 }
 
+/// The header the server puts on a message a stream copied from another (sourcing):
+/// `<origin> <origin sequence> <filter> <transform> <original subject>`.
+const STREAM_SOURCE: &str = "Nats-Stream-Source";
+
+/// The sequence `m` had in the stream it was copied from (its `Nats-Stream-Source`), if it is a
+/// copy.
+pub fn source_sequence(m: &StreamMessage) -> Option<u64> {
+    let header = m.headers.get(STREAM_SOURCE)?;
+    header.as_str().split(' ').nth(1)?.parse().ok()
+}
+
 /// Sends one direct get and collects its answers: one message, or many ended by an EOB status.
 /// "No message" (404) is an empty answer, not an error.
 async fn request(

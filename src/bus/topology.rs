@@ -266,9 +266,9 @@ pub fn delivery_consumer_config(
 const RELAY_CURSOR_WINDOW: usize = 64;
 
 /// The copy of the ledger's index entries (`index.<status>.<assignee>.<id>`, see
-/// `tasks/listing.rs`), sourced by the server: one message per task and status, kept as long as
-/// finished tasks are (an entry is written when its task finishes; the sweeper removes the
-/// task from the ledger by then, and a listing skips an entry whose task moved on).
+/// `tasks/listing.rs`), sourced by the server: one message per task and status (the newest: an
+/// entry with its task's state, or a retry's retraction), kept as long as finished tasks are
+/// (an entry is written when its task finishes; the sweeper purges a swept task's entries).
 fn index_copy_config(cfg: &TopologyConfig) -> stream::Config {
     stream::Config {
         name: subjects::INDEX_STREAM.into(),

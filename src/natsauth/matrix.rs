@@ -182,6 +182,8 @@ fn api(p: &mut UserPermissions, assignees: &[Assignee]) {
     p.publish
         .push(stream_api("MSG.DELETE", subjects::INDEX_STREAM));
     p.publish.push(stream_api("INFO", subjects::INDEX_STREAM));
+    // The sweeper removes a swept task's entries from the copy too (listings trust them).
+    p.publish.push(stream_api("PURGE", subjects::INDEX_STREAM));
     // Live feeds and the retention walk read EVENTS (delivery records are read with direct
     // gets only).
     let events = subjects::EVENTS_STREAM;

@@ -11,7 +11,7 @@
 use super::unreadable::Covered;
 use super::{TaskError, TaskService};
 use crate::bus::{subjects, BusError, NatsResultExt};
-use crate::domain::{now, Assignee, EventKind, TaskId};
+use crate::domain::{now, Assignee, EventKind, TaskId, TaskStatus};
 use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
@@ -214,16 +214,37 @@ impl TaskService {
                 .sequence(t.revision + 1)
                 .await
                 .map_err(|e| BusError::from_op("purge finished task", e))?;
-            // Its index entries (written in the batch of its final event, so at most one more).
+            // Its index entries (written in the batch of its final event, so at most one more),
+            // and the listings' copy of them, which a listing takes as the task's state.
             events
                 .purge()
                 .filter(subjects::task_index(a, id))
                 .sequence(t.revision + 2)
                 .await
                 .map_err(|e| BusError::from_op("purge finished task", e))?;
+            if matches!(t.status, TaskStatus::Failed | TaskStatus::Cancelled) {
+                self.unindex(a, id).await?;
+            }
             removed += 1;
         }
         Ok(removed)
+    }
+}
+
+impl TaskService {
+    /// Removes a swept task's entries from the listings' copy of the index (`LEDGER_INDEX`).
+    async fn unindex(&self, a: &Assignee, id: &TaskId) -> Result<(), TaskError> {
+        let copy = self
+            .bus
+            .js
+            .get_stream_no_info(subjects::INDEX_STREAM)
+            .await
+            .op("index copy")?;
+        copy.purge()
+            .filter(subjects::task_index(a, id))
+            .await
+            .map_err(|e| BusError::from_op("purge a swept task's index entries", e))?;
+        Ok(())
     }
 }
 

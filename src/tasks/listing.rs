@@ -15,6 +15,10 @@
 //! they, and text in the name, are checked on each task read, and such a listing walks at most
 //! about [`SCAN_BUDGET`] messages per call (a short page with a cursor says "walk on").
 //!
+//! A walked message that is its task's latest record (a `completed` record; an index entry,
+//! which carries its event's record and which a retry replaces with a retraction) is shown as
+//! it is; the states of the others are read from the ledger (see [`final_state`]).
+//!
 //! A page ends with a cursor (a stream sequence): the next page walks on from there. Each window
 //! is read with [`direct::range`], which asks the server for exactly the messages the window
 //! holds (a batch asking for more would scan on past the window, to the end of the stream).
@@ -168,17 +172,9 @@ impl TaskService {
             return Ok(Vec::new());
         }
         let queued = candidates[0].subject.starts_with("tasks.");
-        let tasks: Vec<Task> = if queued {
-            self.queued_states(candidates, false).await?
-        } else {
-            let keys: Vec<(Assignee, TaskId)> = candidates
-                .iter()
-                .filter_map(|m| indexed_task(&m.subject))
-                .collect();
-            let mut states = self.latest_states(&keys).await?;
-            keys.iter()
-                .filter_map(|(_, id)| states.remove(id).map(|s| s.task))
-                .collect()
+        let tasks: Vec<Task> = match queued {
+            true => self.queued_states(candidates, false).await?,
+            false => self.logged_states(candidates).await?,
         };
         let by_id: std::collections::HashMap<TaskId, u64> = candidates
             .iter()
@@ -189,6 +185,30 @@ impl TaskService {
             .filter(|t| filter.accepts(t))
             .filter_map(|t| by_id.get(&t.id).map(|&seq| (seq, t)))
             .collect())
+    }
+
+    /// The latest states of the tasks that ledger messages or index entries name, in their
+    /// order. A `completed` record is its task's last (no action leads out of `completed`, and
+    /// the sweeper removes the record with the task), and so is an index entry with a state
+    /// (written in the batch of its task's final event, replaced by a retry's retraction, purged
+    /// with its task): each is its own state. The others (a retraction, an entry written before
+    /// entries carried states) are read in one batch.
+    async fn logged_states(&self, candidates: &[StreamMessage]) -> Result<Vec<Task>, TaskError> {
+        let own: Vec<Option<Task>> = candidates.iter().map(final_state).collect();
+        let keys: Vec<(Assignee, TaskId)> = candidates
+            .iter()
+            .zip(&own)
+            .filter(|(_, own)| own.is_none())
+            .filter_map(|(m, _)| indexed_task(&m.subject))
+            .collect();
+        let mut states = self.latest_states(&keys).await?;
+        let state = |(m, own): (&StreamMessage, Option<Task>)| {
+            own.or_else(|| {
+                let (_, id) = indexed_task(&m.subject)?;
+                states.remove(&id).map(|s| s.task)
+            })
+        };
+        Ok(candidates.iter().zip(own).filter_map(state).collect())
     }
 }
 
@@ -202,6 +222,23 @@ fn fill(page: &mut Page, found: Vec<(u64, Task)>, limit: usize) {
         page.next = Some(seq);
         page.tasks.push(task);
     }
+}
+
+/// The state a walked message carries when it is its task's latest (see
+/// [`TaskService::logged_states`]): a `completed` record's, or an index entry's (the copy holds
+/// the newest message per entry subject, and a retry replaces the entry with one that carries
+/// no state); `None` for any other message.
+fn final_state(m: &StreamMessage) -> Option<Task> {
+    if let Some((_, _, kind)) = subjects::parse_event(&m.subject) {
+        let task = (kind == EventKind::Completed).then(|| super::ledger::decode_record(m))??;
+        return Some(task.task);
+    }
+    subjects::parse_index(&m.subject)?;
+    let mut task = super::ledger::decode_record(m)?.task;
+    // The entry's own sequence is the copy's; the state's revision is the ledger sequence of
+    // the event, which its batch stored just before the entry.
+    task.revision = direct::source_sequence(m)?.checked_sub(1)?;
+    task.status.is_terminal().then_some(task)
 }
 
 /// The one assignee of a scope, if it has exactly one.

@@ -148,6 +148,7 @@ async fn carry_over(js: &jetstream::Context, task: &Task) -> Result<bool, Migrat
     sent.stored().await.map_err(|e| append_failed(task, e))?;
     if matches!(task.status, TaskStatus::Failed | TaskStatus::Cancelled) {
         let index = subjects::status_index(task.status, &task.assigned_to, &task.id);
+        // No state in the entry: it is not in the event's batch, so the listing reads the task.
         let body = serde_json::json!({ "event": event.id }).to_string();
         js.publish(index, body.into())
             .await

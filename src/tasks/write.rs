@@ -114,16 +114,31 @@ struct Write {
 }
 
 /// The index entry of a task that just became failed or cancelled (a literal-prefix subject
-/// the listing of those statuses walks; see `listing.rs`).
+/// the listing of those statuses walks; see `listing.rs`): the same record as the event's
+/// ledger message, so a listing shows the task from the entry alone.
 fn index_entry(after: &Task, event: &TaskEvent) -> Append {
     let subject = subjects::status_index(after.status, &after.assigned_to, &after.id);
+    index_append(subject, event, encode_record(event, after))
+}
+
+/// What replaces the index entry of a failed or cancelled task (`before`) that is retried: an
+/// entry with no state, which a listing does not take on trust (it reads the task, now pending).
+fn index_retraction(before: &Task, event: &TaskEvent) -> Append {
+    let subject = subjects::status_index(before.status, &before.assigned_to, &before.id);
+    let payload = serde_json::json!({ "event": event.id, "retracted": true });
+    index_append(subject, event, payload.to_string().into())
+}
+
+/// An index message of `event`'s change on `subject` (unguarded: it goes after the event in
+/// the change's batch, and only a batch's first message is checked).
+fn index_append(subject: String, event: &TaskEvent, payload: bytes::Bytes) -> Append {
     Append {
         guard: subject.clone(),
         subject,
         expected: 0,
         msg_id: format!("{}.index", event.id),
         extra: Vec::new(),
-        payload: serde_json::json!({ "event": event.id }).to_string().into(),
+        payload,
     }
 }
 
@@ -314,7 +329,8 @@ impl TaskService {
 
     /// The messages of one change: the prelude's event (a takeover's `retried`, guarded), the
     /// event with the state after it (guarded when it comes first), and, for a task that became
-    /// failed or cancelled, its index entry; more than one go as one atomic batch.
+    /// failed or cancelled, its index entry (for one retried from there, the entry's
+    /// retraction); more than one go as one atomic batch.
     fn write_for(&self, before: &Task, step: Step) -> Write {
         let Step {
             after,
@@ -329,13 +345,17 @@ impl TaskService {
         appends.push(self.append_for(before, &after, &event));
         let indexed = matches!(after.status, TaskStatus::Failed | TaskStatus::Cancelled)
             && event.kind.is_transition();
+        let retracted = event.kind == EventKind::Retried
+            && matches!(before.status, TaskStatus::Failed | TaskStatus::Cancelled);
         if indexed {
             appends.push(index_entry(&after, &event));
+        } else if retracted {
+            appends.push(index_retraction(before, &event));
         }
         Write {
             appends,
             event_id,
-            after_event: usize::from(indexed),
+            after_event: usize::from(indexed || retracted),
         }
     }
 

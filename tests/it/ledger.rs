@@ -276,6 +276,116 @@ async fn listings_page_newest_first_and_find_a_rare_status_among_many() {
 }
 
 #[tokio::test]
+async fn a_completed_listing_shows_each_task_as_a_read_by_id_does_most_recently_finished_first() {
+    // Arrange: three tasks completed in the order 2, 0, 1, each with its own result and a step
+    // before it; a fourth left running, a fifth failed.
+    let app = TestApp::spawn().await;
+    let ids = started_tasks(&app, 5).await;
+    for i in [2, 0, 1] {
+        let step = json!({"info": format!("half of {i}")});
+        app.admin
+            .action(&ids[i], "step", Some(&step))
+            .await
+            .unwrap();
+        let body = json!({"result": {"n": i}});
+        app.admin
+            .action(&ids[i], "complete", Some(&body))
+            .await
+            .unwrap();
+    }
+    let boom = json!({"error": "boom"});
+    app.admin
+        .action(&ids[4], "fail", Some(&boom))
+        .await
+        .unwrap();
+
+    // Act
+    let (listed, next) = page(&app, "assigned_to=anna&status=completed&limit=10").await;
+
+    // Assert: the three completed tasks, the last finished first, each exactly as a read by id
+    // shows it (status, result, revision: the state after its last event).
+    let got: Vec<&str> = listed.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(got, [ids[1].as_str(), ids[0].as_str(), ids[2].as_str()]);
+    assert!(next.is_none());
+    assert!(listed.iter().all(|t| t.status == TaskStatus::Completed));
+    listed_as_read(&app, &listed).await;
+    assert_eq!(listed[0].result, Some(json!({"n": 1})));
+}
+
+/// `n` tasks of anna, created and started one after another (`t0`, `t1`, …).
+async fn started_tasks(app: &TestApp, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = app.create(&format!("t{i}"), "anna", "P1").await;
+        app.admin.action(&id, "start", None).await.unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+/// The failed listing of anna once it holds `n` tasks (the listing reads the index
+/// copy, which trails the ledger by the server's sourcing delay).
+async fn failed_of_anna(app: &TestApp, n: usize) -> Vec<Task> {
+    eventually(
+        &format!("the failed listing to hold {n} tasks"),
+        Duration::from_secs(5),
+        || async {
+            let (tasks, _) = page(app, "assigned_to=anna&status=failed&limit=10").await;
+            (tasks.len() == n).then_some(tasks)
+        },
+    )
+    .await
+}
+
+/// Asserts that each listed task is exactly what a read by id shows (state and revision).
+async fn listed_as_read(app: &TestApp, listed: &[Task]) {
+    for t in listed {
+        let read = app.admin.get_task(t.id.as_str()).await.unwrap();
+        assert_eq!(
+            serde_json::to_value(t).unwrap(),
+            serde_json::to_value(&read).unwrap()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failed_listing_shows_tasks_as_read_by_id_and_drops_one_once_retried_or_swept() {
+    // Arrange: three tasks of anna failed, in the order 0, 1, 2.
+    let app = TestApp::spawn().await;
+    let ids = started_tasks(&app, 3).await;
+    for (i, id) in ids.iter().enumerate() {
+        let boom = json!({"error": format!("boom {i}")});
+        app.admin.action(id, "fail", Some(&boom)).await.unwrap();
+    }
+    let listed = failed_of_anna(&app, 3).await;
+    let got: Vec<&str> = listed.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(got, [ids[2].as_str(), ids[1].as_str(), ids[0].as_str()]);
+    listed_as_read(&app, &listed).await;
+
+    // Act + Assert: a retried task leaves the listing; failed again, it is back on top with
+    // its new attempt.
+    app.admin.action(&ids[0], "retry", None).await.unwrap();
+    let listed = failed_of_anna(&app, 2).await;
+    assert!(listed.iter().all(|t| t.id.as_str() != ids[0]));
+    app.admin.action(&ids[0], "start", None).await.unwrap();
+    let again = json!({"error": "boom again"});
+    app.admin
+        .action(&ids[0], "fail", Some(&again))
+        .await
+        .unwrap();
+    let listed = failed_of_anna(&app, 3).await;
+    assert_eq!(listed[0].id.as_str(), ids[0]);
+    assert_eq!(listed[0].attempt, 2);
+    assert_eq!(listed[0].error.as_deref(), Some("boom again"));
+    listed_as_read(&app, &listed).await;
+
+    // Act + Assert: swept tasks leave the listing at once.
+    assert_eq!(app.admin.cleanup(Some(0)).await.unwrap(), 3);
+    let (listed, _) = page(&app, "assigned_to=anna&status=failed&limit=10").await;
+    assert!(listed.is_empty(), "{listed:?}");
+}
+
+#[tokio::test]
 async fn finished_tasks_age_out_after_the_retention_and_pending_and_running_ones_never_do() {
     // Arrange: a retention of 1 s, swept every second.
     let app = TestApp::spawn_with(|c| {
