@@ -104,7 +104,11 @@ impl Delivery {
         self.tracker.spawn(async move {
             while !me.shutdown.is_cancelled() {
                 match me.run_loop(&key).await {
-                    Ok(()) => break,
+                    Ok(Ended::Shutdown) => break,
+                    // Expected after a nats-server restart (the consumer lives in memory).
+                    Ok(Ended::ConsumerGone) => {
+                        tracing::info!(destination = key, "the destination's consumer is gone (nats-server restarted?); making it again");
+                    }
                     Err(e) => {
                         tracing::warn!(destination = key, error.message = %e, "delivery loop failed; restarting in 1 s");
                         tokio::select! {
@@ -132,10 +136,11 @@ impl Delivery {
         self.tracker.wait().await;
     }
 
-    /// Delivers destination `key`'s queue until shutdown, reading it over the bus's reader
+    /// Delivers destination `key`'s queue until shutdown (or until its consumer is gone),
+    /// reading it over the bus's reader
     /// connection (see [`Bus::reader`]): a job no client can parse drops that connection only,
     /// and each drop ends such jobs ([`Delivery::reader_lost`]) whatever the loop is doing.
-    async fn run_loop(&self, key: &str) -> Result<(), BusError> {
+    async fn run_loop(&self, key: &str) -> Result<Ended, BusError> {
         // Opening the stream waits on JetStream, which may be unreachable: shutdown must not
         // wait for it (a delivery in flight, below, is still finished).
         let ack_wait = self.sinks.timeout + Duration::from_secs(5);
@@ -156,7 +161,7 @@ impl Delivery {
         };
         let (mut lane, resets) = tokio::select! {
             l = open => l?,
-            _ = self.shutdown.cancelled() => return Ok(()),
+            _ = self.shutdown.cancelled() => return Ok(Ended::Shutdown),
         };
         let mut reader = (resets, lane.received());
         let mut state = State::default();
@@ -169,7 +174,8 @@ impl Delivery {
                     self.watching(key, &mut reader, delivered.instrument(span))
                         .await
                 }
-                Ok(None) => break Ok(()),
+                Ok(None) => break Ok(Ended::Shutdown),
+                Err(_) if lane.consumer_gone() => break Ok(Ended::ConsumerGone),
                 Err(e) => break Err(e),
             }
         };
@@ -526,6 +532,15 @@ fn note_outcome(status: Option<u16>, verdict: Verdict) {
     if verdict != Verdict::Delivered {
         span.record("otel.status_code", "ERROR");
     }
+}
+
+/// How a delivery loop ended without an error.
+enum Ended {
+    /// The relay is stopping.
+    Shutdown,
+    /// Its consumer is gone (a nats-server restart takes the in-memory consumers with it): the
+    /// loop is started again at once, which makes the consumer again.
+    ConsumerGone,
 }
 
 /// What one delivery loop remembers between messages.

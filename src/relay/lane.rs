@@ -72,6 +72,9 @@ pub(super) struct Lane {
     kept_alive: Instant,
     /// The consumer or its stream is unusable (the loop starts over).
     broken: Option<BusError>,
+    /// What broke the lane is its consumer being gone (deleted, or gone with a server restart),
+    /// which the loop mends by making it again at once.
+    gone: bool,
     /// The reader connection's losses (see [`Reader::resets`](crate::bus::Reader::resets)).
     resets: watch::Receiver<u64>,
     /// The connection was lost or a pull went unanswered: the consumer may be gone (one kept
@@ -123,6 +126,7 @@ impl Lane {
             recheck: true,
             kept_alive: Instant::now(),
             broken: None,
+            gone: false,
             resets,
             unanswered: false,
             received: Arc::default(),
@@ -161,6 +165,11 @@ impl Lane {
                 _ = shutdown.cancelled() => return Ok(None),
             }
         }
+    }
+
+    /// Whether the lane ended because its consumer is gone (see [`Lane::next`]'s error).
+    pub(super) fn consumer_gone(&self) -> bool {
+        self.gone
     }
 
     /// The highest stream sequence taken from the consumer so far, kept up to date (`None`
@@ -264,6 +273,7 @@ impl Lane {
                         | MessagesErrorKind::RequestLimitExceeded
                 ) =>
             {
+                self.gone = matches!(e.kind(), MessagesErrorKind::ConsumerDeleted);
                 self.broken = Some(BusError::from_op("read a relay consumer", e));
             }
             Some(Err(e)) if matches!(e.kind(), MessagesErrorKind::NoResponders) => {
@@ -291,6 +301,7 @@ impl Lane {
             match stream.consumer_info(name).await {
                 Ok(_) => return,
                 Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => {
+                    self.gone = true;
                     self.broken = Some(BusError::from_op("read a relay consumer", e));
                     return;
                 }

@@ -282,6 +282,7 @@ async fn a_relay_running_through_a_nats_server_kill_delivers_what_is_queued_afte
     completed_in_order(&hook, &relay).await;
     let log = relay.log();
     assert!(!log.contains("cannot check the delivered jobs"), "{log}");
+    assert!(!log.contains("delivery loop failed"), "{log}");
 }
 
 #[tokio::test]
