@@ -107,15 +107,17 @@ impl Delivery {
                     Ok(Ended::Shutdown) => break,
                     // Expected after a nats-server restart (the consumer lives in memory).
                     Ok(Ended::ConsumerGone) => {
-                        tracing::info!(destination = key, "the destination's consumer is gone (nats-server restarted?); making it again");
+                        tracing::info!(destination = key, "the destination's consumer is gone (nats-server restarted?); making it again in 1 s");
                     }
                     Err(e) => {
                         tracing::warn!(destination = key, error.message = %e, "delivery loop failed; restarting in 1 s");
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            _ = me.shutdown.cancelled() => break,
-                        }
                     }
+                }
+                // Not at once: a loop restarted the moment a server came back could stall for
+                // ~14 s (seen under load in the restart test), one a second later does not.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = me.shutdown.cancelled() => break,
                 }
             }
         });
@@ -137,9 +139,9 @@ impl Delivery {
     }
 
     /// Delivers destination `key`'s queue until shutdown (or until its consumer is gone),
-    /// reading it over the bus's reader
-    /// connection (see [`Bus::reader`]): a job no client can parse drops that connection only,
-    /// and each drop ends such jobs ([`Delivery::reader_lost`]) whatever the loop is doing.
+    /// reading it over the bus's reader connection (see [`Bus::reader`]): a job no client can
+    /// parse drops that connection only, and each drop ends such jobs
+    /// ([`Delivery::reader_lost`]) whatever the loop is doing.
     async fn run_loop(&self, key: &str) -> Result<Ended, BusError> {
         // Opening the stream waits on JetStream, which may be unreachable: shutdown must not
         // wait for it (a delivery in flight, below, is still finished).
@@ -539,7 +541,7 @@ enum Ended {
     /// The relay is stopping.
     Shutdown,
     /// Its consumer is gone (a nats-server restart takes the in-memory consumers with it): the
-    /// loop is started again at once, which makes the consumer again.
+    /// loop is started again, which makes the consumer again; no cause for a warning.
     ConsumerGone,
 }
 

@@ -73,7 +73,7 @@ pub(super) struct Lane {
     /// The consumer or its stream is unusable (the loop starts over).
     broken: Option<BusError>,
     /// What broke the lane is its consumer being gone (deleted, or gone with a server restart),
-    /// which the loop mends by making it again at once.
+    /// which the loop mends by making it again: an expected event, not a failure.
     gone: bool,
     /// The reader connection's losses (see [`Reader::resets`](crate::bus::Reader::resets)).
     resets: watch::Receiver<u64>,
