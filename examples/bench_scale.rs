@@ -204,15 +204,14 @@ struct Loaded {
     /// The tasks of each kind.
     counts: Mix,
     /// The sampled ids (a uniform sample of every task created).
-    sample: Vec<String>,
-    /// How many ids were offered to the sample.
-    seen: u64,
+    sample: Reservoir,
     /// How many assignees the tasks went to (`--assignees` of the loading run).
     #[serde(default)]
     assignees: Option<usize>,
 }
 
 /// A uniform sample of the task ids created so far (Algorithm R): the only ids kept in memory.
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Reservoir {
     /// At most [`SAMPLE`] ids.
     ids: Vec<String>,
@@ -496,8 +495,7 @@ impl Bench {
             (Some(dir), true) => serde_json::from_slice(&std::fs::read(dir.join(LOADED))?)?,
             _ => Loaded {
                 counts: Mix::default(),
-                sample: Vec::with_capacity(SAMPLE),
-                seen: 0,
+                sample: Reservoir::default(),
                 assignees: None,
             },
         };
@@ -521,10 +519,7 @@ impl Bench {
             tasks,
             assignees,
             bodies,
-            sample: Mutex::new(Reservoir {
-                ids: loaded.sample,
-                seen: loaded.seen,
-            }),
+            sample: Mutex::new(loaded.sample),
             counts: loaded.counts,
             hooks,
             hook_base,
@@ -886,11 +881,9 @@ impl Bench {
         let Some(dir) = &self.opts.store else {
             return Ok(());
         };
-        let sample = self.sample.lock().expect("sample lock");
         let loaded = Loaded {
             counts: self.counts,
-            sample: sample.ids.clone(),
-            seen: sample.seen,
+            sample: self.sample.lock().expect("sample lock").clone(),
             assignees: Some(self.assignees.len()),
         };
         std::fs::write(dir.join(LOADED), serde_json::to_vec(&loaded)?)?;
@@ -1291,10 +1284,12 @@ async fn main() -> anyhow::Result<()> {
     let opts = parse_args()?;
     fleet::taskfleet_bin()?;
     let started = Instant::now();
-    eprintln!(
-        "==> bench-scale: stages {:?}, {} assignees × {} worker process(es) × {}, relay {}",
-        opts.stages, opts.assignees, opts.procs, opts.concurrency, opts.relay
-    );
+    if !opts.measure_only {
+        eprintln!(
+            "==> bench-scale: stages {:?}, {} assignees × {} worker process(es) × {}, relay {}",
+            opts.stages, opts.assignees, opts.procs, opts.concurrency, opts.relay
+        );
+    }
     let mut bench = Bench::start(opts).await?;
     let (stages, result) = bench.run().await;
     bench.fleet.stop().await;

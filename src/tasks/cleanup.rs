@@ -229,9 +229,7 @@ impl TaskService {
         }
         Ok(removed)
     }
-}
 
-impl TaskService {
     /// Removes a swept task's entries from the listings' copy of the index (`LEDGER_INDEX`).
     async fn unindex(&self, a: &Assignee, id: &TaskId) -> Result<(), TaskError> {
         let copy = self
