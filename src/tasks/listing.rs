@@ -9,15 +9,16 @@
 //! | `pending`, `running` | queue messages (`TASKS`, which holds every queued or running task) | newest queued first |
 //! | `completed` | ledger events of that type | most recently finished first |
 //! | `failed`, `cancelled` | their index entries (`index.<status>.<assignee>.<id>`), in the server's copy `LEDGER_INDEX` | most recently finished first |
-//! | any | `created` and `scheduled` events, and `started` events that stand for a creation | newest created (or queued) first |
+//! | any | from the ledger's last message, every record (up to [`EVERY_RECORD_BUDGET`]); past that, or from a cursor, `created` and `scheduled` events and `started` events that stand for a creation | newest created (or queued) first |
 //!
 //! A priority or kind narrows the queue subjects a `pending`/`running` listing walks; otherwise
 //! they, and text in the name, are checked on each task read, and such a listing walks at most
 //! about [`SCAN_BUDGET`] messages per call (a short page with a cursor says "walk on").
 //!
 //! A walked message that is its task's latest record (a `completed` record; an index entry,
-//! which carries its event's record and which a retry replaces with a retraction) is shown as
-//! it is; the states of the others are read from the ledger (see [`final_state`]).
+//! which carries its event's record and which a retry replaces with a retraction; the first
+//! record met of a task on a walk over every record from the ledger's end, see [`Walked`]) is
+//! shown as it is; the states of the others are read from the ledger (see [`final_state`]).
 //!
 //! A page ends with a cursor (a stream sequence): the next page walks on from there. Each window
 //! is read with [`direct::range`], which asks the server for exactly the messages the window
@@ -34,7 +35,7 @@ use super::{ListFilter, TaskError, TaskService};
 use crate::bus::{direct, subjects, BusError, NatsResultExt};
 use crate::domain::{Assignee, EventKind, Priority, Task, TaskId, TaskKind, TaskStatus};
 use async_nats::jetstream::message::StreamMessage;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// One page of a listing.
 #[derive(Debug, Clone, Default)]
@@ -45,13 +46,18 @@ pub struct Page {
     pub next: Option<u64>,
 }
 
-/// The first window walked, in stream sequences per task wanted.
+/// The first window of a ledger walk, in messages per task wanted (a task has a few records).
 const WINDOW_PER_TASK: u64 = 4;
-/// How much a window grows when the last one yielded too little.
+/// The most a window grows over the last one.
 const GROWTH: u64 = 4;
+/// The fewest sequences a window after the first spans (a window is a round trip or two).
+const MIN_WINDOW: u64 = 256;
 /// About the most messages one call walks when its filter narrows only after reading (see
 /// [`TaskService::list_page`]).
 pub(super) const SCAN_BUDGET: u64 = 5_000;
+/// About the most records a listing of every status walks before it walks creations only (see
+/// [`Walked`]).
+const EVERY_RECORD_BUDGET: u64 = 1_000;
 
 /// What one listing walks: a stream and the subjects whose messages stand for tasks.
 struct Source {
@@ -69,43 +75,48 @@ impl TaskService {
     /// instead of one unbounded one.
     pub async fn list_page(&self, filter: &ListFilter) -> Result<Page, TaskError> {
         let assignee = filter.assignee.clone().or_else(|| single(&filter.scope));
-        let source = source(filter, assignee.as_ref());
-        let (first, last) = bounds(&self.bus.js, source.stream).await?;
+        let mut source = source(filter, assignee.as_ref(), false);
+        let (first, last, stored) = bounds(&self.bus.js, source.stream).await?;
         let mut end = filter
             .before
             .map_or(last, |b| b.saturating_sub(1))
             .min(last);
+        let mut walk = Walked::new(filter.status.is_none() && end == last);
+        if walk.every_record {
+            source = self::source(filter, assignee.as_ref(), true);
+        }
         let mut after_end = self.counts_after(&source, end, end == last).await?;
         let budget = filter.narrows_after_read().then_some(SCAN_BUDGET);
-        let mut window = (filter.limit as u64 * WINDOW_PER_TASK).max(256);
-        let (mut seen, mut walked) = (HashSet::new(), 0);
+        let ledger = source.stream == subjects::EVENTS_STREAM;
+        let mut window = first_window(filter.limit, ledger, last.saturating_sub(first) + 1, stored);
         let mut page = Page::default();
         while page.tasks.len() < filter.limit && end >= first && end > 0 {
             if let Some(b) = budget {
                 window = window.min(b);
             }
             let start = end.saturating_sub(window - 1).max(first);
-            let mut msgs = self
+            let (end_of_window, found_before) = (end, page.tasks.len());
+            let msgs = self
                 .read_range(&source, (start, end), &mut after_end)
                 .await?;
-            walked += msgs.len() as u64;
-            msgs.sort_by_key(|m| std::cmp::Reverse(m.sequence));
-            let candidates: Vec<StreamMessage> = msgs
-                .into_iter()
-                .filter(|m| stands_for_a_task(m, filter))
-                .filter(|m| seen.insert(task_of(m)))
-                .collect();
-            let found = self.matching(&candidates, filter).await?;
+            let candidates = walk.take(msgs, filter);
+            let found = self.matching(&candidates, filter, &walk.latest).await?;
             fill(&mut page, found, filter.limit);
             end = start.saturating_sub(1);
             let more = end >= first && end > 0;
-            if budget.is_some_and(|b| walked >= b) && page.tasks.len() < filter.limit {
+            if budget.is_some_and(|b| walk.walked >= b) && page.tasks.len() < filter.limit {
                 page.next = more.then_some(start);
                 return Ok(page);
             }
-            if page.tasks.len() < filter.limit / 2 {
-                window = window.saturating_mul(GROWTH);
+            if walk.every_record && walk.walked >= EVERY_RECORD_BUDGET && more {
+                // Tasks with long logs: walk on over their creations only, reading states.
+                walk.every_record = false;
+                source = self::source(filter, assignee.as_ref(), false);
+                after_end = self.counts_after(&source, end, false).await?;
             }
+            walk.spanned += end_of_window - start + 1;
+            let found = (page.tasks.len(), page.tasks.len() - found_before);
+            window = next_window(window, walk.spanned, found, filter.limit);
         }
         if page.tasks.len() < filter.limit {
             page.next = None;
@@ -167,6 +178,7 @@ impl TaskService {
         &self,
         candidates: &[StreamMessage],
         filter: &ListFilter,
+        latest: &HashMap<TaskId, StreamMessage>,
     ) -> Result<Vec<(u64, Task)>, TaskError> {
         if candidates.is_empty() {
             return Ok(Vec::new());
@@ -174,9 +186,9 @@ impl TaskService {
         let queued = candidates[0].subject.starts_with("tasks.");
         let tasks: Vec<Task> = match queued {
             true => self.queued_states(candidates, false).await?,
-            false => self.logged_states(candidates).await?,
+            false => self.logged_states(candidates, latest).await?,
         };
-        let by_id: std::collections::HashMap<TaskId, u64> = candidates
+        let by_id: HashMap<TaskId, u64> = candidates
             .iter()
             .map(|m| (task_of(m), m.sequence))
             .collect();
@@ -191,10 +203,18 @@ impl TaskService {
     /// order. A `completed` record is its task's last (no action leads out of `completed`, and
     /// the sweeper removes the record with the task), and so is an index entry with a state
     /// (written in the batch of its task's final event, replaced by a retry's retraction, purged
-    /// with its task): each is its own state. The others (a retraction, an entry written before
-    /// entries carried states) are read in one batch.
-    async fn logged_states(&self, candidates: &[StreamMessage]) -> Result<Vec<Task>, TaskError> {
-        let own: Vec<Option<Task>> = candidates.iter().map(final_state).collect();
+    /// with its task): each is its own state; so is a record in `latest` (see [`Walked`]). The
+    /// others (a retraction, an entry written before entries carried states) are read in one
+    /// batch.
+    async fn logged_states(
+        &self,
+        candidates: &[StreamMessage],
+        latest: &HashMap<TaskId, StreamMessage>,
+    ) -> Result<Vec<Task>, TaskError> {
+        let own: Vec<Option<Task>> = candidates
+            .iter()
+            .map(|m| final_state(m).or_else(|| known_state(m, latest)))
+            .collect();
         let keys: Vec<(Assignee, TaskId)> = candidates
             .iter()
             .zip(&own)
@@ -210,6 +230,90 @@ impl TaskService {
         };
         Ok(candidates.iter().zip(own).filter_map(state).collect())
     }
+}
+
+/// What a listing has walked so far. A listing of every status that starts at the ledger's
+/// last message walks every record (not only creations) while it has walked fewer than
+/// [`EVERY_RECORD_BUDGET`]: newest first, the first record it meets of a task is that task's latest,
+/// which the page then shows without reading the ledger again. Past the budget (tasks with long
+/// logs) it walks creations only, and reads the states of tasks it has not met.
+struct Walked {
+    /// Whether the walk is over every record, from the ledger's last message on.
+    every_record: bool,
+    /// The latest record of each task met on a walk over every record.
+    latest: HashMap<TaskId, StreamMessage>,
+    /// The tasks already on the page or passed over (a task is shown once).
+    seen: HashSet<TaskId>,
+    /// Messages walked.
+    walked: u64,
+    /// Stream sequences walked (the windows' spans).
+    spanned: u64,
+}
+
+impl Walked {
+    fn new(every_record: bool) -> Self {
+        Walked {
+            every_record,
+            latest: HashMap::new(),
+            seen: HashSet::new(),
+            walked: 0,
+            spanned: 0,
+        }
+    }
+
+    /// The messages of one window (any order) that stand for tasks not met before, newest
+    /// first; notes each task's latest record on a walk over every record.
+    fn take(&mut self, mut msgs: Vec<StreamMessage>, filter: &ListFilter) -> Vec<StreamMessage> {
+        self.walked += msgs.len() as u64;
+        msgs.sort_by_key(|m| std::cmp::Reverse(m.sequence));
+        if self.every_record {
+            for m in &msgs {
+                if let Some((_, id, _)) = subjects::parse_event(&m.subject) {
+                    self.latest.entry(id).or_insert_with(|| m.clone());
+                }
+            }
+        }
+        msgs.into_iter()
+            .filter(|m| stands_for_a_task(m, filter))
+            .filter(|m| self.seen.insert(task_of(m)))
+            .collect()
+    }
+}
+
+/// The first window of a walk for `limit` tasks over a stream whose `span` of sequences holds
+/// `stored` messages: [`WINDOW_PER_TASK`] messages per task in the ledger, and half as many
+/// again as tasks wanted in the queue or the index (a message each), in sequences as far apart
+/// as the stream's messages are on average (a work queue keeps a few over a long span).
+fn first_window(limit: usize, ledger: bool, span: u64, stored: u64) -> u64 {
+    let messages = match ledger {
+        true => limit as u64 * WINDOW_PER_TASK,
+        false => (limit as u64 * 3).div_ceil(2),
+    };
+    let apart = span.checked_div(stored).unwrap_or(1).max(1);
+    messages.saturating_mul(apart).max(MIN_WINDOW)
+}
+
+/// The next window of a walk that has spanned `spanned` sequences and found `found` of the
+/// `limit` tasks it wants, `last_found` of them in the last window: as many sequences as the
+/// tasks still wanted took so far, and half as many again; at least [`MIN_WINDOW`], and at most
+/// [`GROWTH`] times the last window, which is what a walk whose last window found nothing gets.
+/// Sized by what the walk met rather than grown blindly, a page reads about the messages it
+/// needs, not up to four times as many.
+fn next_window(last: u64, spanned: u64, (found, last_found): (usize, usize), limit: usize) -> u64 {
+    let most = last.saturating_mul(GROWTH);
+    let wanted = limit.saturating_sub(found) as u64;
+    match (found, last_found) {
+        (0, _) | (_, 0) => most,
+        _ => (spanned.div_ceil(found as u64) * wanted * 3 / 2)
+            .clamp(MIN_WINDOW, most.max(MIN_WINDOW)),
+    }
+}
+
+/// The state of the task a ledger message names from its latest record met on the walk, if
+/// that record carries one.
+fn known_state(m: &StreamMessage, latest: &HashMap<TaskId, StreamMessage>) -> Option<Task> {
+    let (_, id, _) = subjects::parse_event(&m.subject)?;
+    Some(super::ledger::decode_record(latest.get(&id)?)?.task)
 }
 
 /// Adds `found` (newest first, with the sequence that found each) to `page` up to `limit`
@@ -249,8 +353,10 @@ fn single(scope: &Option<HashSet<Assignee>>) -> Option<Assignee> {
     }
 }
 
-/// What a listing by `filter` walks (for `assignee`, the filter's or its scope's only one).
-fn source(filter: &ListFilter, assignee: Option<&Assignee>) -> Source {
+/// What a listing by `filter` walks (for `assignee`, the filter's or its scope's only one);
+/// `every_record`: a listing of every status walks all of the ledger's records, not only the
+/// creations (see [`Walked`]).
+fn source(filter: &ListFilter, assignee: Option<&Assignee>, every_record: bool) -> Source {
     let a = assignee.map_or("*", Assignee::as_str);
     let events = |kinds: &[EventKind]| Source {
         stream: subjects::EVENTS_STREAM,
@@ -273,6 +379,12 @@ fn source(filter: &ListFilter, assignee: Option<&Assignee>) -> Source {
         Some(status @ (TaskStatus::Failed | TaskStatus::Cancelled)) => Source {
             stream: subjects::INDEX_STREAM,
             filters: vec![subjects::status_index_filter(status, assignee)],
+        },
+        None if every_record => Source {
+            stream: subjects::EVENTS_STREAM,
+            filters: vec![
+                assignee.map_or(subjects::ALL_EVENTS.to_string(), subjects::assignee_events)
+            ],
         },
         None => events(&[EventKind::Scheduled, EventKind::Created, EventKind::Started]),
     }
@@ -301,8 +413,9 @@ fn indexed_task(subject: &str) -> Option<(Assignee, TaskId)> {
         .or_else(|| subjects::parse_scheduled(subject))
 }
 
-/// Whether a walked message stands for a task this listing may show (a `started` event only
-/// when it is also its task's creation; nothing outside the caller's scope).
+/// Whether a walked message stands for a task this listing may show (with no status asked,
+/// only a task's creation: `scheduled`, `created`, or a `started` event that is also its
+/// creation; nothing outside the caller's scope).
 fn stands_for_a_task(m: &StreamMessage, filter: &ListFilter) -> bool {
     let indexed =
         subjects::parse_index(&m.subject).or_else(|| subjects::parse_scheduled(&m.subject));
@@ -311,9 +424,10 @@ fn stands_for_a_task(m: &StreamMessage, filter: &ListFilter) -> bool {
     }
     if let Some((a, _, kind)) = subjects::parse_event(&m.subject) {
         let in_scope = filter.scope.as_ref().is_none_or(|s| s.contains(&a));
-        let creation = kind != EventKind::Started
-            || filter.status.is_some()
-            || super::ledger::decode_event(m).is_ok_and(|e| also_created(&e));
+        let creation = filter.status.is_some()
+            || matches!(kind, EventKind::Scheduled | EventKind::Created)
+            || (kind == EventKind::Started
+                && super::ledger::decode_event(m).is_ok_and(|e| also_created(&e)));
         return in_scope && creation;
     }
     match subjects::parse_task(&m.subject) {
@@ -333,9 +447,45 @@ fn task_of(m: &StreamMessage) -> TaskId {
         .unwrap_or_else(|_| TaskId::parse("invalid").expect("a valid id"))
 }
 
-/// The first and last sequence of a stream, asked of the server now.
-async fn bounds(js: &async_nats::jetstream::Context, stream: &str) -> Result<(u64, u64), BusError> {
+/// The first and last sequence of a stream and how many messages it holds, asked of the
+/// server now.
+async fn bounds(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> Result<(u64, u64, u64), BusError> {
     let s = js.get_stream(stream).await.op("stream info")?;
     let state = &s.cached_info().state;
-    Ok((state.first_sequence, state.last_sequence))
+    Ok((state.first_sequence, state.last_sequence, state.messages))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_first_window_spans_the_messages_a_page_needs_as_far_apart_as_the_stream_keeps_them() {
+        assert_eq!(first_window(100, true, 1_000_000, 1_000_000), 400);
+        assert_eq!(first_window(100, false, 1_000_000, 1_000), 150_000);
+        assert_eq!(first_window(10, true, 50, 50), MIN_WINDOW);
+        // An empty stream: as if its messages were next to each other.
+        assert_eq!(first_window(100, true, 10, 0), 400);
+    }
+
+    #[test]
+    fn a_walk_whose_last_window_found_nothing_grows_its_window_fourfold() {
+        assert_eq!(next_window(400, 400, (0, 0), 100), 1600);
+        assert_eq!(next_window(400, 2400, (96, 0), 100), 1600);
+    }
+
+    #[test]
+    fn the_next_window_spans_what_the_tasks_still_wanted_took_so_far_and_half_again() {
+        // 2,000 sequences gave 40 tasks (50 each); 60 more wanted: 3,000 and half again.
+        assert_eq!(next_window(1600, 2000, (40, 30), 100), 4500);
+    }
+
+    #[test]
+    fn a_walk_that_nearly_filled_its_page_asks_for_a_little_more_not_four_times_as_much() {
+        assert_eq!(next_window(1600, 2000, (96, 80), 100), MIN_WINDOW);
+        assert_eq!(next_window(400, 400, (1, 1), 100), 1600);
+    }
 }

@@ -312,6 +312,103 @@ async fn a_completed_listing_shows_each_task_as_a_read_by_id_does_most_recently_
     assert_eq!(listed[0].result, Some(json!({"n": 1})));
 }
 
+#[tokio::test]
+async fn a_listing_of_every_status_shows_each_task_as_a_read_by_id_does_newest_created_first() {
+    // Arrange: anna's t0..t5 and bob's b0, then changes in an order unlike their creation: t1
+    // steps and completes, t3 fails, t2 is cancelled, t5 steps, t0 completes last (its latest
+    // record is the ledger's newest); t4 stays running.
+    let app = TestApp::spawn().await;
+    let ids = started_tasks(&app, 6).await;
+    let bob = app.create("b0", "bob", "P2").await;
+    let step = json!({"info": "half"});
+    app.admin
+        .action(&ids[1], "step", Some(&step))
+        .await
+        .unwrap();
+    let done = |n: i64| json!({"result": {"n": n}});
+    app.admin
+        .action(&ids[1], "complete", Some(&done(1)))
+        .await
+        .unwrap();
+    let boom = json!({"error": "boom"});
+    app.admin
+        .action(&ids[3], "fail", Some(&boom))
+        .await
+        .unwrap();
+    app.admin.action(&ids[2], "cancel", None).await.unwrap();
+    app.admin
+        .action(&ids[5], "step", Some(&step))
+        .await
+        .unwrap();
+    app.admin
+        .action(&ids[0], "complete", Some(&done(0)))
+        .await
+        .unwrap();
+
+    // Act: anna's first page of 4, the page after it, and every assignee's tasks.
+    let (first, next) = page(&app, "assigned_to=anna&limit=4").await;
+    let cursor = next.expect("a cursor after a full page");
+    let (second, _) = page(&app, &format!("assigned_to=anna&limit=4&before={cursor}")).await;
+    let (all, _) = page(&app, "limit=10").await;
+
+    // Assert: newest created first, each task as a read by id shows it (state, revision).
+    let order = |tasks: &[Task]| tasks.iter().map(|t| t.id.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        order(&first),
+        [&ids[5], &ids[4], &ids[3], &ids[2]].map(String::clone)
+    );
+    assert_eq!(order(&second), [&ids[1], &ids[0]].map(String::clone));
+    let mut everyone = vec![bob.clone()];
+    everyone.extend(ids.iter().rev().cloned());
+    assert_eq!(order(&all), everyone);
+    for listed in [&first, &second, &all] {
+        listed_as_read(&app, listed).await;
+    }
+    assert_eq!(first[1].status, TaskStatus::Running);
+    assert_eq!(second[1].result, Some(json!({"n": 0})));
+}
+
+#[tokio::test]
+async fn a_listing_of_every_status_shows_latest_states_past_tasks_with_long_logs() {
+    // Arrange: `old` completed long ago; then four tasks whose 1,400 steps fill the ledger's
+    // newest records (past 1,000 records a listing walks creations only, reading states);
+    // `first`, created first, completes last.
+    let app = TestApp::spawn().await;
+    let first = app.create("first", "anna", "P1").await;
+    let old = app.create("old", "anna", "P1").await;
+    app.admin.action(&old, "start", None).await.unwrap();
+    let done = json!({"result": "old"});
+    app.admin
+        .action(&old, "complete", Some(&done))
+        .await
+        .unwrap();
+    let busy = started_tasks(&app, 4).await;
+    let steps = busy.iter().map(|id| {
+        let admin = &app.admin;
+        async move {
+            for i in 0..350 {
+                let step = json!({"info": format!("step {i}")});
+                admin.action(id, "step", Some(&step)).await.unwrap();
+            }
+        }
+    });
+    futures::future::join_all(steps).await;
+    app.admin.action(&first, "start", None).await.unwrap();
+    app.admin.action(&first, "complete", None).await.unwrap();
+
+    // Act
+    let (listed, _) = page(&app, "assigned_to=anna&limit=10").await;
+
+    // Assert: all six, newest created first, each as a read by id shows it.
+    let got: Vec<String> = listed.iter().map(|t| t.id.to_string()).collect();
+    let mut want: Vec<String> = busy.iter().rev().cloned().collect();
+    want.extend([old.clone(), first.clone()]);
+    assert_eq!(got, want);
+    listed_as_read(&app, &listed).await;
+    assert_eq!(listed[4].status, TaskStatus::Completed);
+    assert_eq!(listed[5].status, TaskStatus::Completed);
+}
+
 /// `n` tasks of anna, created and started one after another (`t0`, `t1`, …).
 async fn started_tasks(app: &TestApp, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
