@@ -12,6 +12,7 @@ use super::{TaskError, TaskService};
 use crate::bus::{direct, subjects, BusError};
 use crate::domain::{Assignee, EventKind, NewTask, Priority, Task, TaskId, TaskStatus};
 use async_nats::jetstream::message::StreamMessage;
+use futures::StreamExt;
 use std::collections::{HashMap, HashSet, VecDeque};
 
 /// Walks the messages of several subjects of one stream in sequence order, a batch at a time.
@@ -201,6 +202,9 @@ const REFUSED_BODY_CAP: usize = 4096;
 /// the server answers at most 1,024 messages).
 const STATES_PER_REQUEST: usize = 80;
 
+/// Requests for tasks' latest records sent at once (see [`TaskService::latest_states`]).
+const STATES_IN_FLIGHT: usize = 4;
+
 impl TaskService {
     /// Pending tasks, P0 first and oldest first within a priority. `None` lists every assignee.
     pub async fn pending(
@@ -334,27 +338,22 @@ impl TaskService {
     }
 
     /// The latest record of each task (read from any replica, over the reader connection), in
-    /// as few requests as the server allows. Tasks without a record are missing from the map.
+    /// as few requests as the server allows, [`STATES_IN_FLIGHT`] of them at once (the server
+    /// answers one connection's requests in turn; sent together, the next is under way while
+    /// this side decodes the last). Tasks without a record are missing from the map.
     pub(crate) async fn latest_states(
         &self,
         tasks: &[(Assignee, TaskId)],
     ) -> Result<HashMap<TaskId, Stored>, TaskError> {
+        let reads: Vec<_> = tasks
+            .chunks(STATES_PER_REQUEST)
+            .map(|chunk| self.latest_of_chunk(chunk))
+            .collect();
+        let mut answers = futures::stream::iter(reads).buffer_unordered(STATES_IN_FLIGHT);
         let mut out = HashMap::new();
-        for chunk in tasks.chunks(STATES_PER_REQUEST) {
-            let filters: Vec<String> = chunk
-                .iter()
-                .map(|(a, id)| subjects::task_ledger(a, id))
-                .collect();
-            let msgs = self
-                .read_on_reader(Covered::Ledgers(&filters), |client| {
-                    let filters = &filters;
-                    async move {
-                        direct::multi_last(&client, subjects::EVENTS_STREAM, filters).await
-                    }
-                })
-                .await?;
+        while let Some(msgs) = answers.next().await {
             let mut by_task: HashMap<TaskId, Vec<StreamMessage>> = HashMap::new();
-            for m in msgs {
+            for m in msgs? {
                 if let Some((_, id, _)) = subjects::parse_event(&m.subject) {
                     by_task.entry(id).or_default().push(m);
                 }
@@ -366,6 +365,22 @@ impl TaskService {
             }
         }
         Ok(out)
+    }
+
+    /// The last record of each event type of each of `chunk`'s tasks, in one request.
+    async fn latest_of_chunk(
+        &self,
+        chunk: &[(Assignee, TaskId)],
+    ) -> Result<Vec<StreamMessage>, TaskError> {
+        let filters: Vec<String> = chunk
+            .iter()
+            .map(|(a, id)| subjects::task_ledger(a, id))
+            .collect();
+        self.read_on_reader(Covered::Ledgers(&filters), |client| {
+            let filters = &filters;
+            async move { direct::multi_last(&client, subjects::EVENTS_STREAM, filters).await }
+        })
+        .await
     }
 }
 
