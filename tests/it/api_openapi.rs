@@ -407,6 +407,28 @@ async fn bad_input_the_schema_fuzzer_found_is_a_4xx_that_writes_nothing() {
 }
 
 #[tokio::test]
+async fn a_null_run_at_beside_delay_s_counts_as_absent_and_the_document_allows_it() {
+    // Arrange: the fuzzer's case (2026-12-05): `run_at: null` with `delay_s`, which the API
+    // takes as `delay_s` alone; the document's "not both" named any two present keys.
+    let app = TestApp::spawn().await;
+    let body = json!({"task_name": "t", "assigned_to": "anna", "run_at": null, "delay_s": 600});
+
+    // Act
+    let (status, task) = app
+        .call(app.req(Method::POST, "/api/tasks").json(&body))
+        .await;
+    let doc = document(&app).await;
+
+    // Assert: scheduled by `delay_s`; the document's clause forbids two non-null values only.
+    assert_eq!(status, StatusCode::CREATED, "{task}");
+    assert_eq!(task["status"], "scheduled", "{task}");
+    let not_both = &doc["components"]["schemas"]["NewTask"]["allOf"][0]["not"];
+    assert_eq!(not_both["required"], json!(["run_at", "delay_s"]));
+    assert_eq!(not_both["properties"]["run_at"]["type"], "string");
+    assert_eq!(not_both["properties"]["delay_s"]["type"], "integer");
+}
+
+#[tokio::test]
 async fn info_and_message_may_both_be_sent_and_info_wins() {
     // Arrange
     let app = TestApp::spawn().await;
