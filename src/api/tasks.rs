@@ -106,7 +106,8 @@ pub(super) async fn get_one(
     who: Principal,
     IdPath(id): IdPath,
 ) -> Result<Json<Task>, ApiError> {
-    let mut task = authorized_task(&state, &who, &id).await?;
+    let task = authorized_task(&state, &who, &id).await?;
+    let mut task = state.tasks.as_shown(task).await;
     if task.status == crate::domain::TaskStatus::Pending {
         // Best effort: a task is shown even when flow control cannot say why it waits.
         task.waiting_for = state.flow.waiting_for(&task).await.unwrap_or_default();
@@ -245,7 +246,13 @@ pub(super) async fn list(
         name_contains,
         unchanged_since,
     };
-    let page = state.tasks.list_page(&filter).await?;
+    let mut page = state.tasks.list_page(&filter).await?;
+    if filter.status.is_none() {
+        // A listing by status shows what it walked; one of every status shows states as
+        // `GET /api/tasks/{id}` does (a fired delayed task no one recorded yet is pending).
+        let shown = page.tasks.into_iter().map(|t| state.tasks.as_shown(t));
+        page.tasks = futures::future::join_all(shown).await;
+    }
     let mut headers = axum::http::HeaderMap::new();
     if let Some(next) = page.next {
         let link = next_link(&q, &filter, next);

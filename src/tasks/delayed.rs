@@ -23,6 +23,7 @@ use super::write::Step;
 use super::{transition_event, TaskError, TaskService};
 use crate::bus::{encode, message_headers, subjects, NatsResultExt, RECORDED_HEADER};
 use crate::domain::{now, EventKind, NewTask, Task, TaskEvent, TaskId, TaskStatus};
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use chrono::{DateTime, SecondsFormat, Utc};
 use std::time::Duration;
 
@@ -54,12 +55,19 @@ pub(crate) fn deferred_until(msg: QueuedMessage<'_>, new: &NewTask) -> Option<Da
     new.due(published).filter(|at| *at > now())
 }
 
+/// `t` (scheduled) once its schedule fired into the queue message at `seq` (`None`: not
+/// known): pending, queued there. What the first reader of that message records, and what
+/// readers show before anyone has.
+pub(crate) fn queued_by_schedule(mut t: Task, seq: Option<u64>) -> Task {
+    t.status = TaskStatus::Pending;
+    t.queue_seq = seq;
+    t
+}
+
 /// `t` (scheduled) queued by the message at `seq`: pending, with the `created` event that
 /// marks it, carrying how late the schedule fired.
 pub(crate) fn fire_step(t: &Task, seq: u64, operator: &str) -> Step {
-    let mut pending = t.clone();
-    pending.status = TaskStatus::Pending;
-    pending.queue_seq = Some(seq);
+    let pending = queued_by_schedule(t.clone(), Some(seq));
     let mut e = transition_event(Some(t), &pending, EventKind::Created, operator, None);
     e.message = Some(t.task_name.clone());
     e.data = serde_json::json!({ "run_at": t.run_at, "lag_ms": lag(t).as_millis() as u64 });
@@ -191,6 +199,26 @@ impl TaskService {
             .await
             .op("publish schedule ack")?;
         Ok(())
+    }
+
+    /// `task` as a reader should see it. A scheduled task whose schedule already fired into
+    /// the queue, but whose queue message no one has met yet (a worker meets it within
+    /// milliseconds; a bot's manual task waits for its pending list), is shown `pending`, as
+    /// the first reader will record it; its schedule message is gone then. Writes nothing;
+    /// reads the schedule's subject only for a scheduled task whose `run_at` has passed.
+    pub async fn as_shown(&self, task: Task) -> Task {
+        let passed = task.run_at.is_some_and(|at| at <= now());
+        if task.status != TaskStatus::Scheduled || !passed {
+            return task;
+        }
+        let subject = subjects::scheduled(&task.assigned_to, &task.id);
+        let schedule = &self.bus.topology.tasks;
+        match schedule.get_last_raw_message_by_subject(&subject).await {
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                queued_by_schedule(task, None)
+            }
+            _ => task,
+        }
     }
 
     /// Removes a delayed task's schedule message (after the record stopped being scheduled).

@@ -268,6 +268,10 @@ impl TaskService {
                 Some(s) if s.task.status == TaskStatus::Scheduled && tidy => {
                     self.fire_listed(m, s.task).await?
                 }
+                // Fired, not recorded yet: shown as the first tidying reader will record it.
+                Some(s) if fired_and_due(m, &s.task) => {
+                    Some(super::delayed::queued_by_schedule(s.task, Some(m.sequence)))
+                }
                 Some(s) => Some(s.task),
                 None => self.materialise(m, id, new, tidy).await?,
             };
@@ -382,6 +386,14 @@ impl TaskService {
         })
         .await
     }
+}
+
+/// Whether `m` is the copy a schedule fired for `t`, a scheduled task that is due by its
+/// record: the task is queued, though no reader recorded it yet.
+fn fired_and_due(m: &StreamMessage, t: &Task) -> bool {
+    t.status == TaskStatus::Scheduled
+        && super::delayed::fired(m.into())
+        && super::delayed::is_due(t)
 }
 
 /// The event type whose last record holds the state a taskfleet-published queue message was

@@ -154,6 +154,62 @@ async fn delayed_tasks_due_together_are_listed_p0_first_once_they_fire() {
     assert_eq!(actions(&app, &ids[2]).await, ["scheduled", "create"]);
 }
 
+/// The tasks a listing answered, by id, with their status.
+async fn listed(app: &TestApp, query: &str) -> Vec<(String, String)> {
+    let (status, page) = app
+        .call(app.req(Method::GET, &format!("/api/tasks?{query}")))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let tasks = page.as_array().cloned().unwrap_or_default();
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    tasks
+        .iter()
+        .map(|t| (text(&t["id"]), text(&t["status"])))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_fired_manual_task_nobody_read_yet_shows_pending_and_reading_it_writes_nothing() {
+    // Arrange: a bot's manual task due in 1 s; no worker, and no one reads the bot's /pending.
+    let app = TestApp::spawn().await;
+    let task = create(
+        &app,
+        json!({"task_name": "due", "assigned_to": "anna", "delay_s": 1}),
+    )
+    .await;
+    let id = task["id"].as_str().unwrap().to_string();
+    let fired = || async { (held_schedules(&app).await == 0).then_some(()) };
+    eventually("the schedule to fire", Duration::from_secs(30), fired).await;
+
+    // Act
+    let pending = eventually(
+        "the fired task in the pending listing",
+        Duration::from_secs(10),
+        || async {
+            let page = listed(&app, "assigned_to=anna&status=pending").await;
+            (!page.is_empty()).then_some(page)
+        },
+    )
+    .await;
+    let (_, one) = app
+        .call(app.req(Method::GET, &format!("/api/tasks/{id}")))
+        .await;
+    let every = listed(&app, "assigned_to=anna").await;
+    let scheduled = listed(&app, "assigned_to=anna&status=scheduled").await;
+
+    // Assert
+    let shown = vec![(id.clone(), "pending".to_string())];
+    assert_eq!(pending, shown, "listed by status");
+    assert_eq!(one["status"], "pending", "{one}");
+    assert_eq!(every, shown, "listed with every status");
+    assert!(scheduled.is_empty(), "no longer held: {scheduled:?}");
+    assert_eq!(
+        actions(&app, &id).await,
+        ["scheduled"],
+        "reads wrote nothing"
+    );
+}
+
 #[tokio::test]
 async fn a_delayed_task_cancelled_before_it_fires_never_runs() {
     // Arrange
