@@ -1,6 +1,12 @@
 //! How `taskfleet task` prints: tables for people, JSON for scripts.
 
 use crate::domain::{LogEntry, Task};
+use crate::text::message::first_line;
+
+/// Most chars of a task's name in a table row (the rest is `…`; `--json` has it whole).
+const NAME_CHARS: usize = 60;
+/// Most chars of a log or event message in a table row (its first line; `--json` has it whole).
+pub(super) const MESSAGE_CHARS: usize = 100;
 
 /// Printer for one command's results.
 pub(super) struct Output {
@@ -84,7 +90,7 @@ impl Output {
                 t.assigned_to.as_str(),
                 t.kind.as_str(),
                 t.created_time.format("%Y-%m-%d %H:%M:%S").to_string(),
-                t.task_name
+                first_line(&t.task_name, NAME_CHARS)
             );
         }
     }
@@ -107,7 +113,7 @@ impl Output {
                 st(r.old_status),
                 st(r.new_status),
                 r.operator,
-                r.message.as_deref().unwrap_or("")
+                first_line(r.message.as_deref().unwrap_or(""), MESSAGE_CHARS)
             );
         }
     }

@@ -1,9 +1,10 @@
 //! `taskfleet task …`: the API from the shell. Tables by default, `--json` for scripts; errors
 //! print the server's message and exit non-zero.
 
-use super::output::Output;
+use super::output::{Output, MESSAGE_CHARS};
 use crate::client::{ApiClient, ClientError};
 use crate::domain::EventKind;
+use crate::text::message::first_line;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -450,11 +451,13 @@ async fn watch(client: &ApiClient, out: Output, id: &str, follow: bool) -> Resul
         if out.json {
             println!("{}", serde_json::to_string(&ev).unwrap_or_default());
         } else {
+            // An output event carries its lines in `data.text`, not in `message`.
+            let text = ev.message.as_deref().or(ev.data["text"].as_str());
             println!(
                 "{}  {:<10} {}",
                 ev.time.format("%Y-%m-%d %H:%M:%S"),
                 ev.kind.as_str(),
-                ev.message.as_deref().unwrap_or("")
+                first_line(text.unwrap_or(""), MESSAGE_CHARS)
             );
         }
         let terminal = matches!(

@@ -278,16 +278,22 @@ fn push_text(parts: &mut Vec<Part>, text: &mut String) {
     }
 }
 
-/// `s` as one line of at most [`MAX_VALUE_CHARS`]: the first non-blank line, ending with `…`
-/// when anything was left out.
+/// `s` as one line of at most [`MAX_VALUE_CHARS`] (see [`first_line`]).
 fn one_line(s: &str) -> String {
+    first_line(s, MAX_VALUE_CHARS)
+}
+
+/// `s` as one line of at most `max` chars (at least 1): the first non-blank line, ending with
+/// `…` when anything was left out. For a message in a table row or a chat line.
+pub fn first_line(s: &str, max: usize) -> String {
+    let max = max.max(1);
     let mut lines = s.lines().map(str::trim).filter(|l| !l.is_empty());
     let first = lines.next().unwrap_or("");
     let more = lines.next().is_some();
-    if first.chars().count() <= MAX_VALUE_CHARS && !more {
+    if first.chars().count() <= max && !more {
         return first.to_string();
     }
-    let mut out: String = first.chars().take(MAX_VALUE_CHARS - 1).collect();
+    let mut out: String = first.chars().take(max - 1).collect();
     out.push('…');
     out
 }
@@ -634,6 +640,15 @@ mod tests {
                 assert_eq!(Templates::builtin(lang).render(&t, &e), None, "{kind:?}");
             }
         }
+    }
+
+    #[test]
+    fn first_line_keeps_a_short_line_whole_and_marks_anything_left_out() {
+        assert_eq!(first_line("  done  ", 10), "done");
+        assert_eq!(first_line("\n\nline 1\nline 2", 10), "line 1…");
+        assert_eq!(first_line("abcdefghijkl", 5), "abcd…");
+        assert_eq!(first_line("", 5), "");
+        assert_eq!(first_line("ab", 0), "…", "a width of 0 counts as 1");
     }
 
     #[test]

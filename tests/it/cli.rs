@@ -57,6 +57,34 @@ async fn task_commands_create_list_start_complete_and_show_the_log() {
 }
 
 #[tokio::test]
+async fn task_logs_print_one_row_per_entry_when_a_result_has_many_lines() {
+    // Arrange: a task completed with a three-line result (a command's output, say).
+    let app = TestApp::spawn().await;
+    let id = app.create("multi", "anna", "P1").await;
+    let id = id.as_str();
+    taskfleet(&app, &["task", "start", id]).await;
+    let result = "line 1\nline 2\nline 3\n";
+    let done = taskfleet(&app, &["task", "complete", id, "-r", result]).await;
+
+    // Act
+    let logs = taskfleet(&app, &["task", "logs", id]).await;
+
+    // Assert
+    assert!(done.status.success(), "{done:?}");
+    let log = stdout(&logs);
+    let rows: Vec<&str> = log.lines().collect();
+    assert_eq!(
+        rows.len(),
+        4,
+        "a header and create, start, complete:\n{log}"
+    );
+    assert!(
+        rows[3].contains("complete") && rows[3].ends_with("line 1…"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
 async fn task_commands_exit_non_zero_with_the_servers_message() {
     let app = TestApp::spawn().await;
     let id = app.create("x", "anna", "P1").await;
