@@ -166,9 +166,19 @@ fn print_lines(tasks: &[Task], stalled: &[bool], note: Option<String>) {
             (true, true) => format!(" {} [{}/{}]", bar(p.done, p.total), p.done, p.total),
             (true, false) => format!(" [{}/{}]", p.done, p.total),
         };
-        let now = p.current.as_deref().map(|c| format!(" now: {c}"));
-        let pct = p.percent.map(|x| format!(" {x}%"));
-        let info = p.info.as_deref().map(|i| format!(" ({i})"));
+        // What a finished task last reported while it ran is no longer news.
+        let live = !t.status.is_terminal();
+        let now = p
+            .current
+            .as_deref()
+            .filter(|_| live)
+            .map(|c| format!(" now: {c}"));
+        let pct = p.percent.filter(|_| live).map(|x| format!(" {x}%"));
+        let info = p
+            .info
+            .as_deref()
+            .filter(|_| live)
+            .map(|i| format!(" ({i})"));
         println!(
             "{} {} 【{}】 {}{steps}{}{}{} — {}{}",
             icon(t, is_stalled),

@@ -295,6 +295,33 @@ async fn status_prints_json_and_plain_lines_with_step_progress() {
 }
 
 #[tokio::test]
+async fn status_of_a_finished_task_shows_no_progress_it_reported_while_running() {
+    // Arrange: a task that reported 60 % and what it was doing, then finished.
+    let app = TestApp::spawn().await;
+    let state = tempfile::tempdir().unwrap();
+    let args = ["pulse", "start", "Report", "--steps", "x", "y"];
+    let out = ok(cli(&app, state.path(), BIN, &args)).await;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let progress = ["pulse", "progress", "60", "analysing"];
+    ok(cli(&app, state.path(), BIN, &progress)).await;
+    let running = ok(cli(&app, state.path(), BIN, &["pulse", "status", &id])).await;
+    ok(cli(&app, state.path(), BIN, &["pulse", "done", "sent"])).await;
+
+    // Act
+    let finished = ok(cli(&app, state.path(), BIN, &["pulse", "status", &id])).await;
+
+    // Assert
+    let running = String::from_utf8_lossy(&running.stdout);
+    assert!(running.contains("60% (analysing)"), "{running}");
+    let finished = String::from_utf8_lossy(&finished.stdout);
+    assert!(finished.contains("completed"), "{finished}");
+    assert!(
+        !finished.contains("60%") && !finished.contains("analysing"),
+        "{finished}"
+    );
+}
+
+#[tokio::test]
 async fn status_flags_a_task_stalled_after_the_fleets_stall_after_s_not_after_three_minutes() {
     // Arrange: the fleet calls a running task stalled after 1 s; a bot starts two tasks.
     let app = TestApp::spawn_with(|cfg| cfg.relay.stall_after_s = 1).await;
