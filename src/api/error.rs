@@ -124,6 +124,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             }
         })?;
         let text: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        // Every body is an object (or none); serde would read a struct from an array too, or
+        // refuse a short one with a message about tuple lengths.
+        if text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(ApiError::Unprocessable(
+                "the request body must be a JSON object, not an array".into(),
+            ));
+        }
         let mut json = serde_json::Deserializer::from_slice(text);
         let parsed = serde_path_to_error::deserialize(&mut json)
             .map_err(|e| (e.path().to_string(), e.into_inner()))
@@ -133,12 +140,6 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                     .map_err(|e| (String::new(), e))
             })
             .map_err(|(field, inner)| body_error(&field, inner))?;
-        // Every body is an object (or none); serde would read a struct from an array too.
-        if text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-            return Err(ApiError::Unprocessable(
-                "the request body must be a JSON object, not an array".into(),
-            ));
-        }
         Ok(parsed)
     }
 }
