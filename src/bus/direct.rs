@@ -53,6 +53,22 @@ pub async fn batch(
     request(client, stream, body, true).await
 }
 
+/// Up to `max` messages on subjects matching `filter` stored at or after `since`, oldest first.
+pub async fn batch_since(
+    client: &async_nats::Client,
+    stream: &str,
+    filter: &str,
+    since: chrono::DateTime<chrono::Utc>,
+    max: usize,
+) -> Result<Vec<StreamMessage>, BusError> {
+    let body = json!({
+        "start_time": since.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        "next_by_subj": filter,
+        "batch": max.clamp(1, MAX_BATCH),
+    });
+    request(client, stream, body, true).await
+}
+
 /// A batch and what the server said is left after it.
 #[derive(Debug, Default)]
 pub struct Counted {

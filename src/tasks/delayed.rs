@@ -21,8 +21,9 @@ use super::create::Created;
 use super::queue::{queued_task, QueuedMessage};
 use super::write::Step;
 use super::{transition_event, TaskError, TaskService};
-use crate::bus::{encode, message_headers, subjects, NatsResultExt, RECORDED_HEADER};
+use crate::bus::{direct, encode, message_headers, subjects, NatsResultExt, RECORDED_HEADER};
 use crate::domain::{now, EventKind, NewTask, Task, TaskEvent, TaskId, TaskStatus};
+use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use chrono::{DateTime, SecondsFormat, Utc};
 use std::time::Duration;
@@ -33,6 +34,9 @@ const DUE_TOLERANCE: chrono::Duration = chrono::Duration::seconds(2);
 
 /// Header the server puts on a message a schedule produced (the schedule's subject).
 const SCHEDULER_HEADER: &str = "Nats-Scheduler";
+
+/// The most queue messages [`TaskService::record_fired`] reads looking for a fired copy.
+const FIRED_SCAN: usize = 200;
 
 /// Whether `t`'s time has come (a task without `run_at` is always due).
 pub(crate) fn is_due(t: &Task) -> bool {
@@ -218,6 +222,46 @@ impl TaskService {
                 queued_by_schedule(task, None)
             }
             _ => task,
+        }
+    }
+
+    /// Records `created` for a scheduled task whose schedule fired into the queue before
+    /// anyone met the fired copy (see [`TaskService::as_shown`]), so an action that needs it
+    /// pending (a bot's start over the API) can go on. Looks for the copy among the messages
+    /// its target subject got from a little before `run_at` on (at most [`FIRED_SCAN`]).
+    /// `false` when there is nothing to record: not such a task, or no copy found.
+    pub(super) async fn record_fired(
+        &self,
+        id: &TaskId,
+        operator: &str,
+    ) -> Result<bool, TaskError> {
+        let Some(task) = self.load(id).await? else {
+            return Ok(false);
+        };
+        let fired_by_now =
+            |at: &DateTime<Utc>| task.status == TaskStatus::Scheduled && *at <= now();
+        let Some(at) = task.run_at.filter(fired_by_now) else {
+            return Ok(false);
+        };
+        let spec = super::transitions::spec_of(&task);
+        let target = subjects::task(&spec.assigned_to, spec.priority, spec.kind, spec.share());
+        let since = at - chrono::Duration::seconds(5);
+        let stream = subjects::TASKS_STREAM;
+        let client = self.bus.js.client();
+        let copies = direct::batch_since(&client, stream, &target, since, FIRED_SCAN).await?;
+        let scheduler = subjects::scheduled(&task.assigned_to, &task.id);
+        let by = |m: &&StreamMessage| {
+            let h = m.headers.get(SCHEDULER_HEADER);
+            h.is_some_and(|v| v.as_str() == scheduler)
+        };
+        let Some(copy) = copies.iter().find(by) else {
+            return Ok(false);
+        };
+        match self.fire(task, copy.into(), operator).await {
+            Ok(fired) => Ok(fired.is_some()),
+            // Someone else recorded (or cancelled) it meanwhile: the caller reads again.
+            Err(TaskError::IllegalTransition(_)) => Ok(true),
+            Err(e) => Err(e),
         }
     }
 

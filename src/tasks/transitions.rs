@@ -59,15 +59,22 @@ impl TaskService {
     /// manual task's stays until it finishes (the queue stream holds every active task).
     #[tracing::instrument(skip(self), fields(task_id = %id))]
     pub async fn start(&self, id: &TaskId, holder: &str) -> Result<Task, TaskError> {
-        let changed = self
-            .change(id, |t| {
-                next_status(t, Action::Start)?;
-                let after = claimed_by(t, holder);
-                let mut step = with_event(t, after, EventKind::Started, holder, None);
-                step.event.data = serde_json::json!({ "holder": holder });
-                Ok(step)
-            })
-            .await?;
+        let start = |t: &Task| {
+            next_status(t, Action::Start)?;
+            let after = claimed_by(t, holder);
+            let mut step = with_event(t, after, EventKind::Started, holder, None);
+            step.event.data = serde_json::json!({ "holder": holder });
+            Ok(step)
+        };
+        let changed = match self.change(id, start).await {
+            // A delayed task whose schedule fired with no one recording it yet (shown pending):
+            // recorded now, then started.
+            Err(TaskError::IllegalTransition(why)) => match self.record_fired(id, holder).await? {
+                true => self.change(id, start).await?,
+                false => return Err(TaskError::IllegalTransition(why)),
+            },
+            other => other?,
+        };
         if changed.after.kind.is_worker_run() {
             self.dequeue(changed.before.queue_seq).await;
         }

@@ -168,29 +168,34 @@ async fn listed(app: &TestApp, query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Creates a bot's (manual) task for anna due in 1 s and waits until its schedule fired (no
+/// worker, and no one reads anna's /pending, so nothing records it); answers its id.
+async fn fired_and_unrecorded(app: &TestApp) -> String {
+    let body = json!({"task_name": "due", "assigned_to": "anna", "delay_s": 1});
+    let task = create(app, body).await;
+    let fired = || async { (held_schedules(app).await == 0).then_some(()) };
+    eventually("the schedule to fire", Duration::from_secs(30), fired).await;
+    task["id"].as_str().unwrap().to_string()
+}
+
+/// Waits until anna's `status=pending` listing shows a task (the fired copy is stored with the
+/// schedule's removal, but read from any replica); answers the listing.
+async fn listed_pending(app: &TestApp) -> Vec<(String, String)> {
+    let shown = || async {
+        let page = listed(app, "assigned_to=anna&status=pending").await;
+        (!page.is_empty()).then_some(page)
+    };
+    eventually("a task listed pending", Duration::from_secs(10), shown).await
+}
+
 #[tokio::test]
 async fn a_fired_manual_task_nobody_read_yet_shows_pending_and_reading_it_writes_nothing() {
-    // Arrange: a bot's manual task due in 1 s; no worker, and no one reads the bot's /pending.
+    // Arrange
     let app = TestApp::spawn().await;
-    let task = create(
-        &app,
-        json!({"task_name": "due", "assigned_to": "anna", "delay_s": 1}),
-    )
-    .await;
-    let id = task["id"].as_str().unwrap().to_string();
-    let fired = || async { (held_schedules(&app).await == 0).then_some(()) };
-    eventually("the schedule to fire", Duration::from_secs(30), fired).await;
+    let id = fired_and_unrecorded(&app).await;
 
     // Act
-    let pending = eventually(
-        "the fired task in the pending listing",
-        Duration::from_secs(10),
-        || async {
-            let page = listed(&app, "assigned_to=anna&status=pending").await;
-            (!page.is_empty()).then_some(page)
-        },
-    )
-    .await;
+    let pending = listed_pending(&app).await;
     let (_, one) = app
         .call(app.req(Method::GET, &format!("/api/tasks/{id}")))
         .await;
@@ -208,6 +213,37 @@ async fn a_fired_manual_task_nobody_read_yet_shows_pending_and_reading_it_writes
         ["scheduled"],
         "reads wrote nothing"
     );
+}
+
+#[tokio::test]
+async fn a_bot_starts_a_fired_task_it_saw_pending_before_anyone_recorded_it() {
+    // Arrange: the bot saw the task pending.
+    let app = TestApp::spawn().await;
+    let id = fired_and_unrecorded(&app).await;
+    listed_pending(&app).await;
+
+    // Act
+    let start = format!("/api/tasks/{id}/start");
+    let (status, started) = app.call(app.req(Method::POST, &start)).await;
+    let complete = format!("/api/tasks/{id}/complete");
+    let (done, _) = app.call(app.req(Method::POST, &complete)).await;
+
+    // Assert
+    assert_eq!(status, StatusCode::OK, "{started}");
+    assert_eq!(started["status"], "running");
+    assert!(
+        started["queue_seq"].is_u64(),
+        "queued by the fired copy: {started}"
+    );
+    assert_eq!(done, StatusCode::OK);
+    assert_eq!(
+        actions(&app, &id).await,
+        ["scheduled", "create", "start", "complete"]
+    );
+    let js = app.jetstream().await;
+    let mut stream = js.get_stream("TASKS").await.unwrap();
+    let queued = stream.info().await.unwrap().state.messages;
+    assert_eq!(queued, 0, "the fired copy left the queue with its task");
 }
 
 #[tokio::test]
