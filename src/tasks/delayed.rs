@@ -59,6 +59,11 @@ pub(crate) fn deferred_until(msg: QueuedMessage<'_>, new: &NewTask) -> Option<Da
     new.due(published).filter(|at| *at > now())
 }
 
+/// Whether `t` is scheduled and its `run_at` has passed: its schedule has fired, or is about to.
+fn past_its_time(t: &Task) -> bool {
+    t.status == TaskStatus::Scheduled && t.run_at.is_some_and(|at| at <= now())
+}
+
 /// `t` (scheduled) once its schedule fired into the queue message at `seq` (`None`: not
 /// known): pending, queued there. What the first reader of that message records, and what
 /// readers show before anyone has.
@@ -211,8 +216,7 @@ impl TaskService {
     /// the first reader will record it; its schedule message is gone then. Writes nothing;
     /// reads the schedule's subject only for a scheduled task whose `run_at` has passed.
     pub async fn as_shown(&self, task: Task) -> Task {
-        let passed = task.run_at.is_some_and(|at| at <= now());
-        if task.status != TaskStatus::Scheduled || !passed {
+        if !past_its_time(&task) {
             return task;
         }
         let subject = subjects::scheduled(&task.assigned_to, &task.id);
@@ -238,9 +242,7 @@ impl TaskService {
         let Some(task) = self.load(id).await? else {
             return Ok(false);
         };
-        let fired_by_now =
-            |at: &DateTime<Utc>| task.status == TaskStatus::Scheduled && *at <= now();
-        let Some(at) = task.run_at.filter(fired_by_now) else {
+        let Some(at) = task.run_at.filter(|_| past_its_time(&task)) else {
             return Ok(false);
         };
         let spec = super::transitions::spec_of(&task);

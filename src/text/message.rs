@@ -278,11 +278,6 @@ fn push_text(parts: &mut Vec<Part>, text: &mut String) {
     }
 }
 
-/// `s` as one line of at most [`MAX_VALUE_CHARS`] (see [`first_line`]).
-fn one_line(s: &str) -> String {
-    first_line(s, MAX_VALUE_CHARS)
-}
-
 /// `s` as one line of at most `max` chars (at least 1): the first non-blank line, ending with
 /// `…` when anything was left out. For a message in a table row or a chat line.
 pub fn first_line(s: &str, max: usize) -> String {
@@ -430,7 +425,7 @@ impl Values {
         Self(
             values
                 .into_iter()
-                .map(|(k, v)| (k, one_line(&v.unwrap_or_default())))
+                .map(|(k, v)| (k, first_line(&v.unwrap_or_default(), MAX_VALUE_CHARS)))
                 .collect(),
         )
     }
