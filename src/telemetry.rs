@@ -368,6 +368,24 @@ pub fn continue_trace(span: &tracing::Span, headers: Option<&async_nats::HeaderM
     }
 }
 
+/// A trace context carried in a message body rather than its headers (`traceparent`, …): each
+/// job of a delivery bundle carries its event's.
+pub type TraceContext = std::collections::HashMap<String, String>;
+
+/// The trace context of `span`, to carry in a message body.
+pub fn trace_context(span: &tracing::Span) -> TraceContext {
+    let cx = span.context();
+    let mut map = TraceContext::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut map));
+    map
+}
+
+/// Makes `span` a child of the trace `cx` carries, if it carries one.
+pub fn continue_trace_from(span: &tracing::Span, cx: &TraceContext) {
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(cx));
+    let _ = span.set_parent(cx);
+}
+
 /// Makes `span` a child of the trace an HTTP request carries (`traceparent`), if it carries one.
 pub fn continue_http_trace(span: &tracing::Span, headers: &reqwest::header::HeaderMap) {
     let cx = opentelemetry::global::get_text_map_propagator(|p| {

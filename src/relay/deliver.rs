@@ -24,13 +24,14 @@
 //! drop makes every loop end such jobs of its queue with the problem as the reason, whatever
 //! it is doing meanwhile; a job that still reads as a job becomes a dead delivery.
 
-use super::job::{clip_response, Attempt, DeliveryJob, DeliveryStatus};
+use super::job::{clip_response, Attempt, DeliveryJob, DeliveryStatus, Parcel, BUNDLE_HEADER};
 use super::lane::{Lane, Received};
 use super::retry::{RetrySchedule, Verdict};
 use super::sinks::{self, SinkContext};
 use super::store::{DeliveryStore, Recorder};
-use crate::bus::{decode, raw, Bus, BusError};
+use crate::bus::{raw, Bus, BusError};
 use crate::outbound::destination::Destination;
+use crate::telemetry::TraceContext;
 use async_nats::jetstream::{AckKind, Message};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -171,10 +172,8 @@ impl Delivery {
             let next = self.watching(key, &mut reader, lane.next(&self.shutdown));
             match next.await {
                 Ok(Some(msg)) => {
-                    let span = attempt_span(key, &msg);
                     let delivered = self.deliver(key, &mut lane, &mut state, msg);
-                    self.watching(key, &mut reader, delivered.instrument(span))
-                        .await
+                    self.watching(key, &mut reader, delivered).await
                 }
                 Ok(None) => break Ok(Ended::Shutdown),
                 Err(_) if lane.consumer_gone() => break Ok(Ended::ConsumerGone),
@@ -242,8 +241,15 @@ impl Delivery {
             }
         }
         for (m, problem) in ended {
-            match decode::<DeliveryJob>("delivery job", &m.payload) {
-                Ok(job) => self.store.dead_unreadable(key, &job, &problem).await,
+            // Its headers cannot say whether it holds a bundle: the body does.
+            let body =
+                Parcel::decode(false, &m.payload).or_else(|_| Parcel::decode(true, &m.payload));
+            match body.map(Parcel::into_bundle) {
+                Ok(bundle) => {
+                    for job in bundle.jobs {
+                        self.store.dead_unreadable(key, &job, &problem).await;
+                    }
+                }
                 Err(e) => tracing::warn!(destination = key, seq = m.seq, problem,
                     headers = raw::shown(&m.headers, SHOWN_HEADERS), error.message = %e,
                     "ended a queued job no client can read, whose body is no delivery job"),
@@ -251,43 +257,73 @@ impl Delivery {
         }
     }
 
-    /// Delivers the message at the head of a destination's queue: attempts it (again, while
-    /// the schedule says so, holding the messages behind it) and settles it behind the loop.
+    /// Delivers the message at the head of a destination's queue: each job it holds (one, or
+    /// a bundle's), in order, attempted (again, while the schedule says so, holding the
+    /// messages behind it) and recorded behind the loop; the message is acknowledged once
+    /// every record is written.
     async fn deliver(&self, key: &str, lane: &mut Lane, state: &mut State, msg: Message) {
-        let job: DeliveryJob = match decode("delivery job", &msg.payload) {
-            Ok(j) => j,
-            Err(e) => return end_junk(key, lane, msg, &e).await,
+        let bundle = msg.headers.as_ref().and_then(|h| h.get(BUNDLE_HEADER));
+        let bundle = match Parcel::decode(bundle.is_some(), &msg.payload) {
+            Ok(parcel) => parcel.into_bundle(),
+            Err(source) => {
+                let e = BusError::Decode {
+                    what: "delivery job",
+                    source,
+                };
+                return end_junk(key, lane, msg, &e).await;
+            }
         };
+        // A job of a message handed out again, or of a bundle that may repeat jobs queued
+        // before, is settled from its record first.
+        let first = msg.info().map(|i| i.delivered <= 1).unwrap_or(true) && !bundle.recheck;
+        let mut ack = AckKind::Ack;
+        for (i, job) in bundle.jobs.into_iter().enumerate() {
+            // Each job in a span of the trace its event belongs to.
+            let span = attempt_span(key, &msg, bundle.traces.get(i));
+            let delivered = self.deliver_job(key, lane, state, &msg, job, first);
+            match delivered.instrument(span).await {
+                Some(settled) => ack = settled,
+                None => return,
+            }
+        }
+        lane.settle(msg, ack, async {}).await;
+    }
+
+    /// Delivers `job` of `msg` (`first`: neither is known to have been attempted before) and
+    /// writes its record behind the loop; the ack it leaves the message with, `None` at
+    /// shutdown.
+    async fn deliver_job(
+        &self,
+        key: &str,
+        lane: &mut Lane,
+        state: &mut State,
+        msg: &Message,
+        job: DeliveryJob,
+        first: bool,
+    ) -> Option<AckKind> {
         tracing::Span::current().record("delivery", job.id.as_str());
-        let first = msg.info().map(|i| i.delivered <= 1).unwrap_or(true);
         let mut attempt_no = 1;
         if !first {
             // Back after a lost ack, a kill or a take-over: settled already, or retrying?
-            match self.resume(lane, state, &msg, &job).await {
-                Resume::Settled(ack) => {
-                    lane.settle(msg, ack, async {}).await;
-                    return;
-                }
-                Resume::Stop => return,
+            match self.resume(lane, state, msg, &job).await {
+                Resume::Settled(ack) => return Some(ack),
+                Resume::Stop => return None,
                 Resume::Attempt(n) => attempt_no = n,
             }
         }
         let end = loop {
-            match self.attempt(key, lane, state, &msg, &job, attempt_no).await {
+            match self.attempt(key, lane, state, msg, &job, attempt_no).await {
                 Step::Settled(end) => break end,
                 Step::RetryAfter(delay, attempt) => {
                     let status = DeliveryStatus::Pending;
-                    let written = state.records.write(
-                        &self.bus,
-                        &job,
-                        Some(attempt),
-                        status,
-                        None,
-                        first && attempt_no == 1,
-                    );
+                    let fresh = first && attempt_no == 1;
+                    let written =
+                        state
+                            .records
+                            .write(&self.bus, &job, Some(attempt), status, None, fresh);
                     written.await;
-                    if !self.hold(lane, &msg, delay).await {
-                        return;
+                    if !self.hold(lane, msg, delay).await {
+                        return None;
                     }
                     attempt_no += 1;
                 }
@@ -295,20 +331,15 @@ impl Delivery {
         };
         let (bus, mut records) = (self.bus.clone(), std::mem::take(&mut state.records));
         let (attempt, status, reason, ack) = end;
-        // The record is confirmed before the ack: a kill in between only hands it out again.
+        let fresh = first && attempt_no == 1;
+        // The record is confirmed before the message's ack: a kill in between only hands it
+        // out again.
         let write = async move {
-            records
-                .write(
-                    &bus,
-                    &job,
-                    attempt,
-                    status,
-                    reason,
-                    first && attempt_no == 1,
-                )
-                .await;
+            let written = records.write(&bus, &job, attempt, status, reason, fresh);
+            written.await;
         };
-        lane.settle(msg, ack, write).await;
+        lane.record(write).await;
+        Some(ack)
     }
 
     /// What a message handed out again needs: nothing (its record says it is settled), or its
@@ -513,15 +544,19 @@ fn recorded(
     }
 }
 
-/// The span of one delivery attempt (for traces only): a child of the trace its job carries, so
+/// The span of one job's delivery (for traces only): a child of the trace its job carries (in
+/// its bundle, `trace`, or the message's headers), so
 /// a task's deliveries belong to the task's trace; the webhook request carries it on.
-fn attempt_span(key: &str, msg: &Message) -> tracing::Span {
+fn attempt_span(key: &str, msg: &Message, trace: Option<&TraceContext>) -> tracing::Span {
     let attempt = msg.info().map(|i| i.delivered).unwrap_or(1);
     let span = tracing::info_span!(target: "taskfleet::trace", "relay.deliver",
         otel.kind = "client", destination = key, attempt,
         delivery = tracing::field::Empty, http.response.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty);
-    crate::telemetry::continue_trace(&span, msg.headers.as_ref());
+    match trace {
+        Some(cx) if !cx.is_empty() => crate::telemetry::continue_trace_from(&span, cx),
+        _ => crate::telemetry::continue_trace(&span, msg.headers.as_ref()),
+    }
     span
 }
 

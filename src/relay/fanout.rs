@@ -5,7 +5,7 @@
 
 use super::config::RouteConfig;
 use super::deliver::Delivery;
-use super::job::{DeliveryJob, EventJson, TaskJson};
+use super::job::{DeliveryJob, EventJson, Parcel, TaskJson};
 use super::lane::Lane;
 use super::store::Queued;
 use crate::bus::append::refused_for_good;
@@ -138,9 +138,12 @@ impl FanOut {
     }
 
     /// Fans out `first` and the events that are here behind it, in order: their jobs are
-    /// queued together (see [`queue_jobs`]), then every one of the events is
-    /// acknowledged. A failure is retried here (not with a nak, which would let later events
-    /// overtake).
+    /// grouped by destination into bundles ([`Parcel::bundles`]) and queued together (see
+    /// [`queue_jobs`]), then every one of the events is acknowledged. A failure is retried here
+    /// (not with a nak, which would let later events overtake). A window holding an event handed
+    /// out before (the relay stopped between queueing its jobs and the ack) queues bundles that
+    /// check each job's record first: the window, and with it each bundle's id, may differ
+    /// from the first time, so de-duplication on the id cannot tell.
     async fn take_window(
         &mut self,
         lane: &mut Lane,
@@ -158,7 +161,11 @@ impl FanOut {
         for msg in &window {
             self.take(msg, &mut jobs, shutdown).await;
         }
-        while let Err(e) = queue_jobs(&self.delivery, &jobs).await {
+        let again = window
+            .iter()
+            .any(|m| m.info().is_ok_and(|i| i.delivered > 1));
+        let parcels = Parcel::bundles(jobs, again, crate::telemetry::trace_context);
+        while let Err(e) = queue_jobs(&self.delivery, &parcels).await {
             tracing::warn!(error.message = %e, "could not queue deliveries; retrying in 1 s");
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -488,7 +495,7 @@ impl FanOut {
                 let span = tracing::info_span!(target: "taskfleet::trace", "relay.fanout",
                     held = true);
                 let _ = span.set_parent(trace);
-                let queued = publish(&self.delivery, job).instrument(span);
+                let queued = publish(&self.delivery, Parcel::One(Box::new(job))).instrument(span);
                 if let Err(e) = queued.await {
                     tracing::warn!(error.message = %e, "could not queue a throttled delivery");
                 }
@@ -540,11 +547,37 @@ fn public_view(task: &Task) -> Task {
     t
 }
 
-/// Queues a job on its destination's subject (de-duplicated on the job id) and waits until it
-/// is stored (or, refused for good, dead-lettered).
-pub(super) async fn publish(delivery: &Arc<Delivery>, job: DeliveryJob) -> Result<(), BusError> {
-    let queued = delivery.store.send(&job).await?;
-    settle(delivery, vec![(job, queued)]).await
+/// Queues `parcel` on its destination's subject (de-duplicated on its id) and waits until it
+/// is stored. A bundle the stream refuses for good (too large) is queued again one job at a
+/// time, and a job it refuses becomes a dead delivery.
+pub(super) async fn publish(delivery: &Arc<Delivery>, parcel: Parcel) -> Result<(), BusError> {
+    let queued = delivery.store.send(&parcel).await?;
+    let Some(why) = stored(delivery, &parcel, queued).await? else {
+        return Ok(());
+    };
+    if matches!(&parcel, Parcel::Bundle(b) if b.jobs.len() > 1) {
+        tracing::info!(
+            destination = parcel.key(),
+            reason = why,
+            "a bundle the delivery queue refused; queueing its jobs one at a time"
+        );
+        for part in parcel.apart() {
+            let queued = delivery.store.send(&part).await?;
+            if let Some(why) = stored(delivery, &part, queued).await? {
+                bury(delivery, part, &why).await;
+            }
+        }
+    } else {
+        bury(delivery, parcel, &why).await;
+    }
+    Ok(())
+}
+
+/// Records the jobs of `parcel`, which the queue refused for good (`why`), as dead deliveries.
+async fn bury(delivery: &Arc<Delivery>, parcel: Parcel, why: &str) {
+    for job in parcel.into_bundle().jobs {
+        delivery.store.dead_letter(&job, why).await;
+    }
 }
 
 /// Queues `jobs` in order and starts their destinations' loops: together, up to
@@ -552,11 +585,12 @@ pub(super) async fn publish(delivery: &Arc<Delivery>, job: DeliveryJob) -> Resul
 /// an atomic batch on a replicated stream, see
 /// [`DeliveryStore::queue_together`](super::store::DeliveryStore::queue_together)), and one at
 /// a time (each stored before the next is sent) where that failed, so a job is never stored
-/// after a later one. A job the stream refuses for good becomes a dead delivery; any
-/// other failure is returned (queueing them again is safe: jobs are de-duplicated on their ids).
+/// after a later one. A job the stream refuses for good becomes a dead delivery (a bundle is
+/// queued apart first); any other failure is returned (queueing them again is safe: jobs are
+/// de-duplicated on their ids).
 async fn queue_jobs(
     delivery: &Arc<Delivery>,
-    jobs: &[(DeliveryJob, tracing::Span)],
+    jobs: &[(Parcel, tracing::Span)],
 ) -> Result<(), BusError> {
     for chunk in jobs.chunks(JOBS_AT_ONCE) {
         let together = match chunk {
@@ -570,11 +604,11 @@ async fn queue_jobs(
                 }
             },
         };
-        for (job, span) in chunk {
+        for (parcel, span) in chunk {
             if together {
-                delivery.ensure(&job.key);
+                delivery.ensure(parcel.key());
             } else {
-                publish(delivery, job.clone())
+                publish(delivery, parcel.clone())
                     .instrument(span.clone())
                     .await?;
             }
@@ -583,27 +617,23 @@ async fn queue_jobs(
     Ok(())
 }
 
-/// Waits, in order, until every job sent is stored, and starts its destination's loop. A job
-/// the stream refuses for good becomes a dead delivery with the reason, so the event's other
-/// jobs and the events after it go on; any other failure is returned (the event is retried,
-/// and the jobs stored already are dropped as duplicates).
-async fn settle(
+/// Waits until `parcel`, sent, is stored, and starts its destination's loop; why the stream
+/// refused it for good, if it did. Any other failure is returned (the event is retried, and
+/// the parcels stored already are dropped as duplicates).
+async fn stored(
     delivery: &Arc<Delivery>,
-    sent: Vec<(DeliveryJob, Queued)>,
-) -> Result<(), BusError> {
-    for (job, queued) in sent {
-        let why = match queued {
-            Queued::Sent(ack) => match ack.await {
-                Ok(_) => {
-                    delivery.ensure(&job.key);
-                    continue;
-                }
-                Err(e) if refused_for_good(&e) => e.to_string(),
-                Err(e) => return Err(e).op("queue delivery ack"),
-            },
-            Queued::Refused(why) => why,
-        };
-        delivery.store.dead_letter(&job, &why).await;
+    parcel: &Parcel,
+    queued: Queued,
+) -> Result<Option<String>, BusError> {
+    match queued {
+        Queued::Sent(ack) => match ack.await {
+            Ok(_) => {
+                delivery.ensure(parcel.key());
+                Ok(None)
+            }
+            Err(e) if refused_for_good(&e) => Ok(Some(e.to_string())),
+            Err(e) => Err(e).op("queue delivery ack"),
+        },
+        Queued::Refused(why) => Ok(Some(why)),
     }
-    Ok(())
 }

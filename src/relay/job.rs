@@ -3,6 +3,7 @@
 
 use crate::domain::{EventKind, Task, TaskEvent};
 use crate::outbound::destination::Destination;
+use crate::telemetry::TraceContext;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -57,6 +58,189 @@ impl DeliveryJob {
                 text: &self.text,
             },
         }
+    }
+}
+
+impl DeliveryJob {
+    /// About how many bytes the job takes queued (its message, task and event JSON plus a
+    /// margin for the rest): what [`Parcel::bundles`] sizes bundles by, without encoding.
+    pub fn approx_size(&self) -> usize {
+        let raw = |j: Option<&str>| j.map_or(0, str::len);
+        let task = raw(self.task.as_ref().map(|t| t.0.get()));
+        let event = raw(self.event.as_ref().map(|e| e.raw.get()));
+        self.text.len() + task + event + 2 * self.id.len() + 256
+    }
+}
+
+/// The header of a queue message that holds a [`Bundle`] (its value: how many jobs); a message
+/// without it holds one [`DeliveryJob`].
+pub const BUNDLE_HEADER: &str = "Taskfleet-Bundle";
+
+/// At most this many jobs go in one bundle.
+pub const BUNDLE_JOBS: usize = 32;
+
+/// A bundle stops growing at about this many bytes (a job larger than that goes alone).
+pub const BUNDLE_BYTES: usize = 256 * 1024;
+
+/// Several jobs of one destination, in their events' order, queued as one message: storing,
+/// handing out and acknowledging it is paid once for all of them (the fan-out groups each
+/// window of events this way). Each job keeps its own id, record and retries.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Bundle {
+    /// The jobs, oldest event first.
+    pub jobs: Vec<DeliveryJob>,
+    /// The trace each job's event belongs to, in the same order (the message's headers carry
+    /// the first one's only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traces: Vec<TraceContext>,
+    /// Some jobs may have been queued before, in another message (their events were fanned out
+    /// again after the relay stopped, so the window, and with it the bundle's id, may differ):
+    /// each job's record is read before it is attempted, and one already settled is skipped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recheck: bool,
+}
+
+/// What one queue message holds: one job, or a bundle of one destination's jobs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Parcel {
+    /// One job (a push, a replay, a throttled event, an event alone in its window).
+    One(Box<DeliveryJob>),
+    /// Several jobs of one destination.
+    Bundle(Bundle),
+}
+
+impl Parcel {
+    /// Groups `jobs` (in event order, with the span of each one's event) by destination into
+    /// parcels: a destination's jobs in order, in bundles of at most [`BUNDLE_JOBS`] jobs and
+    /// about [`BUNDLE_BYTES`]; a job alone stays one job unless `recheck` (see
+    /// [`Bundle::recheck`]). Each parcel carries the span of its first job, and a bundle the
+    /// trace of each job (`trace` reads it from the job's span).
+    pub fn bundles<S: Clone>(
+        jobs: Vec<(DeliveryJob, S)>,
+        recheck: bool,
+        trace: impl Fn(&S) -> TraceContext,
+    ) -> Vec<(Parcel, S)> {
+        let mut by_key: Vec<(String, Vec<(DeliveryJob, S)>)> = Vec::new();
+        for (job, span) in jobs {
+            match by_key.iter_mut().find(|(k, _)| *k == job.key) {
+                Some((_, list)) => list.push((job, span)),
+                None => by_key.push((job.key.clone(), vec![(job, span)])),
+            }
+        }
+        let mut out = Vec::new();
+        for (_, list) in by_key {
+            let mut current = Bundle {
+                recheck,
+                ..Bundle::default()
+            };
+            let (mut bytes, mut span) = (0, None);
+            for (job, s) in list {
+                let size = job.approx_size();
+                let full = current.jobs.len() >= BUNDLE_JOBS || bytes + size > BUNDLE_BYTES;
+                if !current.jobs.is_empty() && full {
+                    let done = std::mem::replace(
+                        &mut current,
+                        Bundle {
+                            recheck,
+                            ..Bundle::default()
+                        },
+                    );
+                    out.push((Self::of(done), span.take().expect("set")));
+                    bytes = 0;
+                }
+                current.traces.push(trace(&s));
+                span.get_or_insert(s);
+                bytes += size;
+                current.jobs.push(job);
+            }
+            if let Some(span) = span {
+                out.push((Self::of(current), span));
+            }
+        }
+        out
+    }
+
+    /// `bundle` (at least one job) as a parcel: one job alone unless it says to recheck.
+    fn of(mut bundle: Bundle) -> Self {
+        if bundle.jobs.len() == 1 && !bundle.recheck {
+            Self::One(Box::new(bundle.jobs.remove(0)))
+        } else {
+            Self::Bundle(bundle)
+        }
+    }
+
+    /// The destination queue key.
+    pub fn key(&self) -> &str {
+        match self {
+            Self::One(job) => &job.key,
+            Self::Bundle(b) => b.jobs.first().map_or("", |j| j.key.as_str()),
+        }
+    }
+
+    /// The de-duplication id: the job's id, or a bundle's first and last job ids.
+    pub fn msg_id(&self) -> String {
+        match self {
+            Self::One(job) => job.id.clone(),
+            Self::Bundle(b) => {
+                let id = |j: Option<&DeliveryJob>| j.map_or("", |j| j.id.as_str()).to_string();
+                format!("{}..{}", id(b.jobs.first()), id(b.jobs.last()))
+            }
+        }
+    }
+
+    /// The message body, and the value of [`BUNDLE_HEADER`] for a bundle.
+    pub fn encoded(&self) -> (Vec<u8>, Option<String>) {
+        let body = match self {
+            Self::One(job) => serde_json::to_vec(&**job),
+            Self::Bundle(b) => serde_json::to_vec(b),
+        };
+        let count = match self {
+            Self::One(_) => None,
+            Self::Bundle(b) => Some(b.jobs.len().to_string()),
+        };
+        (body.expect("a delivery job serializes"), count)
+    }
+
+    /// Reads a queue message: a bundle when `bundle` (its [`BUNDLE_HEADER`] is set), else one
+    /// job.
+    pub fn decode(bundle: bool, body: &[u8]) -> Result<Self, serde_json::Error> {
+        if bundle {
+            serde_json::from_slice(body).map(Self::Bundle)
+        } else {
+            serde_json::from_slice(body).map(|job| Self::One(Box::new(job)))
+        }
+    }
+
+    /// The jobs as a bundle (one job alone: a bundle of one that needs no recheck).
+    pub fn into_bundle(self) -> Bundle {
+        match self {
+            Self::One(job) => Bundle {
+                jobs: vec![*job],
+                ..Bundle::default()
+            },
+            Self::Bundle(b) => b,
+        }
+    }
+
+    /// Its jobs as parcels of one each (a bundle the queue refused, sent again apart; they
+    /// keep the bundle's recheck and their traces).
+    pub fn apart(self) -> Vec<Parcel> {
+        let Bundle {
+            jobs,
+            mut traces,
+            recheck,
+        } = self.into_bundle();
+        traces.resize(jobs.len(), TraceContext::new());
+        let one = |(job, cx): (DeliveryJob, TraceContext)| Bundle {
+            jobs: vec![job],
+            traces: if cx.is_empty() { Vec::new() } else { vec![cx] },
+            recheck,
+        };
+        jobs.into_iter()
+            .zip(traces)
+            .map(one)
+            .map(Self::of)
+            .collect()
     }
 }
 
@@ -318,6 +502,104 @@ mod tests {
         let as_json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(as_json["event"], serde_json::to_value(&event).unwrap());
         assert_eq!(as_json["task"], serde_json::to_value(&task).unwrap());
+    }
+
+    /// A job for destination `key` whose text is `text`.
+    fn job_for(key: &str, text: &str) -> DeliveryJob {
+        DeliveryJob {
+            id: format!("evt_{text}.{key}"),
+            key: key.into(),
+            name: None,
+            destination: None,
+            event: None,
+            task: None,
+            text: text.into(),
+            session_id: None,
+            created_time: chrono::Utc::now(),
+        }
+    }
+
+    /// No trace (the tests' parcels carry `()` as their span).
+    fn no_trace(_: &()) -> TraceContext {
+        TraceContext::new()
+    }
+
+    /// What each parcel holds: its key and its jobs' texts.
+    fn shape(parcels: &[(Parcel, ())]) -> Vec<(String, Vec<String>)> {
+        let texts = |p: &Parcel| p.clone().into_bundle().jobs.into_iter().map(|j| j.text);
+        parcels
+            .iter()
+            .map(|(p, _)| (p.key().to_string(), texts(p).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn a_window_is_bundled_per_destination_in_event_order() {
+        let jobs = ["a", "b", "c", "d"]
+            .iter()
+            .zip(["h1", "h2", "h1", "h1"])
+            .map(|(text, key)| (job_for(key, text), ()))
+            .collect();
+
+        let parcels = Parcel::bundles(jobs, false, no_trace);
+
+        let texts = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            shape(&parcels),
+            [
+                ("h1".to_string(), texts(&["a", "c", "d"])),
+                ("h2".to_string(), texts(&["b"])),
+            ]
+        );
+        assert!(
+            matches!(parcels[1].0, Parcel::One(_)),
+            "a job alone goes alone"
+        );
+        assert_eq!(parcels[0].0.msg_id(), "evt_a.h1..evt_d.h1");
+    }
+
+    #[test]
+    fn a_bundle_holds_at_most_32_jobs_and_about_256_kib() {
+        let many = (0..70)
+            .map(|i| (job_for("h", &i.to_string()), ()))
+            .collect();
+        let sizes: Vec<usize> = Parcel::bundles(many, false, no_trace)
+            .iter()
+            .map(|(p, _)| p.clone().into_bundle().jobs.len())
+            .collect();
+        assert_eq!(sizes, [BUNDLE_JOBS, BUNDLE_JOBS, 6]);
+
+        let big = |i: usize| {
+            let mut job = job_for("h", &i.to_string());
+            job.text = "x".repeat(100 * 1024);
+            (job, ())
+        };
+        let sizes: Vec<usize> = Parcel::bundles((0..5).map(big).collect(), false, no_trace)
+            .iter()
+            .map(|(p, _)| p.clone().into_bundle().jobs.len())
+            .collect();
+        assert_eq!(sizes, [2, 2, 1]);
+    }
+
+    #[test]
+    fn a_window_handed_out_again_bundles_even_a_job_alone_to_check_its_record() {
+        let parcels = Parcel::bundles(vec![(job_for("h", "a"), ())], true, no_trace);
+        match &parcels[0].0 {
+            Parcel::Bundle(b) => assert!(b.recheck && b.jobs.len() == 1),
+            other => panic!("expected a bundle, got {other:?}"),
+        }
+        let apart = parcels[0].0.clone().apart();
+        assert!(matches!(&apart[0], Parcel::Bundle(b) if b.recheck));
+    }
+
+    #[test]
+    fn a_bundle_reads_back_as_the_jobs_it_was_queued_with() {
+        let jobs = vec![(job_for("h", "a"), ()), (job_for("h", "b"), ())];
+        let (parcel, _) = Parcel::bundles(jobs, false, no_trace).remove(0);
+        let (body, count) = parcel.encoded();
+        assert_eq!(count.as_deref(), Some("2"));
+        assert_eq!(Parcel::decode(true, &body).unwrap(), parcel);
+        assert!(Parcel::decode(false, &body).is_err(), "a bundle is no job");
     }
 
     #[test]

@@ -60,8 +60,9 @@ pub(super) struct Lane {
     /// Messages taken from the consumer and not worked on yet, in stream order, with their
     /// stream sequences.
     queue: VecDeque<(Option<u64>, Message)>,
-    /// Records under way, oldest first, with the message to acknowledge once each is written.
-    settling: VecDeque<(JoinHandle<()>, Message, AckKind)>,
+    /// Records under way, oldest first, each with the message to acknowledge once it and the
+    /// ones before it are written (none for a record of a bundle's job before its last).
+    settling: VecDeque<(JoinHandle<()>, Option<Message>, AckKind)>,
     /// The consumer sequence of the last message taken.
     last_taken: Option<u64>,
     /// Another replica may have held the destination: catch up before the next attempt.
@@ -214,6 +215,23 @@ impl Lane {
         ack: AckKind,
         record: impl Future<Output = ()> + Send + 'static,
     ) {
+        self.push_settling(record, Some(msg), ack).await;
+    }
+
+    /// Writes `record` (of one job of a bundle) behind the loop: the bundle's message is
+    /// acknowledged (with [`Lane::settle`]) only once it is written.
+    pub(super) async fn record(&mut self, record: impl Future<Output = ()> + Send + 'static) {
+        self.push_settling(record, None, AckKind::Ack).await;
+    }
+
+    /// Puts `record` under way, then acknowledges the oldest messages whose records are
+    /// written, waiting for the oldest when a window of records is under way.
+    async fn push_settling(
+        &mut self,
+        record: impl Future<Output = ()> + Send + 'static,
+        msg: Option<Message>,
+        ack: AckKind,
+    ) {
         self.settling.push_back((tokio::spawn(record), msg, ack));
         while let Some((written, _, _)) = self.settling.front() {
             if !written.is_finished() && self.settling.len() <= self.window {
@@ -234,7 +252,9 @@ impl Lane {
     async fn ack_oldest(&mut self) {
         if let Some((written, msg, ack)) = self.settling.pop_front() {
             let _ = written.await;
-            let _ = msg.ack_with(ack).await;
+            if let Some(msg) = msg {
+                let _ = msg.ack_with(ack).await;
+            }
         }
     }
 

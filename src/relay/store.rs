@@ -16,7 +16,9 @@ pub use listing::{ListQuery, Page};
 pub(crate) use record::Recorder;
 pub use record::{is_token, record_key, store_record, StoredRecord, COPIED_STATUSES, MARKER_TTL_S};
 
-use super::job::{clip_response, DeliveryJob, DeliveryRecord, DeliveryStatus, PUSH_KEY};
+use super::job::{
+    clip_response, DeliveryJob, DeliveryRecord, DeliveryStatus, Parcel, BUNDLE_HEADER, PUSH_KEY,
+};
 use crate::bus::append::{refused_for_good, AppendError, EXPECTED_LAST_MSG_ID};
 use crate::bus::{
     delivery_consumer_config, direct, encode, message_headers, raw, subjects, Bus, BusError,
@@ -80,31 +82,32 @@ impl DeliveryStore {
     /// Queues `job` on its destination's subject of DELIVERIES, de-duplicated on `msg_id`, and
     /// waits until it is stored.
     pub async fn queue(&self, job: &DeliveryJob, msg_id: &str) -> Result<(), StoreError> {
-        let why = match self.publish(job, msg_id).await? {
+        let subject = subjects::delivery(&job.key);
+        let why = match self.publish(subject, msg_id, encode(job), None).await? {
             Queued::Sent(ack) => return Ok(ack.await.map(drop).op("queue delivery ack")?),
             Queued::Refused(why) => why,
         };
         Err(StoreError::Bus(BusError::TooLarge(why)))
     }
 
-    /// Sends `job` to its destination's subject, de-duplicated on the job id, without waiting
-    /// for the stream's answer (awaiting [`Queued::Sent`] gives it). A job larger than the
+    /// Sends `parcel` to its destination's subject, de-duplicated on its id, without waiting
+    /// for the stream's answer (awaiting [`Queued::Sent`] gives it). A parcel larger than the
     /// connection takes is [`Queued::Refused`] at once.
-    pub async fn send(&self, job: &DeliveryJob) -> Result<Queued, BusError> {
-        self.publish(job, &job.id).await
+    pub async fn send(&self, parcel: &Parcel) -> Result<Queued, BusError> {
+        let (body, bundle) = parcel.encoded();
+        let subject = subjects::delivery(parcel.key());
+        self.publish(subject, &parcel.msg_id(), body.into(), bundle)
+            .await
     }
 
-    /// Queues `jobs` (of any destinations) in order, together, and waits until they are stored:
+    /// Queues `jobs` (parcels of any destinations) in order, together, and waits until they are stored:
     /// as a chain ([`queue_chained`](Self::queue_chained)) where DELIVERIES has one replica, as
     /// one atomic batch ([`queue_batch`](Self::queue_batch)) where it has more. On a replicated
     /// stream nats-server (2.15.1) checks `Nats-Expected-Last-Msg-Id` only where each replica
     /// applies the message, and one failed check there left the stream unanswering for 9 s (a
     /// test on a 3-node cluster, 2026-12-04); the batch is checked before it is proposed. An
     /// error leaves the jobs to be queued one at a time, in order (see either).
-    pub async fn queue_together(
-        &self,
-        jobs: &[(DeliveryJob, tracing::Span)],
-    ) -> Result<(), BusError> {
+    pub async fn queue_together(&self, jobs: &[(Parcel, tracing::Span)]) -> Result<(), BusError> {
         let replicas = (self.bus.topology.deliveries.cached_info().config).num_replicas;
         if replicas > 1 {
             self.queue_batch(jobs).await
@@ -118,17 +121,18 @@ impl DeliveryStore {
     /// An error says none was stored, or that the batch could not be told apart from one stored
     /// before (a job id stored already makes the stream refuse the whole batch): then queueing
     /// the jobs one at a time, in order, settles it (each is de-duplicated on its id).
-    pub async fn queue_batch(&self, jobs: &[(DeliveryJob, tracing::Span)]) -> Result<(), BusError> {
+    pub async fn queue_batch(&self, jobs: &[(Parcel, tracing::Span)]) -> Result<(), BusError> {
         let messages = jobs
             .iter()
-            .map(|(job, span)| {
-                let subject = subjects::delivery(&job.key);
-                let headers = span.in_scope(|| message_headers(&job.id));
-                (subject, headers, encode(job))
+            .map(|(parcel, span)| {
+                let subject = subjects::delivery(parcel.key());
+                let (body, bundle) = parcel.encoded();
+                let headers = span.in_scope(|| parcel_headers(&parcel.msg_id(), bundle));
+                (subject, headers, body.into())
             })
             .collect();
-        let id = jobs.first().map_or("", |(j, _)| j.id.as_str());
-        let sent = crate::bus::append::publish_batch(&self.bus.js, id, messages).await;
+        let id = jobs.first().map(|(p, _)| p.msg_id()).unwrap_or_default();
+        let sent = crate::bus::append::publish_batch(&self.bus.js, &id, messages).await;
         let stored = match sent {
             Ok(sent) => sent.stored().await,
             Err(e) => Err(e),
@@ -152,24 +156,23 @@ impl DeliveryStore {
     /// removes a file store each time (docs/benchmarks.md), this costs no more than the
     /// publishes themselves. For a stream of one replica only: see
     /// [`queue_together`](Self::queue_together).
-    pub async fn queue_chained(
-        &self,
-        jobs: &[(DeliveryJob, tracing::Span)],
-    ) -> Result<(), BusError> {
+    pub async fn queue_chained(&self, jobs: &[(Parcel, tracing::Span)]) -> Result<(), BusError> {
         let mut acks = Vec::with_capacity(jobs.len());
-        let mut previous: Option<&str> = None;
-        for (job, span) in jobs {
-            let mut headers = span.in_scope(|| message_headers(&job.id));
+        let mut previous: Option<String> = None;
+        for (parcel, span) in jobs {
+            let id = parcel.msg_id();
+            let (body, bundle) = parcel.encoded();
+            let mut headers = span.in_scope(|| parcel_headers(&id, bundle));
             if let Some(previous) = previous {
                 headers.insert(EXPECTED_LAST_MSG_ID, previous);
             }
-            let subject = subjects::delivery(&job.key);
+            let subject = subjects::delivery(parcel.key());
             let sent = self
                 .bus
                 .js
-                .publish_with_headers(subject, headers, encode(job));
+                .publish_with_headers(subject, headers, body.into());
             acks.push(sent.await.op("queue deliveries")?);
-            previous = Some(&job.id);
+            previous = Some(id);
         }
         for ack in acks {
             ack.await.op("queue deliveries ack")?;
@@ -177,16 +180,20 @@ impl DeliveryStore {
         Ok(())
     }
 
-    /// [`send`](Self::send) with the de-duplication id `msg_id`.
-    async fn publish(&self, job: &DeliveryJob, msg_id: &str) -> Result<Queued, BusError> {
+    /// Sends `body` to `subject`, de-duplicated on `msg_id`, marked a bundle of so many jobs
+    /// when `bundle` says so; refused for good when larger than the connection takes.
+    async fn publish(
+        &self,
+        subject: String,
+        msg_id: &str,
+        body: bytes::Bytes,
+        bundle: Option<String>,
+    ) -> Result<Queued, BusError> {
+        let headers = parcel_headers(msg_id, bundle);
         let sent = self
             .bus
             .js
-            .publish_with_headers(
-                subjects::delivery(&job.key),
-                message_headers(msg_id),
-                encode(job),
-            )
+            .publish_with_headers(subject, headers, body)
             .await;
         match sent {
             Ok(ack) => Ok(Queued::Sent(ack)),
@@ -493,6 +500,16 @@ impl DeliveryStore {
         }
         Ok(out)
     }
+}
+
+/// The headers of a queue message: its de-duplication id and trace, and [`BUNDLE_HEADER`] with
+/// the number of jobs when it holds a bundle.
+fn parcel_headers(msg_id: &str, bundle: Option<String>) -> async_nats::HeaderMap {
+    let mut headers = message_headers(msg_id);
+    if let Some(count) = bundle {
+        headers.insert(BUNDLE_HEADER, count.as_str());
+    }
+    headers
 }
 
 /// The queue key of a DELIVERIES subject (`deliveries.<key>`).
