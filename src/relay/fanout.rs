@@ -65,6 +65,15 @@ struct Target {
     dest: Destination,
 }
 
+/// A destination a task's `notify` names that the relay does not have.
+#[derive(Debug, Clone)]
+struct Unknown {
+    /// The name.
+    name: String,
+    /// The chat session named with it, if any.
+    session_id: Option<String>,
+}
+
 /// What the stall check knows of a running task.
 #[derive(Debug, Clone)]
 struct Quiet {
@@ -333,8 +342,15 @@ impl FanOut {
                 }
             },
         };
-        let targets = self.targets(&task, event);
-        if !targets.is_empty() {
+        let (targets, unknown) = self.targets(&task, event);
+        // Heartbeats, progress and output of a task notifying a name the relay lacks leave no
+        // dead record each: its transitions show it.
+        let unknown = if throttled(event.kind) {
+            Vec::new()
+        } else {
+            unknown
+        };
+        if !targets.is_empty() || !unknown.is_empty() {
             // The same message, task snapshot and event JSON for every destination, made once.
             let text = self.templates.render(&task, event).unwrap_or_default();
             let shared = (
@@ -346,6 +362,9 @@ impl FanOut {
                 if let Some(job) = self.job(&task, event, &shared, target) {
                     jobs.push(job);
                 }
+            }
+            for u in unknown {
+                self.bury_unknown(event, &shared, u).await;
             }
         }
         if event.kind.is_transition() && event.new_status.is_some_and(TaskStatus::is_terminal) {
@@ -407,10 +426,40 @@ impl FanOut {
         Some(job)
     }
 
-    /// The task's `notify` destinations plus every route that matches, each once. A named
-    /// destination aimed at a session is a target of its own (one queue per session).
-    fn targets(&self, task: &Task, event: &TaskEvent) -> Vec<Target> {
+    /// Records the delivery of `event` to `unknown`, a name the task's `notify` gives that the
+    /// relay has no destination for, as dead with the reason (nothing is queued for it), so the
+    /// deliveries list and the dashboard show where its events did not go.
+    async fn bury_unknown(
+        &self,
+        event: &TaskEvent,
+        (text, snapshot, event_json): &(String, TaskJson, EventJson),
+        unknown: Unknown,
+    ) {
+        let Unknown { name, session_id } = unknown;
+        let key = match &session_id {
+            Some(s) => session_key(&name, s),
+            None => format!("n_{name}"),
+        };
+        let job = DeliveryJob {
+            id: format!("{}.{key}", event.id),
+            key,
+            name: Some(name.clone()),
+            destination: None,
+            event: Some(event_json.clone()),
+            task: Some(snapshot.clone()),
+            text: text.clone(),
+            session_id,
+            created_time: crate::domain::now(),
+        };
+        self.delivery.store.dead_unknown(&job, &name).await;
+    }
+
+    /// The task's `notify` destinations plus every route that matches, each once, and the names
+    /// its `notify` gives that the relay has no destination for. A named destination aimed at a
+    /// session is a target of its own (one queue per session).
+    fn targets(&self, task: &Task, event: &TaskEvent) -> (Vec<Target>, Vec<Unknown>) {
         let mut out: Vec<Target> = Vec::new();
+        let mut missing: Vec<Unknown> = Vec::new();
         let mut add = |name: Option<&str>, session_id: Option<&str>, dest: Destination| {
             let key = match (name, session_id) {
                 (Some(n), Some(s)) => session_key(n, s),
@@ -425,13 +474,19 @@ impl FanOut {
                 });
             }
         };
-        let unknown = |n: &str| tracing::warn!(task_id = %task.id, destination = n, "unknown destination in notify");
+        let mut unknown = |n: &str, session_id: Option<&str>| {
+            tracing::warn!(task_id = %task.id, destination = n, "unknown destination in notify");
+            missing.push(Unknown {
+                name: n.to_string(),
+                session_id: session_id.map(str::to_string),
+            });
+        };
         for entry in &task.notify {
             match parse_notify(entry) {
                 Ok(NotifyEntry::Inline(d)) => add(None, None, d),
                 Ok(NotifyEntry::Named(n)) => match self.named.get(&n) {
                     Some(d) => add(Some(&n), None, d.clone()),
-                    None => unknown(&n),
+                    None => unknown(&n, None),
                 },
                 Ok(NotifyEntry::Session { name, session_id }) => {
                     let Some(name) = name.or_else(|| self.push_destination.clone()) else {
@@ -440,7 +495,7 @@ impl FanOut {
                     };
                     match self.named.get(&name) {
                         Some(d) => add(Some(&name), Some(&session_id), d.clone()),
-                        None => unknown(&name),
+                        None => unknown(&name, Some(&session_id)),
                     }
                 }
                 Err(e) => {
@@ -460,7 +515,7 @@ impl FanOut {
                 }
             }
         }
-        out
+        (out, missing)
     }
 
     fn track(&mut self, event: &TaskEvent) {

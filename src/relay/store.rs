@@ -215,6 +215,15 @@ impl DeliveryStore {
         self.bury(job, reason).await;
     }
 
+    /// Records `job` as a dead delivery that was never queued: its task's `notify` names `name`,
+    /// which this relay has no destination for, so there is nowhere to deliver it. Replaying it
+    /// once the relay has the destination delivers it.
+    pub async fn dead_unknown(&self, job: &DeliveryJob, name: &str) {
+        let reason =
+            format!("the relay has no destination named {name:?} (see relay.destinations)");
+        self.bury(job, reason).await;
+    }
+
     /// Records `job`, read as JSON from queue `key` because no client can parse its headers
     /// (`problem`), as a dead delivery of that queue: it was ended without an attempt.
     pub(crate) async fn dead_unreadable(&self, key: &str, job: &DeliveryJob, problem: &str) {

@@ -366,3 +366,34 @@ async fn a_push_reaches_the_chat_destination_in_the_seed_000_shape() {
     .await;
     assert_eq!(record["attempts"][0]["status"], 200);
 }
+
+#[tokio::test]
+async fn a_notify_naming_a_destination_the_relay_lacks_leaves_a_dead_delivery_saying_so() {
+    // Arrange: a relay with one named webhook, `hook`.
+    let app = TestApp::spawn().await;
+    let (hook, _relay) = app
+        .relay_to_named_hook("hook", crate::harness::receiver::Answer::status(200))
+        .await;
+
+    // Act: a task notifying `hook` and a misspelt `hookk`.
+    let task = app.task_notifying("typo", json!(["hook", "hookk"])).await;
+
+    // Assert: `hook` gets the event; `hookk`'s delivery is listed dead with the reason, with no
+    // request made for it.
+    hook.wait_for(1, Duration::from_secs(20)).await;
+    let dead = app
+        .wait_deliveries("status=dead", 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let record = &dead[0];
+    assert_eq!(record["job"]["name"], "hookk");
+    assert_eq!(record["job"]["event"]["task_id"], task.id.as_str());
+    assert_eq!(record["job"]["event"]["type"], "created");
+    let reason = record["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("no destination named \"hookk\""),
+        "{reason}"
+    );
+    assert_eq!(record["attempts"].as_array().map(Vec::len), Some(0));
+    assert_eq!(hook.hits().len(), 1);
+}
