@@ -111,36 +111,71 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let limit = req
-            .extensions()
-            .get::<BodyLimit>()
-            .map(|l| l.0)
-            .unwrap_or(usize::MAX);
-        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
-            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(limit)
-            } else {
-                ApiError::BadRequest(format!("cannot read request body: {rej}"))
-            }
-        })?;
-        let text: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
-        // Every body is an object (or none); serde would read a struct from an array too, or
-        // refuse a short one with a message about tuple lengths.
-        if text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-            return Err(ApiError::Unprocessable(
-                "the request body must be a JSON object, not an array".into(),
-            ));
+        let bytes = body_bytes(req, state).await?;
+        parse_body(&bytes, false).map(JsonBody)
+    }
+}
+
+/// A [`JsonBody`] in which a field `T` does not know is refused (422 naming it) rather than
+/// ignored: for bodies where a misspelt field silently changes what happens (a task's `kind`
+/// sent as `type` made a manual task no worker runs).
+#[derive(Debug)]
+pub(super) struct StrictJsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = body_bytes(req, state).await?;
+        parse_body(&bytes, true).map(StrictJsonBody)
+    }
+}
+
+/// The request's body, within the route's [`BodyLimit`] (413 past it).
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    let limit = req
+        .extensions()
+        .get::<BodyLimit>()
+        .map(|l| l.0)
+        .unwrap_or(usize::MAX);
+    Bytes::from_request(req, state).await.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(limit)
+        } else {
+            ApiError::BadRequest(format!("cannot read request body: {rej}"))
         }
-        let mut json = serde_json::Deserializer::from_slice(text);
-        let parsed = serde_path_to_error::deserialize(&mut json)
-            .map_err(|e| (e.path().to_string(), e.into_inner()))
-            .and_then(|v| {
-                json.end()
-                    .map(|_| JsonBody(v))
-                    .map_err(|e| (String::new(), e))
-            })
-            .map_err(|(field, inner)| body_error(&field, inner))?;
-        Ok(parsed)
+    })
+}
+
+/// Parses a JSON body (none at all reads as `null`) into `T`, naming the field serde refused;
+/// when `strict`, a field `T` does not know is refused too.
+fn parse_body<T: DeserializeOwned>(bytes: &[u8], strict: bool) -> Result<T, ApiError> {
+    let text: &[u8] = if bytes.is_empty() { b"null" } else { bytes };
+    // Every body is an object (or none); serde would read a struct from an array too, or
+    // refuse a short one with a message about tuple lengths.
+    if text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::Unprocessable(
+            "the request body must be a JSON object, not an array".into(),
+        ));
+    }
+    let mut unknown: Vec<String> = Vec::new();
+    let mut json = serde_json::Deserializer::from_slice(text);
+    let mut note = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let ignoring = serde_ignored::Deserializer::new(&mut json, &mut note);
+    let parsed = serde_path_to_error::deserialize(ignoring)
+        .map_err(|e| (e.path().to_string(), e.into_inner()))
+        .and_then(|v| json.end().map(|_| v).map_err(|e| (String::new(), e)))
+        .map_err(|(field, inner)| body_error(&field, inner))?;
+    match unknown.first() {
+        Some(field) if strict => Err(ApiError::Unprocessable(format!(
+            "unknown field `{field}`{}",
+            if field == "type" {
+                " (a task's kind is `kind`)"
+            } else {
+                ""
+            }
+        ))),
+        _ => Ok(parsed),
     }
 }
 

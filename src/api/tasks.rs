@@ -1,7 +1,7 @@
 //! Create, read and list tasks.
 
 use super::auth::Principal;
-use super::error::{ApiError, JsonBody};
+use super::error::{ApiError, StrictJsonBody};
 use super::error::{IdPath, Params};
 use super::state::AppState;
 use crate::domain::{Assignee, NewTask, Priority, Share, Task, TaskId, TaskKind, TaskStatus};
@@ -60,7 +60,7 @@ async fn seat_tenant(state: &AppState, new: &NewTask, caller: &str) -> Option<Sh
 pub(super) async fn create(
     State(state): State<AppState>,
     who: Principal,
-    JsonBody(mut new): JsonBody<NewTask>,
+    StrictJsonBody(mut new): StrictJsonBody<NewTask>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.check(&new.assigned_to)?;
     check_notify(&new)?;

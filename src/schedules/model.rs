@@ -132,8 +132,16 @@ impl ScheduleSpec {
             };
             invalid(field, e.to_string())
         })?;
-        let mut task: NewTask = serde_json::from_value(self.task.clone())
+        // A field the task does not know is refused, as a create refuses it.
+        let mut unknown: Option<String> = None;
+        let note = |path: serde_ignored::Path<'_>| {
+            unknown.get_or_insert_with(|| path.to_string());
+        };
+        let mut task: NewTask = serde_ignored::deserialize(self.task.clone(), note)
             .map_err(|e| invalid("task", e.to_string()))?;
+        if let Some(field) = unknown {
+            return Err(invalid(&format!("task.{field}"), "unknown field".into()));
+        }
         task.id = None;
         task.validate().map_err(|m| invalid("task", m))?;
         for (i, entry) in task.notify.iter().enumerate() {

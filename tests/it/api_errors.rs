@@ -503,6 +503,38 @@ async fn an_array_body_is_a_422_on_every_route_that_takes_a_body_and_writes_noth
 }
 
 #[tokio::test]
+async fn a_create_with_a_field_the_api_does_not_know_is_a_422_naming_it_and_creates_nothing() {
+    // Arrange: `type` where the API says `kind` (it would make a manual task no worker runs),
+    // and a misspelt `priorty`.
+    let app = TestApp::spawn().await;
+    let typo = json!({"task_name": "t", "assigned_to": "anna", "type": "exec",
+        "payload": {"command": "echo hi"}});
+    let other = json!({"task_name": "t", "assigned_to": "anna", "priorty": "P0"});
+
+    // Act
+    let (typo_status, typo_body) = app
+        .call(app.req(Method::POST, "/api/tasks").json(&typo))
+        .await;
+    let (other_status, other_body) = app
+        .call(app.req(Method::POST, "/api/tasks").json(&other))
+        .await;
+
+    // Assert
+    assert_eq!(typo_status, StatusCode::UNPROCESSABLE_ENTITY, "{typo_body}");
+    assert_eq!(
+        typo_body["error"]["message"],
+        "unknown field `type` (a task's kind is `kind`)"
+    );
+    assert_eq!(
+        other_status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{other_body}"
+    );
+    assert_eq!(other_body["error"]["message"], "unknown field `priorty`");
+    assert!(app.admin.list_tasks(&[]).await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn a_result_too_large_to_record_is_a_quick_422_and_the_task_keeps_running() {
     // Arrange: a running task whose payload fills most of a record.
     let app = TestApp::spawn().await;

@@ -154,6 +154,11 @@ async fn bad_schedules_are_422s_naming_the_field_and_write_nothing() {
             json!({"task_name": "x", "assigned_to": "Anna"}),
             "task",
         ),
+        (
+            "task",
+            json!({"task_name": "x", "assigned_to": "anna", "type": "exec"}),
+            "task.type",
+        ),
         ("overlap", json!("sometimes"), "overlap"),
     ] {
         let mut b = good.clone();
