@@ -160,14 +160,18 @@ fn parse_body<T: DeserializeOwned>(bytes: &[u8], strict: bool) -> Result<T, ApiE
     }
     let mut unknown: Vec<String> = Vec::new();
     let mut json = serde_json::Deserializer::from_slice(text);
-    let mut note = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let mut note = |path: serde_ignored::Path<'_>| {
+        if strict {
+            unknown.push(path.to_string());
+        }
+    };
     let ignoring = serde_ignored::Deserializer::new(&mut json, &mut note);
     let parsed = serde_path_to_error::deserialize(ignoring)
         .map_err(|e| (e.path().to_string(), e.into_inner()))
         .and_then(|v| json.end().map(|_| v).map_err(|e| (String::new(), e)))
         .map_err(|(field, inner)| body_error(&field, inner))?;
     match unknown.first() {
-        Some(field) if strict => Err(ApiError::Unprocessable(format!(
+        Some(field) => Err(ApiError::Unprocessable(format!(
             "unknown field `{field}`{}",
             if field == "type" {
                 " (a task's kind is `kind`)"

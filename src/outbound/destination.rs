@@ -113,7 +113,7 @@ impl Destination {
     /// destination aimed at one chat session is queued apart, under [`session_key`].
     pub fn key(&self, name: Option<&str>) -> String {
         match name {
-            Some(n) => format!("n_{n}"),
+            Some(n) => named_key(n, None),
             None => {
                 let canonical = serde_json::to_vec(self).expect("destinations serialize");
                 let d = Sha256::digest(&canonical);
@@ -198,6 +198,16 @@ impl Destination {
             ),
             Self::Command { .. } | Self::Log {} => None,
         }
+    }
+}
+
+/// The queue key of named destination `name` (`n_<name>`), or of it aimed at chat session
+/// `session_id` ([`session_key`]). Needs no configured destination: the relay keys a name it
+/// does not have the same way.
+pub fn named_key(name: &str, session_id: Option<&str>) -> String {
+    match session_id {
+        Some(s) => session_key(name, s),
+        None => format!("n_{name}"),
     }
 }
 

@@ -33,6 +33,7 @@ use crate::bus::{raw, Bus, BusError};
 use crate::outbound::destination::Destination;
 use crate::telemetry::TraceContext;
 use async_nats::jetstream::{AckKind, Message};
+use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -276,22 +277,28 @@ impl Delivery {
         // A job of a message handed out again, or of a bundle that may repeat jobs queued
         // before, is settled from its record first.
         let first = msg.info().map(|i| i.delivered <= 1).unwrap_or(true) && !bundle.recheck;
-        let mut ack = AckKind::Ack;
+        let (mut ack, mut record) = (AckKind::Ack, None);
         for (i, job) in bundle.jobs.into_iter().enumerate() {
+            // The record of the job before goes behind the loop now (not after this job's
+            // retries); the last one is the message's own, acknowledged once it is written.
+            if let Some(before) = record.take() {
+                lane.record(before).await;
+            }
             // Each job in a span of the trace its event belongs to.
             let span = attempt_span(key, &msg, bundle.traces.get(i));
             let delivered = self.deliver_job(key, lane, state, &msg, job, first);
             match delivered.instrument(span).await {
-                Some(settled) => ack = settled,
+                Some((settled, write)) => (ack, record) = (settled, write),
                 None => return,
             }
         }
-        lane.settle(msg, ack, async {}).await;
+        let record = record.unwrap_or_else(|| Box::pin(async {}));
+        lane.settle(msg, ack, record).await;
     }
 
-    /// Delivers `job` of `msg` (`first`: neither is known to have been attempted before) and
-    /// writes its record behind the loop; the ack it leaves the message with, `None` at
-    /// shutdown.
+    /// Delivers `job` of `msg` (`first`: neither is known to have been attempted before): the
+    /// ack it leaves the message with and the write of its record, to go behind the loop (none
+    /// when its record says it was settled before); `None` at shutdown.
     async fn deliver_job(
         &self,
         key: &str,
@@ -300,13 +307,13 @@ impl Delivery {
         msg: &Message,
         job: DeliveryJob,
         first: bool,
-    ) -> Option<AckKind> {
+    ) -> Option<(AckKind, Option<BoxFuture<'static, ()>>)> {
         tracing::Span::current().record("delivery", job.id.as_str());
         let mut attempt_no = 1;
         if !first {
             // Back after a lost ack, a kill or a take-over: settled already, or retrying?
             match self.resume(lane, state, msg, &job).await {
-                Resume::Settled(ack) => return Some(ack),
+                Resume::Settled(ack) => return Some((ack, None)),
                 Resume::Stop => return None,
                 Resume::Attempt(n) => attempt_no = n,
             }
@@ -338,8 +345,7 @@ impl Delivery {
             let written = records.write(&bus, &job, attempt, status, reason, fresh);
             written.await;
         };
-        lane.record(write).await;
-        Some(ack)
+        Some((ack, Some(Box::pin(write))))
     }
 
     /// What a message handed out again needs: nothing (its record says it is settled), or its

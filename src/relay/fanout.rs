@@ -11,7 +11,7 @@ use super::store::Queued;
 use crate::bus::append::refused_for_good;
 use crate::bus::{subjects, BusError, NatsResultExt};
 use crate::domain::{EventKind, StallRule, Task, TaskEvent, TaskId, TaskStatus};
-use crate::outbound::destination::{parse_notify, session_key, Destination, NotifyEntry};
+use crate::outbound::destination::{named_key, parse_notify, Destination, NotifyEntry};
 use crate::tasks::ledger::shown_events;
 use crate::tasks::{ListFilter, TaskService};
 use crate::text::message::Templates;
@@ -380,9 +380,10 @@ impl FanOut {
         &mut self,
         task: &Task,
         event: &TaskEvent,
-        (text, snapshot, event_json): &(String, TaskJson, EventJson),
+        shared: &(String, TaskJson, EventJson),
         target: Target,
     ) -> Option<DeliveryJob> {
+        let text = &shared.0;
         let Target {
             key,
             name,
@@ -395,17 +396,8 @@ impl FanOut {
         if text.is_empty() && !matches!(dest, Destination::Webhook { .. }) {
             return None;
         }
-        let job = DeliveryJob {
-            id: format!("{}.{key}", event.id),
-            key: key.clone(),
-            name: name.clone(),
-            destination: if name.is_some() { None } else { Some(dest) },
-            event: Some(event_json.clone()),
-            task: Some(snapshot.clone()),
-            text: text.clone(),
-            session_id,
-            created_time: crate::domain::now(),
-        };
+        let destination = if name.is_some() { None } else { Some(dest) };
+        let job = job_of(event, shared, (key.clone(), name, session_id), destination);
         let slot = (task.id.clone(), key);
         if throttled(event.kind) {
             let now = Instant::now();
@@ -432,25 +424,12 @@ impl FanOut {
     async fn bury_unknown(
         &self,
         event: &TaskEvent,
-        (text, snapshot, event_json): &(String, TaskJson, EventJson),
+        shared: &(String, TaskJson, EventJson),
         unknown: Unknown,
     ) {
         let Unknown { name, session_id } = unknown;
-        let key = match &session_id {
-            Some(s) => session_key(&name, s),
-            None => format!("n_{name}"),
-        };
-        let job = DeliveryJob {
-            id: format!("{}.{key}", event.id),
-            key,
-            name: Some(name.clone()),
-            destination: None,
-            event: Some(event_json.clone()),
-            task: Some(snapshot.clone()),
-            text: text.clone(),
-            session_id,
-            created_time: crate::domain::now(),
-        };
+        let key = named_key(&name, session_id.as_deref());
+        let job = job_of(event, shared, (key, Some(name.clone()), session_id), None);
         self.delivery.store.dead_unknown(&job, &name).await;
     }
 
@@ -461,9 +440,9 @@ impl FanOut {
         let mut out: Vec<Target> = Vec::new();
         let mut missing: Vec<Unknown> = Vec::new();
         let mut add = |name: Option<&str>, session_id: Option<&str>, dest: Destination| {
-            let key = match (name, session_id) {
-                (Some(n), Some(s)) => session_key(n, s),
-                _ => dest.key(name),
+            let key = match name {
+                Some(n) => named_key(n, session_id),
+                None => dest.key(None),
             };
             if !out.iter().any(|t| t.key == key) {
                 out.push(Target {
@@ -590,6 +569,28 @@ impl FanOut {
             e.data = serde_json::json!({ "minutes": minutes });
             self.tasks.record_stalled(&task, e).await;
         }
+    }
+}
+
+/// The job of `event` for the destination queued under `key` (configured as `name`, aimed at
+/// `session_id`; `destination` itself for a per-task one), with the event's message, task
+/// snapshot and JSON (`shared`).
+fn job_of(
+    event: &TaskEvent,
+    (text, snapshot, event_json): &(String, TaskJson, EventJson),
+    (key, name, session_id): (String, Option<String>, Option<String>),
+    destination: Option<Destination>,
+) -> DeliveryJob {
+    DeliveryJob {
+        id: format!("{}.{key}", event.id),
+        key,
+        name,
+        destination,
+        event: Some(event_json.clone()),
+        task: Some(snapshot.clone()),
+        text: text.clone(),
+        session_id,
+        created_time: crate::domain::now(),
     }
 }
 

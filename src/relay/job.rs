@@ -100,6 +100,27 @@ pub struct Bundle {
     pub recheck: bool,
 }
 
+/// One destination's jobs (in order) cut into runs of at most [`BUNDLE_JOBS`] jobs and about
+/// [`BUNDLE_BYTES`] (a job larger than that runs alone).
+fn runs<S>(jobs: Vec<(DeliveryJob, S)>) -> Vec<Vec<(DeliveryJob, S)>> {
+    let mut runs: Vec<Vec<(DeliveryJob, S)>> = Vec::new();
+    let mut bytes = 0;
+    for (job, span) in jobs {
+        let size = job.approx_size();
+        match runs.last_mut() {
+            Some(run) if run.len() < BUNDLE_JOBS && bytes + size <= BUNDLE_BYTES => {
+                bytes += size;
+                run.push((job, span));
+            }
+            _ => {
+                bytes = size;
+                runs.push(vec![(job, span)]);
+            }
+        }
+    }
+    runs
+}
+
 /// What one queue message holds: one job, or a bundle of one destination's jobs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Parcel {
@@ -115,7 +136,7 @@ impl Parcel {
     /// about [`BUNDLE_BYTES`]; a job alone stays one job unless `recheck` (see
     /// [`Bundle::recheck`]). Each parcel carries the span of its first job, and a bundle the
     /// trace of each job (`trace` reads it from the job's span).
-    pub fn bundles<S: Clone>(
+    pub fn bundles<S>(
         jobs: Vec<(DeliveryJob, S)>,
         recheck: bool,
         trace: impl Fn(&S) -> TraceContext,
@@ -133,34 +154,20 @@ impl Parcel {
             }
         }
         let mut out = Vec::new();
-        for list in by_key {
-            let mut current = Bundle {
-                recheck,
-                ..Bundle::default()
+        for run in by_key.into_iter().flat_map(runs) {
+            // Only a bundle carries its jobs' traces (a job alone has its message's headers).
+            let traces = match (run.len(), recheck) {
+                (1, false) => Vec::new(),
+                _ => run.iter().map(|(_, s)| trace(s)).collect(),
             };
-            let (mut bytes, mut span) = (0, None);
-            for (job, s) in list {
-                let size = job.approx_size();
-                let full = current.jobs.len() >= BUNDLE_JOBS || bytes + size > BUNDLE_BYTES;
-                if !current.jobs.is_empty() && full {
-                    let done = std::mem::replace(
-                        &mut current,
-                        Bundle {
-                            recheck,
-                            ..Bundle::default()
-                        },
-                    );
-                    out.push((Self::of(done), span.take().expect("set")));
-                    bytes = 0;
-                }
-                current.traces.push(trace(&s));
-                span.get_or_insert(s);
-                bytes += size;
-                current.jobs.push(job);
-            }
-            if let Some(span) = span {
-                out.push((Self::of(current), span));
-            }
+            let (jobs, spans): (Vec<DeliveryJob>, Vec<S>) = run.into_iter().unzip();
+            let span = spans.into_iter().next().expect("a run holds a job");
+            let bundle = Bundle {
+                jobs,
+                traces,
+                recheck,
+            };
+            out.push((Self::of(bundle), span));
         }
         out
     }

@@ -83,7 +83,8 @@ impl DeliveryStore {
     /// waits until it is stored.
     pub async fn queue(&self, job: &DeliveryJob, msg_id: &str) -> Result<(), StoreError> {
         let subject = subjects::delivery(&job.key);
-        let why = match self.publish(subject, msg_id, encode(job), None).await? {
+        let headers = message_headers(msg_id);
+        let why = match self.publish(subject, headers, encode(job)).await? {
             Queued::Sent(ack) => return Ok(ack.await.map(drop).op("queue delivery ack")?),
             Queued::Refused(why) => why,
         };
@@ -94,10 +95,8 @@ impl DeliveryStore {
     /// for the stream's answer (awaiting [`Queued::Sent`] gives it). A parcel larger than the
     /// connection takes is [`Queued::Refused`] at once.
     pub async fn send(&self, parcel: &Parcel) -> Result<Queued, BusError> {
-        let (body, bundle) = parcel.encoded();
-        let subject = subjects::delivery(parcel.key());
-        self.publish(subject, &parcel.msg_id(), body.into(), bundle)
-            .await
+        let (subject, _, headers, body) = outgoing(parcel);
+        self.publish(subject, headers, body).await
     }
 
     /// Queues `jobs` (parcels of any destinations) in order, together, and waits until they are stored:
@@ -125,10 +124,8 @@ impl DeliveryStore {
         let messages = jobs
             .iter()
             .map(|(parcel, span)| {
-                let subject = subjects::delivery(parcel.key());
-                let (body, bundle) = parcel.encoded();
-                let headers = span.in_scope(|| parcel_headers(&parcel.msg_id(), bundle));
-                (subject, headers, body.into())
+                let (subject, _, headers, body) = span.in_scope(|| outgoing(parcel));
+                (subject, headers, body)
             })
             .collect();
         let id = jobs.first().map(|(p, _)| p.msg_id()).unwrap_or_default();
@@ -160,17 +157,11 @@ impl DeliveryStore {
         let mut acks = Vec::with_capacity(jobs.len());
         let mut previous: Option<String> = None;
         for (parcel, span) in jobs {
-            let id = parcel.msg_id();
-            let (body, bundle) = parcel.encoded();
-            let mut headers = span.in_scope(|| parcel_headers(&id, bundle));
+            let (subject, id, mut headers, body) = span.in_scope(|| outgoing(parcel));
             if let Some(previous) = previous {
                 headers.insert(EXPECTED_LAST_MSG_ID, previous);
             }
-            let subject = subjects::delivery(parcel.key());
-            let sent = self
-                .bus
-                .js
-                .publish_with_headers(subject, headers, body.into());
+            let sent = self.bus.js.publish_with_headers(subject, headers, body);
             acks.push(sent.await.op("queue deliveries")?);
             previous = Some(id);
         }
@@ -180,16 +171,14 @@ impl DeliveryStore {
         Ok(())
     }
 
-    /// Sends `body` to `subject`, de-duplicated on `msg_id`, marked a bundle of so many jobs
-    /// when `bundle` says so; refused for good when larger than the connection takes.
+    /// Sends `body` to `subject` with `headers`; refused for good when larger than the
+    /// connection takes.
     async fn publish(
         &self,
         subject: String,
-        msg_id: &str,
+        headers: async_nats::HeaderMap,
         body: bytes::Bytes,
-        bundle: Option<String>,
     ) -> Result<Queued, BusError> {
-        let headers = parcel_headers(msg_id, bundle);
         let sent = self
             .bus
             .js
@@ -511,14 +500,16 @@ impl DeliveryStore {
     }
 }
 
-/// The headers of a queue message: its de-duplication id and trace, and [`BUNDLE_HEADER`] with
-/// the number of jobs when it holds a bundle.
-fn parcel_headers(msg_id: &str, bundle: Option<String>) -> async_nats::HeaderMap {
-    let mut headers = message_headers(msg_id);
+/// The queue message of `parcel`: its subject, de-duplication id, headers (the id, the current
+/// trace, and [`BUNDLE_HEADER`] with the number of jobs when it holds a bundle) and body.
+fn outgoing(parcel: &Parcel) -> (String, String, async_nats::HeaderMap, bytes::Bytes) {
+    let id = parcel.msg_id();
+    let (body, bundle) = parcel.encoded();
+    let mut headers = message_headers(&id);
     if let Some(count) = bundle {
         headers.insert(BUNDLE_HEADER, count.as_str());
     }
-    headers
+    (subjects::delivery(parcel.key()), id, headers, body.into())
 }
 
 /// The queue key of a DELIVERIES subject (`deliveries.<key>`).

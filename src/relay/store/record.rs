@@ -110,7 +110,7 @@ pub(super) fn record_subject(rest: &str) -> String {
 /// The group token of a job: `n_<name>` for a named destination, its queue key otherwise.
 pub(super) fn record_group(job: &DeliveryJob) -> String {
     match &job.name {
-        Some(name) => format!("n_{name}"),
+        Some(name) => crate::outbound::destination::named_key(name, None),
         None => job.key.clone(),
     }
 }
