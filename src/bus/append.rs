@@ -29,7 +29,8 @@ pub struct Append {
     pub guard: String,
     /// The last sequence on `guard` the writer saw (0 for none).
     pub expected: u64,
-    /// `Nats-Msg-Id`: a re-sent append is stored once.
+    /// `Nats-Msg-Id`: a re-sent append is stored once (empty: none; the guard alone then
+    /// refuses a copy sent again, as a conflict). A batch's first append names the batch.
     pub msg_id: String,
     /// Extra headers (say, a marker for readers).
     pub extra: Vec<(&'static str, String)>,

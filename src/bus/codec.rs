@@ -27,11 +27,13 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T
 /// task's first record.
 pub const RECORDED_HEADER: &str = "Taskfleet-Recorded";
 
-/// Headers for a published message: `Nats-Msg-Id` for de-duplication plus the current trace
-/// context.
+/// Headers for a published message: `Nats-Msg-Id` for de-duplication (none for an empty
+/// `msg_id`) plus the current trace context.
 pub fn message_headers(msg_id: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+    if !msg_id.is_empty() {
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+    }
     crate::telemetry::inject_context(&mut headers);
     headers
 }

@@ -1,35 +1,182 @@
 //! The hardened HTTP client for requests to user-given URLs: no proxy (a proxy would resolve
-//! names past the [`SafeResolver`]), no redirects (a redirect target is a new, unchecked URL),
-//! the safe resolver with the operator's [`AllowList`], a timeout per request and a
-//! `taskfleet/<version>` user agent. Checking each URL before sending ([`super::ssrf::check_url`])
-//! stays the caller's job: the client only sees addresses.
+//! names past the [`SafeResolver`]), no redirects (a 3xx is answered as it is: its target is a
+//! new, unchecked URL), the safe resolver with the operator's [`AllowList`], one deadline per
+//! request covering the connection, the answer and its body, and a `taskfleet/<version>` user
+//! agent. HTTP/1.1 over TCP, or over TLS (rustls, the webpki roots) for `https`; connections are
+//! kept and reused per host. Checking each URL before sending ([`super::ssrf::check_url`]) stays
+//! the caller's job: the client only sees addresses.
+//!
+//! Built on hyper's pooled client directly rather than on reqwest: the relay makes one request
+//! per delivery, and reqwest's layers around the same hyper client (a redirect policy that
+//! parses the URL again on each request and on each answer, a retry policy that copies the
+//! headers, boxing) were ~12 % of the relay's CPU at 15,000 deliveries/s
+//! (docs/benchmarks.md).
 
-use super::ssrf::{AllowList, SafeResolver};
-use std::sync::Arc;
+use super::ssrf::{AllowList, SafeResolver, SsrfError};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::time::Duration;
 
 /// The `User-Agent` of every outbound request.
 pub const USER_AGENT: &str = concat!("taskfleet/", env!("CARGO_PKG_VERSION"));
 
+/// How long an idle kept connection stays open.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// Why the client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// reqwest refused the client configuration (e.g. no TLS backend).
-    #[error("cannot build the outbound HTTP client")]
-    Build(#[from] reqwest::Error),
+    /// rustls refused the TLS setup (no protocol version its crypto provider supports).
+    #[error("cannot set up TLS for the outbound HTTP client")]
+    Tls(#[source] rustls::Error),
+}
+
+/// Why a request got no answer. None of these carries the URL (webhook URLs carry tokens).
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No answer (with its body) within the client's timeout.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The request could not be made from what was given (a header value that is not one).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// No connection, or the connection failed before the answer's head.
+    #[error(transparent)]
+    Request(#[from] hyper_util::client::legacy::Error),
+    /// The answer's body broke off.
+    #[error("reading the answer: {0}")]
+    Body(#[source] hyper::Error),
+}
+
+impl SendError {
+    /// The request was refused before any connection: every address its host resolves to is
+    /// internal (the [`SafeResolver`]). Sending again cannot help.
+    pub fn refused_by_ssrf(&self) -> bool {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = source {
+            if let Some(ssrf) = e.downcast_ref::<SsrfError>() {
+                return ssrf.is_refusal();
+            }
+            source = e.source();
+        }
+        false
+    }
+
+    /// Nothing was sent, and sending again cannot help: an invalid request or a refusal.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, SendError::Invalid(_)) || self.refused_by_ssrf()
+    }
+}
+
+/// An answer, its body read up to a limit.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// The answer's headers.
+    pub headers: http::HeaderMap,
+    /// The body's first bytes (at most the limit asked for; the rest is dropped).
+    pub body: Vec<u8>,
+}
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector<SafeResolver>>;
+
+/// The hardened client (cheap to clone: the connection pool is shared).
+#[derive(Debug, Clone)]
+pub struct HardenedClient {
+    http: Client<Connector, Full<Bytes>>,
+    timeout: Duration,
 }
 
 /// Builds the hardened client: internal addresses are refused after DNS unless `allow` opens
 /// them, and each request gives up after `timeout`.
-pub fn hardened(allow: AllowList, timeout: Duration) -> Result<reqwest::Client, ClientError> {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .dns_resolver(Arc::new(SafeResolver::new(allow)))
-        .timeout(timeout)
-        .user_agent(USER_AGENT)
-        .build()?;
-    Ok(client)
+pub fn hardened(allow: AllowList, timeout: Duration) -> Result<HardenedClient, ClientError> {
+    let mut tcp = HttpConnector::new_with_resolver(SafeResolver::new(allow));
+    // `https` URLs go through the TLS layer, which hands the plain connector the address.
+    tcp.enforce_http(false);
+    // One small request at a time per connection: send it now, not after Nagle's delay.
+    tcp.set_nodelay(true);
+    let tls = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        .map_err(ClientError::Tls)?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp);
+    let http = Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(IDLE_TIMEOUT)
+        .build(tls);
+    Ok(HardenedClient { http, timeout })
+}
+
+impl HardenedClient {
+    /// The deadline of each request.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// `POST`s `body` to `url` with `headers` (besides the user agent), and reads at most
+    /// `limit` bytes of the answer's body, all within the client's timeout.
+    pub async fn post(
+        &self,
+        url: &url::Url,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+        limit: usize,
+    ) -> Result<Answer, SendError> {
+        let request = build_request(url, headers, body)?;
+        let exchange = async {
+            let answer = self.http.request(request).await?;
+            let (head, body) = answer.into_parts();
+            Ok(Answer {
+                status: head.status.as_u16(),
+                headers: head.headers,
+                body: read_limited(body, limit).await?,
+            })
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(answer) => answer,
+            Err(_) => Err(SendError::Timeout(self.timeout)),
+        }
+    }
+}
+
+/// The request: method, URI, user agent, `headers`, body.
+fn build_request(
+    url: &url::Url,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<http::Request<Full<Bytes>>, SendError> {
+    let uri: http::Uri = url
+        .as_str()
+        .parse()
+        .map_err(|_| SendError::Invalid("the URL is not a valid request target".into()))?;
+    let mut request = http::Request::post(uri).header(http::header::USER_AGENT, USER_AGENT);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request
+        .body(Full::new(Bytes::from(body)))
+        // Names the header (ours) but never shows its value, which may be a token.
+        .map_err(|e| SendError::Invalid(format!("a request header is not valid: {e}")))
+}
+
+/// The first `limit` bytes of `body` (read to its end or to the limit).
+async fn read_limited(mut body: hyper::body::Incoming, limit: usize) -> Result<Vec<u8>, SendError> {
+    let mut bytes = Vec::new();
+    while bytes.len() < limit {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        if let Ok(data) = frame.map_err(SendError::Body)?.into_data() {
+            let room = limit - bytes.len();
+            bytes.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -40,7 +187,7 @@ mod tests {
 
     /// A one-shot HTTP server on loopback that answers `reply` to the first request and hands
     /// back that request's head; its URL is returned beside it.
-    async fn answer_once(reply: &'static str) -> (String, tokio::task::JoinHandle<String>) {
+    async fn answer_once(reply: &'static str) -> (url::Url, tokio::task::JoinHandle<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
         let served = tokio::spawn(async move {
@@ -55,15 +202,20 @@ mod tests {
             conn.write_all(reply.as_bytes()).await.unwrap();
             String::from_utf8_lossy(&head).to_lowercase()
         });
-        (url, served)
+        (url.parse().unwrap(), served)
+    }
+
+    fn loopback_client(timeout: Duration) -> HardenedClient {
+        hardened(AllowList::new(["127.0.0.1/32"]).unwrap(), timeout).unwrap()
     }
 
     #[tokio::test]
     async fn the_hardened_client_refuses_a_name_that_resolves_to_loopback() {
         let client = hardened(AllowList::default(), Duration::from_secs(5)).unwrap();
-        let err = client.get("http://localhost:9/").send().await.unwrap_err();
-        let chain = format!("{err:?}");
-        assert!(chain.contains("AllBlocked"), "{chain}");
+        let url = "http://localhost:9/".parse().unwrap();
+        let err = client.post(&url, &[], Vec::new(), 16).await.unwrap_err();
+        assert!(err.refused_by_ssrf(), "{err:?}");
+        assert!(err.is_permanent());
     }
 
     #[tokio::test]
@@ -72,9 +224,9 @@ mod tests {
             "HTTP/1.1 302 Found\r\nlocation: http://169.254.169.254/\r\ncontent-length: 0\r\n\r\n",
         )
         .await;
-        let client = hardened(AllowList::default(), Duration::from_secs(5)).unwrap();
-        let response = client.get(&url).send().await.unwrap();
-        assert_eq!(response.status().as_u16(), 302);
+        let client = loopback_client(Duration::from_secs(5));
+        let answer = client.post(&url, &[], b"{}".to_vec(), 16).await.unwrap();
+        assert_eq!(answer.status, 302);
         let head = served.await.unwrap();
         assert!(
             head.contains(&format!("user-agent: {}", USER_AGENT.to_lowercase())),
@@ -83,12 +235,84 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_hardened_client_sends_the_headers_and_body_it_is_given() {
+        let (url, served) = answer_once("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+        let client = loopback_client(Duration::from_secs(5));
+        let headers = [
+            ("content-type", "application/json"),
+            ("webhook-id", "msg_1"),
+        ];
+        let answer = client
+            .post(&url, &headers, b"{}".to_vec(), 16)
+            .await
+            .unwrap();
+        assert_eq!((answer.status, answer.body.as_slice()), (200, &b"ok"[..]));
+        let head = served.await.unwrap();
+        assert!(head.starts_with("post / http/1.1"), "{head}");
+        assert!(head.contains("webhook-id: msg_1"), "{head}");
+        assert!(head.contains("content-length: 2"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn the_hardened_client_reads_no_more_of_a_body_than_asked() {
+        let (url, _served) =
+            answer_once("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123456789").await;
+        let client = loopback_client(Duration::from_secs(5));
+        let answer = client.post(&url, &[], Vec::new(), 4).await.unwrap();
+        assert_eq!(answer.body, b"0123");
+    }
+
+    #[tokio::test]
     async fn the_hardened_client_gives_up_after_its_timeout() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
-        let client = hardened(AllowList::default(), Duration::from_millis(200)).unwrap();
-        let err = client.get(&url).send().await.unwrap_err();
-        assert!(err.is_timeout(), "{err:?}");
+        let client = loopback_client(Duration::from_millis(200));
+        let err = client
+            .post(&url.parse().unwrap(), &[], Vec::new(), 16)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SendError::Timeout(_)), "{err:?}");
+        assert!(!err.is_permanent());
         drop(listener);
+    }
+
+    #[tokio::test]
+    async fn an_https_url_is_spoken_to_in_tls() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/", listener.local_addr().unwrap());
+        let first_byte = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut byte = [0u8; 1];
+            conn.read_exact(&mut byte).await.unwrap();
+            conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            byte[0]
+        });
+        let client = loopback_client(Duration::from_secs(5));
+        let err = client
+            .post(&url.parse().unwrap(), &[], Vec::new(), 16)
+            .await
+            .unwrap_err();
+        // A TLS record of type handshake (the ClientHello), not `POST`.
+        assert_eq!(first_byte.await.unwrap(), 0x16);
+        assert!(!err.is_permanent(), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_header_value_that_is_not_one_is_a_permanent_error_without_the_value() {
+        let client = loopback_client(Duration::from_secs(5));
+        let url = "http://127.0.0.1:9/".parse().unwrap();
+        let err = client
+            .post(
+                &url,
+                &[("authorization", "Bearer s3cret\n")],
+                Vec::new(),
+                16,
+            )
+            .await
+            .unwrap_err();
+        assert!(err.is_permanent(), "{err:?}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 }

@@ -4,11 +4,12 @@
 //! - [`destination`]: where to deliver (named in the relay's config or given per task in
 //!   `notify`, which the API and the schedules check on create) and the key it is queued under.
 //! - [`ssrf`]: refusing outbound requests to loopback, private and other internal addresses, both
-//!   for the literal URL and after DNS resolution ([`ssrf::SafeResolver`] for reqwest).
+//!   for the literal URL and after DNS resolution ([`ssrf::SafeResolver`], the client's resolver).
 //! - [`signature`]: Standard Webhooks signing and verification (`webhook-id`,
 //!   `webhook-timestamp`, `webhook-signature`), checked against the reference library's vectors.
-//! - [`client`]: the HTTP client every outbound request uses: the safe resolver, no proxy, no
-//!   redirects, a per-request timeout and the `taskfleet/<version>` user agent.
+//! - [`client`]: the HTTP client every outbound request uses: hyper's pooled client with the
+//!   safe resolver and rustls, no proxy, no redirects, a deadline per request and the
+//!   `taskfleet/<version>` user agent.
 //!
 //! Nothing here knows NATS, tasks or the relay: these modules use external crates and
 //! [`crate::domain`] only, and are unit-tested in place (the resolver only does DNS).

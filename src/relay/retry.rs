@@ -13,6 +13,7 @@
 //! RUSTSEC-2025-0012); it only computes the delays of [`RetrySchedule::exponential`], and none
 //! of its types appear in this module's API, so swapping it out touches this file alone.
 
+use crate::outbound::client::SendError;
 use backoff::backoff::Backoff as _;
 use rand::Rng;
 use std::time::{Duration, SystemTime};
@@ -173,29 +174,15 @@ pub fn classify_status(status: u16, retry_after_header: Option<&str>) -> Verdict
 
 /// Classifies a request that got no usable response.
 ///
-/// A destination refused by [`ssrf`](crate::outbound::ssrf) is permanent, as are malformed
-/// requests and redirects; timeouts, refused or reset connections, DNS failures and everything
-/// else are retried. An error made from a status (`error_for_status`) is classified by that
-/// status.
-pub fn classify_transport_error(err: &reqwest::Error) -> Verdict {
-    if refused_by_ssrf(err) || err.is_builder() || err.is_redirect() {
-        return Verdict::Permanent;
+/// A destination refused by [`ssrf`](crate::outbound::ssrf) is permanent, as is a request that
+/// cannot be made (an invalid header); timeouts, refused or reset connections, DNS failures
+/// and everything else are retried.
+pub fn classify_transport_error(err: &SendError) -> Verdict {
+    if err.is_permanent() {
+        Verdict::Permanent
+    } else {
+        Verdict::Retry { after: None }
     }
-    if let Some(status) = err.status() {
-        return classify_status(status.as_u16(), None);
-    }
-    Verdict::Retry { after: None }
-}
-
-fn refused_by_ssrf(err: &reqwest::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if let Some(ssrf) = e.downcast_ref::<crate::outbound::ssrf::SsrfError>() {
-            return ssrf.is_refusal();
-        }
-        source = e.source();
-    }
-    false
 }
 
 /// Parses a `Retry-After` value: delta-seconds (`120`) or an HTTP-date
@@ -218,6 +205,8 @@ pub fn parse_retry_after_at(value: &str, now: SystemTime) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbound::client::{hardened, HardenedClient};
+    use crate::outbound::ssrf::AllowList;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
@@ -382,19 +371,18 @@ mod tests {
         assert_eq!(classify_status(404, Some("30")), Verdict::Permanent);
     }
 
+    fn client(allow: &[&str], timeout: Duration) -> HardenedClient {
+        hardened(AllowList::new(allow.iter().copied()).unwrap(), timeout).unwrap()
+    }
+
     #[tokio::test]
     async fn a_refused_connection_is_retried() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         drop(listener);
-        let err = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .unwrap()
-            .get(format!("http://127.0.0.1:{port}/"))
-            .send()
-            .await
-            .unwrap_err();
+        let url = format!("http://127.0.0.1:{port}/").parse().unwrap();
+        let client = client(&["127.0.0.1/32"], Duration::from_secs(5));
+        let err = client.post(&url, &[], Vec::new(), 16).await.unwrap_err();
         assert_eq!(
             classify_transport_error(&err),
             Verdict::Retry { after: None }
@@ -409,17 +397,10 @@ mod tests {
             let (_sock, _) = listener.accept().await.unwrap();
             tokio::time::sleep(Duration::from_secs(10)).await;
         });
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_millis(200))
-            .build()
-            .unwrap();
-        let err = client
-            .get(format!("http://{addr}/"))
-            .send()
-            .await
-            .unwrap_err();
-        assert!(err.is_timeout());
+        let client = client(&["127.0.0.1/32"], Duration::from_millis(200));
+        let url = format!("http://{addr}/").parse().unwrap();
+        let err = client.post(&url, &[], Vec::new(), 16).await.unwrap_err();
+        assert!(matches!(err, SendError::Timeout(_)), "{err:?}");
         assert_eq!(
             classify_transport_error(&err),
             Verdict::Retry { after: None }
@@ -428,10 +409,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_malformed_request_is_permanent() {
-        let err = reqwest::Client::new()
-            .get("not a url")
-            .send()
+    async fn a_request_that_cannot_be_made_is_permanent() {
+        let client = client(&["127.0.0.1/32"], Duration::from_secs(5));
+        let url = "http://127.0.0.1:9/".parse().unwrap();
+        let err = client
+            .post(&url, &[("x-token", "line\nbreak")], Vec::new(), 16)
             .await
             .unwrap_err();
         assert_eq!(classify_transport_error(&err), Verdict::Permanent);
@@ -439,13 +421,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_destination_refused_by_the_safe_resolver_is_permanent() {
-        let resolver = crate::outbound::ssrf::SafeResolver::new(Default::default());
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .dns_resolver(std::sync::Arc::new(resolver))
-            .build()
-            .unwrap();
-        let err = client.get("http://localhost:9/").send().await.unwrap_err();
+        let client = client(&[], Duration::from_secs(5));
+        let url = "http://localhost:9/".parse().unwrap();
+        let err = client.post(&url, &[], Vec::new(), 16).await.unwrap_err();
         assert_eq!(
             classify_transport_error(&err),
             Verdict::Permanent,

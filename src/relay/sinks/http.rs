@@ -2,6 +2,7 @@
 //! body, classifying the answer, and keeping secrets out of what is reported.
 
 use super::{Attempt, SinkContext};
+use crate::outbound::client::SendError;
 use crate::outbound::ssrf::check_url;
 use crate::relay::retry::{classify_status, classify_transport_error, parse_retry_after, Verdict};
 use std::time::Duration;
@@ -110,55 +111,33 @@ pub(super) async fn post_json(
         Ok(url) => url,
         Err(e) => return Err(Attempt::permanent(redact.apply(&format!("refused: {e}")))),
     };
-    let mut request = ctx
+    let mut all = Vec::with_capacity(headers.len() + 1);
+    all.push(("content-type", "application/json"));
+    all.extend(headers.iter().map(|(name, value)| (*name, value.as_str())));
+    let answer = ctx
         .http
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body);
-    for (name, value) in headers {
-        request = request.header(*name, value);
-    }
-    let mut response = request
-        .send()
+        .post(&url, &all, body, MAX_READ_BYTES)
         .await
-        .map_err(|e| transport_failure(e, ctx.timeout, redact))?;
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
+        .map_err(|e| transport_failure(&e, redact))?;
+    let retry_after = answer
+        .headers
+        .get(http::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .map(String::from);
-    let mut bytes = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                let room = MAX_READ_BYTES - bytes.len();
-                bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                if bytes.len() >= MAX_READ_BYTES {
-                    break;
-                }
-            }
-            Ok(None) => break,
-            Err(e) => return Err(transport_failure(e, ctx.timeout, redact)),
-        }
-    }
     Ok(Reply {
-        status,
+        status: answer.status,
         retry_after,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
+        body: String::from_utf8_lossy(&answer.body).into_owned(),
     })
 }
 
-/// A request that got no usable response, classified and described without its URL.
-fn transport_failure(err: reqwest::Error, timeout: Duration, redact: &Redactor) -> Attempt {
-    let verdict = classify_transport_error(&err);
-    let status = err.status().map(|s| s.as_u16());
-    let text = if err.is_timeout() {
-        format!("timed out after {timeout:?}")
-    } else {
-        describe(&err.without_url())
-    };
-    Attempt::new(verdict, status, redact.report(&text))
+/// A request that got no usable response, classified and described (never with its URL).
+fn transport_failure(err: &SendError, redact: &Redactor) -> Attempt {
+    Attempt::new(
+        classify_transport_error(err),
+        None,
+        redact.report(&describe(err)),
+    )
 }
 
 /// An error and its causes, joined by `: `.

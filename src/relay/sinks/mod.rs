@@ -16,8 +16,8 @@
 //! ([`ssrf::SafeResolver`]), statuses go through [`retry::classify_status`] and transport errors
 //! through [`retry::classify_transport_error`].
 //!
-//! Tokens, secrets and URLs never appear in [`SendOutcome::response`] or in logs: reqwest errors
-//! are stripped of their URL, and the destination's secrets are replaced by `[redacted]` in
+//! Tokens, secrets and URLs never appear in [`SendOutcome::response`] or in logs: the client's
+//! errors carry no URL, and the destination's secrets are replaced by `[redacted]` in
 //! anything a receiver or an error could echo.
 //!
 //! A destination for people (everything but `webhook`) given an empty `job.text` has nothing to
@@ -61,8 +61,8 @@ pub enum SinkError {
 /// addresses unless allowlisted, follows no redirects, uses no proxy), and the per-attempt timeout.
 #[derive(Debug, Clone)]
 pub struct SinkContext {
-    /// The outbound HTTP client.
-    pub http: reqwest::Client,
+    /// The outbound HTTP client (its timeout is `timeout`).
+    pub http: client::HardenedClient,
     /// Internal addresses/hosts allowed anyway (e.g. a local gateway).
     pub allow: AllowList,
     /// Per-attempt time limit.
