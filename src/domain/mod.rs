@@ -10,6 +10,7 @@ mod names;
 pub mod payload;
 mod stall;
 mod task;
+pub mod timestamp;
 
 pub use cron::{CronError, CronSpec};
 pub use event::{EventKind, LogEntry, TaskEvent};

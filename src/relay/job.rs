@@ -1,7 +1,7 @@
 //! What travels through the delivery queue, and what the relay records about each attempt
 //! (where those records are stored: the delivery store, [`super::store`]).
 
-use crate::domain::{EventKind, Task, TaskEvent};
+use crate::domain::{timestamp, EventKind, Task, TaskEvent};
 use crate::outbound::destination::Destination;
 use crate::telemetry::TraceContext;
 use chrono::{DateTime, Utc};
@@ -33,6 +33,7 @@ pub struct DeliveryJob {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
     /// When the job was queued.
+    #[serde(serialize_with = "timestamp::serialize")]
     pub created_time: DateTime<Utc>,
 }
 
@@ -366,6 +367,7 @@ pub struct Envelope<'a> {
     /// The delivery id (also the `webhook-id` header).
     id: &'a str,
     /// When the job was queued.
+    #[serde(serialize_with = "timestamp::serialize")]
     timestamp: DateTime<Utc>,
     /// What happened.
     data: EnvelopeData<'a>,
@@ -384,6 +386,7 @@ struct EnvelopeData<'a> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
     /// When it started.
+    #[serde(serialize_with = "timestamp::serialize")]
     pub time: DateTime<Utc>,
     /// HTTP status, when there was a response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -398,7 +401,11 @@ pub struct Attempt {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
     /// When the next attempt is due (none after the last).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "timestamp::serialize_option"
+    )]
     pub next_attempt_time: Option<DateTime<Utc>>,
 }
 
@@ -446,6 +453,7 @@ pub struct DeliveryRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Last change.
+    #[serde(serialize_with = "timestamp::serialize")]
     pub updated_time: DateTime<Utc>,
 }
 

@@ -3,7 +3,6 @@
 
 use super::{Attempt, SinkContext};
 use crate::outbound::client::SendError;
-use crate::outbound::ssrf::check_url;
 use crate::relay::retry::{classify_status, classify_transport_error, parse_retry_after, Verdict};
 use std::time::Duration;
 
@@ -107,7 +106,7 @@ pub(super) async fn post_json(
     body: Vec<u8>,
     redact: &Redactor,
 ) -> Result<Reply, Attempt> {
-    let url = match check_url(url, &ctx.allow) {
+    let url = match ctx.checked(url) {
         Ok(url) => url,
         Err(e) => return Err(Attempt::permanent(redact.apply(&format!("refused: {e}")))),
     };
@@ -257,6 +256,17 @@ mod tests {
         let response = out.response.unwrap();
         assert!(!response.contains("SECRETPATH"), "{response}");
         assert!(!response.contains("127.0.0.1"), "{response}");
+    }
+
+    #[test]
+    fn a_url_checked_again_gets_the_same_answer() {
+        let ctx = ctx();
+        for _ in 0..2 {
+            let url = ctx.checked("http://127.0.0.1:9/hook?x=1").unwrap();
+            assert_eq!(url.as_str(), "http://127.0.0.1:9/hook?x=1");
+            assert!(ctx.checked("http://10.0.0.1/hook").is_err());
+            assert!(ctx.checked("ftp://127.0.0.1/").is_err());
+        }
     }
 
     #[test]
