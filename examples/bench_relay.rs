@@ -7,7 +7,7 @@
 //! 20,000/s), steadier than the rate when the machine is shared. Prints figures; asserts
 //! nothing.
 //!
-//! Run: `cargo run --release --example bench_relay -- [--events 3000] [--fanout-events 100]
+//! Run: `cargo run --release --example bench_relay -- [--events 20000] [--fanout-events 1000]
 //! [--log]` (`--log`: the relay logs as `taskfleet relay` does, to stderr, at its default level).
 
 #![deny(unsafe_code)]
@@ -155,8 +155,9 @@ async fn scenario(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let events = arg("--events", 3000);
-    let fanout_events = arg("--fanout-events", 100);
+    // A few seconds each, so the relay's start is a small part of the figures.
+    let events = arg("--events", 20_000);
+    let fanout_events = arg("--fanout-events", 1000);
     let _logs = std::env::args()
         .any(|a| a == "--log")
         .then(|| taskfleet::telemetry::init(&Default::default(), "bench_relay"));
