@@ -18,7 +18,7 @@
 //! order by its own durable consumer (see `FANOUT_NOTE`).
 //!
 //! Run: `cargo run --release --example bench_raw -- [--tasks 5000] [--quick] [--out FILE]
-//!       [--relay-fanout-events 100]`
+//!       [--relay-fanout-events 1000]`
 
 #![deny(unsafe_code)]
 
@@ -824,8 +824,9 @@ async fn drive(b: &mut Bench, args: &Args) -> Res<Value> {
     let quick = args.flag("--quick");
     let pick = |q: usize, full: usize| if quick { q } else { full };
     let n = args.num("--tasks", pick(500, 5000));
-    let (samples, p2, relay_n) = (pick(50, 300), pick(1000, 10_000), pick(300, 3000));
-    let fanout_n = args.num("--relay-fanout-events", pick(20, 100));
+    // The relay sizes are taskfleet's and BullMQ's (a few seconds each).
+    let (samples, p2, relay_n) = (pick(50, 300), pick(1000, 10_000), pick(300, 20_000));
+    let fanout_n = args.num("--relay-fanout-events", pick(20, 1000));
     let sample = task_body(&ulid::Ulid::new().to_string(), "p0", &json!({"steps": 0}));
     eprintln!("task message: {} bytes", sample.len());
     let mut rows = Vec::new();

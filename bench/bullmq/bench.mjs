@@ -779,8 +779,9 @@ async function main(args) {
     const tasks = intArg(args, 'tasks', quick ? 500 : 5000);
     const samples = intArg(args, 'samples', quick ? 50 : 300);
     const p2 = intArg(args, 'p2', quick ? 1000 : 10_000);
-    const relayEvents = intArg(args, 'relay-events', quick ? 300 : 3000);
-    const fanoutEvents = intArg(args, 'relay-fanout-events', quick ? 20 : 100);
+    // The same sizes as taskfleet's and raw JetStream's relay scenarios.
+    const relayEvents = intArg(args, 'relay-events', quick ? 300 : 20000);
+    const fanoutEvents = intArg(args, 'relay-fanout-events', quick ? 20 : 1000);
     const outFile = typeof args.out === 'string' ? args.out : null;
 
     const redisBin = findRedis(args);

@@ -17,9 +17,12 @@
 //! A status change moves the record: a delete marker (`KV-Operation: DEL`) on the old key and
 //! the record on the new one, in ONE atomic batch (ADR-50), the marker first. So each delivery
 //! has exactly one live value, and it is the last message of the delivery under any status
-//! (`…*.*.<key>.<tail>`): that is how a record is read by id, and the subject every write is
-//! guarded on (compare-and-set on the last sequence there). A marker only has to outlive its
-//! copying (below): it expires after [`MARKER_TTL_S`] (a per-message TTL).
+//! (`…*.*.<key>.<tail>`): that is how a record is read by id. Every write is guarded on the
+//! same subjects with the job's own group (`…*.<group>.<key>.<tail>`, which the server matches
+//! far faster): a compare-and-set on the last sequence there. A lone write carries no
+//! `Nats-Msg-Id` (the guard refuses a copy of it; the server would keep every id for its
+//! duplicate window). A marker only has to outlive its copying (below): it expires after
+//! [`MARKER_TTL_S`] (a per-message TTL).
 //!
 //! # Copies of the rare statuses
 //!
