@@ -113,11 +113,6 @@ pub fn hardened(allow: AllowList, timeout: Duration) -> Result<HardenedClient, C
 }
 
 impl HardenedClient {
-    /// The deadline of each request.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// `POST`s `body` to `url` with `headers` (besides the user agent), and reads at most
     /// `limit` bytes of the answer's body, all within the client's timeout.
     pub async fn post(

@@ -111,10 +111,10 @@ pub(super) fn record_subject(rest: &str) -> String {
 }
 
 /// The group token of a job: `n_<name>` for a named destination, its queue key otherwise.
-pub(super) fn record_group(job: &DeliveryJob) -> String {
+fn record_group(job: &DeliveryJob) -> std::borrow::Cow<'_, str> {
     match &job.name {
-        Some(name) => crate::outbound::destination::named_key(name, None),
-        None => job.key.clone(),
+        Some(name) => crate::outbound::destination::named_key(name, None).into(),
+        None => job.key.as_str().into(),
     }
 }
 
@@ -137,11 +137,7 @@ struct Place<'a> {
 impl<'a> Place<'a> {
     /// `job`'s place; [`StoreError::BadId`] when its key or id are not subject tokens.
     fn of(job: &'a DeliveryJob) -> Result<Self, StoreError> {
-        let group: std::borrow::Cow<'a, str> = match &job.name {
-            Some(_) => record_group(job).into(),
-            None => job.key.as_str().into(),
-        };
-        let (key, tail) = (job.key.as_str(), tail(job));
+        let (group, key, tail) = (record_group(job), job.key.as_str(), tail(job));
         if !is_token(&group) || !is_token(key) || !is_tokens(tail) {
             return Err(StoreError::BadId(job.id.clone()));
         }
