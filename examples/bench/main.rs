@@ -171,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
             for k in [
                 "idle_latency_ms_http",
                 "idle_latency_ms_claim_stamp",
+                "idle_latency_ms_started_event",
                 "rss_mb_fresh",
             ] {
                 out["extra"][k] = v[k].take();

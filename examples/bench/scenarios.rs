@@ -241,15 +241,17 @@ async fn arrival_of(sub: &mut async_nats::Subscriber, id: &TaskId) -> anyhow::Re
 }
 
 /// Idle dispatch latency, one task at a time (default priority P1), the worker idle between.
-/// Per sample: t0 = wall clock just before the create call; start = the later of the `started`
-/// event's arrival at a core subscriber here and the task's `started_time` (the claim stamp,
-/// which is always earlier on one machine). Returns (figure, claim-stamp figure).
+/// Per sample: t0 = wall clock just before the create call; the figure ends at the handler's
+/// start, which the noop stamps once its claim is stored (`{"stamp": true}`), as raw JetStream's
+/// worker does. Returns (figure, claim-stamp figure: the task's `started_time`, taken before the
+/// claim is sent, event figure: the `started` record's arrival at a core subscriber here, one
+/// hop after it is stored; the figure of `make bench` until 2026-12-06).
 pub async fn latency(
     fleet: &Fleet,
     how: Create,
     warmup: usize,
     samples: usize,
-) -> anyhow::Result<(Value, Value)> {
+) -> anyhow::Result<[Value; 3]> {
     let client = fleet.api.as_ref().map(|a| &a.client);
     let mut started = fleet
         .bus
@@ -265,7 +267,8 @@ pub async fn latency(
     let mut measured = Vec::new();
     for i in 0..warmup + samples {
         let t0 = wall_us();
-        let id = create(how, &fleet.bus, client, noop(Priority::P1, json!({}))).await?;
+        let body = noop(Priority::P1, json!({"stamp": true}));
+        let id = create(how, &fleet.bus, client, body).await?;
         let arrived = arrival_of(&mut started, &id).await?;
         arrival_of(&mut completed, &id).await?;
         if i >= warmup {
@@ -274,17 +277,19 @@ pub async fn latency(
         // Let the worker finish its ack and empty pulls: it is idle and waiting again.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (mut figure, mut stamps) = (Vec::new(), Vec::new());
+    let ms = |us: i64| us as f64 / 1000.0;
+    let (mut figure, mut stamps, mut events) = (Vec::new(), Vec::new(), Vec::new());
     for (id, t0, arrived) in measured {
         let task = fleet.task(&id).await?;
-        let stamp = task
-            .started_time
-            .context("no started_time")?
-            .timestamp_micros();
-        figure.push((arrived.max(stamp) - t0) as f64 / 1000.0);
-        stamps.push((stamp - t0) as f64 / 1000.0);
+        let claim = task.started_time.context("no started_time")?;
+        let handler = (task.result.as_ref())
+            .and_then(|r| r["handler_started_us"].as_i64())
+            .context("the noop's result has no handler_started_us")?;
+        figure.push(ms(handler - t0));
+        stamps.push(ms(claim.timestamp_micros() - t0));
+        events.push(ms(arrived.max(handler) - t0));
     }
-    Ok((summary(figure), summary(stamps)))
+    Ok([summary(figure), summary(stamps), summary(events)])
 }
 
 /// Idle latency (nats and http creates) and idle RSS on one fleet: API + one worker process.
@@ -296,15 +301,18 @@ pub async fn latency_and_rss(o: &Opts) -> anyhow::Result<Value> {
         let (worker, api) = (fleet.worker_pids()[0], fleet.api.as_ref().expect("api").pid);
         let fresh = json!({"worker": rss_mb(worker), "api": rss_mb(api)});
         eprintln!("  idle latency, NATS create: {} samples …", o.samples);
-        let (nats, nats_stamp) = latency(&fleet, Create::Nats, o.warmup, o.samples).await?;
+        let [nats, nats_stamp, nats_event] =
+            latency(&fleet, Create::Nats, o.warmup, o.samples).await?;
         eprintln!("  idle latency, HTTP create: {} samples …", o.samples);
-        let (http, http_stamp) = latency(&fleet, Create::Http, o.warmup, o.samples).await?;
+        let [http, http_stamp, http_event] =
+            latency(&fleet, Create::Http, o.warmup, o.samples).await?;
         eprintln!("  idle RSS: 2 s idle after the latency runs …");
         tokio::time::sleep(Duration::from_secs(2)).await;
         let used = json!({"worker": rss_mb(worker), "api": rss_mb(api)});
         anyhow::Ok(json!({
             "idle_latency_ms": nats, "idle_latency_ms_http": http,
             "idle_latency_ms_claim_stamp": {"nats": nats_stamp, "http": http_stamp},
+            "idle_latency_ms_started_event": {"nats": nats_event, "http": http_event},
             "rss_mb": used, "rss_mb_fresh": fresh,
         }))
     }

@@ -72,8 +72,12 @@ pub(super) async fn run(ctx: &Ctx, task: &Task, stop: CancellationToken) -> Outc
 
 /// `noop` completes at once. With `{"steps": N}` (N ≤ 100) it first reports N steps, as a task
 /// reporting its progress would, and with `{"sleep_ms": M}` (≤ 60 s) it first waits M ms:
-/// benchmarks use these to price a step update and to hold a slot busy.
+/// benchmarks use these to price a step update and to hold a slot busy. With `{"stamp": true}`
+/// its result is `{"handler_started_us": <µs since the epoch>}`, the wall clock when the handler
+/// began (its claim stored): benchmarks time dispatch up to there.
 async fn run_noop(ctx: &Ctx, task: &Task, stop: CancellationToken) -> Outcome {
+    let stamped = (task.payload.get("stamp").and_then(Value::as_bool) == Some(true))
+        .then(|| chrono::Utc::now().timestamp_micros());
     let number = |key: &str, max: u64| {
         task.payload
             .get(key)
@@ -94,8 +98,12 @@ async fn run_noop(ctx: &Ctx, task: &Task, stop: CancellationToken) -> Outcome {
             return failed(format!("step {i}: {e}"));
         }
     }
+    let result = match stamped {
+        Some(us) => json!({ "handler_started_us": us }),
+        None => json!("ok"),
+    };
     Outcome::Completed {
-        result: json!("ok"),
+        result,
         detail: Value::Null,
     }
 }

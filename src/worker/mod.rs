@@ -345,6 +345,10 @@ async fn pull_until(
                 for (msg, permit) in msgs.into_iter().zip(permits) {
                     tracker.spawn(run::handle(ctx.clone(), msg, permit));
                 }
+                // Let the tasks just handed out send their claims before this loop sends the
+                // next pull: on one thread it would otherwise go first and delay every claim
+                // by a write (seen with strace: ~0.1 ms of an idle dispatch).
+                tokio::task::yield_now().await;
             }
             Err(e) => {
                 health.pull_failed(&e.to_string());

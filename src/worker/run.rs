@@ -176,8 +176,11 @@ async fn run_claimed_inner(
 
     let run = kinds::run(ctx, task, handle.stop.clone());
     tokio::pin!(run);
-    let mut beat = tokio::time::interval(ctx.ack_wait / 3);
-    beat.tick().await;
+    // The first beat one period from now: a fresh interval's first tick is due at once, yet the
+    // timer rounds its deadline up to the next millisecond and fires it on its next turn (up to
+    // ~2 ms), and awaiting it here held every handler's start back by that much.
+    let every = ctx.ack_wait / 3;
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let outcome = loop {
         tokio::select! {
             outcome = &mut run => break outcome,

@@ -103,6 +103,28 @@ async fn an_exec_task_runs_and_completes_with_its_output_as_result() {
 }
 
 #[tokio::test]
+async fn a_noop_asked_to_stamp_reports_its_handler_start_between_its_claim_and_its_finish() {
+    let app = TestApp::spawn().await;
+    let _worker = app.worker("anna", 2, worker_settings()).await;
+
+    let plain = create_kind(&app, "anna", "P1", "noop", json!({})).await;
+    let stamped = create_kind(&app, "anna", "P1", "noop", json!({"stamp": true})).await;
+    let plain = finished(&app, &plain, Duration::from_secs(20)).await;
+    let task = finished(&app, &stamped, Duration::from_secs(20)).await;
+
+    assert_eq!(plain.result, Some(json!("ok")), "{plain:?}");
+    let at = (task.result.as_ref())
+        .and_then(|r| r["handler_started_us"].as_i64())
+        .unwrap_or_else(|| panic!("no handler_started_us in {:?}", task.result));
+    let claimed = task.started_time.expect("started").timestamp_micros();
+    let done = task.finished_time.expect("finished").timestamp_micros();
+    assert!(
+        claimed <= at && at <= done,
+        "claimed {claimed}, handler {at}, finished {done}"
+    );
+}
+
+#[tokio::test]
 async fn a_stopping_worker_hands_its_running_task_back_and_another_replica_starts_it_at_once() {
     // Arrange: A has the task; B idles. ack_wait is 30 s, so only a hand-back is this fast.
     let app = TestApp::spawn().await;
