@@ -397,3 +397,57 @@ async fn a_notify_naming_a_destination_the_relay_lacks_leaves_a_dead_delivery_sa
     assert_eq!(record["attempts"].as_array().map(Vec::len), Some(0));
     assert_eq!(hook.hits().len(), 1);
 }
+
+#[tokio::test]
+async fn a_dead_delivery_to_an_unknown_name_is_delivered_when_replayed_once_the_name_is_configured()
+{
+    // Arrange: a relay with `hook` only; a task notifying the misspelt `hookk` leaves a dead
+    // delivery. Then that relay stops and one that has `hookk` starts.
+    let app = TestApp::spawn().await;
+    let (hook, first) = app
+        .relay_to_named_hook("hook", crate::harness::receiver::Answer::status(200))
+        .await;
+    let task = app
+        .task_notifying("late name", json!(["hook", "hookk"]))
+        .await;
+    hook.wait_for(1, Duration::from_secs(20)).await;
+    let dead = app
+        .wait_deliveries("status=dead", 1, Duration::from_secs(20))
+        .await;
+    let id = dead[0]["job"]["id"]
+        .as_str()
+        .expect("a delivery id")
+        .to_string();
+    first.stop().await;
+    let hookk = Endpoint::start().await;
+    let mut settings = crate::harness::relay::named_hook_settings("hook", hook.url("/hook"));
+    let named = crate::harness::relay::named_hook_settings("hookk", hookk.url("/hookk"));
+    settings.destinations.extend(named.destinations);
+    let _second = app.relay(settings).await;
+
+    // Act
+    let (status, body) = app
+        .call(app.req(Method::POST, &format!("/api/deliveries/{id}/replay")))
+        .await;
+
+    // Assert: `hookk` gets the task's `created` event under the delivery's id, and the record
+    // says delivered.
+    assert!(status.is_success(), "{status} {body}");
+    let hits = hookk.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(hits[0].path, "/hookk");
+    assert_eq!(hits[0].header("webhook-id"), Some(id.as_str()));
+    assert_eq!(hits[0].json()["data"]["event"]["task_id"], task.id.as_str());
+    assert_eq!(hits[0].json()["data"]["event"]["type"], "created");
+    let record = eventually(
+        "the replay to be recorded",
+        Duration::from_secs(10),
+        || async {
+            let (_, r) = app
+                .call(app.req(Method::GET, &format!("/api/deliveries/{id}")))
+                .await;
+            (r["status"] == "delivered").then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(record["job"]["name"], "hookk");
+}
