@@ -1,10 +1,10 @@
-//! The hardened HTTP client for requests to user-given URLs: no proxy (a proxy would resolve
-//! names past the [`SafeResolver`]), no redirects (a 3xx is answered as it is: its target is a
-//! new, unchecked URL), the safe resolver with the operator's [`AllowList`], one deadline per
-//! request covering the connection, the answer and its body, and a `taskfleet/<version>` user
-//! agent. HTTP/1.1 over TCP, or over TLS (rustls, the webpki roots) for `https`; connections are
-//! kept and reused per host. Checking each URL before sending ([`super::ssrf::check_url`]) stays
-//! the caller's job: the client only sees addresses.
+//! The hardened HTTP client for requests to user-given URLs: no proxy (a proxy would resolve names
+//! past the [`SafeResolver`]), no redirects (a 3xx is answered as it is: its target is a new,
+//! unchecked URL), the safe resolver with the operator's [`AllowList`], one deadline per request
+//! covering the connection, the answer and its body, a `taskfleet/<version>` user agent and
+//! `Accept: */*` (unless the caller sends its own). HTTP/1.1 over TCP, or over TLS (rustls, the
+//! webpki roots) for `https`; connections are kept and reused per host. Checking each URL before
+//! sending ([`super::ssrf::check_url`]) stays the caller's job: the client only sees addresses.
 //!
 //! Built on hyper's pooled client directly rather than on reqwest: the relay makes one request
 //! per delivery, and reqwest's layers around the same hyper client (a redirect policy that
@@ -165,6 +165,14 @@ fn build_request(
     if let Some(credentials) = credentials {
         request = request.header(http::header::AUTHORIZATION, credentials);
     }
+    // `Accept: */*` as curl and reqwest send it (some gateways refuse a request without one),
+    // unless the caller names its own.
+    if !headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("accept"))
+    {
+        request = request.header(http::header::ACCEPT, "*/*");
+    }
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -281,6 +289,18 @@ mod tests {
         assert!(head.starts_with("post / http/1.1"), "{head}");
         assert!(head.contains("webhook-id: msg_1"), "{head}");
         assert!(head.contains("content-length: 2"), "{head}");
+        assert!(head.contains("accept: */*"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn a_callers_own_accept_header_replaces_the_default_one() {
+        let (url, served) = answer_once("HTTP/1.1 204 No Content\r\n\r\n").await;
+        let client = loopback_client(Duration::from_secs(5));
+        let headers = [("Accept", "application/json")];
+        client.post(&url, &headers, Vec::new(), 16).await.unwrap();
+        let head = served.await.unwrap();
+        assert!(head.contains("accept: application/json"), "{head}");
+        assert!(!head.contains("*/*"), "{head}");
     }
 
     #[tokio::test]
