@@ -6,25 +6,21 @@
 //! webpki roots) for `https`; connections are kept and reused per host. Checking each URL before
 //! sending ([`super::ssrf::check_url`]) stays the caller's job: the client only sees addresses.
 //!
-//! Built on hyper's pooled client directly rather than on reqwest: the relay makes one request
-//! per delivery, and reqwest's layers around the same hyper client (a redirect policy that
-//! parses the URL again on each request and on each answer, a retry policy that copies the
-//! headers, boxing) were ~12 % of the relay's CPU at 15,000 deliveries/s
-//! (docs/benchmarks.md).
+//! Built on hyper's HTTP/1.1 connections directly rather than on reqwest: the relay makes one
+//! request per delivery, and reqwest's layers around hyper's pooled client (a redirect policy
+//! that parses the URL again on each request and on each answer, a retry policy that copies the
+//! headers, boxing) were ~12 % of the relay's CPU at 15,000 deliveries/s (docs/benchmarks.md).
+//! The connections are kept by `pool.rs`, not by hyper-util's pool (why: there).
 
+use super::pool::{Pool, PoolError, Sender};
 use super::ssrf::{AllowList, SafeResolver, SsrfError};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::time::Duration;
 
 /// The `User-Agent` of every outbound request.
 pub const USER_AGENT: &str = concat!("taskfleet/", env!("CARGO_PKG_VERSION"));
-
-/// How long an idle kept connection stays open.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Why the client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -43,9 +39,12 @@ pub enum SendError {
     /// The request could not be made from what was given (a header value that is not one).
     #[error("invalid request: {0}")]
     Invalid(String),
-    /// No connection, or the connection failed before the answer's head.
+    /// No connection could be made (or the safe resolver refused every address).
     #[error(transparent)]
-    Request(#[from] hyper_util::client::legacy::Error),
+    Connect(#[from] PoolError),
+    /// The connection failed before the answer's head.
+    #[error("no answer: {0}")]
+    Request(#[source] hyper::Error),
     /// The answer's body broke off.
     #[error("reading the answer: {0}")]
     Body(#[source] hyper::Error),
@@ -82,12 +81,10 @@ pub struct Answer {
     pub body: Vec<u8>,
 }
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector<SafeResolver>>;
-
-/// The hardened client (cheap to clone: the connection pool is shared).
+/// The hardened client (cheap to clone: the kept connections are shared).
 #[derive(Debug, Clone)]
 pub struct HardenedClient {
-    http: Client<Connector, Full<Bytes>>,
+    pool: Pool,
     timeout: Duration,
 }
 
@@ -105,11 +102,10 @@ pub fn hardened(allow: AllowList, timeout: Duration) -> Result<HardenedClient, C
         .https_or_http()
         .enable_http1()
         .wrap_connector(tcp);
-    let http = Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(IDLE_TIMEOUT)
-        .build(tls);
-    Ok(HardenedClient { http, timeout })
+    Ok(HardenedClient {
+        pool: Pool::new(tls),
+        timeout,
+    })
 }
 
 impl HardenedClient {
@@ -123,13 +119,17 @@ impl HardenedClient {
         limit: usize,
     ) -> Result<Answer, SendError> {
         let request = build_request(url, headers, body)?;
+        let target = request.uri().clone();
+        let request = origin_form(request);
         let exchange = async {
-            let answer = self.http.request(request).await?;
+            let (sender, answer) = self.send(&target, request).await?;
             let (head, body) = answer.into_parts();
+            let body = read_limited(body, limit).await?;
+            self.pool.checkin(&target, sender).await;
             Ok(Answer {
                 status: head.status.as_u16(),
                 headers: head.headers,
-                body: read_limited(body, limit).await?,
+                body,
             })
         };
         match tokio::time::timeout(self.timeout, exchange).await {
@@ -137,6 +137,47 @@ impl HardenedClient {
             Err(_) => Err(SendError::Timeout(self.timeout)),
         }
     }
+}
+
+impl HardenedClient {
+    /// Sends `request` (for `target`) on a kept connection, or a new one; a kept connection
+    /// that turns out closed before the request went out is replaced once. Answers the
+    /// connection used with the answer's head.
+    async fn send(
+        &self,
+        target: &http::Uri,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<(Sender, http::Response<hyper::body::Incoming>), SendError> {
+        let (mut sender, kept) = self.pool.checkout(target).await?;
+        match sender.try_send_request(request).await {
+            Ok(answer) => Ok((sender, answer)),
+            Err(mut e) => match e.take_message() {
+                Some(request) if kept => {
+                    let mut fresh = self.pool.connect(target).await?;
+                    let answer = fresh.send_request(request).await;
+                    Ok((fresh, answer.map_err(SendError::Request)?))
+                }
+                _ => Err(SendError::Request(e.into_error())),
+            },
+        }
+    }
+}
+
+/// `request` as it goes on its own connection: its path and query as the target, and `Host`
+/// from its URI (a URI without authority is left as it is).
+fn origin_form(mut request: http::Request<Full<Bytes>>) -> http::Request<Full<Bytes>> {
+    let uri = request.uri().clone();
+    let Some(authority) = uri.authority() else {
+        return request;
+    };
+    if let Ok(host) = http::HeaderValue::from_str(authority.as_str()) {
+        request.headers_mut().insert(http::header::HOST, host);
+    }
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    if let Ok(path) = path.parse() {
+        *request.uri_mut() = path;
+    }
+    request
 }
 
 /// The request: method, URI, user agent, `headers`, body. Credentials in the URL
@@ -220,6 +261,8 @@ async fn read_limited(mut body: hyper::body::Incoming, limit: usize) -> Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -301,6 +344,65 @@ mod tests {
         let head = served.await.unwrap();
         assert!(head.contains("accept: application/json"), "{head}");
         assert!(!head.contains("*/*"), "{head}");
+    }
+
+    /// A loopback HTTP/1.1 server that serves one connection at a time, keeping each open for
+    /// the next request until the client closes it (Python's single-threaded `HTTPServer`):
+    /// answers `ok` to every request; counts the connections it accepted.
+    async fn one_connection_at_a_time() -> (url::Url, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/in", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                conn.set_nodelay(true).unwrap();
+                while let Some(body_len) = read_head(&mut conn).await {
+                    let mut body = vec![0u8; body_len];
+                    if conn.read_exact(&mut body).await.is_err() {
+                        break;
+                    }
+                    // Head and body in two writes, as Python's `http.server` sends them.
+                    let head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n";
+                    if conn.write_all(head).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    if conn.write_all(b"ok").await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        (url.parse().unwrap(), accepted)
+    }
+
+    /// Reads one request head from `conn`: its `content-length`, or `None` at the end.
+    async fn read_head(conn: &mut tokio::net::TcpStream) -> Option<usize> {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if conn.read(&mut byte).await.ok()? == 0 {
+                return None;
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_lowercase();
+        let length = head.lines().find_map(|l| l.strip_prefix("content-length:"));
+        Some(length.map_or(0, |v| v.trim().parse().unwrap_or(0)))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_one_after_another_reach_a_server_that_serves_one_connection_at_a_time() {
+        let (url, accepted) = one_connection_at_a_time().await;
+        let client = loopback_client(Duration::from_secs(2));
+        for i in 0..50 {
+            let answer = client.post(&url, &[], b"{}".to_vec(), 16).await;
+            let answer = answer.unwrap_or_else(|e| panic!("request {i}: {e}"));
+            assert_eq!(answer.status, 200, "request {i}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one kept connection");
     }
 
     #[tokio::test]

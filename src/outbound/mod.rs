@@ -7,14 +7,16 @@
 //!   for the literal URL and after DNS resolution ([`ssrf::SafeResolver`], the client's resolver).
 //! - [`signature`]: Standard Webhooks signing and verification (`webhook-id`,
 //!   `webhook-timestamp`, `webhook-signature`), checked against the reference library's vectors.
-//! - [`client`]: the HTTP client every outbound request uses: hyper's pooled client with the
-//!   safe resolver and rustls, no proxy, no redirects, a deadline per request and the
-//!   `taskfleet/<version>` user agent.
+//! - [`client`]: the HTTP client every outbound request uses: hyper's HTTP/1.1 connections with
+//!   the safe resolver and rustls, no proxy, no redirects, a deadline per request and the
+//!   `taskfleet/<version>` user agent; `pool` keeps its connections (a destination's requests,
+//!   one after another, share one).
 //!
 //! Nothing here knows NATS, tasks or the relay: these modules use external crates and
 //! [`crate::domain`] only, and are unit-tested in place (the resolver only does DNS).
 
 pub mod client;
 pub mod destination;
+mod pool;
 pub mod signature;
 pub mod ssrf;
