@@ -124,8 +124,11 @@ impl HardenedClient {
         let exchange = async {
             let (sender, answer) = self.send(&target, request).await?;
             let (head, body) = answer.into_parts();
-            let body = read_limited(body, limit).await?;
-            self.pool.checkin(&target, sender).await;
+            let (body, to_the_end) = read_limited(body, limit).await?;
+            // A connection whose answer was not read to its end is closed, not kept.
+            if to_the_end {
+                self.pool.checkin(&target, sender).await;
+            }
             Ok(Answer {
                 status: head.status.as_u16(),
                 headers: head.headers,
@@ -243,19 +246,24 @@ fn basic_auth(url: &url::Url) -> Option<String> {
     Some(format!("Basic {encoded}"))
 }
 
-/// The first `limit` bytes of `body` (read to its end or to the limit).
-async fn read_limited(mut body: hyper::body::Incoming, limit: usize) -> Result<Vec<u8>, SendError> {
+/// The first `limit` bytes of `body` (read to its end or to the limit), and whether it was read
+/// to its end (its connection can then carry another request).
+async fn read_limited(
+    mut body: hyper::body::Incoming,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), SendError> {
+    use hyper::body::Body;
     let mut bytes = Vec::new();
     while bytes.len() < limit {
         let Some(frame) = body.frame().await else {
-            break;
+            return Ok((bytes, true));
         };
         if let Ok(data) = frame.map_err(SendError::Body)?.into_data() {
             let room = limit - bytes.len();
             bytes.extend_from_slice(&data[..data.len().min(room)]);
         }
     }
-    Ok(bytes)
+    Ok((bytes, body.is_end_stream()))
 }
 
 #[cfg(test)]
@@ -348,8 +356,8 @@ mod tests {
 
     /// A loopback HTTP/1.1 server that serves one connection at a time, keeping each open for
     /// the next request until the client closes it (Python's single-threaded `HTTPServer`):
-    /// answers `ok` to every request; counts the connections it accepted.
-    async fn one_connection_at_a_time() -> (url::Url, Arc<AtomicUsize>) {
+    /// answers `answer` to every request; counts the connections it accepted.
+    async fn one_connection_at_a_time(answer: &'static [u8]) -> (url::Url, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/in", listener.local_addr().unwrap());
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -364,12 +372,15 @@ mod tests {
                         break;
                     }
                     // Head and body in two writes, as Python's `http.server` sends them.
-                    let head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n";
-                    if conn.write_all(head).await.is_err() {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                        answer.len()
+                    );
+                    if conn.write_all(head.as_bytes()).await.is_err() {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(1)).await;
-                    if conn.write_all(b"ok").await.is_err() {
+                    if conn.write_all(answer).await.is_err() {
                         break;
                     }
                 }
@@ -395,7 +406,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn requests_one_after_another_reach_a_server_that_serves_one_connection_at_a_time() {
-        let (url, accepted) = one_connection_at_a_time().await;
+        let (url, accepted) = one_connection_at_a_time(b"ok").await;
         let client = loopback_client(Duration::from_secs(2));
         for i in 0..50 {
             let answer = client.post(&url, &[], b"{}".to_vec(), 16).await;
@@ -403,6 +414,19 @@ mod tests {
             assert_eq!(answer.status, 200, "request {i}");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one kept connection");
+    }
+
+    #[tokio::test]
+    async fn an_answer_longer_than_the_limit_leaves_its_connection_closed_and_the_next_one_new() {
+        static LONG: [u8; 1 << 20] = [b'x'; 1 << 20];
+        let (url, accepted) = one_connection_at_a_time(&LONG).await;
+        let client = loopback_client(Duration::from_secs(2));
+        for i in 0..3 {
+            let answer = client.post(&url, &[], b"{}".to_vec(), 16).await;
+            let answer = answer.unwrap_or_else(|e| panic!("request {i}: {e}"));
+            assert_eq!(answer.body, [b'x'; 16], "request {i}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3, "one connection each");
     }
 
     #[tokio::test]
