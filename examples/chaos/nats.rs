@@ -3,7 +3,7 @@
 //! docs/cluster.md. Each node can be killed with SIGKILL and started again on the same ports and
 //! store.
 
-use super::procs::{free_port, tail, Proc};
+use super::procs::{free_ports, tail, Proc};
 use anyhow::{bail, Context};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -44,10 +44,12 @@ fn nats_bin() -> anyhow::Result<PathBuf> {
 impl NatsNode {
     /// A single server from the repo's `nats.conf`, started and ready for JetStream.
     pub async fn single(dir: &Path) -> anyhow::Result<Self> {
+        let ports = free_ports(2)?;
+        let (port, monitor) = (ports[0], ports[1]);
         let mut node = Self {
             name: "single".into(),
-            port: free_port()?,
-            monitor: free_port()?,
+            port,
+            monitor,
             store: dir.join("nats-store"),
             log: dir.join("nats.log"),
             launch: Launch::Single,
@@ -185,9 +187,10 @@ pub struct NatsCluster {
 impl NatsCluster {
     /// Starts `n` nodes on loopback and waits until each is healthy and there is a meta leader.
     pub async fn start(dir: &Path, n: usize) -> anyhow::Result<Self> {
-        let ports: Vec<[u16; 3]> = (0..n)
-            .map(|_| Ok([free_port()?, free_port()?, free_port()?]))
-            .collect::<anyhow::Result<_>>()?;
+        let ports: Vec<[u16; 3]> = free_ports(3 * n)?
+            .chunks(3)
+            .map(|c| [c[0], c[1], c[2]])
+            .collect();
         let mut nodes = Vec::new();
         for (i, [client, route, monitor]) in ports.iter().copied().enumerate() {
             let name = format!("n{}", i + 1);

@@ -39,9 +39,21 @@ pub fn registered() -> Vec<u32> {
 
 /// A free loopback port (bound, read, released).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(free_ports(1)?[0])
+}
+
+/// `n` free loopback ports, all bound at once (so they differ: one at a time, the kernel can
+/// hand out a port just released again, which once gave a node's monitor port to another
+/// node's clients) and then released.
+pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ports = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ports)
 }
 
 /// The last `n` lines of a file.
