@@ -107,13 +107,7 @@ async fn a_destination_a_410_disabled_is_re_enabled_and_replayed_since_a_time_fr
     // Assert
     assert_eq!(said, "Queued 1 again.");
     assert_eq!(hits[1].webhook_id(), id, "the dead delivery, sent again");
-    let record = eventually("the replay delivered", PATIENCE, || async {
-        let (_, r) = app
-            .call(app.req(Method::GET, &format!("/api/deliveries/{id}")))
-            .await;
-        (r["status"] == "delivered").then_some(r)
-    })
-    .await;
+    let record = app.wait_delivered(&id, PATIENCE).await;
     assert_eq!(record["attempts"].as_array().unwrap().len(), 2);
 
     // Act: the task page lists the delivery with both attempts.

@@ -365,16 +365,7 @@ async fn replaying_a_delivery_to_a_disabled_destination_enables_it_and_delivers_
 
     // Assert
     assert_eq!(hits[1].webhook_id(), id);
-    let record = eventually(
-        "the replay to be delivered",
-        Duration::from_secs(10),
-        || async {
-            let path = format!("/api/deliveries/{id}");
-            let (_, r) = app.call(app.req(reqwest::Method::GET, &path)).await;
-            (r["status"] == "delivered").then_some(r)
-        },
-    )
-    .await;
+    let record = app.wait_delivered(&id, Duration::from_secs(10)).await;
     assert_eq!(record["attempts"].as_array().unwrap().len(), 1, "{record}");
     assert_eq!(record["attempts"][0]["status"], 200);
 }

@@ -4,7 +4,7 @@
 use crate::harness::app::{relay_settings, ADMIN_KEY};
 use crate::harness::receiver::{Answer, Endpoint};
 use crate::harness::relay::webhook;
-use crate::harness::{eventually, TestApp};
+use crate::harness::TestApp;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::process::Output;
@@ -100,17 +100,7 @@ async fn a_dead_delivery_is_listed_with_every_attempt_and_replays_with_the_same_
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let hits = hook.wait_for(5, Duration::from_secs(10)).await;
-    let replayed = eventually(
-        "the replay to be delivered",
-        Duration::from_secs(10),
-        || async {
-            let (_, r) = app
-                .call(app.req(Method::GET, &format!("/api/deliveries/{id}")))
-                .await;
-            (r["status"] == "delivered").then_some(r)
-        },
-    )
-    .await;
+    let replayed = app.wait_delivered(&id, Duration::from_secs(10)).await;
 
     // Assert
     assert_eq!(hits[4].webhook_id(), id, "a replay keeps the webhook-id");

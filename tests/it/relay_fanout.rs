@@ -353,17 +353,7 @@ async fn a_push_reaches_the_chat_destination_in_the_seed_000_shape() {
         json!({"sessionId": "sess-42", "content": "hello from the bot 👋", "role": "assistant"})
     );
     let id = body["id"].as_str().unwrap();
-    let record = eventually(
-        "the push to be delivered",
-        Duration::from_secs(5),
-        || async {
-            let (_, r) = app
-                .call(app.req(Method::GET, &format!("/api/deliveries/{id}")))
-                .await;
-            (r["status"] == "delivered").then_some(r)
-        },
-    )
-    .await;
+    let record = app.wait_delivered(id, Duration::from_secs(5)).await;
     assert_eq!(record["attempts"][0]["status"], 200);
 }
 
@@ -438,16 +428,6 @@ async fn a_dead_delivery_to_an_unknown_name_is_delivered_when_replayed_once_the_
     assert_eq!(hits[0].header("webhook-id"), Some(id.as_str()));
     assert_eq!(hits[0].json()["data"]["event"]["task_id"], task.id.as_str());
     assert_eq!(hits[0].json()["data"]["event"]["type"], "created");
-    let record = eventually(
-        "the replay to be recorded",
-        Duration::from_secs(10),
-        || async {
-            let (_, r) = app
-                .call(app.req(Method::GET, &format!("/api/deliveries/{id}")))
-                .await;
-            (r["status"] == "delivered").then_some(r)
-        },
-    )
-    .await;
+    let record = app.wait_delivered(&id, Duration::from_secs(10)).await;
     assert_eq!(record["job"]["name"], "hookk");
 }

@@ -79,6 +79,17 @@ impl TestApp {
         body.as_array().expect("a JSON array").clone()
     }
 
+    /// Waits (bounded) until `GET /api/deliveries/{id}` says delivered; answers that record.
+    pub async fn wait_delivered(&self, id: &str, limit: Duration) -> Value {
+        eventually(&format!("delivery {id} to be delivered"), limit, || async {
+            let (_, r) = self
+                .call(self.req(Method::GET, &format!("/api/deliveries/{id}")))
+                .await;
+            (r["status"] == "delivered").then_some(r)
+        })
+        .await
+    }
+
     /// Waits (bounded) until `GET /api/deliveries?<query>` lists at least `n` records.
     pub async fn wait_deliveries(&self, query: &str, n: usize, limit: Duration) -> Vec<Value> {
         eventually(&format!("{n} deliveries for ?{query}"), limit, || async {
