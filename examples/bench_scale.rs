@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use taskfleet::bus::{encode, message_headers, subjects};
 use taskfleet::domain::{Assignee, NewTask, Priority, Task, TaskId};
-use taskfleet::tasks::{ClaimOutcome, QueuedMessage, TaskService};
+use taskfleet::tasks::{ClaimOutcome, Delivery, QueuedMessage, TaskService};
 
 /// The latency each read route must stay under at p99 (ms).
 const LIMIT_MS: f64 = 25.0;
@@ -626,14 +626,23 @@ impl Bench {
         let msg = queue.get_raw_message(seq).await?;
         let svc = &self.tasks;
         match svc
-            .claim_for_worker(QueuedMessage::from(&msg), "bench-worker-1", false)
+            .claim_for_worker(
+                QueuedMessage::from(&msg),
+                "bench-worker-1",
+                Delivery::default(),
+            )
             .await?
         {
             ClaimOutcome::Run(_) => {}
             other => bail!("claiming {}: {other:?}", task.id),
         }
+        // Redelivered after its holder's lease lapsed (a zero lease: lapsed at once).
+        let lapsed = Delivery {
+            redelivered: true,
+            lease: Duration::ZERO,
+        };
         match svc
-            .claim_for_worker(QueuedMessage::from(&msg), "bench-worker-2", true)
+            .claim_for_worker(QueuedMessage::from(&msg), "bench-worker-2", lapsed)
             .await?
         {
             ClaimOutcome::GaveUp(_) => {}

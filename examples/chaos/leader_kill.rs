@@ -7,7 +7,7 @@ use super::load::{
     answer_counts, answers_text, exec_bodies, progress, wait_count, Creator, CreatorOptions,
 };
 use super::observe::{
-    event_times, js, now_ns, running_at, started_between, stream_leader, tasks_with, RunLog,
+    event_times, js, now_ns, running_at, started_between, stream_leader, tasks_with, Clock, RunLog,
 };
 use super::report::Outcome;
 use super::verify::{created_ids, exec_tasks, once_per_key};
@@ -109,7 +109,7 @@ async fn in_flight(
 
 /// The longest time no task finished, from the kill on (the fleet's stall), as a recovery time.
 async fn stall(nc: &async_nats::Client, kill_ns: i128, out: &mut Outcome) -> anyhow::Result<()> {
-    let mut times: Vec<i128> = event_times(nc, A, "completed")
+    let mut times: Vec<i128> = event_times(nc, A, "completed", Clock::Stored)
         .await?
         .into_values()
         .flatten()

@@ -206,12 +206,24 @@ pub fn now_ns() -> i128 {
         .map_or(0, |d| d.as_nanos() as i128)
 }
 
-/// When each event of type `kind` of `assignee` was stored (unix ns), per task, read from the
-/// ledger in batches.
+/// Which clock an event's time is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// When the stream stored it.
+    Stored,
+    /// The record's own `time`, stamped by its writer before sending it: a write sent before a
+    /// fault and stored after it (its answer lost, sent again once a leader was back) was in
+    /// flight at the fault.
+    Stamped,
+}
+
+/// When each event of type `kind` of `assignee` happened by `clock` (unix ns), per task, read
+/// from the ledger in batches.
 pub async fn event_times(
     nc: &async_nats::Client,
     assignee: &str,
     kind: &str,
+    clock: Clock,
 ) -> anyhow::Result<HashMap<String, Vec<i128>>> {
     let filter = format!("events.{assignee}.*.{kind}");
     let mut out: HashMap<String, Vec<i128>> = HashMap::new();
@@ -222,26 +234,34 @@ pub async fn event_times(
             return Ok(out);
         };
         for m in msgs {
-            if let Some(id) = m.subject.split('.').nth(2) {
-                out.entry(id.to_string())
-                    .or_default()
-                    .push(m.time.unix_timestamp_nanos());
+            let stamped = || {
+                let record: Value = serde_json::from_slice(&m.payload).ok()?;
+                let time = chrono::DateTime::parse_from_rfc3339(record["time"].as_str()?).ok()?;
+                time.timestamp_nanos_opt().map(i128::from)
+            };
+            let at = match clock {
+                Clock::Stored => Some(m.time.unix_timestamp_nanos()),
+                Clock::Stamped => stamped(),
+            };
+            if let (Some(id), Some(at)) = (m.subject.split('.').nth(2), at) {
+                out.entry(id.to_string()).or_default().push(at);
             }
         }
         start = last + 1;
     }
 }
 
-/// The tasks of `assignee` running at `t` (unix ns) as the ledger tells it: a `started` stored
-/// at or before `t`, and no `completed` or `failed` stored at or before it.
+/// The tasks of `assignee` running at `t` (unix ns) as the ledger tells it: a `started` sent at
+/// or before `t` (its writer's stamp: a claim whose answer the fault lost is stored later), and
+/// no `completed` or `failed` stored at or before it.
 pub async fn running_at(
     nc: &async_nats::Client,
     assignee: &str,
     t: i128,
 ) -> anyhow::Result<BTreeSet<String>> {
-    let started = event_times(nc, assignee, "started").await?;
-    let mut ended = event_times(nc, assignee, "completed").await?;
-    for (id, times) in event_times(nc, assignee, "failed").await? {
+    let started = event_times(nc, assignee, "started", Clock::Stamped).await?;
+    let mut ended = event_times(nc, assignee, "completed", Clock::Stored).await?;
+    for (id, times) in event_times(nc, assignee, "failed", Clock::Stored).await? {
         ended.entry(id).or_default().extend(times);
     }
     Ok(started
@@ -259,7 +279,7 @@ pub async fn started_between(
     assignee: &str,
     (t0, t1): (i128, i128),
 ) -> anyhow::Result<BTreeSet<String>> {
-    let started = event_times(nc, assignee, "started").await?;
+    let started = event_times(nc, assignee, "started", Clock::Stored).await?;
     Ok(started
         .into_iter()
         .filter(|(_, s)| s.iter().any(|&x| (t0..=t1).contains(&x)))

@@ -26,6 +26,22 @@ pub enum ClaimOutcome {
     /// The task's record is older than this message (a retry still being recorded, or a
     /// replica behind): leave the message and look again after the delay.
     Later(Duration),
+    /// The task runs from this very message under a lease too young to have lapsed: the server
+    /// handed the message out again early (a consumer's new leader after a failover), not
+    /// because its holder stopped. Leave the message unsettled: the holder's renewals and ack
+    /// settle it, and if the holder is gone it comes back after the lease and is taken over.
+    Leave(String),
+}
+
+/// How a queue message reached the worker claiming it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Delivery {
+    /// JetStream delivered it before: its holder stopped acknowledging it (or a consumer's new
+    /// leader handed it out again).
+    pub redelivered: bool,
+    /// The lease (the consumer's ack wait): a redelivered message of a task claimed less than
+    /// half of it ago is not taken over ([`ClaimOutcome::Leave`]). Zero: always taken over.
+    pub lease: Duration,
 }
 
 /// How long a message may wait for its task's record to catch up before it is dropped.
@@ -42,9 +58,12 @@ enum Claimed {
     GaveUp,
     /// Refused: skip the message (`true`) or look again later (`false`).
     Refused(bool),
+    /// A redelivered message of a task whose lease is too young to have lapsed.
+    Young,
     /// The task runs from this very message, yet JetStream delivered it as new: the server lost
     /// its record of the delivery (a kill -9 before it was saved). Never dropped: it comes back
-    /// after [`HELD_RECHECK`] as a redelivery, and is taken over unless it finished meanwhile.
+    /// after [`HELD_RECHECK`] as a redelivery, and is taken over unless it finished meanwhile
+    /// (or its lease is still [`Claimed::Young`]).
     HeldElsewhere,
 }
 
@@ -53,16 +72,15 @@ enum Claimed {
 const HELD_RECHECK: Duration = Duration::from_secs(5);
 
 impl TaskService {
-    /// Claims the task a pulled queue message stands for. `redelivered` is true when JetStream
-    /// delivered this message before (the previous holder stopped acknowledging it).
+    /// Claims the task a pulled queue message stands for, delivered as `delivery` says.
     #[tracing::instrument(name = "task.claim", skip_all, fields(worker = worker, seq = msg.seq))]
     pub async fn claim_for_worker(
         &self,
         msg: QueuedMessage<'_>,
         worker: &str,
-        redelivered: bool,
+        delivery: Delivery,
     ) -> Result<ClaimOutcome, TaskError> {
-        match self.claim_message(msg, worker, redelivered).await {
+        match self.claim_message(msg, worker, delivery).await {
             // A task whose records cannot be stored never can: moved aside, not retried forever.
             Err(TaskError::Bus(BusError::TooLarge(why))) => {
                 let why = format!("the task is too large to record ({why})");
@@ -80,7 +98,7 @@ impl TaskService {
         &self,
         msg: QueuedMessage<'_>,
         worker: &str,
-        redelivered: bool,
+        delivery: Delivery,
     ) -> Result<ClaimOutcome, TaskError> {
         let (id, new) = match decode_queued(msg) {
             Ok(decoded) => decoded,
@@ -93,7 +111,7 @@ impl TaskService {
             }
         };
         let recorded = recorded_by(msg);
-        if !redelivered && recorded.is_none() {
+        if !delivery.redelivered && recorded.is_none() {
             if let Some(run) = self.claim_unrecorded(msg, &id, new.clone(), worker).await? {
                 return Ok(run);
             }
@@ -113,10 +131,7 @@ impl TaskService {
             },
             other => other,
         };
-        match self
-            .claim_recorded(msg, &id, hint, worker, redelivered)
-            .await
-        {
+        match self.claim_recorded(msg, &id, hint, worker, delivery).await {
             Err(TaskError::NotFound(_)) => {
                 // Queued, never recorded (its producer or API call died in between).
                 match self.claim_unrecorded(msg, &id, new, worker).await? {
@@ -126,8 +141,7 @@ impl TaskService {
                         // answered the read had not caught up. Read until one has (≤ 2 s),
                         // rather than fail the claim and try the message again a second later.
                         let hint = self.read_at_least(&id, 1).await?.map(|s| s.task);
-                        self.claim_recorded(msg, &id, hint, worker, redelivered)
-                            .await
+                        self.claim_recorded(msg, &id, hint, worker, delivery).await
                     }
                 }
             }
@@ -143,12 +157,12 @@ impl TaskService {
         id: &TaskId,
         hint: Option<Task>,
         worker: &str,
-        redelivered: bool,
+        delivery: Delivery,
     ) -> Result<ClaimOutcome, TaskError> {
         let mut what = Claimed::Started;
         let changed = self
             .change_from(id, hint, |t| {
-                let (claimed, mut step) = claim_step(t, msg.seq, worker, redelivered);
+                let (claimed, mut step) = claim_step(t, msg.seq, worker, delivery);
                 if let (Claimed::Fired, Ok(step)) = (&claimed, step.as_mut()) {
                     super::delayed::note_fired(step, msg);
                 }
@@ -161,6 +175,7 @@ impl TaskService {
             Err(TaskError::IllegalTransition(why)) => {
                 return Ok(match what {
                     Claimed::HeldElsewhere => ClaimOutcome::Later(HELD_RECHECK),
+                    Claimed::Young => ClaimOutcome::Leave(why),
                     Claimed::Early(t) => {
                         let spec = super::transitions::spec_of(&t);
                         self.arm(&spec, t.run_at.unwrap_or_else(now)).await?;
@@ -414,9 +429,9 @@ pub fn claim_state(
     t: &Task,
     seq: u64,
     worker: &str,
-    redelivered: bool,
+    delivery: Delivery,
 ) -> Result<(Task, crate::domain::TaskEvent), TaskError> {
-    claim_step(t, seq, worker, redelivered)
+    claim_step(t, seq, worker, delivery)
         .1
         .map(|step| (step.after, step.event))
 }
@@ -426,8 +441,9 @@ fn claim_step(
     t: &Task,
     seq: u64,
     worker: &str,
-    redelivered: bool,
+    delivery: Delivery,
 ) -> (Claimed, super::write::Outcome) {
+    let redelivered = delivery.redelivered;
     match t.status {
         TaskStatus::Pending => {
             let after = claimed_by(t, worker);
@@ -451,7 +467,16 @@ fn claim_step(
                 "task is scheduled for later (an older schedule fired)".into(),
             )),
         ),
-        TaskStatus::Running if redelivered && t.queue_seq == Some(seq) => take_over(t, worker),
+        TaskStatus::Running if redelivered && t.queue_seq == Some(seq) => {
+            if lease_younger_than(t, delivery.lease / 2) {
+                let why = "task runs from this message under a lease too young to have lapsed";
+                return (
+                    Claimed::Young,
+                    Err(TaskError::IllegalTransition(why.into())),
+                );
+            }
+            take_over(t, worker)
+        }
         TaskStatus::Running if t.queue_seq == Some(seq) => (
             Claimed::HeldElsewhere,
             Err(TaskError::IllegalTransition(
@@ -469,6 +494,14 @@ fn claim_step(
             )
         }
     }
+}
+
+/// Whether `t`'s lease was claimed less than `age` ago (by the claimer's clock; a clock behind
+/// the holder's delays a takeover by the difference).
+fn lease_younger_than(t: &Task, age: Duration) -> bool {
+    let Some(lease) = &t.lease else { return false };
+    let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+    now().signed_duration_since(lease.claimed_time) < age
 }
 
 /// A redelivered running task: its holder stopped renewing. Attempts left: `retried` and a new
@@ -531,6 +564,17 @@ pub(super) fn started_event(running: &Task, worker: &str) -> crate::domain::Task
 mod tests {
     use super::*;
 
+    /// A first delivery.
+    const NEW: Delivery = Delivery {
+        redelivered: false,
+        lease: Duration::ZERO,
+    };
+    /// A redelivery whose lease (zero) has lapsed, however young the claim.
+    const AGAIN: Delivery = Delivery {
+        redelivered: true,
+        lease: Duration::ZERO,
+    };
+
     fn task(status: TaskStatus, queue_seq: Option<u64>) -> Task {
         let new: NewTask = serde_json::from_value(
             serde_json::json!({"task_name": "x", "assigned_to": "anna", "kind": "noop"}),
@@ -544,7 +588,7 @@ mod tests {
 
     #[test]
     fn a_pending_task_is_claimed_with_a_new_attempt_and_lease() {
-        let (what, step) = claim_step(&task(TaskStatus::Pending, Some(5)), 5, "w1", false);
+        let (what, step) = claim_step(&task(TaskStatus::Pending, Some(5)), 5, "w1", NEW);
         assert!(matches!(what, Claimed::Started));
         let step = step.unwrap();
         assert_eq!(step.after.status, TaskStatus::Running);
@@ -556,16 +600,16 @@ mod tests {
     fn a_message_the_record_moved_past_is_skipped_and_a_newer_one_waits() {
         let done = task(TaskStatus::Completed, Some(5));
         assert!(matches!(
-            claim_step(&done, 5, "w", false).0,
+            claim_step(&done, 5, "w", NEW).0,
             Claimed::Refused(true)
         ));
         assert!(matches!(
-            claim_step(&done, 4, "w", false).0,
+            claim_step(&done, 4, "w", NEW).0,
             Claimed::Refused(true)
         ));
         // A retry queued message 9 but its record still says completed at message 5.
         assert!(matches!(
-            claim_step(&done, 9, "w", false).0,
+            claim_step(&done, 9, "w", NEW).0,
             Claimed::Refused(false)
         ));
     }
@@ -575,7 +619,7 @@ mod tests {
         let mut t = task(TaskStatus::Running, Some(5));
         t.attempt = 1;
         t.lease = Some(crate::domain::Lease::new("dead-worker", 1));
-        let (what, step) = claim_step(&t, 5, "w2", true);
+        let (what, step) = claim_step(&t, 5, "w2", AGAIN);
         assert!(matches!(what, Claimed::TookOver));
         let step = step.unwrap();
         let (mid, retried) = step.prelude.unwrap();
@@ -588,7 +632,7 @@ mod tests {
             (2, EventKind::Started)
         );
         t.attempt = 3;
-        assert!(matches!(claim_step(&t, 5, "w2", true).0, Claimed::GaveUp));
+        assert!(matches!(claim_step(&t, 5, "w2", AGAIN).0, Claimed::GaveUp));
     }
 
     #[test]
@@ -596,13 +640,34 @@ mod tests {
         // A server killed before it saved the delivery sends the message again as new.
         let t = task(TaskStatus::Running, Some(5));
         assert!(matches!(
-            claim_step(&t, 5, "w2", false).0,
+            claim_step(&t, 5, "w2", NEW).0,
             Claimed::HeldElsewhere
         ));
         // A message the running task's record moved past is done with.
         assert!(matches!(
-            claim_step(&t, 4, "w2", false).0,
+            claim_step(&t, 4, "w2", NEW).0,
             Claimed::Refused(true)
+        ));
+    }
+
+    #[test]
+    fn a_redelivered_running_task_claimed_within_half_its_lease_is_left_to_its_holder() {
+        let mut t = task(TaskStatus::Running, Some(5));
+        t.attempt = 1;
+        t.lease = Some(crate::domain::Lease::new("live-worker", 1));
+        let early = Delivery {
+            redelivered: true,
+            lease: Duration::from_secs(30),
+        };
+        let (what, step) = claim_step(&t, 5, "w2", early);
+        assert!(matches!(what, Claimed::Young), "{step:?}");
+        assert!(matches!(step, Err(TaskError::IllegalTransition(_))));
+        // The same lease claimed 16 s ago (past half of 30 s) has lapsed: taken over.
+        let lease = t.lease.as_mut().unwrap();
+        lease.claimed_time = now() - chrono::Duration::seconds(16);
+        assert!(matches!(
+            claim_step(&t, 5, "w2", early).0,
+            Claimed::TookOver
         ));
     }
 }

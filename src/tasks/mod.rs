@@ -33,7 +33,7 @@ mod transitions;
 mod unreadable;
 mod write;
 
-pub use claim::{claim_state, ClaimOutcome};
+pub use claim::{claim_state, ClaimOutcome, Delivery};
 pub use cleanup::{Sweeper, DEFAULT_KEEP};
 pub use create::Created;
 pub use gauges::{QueueGauges, WALK_BUDGET};

@@ -7,7 +7,7 @@ use crate::bus::{subjects, Bus, NatsResultExt};
 use crate::domain::{Assignee, TaskId};
 use futures::StreamExt;
 use serde::Deserialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -82,6 +82,40 @@ impl Running {
 
     pub(super) fn len(&self) -> usize {
         self.0.lock().expect("running lock").len()
+    }
+}
+
+/// The queue messages this process is handling now (by stream sequence), from the pull to their
+/// settlement. JetStream may hand a message out again while its first delivery is still being
+/// handled here: a consumer's new leader after a failover redelivers what it never saw
+/// acknowledged. A second copy of a message in hand is left alone: the first delivery's lease
+/// renewals and its ack settle both (the server keys them by stream sequence), where claiming
+/// it again would take the task over from this very process and run it twice.
+#[derive(Debug, Clone, Default)]
+pub(super) struct InHand(Arc<Mutex<HashSet<u64>>>);
+
+impl InHand {
+    /// Takes the message at `seq` in hand until the returned guard drops; `None` when it is in
+    /// hand already.
+    pub(super) fn take(&self, seq: u64) -> Option<Held> {
+        let fresh = self.0.lock().expect("in-hand lock").insert(seq);
+        fresh.then(|| Held {
+            set: self.clone(),
+            seq,
+        })
+    }
+}
+
+/// A message in hand (see [`InHand`]); released on drop.
+#[derive(Debug)]
+pub(super) struct Held {
+    set: InHand,
+    seq: u64,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.set.0.lock().expect("in-hand lock").remove(&self.seq);
     }
 }
 

@@ -161,6 +161,8 @@ struct Ctx {
     api_url: String,
     token_secret: Option<SecretString>,
     running: control::Running,
+    /// The queue messages being handled now (a copy delivered meanwhile is left alone).
+    in_hand: control::InHand,
     ack_wait: Duration,
     /// Flow control: the gate before a claim.
     limits: crate::limits::Limits,
@@ -281,6 +283,7 @@ pub async fn run_with_health(
         api_url: opts.api_url.clone(),
         token_secret: opts.task_token_secret.clone(),
         running: control::Running::default(),
+        in_hand: control::InHand::default(),
         ack_wait,
         http: std::sync::OnceLock::new(),
     });

@@ -9,7 +9,7 @@ use super::Ctx;
 use crate::bus::subjects;
 use crate::domain::Task;
 use crate::limits::Permit;
-use crate::tasks::{ClaimOutcome, Finish, QueuedMessage, TaskError};
+use crate::tasks::{ClaimOutcome, Delivery, Finish, QueuedMessage, TaskError};
 use async_nats::jetstream::{AckKind, Message};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -25,7 +25,19 @@ pub(super) async fn handle(ctx: Arc<Ctx>, msg: Message, slot: OwnedSemaphorePerm
         let _ = msg.ack_with(AckKind::Term).await;
         return;
     };
-    let (seq, redelivered) = (info.stream_sequence, info.delivered > 1);
+    let seq = info.stream_sequence;
+    let delivery = Delivery {
+        redelivered: info.delivered > 1,
+        lease: ctx.ack_wait,
+    };
+    let Some(_held) = ctx.in_hand.take(seq) else {
+        tracing::info!(
+            seq,
+            delivered = info.delivered,
+            "message delivered again while this process handles it; its first delivery settles it"
+        );
+        return;
+    };
     let queued = QueuedMessage {
         subject: msg.subject.as_str(),
         headers: msg.headers.as_ref(),
@@ -36,15 +48,16 @@ pub(super) async fn handle(ctx: Arc<Ctx>, msg: Message, slot: OwnedSemaphorePerm
     let span =
         tracing::info_span!("task", task_id = tracing::field::Empty, seq, worker = %ctx.worker_id);
     crate::telemetry::continue_trace(&span, msg.headers.as_ref());
-    let Some((claimed, permit)) = claim_through_gate(&ctx, &msg, queued, redelivered, &span).await
-    else {
+    let mut beat = lease_beat(ctx.ack_wait);
+    let gated = claim_through_gate(&ctx, &msg, queued, delivery, &span);
+    let Some((claimed, permit)) = holding(&msg, &mut beat, gated).await else {
         return;
     };
     match claimed {
         Ok(ClaimOutcome::Run(task)) => {
             span.record("task_id", task.id.as_str());
             let run = run_span(&span, &task);
-            run_claimed(&ctx, &msg, task, seq, slot, permit)
+            run_claimed(&ctx, &msg, task, seq, slot, permit, beat)
                 .instrument(run)
                 .instrument(span)
                 .await
@@ -61,7 +74,7 @@ async fn claim_through_gate(
     ctx: &Ctx,
     msg: &Message,
     queued: QueuedMessage<'_>,
-    redelivered: bool,
+    delivery: Delivery,
     span: &tracing::Span,
 ) -> Option<(Result<ClaimOutcome, TaskError>, Permit)> {
     let permit = match flow::gate(ctx, queued).instrument(span.clone()).await {
@@ -73,7 +86,7 @@ async fn claim_through_gate(
     };
     let claimed = ctx
         .tasks
-        .claim_for_worker(queued, &ctx.worker_id, redelivered)
+        .claim_for_worker(queued, &ctx.worker_id, delivery)
         .instrument(span.clone())
         .await;
     let gone = matches!(
@@ -84,6 +97,40 @@ async fn claim_through_gate(
         release(ctx, &permit, gone).await;
     }
     Some((claimed, permit))
+}
+
+/// The beat of a message's lease from its delivery on: a tick every third of the lease, the first
+/// one period from now (a fresh interval's first tick is due at once, yet the timer rounds its
+/// deadline up to the next millisecond and fires it on its next turn, up to ~2 ms: awaiting it
+/// held every handler's start back by that much). One timer per message serves the claim and
+/// the run: a second one for the claim alone cost about 7 % of the tasks per second at one
+/// process × 8 (docs/benchmarks.md, "The lease held from the delivery on").
+fn lease_beat(lease: Duration) -> tokio::time::Interval {
+    let every = lease / 3;
+    tokio::time::interval_at(tokio::time::Instant::now() + every, every)
+}
+
+/// Awaits `claim` (the flow gate and the claim) while holding the message's lease: an
+/// in-progress ack on each `beat`. A claim is answered in a millisecond, but one that waits
+/// out an election (its append tried again for up to 30 s) would otherwise let JetStream hand
+/// the message to another worker, which takes the task over while this one, answered at last,
+/// runs it too.
+async fn holding<F: std::future::Future>(
+    msg: &Message,
+    beat: &mut tokio::time::Interval,
+    claim: F,
+) -> F::Output {
+    tokio::pin!(claim);
+    loop {
+        tokio::select! {
+            claimed = &mut claim => return claimed,
+            _ = beat.tick() => {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    tracing::warn!(error.message = %e, "lease renewal during the claim failed");
+                }
+            }
+        }
+    }
 }
 
 /// Acknowledges, or puts back, a message whose task does not run here.
@@ -106,6 +153,9 @@ async fn settle_unrun(
             tracing::warn!(parent: span, task_id = %task.id, attempts = task.attempt,
                 "attempts used up; task failed and dead-lettered");
             let _ = msg.ack().await;
+        }
+        Ok(ClaimOutcome::Leave(why)) => {
+            tracing::info!(parent: span, why, "handed out again early; left to its holder");
         }
         Ok(ClaimOutcome::Later(delay)) => {
             tracing::debug!(parent: span, "the task's record is older than its message; later");
@@ -135,8 +185,9 @@ async fn run_claimed(
     seq: u64,
     slot: OwnedSemaphorePermit,
     permit: Permit,
+    beat: tokio::time::Interval,
 ) {
-    let finished = run_claimed_inner(ctx, msg, &task, seq, slot, &permit).await;
+    let finished = run_claimed_inner(ctx, msg, &task, seq, slot, &permit, beat).await;
     // Whatever happened, nothing this run sent stays unconfirmed, and its chain goes.
     ctx.tasks.forget(&task.id).await;
     // Only now, with the task's end stored, may the next task of its keys start.
@@ -160,6 +211,7 @@ async fn run_claimed_inner(
     seq: u64,
     slot: OwnedSemaphorePermit,
     permit: &Permit,
+    mut beat: tokio::time::Interval,
 ) -> bool {
     let token = task
         .lease
@@ -176,11 +228,6 @@ async fn run_claimed_inner(
 
     let run = kinds::run(ctx, task, handle.stop.clone());
     tokio::pin!(run);
-    // The first beat one period from now: a fresh interval's first tick is due at once, yet the
-    // timer rounds its deadline up to the next millisecond and fires it on its next turn (up to
-    // ~2 ms), and awaiting it here held every handler's start back by that much.
-    let every = ctx.ack_wait / 3;
-    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let outcome = loop {
         tokio::select! {
             outcome = &mut run => break outcome,

@@ -345,3 +345,113 @@ async fn after_kill_9_of_a_worker_nothing_of_its_command_keeps_running() {
     }
     assert!(gone.is_ok() && left.is_empty(), "still running: {left:?}");
 }
+
+/// The stream and consumer sequences of the one queue message a consumer of `TASKS` has handed
+/// out and not had acknowledged, with the consumer's name.
+async fn the_unacked_delivery(js: &async_nats::jetstream::Context) -> Option<(String, u64, u64)> {
+    let stream = js.get_stream("TASKS").await.ok()?;
+    let mut names = stream.consumer_names();
+    while let Some(name) = names.next().await {
+        let info = stream.consumer_info(name.ok()?).await.ok()?;
+        if info.num_ack_pending == 1 {
+            let d = &info.delivered;
+            return Some((info.name.clone(), d.stream_sequence, d.consumer_sequence));
+        }
+    }
+    None
+}
+
+/// Sends a NAK on the ack subject of the one unacknowledged delivery of `TASKS`: the server
+/// hands the message out again at once, as a consumer's new leader does after a failover.
+async fn hand_out_again(client: &async_nats::Client) {
+    let js = async_nats::jetstream::new(client.clone());
+    let (consumer, sseq, dseq) = the_unacked_delivery(&js)
+        .await
+        .expect("the task's delivery");
+    let ack = format!("$JS.ACK.TASKS.{consumer}.1.{sseq}.{dseq}.0.0");
+    client.publish(ack, "-NAK".into()).await.unwrap();
+    client.flush().await.unwrap();
+}
+
+/// An exec command that appends a line to `runs` and then sleeps `secs`.
+fn noting_runs(runs: &std::path::Path, secs: u64) -> serde_json::Value {
+    json!({"command": format!("echo run >> {}; sleep {secs}; echo done", runs.display())})
+}
+
+/// Asserts that task `id` completed as attempt 1 after one run and one start, and that its
+/// queue message is settled (the stream is empty).
+async fn assert_ran_once(
+    app: &TestApp,
+    id: &str,
+    runs: &std::path::Path,
+    client: &async_nats::Client,
+) {
+    let task = finished(app, id, Duration::from_secs(20)).await;
+    assert_eq!(task.status.as_str(), "completed", "{:?}", task.error);
+    assert_eq!(task.attempt, 1);
+    assert_eq!(std::fs::read_to_string(runs).unwrap(), "run\n");
+    let started = events(app, &format!("events.anna.{id}.started")).await;
+    assert_eq!(started.len(), 1, "{started:?}");
+    let js = async_nats::jetstream::new(client.clone());
+    eventually("the queue to be empty", Duration::from_secs(5), || async {
+        let info = js.get_stream("TASKS").await.ok()?.get_info().await.ok()?;
+        (info.state.messages == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_message_handed_out_again_to_the_worker_running_it_does_not_start_the_task_twice() {
+    // Arrange: one worker with a slot to spare runs a command that notes each of its runs;
+    // its claim is older than half its 3 s lease when the copy comes.
+    let app = TestApp::spawn().await;
+    let worker = app.worker_process("anna", 2, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let id = create_kind(&app, "anna", "P1", "exec", noting_runs(&runs, 4)).await;
+    running(&app, &id).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let client = async_nats::connect(app.nats.url()).await.unwrap();
+
+    // Act
+    hand_out_again(&client).await;
+    eventually(
+        "the worker to get the copy",
+        Duration::from_secs(10),
+        || async { worker.log().contains("delivered again").then_some(()) },
+    )
+    .await;
+
+    // Assert
+    assert_ran_once(&app, &id, &runs, &client).await;
+}
+
+#[tokio::test]
+async fn a_message_handed_out_again_to_another_worker_within_the_lease_is_left_to_its_holder() {
+    // Arrange: A (one slot) runs the task; B, started after, has slots free. 30 s leases.
+    let app = TestApp::spawn().await;
+    let long_lease = [("TASKFLEET_WORKER__ACK_WAIT_S", "30")];
+    let a = app.worker_process("anna", 1, &long_lease).await;
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let id = create_kind(&app, "anna", "P1", "exec", noting_runs(&runs, 2)).await;
+    let holder = running(&app, &id).await.lease.expect("a lease").holder;
+    assert!(a.is(&holder), "{holder}");
+    let b = app.worker_process("anna", 2, &long_lease).await;
+    let client = async_nats::connect(app.nats.url()).await.unwrap();
+
+    // Act: the copy can only go to B (A has no free slot, so no pull waiting).
+    hand_out_again(&client).await;
+    eventually(
+        "B to leave or take the copy",
+        Duration::from_secs(10),
+        || async {
+            let log = b.log();
+            (log.contains("left to its holder") || log.contains("attempt=2")).then_some(())
+        },
+    )
+    .await;
+
+    // Assert
+    assert_ran_once(&app, &id, &runs, &client).await;
+}

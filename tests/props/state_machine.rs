@@ -18,7 +18,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::{json, Value};
 use taskfleet::domain::{Action, Task, TaskEvent, TaskStatus};
-use taskfleet::tasks::{claim_state, claimed_by, finish_state, Finish, TaskError};
+use taskfleet::tasks::{claim_state, claimed_by, finish_state, Delivery, Finish, TaskError};
 
 /// Which token a complete/fail call carries.
 #[derive(Debug, Clone)]
@@ -169,7 +169,11 @@ fn run(start: Task, acts: Vec<Act>) -> Vec<Applied> {
                     Msg::Older => q.checked_sub(1).unwrap_or(q + 2),
                     Msg::Newer => q + 1,
                 };
-                claim_state(&t, seq, "w1", *redelivered).map(|(n, e)| (n, Some(e)))
+                let delivery = Delivery {
+                    redelivered: *redelivered,
+                    lease: std::time::Duration::ZERO, // a redelivery means the lease lapsed
+                };
+                claim_state(&t, seq, "w1", delivery).map(|(n, e)| (n, Some(e)))
             }
             Act::Complete(_) => {
                 let finish = Finish::Completed {
