@@ -496,8 +496,8 @@ fn claim_step(
     }
 }
 
-/// Whether `t`'s lease was claimed less than `age` ago (by the claimer's clock; a clock behind
-/// the holder's delays a takeover by the difference).
+/// Whether `t`'s lease was claimed less than `age` ago, by the claimer's clock against the
+/// holder's stamp (clocks that disagree shift `age` by their difference).
 fn lease_younger_than(t: &Task, age: Duration) -> bool {
     let Some(lease) = &t.lease else { return false };
     let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
