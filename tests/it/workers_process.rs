@@ -363,11 +363,9 @@ async fn the_unacked_delivery(js: &async_nats::jetstream::Context) -> Option<(St
 
 /// Sends a NAK on the ack subject of the one unacknowledged delivery of `TASKS`: the server
 /// hands the message out again at once, as a consumer's new leader does after a failover.
-async fn hand_out_again(client: &async_nats::Client) {
-    let js = async_nats::jetstream::new(client.clone());
-    let (consumer, sseq, dseq) = the_unacked_delivery(&js)
-        .await
-        .expect("the task's delivery");
+async fn hand_out_again(js: &async_nats::jetstream::Context) {
+    let (consumer, sseq, dseq) = the_unacked_delivery(js).await.expect("the task's delivery");
+    let client = js.client();
     let ack = format!("$JS.ACK.TASKS.{consumer}.1.{sseq}.{dseq}.0.0");
     client.publish(ack, "-NAK".into()).await.unwrap();
     client.flush().await.unwrap();
@@ -384,7 +382,7 @@ async fn assert_ran_once(
     app: &TestApp,
     id: &str,
     runs: &std::path::Path,
-    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
 ) {
     let task = finished(app, id, Duration::from_secs(20)).await;
     assert_eq!(task.status.as_str(), "completed", "{:?}", task.error);
@@ -392,7 +390,6 @@ async fn assert_ran_once(
     assert_eq!(std::fs::read_to_string(runs).unwrap(), "run\n");
     let started = events(app, &format!("events.anna.{id}.started")).await;
     assert_eq!(started.len(), 1, "{started:?}");
-    let js = async_nats::jetstream::new(client.clone());
     eventually("the queue to be empty", Duration::from_secs(5), || async {
         let info = js.get_stream("TASKS").await.ok()?.get_info().await.ok()?;
         (info.state.messages == 0).then_some(())
@@ -411,10 +408,10 @@ async fn a_message_handed_out_again_to_the_worker_running_it_does_not_start_the_
     let id = create_kind(&app, "anna", "P1", "exec", noting_runs(&runs, 4)).await;
     running(&app, &id).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let client = async_nats::connect(app.nats.url()).await.unwrap();
+    let js = app.jetstream().await;
 
     // Act
-    hand_out_again(&client).await;
+    hand_out_again(&js).await;
     eventually(
         "the worker to get the copy",
         Duration::from_secs(10),
@@ -423,7 +420,7 @@ async fn a_message_handed_out_again_to_the_worker_running_it_does_not_start_the_
     .await;
 
     // Assert
-    assert_ran_once(&app, &id, &runs, &client).await;
+    assert_ran_once(&app, &id, &runs, &js).await;
 }
 
 #[tokio::test]
@@ -438,10 +435,10 @@ async fn a_message_handed_out_again_to_another_worker_within_the_lease_is_left_t
     let holder = running(&app, &id).await.lease.expect("a lease").holder;
     assert!(a.is(&holder), "{holder}");
     let b = app.worker_process("anna", 2, &long_lease).await;
-    let client = async_nats::connect(app.nats.url()).await.unwrap();
+    let js = app.jetstream().await;
 
     // Act: the copy can only go to B (A has no free slot, so no pull waiting).
-    hand_out_again(&client).await;
+    hand_out_again(&js).await;
     eventually(
         "B to leave or take the copy",
         Duration::from_secs(10),
@@ -453,5 +450,5 @@ async fn a_message_handed_out_again_to_another_worker_within_the_lease_is_left_t
     .await;
 
     // Assert
-    assert_ran_once(&app, &id, &runs, &client).await;
+    assert_ran_once(&app, &id, &runs, &js).await;
 }
