@@ -10,7 +10,7 @@ use super::ledger::{self, Stored};
 use super::unreadable::Covered;
 use super::{TaskError, TaskService};
 use crate::bus::{direct, subjects, BusError};
-use crate::domain::{Assignee, EventKind, NewTask, Priority, Task, TaskId, TaskStatus};
+use crate::domain::{Assignee, EventKind, NewTask, Priority, Task, TaskId, TaskKind, TaskStatus};
 use async_nats::jetstream::message::StreamMessage;
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -268,6 +268,10 @@ impl TaskService {
                 Some(s) if s.task.status == TaskStatus::Scheduled && tidy => {
                     self.fire_listed(m, s.task).await?
                 }
+                Some(s) if tidy && stray_stand_in(m, &s.task) => {
+                    self.dequeue(Some(m.sequence)).await;
+                    None
+                }
                 // Fired, not recorded yet: shown as the first tidying reader will record it.
                 Some(s) if fired_and_due(m, &s.task) => {
                     Some(super::delayed::queued_by_schedule(s.task, Some(m.sequence)))
@@ -386,6 +390,17 @@ impl TaskService {
         })
         .await
     }
+}
+
+/// Whether `m` is a stand-in left on the manual subject for worker-run task `t` that has
+/// finished: a start over the API publishes one before its `started` record (see
+/// `TaskService::hold_for_api`), so a crash in between, or after the finish and before its
+/// removal, leaves one behind. Nothing else puts a worker-run task on a manual subject (the
+/// subject decides a queued task's kind).
+fn stray_stand_in(m: &StreamMessage, t: &Task) -> bool {
+    t.status.is_terminal()
+        && t.kind.is_worker_run()
+        && subjects::parse_task(&m.subject).is_some_and(|(_, _, k)| k == TaskKind::Manual)
 }
 
 /// Whether `m` is the copy a schedule fired for `t`, a scheduled task that is due by its

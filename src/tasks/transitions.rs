@@ -55,34 +55,74 @@ fn summary(v: &Value) -> String {
 
 impl TaskService {
     /// Claims a pending task for `holder`: it becomes `running` with a new attempt and fencing
-    /// token. A worker-run task's queue message is removed (no worker may claim it too); a
-    /// manual task's stays until it finishes (the queue stream holds every active task).
+    /// token. A manual task's queue message stays until it finishes (the queue stream holds
+    /// every active task). A worker-run task's moves to its assignee's manual subject, where no
+    /// worker pulls it and listings of running tasks still find it (see [`Self::hold_for_api`]).
     #[tracing::instrument(skip(self), fields(task_id = %id))]
     pub async fn start(&self, id: &TaskId, holder: &str) -> Result<Task, TaskError> {
-        let start = |t: &Task| {
-            next_status(t, Action::Start)?;
-            let after = claimed_by(t, holder);
-            let mut step = with_event(t, after, EventKind::Started, holder, None);
-            step.event.data = serde_json::json!({ "holder": holder });
-            Ok(step)
-        };
-        let changed = match self.change(id, start).await {
-            // A delayed task whose schedule fired with no one recording it yet (shown pending):
-            // recorded now, then started.
-            Err(TaskError::IllegalTransition(why)) => match self.record_fired(id, holder).await? {
-                true => self.change(id, start).await?,
-                false => return Err(TaskError::IllegalTransition(why)),
-            },
-            other => other?,
-        };
-        if changed.after.kind.is_worker_run() {
-            self.dequeue(changed.before.queue_seq).await;
+        let held = self.hold_for_api(id).await?;
+        let changed = self.start_holding(id, holder, held).await;
+        match (&changed, held) {
+            (Ok(c), Some(_)) => self.dequeue(c.before.queue_seq).await,
+            (Err(_), Some(seq)) => self.dequeue(Some(seq)).await,
+            (_, None) => {}
         }
+        let changed = changed?;
         self.metrics
             .tasks_started
             .get_or_create(&task_labels(&changed.after))
             .inc();
         Ok(changed.after)
+    }
+
+    /// Appends `started` for `holder`; with `held`, the task's queue message is that one from
+    /// now on (see [`Self::hold_for_api`]).
+    async fn start_holding(
+        &self,
+        id: &TaskId,
+        holder: &str,
+        held: Option<u64>,
+    ) -> Result<Changed, TaskError> {
+        let start = |t: &Task| {
+            next_status(t, Action::Start)?;
+            let mut after = claimed_by(t, holder);
+            after.queue_seq = held.or(after.queue_seq);
+            let mut step = with_event(t, after, EventKind::Started, holder, None);
+            step.event.data = serde_json::json!({ "holder": holder });
+            Ok(step)
+        };
+        match self.change(id, start).await {
+            // A delayed task whose schedule fired with no one recording it yet (shown pending):
+            // recorded now, then started.
+            Err(TaskError::IllegalTransition(why)) => match self.record_fired(id, holder).await? {
+                true => self.change(id, start).await,
+                false => Err(TaskError::IllegalTransition(why)),
+            },
+            other => other,
+        }
+    }
+
+    /// For a worker-run task about to be started over the API: publishes its stand-in on the
+    /// assignee's manual subject (`tasks.<a>.<p>`, which no worker pulls) and returns its
+    /// sequence, which the `started` record then names. So the queue stream still holds the
+    /// running task (listings of running tasks walk it), no worker can take it, and finishing
+    /// or cancelling it removes the stand-in as it would a manual task's message. `None` for a
+    /// manual task, or one that cannot be started (the start then says why).
+    async fn hold_for_api(&self, id: &TaskId) -> Result<Option<u64>, TaskError> {
+        let current = self.get(id).await?;
+        let startable = matches!(current.status, TaskStatus::Pending | TaskStatus::Scheduled);
+        if !current.kind.is_worker_run() || !startable {
+            return Ok(None);
+        }
+        let stand_in = NewTask {
+            kind: TaskKind::Manual,
+            run_at: None,
+            ..spec_of(&current)
+        };
+        let seq = self
+            .queue_copy(&current, &stand_in, EventKind::Started)
+            .await?;
+        Ok(Some(seq))
     }
 
     /// Finishes a running task successfully. With `fence`, only the current lease may do it.
@@ -186,6 +226,8 @@ impl TaskService {
         }
         if before.status == TaskStatus::Pending || after.kind == TaskKind::Manual {
             self.dequeue(before.queue_seq).await;
+        } else {
+            self.drop_stand_in(before).await;
         }
         self.count_finished(after);
         Ok(changed.after)
@@ -230,14 +272,26 @@ impl TaskService {
         let mut spec = spec_of(current);
         // A retry runs now, whenever the task was first due.
         spec.run_at = None;
+        self.queue_copy(current, &spec, EventKind::Retried).await
+    }
+
+    /// Publishes `spec`, a create body for `current`, on its queue subject, marked as recorded
+    /// by an event of type `recorded` (`Taskfleet-Recorded`) and with a message id of its own
+    /// (`<task id>-<type>-<ulid>`); returns its sequence.
+    async fn queue_copy(
+        &self,
+        current: &Task,
+        spec: &NewTask,
+        recorded: EventKind,
+    ) -> Result<u64, TaskError> {
         let subject = subjects::task(&spec.assigned_to, spec.priority, spec.kind, spec.share());
-        let msg_id = format!("{}-retry-{}", current.id, ulid::Ulid::new());
+        let msg_id = format!("{}-{}-{}", current.id, recorded.as_str(), ulid::Ulid::new());
         let mut headers = message_headers(&msg_id);
-        headers.insert(RECORDED_HEADER, EventKind::Retried.as_str());
+        headers.insert(RECORDED_HEADER, recorded.as_str());
         Ok(self
             .bus
             .js
-            .publish_with_headers(subject, headers, encode(&spec))
+            .publish_with_headers(subject, headers, encode(spec))
             .await
             .op("publish task")?
             .await
@@ -246,13 +300,31 @@ impl TaskService {
     }
 
     /// After a finish: counts it, and removes the queue message of a task no worker holds (a
-    /// manual task, or one finished over the API without a fencing token).
+    /// manual task, one finished over the API without a fencing token, or the stand-in of one
+    /// started over the API).
     async fn finished(&self, changed: &Changed, by_api: bool) {
         let after = &changed.after;
         if after.kind == TaskKind::Manual || by_api {
             self.dequeue(after.queue_seq).await;
+        } else {
+            self.drop_stand_in(after).await;
         }
         self.count_finished(after);
+    }
+
+    /// Removes the queue message of worker-run task `t` if it is the stand-in its start over
+    /// the API left on the manual subject (see [`Self::hold_for_api`]). A message a worker
+    /// holds is left to that worker's ack.
+    async fn drop_stand_in(&self, t: &Task) {
+        let Some(seq) = t.queue_seq.filter(|_| t.kind.is_worker_run()) else {
+            return;
+        };
+        let Ok(m) = self.bus.topology.tasks.get_raw_message(seq).await else {
+            return;
+        };
+        if subjects::parse_task(&m.subject).is_some_and(|(_, _, k)| k == TaskKind::Manual) {
+            self.dequeue(Some(seq)).await;
+        }
     }
 
     fn count_finished(&self, after: &Task) {

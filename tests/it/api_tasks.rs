@@ -309,3 +309,119 @@ async fn stopping_the_api_ends_open_event_feeds_instead_of_hanging() {
     assert!(matches!(stopped, Ok(Ok(()))), "{stopped:?}");
     drop(feed);
 }
+
+/// Creates an exec task of anna's running `command`; returns its id.
+async fn exec_task(app: &TestApp, command: &str) -> String {
+    let exec = json!({
+        "task_name": "by hand", "assigned_to": "anna", "kind": "exec",
+        "payload": {"command": command}
+    });
+    app.admin.create_task(&exec).await.unwrap().id.to_string()
+}
+
+#[tokio::test]
+async fn a_worker_task_started_over_the_api_is_listed_as_running() {
+    // Arrange: an exec task no worker runs yet, and a manual one, both started by a bot.
+    let app = TestApp::spawn().await;
+    let exec = exec_task(&app, "true").await;
+    let manual = app.create("manual", "anna", "P1").await;
+    for id in [&exec, &manual] {
+        app.admin.action(id, "start", None).await.unwrap();
+    }
+
+    // Act
+    let every = app
+        .admin
+        .list_tasks(&[("status", "running".into())])
+        .await
+        .unwrap();
+    let anna = app
+        .admin
+        .list_tasks(&[("status", "running".into()), ("assigned_to", "anna".into())])
+        .await
+        .unwrap();
+
+    // Assert: both in both listings, the exec task still of its kind.
+    for listed in [every, anna] {
+        let mut ids: Vec<&str> = listed.iter().map(|t| t.id.as_str()).collect();
+        ids.sort();
+        let mut want = [exec.as_str(), manual.as_str()];
+        want.sort();
+        assert_eq!(ids, want);
+        let kinds: Vec<&str> = listed.iter().map(|t| t.kind.as_str()).collect();
+        assert!(kinds.contains(&"exec"), "{kinds:?}");
+    }
+}
+
+/// Messages in the `TASKS` stream.
+async fn queued_messages(app: &TestApp) -> u64 {
+    let js = app.jetstream().await;
+    let mut stream = js.get_stream("TASKS").await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+#[tokio::test]
+async fn a_worker_task_started_over_the_api_is_run_by_no_worker_and_leaves_no_queue_message() {
+    // Arrange: two exec tasks a bot starts over the API.
+    let app = TestApp::spawn().await;
+    let mut started = Vec::new();
+    for _ in 0..2 {
+        let id = exec_task(&app, "exit 3").await;
+        // Act
+        started.push(app.admin.action(&id, "start", None).await.unwrap());
+    }
+    // A worker of their assignee comes up, with time to pull what it can.
+    let worker = app
+        .worker("anna", 2, crate::harness::app::worker_settings())
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let pending = app.admin.pending(&[]).await.unwrap();
+    let held = queued_messages(&app).await;
+    let token = started[0].lease.as_ref().unwrap().token.clone();
+    let body = json!({"result": "by hand", "fencing_token": token});
+    let done = app
+        .admin
+        .action(started[0].id.as_str(), "complete", Some(&body))
+        .await;
+    let gone = app
+        .admin
+        .action(started[1].id.as_str(), "cancel", None)
+        .await;
+
+    // Assert: one stand-in each while running; the worker ran neither (the bot's result and
+    // attempt 1 stand); nothing left queued.
+    assert_eq!(held, 2);
+    assert!(pending.is_empty(), "{pending:?}");
+    let done = done.unwrap();
+    assert_eq!((done.status.as_str(), done.attempt), ("completed", 1));
+    assert_eq!(done.result, Some(json!("by hand")));
+    assert_eq!(gone.unwrap().status.as_str(), "cancelled");
+    assert_eq!(queued_messages(&app).await, 0);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn the_pending_list_removes_a_stand_in_left_behind_by_a_start_over_the_api() {
+    // Arrange: a finished exec task, and the stand-in a start over the API would have left on
+    // the manual subject had the API died after publishing it.
+    let app = TestApp::spawn().await;
+    let id = exec_task(&app, "true").await;
+    app.admin.action(&id, "start", None).await.unwrap();
+    app.admin.action(&id, "complete", None).await.unwrap();
+    let js = app.jetstream().await;
+    let stand_in = json!({"id": id, "task_name": "by hand"});
+    js.publish("tasks.anna.p1", stand_in.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let left = queued_messages(&app).await;
+
+    // Act
+    let pending = app.admin.pending(&[]).await.unwrap();
+
+    // Assert
+    assert_eq!(left, 1);
+    assert!(pending.is_empty(), "{pending:?}");
+    assert_eq!(queued_messages(&app).await, 0);
+}
