@@ -366,10 +366,18 @@ fn source(filter: &ListFilter, assignee: Option<&Assignee>, every_record: bool) 
             .collect(),
     };
     match filter.status {
-        Some(TaskStatus::Pending | TaskStatus::Running) => Source {
-            stream: subjects::TASKS_STREAM,
-            filters: queue_filters(a, filter.priority, filter.kind),
-        },
+        Some(status @ (TaskStatus::Pending | TaskStatus::Running)) => {
+            let mut filters = queue_filters(a, filter.priority, filter.kind);
+            if status == TaskStatus::Running && filter.kind.is_some_and(TaskKind::is_worker_run) {
+                // A worker-run task started over the API runs from a stand-in on the manual
+                // subject (`TaskService::hold_for_api`); the kind is checked on its state.
+                filters.extend(queue_filters(a, filter.priority, Some(TaskKind::Manual)));
+            }
+            Source {
+                stream: subjects::TASKS_STREAM,
+                filters,
+            }
+        }
         Some(TaskStatus::Completed) => events(&[EventKind::Completed]),
         // A delayed task's schedule message stays in `TASKS` until it fires.
         Some(TaskStatus::Scheduled) => Source {

@@ -340,8 +340,20 @@ async fn a_worker_task_started_over_the_api_is_listed_as_running() {
         .list_tasks(&[("status", "running".into()), ("assigned_to", "anna".into())])
         .await
         .unwrap();
+    let of_kind = |kind: &str| {
+        let query = [("status", "running".into()), ("kind", kind.to_string())];
+        let admin = app.admin.clone();
+        async move { admin.list_tasks(&query).await.unwrap() }
+    };
+    let (execs, manuals) = (of_kind("exec").await, of_kind("manual").await);
 
-    // Assert: both in both listings, the exec task still of its kind.
+    // Assert: both in both listings, the exec task still of its kind, and each in the listing
+    // of its kind only.
+    let ids = |listed: &[taskfleet::domain::Task]| -> Vec<String> {
+        listed.iter().map(|t| t.id.to_string()).collect()
+    };
+    assert_eq!(ids(&execs), [exec.as_str()]);
+    assert_eq!(ids(&manuals), [manual.as_str()]);
     for listed in [every, anna] {
         let mut ids: Vec<&str> = listed.iter().map(|t| t.id.as_str()).collect();
         ids.sort();
