@@ -151,13 +151,20 @@ async fn gate(state: &AppState, task: &Task, who: &str) -> Result<crate::limits:
     }
 }
 
+/// Whether a worker runs `task` (running, of a worker-run kind, and not started by a bot over
+/// the API): asked before it ends, for [`ended`].
+async fn run_by_worker(state: &AppState, task: &Task) -> bool {
+    task.status == crate::domain::TaskStatus::Running
+        && task.kind != crate::domain::TaskKind::Manual
+        && !state.tasks.runs_from_stand_in(task).await
+}
+
 /// After `task` (as it was before) ended through the API: gives back the flow-control places
 /// a bot held (and a place in a lane's line), so the next task of its keys starts now. A task a
-/// worker runs is left to the worker, which gives its places back once the run has stopped.
-pub(super) async fn ended(state: &AppState, task: &Task) {
-    let run_by_worker = task.status == crate::domain::TaskStatus::Running
-        && task.kind != crate::domain::TaskKind::Manual;
-    if run_by_worker || (task.flow().is_empty() && !has_cap(state, task).await) {
+/// worker runs (`by_worker`, see [`run_by_worker`]) is left to the worker, which gives its
+/// places back once the run has stopped.
+pub(super) async fn ended(state: &AppState, task: &Task, by_worker: bool) {
+    if by_worker || (task.flow().is_empty() && !has_cap(state, task).await) {
         return;
     }
     if let Err(e) = state.flow.forget_task(task).await {
@@ -182,6 +189,7 @@ pub(super) async fn complete(
     let body = body.unwrap_or_default();
     let task = authorized_task(&state, &who, &id).await?;
     let fence = fence(&headers, &body);
+    let by_worker = run_by_worker(&state, &task).await;
     let acted = act_once(&state, &task, "complete", key, || {
         state.tasks.complete(
             &task.id,
@@ -192,7 +200,7 @@ pub(super) async fn complete(
         )
     })
     .await?;
-    ended(&state, &task).await;
+    ended(&state, &task, by_worker).await;
     Ok(acted)
 }
 
@@ -218,13 +226,14 @@ pub(super) async fn fail(
             other => other.to_string(),
         }))
         .unwrap_or_else(|| "failed (no reason given)".into());
+    let by_worker = run_by_worker(&state, &task).await;
     let acted = act_once(&state, &task, "fail", key, || {
         state
             .tasks
             .fail(&task.id, error, fence.as_deref(), &who.name, Value::Null)
     })
     .await?;
-    ended(&state, &task).await;
+    ended(&state, &task, by_worker).await;
     Ok(acted)
 }
 
@@ -239,11 +248,12 @@ pub(super) async fn cancel(
     let body = body.unwrap_or_default();
     let task = authorized_task(&state, &who, &id).await?;
     let reason = body.reason.or(body.message).or(body.error);
+    let by_worker = run_by_worker(&state, &task).await;
     let acted = act_once(&state, &task, "cancel", key, || {
         state.tasks.cancel(&task.id, reason, &who.name)
     })
     .await?;
-    ended(&state, &task).await;
+    ended(&state, &task, by_worker).await;
     Ok(acted)
 }
 

@@ -312,18 +312,23 @@ impl TaskService {
         self.count_finished(after);
     }
 
-    /// Removes the queue message of worker-run task `t` if it is the stand-in its start over
-    /// the API left on the manual subject (see [`Self::hold_for_api`]). A message a worker
-    /// holds is left to that worker's ack.
-    async fn drop_stand_in(&self, t: &Task) {
+    /// Whether worker-run task `t` runs from the stand-in its start over the API left on the
+    /// manual subject (see [`Self::hold_for_api`]): a bot holds it, not a worker.
+    pub async fn runs_from_stand_in(&self, t: &Task) -> bool {
         let Some(seq) = t.queue_seq.filter(|_| t.kind.is_worker_run()) else {
-            return;
+            return false;
         };
         let Ok(m) = self.bus.topology.tasks.get_raw_message(seq).await else {
-            return;
+            return false;
         };
-        if subjects::parse_task(&m.subject).is_some_and(|(_, _, k)| k == TaskKind::Manual) {
-            self.dequeue(Some(seq)).await;
+        subjects::parse_task(&m.subject).is_some_and(|(_, _, k)| k == TaskKind::Manual)
+    }
+
+    /// Removes the queue message of worker-run task `t` if it is its stand-in. A message a
+    /// worker holds is left to that worker's ack.
+    async fn drop_stand_in(&self, t: &Task) {
+        if self.runs_from_stand_in(t).await {
+            self.dequeue(t.queue_seq).await;
         }
     }
 

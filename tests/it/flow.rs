@@ -511,6 +511,32 @@ async fn a_bot_starting_manual_tasks_over_the_api_is_held_to_the_same_limits() {
     );
 }
 
+#[tokio::test]
+async fn a_bot_finishing_a_worker_task_it_started_over_the_api_gives_its_place_back_at_once() {
+    // Arrange: two exec tasks of a key with limit 1, no worker; a bot starts the first.
+    let app = TestApp::spawn().await;
+    set_limit(&app, "flow12", "repo:w", json!({"concurrency": 1})).await;
+    let exec = json!({
+        "kind": "exec", "payload": {"command": "true"}, "concurrency_key": "repo:w"
+    });
+    let first = create_with(&app, "flow12", "first", exec.clone()).await;
+    let second = create_with(&app, "flow12", "second", exec).await;
+    let start = |id: &str| app.req(Method::PUT, &format!("/api/tasks/{id}/start"));
+    let (ok, _) = app.call(start(&first)).await;
+    let (held, _) = app.call(start(&second)).await;
+
+    // Act
+    app.admin
+        .action(&first, "complete", Some(&json!({"result": "done"})))
+        .await
+        .expect("complete the first");
+    let (after, why) = app.call(start(&second)).await;
+
+    // Assert: no worker runs it, so its place is not left to one.
+    assert_eq!((ok.as_u16(), held.as_u16()), (200, 409));
+    assert_eq!(after, 200, "the place came back with the finish: {why}");
+}
+
 /// Creates `n` tasks of `tenant` for `assignee` (32 creates in flight); their ids, in creation
 /// order.
 async fn backlog(
