@@ -310,11 +310,12 @@ async fn stopping_the_api_ends_open_event_feeds_instead_of_hanging() {
     drop(feed);
 }
 
-/// Creates an exec task of anna's running `command`; returns its id.
+/// Creates an exec task of anna's running `command` (with a tenant and a concurrency key, which
+/// only worker-run tasks use); returns its id.
 async fn exec_task(app: &TestApp, command: &str) -> String {
     let exec = json!({
         "task_name": "by hand", "assigned_to": "anna", "kind": "exec",
-        "payload": {"command": command}
+        "payload": {"command": command}, "tenant": "acme", "concurrency_key": "repo:x"
     });
     app.admin.create_task(&exec).await.unwrap().id.to_string()
 }
