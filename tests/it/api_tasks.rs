@@ -375,15 +375,20 @@ async fn queued_messages(app: &TestApp) -> u64 {
 
 #[tokio::test]
 async fn a_worker_task_started_over_the_api_is_run_by_no_worker_and_leaves_no_queue_message() {
-    // Arrange: two exec tasks a bot starts over the API.
+    // Arrange: two exec tasks of anna's.
     let app = TestApp::spawn().await;
+    let ids = [
+        exec_task(&app, "exit 3").await,
+        exec_task(&app, "exit 3").await,
+    ];
+
+    // Act: a bot starts both over the API; then a worker of their assignee comes up, with time
+    // to pull what it can; then the bot completes one with its fencing token and cancels the
+    // other.
     let mut started = Vec::new();
-    for _ in 0..2 {
-        let id = exec_task(&app, "exit 3").await;
-        // Act
-        started.push(app.admin.action(&id, "start", None).await.unwrap());
+    for id in &ids {
+        started.push(app.admin.action(id, "start", None).await.unwrap());
     }
-    // A worker of their assignee comes up, with time to pull what it can.
     let worker = app
         .worker("anna", 2, crate::harness::app::worker_settings())
         .await;
