@@ -443,3 +443,48 @@ async fn the_pending_list_removes_a_stand_in_left_behind_by_a_start_over_the_api
     assert!(pending.is_empty(), "{pending:?}");
     assert_eq!(queued_messages(&app).await, 0);
 }
+
+#[tokio::test]
+async fn a_bot_racing_a_worker_for_exec_tasks_never_gets_one_run_by_both() {
+    // Arrange: a worker of anna's, and a file each task's command notes its id in.
+    let app = TestApp::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs.txt");
+    let worker = app
+        .worker("anna", 4, crate::harness::app::worker_settings())
+        .await;
+    let command = format!("echo $TASKFLEET_TASK_ID >> {}", runs.display());
+
+    // Act: a bot starts each task over the API as soon as it is created, racing the worker.
+    let mut raced = Vec::new();
+    for _ in 0..30 {
+        let id = exec_task(&app, &command).await;
+        let bot_won = app.admin.action(&id, "start", None).await.is_ok();
+        raced.push((id, bot_won));
+    }
+    let bot_won = raced.iter().filter(|(_, won)| *won).count() as u64;
+    crate::harness::wait::eventually(
+        "the worker's tasks to finish and its messages to go",
+        std::time::Duration::from_secs(30),
+        || {
+            let app = &app;
+            async move { (queued_messages(app).await == bot_won).then_some(()) }
+        },
+    )
+    .await;
+
+    // Assert: a task the bot won runs (its stand-in queued) and never ran on the worker; every
+    // other one ran once, on the worker.
+    let noted = std::fs::read_to_string(&runs).unwrap_or_default();
+    for (id, won) in &raced {
+        let task = app.admin.get_task(id).await.unwrap();
+        let times = noted.lines().filter(|l| l == id).count();
+        let want = if *won {
+            ("running", 0)
+        } else {
+            ("completed", 1)
+        };
+        assert_eq!((task.status.as_str(), times), want, "task {id}");
+    }
+    worker.stop().await;
+}
