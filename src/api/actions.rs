@@ -117,7 +117,7 @@ pub(super) async fn start(
         _ => crate::limits::Permit::default(),
     };
     let started = act_once(&state, &task, "start", key, || {
-        state.tasks.start(&task.id, &who.name)
+        state.tasks.start_seen(&task, &who.name)
     })
     .await;
     if started.is_err() && !permit.is_empty() {
@@ -151,20 +151,24 @@ async fn gate(state: &AppState, task: &Task, who: &str) -> Result<crate::limits:
     }
 }
 
-/// Whether a worker runs `task` (running, of a worker-run kind, and not started by a bot over
-/// the API): asked before it ends, for [`ended`].
-async fn run_by_worker(state: &AppState, task: &Task) -> bool {
-    task.status == crate::domain::TaskStatus::Running
-        && task.kind != crate::domain::TaskKind::Manual
-        && !state.tasks.runs_from_stand_in(task).await
+/// Whether ending `task` over the API gives flow-control places back, asked before it ends:
+/// it has keys or its assignee a cap, and no worker runs it (a worker gives its places back once
+/// the run has stopped). Only then is its queue message read, to tell a worker's task from one
+/// a bot started over the API (which runs from a stand-in).
+async fn gives_places_back(state: &AppState, task: &Task) -> bool {
+    if task.flow().is_empty() && !has_cap(state, task).await {
+        return false;
+    }
+    let worker_kind = task.status == crate::domain::TaskStatus::Running
+        && task.kind != crate::domain::TaskKind::Manual;
+    !worker_kind || state.tasks.runs_from_stand_in(task).await
 }
 
-/// After `task` (as it was before) ended through the API: gives back the flow-control places
-/// a bot held (and a place in a lane's line), so the next task of its keys starts now. A task a
-/// worker runs (`by_worker`, see [`run_by_worker`]) is left to the worker, which gives its
-/// places back once the run has stopped.
-pub(super) async fn ended(state: &AppState, task: &Task, by_worker: bool) {
-    if by_worker || (task.flow().is_empty() && !has_cap(state, task).await) {
+/// After `task` (as it was before) ended through the API: with `give_back` (see
+/// [`gives_places_back`]), gives back the flow-control places a bot held (and a place in a
+/// lane's line), so the next task of its keys starts now.
+pub(super) async fn ended(state: &AppState, task: &Task, give_back: bool) {
+    if !give_back {
         return;
     }
     if let Err(e) = state.flow.forget_task(task).await {
@@ -189,7 +193,7 @@ pub(super) async fn complete(
     let body = body.unwrap_or_default();
     let task = authorized_task(&state, &who, &id).await?;
     let fence = fence(&headers, &body);
-    let by_worker = run_by_worker(&state, &task).await;
+    let give_back = gives_places_back(&state, &task).await;
     let acted = act_once(&state, &task, "complete", key, || {
         state.tasks.complete(
             &task.id,
@@ -200,7 +204,7 @@ pub(super) async fn complete(
         )
     })
     .await?;
-    ended(&state, &task, by_worker).await;
+    ended(&state, &task, give_back).await;
     Ok(acted)
 }
 
@@ -226,14 +230,14 @@ pub(super) async fn fail(
             other => other.to_string(),
         }))
         .unwrap_or_else(|| "failed (no reason given)".into());
-    let by_worker = run_by_worker(&state, &task).await;
+    let give_back = gives_places_back(&state, &task).await;
     let acted = act_once(&state, &task, "fail", key, || {
         state
             .tasks
             .fail(&task.id, error, fence.as_deref(), &who.name, Value::Null)
     })
     .await?;
-    ended(&state, &task, by_worker).await;
+    ended(&state, &task, give_back).await;
     Ok(acted)
 }
 
@@ -248,12 +252,12 @@ pub(super) async fn cancel(
     let body = body.unwrap_or_default();
     let task = authorized_task(&state, &who, &id).await?;
     let reason = body.reason.or(body.message).or(body.error);
-    let by_worker = run_by_worker(&state, &task).await;
+    let give_back = gives_places_back(&state, &task).await;
     let acted = act_once(&state, &task, "cancel", key, || {
         state.tasks.cancel(&task.id, reason, &who.name)
     })
     .await?;
-    ended(&state, &task, by_worker).await;
+    ended(&state, &task, give_back).await;
     Ok(acted)
 }
 

@@ -58,9 +58,17 @@ impl TaskService {
     /// token. A manual task's queue message stays until it finishes (the queue stream holds
     /// every active task). A worker-run task's moves to its assignee's manual subject, where no
     /// worker pulls it and listings of running tasks still find it (see [`Self::hold_for_api`]).
-    #[tracing::instrument(skip(self), fields(task_id = %id))]
     pub async fn start(&self, id: &TaskId, holder: &str) -> Result<Task, TaskError> {
-        let held = self.hold_for_api(id).await?;
+        let seen = self.get(id).await?;
+        self.start_seen(&seen, holder).await
+    }
+
+    /// [`Self::start`] of a task the caller has just read (`seen`, as the API has): its kind,
+    /// which never changes, says whether it needs a stand-in, without reading it again.
+    #[tracing::instrument(skip(self, seen), fields(task_id = %seen.id))]
+    pub async fn start_seen(&self, seen: &Task, holder: &str) -> Result<Task, TaskError> {
+        let id = &seen.id;
+        let held = self.hold_for_api(seen).await?;
         let changed = self.start_holding(id, holder, held).await;
         match (&changed, held) {
             (Ok(c), Some(_)) => self.dequeue(c.before.queue_seq).await,
@@ -107,9 +115,9 @@ impl TaskService {
     /// sequence, which the `started` record then names. So the queue stream still holds the
     /// running task (listings of running tasks walk it), no worker can take it, and finishing
     /// or cancelling it removes the stand-in as it would a manual task's message. `None` for a
-    /// manual task, or one that cannot be started (the start then says why).
-    async fn hold_for_api(&self, id: &TaskId) -> Result<Option<u64>, TaskError> {
-        let current = self.get(id).await?;
+    /// manual task, or one that cannot be started (the start then says why; a stand-in
+    /// published for a start that loses is removed again).
+    async fn hold_for_api(&self, current: &Task) -> Result<Option<u64>, TaskError> {
         let startable = matches!(current.status, TaskStatus::Pending | TaskStatus::Scheduled);
         if !current.kind.is_worker_run() || !startable {
             return Ok(None);
@@ -117,10 +125,10 @@ impl TaskService {
         let stand_in = NewTask {
             kind: TaskKind::Manual,
             run_at: None,
-            ..spec_of(&current)
+            ..spec_of(current)
         };
         let seq = self
-            .queue_copy(&current, &stand_in, EventKind::Started)
+            .queue_copy(current, &stand_in, EventKind::Started)
             .await?;
         Ok(Some(seq))
     }
