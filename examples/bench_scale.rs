@@ -55,7 +55,7 @@ const STALL_LIMIT: Duration = Duration::from_secs(120);
 const HELP: &str = "usage: bench_scale [--stages 10000,100000,1000000] [--out FILE] \
     [--samples 300] [--warmup 30] [--assignees 10] [--procs 1] [--concurrency 64] \
     [--in-flight 256] [--backlog 20000] [--stuck 20] [--relay-wait-s 900] [--no-relay] \
-    [--route-budget-s 60] [--store DIR [--measure-only]]
+    [--route-budget-s 60] [--routes TEXT,…] [--store DIR [--measure-only]]
 
   --stages       tasks stored after each stage (cumulative), ascending
   --out          where the JSON goes (rewritten after every stage)
@@ -68,6 +68,8 @@ const HELP: &str = "usage: bench_scale [--stages 10000,100000,1000000] [--out FI
   --relay-wait-s how long to wait after loading for the relay to catch up
   --no-relay     no relay (no deliveries)
   --route-budget-s  a route slower than this in all stops early (at least 20 timed requests)
+  --routes       measure only the routes whose name contains one of these texts (say,
+                 `status=running,/logs`), to see one route without the others' effects
   --store        keep the store in DIR (DIR/nats, and DIR/loaded.json: what was loaded and
                  the sampled ids); DIR must be empty or not exist, unless --measure-only
   --measure-only with --store: load nothing, measure the read routes of the store in DIR
@@ -101,6 +103,8 @@ struct Opts {
     relay: bool,
     /// Time after which a slow route stops early.
     route_budget: Duration,
+    /// Texts one of which a measured route's name contains (all routes when empty).
+    routes: Vec<String>,
     /// Where the store is kept (`--store`), if it outlives the run.
     store: Option<PathBuf>,
     /// Measure the kept store without loading (`--measure-only`).
@@ -123,6 +127,7 @@ fn parse_args() -> anyhow::Result<Opts> {
         relay_wait: Duration::from_secs(900),
         relay: true,
         route_budget: Duration::from_secs(60),
+        routes: Vec::new(),
         store: None,
         measure_only: false,
     };
@@ -149,6 +154,7 @@ fn parse_args() -> anyhow::Result<Opts> {
             "--relay-wait-s" => o.relay_wait = Duration::from_secs(value()?.parse()?),
             "--no-relay" => o.relay = false,
             "--route-budget-s" => o.route_budget = Duration::from_secs(value()?.parse()?),
+            "--routes" => o.routes = value()?.split(',').map(str::to_string).collect(),
             "--store" => o.store = Some(PathBuf::from(value()?)),
             "--measure-only" => o.measure_only = true,
             "-h" | "--help" => {
@@ -1094,7 +1100,11 @@ impl Bench {
     /// Times every route; a route without requests (no full first page) is noted, not timed.
     async fn measure(&self) -> anyhow::Result<Value> {
         let mut out = Vec::new();
-        for route in self.routes().await? {
+        let wanted = |r: &Route| {
+            let routes = &self.opts.routes;
+            routes.is_empty() || routes.iter().any(|t| r.name.contains(t.as_str()))
+        };
+        for route in self.routes().await?.into_iter().filter(wanted) {
             let mut figures = match route.paths.is_empty() {
                 true => json!({"samples": 0, "note": "no full first page"}),
                 false => {
