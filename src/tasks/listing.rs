@@ -6,7 +6,7 @@
 //!
 //! | status asked | walked | order |
 //! |---|---|---|
-//! | `pending`, `running` | queue messages (`TASKS`, which holds every queued or running task) | newest queued first |
+//! | `pending`, `running` | queue messages (`TASKS`, which holds every queued or running task); for `running` only the tasks with a `started` record are read (see [`TaskService::started_states`]) | newest queued first |
 //! | `completed` | ledger events of that type | most recently finished first |
 //! | `failed`, `cancelled` | their index entries (`index.<status>.<assignee>.<id>`), in the server's copy `LEDGER_INDEX` | most recently finished first |
 //! | any | from the ledger's last message, every record (up to [`EVERY_RECORD_BUDGET`]); past that, or from a cursor, `created` and `scheduled` events and `started` events that stand for a creation | newest created (or queued) first |
@@ -184,9 +184,10 @@ impl TaskService {
             return Ok(Vec::new());
         }
         let queued = candidates[0].subject.starts_with("tasks.");
-        let tasks: Vec<Task> = match queued {
-            true => self.queued_states(candidates, false).await?,
-            false => self.logged_states(candidates, latest).await?,
+        let tasks: Vec<Task> = match (queued, filter.status) {
+            (true, Some(TaskStatus::Running)) => self.started_states(candidates).await?,
+            (true, _) => self.queued_states(candidates, false).await?,
+            (false, _) => self.logged_states(candidates, latest).await?,
         };
         let by_id: HashMap<TaskId, u64> = candidates
             .iter()
@@ -450,9 +451,9 @@ fn task_of(m: &StreamMessage) -> TaskId {
     if let Some((_, id)) = indexed_task(&m.subject) {
         return id;
     }
-    super::queue::decode_queued(m.into())
-        .map(|(id, _)| id)
-        .unwrap_or_else(|_| TaskId::parse("invalid").expect("a valid id"))
+    super::queue::queued_key(m.into())
+        .map(|(_, id)| id)
+        .unwrap_or_else(|| TaskId::parse("invalid").expect("a valid id"))
 }
 
 /// The first and last sequence of a stream and how many messages it holds, asked of the

@@ -169,6 +169,26 @@ pub(crate) fn message_task_id(msg: QueuedMessage<'_>) -> TaskId {
     })
 }
 
+/// The task a queue message stands for, read without decoding the whole body: the subject's
+/// assignee, and the body's `id` or else [`message_task_id`] (what [`decode_queued`] gives a
+/// valid message). `None` when the message cannot be a task (no task subject; a body that is
+/// no JSON object, or whose `id` is no task id).
+pub(crate) fn queued_key(msg: QueuedMessage<'_>) -> Option<(Assignee, TaskId)> {
+    /// The one field of a create body that names its task.
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        #[serde(default)]
+        id: Option<TaskId>,
+    }
+    let (assignee, _, _) = subjects::parse_task(msg.subject)?;
+    let id = match serde_json::from_slice::<IdOnly>(msg.payload) {
+        Ok(body) => body.id.unwrap_or_else(|| message_task_id(msg)),
+        // Say, a key given twice (a JSON object keeps the last): read as a whole.
+        Err(_) => decode_queued(msg).ok()?.0,
+    };
+    Some((assignee, id))
+}
+
 /// What a dead letter shows of a queue message refused as not a valid task: a failed task of
 /// the subject's assignee (none when the subject names no assignee) with the reason as its
 /// error and the message body (lossy UTF-8, at most [`REFUSED_BODY_CAP`] bytes) as `raw`.
@@ -201,6 +221,10 @@ const REFUSED_BODY_CAP: usize = 4096;
 /// Tasks whose states one `multi_last` request reads (each may match up to 11 event subjects;
 /// the server answers at most 1,024 messages).
 const STATES_PER_REQUEST: usize = 80;
+
+/// Tasks whose `started` records one `multi_last` request looks up (a subject each, so at most
+/// one message each; the server answers at most 1,024).
+const STARTED_PER_REQUEST: usize = 500;
 
 /// Requests for tasks' latest records sent at once (see [`TaskService::latest_states`]).
 const STATES_IN_FLIGHT: usize = 4;
@@ -331,6 +355,38 @@ impl TaskService {
         }
     }
 
+    /// The states of the tasks some queue messages stand for that have been started, in
+    /// message order. A running task has a `started` record and most of a queue (its pending
+    /// tasks) has none: their `started` subjects are looked up first, which reads no record of
+    /// a task never started, then the latest states of the tasks that have one. A message that
+    /// is no task, or whose task has no record yet, cannot be running and is skipped.
+    pub(crate) async fn started_states(
+        &self,
+        msgs: &[StreamMessage],
+    ) -> Result<Vec<Task>, TaskError> {
+        let keys: Vec<(Assignee, TaskId)> =
+            msgs.iter().filter_map(|m| queued_key(m.into())).collect();
+        let asked: Vec<String> = keys
+            .iter()
+            .map(|(a, id)| subjects::event(a, id, EventKind::Started))
+            .collect();
+        let started: HashSet<_> = self
+            .ledger_lasts(&asked, STARTED_PER_REQUEST)
+            .await?
+            .iter()
+            .filter_map(|m| subjects::parse_event(&m.subject))
+            .collect();
+        let keys: Vec<(Assignee, TaskId)> = keys
+            .into_iter()
+            .filter(|(a, id)| started.contains(&(a.clone(), id.clone(), EventKind::Started)))
+            .collect();
+        let mut states = self.latest_states(&keys).await?;
+        Ok(keys
+            .iter()
+            .filter_map(|(_, id)| states.remove(id).map(|s| s.task))
+            .collect())
+    }
+
     /// With `tidy` (the API's pending list), moves a queue message that can never become a
     /// task to the dead letters, so no reader meets it again; otherwise, or when it cannot be
     /// moved (NATS failing), it is skipped this time.
@@ -346,47 +402,53 @@ impl TaskService {
     }
 
     /// The latest record of each task (read from any replica, over the reader connection), in
-    /// as few requests as the server allows, [`STATES_IN_FLIGHT`] of them at once (the server
-    /// answers one connection's requests in turn; sent together, the next is under way while
-    /// this side decodes the last). Tasks without a record are missing from the map.
+    /// as few requests as the server allows (see [`ledger_lasts`](Self::ledger_lasts)). Tasks
+    /// without a record are missing from the map.
     pub(crate) async fn latest_states(
         &self,
         tasks: &[(Assignee, TaskId)],
     ) -> Result<HashMap<TaskId, Stored>, TaskError> {
-        let reads: Vec<_> = tasks
-            .chunks(STATES_PER_REQUEST)
-            .map(|chunk| self.latest_of_chunk(chunk))
+        let filters: Vec<String> = tasks
+            .iter()
+            .map(|(a, id)| subjects::task_ledger(a, id))
+            .collect();
+        let mut by_task: HashMap<TaskId, Vec<StreamMessage>> = HashMap::new();
+        for m in self.ledger_lasts(&filters, STATES_PER_REQUEST).await? {
+            if let Some((_, id, _)) = subjects::parse_event(&m.subject) {
+                by_task.entry(id).or_default().push(m);
+            }
+        }
+        Ok(by_task
+            .into_iter()
+            .filter_map(|(id, msgs)| Some((id, ledger::newest(msgs)?)))
+            .collect())
+    }
+
+    /// The last ledger message of each subject matching one of `filters`, `per_request`
+    /// filters to a `multi_last` request and [`STATES_IN_FLIGHT`] requests at once (the server
+    /// answers one connection's requests in turn; sent together, the next is under way while
+    /// this side decodes the last).
+    async fn ledger_lasts(
+        &self,
+        filters: &[String],
+        per_request: usize,
+    ) -> Result<Vec<StreamMessage>, TaskError> {
+        let reads: Vec<_> = filters
+            .chunks(per_request)
+            .map(|chunk| self.last_of_subjects(chunk))
             .collect();
         let mut answers = futures::stream::iter(reads).buffer_unordered(STATES_IN_FLIGHT);
-        let mut out = HashMap::new();
+        let mut out = Vec::new();
         while let Some(msgs) = answers.next().await {
-            let mut by_task: HashMap<TaskId, Vec<StreamMessage>> = HashMap::new();
-            for m in msgs? {
-                if let Some((_, id, _)) = subjects::parse_event(&m.subject) {
-                    by_task.entry(id).or_default().push(m);
-                }
-            }
-            for (id, msgs) in by_task {
-                if let Some(s) = ledger::newest(msgs) {
-                    out.insert(id, s);
-                }
-            }
+            out.extend(msgs?);
         }
         Ok(out)
     }
 
-    /// The last record of each event type of each of `chunk`'s tasks, in one request.
-    async fn latest_of_chunk(
-        &self,
-        chunk: &[(Assignee, TaskId)],
-    ) -> Result<Vec<StreamMessage>, TaskError> {
-        let filters: Vec<String> = chunk
-            .iter()
-            .map(|(a, id)| subjects::task_ledger(a, id))
-            .collect();
-        self.read_on_reader(Covered::Ledgers(&filters), |client| {
-            let filters = &filters;
-            async move { direct::multi_last(&client, subjects::EVENTS_STREAM, filters).await }
+    /// The last message of each ledger subject matching one of `filters`, in one request.
+    async fn last_of_subjects(&self, filters: &[String]) -> Result<Vec<StreamMessage>, TaskError> {
+        self.read_on_reader(Covered::Ledgers(filters), |client| async move {
+            direct::multi_last(&client, subjects::EVENTS_STREAM, filters).await
         })
         .await
     }

@@ -246,6 +246,43 @@ async fn list_filters_by_assignee_and_status_newest_first() {
 }
 
 #[tokio::test]
+async fn the_running_listing_shows_each_started_task_and_none_queued_again_after_a_start() {
+    // Arrange: a running task; one never started; one started, failed and queued again (its
+    // `started` record stays); one published straight to NATS with its own id, then started.
+    let app = TestApp::spawn().await;
+    let running = app.create("running", "anna", "P1").await;
+    app.admin.action(&running, "start", None).await.unwrap();
+    let _pending = app.create("never started", "anna", "P1").await;
+    let again = app.create("queued again", "trump", "P0").await;
+    app.admin.action(&again, "start", None).await.unwrap();
+    let boom = json!({"error": "boom"});
+    app.admin.action(&again, "fail", Some(&boom)).await.unwrap();
+    app.admin.action(&again, "retry", None).await.unwrap();
+    let own_id = ulid::Ulid::new().to_string();
+    let body = json!({"id": own_id, "task_name": "from python"});
+    let js = app.jetstream().await;
+    let ack = js.publish("tasks.trump.p2", body.to_string().into());
+    ack.await.unwrap().await.unwrap();
+    app.admin.pending(&[]).await.unwrap();
+    app.admin.action(&own_id, "start", None).await.unwrap();
+
+    // Act
+    let listed = app
+        .admin
+        .list_tasks(&[("status", "running".into())])
+        .await
+        .unwrap();
+
+    // Assert: newest queued first, each as a read by id shows it.
+    let ids: Vec<&str> = listed.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, [own_id.as_str(), running.as_str()]);
+    for task in &listed {
+        let read = app.admin.get_task(task.id.as_str()).await.unwrap();
+        assert_eq!(task, &read);
+    }
+}
+
+#[tokio::test]
 async fn the_event_feed_streams_history_then_live_events() {
     let app = TestApp::spawn().await;
     let id = app.create("watched", "anna", "P1").await;

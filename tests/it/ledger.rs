@@ -276,6 +276,43 @@ async fn listings_page_newest_first_and_find_a_rare_status_among_many() {
 }
 
 #[tokio::test]
+async fn running_tasks_page_newest_first_each_once_past_a_task_queued_again_after_its_start() {
+    // Arrange: 5 running tasks among 3 never started, then one started, failed and queued
+    // again (the newest queue message, and a `started` record, but pending).
+    let app = TestApp::spawn().await;
+    let mut running = Vec::new();
+    for i in 0..8 {
+        let id = app.create(&format!("t{i}"), "anna", "P1").await;
+        if i % 3 != 1 {
+            app.admin.action(&id, "start", None).await.unwrap();
+            running.push(id);
+        }
+    }
+    let again = app.create("queued again", "anna", "P1").await;
+    app.admin.action(&again, "start", None).await.unwrap();
+    let boom = json!({"error": "boom"});
+    app.admin.action(&again, "fail", Some(&boom)).await.unwrap();
+    app.admin.action(&again, "retry", None).await.unwrap();
+
+    // Act: pages of two, following the cursor.
+    let mut pages = Vec::new();
+    let mut before = String::new();
+    loop {
+        let (tasks, next) = page(&app, &format!("status=running&limit=2{before}")).await;
+        pages.push(tasks.iter().map(|t| t.id.to_string()).collect::<Vec<_>>());
+        match next {
+            Some(c) => before = format!("&before={c}"),
+            None => break,
+        }
+    }
+
+    // Assert
+    let newest_first: Vec<String> = running.iter().rev().cloned().collect();
+    let chunks: Vec<Vec<String>> = newest_first.chunks(2).map(<[String]>::to_vec).collect();
+    assert_eq!(pages, chunks);
+}
+
+#[tokio::test]
 async fn a_completed_listing_shows_each_task_as_a_read_by_id_does_most_recently_finished_first() {
     // Arrange: three tasks completed in the order 2, 0, 1, each with its own result and a step
     // before it; a fourth left running, a fifth failed.
