@@ -222,9 +222,9 @@ const REFUSED_BODY_CAP: usize = 4096;
 /// the server answers at most 1,024 messages).
 const STATES_PER_REQUEST: usize = 80;
 
-/// Tasks whose `started` records one `multi_last` request looks up (a subject each, so at most
+/// Literal event subjects (`events.<a>.<id>.<kind>`) one `multi_last` request looks up (at most
 /// one message each; the server answers at most 1,024).
-const STARTED_PER_REQUEST: usize = 500;
+const KIND_LOOKUPS_PER_REQUEST: usize = 500;
 
 /// Requests for tasks' latest records sent at once (see [`TaskService::latest_states`]).
 const STATES_IN_FLIGHT: usize = 4;
@@ -356,35 +356,54 @@ impl TaskService {
     }
 
     /// The states of the tasks some queue messages stand for that have been started, in
-    /// message order. A running task has a `started` record and most of a queue (its pending
-    /// tasks) has none: their `started` subjects are looked up first, which reads no record of
-    /// a task never started, then the latest states of the tasks that have one. A message that
-    /// is no task, or whose task has no record yet, cannot be running and is skipped.
+    /// message order (see [`moved_on`](Self::moved_on)): a running task has a `started` record,
+    /// and most of a queue (its pending tasks) has none. A message that is no task, or whose
+    /// task has no record yet, cannot be running and is skipped.
     pub(crate) async fn started_states(
         &self,
         msgs: &[StreamMessage],
     ) -> Result<Vec<Task>, TaskError> {
-        let keys: Vec<(Assignee, TaskId)> =
-            msgs.iter().filter_map(|m| queued_key(m.into())).collect();
+        Ok(self.moved_on(msgs, &[EventKind::Started]).await?.0)
+    }
+
+    /// The tasks some queue messages stand for, split by whether each has a record of one of
+    /// `kinds`: the latest states of those that have (in message order), and the indices in
+    /// `msgs` of the messages of those that have none. Only the literal subjects
+    /// `events.<a>.<id>.<kind>` are looked up for every message ([`KIND_LOOKUPS_PER_REQUEST`] to
+    /// a request), so the server reads no record of a task that has none of them: with
+    /// `started` and `cancelled` (the only ways out of `pending`), the tasks of a deep queue that
+    /// are still waiting cost a lookup each, not a read of their state. A message whose id
+    /// cannot be read is in neither part.
+    pub(crate) async fn moved_on(
+        &self,
+        msgs: &[StreamMessage],
+        kinds: &[EventKind],
+    ) -> Result<(Vec<Task>, Vec<usize>), TaskError> {
+        let keys: Vec<(usize, Assignee, TaskId)> = msgs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| queued_key(m.into()).map(|(a, id)| (i, a, id)))
+            .collect();
         let asked: Vec<String> = keys
             .iter()
-            .map(|(a, id)| subjects::event(a, id, EventKind::Started))
+            .flat_map(|(_, a, id)| kinds.iter().map(|&k| subjects::event(a, id, k)))
             .collect();
-        let started: HashSet<_> = self
-            .ledger_lasts(&asked, STARTED_PER_REQUEST)
+        let found: HashSet<(Assignee, TaskId)> = self
+            .ledger_lasts(&asked, KIND_LOOKUPS_PER_REQUEST)
             .await?
             .iter()
-            .filter_map(|m| subjects::parse_event(&m.subject))
+            .filter_map(|m| subjects::parse_event(&m.subject).map(|(a, id, _)| (a, id)))
             .collect();
-        let keys: Vec<(Assignee, TaskId)> = keys
+        let (moved, waiting): (Vec<_>, Vec<_>) = keys
             .into_iter()
-            .filter(|(a, id)| started.contains(&(a.clone(), id.clone(), EventKind::Started)))
-            .collect();
-        let mut states = self.latest_states(&keys).await?;
-        Ok(keys
+            .partition(|(_, a, id)| found.contains(&(a.clone(), id.clone())));
+        let moved: Vec<(Assignee, TaskId)> = moved.into_iter().map(|(_, a, id)| (a, id)).collect();
+        let mut states = self.latest_states(&moved).await?;
+        let tasks = moved
             .iter()
             .filter_map(|(_, id)| states.remove(id).map(|s| s.task))
-            .collect())
+            .collect();
+        Ok((tasks, waiting.into_iter().map(|(i, _, _)| i).collect()))
     }
 
     /// With `tidy` (the API's pending list), moves a queue message that can never become a

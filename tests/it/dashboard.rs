@@ -275,3 +275,40 @@ async fn the_dashboard_overview_counts_failures_of_the_last_hour_and_running_tas
     assert_eq!(cell["running"], 1, "{all}");
     assert_eq!(cell["queued"], 0, "{all}");
 }
+
+#[tokio::test]
+async fn the_overview_counts_a_task_queued_again_after_a_failure_as_queued_and_junk_as_neither() {
+    // Arrange: in bob's P1 queue, oldest first: a running task; one started, failed and queued
+    // again; one never started; one published straight to NATS (no record yet); a message with
+    // a blank name, which is no task.
+    let app = TestApp::spawn().await;
+    let running = app.create("runs", "bob", "P1").await;
+    app.admin.action(&running, "start", None).await.unwrap();
+    let again = app.create("queued again", "bob", "P1").await;
+    app.admin.action(&again, "start", None).await.unwrap();
+    let error = serde_json::json!({"error": "broken"});
+    app.admin
+        .action(&again, "fail", Some(&error))
+        .await
+        .unwrap();
+    app.admin.action(&again, "retry", None).await.unwrap();
+    app.create("waits", "bob", "P1").await;
+    let js = app.jetstream().await;
+    for body in [r#"{"task_name": "from python"}"#, r#"{"task_name": " "}"#] {
+        let ack = js.publish("tasks.bob.p1", body.into()).await.unwrap();
+        ack.await.unwrap();
+    }
+
+    // Act
+    let (status, all) = app.call(app.req(Method::GET, "/api/overview")).await;
+
+    // Assert
+    assert_eq!(status, StatusCode::OK, "{all}");
+    let cell = queue(&all, "bob", "P1").expect("bob's P1 queue");
+    assert_eq!(
+        (cell["running"].clone(), cell["queued"].clone()),
+        (1.into(), 3.into()),
+        "{all}"
+    );
+    assert!(cell["oldest_pending_s"].as_f64().is_some(), "{cell}");
+}
