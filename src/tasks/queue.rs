@@ -226,8 +226,9 @@ const STATES_PER_REQUEST: usize = 80;
 /// one message each; the server answers at most 1,024).
 const KIND_LOOKUPS_PER_REQUEST: usize = 500;
 
-/// Requests for tasks' latest records sent at once (see [`TaskService::latest_states`]).
-const STATES_IN_FLIGHT: usize = 4;
+/// `multi_last` requests of one read of the ledger sent at once (see
+/// [`TaskService::ledger_lasts`]).
+const LEDGER_READS_IN_FLIGHT: usize = 4;
 
 impl TaskService {
     /// Pending tasks, P0 first and oldest first within a priority. `None` lists every assignee.
@@ -444,9 +445,9 @@ impl TaskService {
     }
 
     /// The last ledger message of each subject matching one of `filters`, `per_request`
-    /// filters to a `multi_last` request and [`STATES_IN_FLIGHT`] requests at once (the server
-    /// answers one connection's requests in turn; sent together, the next is under way while
-    /// this side decodes the last).
+    /// filters to a `multi_last` request and [`LEDGER_READS_IN_FLIGHT`] requests at once (the
+    /// server answers one connection's requests in turn; sent together, the next is under way
+    /// while this side decodes the last).
     async fn ledger_lasts(
         &self,
         filters: &[String],
@@ -456,7 +457,7 @@ impl TaskService {
             .chunks(per_request)
             .map(|chunk| self.last_of_subjects(chunk))
             .collect();
-        let mut answers = futures::stream::iter(reads).buffer_unordered(STATES_IN_FLIGHT);
+        let mut answers = futures::stream::iter(reads).buffer_unordered(LEDGER_READS_IN_FLIGHT);
         let mut out = Vec::new();
         while let Some(msgs) = answers.next().await {
             out.extend(msgs?);
