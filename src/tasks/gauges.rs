@@ -12,7 +12,7 @@
 use super::queue::{decode_queued, QueueWalk};
 use super::{TaskError, TaskService};
 use crate::bus::subjects;
-use crate::domain::{Assignee, EventKind, Priority, StallRule, Task, TaskStatus};
+use crate::domain::{Assignee, EventKind, Priority, StallRule, Task, TaskId, TaskStatus};
 use async_nats::jetstream::message::StreamMessage;
 use chrono::{DateTime, Utc};
 
@@ -111,13 +111,16 @@ impl TaskService {
                 break;
             }
             out.walked += batch.len() as u64;
-            let (moved, waiting) = self.moved_on(&batch, &WAYS_OUT).await?;
-            // A message that is no valid task is no waiting task either.
-            let waiting: Vec<&StreamMessage> = waiting
-                .into_iter()
-                .map(|i| &batch[i])
-                .filter(|m| decode_queued((*m).into()).is_ok())
-                .collect();
+            // A message that is no valid task is neither waiting nor moved on.
+            let (valid, keys): (Vec<&StreamMessage>, Vec<(Assignee, TaskId)>) = batch
+                .iter()
+                .filter_map(|m| {
+                    let (id, new) = decode_queued(m.into()).ok()?;
+                    Some((m, (new.assigned_to, id)))
+                })
+                .unzip();
+            let (moved, waiting) = self.moved_on(&keys, &WAYS_OUT).await?;
+            let waiting: Vec<&StreamMessage> = waiting.into_iter().map(|i| valid[i]).collect();
             out.tally(&batch, moved, &waiting, (stall, now));
         }
         Ok(out)

@@ -364,30 +364,26 @@ impl TaskService {
         &self,
         msgs: &[StreamMessage],
     ) -> Result<Vec<Task>, TaskError> {
-        Ok(self.moved_on(msgs, &[EventKind::Started]).await?.0)
+        let keys: Vec<(Assignee, TaskId)> =
+            msgs.iter().filter_map(|m| queued_key(m.into())).collect();
+        Ok(self.moved_on(&keys, &[EventKind::Started]).await?.0)
     }
 
-    /// The tasks some queue messages stand for, split by whether each has a record of one of
-    /// `kinds`: the latest states of those that have (in message order), and the indices in
-    /// `msgs` of the messages of those that have none. Only the literal subjects
-    /// `events.<a>.<id>.<kind>` are looked up for every message ([`KIND_LOOKUPS_PER_REQUEST`] to
-    /// a request), so the server reads no record of a task that has none of them: with
-    /// `started` and `cancelled` (the only ways out of `pending`), the tasks of a deep queue that
-    /// are still waiting cost a lookup each, not a read of their state. A message whose id
-    /// cannot be read is in neither part.
+    /// Tasks split by whether each has a record of one of `kinds`: the latest states of those
+    /// that have (in the order of `tasks`), and the indices in `tasks` of those that have none.
+    /// Only the literal subjects `events.<a>.<id>.<kind>` are looked up for every task
+    /// ([`KIND_LOOKUPS_PER_REQUEST`] to a request), so the server reads no record of a task
+    /// that has none of them: with `started` and `cancelled` (the only ways out of `pending`),
+    /// the tasks of a deep queue that are still waiting cost a lookup each, not a read of their
+    /// state.
     pub(crate) async fn moved_on(
         &self,
-        msgs: &[StreamMessage],
+        tasks: &[(Assignee, TaskId)],
         kinds: &[EventKind],
     ) -> Result<(Vec<Task>, Vec<usize>), TaskError> {
-        let keys: Vec<(usize, Assignee, TaskId)> = msgs
+        let asked: Vec<String> = tasks
             .iter()
-            .enumerate()
-            .filter_map(|(i, m)| queued_key(m.into()).map(|(a, id)| (i, a, id)))
-            .collect();
-        let asked: Vec<String> = keys
-            .iter()
-            .flat_map(|(_, a, id)| kinds.iter().map(|&k| subjects::event(a, id, k)))
+            .flat_map(|(a, id)| kinds.iter().map(|&k| subjects::event(a, id, k)))
             .collect();
         let found: HashSet<(Assignee, TaskId)> = self
             .ledger_lasts(&asked, KIND_LOOKUPS_PER_REQUEST)
@@ -395,16 +391,15 @@ impl TaskService {
             .iter()
             .filter_map(|m| subjects::parse_event(&m.subject).map(|(a, id, _)| (a, id)))
             .collect();
-        let (moved, waiting): (Vec<_>, Vec<_>) = keys
-            .into_iter()
-            .partition(|(_, a, id)| found.contains(&(a.clone(), id.clone())));
-        let moved: Vec<(Assignee, TaskId)> = moved.into_iter().map(|(_, a, id)| (a, id)).collect();
+        let (moved, waiting): (Vec<_>, Vec<_>) =
+            (0..tasks.len()).partition(|&i| found.contains(&tasks[i]));
+        let moved: Vec<(Assignee, TaskId)> = moved.into_iter().map(|i| tasks[i].clone()).collect();
         let mut states = self.latest_states(&moved).await?;
-        let tasks = moved
+        let states = moved
             .iter()
             .filter_map(|(_, id)| states.remove(id).map(|s| s.task))
             .collect();
-        Ok((tasks, waiting.into_iter().map(|(i, _, _)| i).collect()))
+        Ok((states, waiting))
     }
 
     /// With `tidy` (the API's pending list), moves a queue message that can never become a
