@@ -141,6 +141,9 @@ pub struct ApiConfig {
     pub default_limit: usize,
     /// Largest page size of list endpoints.
     pub max_limit: usize,
+    /// Most running tasks each API process keeps in its running index (docs/design.md, "Running
+    /// tasks among a queue of pending ones"); 0 turns it off: running listings walk the queue.
+    pub running_index_cap: usize,
 }
 
 impl Default for ApiConfig {
@@ -153,6 +156,7 @@ impl Default for ApiConfig {
             request_timeout_s: 30,
             default_limit: 100,
             max_limit: 1000,
+            running_index_cap: 50_000,
         }
     }
 }

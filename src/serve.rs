@@ -63,7 +63,8 @@ pub fn api_state(
 ) -> anyhow::Result<AppState> {
     let keys = Keys::from_config(&cfg.api, admin_key, cfg.fleet.task_token_secret.as_ref())?;
     let tasks = TaskService::new(bus, Arc::new(Metrics::default()))
-        .with_max_delay_days(cfg.scheduling.max_delay_days);
+        .with_max_delay_days(cfg.scheduling.max_delay_days)
+        .with_running_index_cap(cfg.api.running_index_cap);
     Ok(AppState {
         flow: crate::limits::Limits::new(tasks.bus()),
         deliveries: crate::relay::store::DeliveryStore::new(tasks.bus().clone()),

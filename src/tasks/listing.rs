@@ -6,7 +6,8 @@
 //!
 //! | status asked | walked | order |
 //! |---|---|---|
-//! | `pending`, `running` | queue messages (`TASKS`, which holds every queued or running task); for `running` only the tasks with a `started` record are read (see [`TaskService::started_states`]) | newest queued first |
+//! | `pending` | queue messages (`TASKS`, which holds every queued or running task) | newest queued first |
+//! | `running` | the process's running index (see `running.rs`); when it is not in use, queue messages as for `pending`, reading only the tasks with a `started` record (see [`TaskService::started_states`]) | newest queued first |
 //! | `completed` | ledger events of that type | most recently finished first |
 //! | `failed`, `cancelled` | their index entries (`index.<status>.<assignee>.<id>`), in the server's copy `LEDGER_INDEX` | most recently finished first |
 //! | any | from the ledger's last message, every record (up to [`EVERY_RECORD_BUDGET`]); past that, or from a cursor, `created` and `scheduled` events and `started` events that stand for a creation | newest created (or queued) first |
@@ -74,6 +75,11 @@ impl TaskService {
     /// the cursor to walk on from, so a rare match among a million tasks costs several calls
     /// instead of one unbounded one.
     pub async fn list_page(&self, filter: &ListFilter) -> Result<Page, TaskError> {
+        if filter.status == Some(TaskStatus::Running) {
+            if let Some(page) = self.running_page(filter).await? {
+                return Ok(page);
+            }
+        }
         let assignee = filter.assignee.clone().or_else(|| single(&filter.scope));
         let mut source = source(filter, assignee.as_ref(), false);
         let (first, last, stored) = bounds(&self.bus.js, source.stream).await?;
@@ -458,7 +464,7 @@ fn task_of(m: &StreamMessage) -> TaskId {
 
 /// The first and last sequence of a stream and how many messages it holds, asked of the
 /// server now.
-async fn bounds(
+pub(super) async fn bounds(
     js: &async_nats::jetstream::Context,
     stream: &str,
 ) -> Result<(u64, u64, u64), BusError> {

@@ -29,6 +29,7 @@ mod listing;
 pub mod migrate;
 mod progress;
 mod queue;
+mod running;
 mod transitions;
 mod unreadable;
 mod write;
@@ -97,6 +98,8 @@ pub struct TaskService {
     unreadable_warned: Arc<Mutex<HashSet<String>>>,
     /// This process's NATS permissions, kept once the server answered (see `unreadable.rs`).
     user_permissions: Arc<tokio::sync::OnceCell<crate::bus::permissions::Permissions>>,
+    /// The running tasks this process knows of, for `running` listings (see `running.rs`).
+    running: running::RunningIndex,
 }
 
 /// Ids remembered before the id → assignee cache starts over.
@@ -114,12 +117,20 @@ impl TaskService {
             max_delay_days: crate::domain::limits::MAX_DELAY_DAYS,
             unreadable_warned: Arc::default(),
             user_permissions: Arc::default(),
+            running: running::RunningIndex::default(),
         }
     }
 
     /// The same service refusing `run_at` more than `days` ahead.
     pub fn with_max_delay_days(mut self, days: u64) -> Self {
         self.max_delay_days = days;
+        self
+    }
+
+    /// The same service keeping at most `cap` tasks in its running index (0: none; running
+    /// listings then walk the queue).
+    pub fn with_running_index_cap(mut self, cap: usize) -> Self {
+        self.running = running::RunningIndex::new(cap);
         self
     }
 

@@ -247,9 +247,21 @@ async fn list_filters_by_assignee_and_status_newest_first() {
 
 #[tokio::test]
 async fn the_running_listing_shows_each_started_task_and_none_queued_again_after_a_start() {
-    // Arrange: a running task; one never started; one started, failed and queued again (its
-    // `started` record stays); one published straight to NATS with its own id, then started.
     let app = TestApp::spawn().await;
+    running_listing_shows_started_tasks_only(&app).await;
+}
+
+#[tokio::test]
+async fn the_running_listing_without_a_running_index_shows_the_same_from_the_queue() {
+    let app = TestApp::spawn_with(|c| c.api.running_index_cap = 0).await;
+    running_listing_shows_started_tasks_only(&app).await;
+}
+
+/// A running task; one never started; one started, failed and queued again (its `started`
+/// record stays); one published straight to NATS with its own id, then started: the running
+/// listing shows the first and the last, newest queued first, each as a read by id shows it.
+async fn running_listing_shows_started_tasks_only(app: &TestApp) {
+    // Arrange
     let running = app.create("running", "anna", "P1").await;
     app.admin.action(&running, "start", None).await.unwrap();
     let _pending = app.create("never started", "anna", "P1").await;
@@ -280,6 +292,51 @@ async fn the_running_listing_shows_each_started_task_and_none_queued_again_after
         let read = app.admin.get_task(task.id.as_str()).await.unwrap();
         assert_eq!(task, &read);
     }
+}
+
+#[tokio::test]
+async fn the_running_listing_follows_starts_finishes_and_restarts_after_its_first_call() {
+    // Arrange: one running task, listed once (the API's running index is seeded by this call).
+    let app = TestApp::spawn().await;
+    let running = |app: &TestApp| {
+        let admin = app.admin.clone();
+        async move {
+            let listed = admin.list_tasks(&[("status", "running".into())]).await;
+            let ids: Vec<String> = listed.unwrap().iter().map(|t| t.id.to_string()).collect();
+            ids
+        }
+    };
+    let first = app.create("first", "anna", "P1").await;
+    let second = app.create("second", "trump", "P2").await;
+    app.admin.action(&first, "start", None).await.unwrap();
+    assert_eq!(running(&app).await, [first.as_str()]);
+
+    // Act and assert: each change shows in the next listing.
+    app.admin.action(&second, "start", None).await.unwrap();
+    app.admin.action(&first, "complete", None).await.unwrap();
+    assert_eq!(
+        running(&app).await,
+        [second.as_str()],
+        "started after, finished after"
+    );
+
+    let boom = json!({"error": "boom"});
+    app.admin
+        .action(&second, "fail", Some(&boom))
+        .await
+        .unwrap();
+    app.admin.action(&second, "retry", None).await.unwrap();
+    assert!(running(&app).await.is_empty(), "failed and queued again");
+
+    let own_id = ulid::Ulid::new().to_string();
+    let body = json!({"id": own_id, "task_name": "from python"});
+    let js = app.jetstream().await;
+    let ack = js.publish("tasks.anna.p0", body.to_string().into());
+    ack.await.unwrap().await.unwrap();
+    app.admin.pending(&[]).await.unwrap();
+    app.admin.action(&second, "start", None).await.unwrap();
+    app.admin.action(&own_id, "start", None).await.unwrap();
+    assert_eq!(running(&app).await, [own_id, second], "newest queued first");
 }
 
 #[tokio::test]

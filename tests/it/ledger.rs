@@ -277,9 +277,22 @@ async fn listings_page_newest_first_and_find_a_rare_status_among_many() {
 
 #[tokio::test]
 async fn running_tasks_page_newest_first_each_once_past_a_task_queued_again_after_its_start() {
-    // Arrange: 5 running tasks among 3 never started, then one started, failed and queued
-    // again (the newest queue message, and a `started` record, but pending).
     let app = TestApp::spawn().await;
+    running_pages_follow_the_cursor(&app).await;
+}
+
+#[tokio::test]
+async fn running_tasks_page_the_same_with_more_running_than_the_running_index_holds() {
+    // Five running tasks, an index for two: listings walk the queue.
+    let app = TestApp::spawn_with(|c| c.api.running_index_cap = 2).await;
+    running_pages_follow_the_cursor(&app).await;
+}
+
+/// Five running tasks among three never started and one started, failed and queued again
+/// (the newest queue message, and a `started` record, but pending), listed in pages of two
+/// following the cursor: newest queued first, each once.
+async fn running_pages_follow_the_cursor(app: &TestApp) {
+    // Arrange
     let mut running = Vec::new();
     for i in 0..8 {
         let id = app.create(&format!("t{i}"), "anna", "P1").await;
@@ -298,7 +311,7 @@ async fn running_tasks_page_newest_first_each_once_past_a_task_queued_again_afte
     let mut pages = Vec::new();
     let mut before = String::new();
     loop {
-        let (tasks, next) = page(&app, &format!("status=running&limit=2{before}")).await;
+        let (tasks, next) = page(app, &format!("status=running&limit=2{before}")).await;
         pages.push(tasks.iter().map(|t| t.id.to_string()).collect::<Vec<_>>());
         match next {
             Some(c) => before = format!("&before={c}"),
