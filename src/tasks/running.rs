@@ -33,9 +33,10 @@ const CATCH_UP_LIMIT: usize = 20_000;
 /// How long a fleet with more running tasks than the cap is listed by walking the queue before
 /// the index is seeded again.
 const RESEED_AFTER: Duration = Duration::from_secs(300);
-/// Ledger sequences before the ledger's last at seeding that the first walk covers again: the
-/// queue and the `started` records are read from any replica, which may not have stored the
-/// newest records yet (a start it missed is met again on that walk).
+/// Ledger sequences a replica may be behind: the first walk after seeding starts this far before
+/// the ledger's last sequence (the queue and the `started` records are read from any replica,
+/// which may not have stored the newest records yet; a start it missed is met on that walk), and
+/// a task whose record no replica answered is dropped only when it was indexed this far back.
 const SEED_MARGIN: u64 = 2_000;
 /// Most candidates whose states one listing reads when its filter narrows only after reading
 /// (priority, kind, name, stalled); past that the page comes back short, with its cursor.
@@ -168,9 +169,12 @@ impl TaskService {
         &self,
         filter: &ListFilter,
     ) -> Result<Option<Page>, TaskError> {
-        let Some(candidates) = self.running_candidates(filter).await? else {
+        let Some((candidates, through)) = self.running_candidates(filter).await? else {
             return Ok(None);
         };
+        // A task with no record at all was removed with its log (finished, then aged out),
+        // unless a replica behind the one the walk read has not stored its start yet.
+        let gone = through.saturating_sub(SEED_MARGIN);
         let mut page = Page::default();
         let mut left: Vec<(TaskId, u64)> = Vec::new();
         let mut read = 0;
@@ -182,7 +186,7 @@ impl TaskService {
             let mut states = self.latest_states(&keys).await?;
             for (q, _, id) in chunk {
                 let Some(state) = states.remove(id) else {
-                    left.push((id.clone(), u64::MAX));
+                    left.push((id.clone(), gone));
                     continue;
                 };
                 let t = state.task;
@@ -211,12 +215,13 @@ impl TaskService {
         Ok(Some(page))
     }
 
-    /// The index's candidates for `filter`, after seeding the index or walking the `started`
-    /// records stored since it last looked; `None` when the index is not in use.
+    /// The index's candidates for `filter` and the ledger sequence it has walked through, after
+    /// seeding the index or walking the `started` records stored since it last looked; `None`
+    /// when the index is not in use.
     async fn running_candidates(
         &self,
         filter: &ListFilter,
-    ) -> Result<Option<Vec<Candidate>>, TaskError> {
+    ) -> Result<Option<(Vec<Candidate>, u64)>, TaskError> {
         if self.running.cap == 0 {
             return Ok(None);
         }
@@ -234,12 +239,12 @@ impl TaskService {
             *slot = self.seed_running().await?;
         }
         Ok(match &*slot {
-            Slot::Known(known) => Some(known.candidates(filter)),
+            Slot::Known(known) => Some((known.candidates(filter), known.through)),
             _ => None,
         })
     }
 
-    /// Drops tasks read as no longer running (with the revision read; `u64::MAX`: no record).
+    /// Drops tasks read as no longer running, with the revision read.
     async fn forget_running(&self, left: &[(TaskId, u64)]) {
         if left.is_empty() {
             return;
