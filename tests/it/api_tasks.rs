@@ -270,12 +270,7 @@ async fn running_listing_shows_started_tasks_only(app: &TestApp) {
     let boom = json!({"error": "boom"});
     app.admin.action(&again, "fail", Some(&boom)).await.unwrap();
     app.admin.action(&again, "retry", None).await.unwrap();
-    let own_id = ulid::Ulid::new().to_string();
-    let body = json!({"id": own_id, "task_name": "from python"});
-    let js = app.jetstream().await;
-    let ack = js.publish("tasks.trump.p2", body.to_string().into());
-    ack.await.unwrap().await.unwrap();
-    app.admin.pending(&[]).await.unwrap();
+    let own_id = published_with_its_own_id(app, "tasks.trump.p2").await;
     app.admin.action(&own_id, "start", None).await.unwrap();
 
     // Act
@@ -328,15 +323,22 @@ async fn the_running_listing_follows_starts_finishes_and_restarts_after_its_firs
     app.admin.action(&second, "retry", None).await.unwrap();
     assert!(running(&app).await.is_empty(), "failed and queued again");
 
-    let own_id = ulid::Ulid::new().to_string();
-    let body = json!({"id": own_id, "task_name": "from python"});
-    let js = app.jetstream().await;
-    let ack = js.publish("tasks.anna.p0", body.to_string().into());
-    ack.await.unwrap().await.unwrap();
-    app.admin.pending(&[]).await.unwrap();
+    let own_id = published_with_its_own_id(&app, "tasks.anna.p0").await;
     app.admin.action(&second, "start", None).await.unwrap();
     app.admin.action(&own_id, "start", None).await.unwrap();
     assert_eq!(running(&app).await, [own_id, second], "newest queued first");
+}
+
+/// A task published straight to NATS on `subject` with its own id in the body (as a Python
+/// producer does), recorded by a pending-list read; its id.
+async fn published_with_its_own_id(app: &TestApp, subject: &str) -> String {
+    let own_id = ulid::Ulid::new().to_string();
+    let body = json!({"id": own_id, "task_name": "from python"});
+    let js = app.jetstream().await;
+    let ack = js.publish(subject.to_string(), body.to_string().into());
+    ack.await.unwrap().await.unwrap();
+    app.admin.pending(&[]).await.unwrap();
+    own_id
 }
 
 #[tokio::test]
