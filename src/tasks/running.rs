@@ -13,9 +13,9 @@
 //! the index is this process's view of the ledger, and each API replica keeps its own.
 //!
 //! Bounded: at most `api.running_index_cap` tasks ([`CAP`] by default; 0 turns the index off).
-//! A fleet with more running, or a walk that falls more than [`CATCH_UP_LIMIT`] `started`
-//! records behind, lists by walking the queue as before (the index
-//! is seeded again after [`RESEED_AFTER`], or at once after falling behind).
+//! A fleet with more running lists by walking the queue as before (the index is seeded again
+//! after [`RESEED_AFTER`]); an index more than [`CATCH_UP_LIMIT`] `started` records behind is
+//! seeded again at once.
 
 use super::listing::Page;
 use super::{ListFilter, TaskError, TaskService};
