@@ -58,7 +58,26 @@ pub struct DeployCluster {
 }
 
 impl DeployCluster {
+    /// Starts the three nodes and waits until each is healthy. A port taken meanwhile by
+    /// someone else (the ports are picked before the servers bind them; tests run in parallel)
+    /// makes it start over with new ports, as `NatsCluster::start` does.
     pub async fn start() -> Self {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let me = Self::spawn();
+            match me.wait_healthy().await {
+                Ok(()) => return me,
+                Err(why) => {
+                    eprintln!("deploy cluster did not start, starting over: {why}");
+                    last = why;
+                }
+            }
+        }
+        panic!("deploy cluster did not start three times; last: {last}");
+    }
+
+    /// The three nodes, spawned on fresh ports (not yet known to be up).
+    fn spawn() -> Self {
         let conf = read(&deploy("nats/nats.conf"));
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(9);
@@ -95,31 +114,32 @@ impl DeployCluster {
                 .expect("spawn nats-server");
             nodes.push(child);
         }
-        let me = Self {
+        Self {
             nodes,
             client: client.to_vec(),
             monitor: monitor.to_vec(),
             dir,
-        };
-        me.wait_healthy().await;
-        me
+        }
     }
 
-    /// Every node's `/healthz` (what compose's health check asks) answers 200.
-    async fn wait_healthy(&self) {
+    /// Every node's `/healthz` (what compose's health check asks) answers 200 within 30 s; a
+    /// node that exited (say, its port was taken) ends the wait at once.
+    async fn wait_healthy(&self) -> Result<(), String> {
         let started = Instant::now();
         for (i, port) in self.monitor.iter().enumerate() {
             let url = format!("http://127.0.0.1:{port}/healthz");
             while !http_ok(&url).await {
-                assert!(
-                    started.elapsed() < Duration::from_secs(30),
-                    "nats-{} not healthy:\n{}",
-                    i + 1,
-                    self.log_tail(i)
-                );
+                let exited = std::fs::read_to_string(
+                    self.dir.path().join(format!("nats-{}/nats.log", i + 1)),
+                )
+                .is_ok_and(|log| log.contains("[FTL]"));
+                if exited || started.elapsed() >= Duration::from_secs(30) {
+                    return Err(format!("nats-{} not healthy:\n{}", i + 1, self.log_tail(i)));
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+        Ok(())
     }
 
     pub fn log_tail(&self, i: usize) -> String {
