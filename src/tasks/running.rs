@@ -143,8 +143,8 @@ impl Known {
     }
 }
 
-/// The queue sequence and status a `started` record's state carries (the rest of the record is
-/// skipped, not built).
+/// The queue sequence a `started` record's state carries, when that state is `running` (the
+/// rest of the record is skipped, not built).
 fn started_at(m: &StreamMessage) -> Option<u64> {
     #[derive(serde::Deserialize)]
     struct Record {
@@ -317,7 +317,7 @@ impl TaskService {
             }
             for t in self.started_states(&msgs).await? {
                 if let (TaskStatus::Running, Some(q)) = (t.status, t.queue_seq) {
-                    known.note(t.assigned_to.clone(), t.id.clone(), q, t.revision);
+                    known.note(t.assigned_to, t.id, q, t.revision);
                 }
             }
             if known.tasks.len() > self.running.cap {

@@ -129,12 +129,10 @@ impl DeployCluster {
         for (i, port) in self.monitor.iter().enumerate() {
             let url = format!("http://127.0.0.1:{port}/healthz");
             while !http_ok(&url).await {
-                let exited = std::fs::read_to_string(
-                    self.dir.path().join(format!("nats-{}/nats.log", i + 1)),
-                )
-                .is_ok_and(|log| log.contains("[FTL]"));
-                if exited || started.elapsed() >= Duration::from_secs(30) {
-                    return Err(format!("nats-{} not healthy:\n{}", i + 1, self.log_tail(i)));
+                // A fatal error is the last line a node logs before it exits.
+                let log = self.log_tail(i);
+                if log.contains("[FTL]") || started.elapsed() >= Duration::from_secs(30) {
+                    return Err(format!("nats-{} not healthy:\n{log}", i + 1));
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
