@@ -165,6 +165,8 @@ pub struct Metrics {
     pub backlog: BacklogMetrics,
     /// Flow control: keys' holders and waiters, waits.
     pub flow: FlowMetrics,
+    /// Times the API's running index was seeded by walking the task queue.
+    pub running_index_seeds: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -230,6 +232,13 @@ impl Default for Metrics {
             "HTTP request latency",
             http_latency.clone(),
         );
+        let running_index_seeds = Counter::default();
+        registry.register(
+            "running_index_seeds",
+            "Times this process walked the task queue to seed its index of running tasks (its \
+            first running listing; again when it fell behind or held more than api.running_index_cap)",
+            running_index_seeds.clone(),
+        );
         let flow = FlowMetrics::default();
         flow.register(&mut registry);
         let backlog = BacklogMetrics::default();
@@ -248,6 +257,7 @@ impl Default for Metrics {
             schedule_lag,
             backlog,
             flow,
+            running_index_seeds,
         }
     }
 }

@@ -25,6 +25,7 @@ use async_nats::jetstream::message::StreamMessage;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::OwnedMutexGuard;
 
 /// Most running tasks the index holds by default (about 100 bytes each; `api.running_index_cap`).
 const CAP: usize = 50_000;
@@ -218,6 +219,11 @@ impl TaskService {
     /// The index's candidates for `filter` and the ledger sequence it has walked through, after
     /// seeding the index or walking the `started` records stored since it last looked; `None`
     /// when the index is not in use.
+    ///
+    /// The walk runs on a task of its own that holds the index: a listing given up half way
+    /// (its request timed out, its client left) leaves the walk to finish, and the next listing
+    /// waits for it and takes the index it left, instead of seeding again from the start (with
+    /// a deep queue, a seed can take longer than a request may).
     async fn running_candidates(
         &self,
         filter: &ListFilter,
@@ -225,7 +231,24 @@ impl TaskService {
         if self.running.cap == 0 {
             return Ok(None);
         }
-        let mut slot = self.running.slot.lock().await;
+        let slot = Arc::clone(&self.running.slot).lock_owned().await;
+        let (service, filter) = (self.clone(), filter.clone());
+        let walk = tokio::spawn(async move { service.refreshed_candidates(slot, &filter).await });
+        match walk.await {
+            Ok(candidates) => candidates,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down: the queue walk answers this last listing.
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// [`running_candidates`](Self::running_candidates) with the index held: seeds it or
+    /// catches it up first.
+    async fn refreshed_candidates(
+        &self,
+        mut slot: OwnedMutexGuard<Slot>,
+        filter: &ListFilter,
+    ) -> Result<Option<(Vec<Candidate>, u64)>, TaskError> {
         if matches!(&*slot, Slot::Over(at) if at.elapsed() < RESEED_AFTER) {
             return Ok(None);
         }
@@ -295,6 +318,7 @@ impl TaskService {
     /// records looked up, the states of those that have one read), walked through the ledger's
     /// last sequence as it was before the queue was read, less [`SEED_MARGIN`].
     async fn seed_running(&self) -> Result<Slot, TaskError> {
+        self.metrics.running_index_seeds.inc();
         let (_, last, _) = super::listing::bounds(&self.bus.js, subjects::EVENTS_STREAM).await?;
         let mut known = Known {
             through: last.saturating_sub(SEED_MARGIN),

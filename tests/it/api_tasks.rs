@@ -1,9 +1,11 @@
 //! Creating, reading and listing tasks; the queue as bots see it.
 
 use crate::harness::TestApp;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use taskfleet::domain::TaskStatus;
+use taskfleet::tasks::ListFilter;
 
 #[tokio::test]
 async fn seed_001_walkthrough_create_pending_start_complete_and_log() {
@@ -327,6 +329,35 @@ async fn the_running_listing_follows_starts_finishes_and_restarts_after_its_firs
     app.admin.action(&second, "start", None).await.unwrap();
     app.admin.action(&own_id, "start", None).await.unwrap();
     assert_eq!(running(&app).await, [own_id, second], "newest queued first");
+}
+
+#[tokio::test]
+async fn a_running_listing_given_up_half_way_leaves_the_running_index_seeded_for_the_next() {
+    // Arrange: one running task among pending ones, and a task service as the API has.
+    let app = TestApp::spawn().await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(app.create(&format!("t{i}"), "anna", "P1").await);
+    }
+    app.admin.action(&ids[2], "start", None).await.unwrap();
+    let service = app.task_service().await;
+    let running = ListFilter {
+        status: Some(TaskStatus::Running),
+        limit: 100,
+        ..ListFilter::default()
+    };
+
+    // Act: the first listing is dropped at its first wait on NATS (its request timed out, its
+    // client left), then a second one is made.
+    let first = service.list(&running).now_or_never();
+    let second = service.list(&running).await.unwrap();
+
+    // Assert: the second waited for the seed the first began, rather than walking again.
+    assert!(first.is_none(), "the first listing waits on NATS");
+    let listed: Vec<String> = second.iter().map(|t| t.id.to_string()).collect();
+    assert_eq!(listed, [ids[2].as_str()]);
+    let seeds = service.metrics().running_index_seeds.get();
+    assert_eq!(seeds, 1, "the queue was walked once");
 }
 
 /// A task published straight to NATS on `subject` with its own id in the body (as a Python
