@@ -70,14 +70,32 @@ pub struct AgentPayload {
     pub mode: AgentMode,
 }
 
+/// `payload` as the payload of `kind` (a JSON object); what serde refused names its field
+/// (`command: invalid type …`) unless the message names it already.
 fn parse<T: serde::de::DeserializeOwned>(kind: &str, payload: &Value) -> Result<T, String> {
-    serde_json::from_value(payload.clone()).map_err(|e| format!("{kind} payload: {e}"))
+    if !payload.is_object() {
+        return Err(format!("{kind} payload must be a JSON object"));
+    }
+    serde_path_to_error::deserialize(payload).map_err(|e| {
+        let (path, message) = (e.path().to_string(), e.inner().to_string());
+        match path == "." || message.contains(&format!("`{path}`")) {
+            true => format!("{kind} payload: {message}"),
+            false => format!("{kind} payload: {path}: {message}"),
+        }
+    })
 }
 
 /// Checks the payload of `kind`; the message is shown to the caller.
 pub fn validate(kind: TaskKind, payload: &Value) -> Result<(), String> {
     match kind {
         TaskKind::Exec => {
+            if payload.get("command").is_some_and(Value::is_array) {
+                return Err(
+                    "exec payload: `command` is one shell command line (a string); \
+                    give a program and its arguments as a list in `argv`"
+                        .into(),
+                );
+            }
             let p: ExecPayload = parse("exec", payload)?;
             match (&p.command, &p.argv) {
                 (Some(_), Some(_)) => {
@@ -124,6 +142,45 @@ mod tests {
         assert!(validate(TaskKind::Exec, &json!({"command": " "})).is_err());
         assert!(validate(TaskKind::Exec, &json!({"command": "a", "argv": ["b"]})).is_err());
         assert!(validate(TaskKind::Exec, &json!({"command": "a", "shell": "zsh"})).is_err());
+    }
+
+    #[test]
+    fn a_command_given_as_a_list_is_pointed_to_argv() {
+        let refused = validate(TaskKind::Exec, &json!({"command": ["sleep", "5"]}));
+        assert!(refused.unwrap_err().contains("`argv`"));
+    }
+
+    #[test]
+    fn a_refused_payload_field_is_named() {
+        let refused = validate(
+            TaskKind::Exec,
+            &json!({"command": "make", "timeout_s": "soon"}),
+        );
+        assert!(
+            refused
+                .as_ref()
+                .unwrap_err()
+                .starts_with("exec payload: timeout_s: invalid type"),
+            "{refused:?}"
+        );
+        let agent = validate(TaskKind::Agent, &json!({"agent_id": 7, "prompt": "hi"}));
+        assert!(
+            agent
+                .as_ref()
+                .unwrap_err()
+                .starts_with("agent payload: agent_id: invalid type"),
+            "{agent:?}"
+        );
+        let unknown = validate(TaskKind::Exec, &json!({"command": "a", "shell": "zsh"}));
+        assert!(
+            unknown
+                .as_ref()
+                .unwrap_err()
+                .starts_with("exec payload: unknown field `shell`"),
+            "{unknown:?}"
+        );
+        let list = validate(TaskKind::Exec, &json!(["make"]));
+        assert_eq!(list.unwrap_err(), "exec payload must be a JSON object");
     }
 
     #[test]
