@@ -187,7 +187,15 @@ fn parse_body<T: DeserializeOwned>(bytes: &[u8], strict: bool) -> Result<T, ApiE
 /// field by its path (`delay_s`, `notify[2]`) unless the message names it already.
 fn body_error(field: &str, inner: serde_json::Error) -> ApiError {
     use serde_json::error::Category;
-    let message = inner.to_string();
+    let mut message = inner.to_string();
+    if inner.classify() == Category::Data {
+        // Where in the JSON text says nothing more once the field is named (and nothing to a
+        // caller who built the body with a CLI).
+        let at = format!(" at line {} column {}", inner.line(), inner.column());
+        if let Some(bare) = message.strip_suffix(&at) {
+            message = bare.to_string();
+        }
+    }
     match inner.classify() {
         Category::Data if field.is_empty() || field == "." || message.starts_with(field) => {
             ApiError::Unprocessable(message)

@@ -177,6 +177,10 @@ async fn invalid_create_bodies_get_400_or_422_with_a_code_and_message_and_write_
             failures.push(format!(
                 "{what}: message does not mention {hint:?}: {answer}"
             ));
+        } else if *expected == invalid && answer.to_string().contains(" at line ") {
+            failures.push(format!(
+                "{what}: a place in the JSON text, not the field: {answer}"
+            ));
         }
     }
 
