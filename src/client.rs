@@ -71,6 +71,14 @@ impl ApiClient {
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
+        Ok(self.send_with_headers(req).await?.0)
+    }
+
+    /// [`send`](Self::send), with the answer's headers.
+    async fn send_with_headers<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(T, reqwest::header::HeaderMap), ClientError> {
         let resp = req
             .send()
             .await
@@ -78,7 +86,7 @@ impl ApiClient {
                 url: self.base.clone(),
                 source,
             })?;
-        let status = resp.status();
+        let (status, headers) = (resp.status(), resp.headers().clone());
         let bytes = resp
             .bytes()
             .await
@@ -98,7 +106,9 @@ impl ApiClient {
                     .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+        let body =
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))?;
+        Ok((body, headers))
     }
 
     /// The fleet's stall rule: the threshold `GET /healthz` reports (`stall_after_s`, the API's
@@ -127,8 +137,22 @@ impl ApiClient {
 
     /// `GET /api/tasks?…`.
     pub async fn list_tasks(&self, query: &[(&str, String)]) -> Result<Vec<Task>, ClientError> {
-        self.send(self.request(Method::GET, "/api/tasks").query(query))
-            .await
+        Ok(self.list_tasks_page(query).await?.0)
+    }
+
+    /// `GET /api/tasks?…`, with the cursor of the next page (`X-Next-Cursor`) if there may be
+    /// one: pass it as `before`.
+    pub async fn list_tasks_page(
+        &self,
+        query: &[(&str, String)],
+    ) -> Result<(Vec<Task>, Option<String>), ClientError> {
+        let req = self.request(Method::GET, "/api/tasks").query(query);
+        let (tasks, headers) = self.send_with_headers(req).await?;
+        let next = headers
+            .get("x-next-cursor")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        Ok((tasks, next))
     }
 
     /// `GET /api/tasks/pending?…`.

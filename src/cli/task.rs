@@ -25,15 +25,8 @@ enum TaskCmd {
     Create(Box<CreateArgs>),
     /// Show one task.
     Get { id: String },
-    /// List tasks, newest first.
-    List {
-        #[arg(long, short = 'a')]
-        assignee: Option<String>,
-        #[arg(long, short = 's')]
-        status: Option<String>,
-        #[arg(long)]
-        limit: Option<usize>,
-    },
+    /// List tasks, newest first (a full page prints, on stderr, the flag for the next one).
+    List(ListArgs),
     /// Pending tasks, P0 first.
     Pending {
         #[arg(long, short = 'a')]
@@ -114,6 +107,32 @@ enum TaskCmd {
         #[arg(long)]
         follow: bool,
     },
+}
+
+/// `task list`'s flags: the filters of `GET /api/tasks`.
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// Only this assignee's tasks.
+    #[arg(long, short = 'a')]
+    assignee: Option<String>,
+    /// pending, running, stalled, completed, failed, cancelled or scheduled.
+    #[arg(long, short = 's')]
+    status: Option<String>,
+    /// P0, P1 or P2.
+    #[arg(long, short = 'p')]
+    priority: Option<String>,
+    /// manual, exec, agent, hook or noop.
+    #[arg(long)]
+    kind: Option<String>,
+    /// Text in the name (any case).
+    #[arg(long, short = 'q')]
+    text: Option<String>,
+    /// Tasks per page (the API's default when not given).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// The page after the one that printed this cursor.
+    #[arg(long)]
+    before: Option<String>,
 }
 
 /// `task create`'s flags.
@@ -279,18 +298,7 @@ async fn execute(client: &ApiClient, args: &TaskArgs) -> Result<(), ClientError>
     match &args.cmd {
         TaskCmd::Create(create) => out.task(&client.create_task(&create.body()?).await?),
         TaskCmd::Get { id } => out.task(&client.get_task(id).await?),
-        TaskCmd::List {
-            assignee,
-            status,
-            limit,
-        } => {
-            let q = query(&[
-                ("assigned_to", assignee.clone()),
-                ("status", status.clone()),
-                ("limit", limit.map(|l| l.to_string())),
-            ]);
-            out.tasks(&client.list_tasks(&q).await?);
-        }
+        TaskCmd::List(args) => list(client, out, args).await?,
         TaskCmd::Pending { assignee, limit } => {
             let q = query(&[
                 ("assigned_to", assignee.clone()),
@@ -381,6 +389,26 @@ async fn output(
         for line in page["lines"].as_array().into_iter().flatten() {
             println!("{}", line.as_str().unwrap_or_default());
         }
+    }
+    Ok(())
+}
+
+/// `task list`: one page; when there may be more, the flag that prints the next goes to stderr
+/// (stdout stays the table, or the JSON).
+async fn list(client: &ApiClient, out: Output, args: &ListArgs) -> Result<(), ClientError> {
+    let q = query(&[
+        ("assigned_to", args.assignee.clone()),
+        ("status", args.status.clone()),
+        ("priority", args.priority.clone()),
+        ("kind", args.kind.clone()),
+        ("q", args.text.clone()),
+        ("limit", args.limit.map(|l| l.to_string())),
+        ("before", args.before.clone()),
+    ]);
+    let (tasks, next) = client.list_tasks_page(&q).await?;
+    out.tasks(&tasks);
+    if let Some(cursor) = next {
+        eprintln!("more: add --before {cursor} for the next page");
     }
     Ok(())
 }

@@ -57,6 +57,44 @@ async fn task_commands_create_list_start_complete_and_show_the_log() {
 }
 
 #[tokio::test]
+async fn task_list_filters_by_priority_and_pages_on_with_the_cursor_it_prints() {
+    // Arrange: three P1 tasks, then a P0.
+    let app = TestApp::spawn().await;
+    let mut p1 = Vec::new();
+    for i in 0..3 {
+        p1.push(app.create(&format!("routine {i}"), "anna", "P1").await);
+    }
+    let p0 = app.create("urgent", "anna", "P0").await;
+
+    // Act
+    let urgent = taskfleet(&app, &["task", "list", "-a", "anna", "-p", "P0"]).await;
+    let first = taskfleet(&app, &["task", "list", "-a", "anna", "--limit", "2"]).await;
+    let hint = String::from_utf8_lossy(&first.stderr).into_owned();
+    let cursor = hint
+        .split_whitespace()
+        .skip_while(|w| *w != "--before")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no cursor in {hint:?}"));
+    let args = [
+        "task", "list", "-a", "anna", "--limit", "2", "--before", cursor,
+    ];
+    let second = taskfleet(&app, &args).await;
+
+    // Assert
+    let listed = |o: &Output| -> Vec<String> {
+        let rows = stdout(o);
+        rows.lines().skip(1).map(|l| l[..26].to_string()).collect()
+    };
+    assert_eq!(listed(&urgent), [p0.clone()], "{}", stdout(&urgent));
+    assert_eq!(listed(&first), [p0, p1[2].clone()], "newest first");
+    assert_eq!(
+        listed(&second),
+        [p1[1].clone(), p1[0].clone()],
+        "the next page"
+    );
+}
+
+#[tokio::test]
 async fn task_logs_print_one_row_per_entry_when_a_result_has_many_lines() {
     // Arrange: a task completed with a three-line result (a command's output, say).
     let app = TestApp::spawn().await;
