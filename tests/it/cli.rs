@@ -85,8 +85,8 @@ async fn task_list_filters_by_priority_and_pages_on_with_the_cursor_it_prints() 
         let rows = stdout(o);
         rows.lines().skip(1).map(|l| l[..26].to_string()).collect()
     };
-    assert_eq!(listed(&urgent), [p0.clone()], "{}", stdout(&urgent));
-    assert_eq!(listed(&first), [p0, p1[2].clone()], "newest first");
+    assert_eq!(listed(&urgent), [p0.as_str()], "{}", stdout(&urgent));
+    assert_eq!(listed(&first), [p0.as_str(), &p1[2]], "newest first");
     assert_eq!(
         listed(&second),
         [p1[1].clone(), p1[0].clone()],
