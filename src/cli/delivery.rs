@@ -18,15 +18,21 @@ pub struct DeliveryArgs {
 enum DeliveryCmd {
     /// Deliveries, newest first (`--status dead` lists dead letters).
     List {
+        /// pending, delivered or dead.
         #[arg(long)]
         status: Option<String>,
         /// Destination name or key.
         #[arg(long)]
         destination: Option<String>,
+        /// Only the deliveries of this task.
         #[arg(long)]
         task: Option<String>,
+        /// Deliveries per page (the API's default when not given).
         #[arg(long)]
         limit: Option<usize>,
+        /// The page after the one that printed this cursor.
+        #[arg(long)]
+        before: Option<String>,
     },
     /// One delivery with every attempt.
     Get { id: String },
@@ -56,12 +62,14 @@ fn request(cmd: &DeliveryCmd) -> Request {
             destination,
             task,
             limit,
+            before,
         } => {
             let q = [
                 ("status", status.clone()),
                 ("destination", destination.clone()),
                 ("task_id", task.clone()),
                 ("limit", limit.map(|l| l.to_string())),
+                ("before", before.clone()),
             ]
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k, v)))
@@ -110,6 +118,7 @@ pub(super) async fn run(args: DeliveryArgs) -> ExitCode {
         }
     };
     let status = resp.status();
+    let next = resp.headers().get("x-next-cursor").cloned();
     let value: Value = resp.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
         let msg = value["error"]["message"]
@@ -125,19 +134,27 @@ pub(super) async fn run(args: DeliveryArgs) -> ExitCode {
             serde_json::to_string_pretty(&value).unwrap_or_default()
         );
     } else {
-        for r in value.as_array().into_iter().flatten() {
-            println!(
-                "{}  {:<9} {:<20} attempts {}  {}",
-                r["job"]["id"].as_str().unwrap_or(""),
-                r["status"].as_str().unwrap_or(""),
-                r["job"]["name"]
-                    .as_str()
-                    .or(r["job"]["key"].as_str())
-                    .unwrap_or(""),
-                r["attempts"].as_array().map_or(0, Vec::len),
-                r["reason"].as_str().unwrap_or("")
-            );
-        }
+        print_records(&value);
+    }
+    if let Some(cursor) = next.as_ref().and_then(|v| v.to_str().ok()) {
+        eprintln!("more: add --before {cursor} for the next page");
     }
     ExitCode::SUCCESS
+}
+
+/// One line per delivery record of a listing.
+fn print_records(value: &Value) {
+    for r in value.as_array().into_iter().flatten() {
+        println!(
+            "{}  {:<9} {:<20} attempts {}  {}",
+            r["job"]["id"].as_str().unwrap_or(""),
+            r["status"].as_str().unwrap_or(""),
+            r["job"]["name"]
+                .as_str()
+                .or(r["job"]["key"].as_str())
+                .unwrap_or(""),
+            r["attempts"].as_array().map_or(0, Vec::len),
+            r["reason"].as_str().unwrap_or("")
+        );
+    }
 }

@@ -24,6 +24,54 @@ async fn taskfleet(app: &TestApp, args: &[&str]) -> Output {
         .expect("run taskfleet")
 }
 
+#[tokio::test]
+async fn delivery_list_pages_on_with_the_cursor_it_prints() {
+    // Arrange: three tasks whose webhook answers 500 forever: three dead deliveries.
+    let app = TestApp::spawn().await;
+    let hook = Endpoint::start().await;
+    hook.answer_from_now_on(Answer::status(500));
+    let _relay = app.relay(relay_settings()).await;
+    for i in 0..3 {
+        let body = json!({"task_name": format!("doomed {i}"), "assigned_to": "anna",
+            "notify": [webhook(&hook.url("/hook"))]});
+        app.admin.create_task(&body).await.unwrap();
+    }
+    let dead = app
+        .wait_deliveries("status=dead", 3, Duration::from_secs(20))
+        .await;
+
+    // Act
+    let first = taskfleet(
+        &app,
+        &["delivery", "list", "--status", "dead", "--limit", "2"],
+    )
+    .await;
+    let hint = String::from_utf8_lossy(&first.stderr).into_owned();
+    let cursor = hint
+        .split_whitespace()
+        .skip_while(|w| *w != "--before")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no cursor in {hint:?}"));
+    let args = [
+        "delivery", "list", "--status", "dead", "--limit", "2", "--before", cursor,
+    ];
+    let second = taskfleet(&app, &args).await;
+
+    // Assert: the two pages hold the three deliveries, each once, newest first.
+    let ids = |o: &Output| -> Vec<String> {
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        out.lines()
+            .map(|l| l.split_whitespace().next().unwrap().to_string())
+            .collect()
+    };
+    let listed: Vec<String> = [ids(&first), ids(&second)].concat();
+    let expected: Vec<&str> = dead
+        .iter()
+        .map(|r| r["job"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, expected, "{first:?} {second:?}");
+}
+
 fn named_webhook(url: &str) -> Destination {
     Destination::Webhook {
         url: url.into(),
