@@ -140,19 +140,29 @@ impl ApiClient {
         Ok(self.list_tasks_page(query).await?.0)
     }
 
-    /// `GET /api/tasks?…`, with the cursor of the next page (`X-Next-Cursor`) if there may be
-    /// one: pass it as `before`.
+    /// `GET /api/tasks?…`, with the cursor of the next page if there may be one: pass it as
+    /// `before`.
     pub async fn list_tasks_page(
         &self,
         query: &[(&str, String)],
     ) -> Result<(Vec<Task>, Option<String>), ClientError> {
-        let req = self.request(Method::GET, "/api/tasks").query(query);
-        let (tasks, headers) = self.send_with_headers(req).await?;
+        self.page("/api/tasks", query).await
+    }
+
+    /// One page of the listing at `path`, with the next page's cursor (`X-Next-Cursor`) if
+    /// there may be one.
+    async fn page<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<(Vec<T>, Option<String>), ClientError> {
+        let req = self.request(Method::GET, path).query(query);
+        let (items, headers) = self.send_with_headers(req).await?;
         let next = headers
             .get("x-next-cursor")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        Ok((tasks, next))
+        Ok((items, next))
     }
 
     /// `GET /api/tasks/pending?…`.
@@ -271,8 +281,16 @@ impl ApiClient {
 
     /// `GET /api/dead-letters?…`: tasks that used up their attempts.
     pub async fn dead_letters(&self, query: &[(&str, String)]) -> Result<Vec<Task>, ClientError> {
-        self.send(self.request(Method::GET, "/api/dead-letters").query(query))
-            .await
+        Ok(self.dead_letters_page(query).await?.0)
+    }
+
+    /// `GET /api/dead-letters?…`, with the cursor of the next page if there may be one: pass
+    /// it as `after`.
+    pub async fn dead_letters_page(
+        &self,
+        query: &[(&str, String)],
+    ) -> Result<(Vec<Task>, Option<String>), ClientError> {
+        self.page("/api/dead-letters", query).await
     }
 
     /// `GET /api/workers?…`: the workers and relays alive now.

@@ -95,10 +95,15 @@ enum TaskCmd {
     },
     /// Tasks that used up their attempts.
     Dead {
+        /// Only this assignee's dead letters.
         #[arg(long, short = 'a')]
         assignee: Option<String>,
+        /// Dead letters per page (the API's default when not given).
         #[arg(long)]
         limit: Option<usize>,
+        /// The page after the one that printed this cursor (oldest first).
+        #[arg(long)]
+        after: Option<String>,
     },
     /// Follow a task's events live until it finishes.
     Watch {
@@ -348,7 +353,11 @@ async fn execute(client: &ApiClient, args: &TaskArgs) -> Result<(), ClientError>
             line,
             eof,
         } => input(client, out, id, data, *line, *eof).await?,
-        TaskCmd::Dead { assignee, limit } => dead(client, out, assignee.clone(), *limit).await?,
+        TaskCmd::Dead {
+            assignee,
+            limit,
+            after,
+        } => dead(client, out, assignee.clone(), (*limit, after.clone())).await?,
         TaskCmd::Watch { id, follow } => watch(client, out, id, *follow).await?,
     }
     Ok(())
@@ -442,18 +451,18 @@ async fn dead(
     client: &ApiClient,
     out: Output,
     assignee: Option<String>,
-    limit: Option<usize>,
+    (limit, after): (Option<usize>, Option<String>),
 ) -> Result<(), ClientError> {
     let q = query(&[
         ("assigned_to", assignee),
         ("limit", limit.map(|l| l.to_string())),
+        ("after", after),
     ]);
-    let dead = client.dead_letters(&q).await?;
+    let (dead, next) = client.dead_letters_page(&q).await?;
     if out.json {
         out.tasks(&dead);
-        return Ok(());
     }
-    for t in &dead {
+    for t in dead.iter().filter(|_| !out.json) {
         println!(
             "{}  {}  {}  attempts {}  {}",
             t.id,
@@ -463,8 +472,11 @@ async fn dead(
             t.error.as_deref().unwrap_or("")
         );
     }
-    if dead.is_empty() {
+    if dead.is_empty() && !out.json {
         println!("(no dead letters)");
+    }
+    if let Some(cursor) = next {
+        eprintln!("more: add --after {cursor} for the next page");
     }
     Ok(())
 }

@@ -20,6 +20,16 @@ async fn taskfleet(app: &TestApp, args: &[&str]) -> Output {
         .expect("run taskfleet")
 }
 
+/// The cursor a listing command printed on stderr for its next page (`more: add <flag> N …`).
+pub(crate) fn next_page_cursor(o: &Output, flag: &str) -> String {
+    let hint = String::from_utf8_lossy(&o.stderr).into_owned();
+    hint.split_whitespace()
+        .skip_while(|w| *w != flag)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {flag} in {hint:?}"))
+        .to_string()
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -69,14 +79,9 @@ async fn task_list_filters_by_priority_and_pages_on_with_the_cursor_it_prints() 
     // Act
     let urgent = taskfleet(&app, &["task", "list", "-a", "anna", "-p", "P0"]).await;
     let first = taskfleet(&app, &["task", "list", "-a", "anna", "--limit", "2"]).await;
-    let hint = String::from_utf8_lossy(&first.stderr).into_owned();
-    let cursor = hint
-        .split_whitespace()
-        .skip_while(|w| *w != "--before")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no cursor in {hint:?}"));
+    let cursor = next_page_cursor(&first, "--before");
     let args = [
-        "task", "list", "-a", "anna", "--limit", "2", "--before", cursor,
+        "task", "list", "-a", "anna", "--limit", "2", "--before", &cursor,
     ];
     let second = taskfleet(&app, &args).await;
 
@@ -92,6 +97,28 @@ async fn task_list_filters_by_priority_and_pages_on_with_the_cursor_it_prints() 
         [p1[1].clone(), p1[0].clone()],
         "the next page"
     );
+}
+
+#[tokio::test]
+async fn task_dead_pages_on_with_the_cursor_it_prints() {
+    // Arrange: three dead letters, as workers leave them.
+    let app = TestApp::spawn().await;
+    let ids = app.seed_dead_letters(3).await;
+
+    // Act
+    let first = taskfleet(&app, &["task", "dead", "-a", "anna", "--limit", "2"]).await;
+    let cursor = next_page_cursor(&first, "--after");
+    let args = [
+        "task", "dead", "-a", "anna", "--limit", "2", "--after", &cursor,
+    ];
+    let second = taskfleet(&app, &args).await;
+
+    // Assert: oldest first, each once.
+    let listed = |o: &Output| -> Vec<String> {
+        let rows = stdout(o);
+        rows.lines().map(|l| l[..26].to_string()).collect()
+    };
+    assert_eq!([listed(&first), listed(&second)].concat(), ids);
 }
 
 #[tokio::test]

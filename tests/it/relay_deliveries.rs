@@ -1,6 +1,7 @@
 //! The relay's deliveries: dead letters with every attempt (API and CLI), replay of one and of a
 //! destination since a time, isolation between destinations, SSRF refusal, admin-only routes.
 
+use crate::cli::next_page_cursor;
 use crate::harness::app::{relay_settings, ADMIN_KEY};
 use crate::harness::receiver::{Answer, Endpoint};
 use crate::harness::relay::webhook;
@@ -46,14 +47,9 @@ async fn delivery_list_pages_on_with_the_cursor_it_prints() {
         &["delivery", "list", "--status", "dead", "--limit", "2"],
     )
     .await;
-    let hint = String::from_utf8_lossy(&first.stderr).into_owned();
-    let cursor = hint
-        .split_whitespace()
-        .skip_while(|w| *w != "--before")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no cursor in {hint:?}"));
+    let cursor = next_page_cursor(&first, "--before");
     let args = [
-        "delivery", "list", "--status", "dead", "--limit", "2", "--before", cursor,
+        "delivery", "list", "--status", "dead", "--limit", "2", "--before", &cursor,
     ];
     let second = taskfleet(&app, &args).await;
 
