@@ -33,7 +33,7 @@ pub enum Destination {
     Webhook {
         /// Target URL.
         url: String,
-        /// `whsec_…` signing secret.
+        /// `whsec_…` signing secret (several, space-separated, while rotating: each signs).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         secret: Option<String>,
         /// Variable holding the signing secret.

@@ -59,6 +59,26 @@ pub enum SignatureError {
     NoMatchingSignature,
 }
 
+/// The signers of a destination's secret setting: one `whsec_` secret, or several separated by
+/// spaces while a new one replaces an old one (each signs every message, so a receiver that
+/// holds either accepts it; drop the old one once every receiver has the new one).
+pub fn signers(secrets: &str) -> Result<Vec<Signer>, SignatureError> {
+    secrets
+        .split_whitespace()
+        .map(Signer::from_secret)
+        .collect()
+}
+
+/// The `webhook-signature` value for one message: each signer's `v1,` signature, in order,
+/// separated by spaces.
+pub fn signature_header(signers: &[Signer], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+    let signatures: Vec<String> = signers
+        .iter()
+        .map(|s| s.sign(msg_id, timestamp, body))
+        .collect();
+    signatures.join(" ")
+}
+
 /// Signs (and verifies) messages with one Standard Webhooks secret.
 pub struct Signer {
     key: SecretSlice<u8>,

@@ -11,20 +11,20 @@
 use super::http::{post_json, Redactor};
 use super::{Attempt, SinkContext};
 use crate::outbound::signature::{
-    Signer, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, SECRET_PREFIX,
+    signature_header, signers, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, SECRET_PREFIX,
 };
 use crate::relay::job::DeliveryJob;
 
-/// Sends the envelope of `job` to `url`, signed with `secret` when there is one.
+/// Sends the envelope of `job` to `url`, signed with `secret` when there is one (several
+/// secrets, space-separated, each sign: a rotation).
 pub(super) async fn send(
     ctx: &SinkContext,
     url: &str,
     secret: Option<&str>,
     job: &DeliveryJob,
 ) -> Attempt {
-    let secret = secret.filter(|s| !s.trim().is_empty());
-    let signer = match secret.map(Signer::from_secret).transpose() {
-        Ok(signer) => signer,
+    let signers = match signers(secret.unwrap_or_default()) {
+        Ok(signers) => signers,
         // SignatureError never carries key material.
         Err(e) => return Attempt::permanent(format!("webhook secret: {e}")),
     };
@@ -37,8 +37,9 @@ pub(super) async fn send(
         (HEADER_ID, job.id.clone()),
         (HEADER_TIMESTAMP, timestamp.to_string()),
     ];
-    if let Some(signer) = &signer {
-        headers.push((HEADER_SIGNATURE, signer.sign(&job.id, timestamp, &body)));
+    if !signers.is_empty() {
+        let signature = signature_header(&signers, &job.id, timestamp, &body);
+        headers.push((HEADER_SIGNATURE, signature));
     }
     // The delivery's trace (`traceparent`), when spans are exported: the receiver's work joins
     // the task's trace.
@@ -48,9 +49,10 @@ pub(super) async fn send(
             headers.push((name.as_str(), value.to_string()));
         }
     }
-    // The key alone (the base64 after `whsec_`) is as secret as the whole string.
-    let key = secret.and_then(|s| s.trim().strip_prefix(SECRET_PREFIX));
-    let redact = Redactor::new([secret, key]);
+    // Each secret, and its key alone (the base64 after `whsec_`), is as secret as the whole.
+    let parts = secret.unwrap_or_default().split_whitespace();
+    let keys = parts.clone().filter_map(|s| s.strip_prefix(SECRET_PREFIX));
+    let redact = Redactor::new(parts.chain(keys).map(Some));
     match post_json(ctx, url, &headers, body, &redact).await {
         Ok(reply) => reply.attempt(reply.verdict(), &redact),
         Err(failed) => failed,
@@ -109,6 +111,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_secret_being_rotated_signs_with_both_so_a_receiver_holding_either_verifies() {
+        let rx = Receiver::ok().await;
+        let new = Signer::generate_secret();
+        let both = format!("{new} {SECRET}");
+        let out = send(&ctx(), &webhook(&rx, Some(&both)), &job("x")).await;
+        assert_eq!(out.verdict, Verdict::Delivered);
+        let s = &rx.seen()[0];
+        let (id, ts, sig) = (
+            s.header("webhook-id").unwrap(),
+            s.header("webhook-timestamp").unwrap(),
+            s.header("webhook-signature").unwrap(),
+        );
+        assert_eq!(sig.split(' ').count(), 2, "{sig}");
+        for secret in [new.as_str(), SECRET] {
+            let signer = Signer::from_secret(secret).unwrap();
+            signer.verify(id, ts, &s.body, sig).unwrap();
+        }
+    }
+
+    #[tokio::test]
     async fn the_body_is_the_event_envelope() {
         let rx = Receiver::ok().await;
         let job = task_job("✅ done");
@@ -151,6 +173,17 @@ mod tests {
         let s = &rx.seen()[0];
         assert!(s.header("webhook-id").is_some() && s.header("webhook-timestamp").is_some());
         assert!(s.header("webhook-signature").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_malformed_second_secret_is_permanent_and_neither_is_reported() {
+        let rx = Receiver::ok().await;
+        let both = format!("{SECRET} whsec_TOPSECRET*notbase64");
+        let out = send(&ctx(), &webhook(&rx, Some(&both)), &job("x")).await;
+        assert_eq!(out.verdict, Verdict::Permanent);
+        let response = out.response.unwrap();
+        assert!(!response.contains("TOPSECRET") && !response.contains(&SECRET[6..]));
+        assert!(rx.seen().is_empty());
     }
 
     #[tokio::test]
