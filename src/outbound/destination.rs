@@ -147,6 +147,28 @@ impl Destination {
         }
     }
 
+    /// The `*_env` field this destination sets, if any: a variable of the relay's environment,
+    /// read for the destinations of its config only.
+    fn env_field(&self) -> Option<&'static str> {
+        match self {
+            Self::Webhook {
+                secret_env: Some(_),
+                ..
+            } => Some("secret_env"),
+            Self::Chat {
+                token_env: Some(_), ..
+            }
+            | Self::Openclaw {
+                token_env: Some(_), ..
+            } => Some("token_env"),
+            Self::Telegram {
+                bot_token_env: Some(_),
+                ..
+            } => Some("bot_token_env"),
+            _ => None,
+        }
+    }
+
     /// Copies secrets named by `*_env` into the destination, so delivery needs no environment.
     pub fn resolve_env(mut self, name: &str) -> Result<Self, DestinationError> {
         fn take(
@@ -263,6 +285,13 @@ pub fn parse_notify(entry: &serde_json::Value) -> Result<NotifyEntry, Destinatio
                      ([relay.destinations.<name>]), then named in notify"
                         .into(),
                 ));
+            }
+            // Nor read the relay's environment (it would be sent to a URL the caller chose).
+            if let Some(field) = dest.env_field() {
+                return Err(DestinationError::Invalid(format!(
+                    "{field} names a variable of the relay's environment, read only for a \
+                     destination of its config ([relay.destinations.<name>], then named in notify)"
+                )));
             }
             Ok(NotifyEntry::Inline(dest))
         }

@@ -69,6 +69,22 @@ async fn invalid_create_bodies_get_400_or_422_with_a_code_and_message_and_write_
             "command",
         ),
         (
+            "a webhook in notify signed with a variable of the relay's environment",
+            json!({"task_name": "t", "assigned_to": "anna", "notify": [{"type": "webhook",
+                "url": "https://example.com/h", "secret_env": "HOME"}]})
+            .to_string(),
+            invalid,
+            "secret_env",
+        ),
+        (
+            "a chat push in notify whose token is a variable of the relay's environment",
+            json!({"task_name": "t", "assigned_to": "anna", "notify": [{"type": "chat",
+                "url": "https://example.com/push", "session_id": "s", "token_env": "HOME"}]})
+            .to_string(),
+            invalid,
+            "token_env",
+        ),
+        (
             "unknown priority high",
             json!({"task_name": "t", "assigned_to": "anna", "priority": "high"}).to_string(),
             invalid,
