@@ -402,6 +402,23 @@ async fn output(
     Ok(())
 }
 
+/// One line per dead letter.
+fn print_dead(dead: &[crate::domain::Task]) {
+    for t in dead {
+        println!(
+            "{}  {}  {}  attempts {}  {}",
+            t.id,
+            t.assigned_to,
+            t.task_name,
+            t.attempt,
+            t.error.as_deref().unwrap_or("")
+        );
+    }
+    if dead.is_empty() {
+        println!("(no dead letters)");
+    }
+}
+
 /// `task list`: one page; when there may be more, the flag that prints the next goes to stderr
 /// (stdout stays the table, or the JSON).
 async fn list(client: &ApiClient, out: Output, args: &ListArgs) -> Result<(), ClientError> {
@@ -459,21 +476,9 @@ async fn dead(
         ("after", after),
     ]);
     let (dead, next) = client.dead_letters_page(&q).await?;
-    if out.json {
-        out.tasks(&dead);
-    }
-    for t in dead.iter().filter(|_| !out.json) {
-        println!(
-            "{}  {}  {}  attempts {}  {}",
-            t.id,
-            t.assigned_to,
-            t.task_name,
-            t.attempt,
-            t.error.as_deref().unwrap_or("")
-        );
-    }
-    if dead.is_empty() && !out.json {
-        println!("(no dead letters)");
+    match out.json {
+        true => out.tasks(&dead),
+        false => print_dead(&dead),
     }
     if let Some(cursor) = next {
         eprintln!("more: add --after {cursor} for the next page");
