@@ -156,10 +156,18 @@ fn variables(cfg: &Config) -> Vec<(String, Var)> {
             continue;
         };
         let kind = fields.get("type").and_then(|t| t.as_str()).unwrap_or("?");
-        for (field, var) in &fields {
-            let Some(var) = var.as_str().filter(|_| field.ends_with("_env")) else {
-                continue;
-            };
+        // A `*_env` field names one variable, or (`headers_env`) one per header.
+        let vars = fields
+            .iter()
+            .filter(|(f, _)| f.ends_with("_env"))
+            .flat_map(|(f, v)| {
+                let one = v.as_str().map(|var| (f.clone(), var));
+                let each = v.as_object().into_iter().flatten();
+                let each =
+                    each.filter_map(move |(h, var)| Some((format!("{f}.{h}"), var.as_str()?)));
+                one.into_iter().chain(each)
+            });
+        for (field, var) in vars {
             let var_entry = if kind == "webhook" && field == "secret_env" {
                 Var::Generated {
                     comment: format!(
@@ -248,6 +256,7 @@ mod tests {
             type = "webhook"
             url = "https://ops.example.com/hook"
             secret_env = "OPS_WEBHOOK_SECRET"
+            headers_env = { Authorization = "OPS_GATEWAY_AUTH" }
             [destinations.webchat]
             type = "chat"
             url = "https://chat.example.com/api/push"
@@ -288,7 +297,8 @@ mod tests {
             written.generated,
             [API_KEY_VAR, TASK_TOKEN_SECRET_VAR, "OPS_WEBHOOK_SECRET"]
         );
-        assert_eq!(written.to_fill[0].0, "WEBCHAT_TOKEN");
+        let to_fill: Vec<&str> = written.to_fill.iter().map(|(v, _)| v.as_str()).collect();
+        assert_eq!(to_fill, ["OPS_GATEWAY_AUTH", "WEBCHAT_TOKEN"]);
         for name in &written.generated {
             assert!(va[name].len() >= 40, "{name}");
             assert_ne!(va[name], vb[name], "{name} is random");

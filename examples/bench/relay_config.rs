@@ -27,6 +27,8 @@ pub fn fanout_config(
                 secret: Some(taskfleet::outbound::signature::Signer::generate_secret()),
                 secret_env: None,
                 events: vec![EventKind::Step],
+                headers: Default::default(),
+                headers_env: Default::default(),
             },
         );
         names.push(name);

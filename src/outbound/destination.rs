@@ -6,6 +6,21 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
+/// Headers a webhook's extra `headers` may not name: taskfleet sets them (the body's type and
+/// length, the connection, the Standard Webhooks signature, the trace).
+pub const RESERVED_HEADERS: [&str; 10] = [
+    "content-type",
+    "content-length",
+    "host",
+    "connection",
+    "transfer-encoding",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "traceparent",
+    "tracestate",
+];
+
 /// A destination could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DestinationError {
@@ -42,6 +57,14 @@ pub enum Destination {
         /// Only these event types (default: all but `output`).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         events: Vec<EventKind>,
+        /// Extra request headers, by name (`{"X-Team": "ops"}`); not one taskfleet sets itself
+        /// (see [`RESERVED_HEADERS`]).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        headers: BTreeMap<String, String>,
+        /// Extra request headers whose values are variables of the relay's environment
+        /// (`{"Authorization": "OPS_AUTH"}`); read at start into `headers`.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        headers_env: BTreeMap<String, String>,
     },
     /// Seed 000's push endpoint: `{sessionId, content, role: "assistant"}` with a Bearer token.
     Chat {
@@ -147,6 +170,43 @@ impl Destination {
         }
     }
 
+    /// Refuses extra webhook headers that are no valid HTTP header, or that taskfleet sets
+    /// itself.
+    pub fn check(&self) -> Result<(), DestinationError> {
+        let Self::Webhook {
+            headers,
+            headers_env,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        let names = headers.keys().chain(headers_env.keys());
+        for name in names {
+            let lower = name.to_ascii_lowercase();
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(DestinationError::Invalid(format!(
+                    "{name:?} is no HTTP header name"
+                )));
+            }
+            if RESERVED_HEADERS.contains(&lower.as_str()) {
+                return Err(DestinationError::Invalid(format!(
+                    "header {name} is set by taskfleet (extra headers may not be one of {})",
+                    RESERVED_HEADERS.join(", ")
+                )));
+            }
+        }
+        match headers
+            .iter()
+            .find(|(_, v)| http::HeaderValue::from_str(v).is_err())
+        {
+            Some((name, _)) => Err(DestinationError::Invalid(format!(
+                "the value of header {name} is no valid HTTP header value"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// The `*_env` field this destination sets, if any: a variable of the relay's environment,
     /// read for the destinations of its config only.
     fn env_field(&self) -> Option<&'static str> {
@@ -155,6 +215,7 @@ impl Destination {
                 secret_env: Some(_),
                 ..
             } => Some("secret_env"),
+            Self::Webhook { headers_env, .. } if !headers_env.is_empty() => Some("headers_env"),
             Self::Chat {
                 token_env: Some(_), ..
             }
@@ -187,8 +248,19 @@ impl Destination {
         }
         match &mut self {
             Self::Webhook {
-                secret, secret_env, ..
-            } => take(name, secret, secret_env)?,
+                secret,
+                secret_env,
+                headers,
+                headers_env,
+                ..
+            } => {
+                take(name, secret, secret_env)?;
+                for (header, var) in std::mem::take(headers_env) {
+                    let mut value = None;
+                    take(name, &mut value, &mut Some(var))?;
+                    headers.insert(header, value.unwrap_or_default());
+                }
+            }
             Self::Chat {
                 token, token_env, ..
             }
@@ -286,6 +358,7 @@ pub fn parse_notify(entry: &serde_json::Value) -> Result<NotifyEntry, Destinatio
                         .into(),
                 ));
             }
+            dest.check()?;
             // Nor read the relay's environment (it would be sent to a URL the caller chose).
             if let Some(field) = dest.env_field() {
                 return Err(DestinationError::Invalid(format!(
@@ -402,10 +475,66 @@ mod tests {
             secret: None,
             secret_env: None,
             events: vec![],
+            headers: Default::default(),
+            headers_env: Default::default(),
         };
         assert!(w.wants(EventKind::Heartbeat) && !w.wants(EventKind::Output));
         let c = Destination::Log {};
         assert!(c.wants(EventKind::Completed) && !c.wants(EventKind::Created));
+    }
+
+    fn webhook_with(headers: &[(&str, &str)], headers_env: &[(&str, &str)]) -> Destination {
+        let map = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        Destination::Webhook {
+            url: "https://example.com/h".into(),
+            secret: None,
+            secret_env: None,
+            events: vec![],
+            headers: map(headers),
+            headers_env: map(headers_env),
+        }
+    }
+
+    #[test]
+    fn extra_headers_may_not_be_ones_taskfleet_sets_nor_invalid() {
+        assert!(
+            webhook_with(&[("X-Team", "ops")], &[("Authorization", "V")])
+                .check()
+                .is_ok()
+        );
+        for (name, value) in [
+            ("Webhook-Signature", "v1,forged"),
+            ("content-type", "text/plain"),
+            ("Bad Name", "x"),
+            ("X-Ok", "line\nbreak"),
+        ] {
+            let refused = webhook_with(&[(name, value)], &[]).check();
+            assert!(refused.is_err(), "{name}: {value:?}");
+        }
+        let from_env = webhook_with(&[], &[("Host", "V")]).check();
+        assert!(from_env.is_err(), "a variable's header is checked too");
+    }
+
+    #[test]
+    fn a_headers_variable_is_read_into_the_headers_at_start() {
+        let path = std::env::var("PATH").expect("tests run with a PATH");
+        let d = webhook_with(&[("X-Team", "ops")], &[("X-Path", "PATH")]);
+        let Destination::Webhook {
+            headers,
+            headers_env,
+            ..
+        } = d.resolve_env("ops").unwrap()
+        else {
+            unreachable!("a webhook stays a webhook")
+        };
+        assert_eq!(headers.get("X-Path"), Some(&path));
+        assert_eq!(headers.get("X-Team").map(String::as_str), Some("ops"));
+        assert!(headers_env.is_empty());
     }
 
     #[test]

@@ -92,12 +92,14 @@ impl RelayConfig {
         if let Err(e) = crate::outbound::ssrf::AllowList::new(self.allow.iter()) {
             return Err(format!("relay.allow: {e}"));
         }
-        for name in self.destinations.keys() {
+        for (name, dest) in &self.destinations {
             if Assignee::parse(name).is_err() {
                 return Err(format!(
                     "relay.destinations.{name}: names must match [a-z0-9_-]{{1,64}}"
                 ));
             }
+            dest.check()
+                .map_err(|e| format!("relay.destinations.{name}: {e}"))?;
         }
         for route in &self.routes {
             if let Some(d) = route
@@ -141,7 +143,7 @@ mod tests {
 
     #[test]
     fn each_refusal_names_the_relay_setting_at_fault() {
-        let cases: [(&str, Change); 6] = [
+        let cases: [(&str, Change); 7] = [
             (
                 "relay.retry_schedule_s",
                 Box::new(|c| c.retry_schedule_s.clear()),
@@ -159,6 +161,15 @@ mod tests {
                 Box::new(|c| {
                     c.destinations
                         .insert("Bad Name".into(), Destination::Log {});
+                }),
+            ),
+            (
+                "relay.destinations.ops",
+                Box::new(|c| {
+                    let hook = serde_json::json!({"type": "webhook", "url": "https://x.test/h",
+                        "headers": {"webhook-signature": "v1,forged"}});
+                    let hook = serde_json::from_value(hook).unwrap();
+                    c.destinations.insert("ops".into(), hook);
                 }),
             ),
             (

@@ -85,6 +85,22 @@ async fn invalid_create_bodies_get_400_or_422_with_a_code_and_message_and_write_
             "token_env",
         ),
         (
+            "a webhook in notify with a header of the relay's environment",
+            json!({"task_name": "t", "assigned_to": "anna", "notify": [{"type": "webhook",
+                "url": "https://example.com/h", "headers_env": {"Authorization": "HOME"}}]})
+            .to_string(),
+            invalid,
+            "headers_env",
+        ),
+        (
+            "a webhook in notify forging the signature header",
+            json!({"task_name": "t", "assigned_to": "anna", "notify": [{"type": "webhook",
+                "url": "https://example.com/h", "headers": {"Webhook-Signature": "v1,x"}}]})
+            .to_string(),
+            invalid,
+            "Webhook-Signature",
+        ),
+        (
             "unknown priority high",
             json!({"task_name": "t", "assigned_to": "anna", "priority": "high"}).to_string(),
             invalid,

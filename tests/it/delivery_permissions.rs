@@ -165,6 +165,8 @@ fn webhook(url: String) -> Destination {
         secret: None,
         secret_env: None,
         events: vec![],
+        headers: Default::default(),
+        headers_env: Default::default(),
     }
 }
 

@@ -74,6 +74,8 @@ fn named_webhook(url: &str) -> Destination {
         secret: None,
         secret_env: None,
         events: vec![],
+        headers: Default::default(),
+        headers_env: Default::default(),
     }
 }
 

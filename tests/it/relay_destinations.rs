@@ -389,3 +389,26 @@ async fn dead_letters_page_oldest_first_through_the_cursor() {
         .unwrap()
         .contains("after"));
 }
+
+#[tokio::test]
+async fn a_configured_webhook_sends_its_extra_headers_with_one_read_from_the_relays_environment() {
+    // Arrange: a named webhook with a static header and one from a variable the relay has.
+    let app = TestApp::spawn().await;
+    let hook = Endpoint::start().await;
+    let mut settings = relay_settings();
+    let dest = json!({"type": "webhook", "url": hook.url("/ops"),
+        "headers": {"X-Team": "ops"}, "headers_env": {"X-From-Env": "PATH"}});
+    let dest = serde_json::from_value(dest).expect("a webhook destination");
+    settings.destinations.insert("ops".into(), dest);
+    let _relay = app.relay(settings).await;
+
+    // Act
+    app.task_notifying("with headers", json!(["ops"])).await;
+    let hits = hook.wait_for(1, SETTLE).await;
+
+    // Assert
+    let path = std::env::var("PATH").expect("tests run with a PATH");
+    assert_eq!(hits[0].header("x-team"), Some("ops"));
+    assert_eq!(hits[0].header("x-from-env"), Some(path.as_str()));
+    assert!(hits[0].header("webhook-id").is_some());
+}

@@ -23,6 +23,8 @@ fn named_webhook(ep: &Endpoint) -> Destination {
         secret: None,
         secret_env: None,
         events: vec![],
+        headers: Default::default(),
+        headers_env: Default::default(),
     }
 }
 

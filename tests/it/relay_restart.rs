@@ -187,6 +187,8 @@ async fn a_delivery_back_after_a_lost_ack_whose_record_says_delivered_is_not_sen
             secret: None,
             secret_env: None,
             events: vec![],
+            headers: Default::default(),
+            headers_env: Default::default(),
         },
     );
     let _relay = app.relay(settings).await;

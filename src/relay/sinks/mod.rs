@@ -155,9 +155,12 @@ pub async fn send(ctx: &SinkContext, dest: &Destination, job: &DeliveryJob) -> S
 
 async fn dispatch(ctx: &SinkContext, dest: &Destination, job: &DeliveryJob) -> Attempt {
     match dest {
-        Destination::Webhook { url, secret, .. } => {
-            webhook::send(ctx, url, secret.as_deref(), job).await
-        }
+        Destination::Webhook {
+            url,
+            secret,
+            headers,
+            ..
+        } => webhook::send(ctx, (url, headers), secret.as_deref(), job).await,
         Destination::Chat {
             url,
             session_id,

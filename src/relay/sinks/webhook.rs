@@ -14,12 +14,13 @@ use crate::outbound::signature::{
     signature_header, signers, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, SECRET_PREFIX,
 };
 use crate::relay::job::DeliveryJob;
+use std::collections::BTreeMap;
 
-/// Sends the envelope of `job` to `url`, signed with `secret` when there is one (several
-/// secrets, space-separated, each sign: a rotation).
+/// Sends the envelope of `job` to `url` with the destination's extra `headers`, signed with
+/// `secret` when there is one (several secrets, space-separated, each sign: a rotation).
 pub(super) async fn send(
     ctx: &SinkContext,
-    url: &str,
+    (url, extra): (&str, &BTreeMap<String, String>),
     secret: Option<&str>,
     job: &DeliveryJob,
 ) -> Attempt {
@@ -33,10 +34,12 @@ pub(super) async fn send(
         Err(e) => return Attempt::permanent(format!("cannot serialize the envelope: {e}")),
     };
     let timestamp = chrono::Utc::now().timestamp();
-    let mut headers = vec![
-        (HEADER_ID, job.id.clone()),
-        (HEADER_TIMESTAMP, timestamp.to_string()),
-    ];
+    let mut headers: Vec<(&str, String)> = extra
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.clone()))
+        .collect();
+    headers.push((HEADER_ID, job.id.clone()));
+    headers.push((HEADER_TIMESTAMP, timestamp.to_string()));
     if !signers.is_empty() {
         let signature = signature_header(&signers, &job.id, timestamp, &body);
         headers.push((HEADER_SIGNATURE, signature));
@@ -49,10 +52,12 @@ pub(super) async fn send(
             headers.push((name.as_str(), value.to_string()));
         }
     }
-    // Each secret, and its key alone (the base64 after `whsec_`), is as secret as the whole.
+    // Each secret, and its key alone (the base64 after `whsec_`), is as secret as the whole;
+    // so may be an extra header's value (an `Authorization`), unless too short to be a secret.
     let parts = secret.unwrap_or_default().split_whitespace();
     let keys = parts.clone().filter_map(|s| s.strip_prefix(SECRET_PREFIX));
-    let redact = Redactor::new(parts.chain(keys).map(Some));
+    let values = extra.values().map(String::as_str).filter(|v| v.len() >= 8);
+    let redact = Redactor::new(parts.chain(keys).chain(values).map(Some));
     match post_json(ctx, url, &headers, body, &redact).await {
         Ok(reply) => reply.attempt(reply.verdict(), &redact),
         Err(failed) => failed,
@@ -61,7 +66,7 @@ pub(super) async fn send(
 
 #[cfg(test)]
 mod tests {
-    use super::super::testkit::{ctx, job, task_job, Receiver};
+    use super::super::testkit::{ctx, job, task_job, Answer, Receiver};
     use super::super::{send, Destination};
     use crate::outbound::signature::Signer;
     use crate::relay::retry::Verdict;
@@ -74,6 +79,8 @@ mod tests {
             secret: secret.map(String::from),
             secret_env: None,
             events: vec![],
+            headers: Default::default(),
+            headers_env: Default::default(),
         }
     }
 
@@ -128,6 +135,26 @@ mod tests {
             let signer = Signer::from_secret(secret).unwrap();
             signer.verify(id, ts, &s.body, sig).unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn extra_headers_are_sent_and_a_long_one_is_never_recorded() {
+        // A receiver that echoes the token it was sent (a misconfigured gateway, say).
+        let token = "Bearer s3cr3t-t0ken-of-the-gateway";
+        let rx =
+            Receiver::answering(move |_| Answer::status(401).body(&format!("bad {token}"))).await;
+        let mut dest = webhook(&rx, None);
+        if let Destination::Webhook { headers, .. } = &mut dest {
+            headers.insert("Authorization".into(), token.into());
+            headers.insert("X-Team".into(), "ops".into());
+        }
+        let out = send(&ctx(), &dest, &job("x")).await;
+        let s = &rx.seen()[0];
+        assert_eq!(s.header("authorization"), Some(token));
+        assert_eq!(s.header("x-team"), Some("ops"));
+        assert!(s.header("webhook-id").is_some());
+        let response = out.response.unwrap();
+        assert!(!response.contains("s3cr3t"), "{response}");
     }
 
     #[tokio::test]

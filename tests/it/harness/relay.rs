@@ -208,6 +208,8 @@ pub fn named_hook_settings(name: &str, url: String) -> RelayConfig {
         secret: None,
         secret_env: None,
         events: vec![],
+        headers: Default::default(),
+        headers_env: Default::default(),
     };
     settings.destinations.insert(name.into(), dest);
     settings
