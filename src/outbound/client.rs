@@ -205,16 +205,18 @@ fn build_request(
         .as_str()
         .parse()
         .map_err(|_| SendError::Invalid("the URL is not a valid request target".into()))?;
-    let mut request = http::Request::post(uri).header(http::header::USER_AGENT, USER_AGENT);
-    if let Some(credentials) = credentials {
+    // Ours unless the caller names its own (a webhook's extra headers may): `User-Agent`,
+    // `Authorization` from the URL's credentials, and `Accept: */*` as curl and reqwest send it
+    // (some gateways refuse a request without one).
+    let named = |h: &http::header::HeaderName| headers.iter().any(|(n, _)| h == n);
+    let mut request = http::Request::post(uri);
+    if !named(&http::header::USER_AGENT) {
+        request = request.header(http::header::USER_AGENT, USER_AGENT);
+    }
+    if let Some(credentials) = credentials.filter(|_| !named(&http::header::AUTHORIZATION)) {
         request = request.header(http::header::AUTHORIZATION, credentials);
     }
-    // `Accept: */*` as curl and reqwest send it (some gateways refuse a request without one),
-    // unless the caller names its own.
-    if !headers
-        .iter()
-        .any(|(n, _)| n.eq_ignore_ascii_case("accept"))
-    {
+    if !named(&http::header::ACCEPT) {
         request = request.header(http::header::ACCEPT, "*/*");
     }
     for (name, value) in headers {
@@ -352,6 +354,24 @@ mod tests {
         let head = served.await.unwrap();
         assert!(head.contains("accept: application/json"), "{head}");
         assert!(!head.contains("*/*"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn a_callers_own_user_agent_and_authorization_replace_the_default_ones() {
+        let (url, served) = answer_once("HTTP/1.1 204 No Content\r\n\r\n").await;
+        let with = format!("http://user:pass@{}/in", url.authority());
+        let client = loopback_client(Duration::from_secs(5));
+        let headers = [
+            ("User-Agent", "gateway-probe/1"),
+            ("Authorization", "Bearer t"),
+        ];
+        let with: url::Url = with.parse().unwrap();
+        client.post(&with, &headers, Vec::new(), 16).await.unwrap();
+        let head = served.await.unwrap();
+        assert!(head.contains("user-agent: gateway-probe/1"), "{head}");
+        assert!(head.contains("authorization: bearer t"), "{head}");
+        assert_eq!(head.matches("user-agent:").count(), 1, "{head}");
+        assert_eq!(head.matches("authorization:").count(), 1, "{head}");
     }
 
     /// A loopback HTTP/1.1 server that serves one connection at a time, keeping each open for

@@ -257,8 +257,15 @@ impl Destination {
                 take(name, secret, secret_env)?;
                 for (header, var) in std::mem::take(headers_env) {
                     let mut value = None;
-                    take(name, &mut value, &mut Some(var))?;
-                    headers.insert(header, value.unwrap_or_default());
+                    take(name, &mut value, &mut Some(var.clone()))?;
+                    let value = value.unwrap_or_default();
+                    if http::HeaderValue::from_str(&value).is_err() {
+                        return Err(DestinationError::Invalid(format!(
+                            "{name}: variable {var} (header {header}) holds no valid HTTP \
+                             header value"
+                        )));
+                    }
+                    headers.insert(header, value);
                 }
             }
             Self::Chat {
