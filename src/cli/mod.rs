@@ -226,15 +226,21 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 fn nats_url(flag: Option<String>, cfg: &Config) -> String {
-    flag.or(cfg.nats.url.clone())
+    given(flag)
+        .or(cfg.nats.url.clone())
         .unwrap_or_else(|| "nats://127.0.0.1:4222".into())
+}
+
+/// A `--nats-url` (or `NATS_URL`) left empty is not given: the config's or the default applies.
+fn given(url: Option<String>) -> Option<String> {
+    url.filter(|u| !u.trim().is_empty())
 }
 
 async fn up(cfg: Config, args: UpArgs, token: CancellationToken) -> anyhow::Result<()> {
     let opts = crate::up::UpOptions {
         data_dir: args.data_dir,
         api_addr: args.api_addr,
-        nats_url: args.nats_url,
+        nats_url: given(args.nats_url),
         nats_config: args.nats_config,
         secure: args.secure,
     };

@@ -321,6 +321,26 @@ async fn up_serves_the_api_with_a_generated_key_and_stops_nats_on_sigterm() {
 }
 
 #[tokio::test]
+async fn up_with_an_empty_nats_url_starts_its_own_nats_server_as_without_one() {
+    // Arrange: `--nats-url ""`, as a script passing an unset variable writes it.
+    let data = tempfile::tempdir().unwrap();
+    let mut up = up_command(data.path(), free_port(), free_port());
+    let mut child = up.args(["--nats-url", ""]).spawn().unwrap();
+
+    // Act
+    let nats_pid = wait_until_up(&mut child).await;
+
+    // Assert
+    assert!(
+        alive(nats_pid),
+        "the banner names the nats-server it started"
+    );
+    taskfleet::sys::signal_process(child.id().unwrap(), libc::SIGTERM).expect("SIGTERM");
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    assert!(status.expect("up exits after SIGTERM").unwrap().success());
+}
+
+#[tokio::test]
 async fn up_that_fails_halfway_leaves_no_nats_server_behind() {
     // Arrange: the API port is taken, so `up` fails after nats-server started.
     let data = tempfile::tempdir().unwrap();
