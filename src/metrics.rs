@@ -175,90 +175,91 @@ fn latency_histogram() -> Histogram {
 
 impl Default for Metrics {
     fn default() -> Self {
+        let mut metrics = Self {
+            registry: Mutex::default(),
+            tasks_created: Family::default(),
+            tasks_started: Family::default(),
+            tasks_finished: Family::default(),
+            queue_depth: Family::default(),
+            http_latency: Family::new_with_constructor(latency_histogram),
+            workers_online: Family::default(),
+            tasks_scheduled: Gauge::default(),
+            delayed_lag: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            schedule_ticks: Family::default(),
+            schedule_lag: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            backlog: BacklogMetrics::default(),
+            flow: FlowMetrics::default(),
+            running_index_seeds: Counter::default(),
+        };
         let mut registry = Registry::with_prefix("taskfleet");
-        let tasks_created = Family::<TaskLabels, Counter>::default();
-        let tasks_started = Family::<TaskLabels, Counter>::default();
-        let tasks_finished = Family::<FinishedLabels, Counter>::default();
-        let queue_depth = Family::<TaskLabels, Gauge>::default();
-        let http_latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
-        let workers_online = Family::<AssigneeLabel, Gauge>::default();
+        metrics.register_tasks(&mut registry);
+        metrics.register_schedules(&mut registry);
+        metrics.flow.register(&mut registry);
+        metrics.backlog.register(&mut registry);
+        metrics.registry = Mutex::new(registry);
+        metrics
+    }
+}
+
+impl Metrics {
+    /// Registers the task, worker, HTTP and running-index metrics.
+    fn register_tasks(&self, registry: &mut Registry) {
         registry.register(
             "workers_online",
             "Workers alive now (announced in the worker registry), per assignee",
-            workers_online.clone(),
+            self.workers_online.clone(),
         );
-        registry.register("tasks_created", "Tasks created", tasks_created.clone());
-        let tasks_scheduled = Gauge::default();
-        registry.register(
-            "tasks_scheduled",
-            "Delayed tasks waiting for their run_at (schedule messages held by the broker)",
-            tasks_scheduled.clone(),
-        );
-        let delayed_lag = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        registry.register(
-            "delayed_task_lag_seconds",
-            "Seconds between a delayed task's run_at and when it was queued (fire lag)",
-            delayed_lag.clone(),
-        );
-        let schedule_ticks = Family::<ScheduleLabels, Counter>::default();
-        registry.register(
-            "schedule_ticks",
-            "Cron schedule ticks handled, by schedule and outcome (created, skipped, missed)",
-            schedule_ticks.clone(),
-        );
-        let schedule_lag = Histogram::new(exponential_buckets(0.01, 2.0, 14));
-        registry.register(
-            "schedule_lag_seconds",
-            "Seconds between a cron schedule tick's time and when it was handled",
-            schedule_lag.clone(),
-        );
+        registry.register("tasks_created", "Tasks created", self.tasks_created.clone());
         registry.register(
             "tasks_started",
             "Task attempts started",
-            tasks_started.clone(),
+            self.tasks_started.clone(),
         );
         registry.register(
             "tasks_finished",
             "Tasks that reached completed, failed or cancelled",
-            tasks_finished.clone(),
+            self.tasks_finished.clone(),
         );
         registry.register(
             "queue_depth",
             "Messages waiting in the task queue, including ones being worked on",
-            queue_depth.clone(),
+            self.queue_depth.clone(),
         );
         registry.register(
             "http_request_duration_seconds",
             "HTTP request latency",
-            http_latency.clone(),
+            self.http_latency.clone(),
         );
-        let running_index_seeds = Counter::default();
         registry.register(
             "running_index_seeds",
             "Times this process walked the task queue to seed its index of running tasks (its \
             first running listing; again when it fell behind or held more than api.running_index_cap)",
-            running_index_seeds.clone(),
+            self.running_index_seeds.clone(),
         );
-        let flow = FlowMetrics::default();
-        flow.register(&mut registry);
-        let backlog = BacklogMetrics::default();
-        backlog.register(&mut registry);
-        Self {
-            registry: Mutex::new(registry),
-            tasks_created,
-            tasks_started,
-            tasks_finished,
-            queue_depth,
-            http_latency,
-            workers_online,
-            tasks_scheduled,
-            delayed_lag,
-            schedule_ticks,
-            schedule_lag,
-            backlog,
-            flow,
-            running_index_seeds,
-        }
+    }
+
+    /// Registers the delayed-task and cron schedule metrics.
+    fn register_schedules(&self, registry: &mut Registry) {
+        registry.register(
+            "tasks_scheduled",
+            "Delayed tasks waiting for their run_at (schedule messages held by the broker)",
+            self.tasks_scheduled.clone(),
+        );
+        registry.register(
+            "delayed_task_lag_seconds",
+            "Seconds between a delayed task's run_at and when it was queued (fire lag)",
+            self.delayed_lag.clone(),
+        );
+        registry.register(
+            "schedule_ticks",
+            "Cron schedule ticks handled, by schedule and outcome (created, skipped, missed)",
+            self.schedule_ticks.clone(),
+        );
+        registry.register(
+            "schedule_lag_seconds",
+            "Seconds between a cron schedule tick's time and when it was handled",
+            self.schedule_lag.clone(),
+        );
     }
 }
 
