@@ -5,7 +5,7 @@ use super::error::{ApiError, StrictJsonBody};
 use super::error::{IdPath, Params};
 use super::state::AppState;
 use crate::domain::{Assignee, NewTask, Priority, Share, Task, TaskId, TaskKind, TaskStatus};
-use crate::tasks::ListFilter;
+use crate::tasks::{Cursor, ListFilter};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -228,7 +228,7 @@ pub(super) async fn list(
     let (status, unchanged_since) = parse_status(q.status.as_deref(), &state)?;
     let before = match q.before.as_deref().filter(|s| !s.is_empty()) {
         None => None,
-        Some(raw) => Some(raw.parse::<u64>().map_err(|_| {
+        Some(raw) => Some(raw.parse::<Cursor>().map_err(|_| {
             ApiError::BadRequest(format!(
                 "before must be a cursor from X-Next-Cursor, got {raw:?}"
             ))
@@ -256,7 +256,9 @@ pub(super) async fn list(
     let mut headers = axum::http::HeaderMap::new();
     if let Some(next) = page.next {
         let link = next_link(&q, &filter, next);
-        headers.insert("x-next-cursor", next.into());
+        if let Ok(v) = axum::http::HeaderValue::from_str(&next.to_string()) {
+            headers.insert("x-next-cursor", v);
+        }
         if let Ok(v) = axum::http::HeaderValue::from_str(&link) {
             headers.insert(header::LINK, v);
         }
@@ -265,7 +267,7 @@ pub(super) async fn list(
 }
 
 /// `<…>; rel="next"` for the page after the one answered.
-fn next_link(q: &ListQuery, f: &ListFilter, next: u64) -> String {
+fn next_link(q: &ListQuery, f: &ListFilter, next: Cursor) -> String {
     let mut url = format!("/api/tasks?limit={}&before={next}", f.limit);
     let given = [
         ("assigned_to", &q.assigned_to),

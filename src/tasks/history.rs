@@ -20,8 +20,8 @@ pub struct ListFilter {
     pub scope: Option<HashSet<Assignee>>,
     /// At most this many, newest first.
     pub limit: usize,
-    /// A page cursor: start after (older than) this stream sequence.
-    pub before: Option<u64>,
+    /// A page cursor (from [`Page::next`](super::Page)): start after (older than) it.
+    pub before: Option<Cursor>,
     /// Only tasks of this priority.
     pub priority: Option<Priority>,
     /// Only tasks of this kind.
@@ -32,7 +32,53 @@ pub struct ListFilter {
     pub unchanged_since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// Where a listing's next page starts: older than the stream sequence `seq` of what it walks,
+/// and, for a listing of every status, older than the queue sequence `queue` of the queued
+/// tasks no one recorded yet (see `every.rs`). Written `<seq>` or `<seq>.<queue>`; 0 is a walk
+/// at its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cursor {
+    /// The walked stream's sequence to start below.
+    pub seq: u64,
+    /// The task queue's sequence to start below, in a listing of every status (`None`: none
+    /// left to walk).
+    pub queue: Option<u64>,
+}
+
+impl Cursor {
+    /// A cursor of one walk, at stream sequence `seq`.
+    pub fn at(seq: u64) -> Self {
+        Cursor { seq, queue: None }
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.queue {
+            None => write!(f, "{}", self.seq),
+            Some(q) => write!(f, "{}.{q}", self.seq),
+        }
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (seq, queue) = match s.split_once('.') {
+            None => (s.parse()?, None),
+            Some((seq, queue)) => (seq.parse()?, Some(queue.parse()?)),
+        };
+        Ok(Cursor { seq, queue })
+    }
+}
+
 impl ListFilter {
+    /// The stream sequence to start below, if a cursor was given.
+    pub(crate) fn before_seq(&self) -> Option<u64> {
+        self.before.map(|c| c.seq)
+    }
+
     pub(crate) fn accepts(&self, t: &Task) -> bool {
         self.assignee.as_ref().is_none_or(|a| *a == t.assigned_to)
             && self.status.is_none_or(|s| s == t.status)

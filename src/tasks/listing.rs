@@ -10,7 +10,7 @@
 //! | `running` | the process's running index (see `running.rs`); when it is not in use, queue messages as for `pending`, reading only the tasks with a `started` record (see [`TaskService::started_states`]) | newest queued first |
 //! | `completed` | ledger events of that type | most recently finished first |
 //! | `failed`, `cancelled` | their index entries (`index.<status>.<assignee>.<id>`), in the server's copy `LEDGER_INDEX` | most recently finished first |
-//! | any | from the ledger's last message, every record (up to [`EVERY_RECORD_BUDGET`]); past that, or from a cursor, `created` and `scheduled` events and `started` events that stand for a creation | newest created (or queued) first |
+//! | any | from the ledger's last message, every record (up to [`EVERY_RECORD_BUDGET`]); past that, or from a cursor, `created` and `scheduled` events and `started` events that stand for a creation; merged with the queued tasks no one recorded yet (see `every.rs`) | newest created (or queued) first |
 //!
 //! A priority or kind narrows the queue subjects a `pending`/`running` listing walks; otherwise
 //! they, and text in the name, are checked on each task read, and such a listing walks at most
@@ -31,6 +31,7 @@
 //! thousand small messages instead of a few among millions (the copy trails the ledger by the
 //! server's sourcing delay).
 
+use super::history::Cursor;
 use super::ledger::also_created;
 use super::{ListFilter, TaskError, TaskService};
 use crate::bus::{direct, subjects, BusError, NatsResultExt};
@@ -44,6 +45,25 @@ pub struct Page {
     /// The tasks, newest first.
     pub tasks: Vec<Task>,
     /// Where the next page starts (`before` of the next call), if there may be one.
+    pub next: Option<Cursor>,
+}
+
+/// A task a walk found, with the sequence and time of the message that stands for it.
+pub(super) struct Found {
+    /// The message's stream sequence (a cursor there walks on past the task).
+    pub seq: u64,
+    /// When the message was stored, in nanoseconds since the epoch.
+    pub time: i128,
+    /// The task's state.
+    pub task: Task,
+}
+
+/// What one walk of a stream found, newest first, and where the next walk would start.
+#[derive(Default)]
+pub(super) struct WalkPage {
+    /// The tasks found, at most the filter's limit.
+    pub found: Vec<Found>,
+    /// The sequence the next walk starts below, if the stream may hold more.
     pub next: Option<u64>,
 }
 
@@ -61,9 +81,9 @@ pub(super) const SCAN_BUDGET: u64 = 5_000;
 const EVERY_RECORD_BUDGET: u64 = 1_000;
 
 /// What one listing walks: a stream and the subjects whose messages stand for tasks.
-struct Source {
-    stream: &'static str,
-    filters: Vec<String>,
+pub(super) struct Source {
+    pub stream: &'static str,
+    pub filters: Vec<String>,
 }
 
 impl TaskService {
@@ -75,16 +95,28 @@ impl TaskService {
     /// the cursor to walk on from, so a rare match among a million tasks costs several calls
     /// instead of one unbounded one.
     pub async fn list_page(&self, filter: &ListFilter) -> Result<Page, TaskError> {
+        if filter.status.is_none() {
+            return self.every_status_page(filter).await;
+        }
         if filter.status == Some(TaskStatus::Running) {
             if let Some(page) = self.running_page(filter).await? {
                 return Ok(page);
             }
         }
-        let assignee = filter.assignee.clone().or_else(|| single(&filter.scope));
+        let walked = self.walk_page(filter).await?;
+        Ok(Page {
+            tasks: walked.found.into_iter().map(|f| f.task).collect(),
+            next: walked.next.map(Cursor::at),
+        })
+    }
+
+    /// One walk of what `filter` lists (see the module's table), from `filter.before` on.
+    pub(super) async fn walk_page(&self, filter: &ListFilter) -> Result<WalkPage, TaskError> {
+        let assignee = one_assignee(filter);
         let mut source = source(filter, assignee.as_ref(), false);
         let (first, last, stored) = bounds(&self.bus.js, source.stream).await?;
         let mut end = filter
-            .before
+            .before_seq()
             .map_or(last, |b| b.saturating_sub(1))
             .min(last);
         let mut walk = Walked::new(filter.status.is_none() && end == last);
@@ -95,13 +127,13 @@ impl TaskService {
         let budget = filter.narrows_after_read().then_some(SCAN_BUDGET);
         let ledger = source.stream == subjects::EVENTS_STREAM;
         let mut window = first_window(filter.limit, ledger, last.saturating_sub(first) + 1, stored);
-        let mut page = Page::default();
-        while page.tasks.len() < filter.limit && end >= first && end > 0 {
+        let mut page = WalkPage::default();
+        while page.found.len() < filter.limit && end >= first && end > 0 {
             if let Some(b) = budget {
                 window = window.min(b);
             }
             let start = end.saturating_sub(window - 1).max(first);
-            let (end_of_window, found_before) = (end, page.tasks.len());
+            let (end_of_window, found_before) = (end, page.found.len());
             let msgs = self
                 .read_range(&source, (start, end), &mut after_end)
                 .await?;
@@ -110,7 +142,7 @@ impl TaskService {
             fill(&mut page, found, filter.limit);
             end = start.saturating_sub(1);
             let more = end >= first && end > 0;
-            if budget.is_some_and(|b| walk.walked >= b) && page.tasks.len() < filter.limit {
+            if budget.is_some_and(|b| walk.walked >= b) && page.found.len() < filter.limit {
                 page.next = more.then_some(start);
                 return Ok(page);
             }
@@ -121,10 +153,10 @@ impl TaskService {
                 after_end = self.counts_after(&source, end, false).await?;
             }
             walk.spanned += end_of_window - start + 1;
-            let found = (page.tasks.len(), page.tasks.len() - found_before);
+            let found = (page.found.len(), page.found.len() - found_before);
             window = next_window(window, walk.spanned, found, filter.limit);
         }
-        if page.tasks.len() < filter.limit {
+        if page.found.len() < filter.limit {
             page.next = None;
         }
         Ok(page)
@@ -132,7 +164,7 @@ impl TaskService {
 
     /// Every message of `source` in `[start, end]`; `after_end` holds, per filter, how many
     /// of its messages come after `end`, and is moved to the window's start.
-    async fn read_range(
+    pub(super) async fn read_range(
         &self,
         source: &Source,
         window: (u64, u64),
@@ -156,7 +188,7 @@ impl TaskService {
 
     /// Per filter of `source`, how many messages come after `end` (none after the stream's
     /// last message).
-    async fn counts_after(
+    pub(super) async fn counts_after(
         &self,
         source: &Source,
         end: u64,
@@ -179,13 +211,13 @@ impl TaskService {
     }
 
     /// The tasks of `candidates` (newest first) whose latest state matches `filter`, with the
-    /// sequence of the message that found each.
+    /// message that found each.
     async fn matching(
         &self,
         candidates: &[StreamMessage],
         filter: &ListFilter,
         latest: &HashMap<TaskId, StreamMessage>,
-    ) -> Result<Vec<(u64, Task)>, TaskError> {
+    ) -> Result<Vec<Found>, TaskError> {
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
@@ -195,14 +227,20 @@ impl TaskService {
             (true, _) => self.queued_states(candidates, false).await?,
             (false, _) => self.logged_states(candidates, latest).await?,
         };
-        let by_id: HashMap<TaskId, u64> = candidates
-            .iter()
-            .map(|m| (task_of(m), m.sequence))
-            .collect();
+        let by_id: HashMap<TaskId, &StreamMessage> =
+            candidates.iter().map(|m| (task_of(m), m)).collect();
         Ok(tasks
             .into_iter()
             .filter(|t| filter.accepts(t))
-            .filter_map(|t| by_id.get(&t.id).map(|&seq| (seq, t)))
+            .filter_map(|task| {
+                let m = by_id.get(&task.id)?;
+                let time = m.time.unix_timestamp_nanos();
+                Some(Found {
+                    seq: m.sequence,
+                    time,
+                    task,
+                })
+            })
             .collect())
     }
 
@@ -291,7 +329,7 @@ impl Walked {
 /// `stored` messages: [`WINDOW_PER_TASK`] messages per task in the ledger, and half as many
 /// again as tasks wanted in the queue or the index (a message each), in sequences as far apart
 /// as the stream's messages are on average (a work queue keeps a few over a long span).
-fn first_window(limit: usize, ledger: bool, span: u64, stored: u64) -> u64 {
+pub(super) fn first_window(limit: usize, ledger: bool, span: u64, stored: u64) -> u64 {
     let messages = match ledger {
         true => limit as u64 * WINDOW_PER_TASK,
         false => (limit as u64 * 3).div_ceil(2),
@@ -323,15 +361,15 @@ fn known_state(m: &StreamMessage, latest: &HashMap<TaskId, StreamMessage>) -> Op
     Some(super::ledger::decode_record(latest.get(&id)?)?.task)
 }
 
-/// Adds `found` (newest first, with the sequence that found each) to `page` up to `limit`
-/// tasks; the cursor follows the last one added.
-fn fill(page: &mut Page, found: Vec<(u64, Task)>, limit: usize) {
-    for (seq, task) in found {
-        if page.tasks.len() == limit {
+/// Adds `found` (newest first) to `page` up to `limit` tasks; the cursor follows the last one
+/// added.
+fn fill(page: &mut WalkPage, found: Vec<Found>, limit: usize) {
+    for f in found {
+        if page.found.len() == limit {
             break;
         }
-        page.next = Some(seq);
-        page.tasks.push(task);
+        page.next = Some(f.seq);
+        page.found.push(f);
     }
 }
 
@@ -352,18 +390,22 @@ fn final_state(m: &StreamMessage) -> Option<Task> {
     task.status.is_terminal().then_some(task)
 }
 
-/// The one assignee of a scope, if it has exactly one.
-fn single(scope: &Option<HashSet<Assignee>>) -> Option<Assignee> {
-    match scope {
+/// The one assignee `filter` lists: the one asked for, or its scope's only one.
+pub(super) fn one_assignee(filter: &ListFilter) -> Option<Assignee> {
+    filter.assignee.clone().or_else(|| match &filter.scope {
         Some(s) if s.len() == 1 => s.iter().next().cloned(),
         _ => None,
-    }
+    })
 }
 
 /// What a listing by `filter` walks (for `assignee`, the filter's or its scope's only one);
 /// `every_record`: a listing of every status walks all of the ledger's records, not only the
 /// creations (see [`Walked`]).
-fn source(filter: &ListFilter, assignee: Option<&Assignee>, every_record: bool) -> Source {
+pub(super) fn source(
+    filter: &ListFilter,
+    assignee: Option<&Assignee>,
+    every_record: bool,
+) -> Source {
     let a = assignee.map_or("*", Assignee::as_str);
     let events = |kinds: &[EventKind]| Source {
         stream: subjects::EVENTS_STREAM,

@@ -312,7 +312,7 @@ impl TaskService {
     /// A queue message whose task has no record yet: recorded `created` (or, when its body
     /// asks to run later, `scheduled`, and the message dropped). `None` when it cannot be a
     /// task after all (moved aside) or is scheduled.
-    async fn materialise(
+    pub(super) async fn materialise(
         &self,
         m: &StreamMessage,
         id: TaskId,

@@ -18,7 +18,7 @@
 //! seeded again at once.
 
 use super::listing::Page;
-use super::{ListFilter, TaskError, TaskService};
+use super::{Cursor, ListFilter, TaskError, TaskService};
 use crate::bus::{decode, direct, subjects};
 use crate::domain::{Assignee, EventKind, TaskId, TaskStatus};
 use async_nats::jetstream::message::StreamMessage;
@@ -133,7 +133,7 @@ impl Known {
 
     /// The indexed tasks `filter` may show by assignee, queued before its cursor, newest first.
     fn candidates(&self, filter: &ListFilter) -> Vec<Candidate> {
-        let before = filter.before.unwrap_or(u64::MAX);
+        let before = filter.before_seq().unwrap_or(u64::MAX);
         self.by_queue
             .range(..before)
             .rev()
@@ -195,7 +195,7 @@ impl TaskService {
                     left.push((id.clone(), t.revision));
                 } else if filter.accepts(&t) && page.tasks.len() < filter.limit {
                     page.tasks.push(t);
-                    page.next = Some(*q);
+                    page.next = Some(Cursor::at(*q));
                 }
             }
             read += chunk.len();
@@ -204,7 +204,7 @@ impl TaskService {
             }
             if filter.narrows_after_read() && read >= READ_BUDGET {
                 // A rare match among many running tasks: walk on from here in the next call.
-                page.next = chunk.last().map(|(q, _, _)| *q);
+                page.next = chunk.last().map(|(q, _, _)| Cursor::at(*q));
                 self.forget_running(&left).await;
                 return Ok(Some(page));
             }
@@ -406,7 +406,7 @@ mod tests {
             k.note(anna(), id(n), q, q * 10);
         }
         let filter = ListFilter {
-            before: Some(7),
+            before: Some(Cursor::at(7)),
             ..ListFilter::default()
         };
         let order: Vec<u64> = k.candidates(&filter).iter().map(|c| c.0).collect();

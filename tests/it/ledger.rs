@@ -112,8 +112,18 @@ async fn state_and_log_agree_for_every_task_after_the_server_and_a_worker_are_ki
         );
     }
 
-    // Act: kill -9 the worker and the server mid-load, restart the server, start a new worker.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Act: kill -9 the worker and the server mid-load (once the worker runs tasks, however
+    // slow the machine), restart the server, start a new worker.
+    eventually(
+        "the worker to run a task",
+        Duration::from_secs(30),
+        || async {
+            let running = [("assigned_to", "anna".into()), ("status", "running".into())];
+            let tasks = app.admin.list_tasks(&running).await.ok()?;
+            (!tasks.is_empty()).then_some(())
+        },
+    )
+    .await;
     worker.kill9();
     let unfinished_at_kill =
         futures::future::join_all(noops.iter().map(|id| app.admin.get_task(id)))

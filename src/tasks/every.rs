@@ -1,0 +1,266 @@
+//! A listing of every status: the ledger's walk merged with the queued tasks no one recorded.
+//!
+//! A task published straight to NATS is only its queue message until something records it (a
+//! worker's claim, or a pending list that shows it): the ledger, which a listing of every status
+//! walks (see `listing.rs`), does not hold it yet. So this listing walks two streams, each newest
+//! first, and merges them by when each message was stored:
+//!
+//! - the ledger, as `listing.rs` does (the tasks taskfleet recorded);
+//! - the queue (`TASKS`), for the messages whose task has no record. A message taskfleet queued
+//!   carries the `Taskfleet-Recorded` header and is passed over unread; the others are looked up
+//!   in the ledger in one batch per window.
+//!
+//! The queue walk stops at the time of the ledger walk's last task when that walk filled the
+//! page (nothing stored before it can make the page), so it reads about the messages queued since
+//! then, not the whole queue; and it walks at most about [`SCAN_BUDGET`] messages per call.
+//!
+//! The cursor carries where each walk resumes (`<ledger sequence>.<queue sequence>`), so a task
+//! is on exactly one page of a walk through the listing, whichever stream it comes from. A queued
+//! task the page shows is recorded (`created`, as the pending list does), so that it can then be
+//! read and started by id; one the page leaves out is not, so the next page finds it where it is.
+
+use super::delayed::deferred_until;
+use super::history::Cursor;
+use super::listing::SCAN_BUDGET;
+use super::listing::{bounds, first_window, one_assignee, source, Found, Page, WalkPage};
+use super::queue::{decode_queued, queued_task, recorded_by};
+use super::{ListFilter, TaskError, TaskService};
+use crate::domain::{Assignee, NewTask, Task, TaskId, TaskStatus};
+use async_nats::jetstream::message::StreamMessage;
+use std::collections::HashSet;
+
+/// A queued task no one recorded yet, met by the queue walk.
+struct Unrecorded {
+    /// Its queue message.
+    msg: StreamMessage,
+    /// Its id and create request, read from the message.
+    new: (TaskId, NewTask),
+    /// The task as the message stands for it (pending, created when published).
+    found: Found,
+}
+
+/// Why a queue walk stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// It walked the queue's first message: nothing is left.
+    Done,
+    /// It met a message stored before the ledger walk's last task: what is left is older than
+    /// anything the page can show.
+    Floor,
+    /// It found a page of tasks, or walked its budget: what is left may be newer than the other
+    /// walk's tasks.
+    More,
+}
+
+/// What the queue walk found, newest first, and where it ended.
+struct QueuePage {
+    found: Vec<Unrecorded>,
+    /// The sequence the next walk starts below when every task found is shown.
+    resume: u64,
+    stop: Stop,
+}
+
+impl TaskService {
+    /// A page of a listing of every status (see the module docs).
+    pub(super) async fn every_status_page(&self, filter: &ListFilter) -> Result<Page, TaskError> {
+        let queue_below = match filter.before {
+            None => Some(u64::MAX),
+            Some(c) => c.queue.filter(|&q| q > 0),
+        };
+        let ledger = self.walk_page(filter).await?;
+        let floor = (ledger.found.len() == filter.limit)
+            .then(|| ledger.found.last().map(|f| f.time))
+            .flatten();
+        let queued = match queue_below {
+            Some(below) => self.unrecorded(filter, below, floor).await?,
+            None => QueuePage {
+                found: Vec::new(),
+                resume: 0,
+                stop: Stop::Done,
+            },
+        };
+        let (picks, next) = merge(ledger, queued, filter.limit);
+        // Recorded oldest first, so that their records keep the order they were queued in.
+        let mut tasks = Vec::with_capacity(picks.len());
+        for pick in picks.into_iter().rev() {
+            match pick {
+                Pick::Ledger(task) => tasks.push(*task),
+                Pick::Queue(u) => tasks.extend(self.record_listed(*u).await?),
+            }
+        }
+        tasks.reverse();
+        Ok(Page { tasks, next })
+    }
+
+    /// Records a queued task this page shows (`created`), as the pending list does; `None`
+    /// when it cannot be a task after all.
+    async fn record_listed(&self, u: Unrecorded) -> Result<Option<Task>, TaskError> {
+        let (id, new) = u.new;
+        self.materialise(&u.msg, id, new, false).await
+    }
+
+    /// The queue's messages below sequence `below` whose tasks have no record and match
+    /// `filter`, newest first: up to `filter.limit`, none stored before `floor` (nanoseconds
+    /// since the epoch), about [`SCAN_BUDGET`] messages walked at most.
+    async fn unrecorded(
+        &self,
+        filter: &ListFilter,
+        below: u64,
+        floor: Option<i128>,
+    ) -> Result<QueuePage, TaskError> {
+        let queued = ListFilter {
+            status: Some(TaskStatus::Pending),
+            ..filter.clone()
+        };
+        let src = source(&queued, one_assignee(filter).as_ref(), false);
+        let (first, last, stored) = bounds(&self.bus.js, src.stream).await?;
+        let mut end = below.saturating_sub(1).min(last);
+        let mut after_end = self.counts_after(&src, end, end == last).await?;
+        let window = first_window(filter.limit, false, last.saturating_sub(first) + 1, stored);
+        let mut page = QueuePage {
+            found: Vec::new(),
+            resume: end.saturating_add(1),
+            stop: Stop::Done,
+        };
+        let mut walked = 0;
+        while end >= first && end > 0 {
+            let start = end.saturating_sub(window - 1).max(first);
+            let mut msgs = self.read_range(&src, (start, end), &mut after_end).await?;
+            msgs.sort_by_key(|m| std::cmp::Reverse(m.sequence));
+            walked += msgs.len() as u64;
+            let read = self.no_record(msgs).await?;
+            if let Some(stop) = take(&mut page, read, (filter, floor)) {
+                page.stop = stop;
+                return Ok(page);
+            }
+            page.resume = start;
+            end = start.saturating_sub(1);
+            if walked >= SCAN_BUDGET && end >= first && end > 0 {
+                page.stop = Stop::More;
+                return Ok(page);
+            }
+        }
+        Ok(page)
+    }
+
+    /// Queue messages `msgs` (newest first), each with its task's id and create request when
+    /// that task has no record yet. A message taskfleet queued is passed over unread (its task
+    /// is recorded), and so is one that is no task (the pending list moves those aside).
+    async fn no_record(
+        &self,
+        msgs: Vec<StreamMessage>,
+    ) -> Result<Vec<(StreamMessage, Option<(TaskId, NewTask)>)>, TaskError> {
+        let read: Vec<_> = msgs
+            .into_iter()
+            .map(|m| {
+                let new = match recorded_by((&m).into()) {
+                    None => decode_queued((&m).into()).ok(),
+                    Some(_) => None,
+                };
+                (m, new)
+            })
+            .collect();
+        let keys: Vec<(Assignee, TaskId)> = read
+            .iter()
+            .filter_map(|(_, new)| new.as_ref())
+            .map(|(id, new)| (new.assigned_to.clone(), id.clone()))
+            .collect();
+        let recorded = self.latest_states(&keys).await?;
+        Ok(read
+            .into_iter()
+            .map(|(m, new)| {
+                let new = new.filter(|(id, _)| !recorded.contains_key(id));
+                (m, new)
+            })
+            .collect())
+    }
+}
+
+/// Takes one window of the queue walk (newest first, each message with its task's id and
+/// create request when it has no record) into `page`: those tasks that `filter` accepts and
+/// that are not waiting for a later start; every other message is passed over. Returns why the
+/// walk stops, if it does within the window.
+fn take(
+    page: &mut QueuePage,
+    read: Vec<(StreamMessage, Option<(TaskId, NewTask)>)>,
+    (filter, floor): (&ListFilter, Option<i128>),
+) -> Option<Stop> {
+    for (msg, new) in read {
+        let time = msg.time.unix_timestamp_nanos();
+        if floor.is_some_and(|f| time < f) {
+            return Some(Stop::Floor);
+        }
+        if page.found.len() == filter.limit {
+            return Some(Stop::More);
+        }
+        page.resume = msg.sequence;
+        let Some((id, new)) = new.filter(|(_, new)| deferred_until((&msg).into(), new).is_none())
+        else {
+            continue;
+        };
+        let task = queued_task((&msg).into(), id.clone(), new.clone());
+        if filter.accepts(&task) {
+            let found = Found {
+                seq: msg.sequence,
+                time,
+                task,
+            };
+            page.found.push(Unrecorded {
+                msg,
+                new: (id, new),
+                found,
+            });
+        }
+    }
+    None
+}
+
+/// A task a page shows: from the ledger walk (its state), or queued and not recorded yet.
+enum Pick {
+    Ledger(Box<Task>),
+    Queue(Box<Unrecorded>),
+}
+
+/// The two walks merged newest first, up to `limit` tasks (a task once), and the cursor of the
+/// next page: each walk resumes at its first task left out, or where it ended when none was.
+/// A walk that may hold more tasks newer than the other's next stops the merge where its
+/// tasks run out (the page comes back short, with a cursor).
+fn merge(ledger: WalkPage, queued: QueuePage, limit: usize) -> (Vec<Pick>, Option<Cursor>) {
+    let ledger_more = ledger.next.is_some();
+    let queue_more = queued.stop == Stop::More;
+    let (ledger_end, queue_end) = (ledger.next, queued.stop);
+    let mut l = ledger.found.into_iter().peekable();
+    let mut q = queued.found.into_iter().peekable();
+    let (mut picks, mut shown) = (Vec::new(), HashSet::new());
+    while picks.len() < limit {
+        let from_ledger = match (l.peek(), q.peek()) {
+            (Some(a), Some(b)) => a.time >= b.found.time,
+            (Some(_), None) if !queue_more => true,
+            (None, Some(_)) if !ledger_more => false,
+            _ => break,
+        };
+        let pick = match from_ledger {
+            true => l.next().map(|f| Pick::Ledger(Box::new(f.task))),
+            false => q.next().map(|u| Pick::Queue(Box::new(u))),
+        };
+        let Some(pick) = pick else { break };
+        let id = match &pick {
+            Pick::Ledger(t) => t.id.clone(),
+            Pick::Queue(u) => u.found.task.id.clone(),
+        };
+        if shown.insert(id) {
+            picks.push(pick);
+        }
+    }
+    let seq = match l.peek() {
+        Some(f) => f.seq + 1,
+        None => ledger_end.unwrap_or(0),
+    };
+    let queue = match (q.peek(), queue_end) {
+        (Some(u), _) => Some(u.found.seq + 1),
+        (None, Stop::Done) => None,
+        (None, _) => Some(queued.resume),
+    };
+    let next = (seq > 0 || queue.is_some()).then_some(Cursor { seq, queue });
+    (picks, next)
+}

@@ -1,0 +1,135 @@
+//! A listing of every status shows the tasks published straight to NATS that no one recorded
+//! yet, at their place among the recorded ones, on exactly one page of a walk through it.
+
+use crate::harness::TestApp;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use taskfleet::domain::{Task, TaskStatus};
+
+/// Publishes a create body to `subject` as a producer in another language would; returns the
+/// task's id (given in the body).
+async fn publish(app: &TestApp, subject: &str, id: &str) -> String {
+    let body = json!({"id": id, "task_name": format!("published {id}")});
+    app.jetstream()
+        .await
+        .publish(
+            subject.to_string(),
+            serde_json::to_vec(&body).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    id.to_string()
+}
+
+/// One page of `GET /api/tasks?{query}` with its `X-Next-Cursor`.
+async fn page(app: &TestApp, query: &str) -> (Vec<Task>, Option<String>) {
+    let r = app
+        .req(Method::GET, &format!("/api/tasks?{query}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{query}");
+    let next = r
+        .headers()
+        .get("x-next-cursor")
+        .map(|v| v.to_str().unwrap().to_string());
+    (r.json().await.unwrap(), next)
+}
+
+fn ids(tasks: &[Task]) -> Vec<String> {
+    tasks.iter().map(|t| t.id.to_string()).collect()
+}
+
+#[tokio::test]
+async fn a_listing_of_every_status_shows_a_task_published_to_nats_at_its_place_and_records_it() {
+    // Arrange: one task over HTTP, one published straight to NATS (no worker, no pending
+    // list), one more over HTTP.
+    let app = TestApp::spawn().await;
+    let first = app.create("first", "anna", "P1").await;
+    let published = publish(&app, "tasks.anna.p1", "pub-1").await;
+    let last = app.create("last", "anna", "P1").await;
+
+    // Act
+    let (all, next) = page(&app, "limit=10").await;
+
+    // Assert: newest first, the published task between the two, pending, and readable by id
+    // now that the listing showed it.
+    assert_eq!(ids(&all), [last, published.clone(), first]);
+    assert_eq!(all[1].status, TaskStatus::Pending);
+    assert_eq!(all[1].task_name, "published pub-1");
+    assert_eq!(next, None, "a short page is the end");
+    let read = app.admin.get_task(&published).await.unwrap();
+    assert_eq!(read.status, TaskStatus::Pending);
+    let (again, _) = page(&app, "limit=10").await;
+    assert_eq!(
+        again.iter().filter(|t| t.id.as_str() == published).count(),
+        1,
+        "shown once, recorded or not"
+    );
+}
+
+#[tokio::test]
+async fn paging_a_listing_of_every_status_shows_every_task_once_whichever_stream_holds_it() {
+    // At page sizes that end pages on either stream, each on a store no listing recorded yet.
+    for limit in [1, 2, 3, 5] {
+        // Arrange: tasks over HTTP and published to NATS, interleaved, for anna and bob.
+        let app = TestApp::spawn().await;
+        let mut created = Vec::new();
+        for i in 0..4 {
+            created.push(app.create(&format!("h{i}"), "anna", "P1").await);
+            created.push(publish(&app, "tasks.anna.p2", &format!("a-{i}")).await);
+            created.push(publish(&app, "tasks.bob.p0.noop", &format!("b-{i}")).await);
+        }
+        created.reverse();
+
+        // Act: every page, following the cursors.
+        let mut walked = Vec::new();
+        let mut query = format!("limit={limit}");
+        for _ in 0..=created.len() {
+            let (tasks, next) = page(&app, &query).await;
+            walked.extend(ids(&tasks));
+            match next {
+                Some(c) => query = format!("limit={limit}&before={c}"),
+                None => break,
+            }
+        }
+
+        // Assert: each task once, newest first.
+        assert_eq!(walked, created, "pages of {limit}");
+    }
+}
+
+#[tokio::test]
+async fn published_tasks_a_listing_recorded_keep_their_order_among_themselves() {
+    // Arrange: three tasks published to NATS, shown (and so recorded) by one listing.
+    let app = TestApp::spawn().await;
+    let mut published = Vec::new();
+    for i in 0..3 {
+        published.push(publish(&app, "tasks.anna.p1", &format!("p-{i}")).await);
+    }
+    published.reverse();
+    let (shown, _) = page(&app, "limit=10").await;
+
+    // Act: the same listing again, now from their records.
+    let (again, _) = page(&app, "limit=10").await;
+
+    // Assert
+    assert_eq!(ids(&shown), published);
+    assert_eq!(ids(&again), published);
+}
+
+#[tokio::test]
+async fn an_assignees_key_lists_its_own_unrecorded_tasks_and_no_one_elses() {
+    // Arrange
+    let app = TestApp::spawn().await;
+    let mine = publish(&app, "tasks.anna.p1", "anna-pub").await;
+    let _theirs = publish(&app, "tasks.bob.p1", "bob-pub").await;
+
+    // Act
+    let listed = app.anna.list_tasks(&[]).await.unwrap();
+
+    // Assert
+    assert_eq!(ids(&listed), [mine]);
+}
