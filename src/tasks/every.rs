@@ -128,6 +128,11 @@ impl TaskService {
             let mut msgs = self.read_range(&src, (start, end), &mut after_end).await?;
             msgs.sort_by_key(|m| std::cmp::Reverse(m.sequence));
             walked += msgs.len() as u64;
+            // Nothing stored before the floor can make the page: look none of it up (the
+            // first such message stays, to stop the walk).
+            let older =
+                |m: &StreamMessage| floor.is_some_and(|f| m.time.unix_timestamp_nanos() < f);
+            msgs.truncate(msgs.iter().position(older).map_or(msgs.len(), |i| i + 1));
             let read = self.no_record(msgs).await?;
             if let Some(stop) = take(&mut page, read, (filter, floor)) {
                 page.stop = stop;

@@ -127,7 +127,7 @@ impl TaskService {
         let budget = filter.narrows_after_read().then_some(SCAN_BUDGET);
         let ledger = source.stream == subjects::EVENTS_STREAM;
         let mut window = first_window(filter.limit, ledger, last.saturating_sub(first) + 1, stored);
-        let mut page = WalkPage::default();
+        let (mut page, mut left_over) = (WalkPage::default(), false);
         while page.found.len() < filter.limit && end >= first && end > 0 {
             if let Some(b) = budget {
                 window = window.min(b);
@@ -139,7 +139,7 @@ impl TaskService {
                 .await?;
             let candidates = walk.take(msgs, filter);
             let found = self.matching(&candidates, filter, &walk.latest).await?;
-            fill(&mut page, found, filter.limit);
+            left_over = fill(&mut page, found, filter.limit);
             end = start.saturating_sub(1);
             let more = end >= first && end > 0;
             if budget.is_some_and(|b| walk.walked >= b) && page.found.len() < filter.limit {
@@ -156,7 +156,10 @@ impl TaskService {
             let found = (page.found.len(), page.found.len() - found_before);
             window = next_window(window, walk.spanned, found, filter.limit);
         }
-        if page.found.len() < filter.limit {
+        // A full page is the last when the walk met the stream's first message and the page
+        // took every task its windows found.
+        let walked_all = end < first || end == 0;
+        if page.found.len() < filter.limit || (walked_all && !left_over) {
             page.next = None;
         }
         Ok(page)
@@ -362,15 +365,16 @@ fn known_state(m: &StreamMessage, latest: &HashMap<TaskId, StreamMessage>) -> Op
 }
 
 /// Adds `found` (newest first) to `page` up to `limit` tasks; the cursor follows the last one
-/// added.
-fn fill(page: &mut WalkPage, found: Vec<Found>, limit: usize) {
+/// added. Returns whether some were left out (the page was full before them).
+fn fill(page: &mut WalkPage, found: Vec<Found>, limit: usize) -> bool {
     for f in found {
         if page.found.len() == limit {
-            break;
+            return true;
         }
         page.next = Some(f.seq);
         page.found.push(f);
     }
+    false
 }
 
 /// The state a walked message carries when it is its task's latest (see

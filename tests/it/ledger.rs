@@ -208,6 +208,36 @@ async fn page(app: &TestApp, query: &str) -> (Vec<Task>, Option<String>) {
 }
 
 #[tokio::test]
+async fn a_full_page_that_holds_the_oldest_task_has_no_cursor_to_an_empty_page() {
+    // Arrange: four pending tasks, then two of them completed.
+    let app = TestApp::spawn().await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(app.create(&format!("t{i}"), "anna", "P1").await);
+    }
+    for id in &ids[..2] {
+        app.admin.action(id, "start", None).await.unwrap();
+        let done = json!({"result": {}});
+        app.admin.action(id, "complete", Some(&done)).await.unwrap();
+    }
+
+    // Act: pages that end exactly at the oldest task, and one that does not.
+    let (pending, pending_next) = page(&app, "assigned_to=anna&status=pending&limit=2").await;
+    let (done, done_next) = page(&app, "assigned_to=anna&status=completed&limit=2").await;
+    let (first, next) = page(&app, "assigned_to=anna&status=pending&limit=1").await;
+    let cursor = next.expect("a page with a task after it has a cursor");
+    let query = format!("assigned_to=anna&status=pending&limit=1&before={cursor}");
+    let (second, second_next) = page(&app, &query).await;
+
+    // Assert
+    assert_eq!((pending.len(), pending_next), (2, None));
+    assert_eq!((done.len(), done_next), (2, None));
+    assert_eq!(first[0].id.as_str(), ids[3]);
+    assert_eq!(second[0].id.as_str(), ids[2]);
+    assert_eq!(second_next, None, "the last page, full, names no next one");
+}
+
+#[tokio::test]
 async fn listings_page_newest_first_and_find_a_rare_status_among_many() {
     // Arrange: 30 tasks; 24 completed, 3 failed, 3 pending, in this order of creation.
     let app = TestApp::spawn().await;
