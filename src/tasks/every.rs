@@ -22,12 +22,38 @@
 use super::delayed::deferred_until;
 use super::history::Cursor;
 use super::listing::SCAN_BUDGET;
-use super::listing::{bounds, first_window, one_assignee, source, Found, Page, WalkPage};
+use super::listing::{bounds, first_window, one_assignee, source, Found, Page, Source, WalkPage};
 use super::queue::{decode_queued, queued_task, recorded_by};
 use super::{ListFilter, TaskError, TaskService};
 use crate::domain::{Assignee, NewTask, Task, TaskId, TaskStatus};
 use async_nats::jetstream::message::StreamMessage;
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+/// Tasks remembered as recorded before [`Recorded`] starts over.
+const RECORDED_CAP: usize = 16_384;
+
+/// The ids of tasks published straight to NATS that this process has found or made a record
+/// of, so that the queue walk looks them up once, not on every listing (a task, once recorded,
+/// keeps a record while its queue message lasts). Bounded: it starts over when full.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Recorded(Arc<Mutex<HashSet<TaskId>>>);
+
+impl Recorded {
+    fn contains(&self, id: &TaskId) -> bool {
+        self.0.lock().expect("recorded lock").contains(id)
+    }
+
+    fn note(&self, ids: impl IntoIterator<Item = TaskId>) {
+        let mut known = self.0.lock().expect("recorded lock");
+        for id in ids {
+            if known.len() >= RECORDED_CAP {
+                known.clear();
+            }
+            known.insert(id);
+        }
+    }
+}
 
 /// A queued task no one recorded yet, met by the queue walk.
 struct Unrecorded {
@@ -52,6 +78,24 @@ enum Stop {
     More,
 }
 
+/// A walk of the queue, newest first, a window at a time.
+struct QueueWalk {
+    /// The queue subjects walked.
+    src: Source,
+    /// The queue's first sequence.
+    first: u64,
+    /// The sequence the walk started below.
+    below: u64,
+    /// The last sequence of the next window.
+    end: u64,
+    /// Per subject filter, the messages after `end` (see `TaskService::read_range`).
+    after_end: Vec<u64>,
+    /// Sequences a window spans.
+    window: u64,
+    /// The window read when the walk was opened, not yet taken: its start and messages.
+    read: Option<(u64, Vec<StreamMessage>)>,
+}
+
 /// What the queue walk found, newest first, and where it ended.
 struct QueuePage {
     found: Vec<Unrecorded>,
@@ -67,12 +111,21 @@ impl TaskService {
             None => Some(u64::MAX),
             Some(c) => c.queue.filter(|&q| q > 0),
         };
-        let ledger = self.walk_page(filter).await?;
+        // The queue walk's first window is read while the ledger is walked: most pages need
+        // no more of the queue than that.
+        let opened = async {
+            match queue_below {
+                Some(below) => self.open_queue(filter, below).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (ledger, opened) = tokio::join!(self.walk_page(filter), opened);
+        let ledger = ledger?;
         let floor = (ledger.found.len() == filter.limit)
             .then(|| ledger.found.last().map(|f| f.time))
             .flatten();
-        let queued = match queue_below {
-            Some(below) => self.unrecorded(filter, below, floor).await?,
+        let queued = match opened? {
+            Some(walk) => self.unrecorded(filter, walk, floor).await?,
             None => QueuePage {
                 found: Vec::new(),
                 resume: 0,
@@ -96,37 +149,69 @@ impl TaskService {
     /// when it cannot be a task after all.
     async fn record_listed(&self, u: Unrecorded) -> Result<Option<Task>, TaskError> {
         let (id, new) = u.new;
-        self.materialise(&u.msg, id, new, false).await
+        let task = self.materialise(&u.msg, id.clone(), new, false).await?;
+        self.recorded.note([id]);
+        Ok(task)
     }
 
-    /// The queue's messages below sequence `below` whose tasks have no record and match
-    /// `filter`, newest first: up to `filter.limit`, none stored before `floor` (nanoseconds
-    /// since the epoch), about [`SCAN_BUDGET`] messages walked at most.
-    async fn unrecorded(
-        &self,
-        filter: &ListFilter,
-        below: u64,
-        floor: Option<i128>,
-    ) -> Result<QueuePage, TaskError> {
+    /// The queue walk of `filter` below sequence `below`, with its first window read.
+    async fn open_queue(&self, filter: &ListFilter, below: u64) -> Result<QueueWalk, TaskError> {
         let queued = ListFilter {
             status: Some(TaskStatus::Pending),
             ..filter.clone()
         };
         let src = source(&queued, one_assignee(filter).as_ref(), false);
         let (first, last, stored) = bounds(&self.bus.js, src.stream).await?;
-        let mut end = below.saturating_sub(1).min(last);
-        let mut after_end = self.counts_after(&src, end, end == last).await?;
-        let window = first_window(filter.limit, false, last.saturating_sub(first) + 1, stored);
+        let end = below.saturating_sub(1).min(last);
+        let after_end = self.counts_after(&src, end, end == last).await?;
+        let mut walk = QueueWalk {
+            window: first_window(filter.limit, false, last.saturating_sub(first) + 1, stored),
+            src,
+            first,
+            below: end.saturating_add(1),
+            end,
+            after_end,
+            read: None,
+        };
+        walk.read = self.next_window(&mut walk).await?;
+        Ok(walk)
+    }
+
+    /// The next window of `walk` (its start and its messages, newest first), if any is left.
+    async fn next_window(
+        &self,
+        walk: &mut QueueWalk,
+    ) -> Result<Option<(u64, Vec<StreamMessage>)>, TaskError> {
+        if walk.end < walk.first || walk.end == 0 {
+            return Ok(None);
+        }
+        let start = walk.end.saturating_sub(walk.window - 1).max(walk.first);
+        let window = (start, walk.end);
+        let mut msgs = self
+            .read_range(&walk.src, window, &mut walk.after_end)
+            .await?;
+        msgs.sort_by_key(|m| std::cmp::Reverse(m.sequence));
+        walk.end = start.saturating_sub(1);
+        Ok(Some((start, msgs)))
+    }
+
+    /// The messages of `walk` whose tasks have no record and match `filter`, newest first: up
+    /// to `filter.limit`, none stored before `floor` (nanoseconds since the epoch), about
+    /// [`SCAN_BUDGET`] messages walked at most.
+    async fn unrecorded(
+        &self,
+        filter: &ListFilter,
+        mut walk: QueueWalk,
+        floor: Option<i128>,
+    ) -> Result<QueuePage, TaskError> {
         let mut page = QueuePage {
             found: Vec::new(),
-            resume: end.saturating_add(1),
+            resume: walk.below,
             stop: Stop::Done,
         };
         let mut walked = 0;
-        while end >= first && end > 0 {
-            let start = end.saturating_sub(window - 1).max(first);
-            let mut msgs = self.read_range(&src, (start, end), &mut after_end).await?;
-            msgs.sort_by_key(|m| std::cmp::Reverse(m.sequence));
+        let mut next = walk.read.take();
+        while let Some((start, mut msgs)) = next {
             walked += msgs.len() as u64;
             // Nothing stored before the floor can make the page: look none of it up (the
             // first such message stays, to stop the walk).
@@ -139,18 +224,19 @@ impl TaskService {
                 return Ok(page);
             }
             page.resume = start;
-            end = start.saturating_sub(1);
-            if walked >= SCAN_BUDGET && end >= first && end > 0 {
+            if walked >= SCAN_BUDGET && walk.end >= walk.first && walk.end > 0 {
                 page.stop = Stop::More;
                 return Ok(page);
             }
+            next = self.next_window(&mut walk).await?;
         }
         Ok(page)
     }
 
     /// Queue messages `msgs` (newest first), each with its task's id and create request when
     /// that task has no record yet. A message taskfleet queued is passed over unread (its task
-    /// is recorded), and so is one that is no task (the pending list moves those aside).
+    /// is recorded), and so is one that is no task (the pending list moves those aside) or
+    /// whose task this process knows to be recorded (see [`Recorded`]).
     async fn no_record(
         &self,
         msgs: Vec<StreamMessage>,
@@ -162,7 +248,7 @@ impl TaskService {
                     None => decode_queued((&m).into()).ok(),
                     Some(_) => None,
                 };
-                (m, new)
+                (m, new.filter(|(id, _)| !self.recorded.contains(id)))
             })
             .collect();
         let keys: Vec<(Assignee, TaskId)> = read
@@ -171,6 +257,7 @@ impl TaskService {
             .map(|(id, new)| (new.assigned_to.clone(), id.clone()))
             .collect();
         let recorded = self.latest_states(&keys).await?;
+        self.recorded.note(recorded.keys().cloned());
         Ok(read
             .into_iter()
             .map(|(m, new)| {

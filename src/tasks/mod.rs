@@ -101,6 +101,8 @@ pub struct TaskService {
     user_permissions: Arc<tokio::sync::OnceCell<crate::bus::permissions::Permissions>>,
     /// The running tasks this process knows of, for `running` listings (see `running.rs`).
     running: running::RunningIndex,
+    /// Tasks published straight to NATS known to have a record (see `every.rs`).
+    recorded: every::Recorded,
 }
 
 /// Ids remembered before the id → assignee cache starts over.
@@ -119,6 +121,7 @@ impl TaskService {
             unreadable_warned: Arc::default(),
             user_permissions: Arc::default(),
             running: running::RunningIndex::default(),
+            recorded: every::Recorded::default(),
         }
     }
 

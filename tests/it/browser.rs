@@ -396,6 +396,50 @@ async fn a_key_scoped_to_one_assignee_is_not_shown_another_assignees_tasks() {
     browser.close().await;
 }
 
+#[tokio::test]
+async fn a_task_published_straight_to_nats_is_in_the_task_list_and_its_page_opens() {
+    // Arrange: a producer in another language publishes to the documented subject; no worker
+    // and no bot has looked at the queue.
+    let app = TestApp::spawn().await;
+    app.create("made over http", "anna", "P1").await;
+    let body = json!({"id": "from-python-1", "task_name": "made by a python producer"});
+    app.jetstream()
+        .await
+        .publish("tasks.anna.p1", serde_json::to_vec(&body).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let browser = Browser::start(DESKTOP).await;
+
+    // Act: the task list (every status), then the task's own page.
+    sign_in(&browser, &app, ADMIN_KEY).await;
+    visit(&browser, &app, "#/tasks", "page-tasks").await;
+    let tasks = browser
+        .text_until(
+            "the published task listed",
+            "[data-test=tasks-table]",
+            |t| t.contains("made by a python producer"),
+        )
+        .await;
+    browser.screenshot("tasks-published-to-nats").await;
+    visit(&browser, &app, "#/task/from-python-1", "page-task").await;
+    let status = browser
+        .text_until("its status", "[data-test=task-status]", |t| !t.is_empty())
+        .await;
+
+    // Assert: listed above the older task, and its page shows it waiting.
+    let (published, older) = (
+        tasks.find("made by a python producer").unwrap(),
+        tasks
+            .find("made over http")
+            .expect("the older task listed too"),
+    );
+    assert!(published < older, "newest first: {tasks}");
+    assert!(status.contains("pending"), "{status}");
+    browser.close().await;
+}
+
 /// The pages checked at phone width: (hash, the element that shows it loaded, screenshot).
 fn phone_pages(task: &str) -> Vec<(String, &'static str, &'static str)> {
     vec![
