@@ -10,9 +10,10 @@
 //!   carries the `Taskfleet-Recorded` header and is passed over unread; the others are looked up
 //!   in the ledger in one batch per window.
 //!
-//! The queue walk stops at the time of the ledger walk's last task when that walk filled the
-//! page (nothing stored before it can make the page), so it reads about the messages queued since
-//! then, not the whole queue; and it walks at most about [`SCAN_BUDGET`] messages per call.
+//! The queue walk's first window is read while the ledger is walked. The walk stops at the time
+//! of the ledger walk's last task when that walk filled the page and has more after it (nothing
+//! stored before it can make the page), so it reads about the messages queued since then, not
+//! the whole queue; and it walks at most about [`SCAN_BUDGET`] messages per call.
 //!
 //! The cursor carries where each walk resumes (`<ledger sequence>.<queue sequence>`), so a task
 //! is on exactly one page of a walk through the listing, whichever stream it comes from. A queued
@@ -21,8 +22,8 @@
 
 use super::delayed::deferred_until;
 use super::history::Cursor;
-use super::listing::SCAN_BUDGET;
-use super::listing::{bounds, first_window, one_assignee, source, Found, Page, Source, WalkPage};
+use super::listing::{bounds, first_window, one_assignee, source};
+use super::listing::{Found, Page, Source, WalkPage, SCAN_BUDGET};
 use super::queue::{decode_queued, queued_task, recorded_by};
 use super::{ListFilter, TaskError, TaskService};
 use crate::domain::{Assignee, NewTask, Task, TaskId, TaskStatus};
@@ -98,9 +99,11 @@ struct QueueWalk {
 
 /// What the queue walk found, newest first, and where it ended.
 struct QueuePage {
+    /// The tasks found, newest first, at most the filter's limit.
     found: Vec<Unrecorded>,
     /// The sequence the next walk starts below when every task found is shown.
     resume: u64,
+    /// Why the walk stopped.
     stop: Stop,
 }
 
@@ -121,7 +124,9 @@ impl TaskService {
         };
         let (ledger, opened) = tokio::join!(self.walk_page(filter), opened);
         let ledger = ledger?;
-        let floor = (ledger.found.len() == filter.limit)
+        // Queued tasks older than the ledger walk's last are for a later page, unless the
+        // ledger has nothing after it: then the queue is walked on to know whether any is left.
+        let floor = (ledger.found.len() == filter.limit && ledger.next.is_some())
             .then(|| ledger.found.last().map(|f| f.time))
             .flatten();
         let queued = match opened? {

@@ -260,7 +260,7 @@ async fn listing_by_task_returns_exactly_that_tasks_deliveries() {
     let (status, mut ids, cursor, _) = page(&app, &format!("task_id={}", mine.id)).await;
     let (_, dead, _, body) = page(&app, &format!("task_id={}&status=dead", mine.id)).await;
     let (_, two, next, _) = page(&app, &format!("task_id={}&limit=2", mine.id)).await;
-    let (_, rest, _, _) = page(
+    let (_, rest, rest_next, _) = page(
         &app,
         &format!(
             "task_id={}&limit=2&before={}",
@@ -286,6 +286,7 @@ async fn listing_by_task_returns_exactly_that_tasks_deliveries() {
     let mut paged: Vec<String> = two.iter().chain(rest.iter()).cloned().collect();
     paged.sort();
     assert_eq!(paged, ids, "two pages of two");
+    assert_eq!(rest_next, None, "the last page, full, names no next one");
     assert!(nobody.is_empty());
 }
 

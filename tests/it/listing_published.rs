@@ -133,3 +133,18 @@ async fn an_assignees_key_lists_its_own_unrecorded_tasks_and_no_one_elses() {
     // Assert
     assert_eq!(ids(&listed), [mine]);
 }
+
+#[tokio::test]
+async fn a_full_page_of_every_status_that_holds_the_oldest_task_has_no_cursor() {
+    // Arrange: two tasks over HTTP (their queue messages stored around their records).
+    let app = TestApp::spawn().await;
+    let older = app.create("older", "anna", "P1").await;
+    let newer = app.create("newer", "anna", "P1").await;
+
+    // Act
+    let (all, next) = page(&app, "limit=2").await;
+
+    // Assert
+    assert_eq!(ids(&all), [newer, older]);
+    assert_eq!(next, None, "nothing is left for a next page");
+}

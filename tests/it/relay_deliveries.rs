@@ -52,8 +52,14 @@ async fn delivery_list_pages_on_with_the_cursor_it_prints() {
         "delivery", "list", "--status", "dead", "--limit", "2", "--before", &cursor,
     ];
     let second = taskfleet(&app, &args).await;
+    let whole = taskfleet(
+        &app,
+        &["delivery", "list", "--status", "dead", "--limit", "3"],
+    )
+    .await;
 
-    // Assert: the two pages hold the three deliveries, each once, newest first.
+    // Assert: the two pages hold the three deliveries, each once, newest first; a page that
+    // holds all three, full, prints no next one.
     let ids = |o: &Output| -> Vec<String> {
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
         out.lines()
@@ -66,6 +72,9 @@ async fn delivery_list_pages_on_with_the_cursor_it_prints() {
         .map(|r| r["job"]["id"].as_str().unwrap())
         .collect();
     assert_eq!(listed, expected, "{first:?} {second:?}");
+    assert_eq!(ids(&whole), expected);
+    let hint = String::from_utf8_lossy(&whole.stderr);
+    assert!(!hint.contains("--before"), "{hint}");
 }
 
 fn named_webhook(url: &str) -> Destination {

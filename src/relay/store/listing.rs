@@ -98,7 +98,7 @@ pub(super) async fn walk(bus: &Bus, q: &ListQuery) -> Result<Page, StoreError> {
     let (first, last) = bounds(&walk.stream);
     let mut end = q.before.map_or(last, |b| b.saturating_sub(1)).min(last);
     let mut window = (q.limit as u64 * WINDOW_PER_RECORD).max(MIN_WINDOW);
-    let mut page = Page::default();
+    let (mut page, mut left_over) = (Page::default(), false);
     while page.records.len() < q.limit && end >= first.max(1) {
         let start = end.saturating_sub(window - 1).max(first).max(1);
         let mut found = walk.read(start, end).await?;
@@ -107,6 +107,7 @@ pub(super) async fn walk(bus: &Bus, q: &ListQuery) -> Result<Page, StoreError> {
         // Decoded only as far as the page needs.
         for stored in found.iter().filter_map(from_message) {
             if page.records.len() == q.limit {
+                left_over = true;
                 break;
             }
             page.next = Some(stored.seq);
@@ -115,7 +116,9 @@ pub(super) async fn walk(bus: &Bus, q: &ListQuery) -> Result<Page, StoreError> {
         end = start - 1;
         window = walk.next_window(window, q.limit - page.records.len());
     }
-    if page.records.len() < q.limit {
+    // A full page is the last when the walk met the stream's first message and the page took
+    // every record it found.
+    if page.records.len() < q.limit || (end < first.max(1) && !left_over) {
         page.next = None;
     }
     Ok(page)
