@@ -193,7 +193,7 @@ async fn a_start_the_ledger_refuses_never_reaches_core_subscribers() {
 }
 
 /// One page of `GET /api/tasks` and its next-page cursor.
-async fn page(app: &TestApp, query: &str) -> (Vec<Task>, Option<String>) {
+pub(crate) async fn page(app: &TestApp, query: &str) -> (Vec<Task>, Option<String>) {
     let r = app
         .req(Method::GET, &format!("/api/tasks?{query}"))
         .send()

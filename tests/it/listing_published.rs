@@ -2,7 +2,7 @@
 //! yet, at their place among the recorded ones, on exactly one page of a walk through it.
 
 use crate::harness::TestApp;
-use reqwest::{Method, StatusCode};
+use crate::ledger::page;
 use serde_json::json;
 use taskfleet::domain::{Task, TaskStatus};
 
@@ -21,21 +21,6 @@ async fn publish(app: &TestApp, subject: &str, id: &str) -> String {
         .await
         .unwrap();
     id.to_string()
-}
-
-/// One page of `GET /api/tasks?{query}` with its `X-Next-Cursor`.
-async fn page(app: &TestApp, query: &str) -> (Vec<Task>, Option<String>) {
-    let r = app
-        .req(Method::GET, &format!("/api/tasks?{query}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK, "{query}");
-    let next = r
-        .headers()
-        .get("x-next-cursor")
-        .map(|v| v.to_str().unwrap().to_string());
-    (r.json().await.unwrap(), next)
 }
 
 fn ids(tasks: &[Task]) -> Vec<String> {
