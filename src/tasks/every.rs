@@ -323,8 +323,6 @@ enum Pick {
 /// A walk that may hold more tasks newer than the other's next stops the merge where its
 /// tasks run out (the page comes back short, with a cursor).
 fn merge(ledger: WalkPage, queued: QueuePage, limit: usize) -> (Vec<Pick>, Option<Cursor>) {
-    let ledger_more = ledger.next.is_some();
-    let queue_more = queued.stop == Stop::More;
     let (ledger_end, queue_end) = (ledger.next, queued.stop);
     let mut l = ledger.found.into_iter().peekable();
     let mut q = queued.found.into_iter().peekable();
@@ -332,8 +330,8 @@ fn merge(ledger: WalkPage, queued: QueuePage, limit: usize) -> (Vec<Pick>, Optio
     while picks.len() < limit {
         let from_ledger = match (l.peek(), q.peek()) {
             (Some(a), Some(b)) => a.time >= b.found.time,
-            (Some(_), None) if !queue_more => true,
-            (None, Some(_)) if !ledger_more => false,
+            (Some(_), None) if queue_end != Stop::More => true,
+            (None, Some(_)) if ledger_end.is_none() => false,
             _ => break,
         };
         let pick = match from_ledger {

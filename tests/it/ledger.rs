@@ -207,6 +207,22 @@ pub(crate) async fn page(app: &TestApp, query: &str) -> (Vec<Task>, Option<Strin
     (r.json().await.unwrap(), next)
 }
 
+/// Every page of `GET /api/tasks?{query}`, following `X-Next-Cursor` until a page has none (at
+/// most 100 pages, so a cursor that never ends fails the test instead of hanging it).
+pub(crate) async fn pages(app: &TestApp, query: &str) -> Vec<Vec<Task>> {
+    let mut out = Vec::new();
+    let mut before = String::new();
+    for _ in 0..100 {
+        let (tasks, next) = page(app, &format!("{query}{before}")).await;
+        out.push(tasks);
+        match next {
+            Some(c) => before = format!("&before={c}"),
+            None => return out,
+        }
+    }
+    panic!("{query}: still a cursor after 100 pages");
+}
+
 #[tokio::test]
 async fn a_full_page_that_holds_the_oldest_task_has_no_cursor_to_an_empty_page() {
     // Arrange: four pending tasks, then two of them completed.
@@ -279,16 +295,7 @@ async fn listings_page_newest_first_and_find_a_rare_status_among_many() {
         &format!("status=failed&limit=2&before={}", cursor.clone().unwrap()),
     )
     .await;
-    let mut all = Vec::new();
-    let mut before = String::new();
-    loop {
-        let (tasks, next) = page(&app, &format!("limit=7{before}")).await;
-        all.extend(tasks);
-        match next {
-            Some(c) => before = format!("&before={c}"),
-            None => break,
-        }
-    }
+    let all: Vec<Task> = pages(&app, "limit=7").await.concat();
     let (pending, _) = page(&app, "status=pending&limit=10").await;
 
     // Assert: newest first, each task once, the cursor ends.
@@ -348,16 +355,11 @@ async fn running_pages_follow_the_cursor(app: &TestApp) {
     app.admin.action(&again, "retry", None).await.unwrap();
 
     // Act: pages of two, following the cursor.
-    let mut pages = Vec::new();
-    let mut before = String::new();
-    loop {
-        let (tasks, next) = page(app, &format!("status=running&limit=2{before}")).await;
-        pages.push(tasks.iter().map(|t| t.id.to_string()).collect::<Vec<_>>());
-        match next {
-            Some(c) => before = format!("&before={c}"),
-            None => break,
-        }
-    }
+    let pages: Vec<Vec<String>> = pages(app, "status=running&limit=2")
+        .await
+        .iter()
+        .map(|tasks| tasks.iter().map(|t| t.id.to_string()).collect())
+        .collect();
 
     // Assert
     let newest_first: Vec<String> = running.iter().rev().cloned().collect();
