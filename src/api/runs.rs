@@ -197,7 +197,8 @@ pub(super) struct DeadQuery {
 }
 
 /// `GET /api/dead-letters?assigned_to=&limit=&after=`: tasks that used up their attempts, oldest
-/// first. A full page carries the next page's cursor in `X-Next-Cursor`; pass it as `after`.
+/// first. A full page that a dead letter follows carries the next page's cursor in
+/// `X-Next-Cursor`; pass it as `after`.
 pub(super) async fn dead_letters(
     State(state): State<AppState>,
     who: Principal,

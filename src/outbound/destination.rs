@@ -181,9 +181,15 @@ impl Destination {
         else {
             return Ok(());
         };
-        let names = headers.keys().chain(headers_env.keys());
-        for name in names {
+        let mut seen = std::collections::HashSet::new();
+        for name in headers.keys().chain(headers_env.keys()) {
             let lower = name.to_ascii_lowercase();
+            if !seen.insert(lower.clone()) {
+                return Err(DestinationError::Invalid(format!(
+                    "header {name} is given twice (header names are the same in any case, \
+                     across headers and headers_env)"
+                )));
+            }
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err(DestinationError::Invalid(format!(
                     "{name:?} is no HTTP header name"
@@ -525,6 +531,16 @@ mod tests {
         }
         let from_env = webhook_with(&[], &[("Host", "V")]).check();
         assert!(from_env.is_err(), "a variable's header is checked too");
+    }
+
+    #[test]
+    fn a_header_named_twice_in_any_case_is_refused_naming_it() {
+        let twice = webhook_with(&[("X-Team", "ops"), ("x-team", "dev")], &[]).check();
+        let across = webhook_with(&[("Authorization", "a")], &[("AUTHORIZATION", "V")]).check();
+        for refused in [twice, across] {
+            let e = refused.expect_err("a header sent twice").to_string();
+            assert!(e.contains("given twice"), "{e}");
+        }
     }
 
     #[test]

@@ -388,7 +388,8 @@ impl TaskService {
     }
 
     /// A page of dead letters, oldest first, stored after sequence `after` of the dead-letter
-    /// stream (0: from the start), and the cursor of the next page when this one is full.
+    /// stream (0: from the start), and the cursor of the next page when a dead letter follows
+    /// this page (one more is read to know; a full last page has none).
     pub async fn dead_letters_page(
         &self,
         assignee: Option<&crate::domain::Assignee>,
@@ -397,28 +398,31 @@ impl TaskService {
     ) -> Result<(Vec<Task>, Option<u64>), TaskError> {
         let filter = subjects::dead_filter(assignee);
         let mut out = Vec::new();
-        let (mut seq, mut last_kept) = (after.saturating_add(1), after);
-        while out.len() < limit {
+        let (mut seq, mut last_kept, mut more) = (after.saturating_add(1), after, false);
+        while !more {
             let batch = crate::bus::direct::batch(
                 &self.bus.client,
                 subjects::DEAD_STREAM,
                 &filter,
                 seq,
-                limit - out.len(),
+                limit + 1 - out.len(),
             )
             .await?;
             let Some(last) = batch.last() else { break };
             seq = last.sequence + 1;
             for m in &batch {
-                if let Ok(t) = crate::bus::decode::<Task>("dead letter", &m.payload) {
-                    out.push(t);
-                    last_kept = m.sequence;
+                let Ok(t) = crate::bus::decode::<Task>("dead letter", &m.payload) else {
+                    continue;
+                };
+                if out.len() == limit {
+                    more = true;
+                    break;
                 }
+                out.push(t);
+                last_kept = m.sequence;
             }
         }
-        out.truncate(limit);
-        let next = (out.len() == limit).then_some(last_kept);
-        Ok((out, next))
+        Ok((out, more.then_some(last_kept)))
     }
 }
 

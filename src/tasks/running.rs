@@ -210,7 +210,9 @@ impl TaskService {
             }
         }
         self.forget_running(&left).await;
-        if page.tasks.len() < filter.limit {
+        // A full page whose last task is the index's last candidate is the last page too.
+        let oldest = candidates.last().map(|(q, _, _)| Cursor::at(*q));
+        if page.tasks.len() < filter.limit || page.next == oldest {
             page.next = None;
         }
         Ok(Some(page))

@@ -337,7 +337,7 @@ async fn running_tasks_page_the_same_with_more_running_than_the_running_index_ho
 
 /// Five running tasks among three never started and one started, failed and queued again
 /// (the newest queue message, and a `started` record, but pending), listed in pages of two
-/// following the cursor: newest queued first, each once.
+/// following the cursor: newest queued first, each once; and in one page of five, with no cursor.
 async fn running_pages_follow_the_cursor(app: &TestApp) {
     // Arrange
     let mut running = Vec::new();
@@ -360,11 +360,17 @@ async fn running_pages_follow_the_cursor(app: &TestApp) {
         .iter()
         .map(|tasks| tasks.iter().map(|t| t.id.to_string()).collect())
         .collect();
+    let whole = self::pages(app, "status=running&limit=5").await;
 
-    // Assert
+    // Assert: and a full page that holds the oldest running task names no page after it.
     let newest_first: Vec<String> = running.iter().rev().cloned().collect();
     let chunks: Vec<Vec<String>> = newest_first.chunks(2).map(<[String]>::to_vec).collect();
     assert_eq!(pages, chunks);
+    let whole: Vec<Vec<String>> = whole
+        .iter()
+        .map(|tasks| tasks.iter().map(|t| t.id.to_string()).collect())
+        .collect();
+    assert_eq!(whole, [newest_first]);
 }
 
 #[tokio::test]

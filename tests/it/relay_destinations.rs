@@ -391,6 +391,44 @@ async fn dead_letters_page_oldest_first_through_the_cursor() {
 }
 
 #[tokio::test]
+async fn a_full_last_page_of_dead_letters_carries_no_cursor() {
+    // Arrange: four dead letters, read two at a time.
+    let app = TestApp::spawn().await;
+    let ids = app.seed_dead_letters(4).await;
+    let page = |after: String| {
+        let r = app.req(
+            Method::GET,
+            &format!("/api/dead-letters?limit=2&after={after}"),
+        );
+        async move {
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            let next = r
+                .headers()
+                .get("x-next-cursor")
+                .map(|v| v.to_str().unwrap().to_string());
+            let tasks: Vec<Value> = r.json().await.unwrap();
+            let ids: Vec<String> = tasks
+                .iter()
+                .map(|t| t["id"].as_str().unwrap().into())
+                .collect();
+            (ids, next)
+        }
+    };
+
+    // Act
+    let (first, next) = page(String::new()).await;
+    let (second, last) = page(next.clone().expect("a first page with more after it")).await;
+
+    // Assert: the second page holds the newest two and names no page after it.
+    assert_eq!([first, second].concat(), ids);
+    assert_eq!(
+        last, None,
+        "a cursor after the last dead letter leads to an empty page"
+    );
+}
+
+#[tokio::test]
 async fn a_configured_webhook_sends_its_extra_headers_with_one_read_from_the_relays_environment() {
     // Arrange: a named webhook with a static header and one from a variable the relay has.
     let app = TestApp::spawn().await;

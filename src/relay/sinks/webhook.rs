@@ -53,15 +53,41 @@ pub(super) async fn send(
         }
     }
     // Each secret, and its key alone (the base64 after `whsec_`), is as secret as the whole;
-    // so may be an extra header's value (an `Authorization`), unless too short to be a secret.
+    // so may be an extra header's value (see `header_secrets`).
     let parts = secret.unwrap_or_default().split_whitespace();
     let keys = parts.clone().filter_map(|s| s.strip_prefix(SECRET_PREFIX));
-    let values = extra.values().map(String::as_str).filter(|v| v.len() >= 8);
+    let values = extra.iter().flat_map(header_secrets);
     let redact = Redactor::new(parts.chain(keys).chain(values).map(Some));
     match post_json(ctx, url, &headers, body, &redact).await {
         Ok(reply) => reply.attempt(reply.verdict(), &redact),
         Err(failed) => failed,
     }
+}
+
+/// Words in a header's name that say its value is a credential.
+const CREDENTIAL_NAMES: [&str; 7] = [
+    "auth",
+    "token",
+    "secret",
+    "key",
+    "password",
+    "cookie",
+    "signature",
+];
+
+/// What of an extra header's value is kept out of reports: the value and, after a scheme
+/// (`Bearer <token>`), the credential alone. A header whose name says it holds a credential
+/// (`Authorization`, `X-Api-Key`, …) is redacted however short; any other only from 8
+/// characters on (shorter, it is no secret, and replacing it would garble the answer).
+fn header_secrets<'a>((name, value): (&String, &'a String)) -> Vec<&'a str> {
+    let name = name.to_ascii_lowercase();
+    let credential = CREDENTIAL_NAMES.iter().any(|w| name.contains(w));
+    let value = value.trim();
+    let last = value.split_whitespace().last().unwrap_or_default();
+    [value, last]
+        .into_iter()
+        .filter(|v| credential || v.len() >= 8)
+        .collect()
 }
 
 #[cfg(test)]
@@ -155,6 +181,26 @@ mod tests {
         assert!(s.header("webhook-id").is_some());
         let response = out.response.unwrap();
         assert!(!response.contains("s3cr3t"), "{response}");
+    }
+
+    #[tokio::test]
+    async fn a_short_credential_header_and_its_token_alone_are_never_recorded() {
+        // A receiver that echoes the token alone, and a short key, back.
+        let rx =
+            Receiver::answering(|_| Answer::status(403).body("token abc12 and key k9 refused"))
+                .await;
+        let mut dest = webhook(&rx, None);
+        if let Destination::Webhook { headers, .. } = &mut dest {
+            headers.insert("Authorization".into(), "Bearer abc12".into());
+            headers.insert("X-Api-Key".into(), "k9".into());
+            headers.insert("X-Team".into(), "and".into());
+        }
+        let out = send(&ctx(), &dest, &job("x")).await;
+        let s = &rx.seen()[0];
+        assert_eq!(s.header("authorization"), Some("Bearer abc12"));
+        assert_eq!(s.header("x-api-key"), Some("k9"));
+        let response = out.response.unwrap();
+        assert_eq!(response, "token [redacted] and key [redacted] refused");
     }
 
     #[tokio::test]
