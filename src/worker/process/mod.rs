@@ -13,14 +13,17 @@
 //!   [`ProcessSpec::kill_grace`]; processes left in the group after the program exits get the
 //!   same treatment, so nothing of the group outlives [`run`].
 
+mod group;
+mod spawn;
+
+use self::group::{Group, GroupGuard};
+use self::spawn::{spawn, Reader, Spawned, Writer};
 use super::output::Coalescer;
 pub use super::output::{OutputChunk, Stream};
-use crate::sys::{self, signal_group};
 use std::io;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc::{Receiver, Sender};
 use tokio::time::{interval, sleep_until, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -152,18 +155,6 @@ pub enum ProcessError {
         /// Cause.
         source: io::Error,
     },
-}
-
-type Reader = Box<dyn AsyncRead + Send + Unpin>;
-type Writer = Box<dyn AsyncWrite + Send + Unpin>;
-
-/// A started child and its ends of stdio.
-struct Spawned {
-    child: tokio::process::Child,
-    pgid: u32,
-    stdout: Reader,
-    stderr: Option<Reader>,
-    stdin: Writer,
 }
 
 /// Runs the process to the end and reports how it ended.
@@ -327,210 +318,6 @@ impl Pipes {
     }
 }
 
-/// The child and its process group on their way out: how the program ended, why the group is
-/// being stopped, when SIGKILL is due, and whether the group is gone.
-struct Group {
-    child: tokio::process::Child,
-    pgid: u32,
-    kill_grace: Duration,
-    /// When [`ProcessSpec::timeout`] passes.
-    deadline: Option<Instant>,
-    /// The program's exit status, once it exited.
-    status: Option<ExitStatus>,
-    timed_out: bool,
-    cancelled: bool,
-    /// When SIGKILL is due (SIGTERM was sent).
-    kill_at: Option<Instant>,
-    /// When SIGKILL was sent.
-    killed_at: Option<Instant>,
-    /// No live process of the group is left.
-    gone: bool,
-    /// How long output is still read now that the group is gone.
-    drain_until: Option<Instant>,
-}
-
-impl Group {
-    /// The group of `child` (led by `pgid`), started at `started` under `spec`.
-    fn new(child: tokio::process::Child, pgid: u32, spec: &ProcessSpec, started: Instant) -> Self {
-        Self {
-            child,
-            pgid,
-            kill_grace: spec.kill_grace,
-            deadline: spec.timeout.map(|t| started + t),
-            status: None,
-            timed_out: false,
-            cancelled: false,
-            kill_at: None,
-            killed_at: None,
-            gone: false,
-            drain_until: None,
-        }
-    }
-
-    /// Supervising is over: the group is gone and its output read (or the drain grace is
-    /// over), or the group outlived SIGKILL by [`KILL_WAIT`].
-    fn finished(&self, drained: bool) -> bool {
-        if self.gone && (drained || self.drain_until.is_some_and(|d| Instant::now() >= d)) {
-            return true;
-        }
-        if self
-            .killed_at
-            .is_some_and(|k| Instant::now() >= k + KILL_WAIT)
-        {
-            tracing::warn!(
-                pid = self.pgid,
-                "process group still alive after SIGKILL; giving up"
-            );
-            return true;
-        }
-        false
-    }
-
-    /// The program exited or a stop is under way: cancellation and the timeout no longer apply.
-    fn stopping(&self) -> bool {
-        self.status.is_some() || self.kill_at.is_some()
-    }
-
-    /// SIGTERM to the group; SIGKILL follows after the grace.
-    fn terminate(&mut self) {
-        let _ = signal_group(self.pgid, libc::SIGTERM);
-        self.kill_at = Some(Instant::now() + self.kill_grace);
-    }
-
-    /// The grace is over: SIGKILL to the group.
-    fn kill(&mut self) {
-        tracing::debug!(pid = self.pgid, "grace over; SIGKILL to the group");
-        let _ = signal_group(self.pgid, libc::SIGKILL);
-        self.killed_at = Some(Instant::now());
-    }
-
-    /// The program exited: what is left of its group is stopped, unless a stop is under way.
-    fn exited(&mut self, status: ExitStatus) {
-        self.status = Some(status);
-        if group_alive(self.pgid) {
-            if self.kill_at.is_none() {
-                tracing::debug!(
-                    pid = self.pgid,
-                    "program exited; stopping the rest of its group"
-                );
-                self.terminate();
-            }
-        } else {
-            self.mark_gone();
-        }
-    }
-
-    /// Checks whether the group has died out since the program exited.
-    fn check_gone(&mut self) {
-        if !group_alive(self.pgid) {
-            self.mark_gone();
-        }
-    }
-
-    /// No live process of the group is left: output is read for [`DRAIN_GRACE`] more at most.
-    fn mark_gone(&mut self) {
-        self.gone = true;
-        self.drain_until = Some(Instant::now() + DRAIN_GRACE);
-    }
-
-    /// How the run ended, with the tails and totals of `pipes`.
-    fn outcome(&self, started: Instant, pipes: &Pipes) -> ProcessOutcome {
-        let (out, err) = (pipes.out.chunks.tail(), pipes.err.chunks.tail());
-        ProcessOutcome {
-            pid: self.pgid,
-            exit_code: self.status.and_then(|s| s.code()),
-            signal: self
-                .status
-                .and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)),
-            timed_out: self.timed_out,
-            cancelled: self.cancelled,
-            duration: started.elapsed(),
-            stdout_tail: out.tail(),
-            stderr_tail: err.tail(),
-            stdout_bytes: out.total(),
-            stderr_bytes: err.total(),
-        }
-    }
-}
-
-/// Starts the child: with pipes in a new process group, or on a new pty in a new session.
-fn spawn(spec: &ProcessSpec) -> Result<Spawned, ProcessError> {
-    let program = spec.argv[0].clone();
-    let spawn_err = |source| ProcessError::Spawn {
-        program: program.clone(),
-        source,
-    };
-    let path = spec
-        .env
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| std::ffi::OsString::from(v))
-        .or_else(|| std::env::var_os("PATH"));
-    resolve_program(&program, path.as_deref(), spec.cwd.as_deref()).map_err(spawn_err)?;
-    let mut cmd = guard_command(spec);
-    let (child, stdout, stderr, stdin): (_, Reader, Option<Reader>, Writer) = if spec.pty {
-        let (pty, pts) = pty_process::open().map_err(|e| ProcessError::Pty(pty_io(e)))?;
-        pty.resize(pty_process::Size::new(24, 80))
-            .map_err(|e| ProcessError::Pty(pty_io(e)))?;
-        // setsid() in the child makes it the leader of a new session and process group.
-        let child = pty_process::Command::from(cmd)
-            .spawn(pts)
-            .map_err(|e| spawn_err(pty_io(e)))?;
-        let (read, write) = pty.into_split();
-        (child, Box::new(read), None, Box::new(write))
-    } else {
-        cmd.process_group(0)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(spawn_err)?;
-        let (stdin, stdout, stderr) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take());
-        let missing = || spawn_err(io::Error::other("child stdio was not captured"));
-        let stdin: Writer = Box::new(stdin.ok_or_else(missing)?);
-        let stdout: Reader = Box::new(stdout.ok_or_else(missing)?);
-        let stderr: Reader = Box::new(stderr.ok_or_else(missing)?);
-        (child, stdout, Some(stderr), stdin)
-    };
-    let pgid = child
-        .id()
-        .ok_or_else(|| spawn_err(io::Error::other("child has no pid")))?;
-    Ok(Spawned {
-        child,
-        pgid,
-        stdout,
-        stderr,
-        stdin,
-    })
-}
-
-/// `sh -c GUARD taskfleet-task argv…` (see [`guard_script`]) with the spec's environment and
-/// working directory, killed on drop and sent SIGTERM when the spawning thread ends.
-fn guard_command(spec: &ProcessSpec) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(guard_script(spec.kill_grace))
-        .arg("taskfleet-task")
-        .args(&spec.argv)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .kill_on_drop(true);
-    if let Some(dir) = &spec.cwd {
-        cmd.current_dir(dir);
-    }
-    // SIGTERM to the guard shell when the spawning thread ends; the guard then stops the group.
-    sys::die_with_parent(cmd.as_std_mut(), libc::SIGTERM);
-    cmd
-}
-
-/// A pty error as an I/O error.
-fn pty_io(e: pty_process::Error) -> io::Error {
-    match e {
-        pty_process::Error::Io(e) => e,
-        other => io::Error::other(other.to_string()),
-    }
-}
-
 /// Feeds the child's stdin until `Eof` or until every sender is gone.
 async fn pump_stdin(mut rx: Receiver<StdinInput>, mut sink: Writer, pty: bool) {
     let mut at_line_start = true;
@@ -561,111 +348,6 @@ async fn sleep_opt(at: Option<Instant>) {
         Some(at) => sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// SIGKILLs the group if [`run`] is dropped before the group is gone.
-struct GroupGuard {
-    pgid: u32,
-    armed: bool,
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = signal_group(self.pgid, libc::SIGKILL);
-        }
-    }
-}
-
-/// Whether any process of group `pgid` is still alive (zombies don't count: orphans left to an
-/// init that does not reap would otherwise look alive for ever).
-fn group_alive(pgid: u32) -> bool {
-    if signal_group(pgid, 0).is_err() {
-        return false;
-    }
-    #[cfg(target_os = "linux")]
-    return live_members(pgid).map_or(true, |n| n > 0);
-    #[cfg(not(target_os = "linux"))]
-    true
-}
-
-/// Non-zombie processes of group `pgid`, from `/proc/*/stat`.
-#[cfg(target_os = "linux")]
-fn live_members(pgid: u32) -> io::Result<usize> {
-    let mut n = 0;
-    for entry in std::fs::read_dir("/proc")?.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue; // gone meanwhile
-        };
-        // "pid (comm) state ppid pgrp …"; comm may hold spaces and parentheses.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next().unwrap_or("Z");
-        let pgrp = fields.nth(1).and_then(|p| p.parse::<u32>().ok());
-        if pgrp == Some(pgid) && state != "Z" && state != "X" {
-            n += 1;
-        }
-    }
-    Ok(n)
-}
-
-/// The shell every program runs under (`sh -c GUARD taskfleet-task argv…`). It runs the program
-/// in the background of the same process group with the original stdin, waits for it and exits
-/// with its status. On SIGTERM — sent by the worker to the group, or by Linux when the worker
-/// dies (parent-death signal) — it stops the whole group, grandchildren included: SIGTERM, then
-/// SIGKILL as soon as the program is gone or after the grace. So a `kill -9` of the worker
-/// leaves nothing of the task running.
-fn guard_script(grace: Duration) -> String {
-    let ticks = (grace.as_millis() / 100).max(1);
-    // `trap : TERM` first: the guard's own copy of `kill -TERM 0` must not re-enter the trap,
-    // and (unlike an ignored signal) a caught one is reset to default in the children. The trap
-    // waits (in 0.1 s ticks, reading the program's state from /proc so a zombie counts as gone)
-    // for the program to end, and SIGKILLs the whole group when the grace runs out.
-    // A program that died by a signal is re-raised on the guard, so the worker sees the signal.
-    // The guard's own stderr (job reports like "Terminated") goes to /dev/null; the program
-    // keeps the real one (fd 4 while the guard runs).
-    format!(
-        "exec 3<&0 4>&2 2>/dev/null; \
-         reraise() {{ if [ \"$1\" -gt 128 ]; then trap - TERM; kill -$(($1-128)) $$; fi; exit \"$1\"; }}; \
-         trap 'trap : TERM; kill -TERM 0; i=0; \
-           while [ $i -lt {ticks} ] && read -r _ _ st _ < /proc/$c/stat && [ \"$st\" != Z ]; do sleep 0.1; i=$((i+1)); done; \
-           [ $i -ge {ticks} ] && kill -KILL 0; wait $c; reraise $?' TERM; \
-         \"$@\" <&3 3<&- 2>&4 4>&- & c=$!; exec 3<&- 4>&-; wait $c; reraise $?"
-    )
-}
-
-/// Checks that `program` exists and is executable (the guard shell would otherwise start and
-/// fail with 127), searching `path` for bare names like a shell does.
-fn resolve_program(
-    program: &str,
-    path: Option<&std::ffi::OsStr>,
-    cwd: Option<&std::path::Path>,
-) -> io::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &std::path::Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    let not_found = || io::Error::new(io::ErrorKind::NotFound, "program not found");
-    if program.contains('/') {
-        let p = match cwd {
-            Some(dir) if !program.starts_with('/') => dir.join(program),
-            _ => PathBuf::from(program),
-        };
-        return executable(&p).then_some(p).ok_or_else(not_found);
-    }
-    std::env::split_paths(path.unwrap_or_default())
-        .map(|dir| dir.join(program))
-        .find(|p| executable(p))
-        .ok_or_else(not_found)
 }
 
 #[cfg(test)]

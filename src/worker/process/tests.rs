@@ -1,4 +1,5 @@
 //! Tests of the process runner, with real processes.
+use super::group::{group_alive, live_members};
 use super::*;
 use std::time::Instant as StdInstant;
 
