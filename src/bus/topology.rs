@@ -90,12 +90,22 @@ pub fn ledger_config(cfg: &TopologyConfig) -> stream::Config {
         allow_direct: true,
         allow_atomic_publish: true,
         max_message_size: cfg.max_msg_size,
+        // A per-subject limit no task reaches, set for the size of the stream's blocks: with
+        // one, nats-server stores a file stream in 4 MB blocks instead of 8 MB (it picks the
+        // size from the limits; there is no setting for the size itself), and a read of a task
+        // whose block is not cached loads and indexes half as much (docs/benchmarks.md, "4 MB
+        // ledger blocks").
+        max_messages_per_subject: LEDGER_MAX_PER_SUBJECT,
         metadata: [(LAYOUT_KEY.to_string(), LAYOUT.to_string())].into(),
         ..Default::default()
     }
 }
 
 const DEDUP_WINDOW: Duration = Duration::from_secs(120);
+
+/// The ledger's per-subject limit: a task's records of one kind (`events.<a>.<id>.<type>`)
+/// never come near it; see [`ledger_config`].
+const LEDGER_MAX_PER_SUBJECT: i64 = i64::MAX;
 
 /// The stream of the KV bucket `deliveries` (one record per delivery, its status in its key;
 /// see `relay/store/record.rs`): what async-nats makes of a bucket with history 1, plus atomic

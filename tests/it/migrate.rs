@@ -104,6 +104,39 @@ fn options(url: &str) -> ConnectOptions {
 }
 
 #[tokio::test]
+async fn the_ledger_is_stored_in_4_mb_blocks_so_a_cold_read_loads_half_as_much_as_in_8_mb() {
+    // Arrange: the streams as taskfleet makes them.
+    let nats = NatsServer::start().await;
+    let _bus = Bus::connect(&options(&nats.url()), &TopologyConfig::default())
+        .await
+        .expect("the topology is made");
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+
+    // Act: 6 MB of records appended to the ledger.
+    let record = bytes::Bytes::from(vec![b'x'; 8 * 1024]);
+    let mut acks = Vec::new();
+    for i in 0..768 {
+        let subject = format!("ledger.anna.t{i}.step");
+        acks.push(js.publish(subject, record.clone()).await.unwrap());
+    }
+    for ack in acks {
+        ack.await.expect("stored");
+    }
+
+    // Assert: the server cut them into blocks of 4 MB, not one of 8 MB.
+    let dir = nats.store_dir().join("jetstream/$G/streams/EVENTS/msgs");
+    let sizes: Vec<u64> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "blk"))
+        .map(|e| e.metadata().unwrap().len())
+        .collect();
+    assert!(sizes.len() >= 2, "one block holds 6 MB: {sizes:?}");
+    let limit = 4 * 1024 * 1024 + 16 * 1024;
+    assert!(sizes.iter().all(|&s| s <= limit), "{sizes:?}");
+}
+
+#[tokio::test]
 async fn a_store_from_before_storage_v2_is_refused_at_start_and_migrated_in_place() {
     // Arrange
     let nats = NatsServer::start().await;

@@ -39,6 +39,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server's JetStream store (`--store_dir`).
+    pub fn store_dir(&self) -> std::path::PathBuf {
+        self.store.path().join("store")
+    }
+
     async fn spawn(&mut self) {
         let ports_dir = self.store.path().join("ports");
         let _ = std::fs::remove_dir_all(&ports_dir);
@@ -50,7 +55,7 @@ impl NatsServer {
         };
         let child = Command::new(&self.bin)
             .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "--store_dir"])
-            .arg(self.store.path().join("store"))
+            .arg(self.store_dir())
             .arg("-l")
             .arg(self.store.path().join("nats.log"))
             .arg("--ports_file_dir")
