@@ -23,13 +23,17 @@
 use super::delayed::deferred_until;
 use super::history::Cursor;
 use super::listing::{bounds, first_window, one_assignee, source};
-use super::listing::{Found, Page, Source, WalkPage, SCAN_BUDGET};
+use super::listing::{Found, Page, Source, WalkPage, GROWTH, SCAN_BUDGET};
 use super::queue::{decode_queued, queued_task, recorded_by};
 use super::{ListFilter, TaskError, TaskService};
 use crate::domain::{Assignee, NewTask, Task, TaskId, TaskStatus};
 use async_nats::jetstream::message::StreamMessage;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+
+/// The queue walk's first window is sized for this share of the page (1/4), each next one
+/// [`GROWTH`] times the last.
+const FIRST_QUEUE_SHARE: usize = 4;
 
 /// Tasks remembered as recorded before [`Recorded`] starts over.
 const RECORDED_CAP: usize = 16_384;
@@ -91,7 +95,7 @@ struct QueueWalk {
     end: u64,
     /// Per subject filter, the messages after `end` (see `TaskService::read_range`).
     after_end: Vec<u64>,
-    /// Sequences a window spans.
+    /// Sequences the next window spans (each [`GROWTH`] times the last).
     window: u64,
     /// The window read when the walk was opened, not yet taken: its start and messages.
     read: Option<(u64, Vec<StreamMessage>)>,
@@ -169,8 +173,11 @@ impl TaskService {
         let (first, last, stored) = bounds(&self.bus.js, src.stream).await?;
         let end = below.saturating_sub(1).min(last);
         let after_end = self.counts_after(&src, end, end == last).await?;
+        // A quarter of the page at first: most of what a queue holds is recorded, and what the
+        // page can use is queued after the ledger walk's last task (see `unrecorded`).
+        let wanted = filter.limit.div_ceil(FIRST_QUEUE_SHARE);
         let mut walk = QueueWalk {
-            window: first_window(filter.limit, false, last.saturating_sub(first) + 1, stored),
+            window: first_window(wanted, false, last.saturating_sub(first) + 1, stored),
             src,
             first,
             below: end.saturating_add(1),
@@ -197,6 +204,7 @@ impl TaskService {
             .await?;
         msgs.sort_by_key(|m| std::cmp::Reverse(m.sequence));
         walk.end = start.saturating_sub(1);
+        walk.window = walk.window.saturating_mul(GROWTH);
         Ok(Some((start, msgs)))
     }
 

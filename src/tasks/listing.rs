@@ -38,6 +38,7 @@ use crate::bus::{direct, subjects, BusError, NatsResultExt};
 use crate::domain::{Assignee, EventKind, Priority, Task, TaskId, TaskKind, TaskStatus};
 use async_nats::jetstream::message::StreamMessage;
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 /// One page of a listing.
 #[derive(Debug, Clone, Default)]
@@ -70,7 +71,7 @@ pub(super) struct WalkPage {
 /// The first window of a ledger walk, in messages per task wanted (a task has a few records).
 const WINDOW_PER_TASK: u64 = 4;
 /// The most a window grows over the last one.
-const GROWTH: u64 = 4;
+pub(super) const GROWTH: u64 = 4;
 /// The fewest sequences a window after the first spans (a window is a round trip or two).
 const MIN_WINDOW: u64 = 256;
 /// About the most messages one call walks when its filter narrows only after reading (see
@@ -84,6 +85,42 @@ const EVERY_RECORD_BUDGET: u64 = 1_000;
 pub(super) struct Source {
     pub stream: &'static str,
     pub filters: Vec<String>,
+}
+
+impl Source {
+    /// What [`Spacing`] knows this source by.
+    fn key(&self) -> String {
+        format!("{} {}", self.stream, self.filters.join(" "))
+    }
+}
+
+/// How far apart, in stream sequences, the messages of a source were on its last walk over
+/// every record, so that the next first window spans what a page needs in one read: one
+/// assignee's records are a tenth of a ledger ten share, and a first window sized for the
+/// whole ledger found a fifth of a page, then needed one or two more windows (two round trips
+/// each). Bounded: it starts over when full.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Spacing(Arc<Mutex<HashMap<String, u64>>>);
+
+/// Sources [`Spacing`] remembers before it starts over.
+const SPACING_CAP: usize = 1_024;
+
+impl Spacing {
+    fn get(&self, source: &Source) -> Option<u64> {
+        self.0
+            .lock()
+            .expect("spacing lock")
+            .get(&source.key())
+            .copied()
+    }
+
+    fn note(&self, source: &Source, apart: u64) {
+        let mut known = self.0.lock().expect("spacing lock");
+        if known.len() >= SPACING_CAP {
+            known.clear();
+        }
+        known.insert(source.key(), apart);
+    }
 }
 
 impl TaskService {
@@ -126,7 +163,14 @@ impl TaskService {
         let mut after_end = self.counts_after(&source, end, end == last).await?;
         let budget = filter.narrows_after_read().then_some(SCAN_BUDGET);
         let ledger = source.stream == subjects::EVENTS_STREAM;
-        let mut window = first_window(filter.limit, ledger, last.saturating_sub(first) + 1, stored);
+        let span = last.saturating_sub(first) + 1;
+        let learned = walk
+            .every_record
+            .then(|| self.spacing.get(&source))
+            .flatten();
+        let stored = learned.map_or(stored, |apart| span / apart);
+        let mut window = first_window(filter.limit, ledger, span, stored);
+        let learns = walk.every_record;
         let (mut page, mut left_over) = (WalkPage::default(), false);
         while page.found.len() < filter.limit && end >= first && end > 0 {
             if let Some(b) = budget {
@@ -155,6 +199,11 @@ impl TaskService {
             walk.spanned += end_of_window - start + 1;
             let found = (page.found.len(), page.found.len() - found_before);
             window = next_window(window, walk.spanned, found, filter.limit);
+        }
+        // The source is the one the walk started on while it still walks every record.
+        if learns && walk.every_record && walk.walked > 0 {
+            self.spacing
+                .note(&source, spacing(walk.spanned, walk.walked));
         }
         // A full page is the last when the walk met the stream's first message and the page
         // took every task its windows found.
@@ -326,6 +375,12 @@ impl Walked {
             .filter(|m| self.seen.insert(task_of(m)))
             .collect()
     }
+}
+
+/// Sequences per message over a walk that spanned `spanned` and read `walked` (> 0), to the
+/// nearest whole one: a walk that read all but a few of its sequences is one apart, not two.
+fn spacing(spanned: u64, walked: u64) -> u64 {
+    (spanned.saturating_add(walked / 2) / walked).max(1)
 }
 
 /// The first window of a walk for `limit` tasks over a stream whose `span` of sequences holds
@@ -530,6 +585,14 @@ mod tests {
         assert_eq!(first_window(10, true, 50, 50), MIN_WINDOW);
         // An empty stream: as if its messages were next to each other.
         assert_eq!(first_window(100, true, 10, 0), 400);
+    }
+
+    #[test]
+    fn a_source_whose_walk_read_nearly_every_sequence_is_one_apart_and_a_tenth_share_ten() {
+        assert_eq!(super::spacing(400, 398), 1);
+        assert_eq!(super::spacing(4_000, 400), 10);
+        assert_eq!(super::spacing(4_100, 400), 10);
+        assert_eq!(super::spacing(10, 400), 1);
     }
 
     #[test]

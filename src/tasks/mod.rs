@@ -103,6 +103,8 @@ pub struct TaskService {
     running: running::RunningIndex,
     /// Tasks published straight to NATS known to have a record (see `every.rs`).
     recorded: every::Recorded,
+    /// How far apart the records of each walked source were (see `listing.rs`).
+    spacing: listing::Spacing,
 }
 
 /// Ids remembered before the id → assignee cache starts over.
@@ -122,6 +124,7 @@ impl TaskService {
             user_permissions: Arc::default(),
             running: running::RunningIndex::default(),
             recorded: every::Recorded::default(),
+            spacing: listing::Spacing::default(),
         }
     }
 
