@@ -104,6 +104,10 @@ pub(super) struct Spacing(Arc<Mutex<HashMap<String, u64>>>);
 
 /// Sources [`Spacing`] remembers before it starts over.
 const SPACING_CAP: usize = 1_024;
+/// The most sequences apart a learned spacing counts: a first window spans at most this many
+/// times a page's worth of records, so a source that was sparse on its last walk and is dense
+/// now reads at most that many times the records a page needs (once; the walk learns again).
+const MAX_SPACING: u64 = 16;
 
 impl Spacing {
     fn get(&self, source: &Source) -> Option<u64> {
@@ -168,7 +172,7 @@ impl TaskService {
             .every_record
             .then(|| self.spacing.get(&source))
             .flatten();
-        let stored = learned.map_or(stored, |apart| span / apart);
+        let stored = learned.map_or(stored, |apart| span / apart.min(MAX_SPACING));
         let mut window = first_window(filter.limit, ledger, span, stored);
         let learns = walk.every_record;
         let (mut page, mut left_over) = (WalkPage::default(), false);
