@@ -342,6 +342,20 @@ async fn bad_input_and_scoped_keys_on_the_destination_routes_get_a_4xx_that_writ
     assert_eq!(hook.hits().len(), 1);
 }
 
+/// The ids of one page of `GET /api/dead-letters?limit=2&after={after}`, and its cursor.
+async fn dead_letters_page(app: &TestApp, after: &str) -> (Vec<String>, Option<String>) {
+    let path = format!("/api/dead-letters?limit=2&after={after}");
+    let r = app.req(Method::GET, &path).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let next = r
+        .headers()
+        .get("x-next-cursor")
+        .map(|v| v.to_str().unwrap().to_string());
+    let tasks: Vec<Value> = r.json().await.unwrap();
+    let ids = tasks.iter().map(|t| t["id"].as_str().unwrap().into());
+    (ids.collect(), next)
+}
+
 #[tokio::test]
 async fn dead_letters_page_oldest_first_through_the_cursor() {
     // Arrange: five dead letters (tasks copied to the dead-letter stream, as a worker does).
@@ -352,25 +366,8 @@ async fn dead_letters_page_oldest_first_through_the_cursor() {
     let mut pages = Vec::new();
     let mut after = String::new();
     loop {
-        let r = app
-            .req(
-                Method::GET,
-                &format!("/api/dead-letters?limit=2&after={after}"),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        let next = r
-            .headers()
-            .get("x-next-cursor")
-            .map(|v| v.to_str().unwrap().to_string());
-        let page: Vec<Value> = r.json().await.unwrap();
-        pages.push(
-            page.iter()
-                .map(|t| t["id"].as_str().unwrap().to_string())
-                .collect::<Vec<_>>(),
-        );
+        let (page, next) = dead_letters_page(&app, &after).await;
+        pages.push(page);
         match next {
             Some(n) if pages.len() < 5 => after = n,
             _ => break,
@@ -395,30 +392,11 @@ async fn a_full_last_page_of_dead_letters_carries_no_cursor() {
     // Arrange: four dead letters, read two at a time.
     let app = TestApp::spawn().await;
     let ids = app.seed_dead_letters(4).await;
-    let page = |after: String| {
-        let r = app.req(
-            Method::GET,
-            &format!("/api/dead-letters?limit=2&after={after}"),
-        );
-        async move {
-            let r = r.send().await.unwrap();
-            assert_eq!(r.status(), StatusCode::OK);
-            let next = r
-                .headers()
-                .get("x-next-cursor")
-                .map(|v| v.to_str().unwrap().to_string());
-            let tasks: Vec<Value> = r.json().await.unwrap();
-            let ids: Vec<String> = tasks
-                .iter()
-                .map(|t| t["id"].as_str().unwrap().into())
-                .collect();
-            (ids, next)
-        }
-    };
 
     // Act
-    let (first, next) = page(String::new()).await;
-    let (second, last) = page(next.clone().expect("a first page with more after it")).await;
+    let (first, next) = dead_letters_page(&app, "").await;
+    let next = next.expect("a first page with more after it");
+    let (second, last) = dead_letters_page(&app, &next).await;
 
     // Assert: the second page holds the newest two and names no page after it.
     assert_eq!([first, second].concat(), ids);
