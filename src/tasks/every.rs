@@ -29,36 +29,16 @@ use super::{ListFilter, TaskError, TaskService};
 use crate::domain::{Assignee, NewTask, Task, TaskId, TaskStatus};
 use async_nats::jetstream::message::StreamMessage;
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 
 /// The queue walk's first window is sized for this share of the page (1/4), each next one
 /// [`GROWTH`] times the last.
 const FIRST_QUEUE_SHARE: usize = 4;
 
-/// Tasks remembered as recorded before [`Recorded`] starts over.
-const RECORDED_CAP: usize = 16_384;
-
-/// The ids of tasks published straight to NATS that this process has found or made a record
-/// of, so that the queue walk looks them up once, not on every listing (a task, once recorded,
-/// keeps a record while its queue message lasts). Bounded: it starts over when full.
-#[derive(Clone, Debug, Default)]
-pub(super) struct Recorded(Arc<Mutex<HashSet<TaskId>>>);
-
-impl Recorded {
-    fn contains(&self, id: &TaskId) -> bool {
-        self.0.lock().expect("recorded lock").contains(id)
-    }
-
-    fn note(&self, ids: impl IntoIterator<Item = TaskId>) {
-        let mut known = self.0.lock().expect("recorded lock");
-        for id in ids {
-            if known.len() >= RECORDED_CAP {
-                known.clear();
-            }
-            known.insert(id);
-        }
-    }
-}
+/// Published tasks remembered as recorded (`TaskService::recorded`: the ids of tasks published
+/// straight to NATS that this process has found or made a record of, so that the queue walk
+/// looks each up once, not on every listing; a task, once recorded, keeps a record while its
+/// queue message lasts) before the memory starts over.
+pub(super) const RECORDED_CAP: usize = 16_384;
 
 /// A queued task no one recorded yet, met by the queue walk.
 struct Unrecorded {
@@ -159,7 +139,7 @@ impl TaskService {
     async fn record_listed(&self, u: Unrecorded) -> Result<Option<Task>, TaskError> {
         let (id, new) = u.new;
         let task = self.materialise(&u.msg, id.clone(), new, false).await?;
-        self.recorded.note([id]);
+        self.recorded.insert(id, ());
         Ok(task)
     }
 
@@ -249,7 +229,7 @@ impl TaskService {
     /// Queue messages `msgs` (newest first), each with its task's id and create request when
     /// that task has no record yet. A message taskfleet queued is passed over unread (its task
     /// is recorded), and so is one that is no task (the pending list moves those aside) or
-    /// whose task this process knows to be recorded (see [`Recorded`]).
+    /// whose task this process knows to be recorded (see [`RECORDED_CAP`]).
     async fn no_record(
         &self,
         msgs: Vec<StreamMessage>,
@@ -261,7 +241,7 @@ impl TaskService {
                     None => decode_queued((&m).into()).ok(),
                     Some(_) => None,
                 };
-                (m, new.filter(|(id, _)| !self.recorded.contains(id)))
+                (m, new.filter(|(id, _)| self.recorded.get(id).is_none()))
             })
             .collect();
         let keys: Vec<(Assignee, TaskId)> = read
@@ -270,7 +250,9 @@ impl TaskService {
             .map(|(id, new)| (new.assigned_to.clone(), id.clone()))
             .collect();
         let recorded = self.latest_states(&keys).await?;
-        self.recorded.note(recorded.keys().cloned());
+        for id in recorded.keys() {
+            self.recorded.insert(id.clone(), ());
+        }
         Ok(read
             .into_iter()
             .map(|(m, new)| {

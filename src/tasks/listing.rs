@@ -38,7 +38,6 @@ use crate::bus::{direct, subjects, BusError, NatsResultExt};
 use crate::domain::{Assignee, EventKind, Priority, Task, TaskId, TaskKind, TaskStatus};
 use async_nats::jetstream::message::StreamMessage;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 
 /// One page of a listing.
 #[derive(Debug, Clone, Default)]
@@ -88,44 +87,22 @@ pub(super) struct Source {
 }
 
 impl Source {
-    /// What [`Spacing`] knows this source by.
+    /// What `TaskService::spacing` knows this source by.
     fn key(&self) -> String {
         format!("{} {}", self.stream, self.filters.join(" "))
     }
 }
 
-/// How far apart, in stream sequences, the messages of a source were on its last walk over
-/// every record, so that the next first window spans what a page needs in one read: one
-/// assignee's records are a tenth of a ledger ten share, and a first window sized for the
-/// whole ledger found a fifth of a page, then needed one or two more windows (two round trips
-/// each). Bounded: it starts over when full.
-#[derive(Clone, Debug, Default)]
-pub(super) struct Spacing(Arc<Mutex<HashMap<String, u64>>>);
-
-/// Sources [`Spacing`] remembers before it starts over.
-const SPACING_CAP: usize = 1_024;
+/// Sources whose spacing `TaskService::spacing` remembers before it starts over: how far apart,
+/// in stream sequences, a source's messages were on its last walk over every record, so that
+/// the next first window spans what a page needs in one read (one assignee's records are a
+/// tenth of a ledger ten share, and a first window sized for the whole ledger found a fifth of
+/// a page, then needed one or two more windows, two round trips each).
+pub(super) const SPACING_CAP: usize = 1_024;
 /// The most sequences apart a learned spacing counts: a first window spans at most this many
 /// times a page's worth of records, so a source that was sparse on its last walk and is dense
 /// now reads at most that many times the records a page needs (once; the walk learns again).
 const MAX_SPACING: u64 = 16;
-
-impl Spacing {
-    fn get(&self, source: &Source) -> Option<u64> {
-        self.0
-            .lock()
-            .expect("spacing lock")
-            .get(&source.key())
-            .copied()
-    }
-
-    fn note(&self, source: &Source, apart: u64) {
-        let mut known = self.0.lock().expect("spacing lock");
-        if known.len() >= SPACING_CAP {
-            known.clear();
-        }
-        known.insert(source.key(), apart);
-    }
-}
 
 impl TaskService {
     /// Tasks matching `filter`, newest first, from `filter.before` on.
@@ -170,11 +147,12 @@ impl TaskService {
         let span = last.saturating_sub(first) + 1;
         let learned = walk
             .every_record
-            .then(|| self.spacing.get(&source))
+            .then(|| self.spacing.get(&source.key()))
             .flatten();
-        let stored = learned.map_or(stored, |apart| span / apart.min(MAX_SPACING));
-        let mut window = first_window(filter.limit, ledger, span, stored);
-        let learns = walk.every_record;
+        let mut window = match learned {
+            Some(apart) => window_for(filter.limit, ledger, apart.min(MAX_SPACING)),
+            None => first_window(filter.limit, ledger, span, stored),
+        };
         let (mut page, mut left_over) = (WalkPage::default(), false);
         while page.found.len() < filter.limit && end >= first && end > 0 {
             if let Some(b) = budget {
@@ -204,10 +182,10 @@ impl TaskService {
             let found = (page.found.len(), page.found.len() - found_before);
             window = next_window(window, walk.spanned, found, filter.limit);
         }
-        // The source is the one the walk started on while it still walks every record.
-        if learns && walk.every_record && walk.walked > 0 {
-            self.spacing
-                .note(&source, spacing(walk.spanned, walk.walked));
+        // Still walking every record, it walks the source it started on.
+        if walk.every_record && walk.walked > 0 {
+            let apart = spacing(walk.spanned, walk.walked);
+            self.spacing.insert(source.key(), apart);
         }
         // A full page is the last when the walk met the stream's first message and the page
         // took every task its windows found.
@@ -392,12 +370,16 @@ fn spacing(spanned: u64, walked: u64) -> u64 {
 /// again as tasks wanted in the queue or the index (a message each), in sequences as far apart
 /// as the stream's messages are on average (a work queue keeps a few over a long span).
 pub(super) fn first_window(limit: usize, ledger: bool, span: u64, stored: u64) -> u64 {
+    window_for(limit, ledger, span.checked_div(stored).unwrap_or(1))
+}
+
+/// The first window of a walk for `limit` tasks over messages `apart` sequences apart.
+fn window_for(limit: usize, ledger: bool, apart: u64) -> u64 {
     let messages = match ledger {
         true => limit as u64 * WINDOW_PER_TASK,
         false => (limit as u64 * 3).div_ceil(2),
     };
-    let apart = span.checked_div(stored).unwrap_or(1).max(1);
-    messages.saturating_mul(apart).max(MIN_WINDOW)
+    messages.saturating_mul(apart.max(1)).max(MIN_WINDOW)
 }
 
 /// The next window of a walk that has spanned `spanned` sequences and found `found` of the

@@ -27,6 +27,7 @@ mod history;
 mod idempotency;
 pub mod ledger;
 mod listing;
+mod memory;
 pub mod migrate;
 mod progress;
 mod queue;
@@ -51,8 +52,7 @@ use crate::bus::{subjects, Bus, BusError};
 use crate::domain::{Assignee, EventKind, Task, TaskEvent, TaskId};
 use crate::metrics::Metrics;
 use ledger::Stored;
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use unreadable::Covered;
 
@@ -88,7 +88,7 @@ pub struct TaskService {
     /// A worker's service sees only its assignee's tasks (its NATS user may read no others).
     scope: Option<Assignee>,
     /// Task id → assignee, learned from reads and creates (an id never changes assignee).
-    located: Arc<Mutex<HashMap<TaskId, Assignee>>>,
+    located: memory::Memory<TaskId, Assignee>,
     /// A worker's write chain per task it runs: the state it last wrote and the write still
     /// on its way (see `write.rs`).
     chains: write::Chains,
@@ -96,15 +96,15 @@ pub struct TaskService {
     max_delay_days: u64,
     /// Ledger filters holding a message this process may not move aside, warned about once
     /// (see `unreadable.rs`).
-    unreadable_warned: Arc<Mutex<HashSet<String>>>,
+    unreadable_warned: memory::Memory<String>,
     /// This process's NATS permissions, kept once the server answered (see `unreadable.rs`).
     user_permissions: Arc<tokio::sync::OnceCell<crate::bus::permissions::Permissions>>,
     /// The running tasks this process knows of, for `running` listings (see `running.rs`).
     running: running::RunningIndex,
     /// Tasks published straight to NATS known to have a record (see `every.rs`).
-    recorded: every::Recorded,
+    recorded: memory::Memory<TaskId>,
     /// How far apart the records of each walked source were (see `listing.rs`).
-    spacing: listing::Spacing,
+    spacing: memory::Memory<String, u64>,
 }
 
 /// Ids remembered before the id → assignee cache starts over.
@@ -117,14 +117,14 @@ impl TaskService {
             bus: Arc::new(bus),
             metrics,
             scope: None,
-            located: Arc::default(),
+            located: memory::Memory::new(LOCATED_CAP),
             chains: write::Chains::default(),
             max_delay_days: crate::domain::limits::MAX_DELAY_DAYS,
-            unreadable_warned: Arc::default(),
+            unreadable_warned: memory::Memory::new(unreadable::WARNED_CAP),
             user_permissions: Arc::default(),
             running: running::RunningIndex::default(),
-            recorded: every::Recorded::default(),
-            spacing: listing::Spacing::default(),
+            recorded: memory::Memory::new(every::RECORDED_CAP),
+            spacing: memory::Memory::new(listing::SPACING_CAP),
         }
     }
 
@@ -167,17 +167,11 @@ impl TaskService {
     }
 
     fn remember(&self, id: &TaskId, assignee: &Assignee) {
-        let mut located = self.located.lock().expect("located lock");
-        if located.len() >= LOCATED_CAP {
-            located.clear();
-        }
-        located.insert(id.clone(), assignee.clone());
+        self.located.insert(id.clone(), assignee.clone());
     }
 
     fn assignee_of(&self, id: &TaskId) -> Option<Assignee> {
-        self.scope
-            .clone()
-            .or_else(|| self.located.lock().expect("located lock").get(id).cloned())
+        self.scope.clone().or_else(|| self.located.get(id))
     }
 
     /// The task's latest state.

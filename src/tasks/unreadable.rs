@@ -39,7 +39,7 @@ const SHOWN_HEADERS: usize = 512;
 
 /// Task logs (or other ledger filters) whose unreadable message this process may not move
 /// aside, remembered once warned about (past this many, the memory starts over).
-const WARNED_CAP: usize = 10_000;
+pub(super) const WARNED_CAP: usize = 10_000;
 
 /// What a read over the reader connection covered: what is checked when that connection is
 /// lost during it.
@@ -472,13 +472,7 @@ impl TaskService {
             "this process's NATS user may not move it aside (MSG.GET and MSG.DELETE on EVENTS); \
              the API moves it to the dead letters when it reads the task",
         );
-        let first = {
-            let mut warned = self.unreadable_warned.lock().expect("warned lock");
-            if warned.len() >= WARNED_CAP {
-                warned.clear();
-            }
-            warned.insert(filter.to_string())
-        };
+        let first = self.unreadable_warned.insert(filter.to_string(), ());
         if first {
             let task = filter.split('.').nth(2).unwrap_or("*");
             tracing::warn!(task_id = task, filter, error.message = %err,

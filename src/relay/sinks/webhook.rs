@@ -79,15 +79,14 @@ const CREDENTIAL_NAMES: [&str; 7] = [
 /// (`Bearer <token>`), the credential alone. A header whose name says it holds a credential
 /// (`Authorization`, `X-Api-Key`, …) is redacted however short; any other only from 8
 /// characters on (shorter, it is no secret, and replacing it would garble the answer).
-fn header_secrets<'a>((name, value): (&String, &'a String)) -> Vec<&'a str> {
+fn header_secrets<'a>((name, value): (&String, &'a String)) -> impl Iterator<Item = &'a str> {
     let name = name.to_ascii_lowercase();
     let credential = CREDENTIAL_NAMES.iter().any(|w| name.contains(w));
     let value = value.trim();
     let last = value.split_whitespace().last().unwrap_or_default();
     [value, last]
         .into_iter()
-        .filter(|v| credential || v.len() >= 8)
-        .collect()
+        .filter(move |v| credential || v.len() >= 8)
 }
 
 #[cfg(test)]
