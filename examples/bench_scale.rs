@@ -23,7 +23,7 @@
 mod fleet;
 
 use anyhow::{bail, Context};
-use fleet::{rss_mb, Fleet};
+use fleet::{cpu_secs, rss_mb, Fleet};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -55,6 +55,7 @@ const STALL_LIMIT: Duration = Duration::from_secs(120);
 const HELP: &str = "usage: bench_scale [--stages 10000,100000,1000000] [--out FILE] \
     [--samples 300] [--warmup 30] [--assignees 10] [--procs 1] [--concurrency 64] \
     [--in-flight 256] [--backlog 20000] [--stuck 20] [--relay-wait-s 900] [--no-relay] \
+    [--settle-s 2] \
     [--route-budget-s 60] [--routes TEXT,…] [--store DIR [--measure-only]]
 
   --stages       tasks stored after each stage (cumulative), ascending
@@ -67,6 +68,7 @@ const HELP: &str = "usage: bench_scale [--stages 10000,100000,1000000] [--out FI
   --stuck        per stage: pending tasks whose `created` goes to a receiver answering 503
   --relay-wait-s how long to wait after loading for the relay to catch up
   --no-relay     no relay (no deliveries)
+  --settle-s     how long to wait after the workers and the relay stop before measuring
   --route-budget-s  a route slower than this in all stops early (at least 20 timed requests)
   --routes       measure only the routes whose name contains one of these texts (say,
                  `status=running,/logs`), to see one route without the others' effects
@@ -101,6 +103,8 @@ struct Opts {
     relay_wait: Duration,
     /// Whether the relay runs (deliveries).
     relay: bool,
+    /// How long to wait after the workers and the relay stop before measuring.
+    settle: Duration,
     /// Time after which a slow route stops early.
     route_budget: Duration,
     /// Texts one of which a measured route's name contains (all routes when empty).
@@ -126,6 +130,7 @@ fn parse_args() -> anyhow::Result<Opts> {
         stuck: 20,
         relay_wait: Duration::from_secs(900),
         relay: true,
+        settle: Duration::from_secs(2),
         route_budget: Duration::from_secs(60),
         routes: Vec::new(),
         store: None,
@@ -153,6 +158,7 @@ fn parse_args() -> anyhow::Result<Opts> {
             "--stuck" => o.stuck = value()?.parse()?,
             "--relay-wait-s" => o.relay_wait = Duration::from_secs(value()?.parse()?),
             "--no-relay" => o.relay = false,
+            "--settle-s" => o.settle = Duration::from_secs(value()?.parse()?),
             "--route-budget-s" => o.route_budget = Duration::from_secs(value()?.parse()?),
             "--routes" => o.routes = value()?.split(',').map(str::to_string).collect(),
             "--store" => o.store = Some(PathBuf::from(value()?)),
@@ -881,7 +887,11 @@ impl Bench {
         };
         self.fleet.stop_relay().await;
         self.keep_loaded()?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        eprintln!(
+            "  waiting {:?} before measuring (--settle-s) …",
+            self.opts.settle
+        );
+        tokio::time::sleep(self.opts.settle).await;
         let load = json!({"tasks": mix.total(), "secs": load_secs,
                           "tasks_per_s": mix.total() as f64 / load_secs});
         let mut figures = self.measured().await?;
@@ -909,18 +919,26 @@ impl Bench {
     /// running.
     async fn measured(&self) -> anyhow::Result<Value> {
         let disk = self.disk().await?;
-        let pid = self.api().pid;
-        let rss_before = rss_mb(pid);
+        let (pid, nats) = (self.api().pid, self.fleet.nats_pid());
+        let rss_before = (rss_mb(pid), rss_mb(nats));
+        let cpu_before = (cpu_secs(pid), cpu_secs(nats));
         eprintln!(
             "  measuring the read routes ({} requests each) …",
             self.opts.samples
         );
         let t1 = Instant::now();
         let routes = self.measure().await?;
-        let rss_after = rss_mb(pid);
+        let rss_after = (rss_mb(pid), rss_mb(nats));
+        let used = |before: Option<f64>, after: Option<f64>| Some(after? - before?);
+        let cpu = (
+            used(cpu_before.0, cpu_secs(pid)),
+            used(cpu_before.1, cpu_secs(nats)),
+        );
         Ok(json!({
             "stored": self.counts.total(), "counts": self.counts, "disk": disk,
-            "api_rss_mb": {"before": rss_before, "after": rss_after},
+            "api_rss_mb": {"before": rss_before.0, "after": rss_after.0},
+            "nats_rss_mb": {"before": rss_before.1, "after": rss_after.1},
+            "cpu_secs_measuring": {"api": cpu.0, "nats_server": cpu.1},
             "measure_secs": t1.elapsed().as_secs_f64(), "routes": routes,
         }))
     }
@@ -1185,9 +1203,25 @@ fn print_table(stages: &[Value]) {
 }
 
 /// The numeric rows under the routes: label, JSON pointer into a stage, decimals.
-const STORE_ROWS: [(&str, &str, usize); 5] = [
+const STORE_ROWS: [(&str, &str, usize); 9] = [
     ("API VmRSS before measuring (MB)", "/api_rss_mb/before", 1),
     ("API VmRSS after measuring (MB)", "/api_rss_mb/after", 1),
+    (
+        "nats-server VmRSS before measuring (MB)",
+        "/nats_rss_mb/before",
+        0,
+    ),
+    (
+        "nats-server VmRSS after measuring (MB)",
+        "/nats_rss_mb/after",
+        0,
+    ),
+    ("API CPU while measuring (s)", "/cpu_secs_measuring/api", 1),
+    (
+        "nats-server CPU while measuring (s)",
+        "/cpu_secs_measuring/nats_server",
+        1,
+    ),
     (
         "store on disk, bytes per finished task",
         "/disk/store_bytes_per_finished_task",

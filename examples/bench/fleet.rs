@@ -100,6 +100,17 @@ pub fn rss_mb(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// CPU time a process has used so far (user + system), in seconds.
+#[allow(dead_code)] // bench_scale only
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command (which may hold spaces) start after its closing bracket;
+    // utime and stime are the 14th and 15th fields of the line, the 12th and 13th after it.
+    let mut after = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let ticks: f64 = after.next()?.parse::<f64>().ok()? + after.next()?.parse::<f64>().ok()?;
+    Some(ticks / rustix::param::clock_ticks_per_second() as f64)
+}
+
 impl Fleet {
     /// A fresh nats-server and the benchmark's connection; with `api`, the API process too.
     pub async fn start(api: bool) -> anyhow::Result<Self> {
@@ -277,6 +288,12 @@ impl Fleet {
     #[allow(dead_code)] // bench_scale only
     pub fn dir(&self) -> &Path {
         self._dir.path()
+    }
+
+    /// nats-server's process id.
+    #[allow(dead_code)] // bench_scale only
+    pub fn nats_pid(&self) -> u32 {
+        self.nats.pid
     }
 
     /// nats-server's store directory (for the bytes on disk).
