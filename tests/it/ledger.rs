@@ -2,6 +2,7 @@
 //! writes it refuses never reach subscribers; listings page newest first; finished tasks age
 //! out and active ones never do.
 
+use crate::harness::process::WorkerProcess;
 use crate::harness::{eventually, TestApp};
 use async_nats::jetstream::message::StreamMessage;
 use futures::StreamExt;
@@ -88,6 +89,43 @@ async fn drive_manual_tasks(app: &TestApp, ids: &[String]) {
     }
 }
 
+/// Kills `worker` with SIGKILL once it runs tasks. A kill can land between two tasks, with none
+/// of `ids` running (a slow machine makes that possible), and then there is nothing to take over:
+/// a new worker is started and killed in turn, up to 5 times. Returns the tasks running at the
+/// kill, and how many of `ids` were unfinished then.
+async fn kill_worker_mid_task(
+    app: &TestApp,
+    ids: &[String],
+    worker: &mut WorkerProcess,
+) -> (Vec<Task>, usize) {
+    for _ in 0..5 {
+        eventually(
+            "the worker to run a task",
+            Duration::from_secs(30),
+            || async {
+                let running = [("assigned_to", "anna".into()), ("status", "running".into())];
+                let tasks = app.admin.list_tasks(&running).await.ok()?;
+                (!tasks.is_empty()).then_some(())
+            },
+        )
+        .await;
+        worker.kill9();
+        let at_kill = futures::future::join_all(ids.iter().map(|id| app.admin.get_task(id))).await;
+        let at_kill: Vec<Task> = at_kill.into_iter().flatten().collect();
+        let unfinished = at_kill.iter().filter(|t| !t.status.is_terminal()).count();
+        let running: Vec<Task> = at_kill
+            .into_iter()
+            .filter(|t| t.status == TaskStatus::Running)
+            .collect();
+        if !running.is_empty() {
+            return (running, unfinished);
+        }
+        eprintln!("the kill landed between two tasks; killing a new worker");
+        *worker = app.worker_process("anna", 8, &[]).await;
+    }
+    panic!("no task was running at any of 5 kills of the worker");
+}
+
 #[tokio::test]
 async fn state_and_log_agree_for_every_task_after_the_server_and_a_worker_are_killed_mid_load() {
     // Arrange: 160 worker tasks of 3 steps (~1 s of work for 8 slots), and 20 manual tasks
@@ -112,25 +150,10 @@ async fn state_and_log_agree_for_every_task_after_the_server_and_a_worker_are_ki
         );
     }
 
-    // Act: kill -9 the worker and the server mid-load (once the worker runs tasks, however
-    // slow the machine), restart the server, start a new worker.
-    eventually(
-        "the worker to run a task",
-        Duration::from_secs(30),
-        || async {
-            let running = [("assigned_to", "anna".into()), ("status", "running".into())];
-            let tasks = app.admin.list_tasks(&running).await.ok()?;
-            (!tasks.is_empty()).then_some(())
-        },
-    )
-    .await;
-    worker.kill9();
-    let unfinished_at_kill =
-        futures::future::join_all(noops.iter().map(|id| app.admin.get_task(id)))
-            .await
-            .into_iter()
-            .filter(|t| t.as_ref().is_ok_and(|t| !t.status.is_terminal()))
-            .count();
+    // Act: kill -9 the worker while it runs tasks, and the server; restart the server, start a
+    // new worker.
+    let (running_at_kill, unfinished_at_kill) =
+        kill_worker_mid_task(&app, &noops, &mut worker).await;
     app.nats.kill();
     app.nats.restart().await;
     let _worker = app.worker_process("anna", 8, &[]).await;
@@ -148,21 +171,29 @@ async fn state_and_log_agree_for_every_task_after_the_server_and_a_worker_are_ki
     }
 
     // Assert: every task's state is its last record, and its log agrees with it; the kills
-    // landed mid-load (tasks were left unfinished, and the killed worker's were taken over).
-    let mut taken_over = 0;
+    // landed mid-load (tasks were left unfinished), and each task the killed worker was running
+    // was taken over: run again under a new attempt.
+    let mut finished = std::collections::HashMap::new();
     for id in noops.iter().chain(&manual) {
         let t = assert_state_and_log_agree(&app, id).await;
         assert_eq!(t.status, TaskStatus::Completed, "{id}");
-        taken_over += usize::from(t.attempt > 1);
+        finished.insert(id.clone(), t);
     }
     assert!(
         unfinished_at_kill > 0,
         "every task finished before the kill"
     );
-    assert!(
-        taken_over > 0,
-        "no task of the killed worker was taken over"
-    );
+    for t in &running_at_kill {
+        let after = &finished[t.id.as_str()];
+        assert!(
+            after.attempt > t.attempt,
+            "{} was running (attempt {}) when its worker was killed, and finished under \
+             attempt {}: it was not taken over",
+            t.id,
+            t.attempt,
+            after.attempt
+        );
+    }
 }
 
 #[tokio::test]
