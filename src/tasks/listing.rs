@@ -93,13 +93,15 @@ impl Source {
     }
 }
 
-/// Sources whose spacing `TaskService::spacing` remembers before it starts over: how far apart,
-/// in stream sequences, a source's messages were on its last walk over every record, so that
-/// the next first window spans what a page needs in one read (one assignee's records are a
-/// tenth of a ledger ten share, and a first window sized for the whole ledger found a fifth of
-/// a page, then needed one or two more windows, two round trips each).
+/// Sources whose reach `TaskService::spacing` remembers before it starts over: how many stream
+/// sequences back a source's last newest page over every record reached, and for how many
+/// tasks, so that the next first window spans what a page needs in one read. One assignee's
+/// records are a tenth of a ledger ten share, and a first window sized for the whole ledger
+/// found a fifth of a page, then needed one or two more windows, two round trips each; and
+/// where the workers just drained a backlog, the newest records are mostly completions of
+/// tasks listed further back (a window of 400 found 48 tasks, `make bench-scale`, 2026-12-07).
 pub(super) const SPACING_CAP: usize = 1_024;
-/// The most sequences apart a learned spacing counts: a first window spans at most this many
+/// The most sequences apart a learned reach counts: a first window spans at most this many
 /// times a page's worth of records, so a source that was sparse on its last walk and is dense
 /// now reads at most that many times the records a page needs (once; the walk learns again).
 const MAX_SPACING: u64 = 16;
@@ -150,9 +152,10 @@ impl TaskService {
             .then(|| self.spacing.get(&source.key()))
             .flatten();
         let mut window = match learned {
-            Some(apart) => window_for(filter.limit, ledger, apart.min(MAX_SPACING)),
+            Some(reach) => window_learned(reach, filter.limit),
             None => first_window(filter.limit, ledger, span, stored),
         };
+        let top = end;
         let (mut page, mut left_over) = (WalkPage::default(), false);
         while page.found.len() < filter.limit && end >= first && end > 0 {
             if let Some(b) = budget {
@@ -172,7 +175,8 @@ impl TaskService {
                 page.next = more.then_some(start);
                 return Ok(page);
             }
-            if walk.every_record && walk.walked >= EVERY_RECORD_BUDGET && more {
+            let full = page.found.len() == filter.limit;
+            if walk.every_record && walk.walked >= EVERY_RECORD_BUDGET && more && !full {
                 // Tasks with long logs: walk on over their creations only, reading states.
                 walk.every_record = false;
                 source = self::source(filter, assignee.as_ref(), false);
@@ -182,10 +186,13 @@ impl TaskService {
             let found = (page.found.len(), page.found.len() - found_before);
             window = next_window(window, walk.spanned, found, filter.limit);
         }
-        // Still walking every record, it walks the source it started on.
-        if walk.every_record && walk.walked > 0 {
-            let apart = spacing(walk.spanned, walk.walked);
-            self.spacing.insert(source.key(), apart);
+        // Still walking every record, it walks the source it started on: a full page says how
+        // far back the next one reaches.
+        if let Some(reached) = page.found.get(filter.limit.saturating_sub(1)) {
+            if walk.every_record {
+                let reach = (top.saturating_sub(reached.seq) + 1, filter.limit);
+                self.spacing.insert(source.key(), reach);
+            }
         }
         // A full page is the last when the walk met the stream's first message and the page
         // took every task its windows found.
@@ -359,10 +366,18 @@ impl Walked {
     }
 }
 
-/// Sequences per message over a walk that spanned `spanned` and read `walked` (> 0), to the
-/// nearest whole one: a walk that read all but a few of its sequences is one apart, not two.
-fn spacing(spanned: u64, walked: u64) -> u64 {
-    (spanned.saturating_add(walked / 2) / walked).max(1)
+/// The first window of a newest page of `limit` tasks over a source whose last such page of
+/// `then` tasks reached `span` sequences back: as far per task, and an eighth more (the newest
+/// records move on between two listings); at least [`MIN_WINDOW`], at most a window of records
+/// [`MAX_SPACING`] apart.
+fn window_learned((span, then): (u64, usize), limit: usize) -> u64 {
+    let needed = span
+        .saturating_mul(limit as u64)
+        .div_ceil(then.max(1) as u64);
+    needed
+        .saturating_add(needed / 8)
+        .min(window_for(limit, true, MAX_SPACING))
+        .max(MIN_WINDOW)
 }
 
 /// The first window of a walk for `limit` tasks over a stream whose `span` of sequences holds
@@ -574,11 +589,18 @@ mod tests {
     }
 
     #[test]
-    fn a_source_whose_walk_read_nearly_every_sequence_is_one_apart_and_a_tenth_share_ten() {
-        assert_eq!(super::spacing(400, 398), 1);
-        assert_eq!(super::spacing(4_000, 400), 10);
-        assert_eq!(super::spacing(4_100, 400), 10);
-        assert_eq!(super::spacing(10, 400), 1);
+    fn a_learned_first_window_reaches_as_far_per_task_as_the_last_page_did_and_an_eighth_more() {
+        // The last page of 100 reached 492 sequences back: one of 100 spans 553 now, one of 50
+        // half as many.
+        assert_eq!(window_learned((492, 100), 100), 553);
+        assert_eq!(window_learned((492, 100), 50), 276);
+        // Never under the least window, never over a page of records 16 apart.
+        assert_eq!(window_learned((100, 100), 100), MIN_WINDOW);
+        assert_eq!(
+            window_learned((1_000_000, 100), 100),
+            100 * WINDOW_PER_TASK * 16
+        );
+        assert_eq!(window_learned((1_000_000, 100), 1), MIN_WINDOW);
     }
 
     #[test]

@@ -103,8 +103,9 @@ pub struct TaskService {
     running: running::RunningIndex,
     /// Tasks published straight to NATS known to have a record (see `every.rs`).
     recorded: memory::Memory<TaskId>,
-    /// How far apart the records of each walked source were (see `listing.rs`).
-    spacing: memory::Memory<String, u64>,
+    /// How far back each walked source's last newest page reached, in stream sequences, and
+    /// for how many tasks (see `listing.rs`).
+    spacing: memory::Memory<String, (u64, usize)>,
 }
 
 /// Ids remembered before the id → assignee cache starts over.
