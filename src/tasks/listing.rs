@@ -87,20 +87,20 @@ pub(super) struct Source {
 }
 
 impl Source {
-    /// What `TaskService::spacing` knows this source by.
+    /// What `TaskService::reach` knows this source by.
     fn key(&self) -> String {
         format!("{} {}", self.stream, self.filters.join(" "))
     }
 }
 
-/// Sources whose reach `TaskService::spacing` remembers before it starts over: how many stream
+/// Sources whose reach `TaskService::reach` remembers before it starts over: how many stream
 /// sequences back a source's last newest page over every record reached, and for how many
 /// tasks, so that the next first window spans what a page needs in one read. One assignee's
 /// records are a tenth of a ledger ten share, and a first window sized for the whole ledger
 /// found a fifth of a page, then needed one or two more windows, two round trips each; and
 /// where the workers just drained a backlog, the newest records are mostly completions of
 /// tasks listed further back (a window of 400 found 48 tasks, `make bench-scale`, 2026-12-07).
-pub(super) const SPACING_CAP: usize = 1_024;
+pub(super) const REACH_CAP: usize = 1_024;
 /// The most sequences apart a learned reach counts: a first window spans at most this many
 /// times a page's worth of records, so a source that was sparse on its last walk and is dense
 /// now reads at most that many times the records a page needs (once; the walk learns again).
@@ -149,7 +149,7 @@ impl TaskService {
         let span = last.saturating_sub(first) + 1;
         let learned = walk
             .every_record
-            .then(|| self.spacing.get(&source.key()))
+            .then(|| self.reach.get(&source.key()))
             .flatten();
         let mut window = match learned {
             Some(reach) => window_learned(reach, filter.limit),
@@ -188,11 +188,10 @@ impl TaskService {
         }
         // Still walking every record, it walks the source it started on: a full page says how
         // far back the next one reaches.
-        if let Some(reached) = page.found.get(filter.limit.saturating_sub(1)) {
-            if walk.every_record {
-                let reach = (top.saturating_sub(reached.seq) + 1, filter.limit);
-                self.spacing.insert(source.key(), reach);
-            }
+        let reached = page.found.get(filter.limit.saturating_sub(1));
+        if let Some(reached) = reached.filter(|_| walk.every_record) {
+            let reach = (top.saturating_sub(reached.seq) + 1, filter.limit);
+            self.reach.insert(source.key(), reach);
         }
         // A full page is the last when the walk met the stream's first message and the page
         // took every task its windows found.

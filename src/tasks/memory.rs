@@ -1,6 +1,6 @@
 //! A bounded memory shared by the clones of a [`TaskService`](super::TaskService): what a
 //! process learned about tasks and streams (an id's assignee, a published task known to be
-//! recorded, a source's spacing, a warning given), kept until it holds its cap and then started
+//! recorded, a source's reach, a warning given), kept until it holds its cap and then started
 //! over, so the API's memory never grows with the tasks stored.
 
 use std::collections::HashMap;

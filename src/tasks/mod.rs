@@ -105,7 +105,7 @@ pub struct TaskService {
     recorded: memory::Memory<TaskId>,
     /// How far back each walked source's last newest page reached, in stream sequences, and
     /// for how many tasks (see `listing.rs`).
-    spacing: memory::Memory<String, (u64, usize)>,
+    reach: memory::Memory<String, (u64, usize)>,
 }
 
 /// Ids remembered before the id → assignee cache starts over.
@@ -125,7 +125,7 @@ impl TaskService {
             user_permissions: Arc::default(),
             running: running::RunningIndex::default(),
             recorded: memory::Memory::new(every::RECORDED_CAP),
-            spacing: memory::Memory::new(listing::SPACING_CAP),
+            reach: memory::Memory::new(listing::REACH_CAP),
         }
     }
 
