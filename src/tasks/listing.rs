@@ -147,15 +147,13 @@ impl TaskService {
         let budget = filter.narrows_after_read().then_some(SCAN_BUDGET);
         let ledger = source.stream == subjects::EVENTS_STREAM;
         let span = last.saturating_sub(first) + 1;
-        let learned = walk
-            .every_record
-            .then(|| self.reach.get(&source.key()))
-            .flatten();
+        // What the walk of every record knows its source by (the source it learns on, below).
+        let key = walk.every_record.then(|| source.key());
+        let learned = key.as_ref().and_then(|k| self.reach.get(k));
         let mut window = match learned {
             Some(reach) => window_learned(reach, filter.limit),
             None => first_window(filter.limit, ledger, span, stored),
         };
-        let top = end;
         let (mut page, mut left_over) = (WalkPage::default(), false);
         while page.found.len() < filter.limit && end >= first && end > 0 {
             if let Some(b) = budget {
@@ -186,12 +184,12 @@ impl TaskService {
             let found = (page.found.len(), page.found.len() - found_before);
             window = next_window(window, walk.spanned, found, filter.limit);
         }
-        // Still walking every record, it walks the source it started on: a full page says how
-        // far back the next one reaches.
+        // Still walking every record (from the stream's last message on), it walks the source
+        // it started on: a full page says how far back the next one reaches.
         let reached = page.found.get(filter.limit.saturating_sub(1));
-        if let Some(reached) = reached.filter(|_| walk.every_record) {
-            let reach = (top.saturating_sub(reached.seq) + 1, filter.limit);
-            self.reach.insert(source.key(), reach);
+        if let (Some(key), Some(reached)) = (key.filter(|_| walk.every_record), reached) {
+            let reach = (last.saturating_sub(reached.seq) + 1, filter.limit);
+            self.reach.insert(key, reach);
         }
         // A full page is the last when the walk met the stream's first message and the page
         // took every task its windows found.
