@@ -3,6 +3,7 @@
 //! its own user, without one permission violation.
 
 use crate::harness::app::{relay_settings, test_config, ADMIN_KEY};
+use crate::harness::dies_with_test;
 use crate::harness::eventually;
 use crate::harness::receiver::{Answer, Endpoint};
 use reqwest::{Method, StatusCode};
@@ -44,7 +45,7 @@ impl SecuredNats {
         let ports = dir.path().join("ports");
         std::fs::create_dir_all(&ports).unwrap();
         let bin = taskfleet::natsd::find_binary(None).expect("nats-server");
-        let child = Command::new(&bin)
+        let child = dies_with_test(&mut Command::new(&bin))
             .arg("-c")
             .arg(&conf)
             .args(["-a", "127.0.0.1", "-p", "-1", "--store_dir"])

@@ -25,6 +25,7 @@ mod flow;
 mod health;
 mod ledger;
 mod ledger_poison;
+mod leftovers;
 mod listing_published;
 mod migrate;
 mod nats_outage;

@@ -3,6 +3,7 @@
 //! user is refused, with the server's permission error, on everything of trump's.
 
 use crate::harness::app::worker_settings;
+use crate::harness::dies_with_test;
 use crate::harness::eventually;
 use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
 use futures::StreamExt;
@@ -49,7 +50,7 @@ impl SecureNats {
         std::fs::create_dir_all(&ports).unwrap();
         let bin =
             taskfleet::natsd::find_binary(None).expect("nats-server (scripts/ensure-nats.sh)");
-        let child = Command::new(&bin)
+        let child = dies_with_test(&mut Command::new(&bin))
             .arg("-c")
             .arg(&conf)
             .args(["-a", "127.0.0.1", "-p", "-1", "--store_dir"])
@@ -685,7 +686,9 @@ async fn up_secure_runs_every_process_as_its_own_user() {
     let config = data.path().join("fleet.toml");
     std::fs::write(&config, "[fleet]\nassignees = [\"anna\"]\n").unwrap();
     let (api_port, nats_port) = (free_port(), free_port());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_taskfleet"))
+    let mut up = tokio::process::Command::new(env!("CARGO_BIN_EXE_taskfleet"));
+    dies_with_test(up.as_std_mut());
+    let mut child = up
         .arg("--config")
         .arg(&config)
         .args(["up", "--secure", "--data-dir"])

@@ -5,6 +5,7 @@
 //! `/usr/bin/chromedriver`, or `$CHROMIUM` / `$CHROMEDRIVER`), which
 //! `scripts/ensure-chromium.sh` installs; without them every browser test fails, naming it.
 
+use super::dies_with_test;
 use super::eventually;
 use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -98,7 +99,7 @@ impl Browser {
         let profile = tempfile::tempdir().expect("browser profile dir");
         let log = profile.path().join("chromedriver.log");
         let port = free_port();
-        let driver = Command::new(&chromedriver)
+        let driver = dies_with_test(&mut Command::new(&chromedriver))
             .arg(format!("--port={port}"))
             .arg(format!("--log-path={}", log.display()))
             .process_group(0)

@@ -7,6 +7,7 @@
 //! Nodes are numbered from 0 in code; their server names are `n1`, `n2`, `n3`, ….
 
 use super::app::{test_config, ADMIN_KEY, TASK_TOKEN_SECRET};
+use super::dies_with_test;
 use super::eventually;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -133,7 +134,7 @@ impl NatsCluster {
 
     fn spawn(&mut self, i: usize) {
         let node = &mut self.nodes[i];
-        let child = Command::new(&self.bin)
+        let child = dies_with_test(&mut Command::new(&self.bin))
             .arg("-c")
             .arg(&node.conf)
             .arg("-l")
@@ -537,7 +538,7 @@ impl ClusterApp {
         let dir = tempfile::tempdir().expect("worker temp dir");
         let log = dir.path().join("worker.log");
         let stderr = std::fs::File::create(&log).expect("worker log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_taskfleet"))
+        let child = dies_with_test(&mut Command::new(env!("CARGO_BIN_EXE_taskfleet")))
             .args(["worker", "--assignee", assignee, "--concurrency"])
             .arg(concurrency.to_string())
             .env_remove("TASKFLEET_CONFIG")

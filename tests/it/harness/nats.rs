@@ -1,6 +1,7 @@
 //! A nats-server child process for one test: random port, temp store dir, loopback only.
 //! Readiness is checked by connecting; `Drop` kills it and removes the store.
 
+use super::dies_with_test;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,6 +40,12 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id, while it runs.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The server's JetStream store (`--store_dir`).
     pub fn store_dir(&self) -> std::path::PathBuf {
         self.store.path().join("store")
@@ -53,7 +60,7 @@ impl NatsServer {
         } else {
             self.port.to_string()
         };
-        let child = Command::new(&self.bin)
+        let child = dies_with_test(&mut Command::new(&self.bin))
             .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "--store_dir"])
             .arg(self.store_dir())
             .arg("-l")

@@ -2,6 +2,7 @@
 //! SIGTERM it), and a look at `/proc` for processes a task left behind.
 
 use super::app::{TestApp, TASK_TOKEN_SECRET};
+use super::dies_with_test;
 use super::eventually;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -29,7 +30,8 @@ impl TestApp {
         let log = dir.path().join("worker.log");
         let stderr = std::fs::File::create(&log).expect("worker log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_taskfleet"));
-        cmd.args(["worker", "--assignee", assignee, "--concurrency"])
+        dies_with_test(&mut cmd)
+            .args(["worker", "--assignee", assignee, "--concurrency"])
             .arg(concurrency.to_string())
             .env_remove("TASKFLEET_CONFIG")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -68,7 +70,7 @@ pub fn spawn_taskfleet(args: &[&str], env: &[(&str, &str)]) -> WorkerProcess {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("taskfleet.log");
     let stderr = std::fs::File::create(&log).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_taskfleet"))
+    let child = dies_with_test(&mut Command::new(env!("CARGO_BIN_EXE_taskfleet")))
         .args(args)
         .env_remove("TASKFLEET_CONFIG")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")

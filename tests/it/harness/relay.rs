@@ -3,6 +3,7 @@
 //! it).
 
 use super::app::{relay_settings, test_config, TestApp, TestRelay};
+use super::dies_with_test;
 use super::eventually;
 use super::receiver::{Answer, Endpoint};
 use reqwest::{Method, StatusCode};
@@ -106,7 +107,7 @@ impl TestApp {
         let log = dir.path().join("relay.log");
         let stderr = std::fs::File::create(&log).expect("relay log file");
         let stdout = stderr.try_clone().expect("relay log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_taskfleet"))
+        let child = dies_with_test(&mut Command::new(env!("CARGO_BIN_EXE_taskfleet")))
             .arg("relay")
             .arg("--config")
             .arg(config)
