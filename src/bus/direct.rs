@@ -223,17 +223,23 @@ pub async fn count_since(
     })
 }
 
-/// The last message of every subject matching one of `filters`, in sequence order. At most
-/// [`MAX_MULTI_LAST`] subjects may match in all (the server refuses more).
+/// The last message of every subject matching one of `filters`, in sequence order; with
+/// `up_to`, the last stored at or before that sequence (subjects with none then are left out).
+/// At most [`MAX_MULTI_LAST`] subjects may match in all (the server refuses more).
 pub async fn multi_last(
     client: &async_nats::Client,
     stream: &str,
     filters: &[String],
+    up_to: Option<u64>,
 ) -> Result<Vec<StreamMessage>, BusError> {
     if filters.is_empty() {
         return Ok(Vec::new());
     }
-    request(client, stream, json!({ "multi_last": filters }), true).await
+    let body = match up_to {
+        None => json!({ "multi_last": filters }),
+        Some(seq) => json!({ "multi_last": filters, "up_to_seq": seq }),
+    };
+    request(client, stream, body, true).await
 }
 
 /// The header the server puts on a message a stream copied from another (sourcing):

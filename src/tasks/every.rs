@@ -10,13 +10,20 @@
 //!   carries the `Taskfleet-Recorded` header and is passed over unread; the others are looked up
 //!   in the ledger in one batch per window.
 //!
+//! A published task can be recorded while a client pages (a worker claims it, a pending list
+//! shows it): its first record is then newer than where the ledger walk began, so that walk
+//! never meets it. The cursor keeps that point (the walk's horizon: the ledger's last sequence
+//! when the first page was read), and the queue walk shows such a task, as it stands now, at
+//! its place in the queue.
+//!
 //! The queue walk's first window is read while the ledger is walked. The walk stops at the time
 //! of the ledger walk's last task when that walk filled the page and has more after it (nothing
 //! stored before it can make the page), so it reads about the messages queued since then, not
 //! the whole queue; and it walks at most about [`SCAN_BUDGET`] messages per call.
 //!
-//! The cursor carries where each walk resumes (`<ledger sequence>.<queue sequence>`), so a task
-//! is on exactly one page of a walk through the listing, whichever stream it comes from. A queued
+//! The cursor carries where each walk resumes and the horizon
+//! (`<ledger sequence>.<queue sequence>.<horizon>`), so a task is on exactly one page of a walk
+//! through the listing, whichever stream it comes from. A queued
 //! task the page shows is recorded (`created`, as the pending list does), so that it can then be
 //! read and started by id; one the page leaves out is not, so the next page finds it where it is.
 
@@ -25,29 +32,40 @@ use super::history::Cursor;
 use super::listing::{bounds, first_window, one_assignee, source};
 use super::listing::{Found, Page, Source, WalkPage, GROWTH, SCAN_BUDGET};
 use super::queue::{decode_queued, queued_task, recorded_by};
-use super::{ListFilter, TaskError, TaskService};
+use super::{ListFilter, Stored, TaskError, TaskService};
 use crate::domain::{Assignee, NewTask, Task, TaskId, TaskStatus};
 use async_nats::jetstream::message::StreamMessage;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// The queue walk's first window is sized for this share of the page (1/4), each next one
 /// [`GROWTH`] times the last.
 const FIRST_QUEUE_SHARE: usize = 4;
 
 /// Published tasks remembered as recorded (`TaskService::recorded`: the ids of tasks published
-/// straight to NATS that this process has found or made a record of, so that the queue walk
-/// looks each up once, not on every listing; a task, once recorded, keeps a record while its
-/// queue message lasts) before the memory starts over.
+/// straight to NATS that this process has found or made a record of, each with the sequence of
+/// a record it had, so that the queue walk looks each up once, not on every listing; a task,
+/// once recorded, keeps a record while its queue message lasts) before the memory starts over.
 pub(super) const RECORDED_CAP: usize = 16_384;
 
-/// A queued task no one recorded yet, met by the queue walk.
-struct Unrecorded {
+/// A queued task the queue walk shows.
+struct Queued {
     /// Its queue message.
     msg: StreamMessage,
-    /// Its id and create request, read from the message.
-    new: (TaskId, NewTask),
-    /// The task as the message stands for it (pending, created when published).
+    /// Its id and create request, read from the message, when no one recorded it yet (showing
+    /// it records it); `None` for one first recorded after the walk's horizon.
+    new: Option<(TaskId, NewTask)>,
+    /// The task: as the message stands for it (pending, created when published), or its state.
     found: Found,
+}
+
+/// What the queue walk makes of one message.
+enum Met {
+    /// Nothing it shows: a task the ledger walk meets (recorded by the horizon), or no task.
+    Passed,
+    /// A task no one recorded yet: its id and create request.
+    Unrecorded(Box<(TaskId, NewTask)>),
+    /// A published task first recorded after the walk's horizon, in its latest state.
+    Late(Box<Task>),
 }
 
 /// Why a queue walk stopped.
@@ -84,7 +102,7 @@ struct QueueWalk {
 /// What the queue walk found, newest first, and where it ended.
 struct QueuePage {
     /// The tasks found, newest first, at most the filter's limit.
-    found: Vec<Unrecorded>,
+    found: Vec<Queued>,
     /// The sequence the next walk starts below when every task found is shown.
     resume: u64,
     /// Why the walk stopped.
@@ -108,20 +126,27 @@ impl TaskService {
         };
         let (ledger, opened) = tokio::join!(self.walk_page(filter), opened);
         let ledger = ledger?;
+        let horizon = match filter.before {
+            None => Some(ledger.last),
+            Some(c) => c.horizon,
+        };
         // Queued tasks older than the ledger walk's last are for a later page, unless the
         // ledger has nothing after it: then the queue is walked on to know whether any is left.
         let floor = (ledger.found.len() == filter.limit && ledger.next.is_some())
             .then(|| ledger.found.last().map(|f| f.time))
             .flatten();
         let queued = match opened? {
-            Some(walk) => self.unrecorded(filter, walk, floor).await?,
+            Some(walk) => self.unrecorded(filter, walk, (floor, horizon)).await?,
             None => QueuePage {
                 found: Vec::new(),
                 resume: 0,
                 stop: Stop::Done,
             },
         };
-        let (picks, next) = merge(ledger, queued, filter.limit);
+        let (picks, mut next) = merge(ledger, queued, filter.limit);
+        if let Some(c) = next.as_mut() {
+            c.horizon = horizon;
+        }
         // Recorded oldest first, so that their records keep the order they were queued in.
         let mut tasks = Vec::with_capacity(picks.len());
         for pick in picks.into_iter().rev() {
@@ -134,13 +159,24 @@ impl TaskService {
         Ok(Page { tasks, next })
     }
 
-    /// Records a queued task this page shows (`created`), as the pending list does; `None`
-    /// when it cannot be a task after all.
-    async fn record_listed(&self, u: Unrecorded) -> Result<Option<Task>, TaskError> {
-        let (id, new) = u.new;
-        let task = self.materialise(&u.msg, id.clone(), new, false).await?;
-        self.recorded.insert(id, ());
+    /// Records a queued task this page shows (`created`), as the pending list does, unless it
+    /// has a record; `None` when it cannot be a task after all.
+    async fn record_listed(&self, q: Queued) -> Result<Option<Task>, TaskError> {
+        let Some((id, new)) = q.new else {
+            return Ok(Some(q.found.task));
+        };
+        let task = self.materialise(&q.msg, id.clone(), new, false).await?;
+        if let Some(t) = &task {
+            self.remember_recorded(id, t.revision);
+        }
         Ok(task)
+    }
+
+    /// Remembers that published task `id` had a record at ledger sequence `seq` (the earliest
+    /// such sequence known: what tells whether it had one by a walk's horizon).
+    fn remember_recorded(&self, id: TaskId, seq: u64) {
+        let seq = self.recorded.get(&id).map_or(seq, |known| known.min(seq));
+        self.recorded.insert(id, seq);
     }
 
     /// The queue walk of `filter` below sequence `below`, with its first window read.
@@ -188,14 +224,14 @@ impl TaskService {
         Ok(Some((start, msgs)))
     }
 
-    /// The messages of `walk` whose tasks have no record and match `filter`, newest first: up
-    /// to `filter.limit`, none stored before `floor` (nanoseconds since the epoch), about
-    /// [`SCAN_BUDGET`] messages walked at most.
+    /// The messages of `walk` whose tasks have no record by the `horizon` (a ledger sequence)
+    /// and match `filter`, newest first: up to `filter.limit`, none stored before `floor`
+    /// (nanoseconds since the epoch), about [`SCAN_BUDGET`] messages walked at most.
     async fn unrecorded(
         &self,
         filter: &ListFilter,
         mut walk: QueueWalk,
-        floor: Option<i128>,
+        (floor, horizon): (Option<i128>, Option<u64>),
     ) -> Result<QueuePage, TaskError> {
         let mut page = QueuePage {
             found: Vec::new(),
@@ -211,7 +247,7 @@ impl TaskService {
             let older =
                 |m: &StreamMessage| floor.is_some_and(|f| m.time.unix_timestamp_nanos() < f);
             msgs.truncate(msgs.iter().position(older).map_or(msgs.len(), |i| i + 1));
-            let read = self.no_record(msgs).await?;
+            let read = self.no_record(msgs, horizon).await?;
             if let Some(stop) = take(&mut page, read, (filter, floor)) {
                 page.stop = stop;
                 return Ok(page);
@@ -226,14 +262,16 @@ impl TaskService {
         Ok(page)
     }
 
-    /// Queue messages `msgs` (newest first), each with its task's id and create request when
-    /// that task has no record yet. A message taskfleet queued is passed over unread (its task
-    /// is recorded), and so is one that is no task (the pending list moves those aside) or
-    /// whose task this process knows to be recorded (see [`RECORDED_CAP`]).
+    /// Queue messages `msgs` (newest first), each with what the queue walk makes of it (see
+    /// [`Met`]). A message taskfleet queued is passed over unread (its task is recorded), and
+    /// so is one that is no task (the pending list moves those aside) or whose task this
+    /// process knows had a record by the `horizon` (see [`RECORDED_CAP`]).
     async fn no_record(
         &self,
         msgs: Vec<StreamMessage>,
-    ) -> Result<Vec<(StreamMessage, Option<(TaskId, NewTask)>)>, TaskError> {
+        horizon: Option<u64>,
+    ) -> Result<Vec<(StreamMessage, Met)>, TaskError> {
+        let by_horizon = |seq: u64| horizon.is_none_or(|h| seq <= h);
         let read: Vec<_> = msgs
             .into_iter()
             .map(|m| {
@@ -241,7 +279,8 @@ impl TaskService {
                     None => decode_queued((&m).into()).ok(),
                     Some(_) => None,
                 };
-                (m, new.filter(|(id, _)| self.recorded.get(id).is_none()))
+                let known = |id: &TaskId| self.recorded.get(id).is_some_and(&by_horizon);
+                (m, new.filter(|(id, _)| !known(id)))
             })
             .collect();
         let keys: Vec<(Assignee, TaskId)> = read
@@ -250,29 +289,61 @@ impl TaskService {
             .map(|(id, new)| (new.assigned_to.clone(), id.clone()))
             .collect();
         let recorded = self.latest_states(&keys).await?;
-        for id in recorded.keys() {
-            self.recorded.insert(id.clone(), ());
-        }
+        let late = self.recorded_late(&keys, &recorded, horizon).await?;
+        let met = |(id, new): (TaskId, NewTask)| match recorded.get(&id) {
+            None => Met::Unrecorded(Box::new((id, new))),
+            Some(s) if late.contains(&id) => Met::Late(Box::new(s.task.clone())),
+            Some(_) => Met::Passed,
+        };
         Ok(read
             .into_iter()
-            .map(|(m, new)| {
-                let new = new.filter(|(id, _)| !recorded.contains_key(id));
-                (m, new)
-            })
+            .map(|(m, new)| (m, new.map_or(Met::Passed, met)))
             .collect())
+    }
+
+    /// Of the tasks `keys` with a record (`recorded`, their latest), those first recorded
+    /// after the `horizon`; the others are remembered as recorded by it.
+    async fn recorded_late(
+        &self,
+        keys: &[(Assignee, TaskId)],
+        recorded: &HashMap<TaskId, Stored>,
+        horizon: Option<u64>,
+    ) -> Result<HashSet<TaskId>, TaskError> {
+        let h = horizon.unwrap_or(u64::MAX);
+        let after: Vec<(Assignee, TaskId)> = keys
+            .iter()
+            .filter(|(_, id)| recorded.get(id).is_some_and(|s| s.task.revision > h))
+            .cloned()
+            .collect();
+        // Nothing had a record by sequence 0 (a walk that began on an empty ledger).
+        let by_then = match after.is_empty() || h == 0 {
+            true => HashSet::new(),
+            false => self.recorded_by_seq(&after, h).await?,
+        };
+        let mut late = HashSet::new();
+        for (id, s) in recorded {
+            match s.task.revision <= h {
+                true => self.remember_recorded(id.clone(), s.task.revision),
+                false if by_then.contains(id) => self.remember_recorded(id.clone(), h),
+                false => {
+                    late.insert(id.clone());
+                }
+            }
+        }
+        Ok(late)
     }
 }
 
-/// Takes one window of the queue walk (newest first, each message with its task's id and
-/// create request when it has no record) into `page`: those tasks that `filter` accepts and
-/// that are not waiting for a later start; every other message is passed over. Returns why the
-/// walk stops, if it does within the window.
+/// Takes one window of the queue walk (newest first, each message with what the walk makes of
+/// it) into `page`: the tasks it shows that `filter` accepts, except those no one recorded that
+/// wait for a later start; every other message is passed over. Returns why the walk stops, if
+/// it does within the window.
 fn take(
     page: &mut QueuePage,
-    read: Vec<(StreamMessage, Option<(TaskId, NewTask)>)>,
+    read: Vec<(StreamMessage, Met)>,
     (filter, floor): (&ListFilter, Option<i128>),
 ) -> Option<Stop> {
-    for (msg, new) in read {
+    for (msg, met) in read {
         let time = msg.time.unix_timestamp_nanos();
         if floor.is_some_and(|f| time < f) {
             return Some(Stop::Floor);
@@ -281,31 +352,32 @@ fn take(
             return Some(Stop::More);
         }
         page.resume = msg.sequence;
-        let Some((id, new)) = new.filter(|(_, new)| deferred_until((&msg).into(), new).is_none())
-        else {
-            continue;
+        let (task, new) = match met {
+            Met::Passed => continue,
+            Met::Late(task) => (*task, None),
+            Met::Unrecorded(u) if deferred_until((&msg).into(), &u.1).is_some() => continue,
+            Met::Unrecorded(u) => {
+                let (id, new) = *u;
+                let task = queued_task((&msg).into(), id.clone(), new.clone());
+                (task, Some((id, new)))
+            }
         };
-        let task = queued_task((&msg).into(), id.clone(), new.clone());
         if filter.accepts(&task) {
             let found = Found {
                 seq: msg.sequence,
                 time,
                 task,
             };
-            page.found.push(Unrecorded {
-                msg,
-                new: (id, new),
-                found,
-            });
+            page.found.push(Queued { msg, new, found });
         }
     }
     None
 }
 
-/// A task a page shows: from the ledger walk (its state), or queued and not recorded yet.
+/// A task a page shows: from the ledger walk (its state), or from the queue walk.
 enum Pick {
     Ledger(Box<Task>),
-    Queue(Box<Unrecorded>),
+    Queue(Box<Queued>),
 }
 
 /// The two walks merged newest first, up to `limit` tasks (a task once), and the cursor of the
@@ -346,6 +418,10 @@ fn merge(ledger: WalkPage, queued: QueuePage, limit: usize) -> (Vec<Pick>, Optio
         (None, Stop::Done) => None,
         (None, _) => Some(queued.resume),
     };
-    let next = (seq > 0 || queue.is_some()).then_some(Cursor { seq, queue });
+    let next = (seq > 0 || queue.is_some()).then_some(Cursor {
+        seq,
+        queue,
+        horizon: None,
+    });
     (picks, next)
 }

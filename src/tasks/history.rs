@@ -34,7 +34,8 @@ pub struct ListFilter {
 
 /// Where a listing's next page starts: older than the stream sequence `seq` of what it walks,
 /// and, for a listing of every status, older than the queue sequence `queue` of the queued
-/// tasks no one recorded yet (see `every.rs`). Written `<seq>` or `<seq>.<queue>`; 0 is a walk
+/// tasks no one recorded yet, with the ledger's last sequence when the walk began (`horizon`,
+/// see `every.rs`). Written `<seq>`, `<seq>.<queue>` or `<seq>.<queue>.<horizon>`; 0 is a walk
 /// at its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Cursor {
@@ -43,20 +44,29 @@ pub struct Cursor {
     /// The task queue's sequence to start below, in a listing of every status (`None`: none
     /// left to walk).
     pub queue: Option<u64>,
+    /// The ledger's last sequence when a listing of every status began (its first page): a
+    /// published task first recorded after it is shown by the queue walk (`None`: a cursor
+    /// written before it was kept).
+    pub horizon: Option<u64>,
 }
 
 impl Cursor {
     /// A cursor of one walk, at stream sequence `seq`.
     pub fn at(seq: u64) -> Self {
-        Cursor { seq, queue: None }
+        Cursor {
+            seq,
+            queue: None,
+            horizon: None,
+        }
     }
 }
 
 impl std::fmt::Display for Cursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.queue {
-            None => write!(f, "{}", self.seq),
-            Some(q) => write!(f, "{}.{q}", self.seq),
+        match (self.queue, self.horizon) {
+            (None, _) => write!(f, "{}", self.seq),
+            (Some(q), None) => write!(f, "{}.{q}", self.seq),
+            (Some(q), Some(h)) => write!(f, "{}.{q}.{h}", self.seq),
         }
     }
 }
@@ -65,11 +75,15 @@ impl std::str::FromStr for Cursor {
     type Err = std::num::ParseIntError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (seq, queue) = match s.split_once('.') {
-            None => (s.parse()?, None),
-            Some((seq, queue)) => (seq.parse()?, Some(queue.parse()?)),
-        };
-        Ok(Cursor { seq, queue })
+        let mut parts = s.splitn(3, '.');
+        let seq = parts.next().unwrap_or_default().parse()?;
+        let queue = parts.next().map(str::parse).transpose()?;
+        let horizon = parts.next().map(str::parse).transpose()?;
+        Ok(Cursor {
+            seq,
+            queue,
+            horizon,
+        })
     }
 }
 
@@ -242,5 +256,38 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cursor;
+
+    #[test]
+    fn a_cursor_reads_back_as_written_in_each_of_its_forms() {
+        let forms = [
+            Cursor::at(7),
+            Cursor {
+                seq: 7,
+                queue: Some(3),
+                horizon: None,
+            },
+            Cursor {
+                seq: 7,
+                queue: Some(3),
+                horizon: Some(12),
+            },
+        ];
+        for c in forms {
+            assert_eq!(c.to_string().parse::<Cursor>(), Ok(c), "{c}");
+        }
+        assert_eq!(forms.map(|c| c.to_string()), ["7", "7.3", "7.3.12"]);
+    }
+
+    #[test]
+    fn a_cursor_with_more_parts_or_no_number_is_refused() {
+        for bad in ["", "a", "7.", "7.3.", "7.3.12.1", "7.x.1"] {
+            assert!(bad.parse::<Cursor>().is_err(), "{bad:?}");
+        }
     }
 }

@@ -65,6 +65,8 @@ pub(super) struct WalkPage {
     pub found: Vec<Found>,
     /// The sequence the next walk starts below, if the stream may hold more.
     pub next: Option<u64>,
+    /// The stream's last sequence when the walk began.
+    pub last: u64,
 }
 
 /// The first window of a ledger walk, in messages per task wanted (a task has a few records).
@@ -154,7 +156,11 @@ impl TaskService {
             Some(reach) => window_learned(reach, filter.limit),
             None => first_window(filter.limit, ledger, span, stored),
         };
-        let (mut page, mut left_over) = (WalkPage::default(), false);
+        let mut page = WalkPage {
+            last,
+            ..WalkPage::default()
+        };
+        let mut left_over = false;
         while page.found.len() < filter.limit && end >= first && end > 0 {
             if let Some(b) = budget {
                 window = window.min(b);

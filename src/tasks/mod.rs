@@ -101,8 +101,9 @@ pub struct TaskService {
     user_permissions: Arc<tokio::sync::OnceCell<crate::bus::permissions::Permissions>>,
     /// The running tasks this process knows of, for `running` listings (see `running.rs`).
     running: running::RunningIndex,
-    /// Tasks published straight to NATS known to have a record (see `every.rs`).
-    recorded: memory::Memory<TaskId>,
+    /// Tasks published straight to NATS known to have a record, each with the sequence of one
+    /// (see `every.rs`).
+    recorded: memory::Memory<TaskId, u64>,
     /// How far back each walked source's last newest page reached, in stream sequences, and
     /// for how many tasks (see `listing.rs`).
     reach: memory::Memory<String, (u64, usize)>,

@@ -386,7 +386,7 @@ impl TaskService {
             .flat_map(|(a, id)| kinds.iter().map(|&k| subjects::event(a, id, k)))
             .collect();
         let found: HashSet<(Assignee, TaskId)> = self
-            .ledger_lasts(&asked, KIND_LOOKUPS_PER_REQUEST)
+            .ledger_lasts(&asked, KIND_LOOKUPS_PER_REQUEST, None)
             .await?
             .iter()
             .filter_map(|m| subjects::parse_event(&m.subject).map(|(a, id, _)| (a, id)))
@@ -428,7 +428,10 @@ impl TaskService {
             .map(|(a, id)| subjects::task_ledger(a, id))
             .collect();
         let mut by_task: HashMap<TaskId, Vec<StreamMessage>> = HashMap::new();
-        for m in self.ledger_lasts(&filters, STATES_PER_REQUEST).await? {
+        for m in self
+            .ledger_lasts(&filters, STATES_PER_REQUEST, None)
+            .await?
+        {
             if let Some((_, id, _)) = subjects::parse_event(&m.subject) {
                 by_task.entry(id).or_default().push(m);
             }
@@ -439,18 +442,38 @@ impl TaskService {
             .collect())
     }
 
-    /// The last ledger message of each subject matching one of `filters`, `per_request`
-    /// filters to a `multi_last` request and [`LEDGER_READS_IN_FLIGHT`] requests at once (the
-    /// server answers one connection's requests in turn; sent together, the next is under way
-    /// while this side decodes the last).
+    /// Of the tasks `tasks`, those that had a record stored at or before ledger sequence `seq`.
+    pub(super) async fn recorded_by_seq(
+        &self,
+        tasks: &[(Assignee, TaskId)],
+        seq: u64,
+    ) -> Result<HashSet<TaskId>, TaskError> {
+        let filters: Vec<String> = tasks
+            .iter()
+            .map(|(a, id)| subjects::task_ledger(a, id))
+            .collect();
+        let found = self
+            .ledger_lasts(&filters, STATES_PER_REQUEST, Some(seq))
+            .await?;
+        Ok(found
+            .iter()
+            .filter_map(|m| subjects::parse_event(&m.subject).map(|(_, id, _)| id))
+            .collect())
+    }
+
+    /// The last ledger message (with `up_to`, the last at or before that sequence) of each
+    /// subject matching one of `filters`, `per_request` filters to a `multi_last` request and
+    /// [`LEDGER_READS_IN_FLIGHT`] requests at once (the server answers one connection's
+    /// requests in turn; sent together, the next is under way while this side decodes the last).
     async fn ledger_lasts(
         &self,
         filters: &[String],
         per_request: usize,
+        up_to: Option<u64>,
     ) -> Result<Vec<StreamMessage>, TaskError> {
         let reads: Vec<_> = filters
             .chunks(per_request)
-            .map(|chunk| self.last_of_subjects(chunk))
+            .map(|chunk| self.last_of_subjects(chunk, up_to))
             .collect();
         let mut answers = futures::stream::iter(reads).buffer_unordered(LEDGER_READS_IN_FLIGHT);
         let mut out = Vec::new();
@@ -460,10 +483,15 @@ impl TaskService {
         Ok(out)
     }
 
-    /// The last message of each ledger subject matching one of `filters`, in one request.
-    async fn last_of_subjects(&self, filters: &[String]) -> Result<Vec<StreamMessage>, TaskError> {
+    /// The last message (with `up_to`, the last at or before it) of each ledger subject
+    /// matching one of `filters`, in one request.
+    async fn last_of_subjects(
+        &self,
+        filters: &[String],
+        up_to: Option<u64>,
+    ) -> Result<Vec<StreamMessage>, TaskError> {
         self.read_on_reader(Covered::Ledgers(filters), |client| async move {
-            direct::multi_last(&client, subjects::EVENTS_STREAM, filters).await
+            direct::multi_last(&client, subjects::EVENTS_STREAM, filters, up_to).await
         })
         .await
     }

@@ -124,3 +124,39 @@ async fn a_full_page_of_every_status_that_holds_the_oldest_task_has_no_cursor() 
     assert_eq!(ids(&all), [newer, older]);
     assert_eq!(next, None, "nothing is left for a next page");
 }
+
+#[tokio::test]
+async fn a_published_task_recorded_while_a_client_pages_is_on_the_next_page() {
+    // On an empty ledger, and on one with a task recorded before the first page.
+    for older_record in [false, true] {
+        // Arrange: six tasks published to NATS; the first page shows the two newest.
+        let app = TestApp::spawn().await;
+        let older = match older_record {
+            true => vec![app.create("older", "anna", "P1").await],
+            false => Vec::new(),
+        };
+        let mut published = Vec::new();
+        for i in 0..6 {
+            published.push(publish(&app, "tasks.anna.p1", &format!("p-{i}")).await);
+        }
+        published.reverse();
+        let (first, next) = page(&app, "assigned_to=anna&limit=2").await;
+        let next = next.expect("a cursor to the rest");
+
+        // Act: a pending list records the other four (their records are newer than the first
+        // page), then the next page.
+        let pending = app.anna.pending(&[]).await.unwrap();
+        let query = format!("assigned_to=anna&limit=10&before={next}");
+        let (rest, after) = page(&app, &query).await;
+
+        // Assert: every task on exactly one page, newest first, as if no one else was at work.
+        assert_eq!(pending.len(), 6 + older.len());
+        assert_eq!(ids(&first), published[..2]);
+        assert_eq!(
+            ids(&rest),
+            [&published[2..], &older[..]].concat(),
+            "{older_record}"
+        );
+        assert_eq!(after, None);
+    }
+}

@@ -383,7 +383,7 @@ async fn last_of_each(
     let mut out = Vec::new();
     let mut todo: Vec<&[String]> = filters.chunks(EVENTS_PER_READ).collect();
     while let Some(chunk) = todo.pop() {
-        match direct::multi_last(client, &stream, chunk).await {
+        match direct::multi_last(client, &stream, chunk, None).await {
             Ok(got) => out.extend(got),
             Err(e) if chunk.len() > 1 && too_many(&e) => {
                 let (a, b) = chunk.split_at(chunk.len() / 2);
