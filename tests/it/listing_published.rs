@@ -1,9 +1,11 @@
 //! A listing of every status shows the tasks published straight to NATS that no one recorded
 //! yet, at their place among the recorded ones, on exactly one page of a walk through it.
 
-use crate::harness::TestApp;
+use crate::harness::app::worker_settings;
+use crate::harness::{eventually, TestApp};
 use crate::ledger::{page, pages};
 use serde_json::json;
+use std::time::Duration;
 use taskfleet::domain::{Task, TaskStatus};
 
 /// Publishes a create body to `subject` as a producer in another language would; returns the
@@ -159,4 +161,53 @@ async fn a_published_task_recorded_while_a_client_pages_is_on_the_next_page() {
         );
         assert_eq!(after, None);
     }
+}
+
+#[tokio::test]
+async fn a_published_task_a_worker_claims_while_a_client_pages_is_on_the_next_page_running() {
+    // Arrange: five long noop tasks published to NATS, no worker yet; the first page shows
+    // the two newest.
+    let app = TestApp::spawn().await;
+    let mut published = Vec::new();
+    for i in 0..5 {
+        let body =
+            json!({"id": format!("n-{i}"), "task_name": "long", "payload": {"sleep_ms": 30_000}});
+        app.jetstream()
+            .await
+            .publish(
+                "tasks.anna.p1.noop",
+                serde_json::to_vec(&body).unwrap().into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        published.push(format!("n-{i}"));
+    }
+    published.reverse();
+    let (first, next) = page(&app, "assigned_to=anna&limit=2").await;
+    let next = next.expect("a cursor to the rest");
+
+    // Act: a worker claims all five (the three not shown get their first record, `started`,
+    // now), then the next page.
+    let _worker = app.worker("anna", 5, worker_settings()).await;
+    for id in &published {
+        let what = format!("{id} to run");
+        eventually(&what, Duration::from_secs(10), || async {
+            let t = app.admin.get_task(id).await.ok()?;
+            (t.status == TaskStatus::Running).then_some(())
+        })
+        .await;
+    }
+    let query = format!("assigned_to=anna&limit=10&before={next}");
+    let (rest, after) = page(&app, &query).await;
+
+    // Assert
+    assert_eq!(ids(&first), published[..2]);
+    assert_eq!(ids(&rest), published[2..]);
+    assert!(
+        rest.iter().all(|t| t.status == TaskStatus::Running),
+        "{rest:?}"
+    );
+    assert_eq!(after, None);
 }
