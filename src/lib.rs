@@ -24,7 +24,8 @@
 //! - [`token`]: task-scoped tokens handed to running tasks.
 //! - [`health`]: `/healthz` and `/readyz` of workers and the relay (`--health-listen`).
 //! - [`secrets`]: `taskfleet secrets`: the fleet-wide admin key and task-token secret.
-//! - [`config`], [`telemetry`], [`metrics`], [`shutdown`]: the process plumbing.
+//! - [`config`], [`telemetry`], [`metrics`], [`shutdown`]: the process plumbing; `memory` (inside
+//!   the crate): the bounded memory of what a process learned, cleared when full.
 //! - [`sys`]: the only module with `unsafe` code: process groups and the parent-death signal.
 #![deny(unsafe_code)]
 #![deny(unreachable_pub)]
@@ -38,6 +39,7 @@ pub mod config;
 pub mod domain;
 pub mod health;
 pub mod limits;
+mod memory;
 pub mod metrics;
 pub mod natsauth;
 pub mod natsd;

@@ -28,6 +28,7 @@ pub use overview::{KeyUsage, Overview};
 
 use crate::bus::{subjects, Bus, BusError, NatsResultExt};
 use crate::domain::{DeclaredLimits, KeyLimits, Share};
+use crate::memory::Memory;
 use async_nats::jetstream::kv;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -47,9 +48,6 @@ pub enum LimitsError {
     Invalid(String),
 }
 
-/// (assignee, tenant) → when its turn was read, and the turn.
-type SeatCache = HashMap<(String, String), (Instant, Share)>;
-
 /// How long a tenant's turn is taken from the process cache before the entry is read again.
 const TURN_CACHED: Duration = Duration::from_secs(300);
 
@@ -67,8 +65,9 @@ pub struct Limits {
     js: async_nats::jetstream::Context,
     client: async_nats::Client,
     declared: Arc<Mutex<HashMap<String, (Instant, DeclaredLimits)>>>,
-    /// Tenants' fair-share turns seated lately.
-    turns: Arc<Mutex<SeatCache>>,
+    /// Tenants' fair-share turns seated lately: (assignee, tenant) → when its turn was read,
+    /// and the turn.
+    turns: Memory<(String, String), (Instant, Share)>,
 }
 
 impl std::fmt::Debug for Limits {
@@ -86,7 +85,7 @@ impl Limits {
             js: bus.js.clone(),
             client: bus.client.clone(),
             declared: Arc::default(),
-            turns: Arc::default(),
+            turns: Memory::new(TURNS_CACHED_MAX),
         }
     }
 
@@ -94,9 +93,9 @@ impl Limits {
     /// sight, then read from a process cache for [`TURN_CACHED`].
     pub async fn turn_of(&self, assignee: &str, tenant: &str) -> Result<Share, LimitsError> {
         let key = (assignee.to_string(), tenant.to_string());
-        if let Some((at, turn)) = self.turns.lock().expect("lock").get(&key) {
+        if let Some((at, turn)) = self.turns.get(&key) {
             if at.elapsed() < TURN_CACHED {
-                return Ok(*turn);
+                return Ok(turn);
             }
         }
         let now = now_ms();
@@ -105,11 +104,7 @@ impl Limits {
             s.seat(tenant, now)
         })
         .await?;
-        let mut cache = self.turns.lock().expect("lock");
-        if cache.len() >= TURNS_CACHED_MAX {
-            cache.clear();
-        }
-        cache.insert(key, (Instant::now(), turn));
+        self.turns.insert(key, (Instant::now(), turn));
         Ok(turn)
     }
 

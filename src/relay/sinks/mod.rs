@@ -41,11 +41,10 @@ mod testkit;
 
 use super::job::DeliveryJob;
 use super::retry::Verdict;
+use crate::memory::Memory;
 use crate::outbound::client::{self, ClientError};
 use crate::outbound::destination::Destination;
 use crate::outbound::ssrf::{check_url, AllowList, SsrfError};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The per-attempt time limit used when the config names none.
@@ -72,7 +71,7 @@ pub struct SinkContext {
     /// URLs [`ssrf::check_url`] passed with this `allow`, parsed (see [`SinkContext::checked`]).
     ///
     /// [`ssrf::check_url`]: crate::outbound::ssrf::check_url
-    passed: Arc<Mutex<HashMap<String, url::Url>>>,
+    passed: Memory<String, url::Url>,
 }
 
 /// At most this many passed URLs are kept (all are dropped when it is reached: URLs given per
@@ -88,7 +87,7 @@ impl SinkContext {
             http,
             allow,
             timeout,
-            passed: Arc::default(),
+            passed: Memory::new(PASSED_URLS),
         })
     }
 
@@ -98,15 +97,11 @@ impl SinkContext {
     ///
     /// [`ssrf::check_url`]: crate::outbound::ssrf::check_url
     pub fn checked(&self, url: &str) -> Result<url::Url, SsrfError> {
-        if let Some(passed) = self.passed.lock().expect("lock").get(url) {
-            return Ok(passed.clone());
+        if let Some(passed) = self.passed.get(url) {
+            return Ok(passed);
         }
         let parsed = check_url(url, &self.allow)?;
-        let mut passed = self.passed.lock().expect("lock");
-        if passed.len() >= PASSED_URLS {
-            passed.clear();
-        }
-        passed.insert(url.to_string(), parsed.clone());
+        self.passed.insert(url.to_string(), parsed.clone());
         Ok(parsed)
     }
 }

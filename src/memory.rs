@@ -1,15 +1,16 @@
-//! A bounded memory shared by the clones of a [`TaskService`](super::TaskService): what a
-//! process learned about tasks and streams (an id's assignee, a published task known to be
-//! recorded, a source's reach, a warning given), kept until it holds its cap and then started
-//! over, so the API's memory never grows with the tasks stored.
+//! A bounded memory shared by the clones of its owner: what a process learned (a task's
+//! assignee, a published task known to be recorded, a source's reach, a warning given, a
+//! tenant's turn, a URL that passed the SSRF check), kept until it holds its cap and then
+//! started over, so a process's memory never grows with the tasks stored or the inputs met.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 /// Up to `cap` entries; inserting into a full memory forgets everything first.
 #[derive(Debug)]
-pub(super) struct Memory<K, V = ()> {
+pub(crate) struct Memory<K, V = ()> {
     entries: Arc<Mutex<HashMap<K, V>>>,
     cap: usize,
 }
@@ -25,20 +26,24 @@ impl<K, V> Clone for Memory<K, V> {
 
 impl<K: Eq + Hash, V: Clone> Memory<K, V> {
     /// An empty memory of at most `cap` entries.
-    pub(super) fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         Self {
             entries: Arc::default(),
             cap,
         }
     }
 
-    /// The value remembered for `key`.
-    pub(super) fn get(&self, key: &K) -> Option<V> {
+    /// The value remembered for `key` (or a borrowed form of it: a `&str` for a `String`).
+    pub(crate) fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.lock().get(key).cloned()
     }
 
     /// Remembers `value` for `key`; whether `key` was new.
-    pub(super) fn insert(&self, key: K, value: V) -> bool {
+    pub(crate) fn insert(&self, key: K, value: V) -> bool {
         let mut entries = self.lock();
         if entries.len() >= self.cap {
             entries.clear();
