@@ -33,13 +33,35 @@ pub struct Api {
     pub client: ApiClient,
 }
 
+impl Api {
+    /// Waits (up to 30 s) until the API answers a pending list, which reads the queue.
+    async fn wait_reading(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let q = [("assigned_to", ASSIGNEE.to_string()), ("limit", "1".into())];
+        while self.client.pending(&q).await.is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!("`taskfleet api` exited with {status}");
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("`taskfleet api` did not answer within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Ok(())
+    }
+}
+
 /// A running fleet; [`Fleet::stop`] takes it down.
 pub struct Fleet {
     _dir: tempfile::TempDir,
     /// nats-server's store: `nats` in the temporary directory, or a directory that outlives
     /// the run ([`Fleet::start_on`]).
     store: PathBuf,
-    nats: LocalNats,
+    /// nats-server (`None` only while [`Fleet::restart_nats`] restarts it), and how it is run.
+    nats: Option<LocalNats>,
+    nats_opts: LocalNatsOptions,
+    /// Its client URL (the same after a restart).
+    nats_url: String,
     /// The benchmark's own connection.
     pub bus: Bus,
     /// The API process, when started.
@@ -123,21 +145,24 @@ impl Fleet {
     pub async fn start_on(api: bool, store: Option<PathBuf>) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let store = store.unwrap_or_else(|| dir.path().join("nats"));
-        let nats = LocalNats::start(&LocalNatsOptions {
+        let nats_opts = LocalNatsOptions {
             bin: None,
             conf: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/nats.conf")),
             store_dir: store.clone(),
             log_file: dir.path().join("nats.log"),
             port: free_port()?,
-        })
-        .await?;
+        };
+        let nats = LocalNats::start(&nats_opts).await?;
+        let nats_url = nats.url.clone();
         let mut cfg = Config::default();
-        cfg.nats.url = Some(nats.url.clone());
-        let bus = taskfleet::serve::connect(&cfg, &nats.url, "bench").await?;
+        cfg.nats.url = Some(nats_url.clone());
+        let bus = taskfleet::serve::connect(&cfg, &nats_url, "bench").await?;
         let mut fleet = Self {
             _dir: dir,
             store,
-            nats,
+            nats: Some(nats),
+            nats_opts,
+            nats_url,
             bus,
             api: None,
             workers: Vec::new(),
@@ -155,7 +180,7 @@ impl Fleet {
         let addr = format!("127.0.0.1:{}", free_port()?);
         let mut cmd = Command::new(taskfleet_bin()?);
         cmd.args(["api", "--api-addr", &addr])
-            .env("NATS_URL", &self.nats.url)
+            .env("NATS_URL", &self.nats_url)
             .env("TASKFLEET_API_KEY", &key)
             .env("TASKFLEET_FLEET__TASK_TOKEN_SECRET", token_secret())
             .env("RUST_LOG", "warn")
@@ -165,24 +190,27 @@ impl Fleet {
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
         die_with_parent(&mut cmd);
-        let mut child = cmd.spawn().context("spawning `taskfleet api`")?;
+        let child = cmd.spawn().context("spawning `taskfleet api`")?;
         let pid = child.id().unwrap_or_default();
         let client = ApiClient::new(&format!("http://{addr}"), Some(key));
-        let started = Instant::now();
-        loop {
-            let q = [("assigned_to", ASSIGNEE.to_string()), ("limit", "1".into())];
-            if client.pending(&q).await.is_ok() {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                bail!("`taskfleet api` exited with {status}");
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                bail!("`taskfleet api` did not answer within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        let mut api = Api { child, pid, client };
+        api.wait_reading().await?;
+        Ok(api)
+    }
+
+    /// Stops nats-server (SIGTERM: it writes its state out) and starts it again on the same
+    /// port and store, as after any restart, then waits until the API reads again.
+    #[allow(dead_code)] // bench_scale only
+    pub async fn restart_nats(&mut self) -> anyhow::Result<()> {
+        if let Some(nats) = self.nats.take() {
+            nats.stop().await;
         }
-        Ok(Api { child, pid, client })
+        eprintln!("starting nats-server again on the same store …");
+        self.nats = Some(LocalNats::start(&self.nats_opts).await?);
+        if let Some(api) = self.api.as_mut() {
+            api.wait_reading().await?;
+        }
+        Ok(())
     }
 
     /// Starts `n` worker processes for [`ASSIGNEE`] and waits until each is pulling.
@@ -203,7 +231,7 @@ impl Fleet {
             let mut cmd = Command::new(&bin);
             cmd.args(["worker", "--assignee", assignee, "--concurrency"])
                 .arg(concurrency.to_string())
-                .env("NATS_URL", &self.nats.url)
+                .env("NATS_URL", &self.nats_url)
                 .env("RUST_LOG", WORKER_LOG)
                 .env("TASKFLEET_FLEET__TASK_TOKEN_SECRET", token_secret())
                 .env("NO_COLOR", "1")
@@ -263,7 +291,7 @@ impl Fleet {
         cmd.arg("--config")
             .arg(config)
             .arg("relay")
-            .env("NATS_URL", &self.nats.url)
+            .env("NATS_URL", &self.nats_url)
             .env("RUST_LOG", "error")
             .env("TASKFLEET_FLEET__TASK_TOKEN_SECRET", token_secret())
             .env_remove("TASKFLEET_CONFIG")
@@ -293,7 +321,7 @@ impl Fleet {
     /// nats-server's process id.
     #[allow(dead_code)] // bench_scale only
     pub fn nats_pid(&self) -> u32 {
-        self.nats.pid
+        self.nats.as_ref().map_or(0, |n| n.pid)
     }
 
     /// nats-server's store directory (for the bytes on disk).
@@ -321,6 +349,8 @@ impl Fleet {
             let _ = api.child.kill().await;
         }
         drop(self.bus);
-        self.nats.stop().await;
+        if let Some(nats) = self.nats.take() {
+            nats.stop().await;
+        }
     }
 }
