@@ -199,7 +199,8 @@ impl Fleet {
     }
 
     /// Stops nats-server (SIGTERM: it writes its state out) and starts it again on the same
-    /// port and store, as after any restart, then waits until the API reads again.
+    /// port and store, as after any restart, then waits until the benchmark's connection and
+    /// the API read again.
     #[allow(dead_code)] // bench_scale only
     pub async fn restart_nats(&mut self) -> anyhow::Result<()> {
         if let Some(nats) = self.nats.take() {
@@ -207,6 +208,14 @@ impl Fleet {
         }
         eprintln!("starting nats-server again on the same store …");
         self.nats = Some(LocalNats::start(&self.nats_opts).await?);
+        eprintln!("waiting for the benchmark's connection and the API to reconnect …");
+        let started = Instant::now();
+        while self.bus.js.query_account().await.is_err() {
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("the benchmark's connection did not come back within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         if let Some(api) = self.api.as_mut() {
             api.wait_reading().await?;
         }
