@@ -21,11 +21,11 @@
 //! stored before it can make the page), so it reads about the messages queued since then, not
 //! the whole queue; and it walks at most about [`SCAN_BUDGET`] messages per call.
 //!
-//! The cursor carries where each walk resumes and the horizon
-//! (`<ledger sequence>.<queue sequence>.<horizon>`), so a task is on exactly one page of a walk
-//! through the listing, whichever stream it comes from. A queued
-//! task the page shows is recorded (`created`, as the pending list does), so that it can then be
-//! read and started by id; one the page leaves out is not, so the next page finds it where it is.
+//! The cursor carries where each walk resumes and the horizon (`<ledger sequence>.<queue
+//! sequence>.<horizon>`), so a task is on exactly one page of a walk through the listing,
+//! whichever stream it comes from. A queued task the page shows is recorded (`created`, as the
+//! pending list does), so that it can then be read and started by id; one the page leaves out
+//! is not, so the next page finds it where it is.
 
 use super::delayed::deferred_until;
 use super::history::Cursor;

@@ -49,6 +49,7 @@ pub use transitions::{finish_state, Finish};
 
 use crate::bus::{subjects, Bus, BusError};
 use crate::domain::{Assignee, EventKind, Task, TaskEvent, TaskId};
+use crate::memory::Memory;
 use crate::metrics::Metrics;
 use ledger::Stored;
 use std::sync::Arc;
@@ -87,7 +88,7 @@ pub struct TaskService {
     /// A worker's service sees only its assignee's tasks (its NATS user may read no others).
     scope: Option<Assignee>,
     /// Task id → assignee, learned from reads and creates (an id never changes assignee).
-    located: crate::memory::Memory<TaskId, Assignee>,
+    located: Memory<TaskId, Assignee>,
     /// A worker's write chain per task it runs: the state it last wrote and the write still
     /// on its way (see `write.rs`).
     chains: write::Chains,
@@ -95,17 +96,17 @@ pub struct TaskService {
     max_delay_days: u64,
     /// Ledger filters holding a message this process may not move aside, warned about once
     /// (see `unreadable.rs`).
-    unreadable_warned: crate::memory::Memory<String>,
+    unreadable_warned: Memory<String>,
     /// This process's NATS permissions, kept once the server answered (see `unreadable.rs`).
     user_permissions: Arc<tokio::sync::OnceCell<crate::bus::permissions::Permissions>>,
     /// The running tasks this process knows of, for `running` listings (see `running.rs`).
     running: running::RunningIndex,
     /// Tasks published straight to NATS known to have a record, each with the sequence of one
     /// (see `every.rs`).
-    recorded: crate::memory::Memory<TaskId, u64>,
+    recorded: Memory<TaskId, u64>,
     /// How far back each walked source's last newest page reached, in stream sequences, and
     /// for how many tasks (see `listing.rs`).
-    reach: crate::memory::Memory<String, (u64, usize)>,
+    reach: Memory<String, (u64, usize)>,
 }
 
 /// Ids remembered before the id → assignee cache starts over.
@@ -118,14 +119,14 @@ impl TaskService {
             bus: Arc::new(bus),
             metrics,
             scope: None,
-            located: crate::memory::Memory::new(LOCATED_CAP),
+            located: Memory::new(LOCATED_CAP),
             chains: write::Chains::default(),
             max_delay_days: crate::domain::limits::MAX_DELAY_DAYS,
-            unreadable_warned: crate::memory::Memory::new(unreadable::WARNED_CAP),
+            unreadable_warned: Memory::new(unreadable::WARNED_CAP),
             user_permissions: Arc::default(),
             running: running::RunningIndex::default(),
-            recorded: crate::memory::Memory::new(every::RECORDED_CAP),
-            reach: crate::memory::Memory::new(listing::REACH_CAP),
+            recorded: Memory::new(every::RECORDED_CAP),
+            reach: Memory::new(listing::REACH_CAP),
         }
     }
 

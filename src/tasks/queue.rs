@@ -423,10 +423,7 @@ impl TaskService {
         &self,
         tasks: &[(Assignee, TaskId)],
     ) -> Result<HashMap<TaskId, Stored>, TaskError> {
-        let filters: Vec<String> = tasks
-            .iter()
-            .map(|(a, id)| subjects::task_ledger(a, id))
-            .collect();
+        let filters = task_ledgers(tasks);
         let mut by_task: HashMap<TaskId, Vec<StreamMessage>> = HashMap::new();
         for m in self
             .ledger_lasts(&filters, STATES_PER_REQUEST, None)
@@ -448,10 +445,7 @@ impl TaskService {
         tasks: &[(Assignee, TaskId)],
         seq: u64,
     ) -> Result<HashSet<TaskId>, TaskError> {
-        let filters: Vec<String> = tasks
-            .iter()
-            .map(|(a, id)| subjects::task_ledger(a, id))
-            .collect();
+        let filters = task_ledgers(tasks);
         let found = self
             .ledger_lasts(&filters, STATES_PER_REQUEST, Some(seq))
             .await?;
@@ -495,6 +489,14 @@ impl TaskService {
         })
         .await
     }
+}
+
+/// The ledger filter (`events.<a>.<id>.*`) of each task.
+fn task_ledgers(tasks: &[(Assignee, TaskId)]) -> Vec<String> {
+    tasks
+        .iter()
+        .map(|(a, id)| subjects::task_ledger(a, id))
+        .collect()
 }
 
 /// Whether `m` is a stand-in left on the manual subject for worker-run task `t` that has
