@@ -1,21 +1,9 @@
 //! What a test binary stopped by a signal (Ctrl-C, a runner's timeout) leaves running: nothing.
 //! No `Drop` runs then, so every child the harness starts is tied to the thread that started it.
 
+use crate::harness::process::processes_with;
 use crate::harness::{eventually, NatsServer};
 use std::time::Duration;
-
-/// Whether process `pid` still runs: it exists and is not a zombie waiting to be reaped.
-fn running(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // `pid (comm) state …`: the state is the first field after the last `)`.
-    let state = stat
-        .rsplit(')')
-        .next()
-        .and_then(|rest| rest.split_whitespace().next());
-    state != Some("Z")
-}
 
 #[tokio::test]
 async fn a_nats_server_left_behind_by_its_test_is_killed_when_the_test_thread_ends() {
@@ -37,8 +25,10 @@ async fn a_nats_server_left_behind_by_its_test_is_killed_when_the_test_thread_en
 
     // Assert
     let what = format!("nats-server {pid}, left by an ended thread, to be killed");
-    eventually(&what, Duration::from_secs(10), || async move {
-        (!running(pid)).then_some(())
+    let marker = store.display().to_string();
+    eventually(&what, Duration::from_secs(10), || {
+        let left = processes_with(&marker);
+        async move { left.is_empty().then_some(()) }
     })
     .await;
     let _ = std::fs::remove_dir_all(store.parent().expect("the server's temp dir"));
