@@ -340,6 +340,58 @@ fn k8s_nats_statefulset_runs_three_replicas_behind_a_headless_service() {
     }
 }
 
+/// Bytes of a memory size as Go's `GOMEMLIMIT` (`3GiB`) or Kubernetes (`4Gi`) writes it.
+fn memory_bytes(text: &str) -> u64 {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &text[digits.len()..];
+    let scale: u64 = match unit.trim_end_matches('B') {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        other => panic!("memory unit {other:?} in {text:?}"),
+    };
+    digits.parse::<u64>().expect("a whole number") * scale
+}
+
+#[test]
+fn k8s_nats_nodes_have_a_go_memory_limit_for_a_million_tasks_under_their_container_limit() {
+    let set = nats_statefulset();
+    let c = &set["spec"]["template"]["spec"]["containers"][0];
+    let go = c["env"]
+        .as_sequence()
+        .expect("the nats container's env")
+        .iter()
+        .find(|e| e["name"] == "GOMEMLIMIT")
+        .map(|e| memory_bytes(&s(&e["value"])))
+        .expect("GOMEMLIMIT set on the nats container");
+    let limit = memory_bytes(&s(&c["resources"]["limits"]["memory"]));
+    // 1536MiB is where a node holding 1M tasks started collecting back to back
+    // (docs/benchmarks.md, "Memory of a nats-server holding a million tasks").
+    assert!(
+        go >= 1536 << 20,
+        "GOMEMLIMIT {go} B is below a million tasks' floor"
+    );
+    // Room above the Go heap for what the limit does not cover (stacks, the page cache the
+    // cgroup charges), so the collector works harder before the pod would be killed.
+    assert!(
+        go * 10 <= limit * 9,
+        "GOMEMLIMIT {go} B leaves no room under {limit} B"
+    );
+    assert!(
+        go * 2 >= limit,
+        "GOMEMLIMIT {go} B is under half the {limit} B limit"
+    );
+}
+
+#[test]
+fn memory_sizes_read_as_go_and_kubernetes_write_them() {
+    assert_eq!(memory_bytes("3GiB"), 3 << 30);
+    assert_eq!(memory_bytes("4Gi"), 4 << 30);
+    assert_eq!(memory_bytes("1536MiB"), 1536 << 20);
+    assert_eq!(memory_bytes("512Mi"), 512 << 20);
+}
+
 #[test]
 fn k8s_and_compose_take_the_same_fleet_secrets() {
     let mut compose_vars = BTreeSet::new();
