@@ -372,8 +372,9 @@ fn k8s_nats_nodes_have_a_go_memory_limit_for_a_million_tasks_under_their_contain
         go >= 1536 << 20,
         "GOMEMLIMIT {go} B is below a million tasks' floor"
     );
-    // Room above the Go heap for what the limit does not cover (stacks, the page cache the
-    // cgroup charges), so the collector works harder before the pod would be killed.
+    // Room above Go's limit for what it does not count (the page cache the cgroup charges for
+    // the store's files; how far a soft limit is overshot), so the collector works harder
+    // before the pod would be killed.
     assert!(
         go * 10 <= limit * 9,
         "GOMEMLIMIT {go} B leaves no room under {limit} B"
