@@ -1,7 +1,8 @@
 //! A bounded memory shared by the clones of its owner: what a process learned (a task's
 //! assignee, a published task known to be recorded, a source's reach, a warning given, a
-//! tenant's turn, a URL that passed the SSRF check), kept until it holds its cap and then
-//! started over, so a process's memory never grows with the tasks stored or the inputs met.
+//! tenant's turn, an assignee's declared limits, a URL that passed the SSRF check), kept until
+//! it holds its cap and then started over, so a process's memory never grows with the tasks
+//! stored or the inputs met.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;

@@ -30,8 +30,7 @@ use crate::bus::{subjects, Bus, BusError, NatsResultExt};
 use crate::domain::{DeclaredLimits, KeyLimits, Share};
 use crate::memory::Memory;
 use async_nats::jetstream::kv;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What can go wrong with flow control.
@@ -57,6 +56,9 @@ const TURNS_CACHED_MAX: usize = 10_000;
 /// How long what the workers declared is trusted before it is read again.
 const DECLARED_FRESH: Duration = Duration::from_secs(2);
 
+/// Assignees whose declared limits are remembered before that memory starts over.
+const DECLARED_CACHED_MAX: usize = 1_024;
+
 /// Flow control over the `taskfleet_limits` bucket; cheap to clone.
 #[derive(Clone)]
 pub struct Limits {
@@ -64,7 +66,8 @@ pub struct Limits {
     bucket: Arc<tokio::sync::OnceCell<kv::Store>>,
     js: async_nats::jetstream::Context,
     client: async_nats::Client,
-    declared: Arc<Mutex<HashMap<String, (Instant, DeclaredLimits)>>>,
+    /// What each assignee's workers declared, and when it was read.
+    declared: Memory<String, (Instant, DeclaredLimits)>,
     /// Tenants' fair-share turns seated lately: (assignee, tenant) → when its turn was read,
     /// and the turn.
     turns: Memory<(String, String), (Instant, Share)>,
@@ -84,7 +87,7 @@ impl Limits {
             bucket: Arc::default(),
             js: bus.js.clone(),
             client: bus.client.clone(),
-            declared: Arc::default(),
+            declared: Memory::new(DECLARED_CACHED_MAX),
             turns: Memory::new(TURNS_CACHED_MAX),
         }
     }
@@ -131,9 +134,9 @@ impl Limits {
 
     /// What the assignee's workers declared, read at most every 2 s.
     pub async fn declared(&self, assignee: &str) -> Result<DeclaredLimits, LimitsError> {
-        if let Some((at, d)) = self.declared.lock().expect("lock").get(assignee) {
+        if let Some((at, d)) = self.declared.get(assignee) {
             if at.elapsed() < DECLARED_FRESH {
-                return Ok(d.clone());
+                return Ok(d);
             }
         }
         let (d, _) =
@@ -144,8 +147,8 @@ impl Limits {
     }
 
     fn remember(&self, assignee: &str, d: DeclaredLimits) {
-        let mut cache = self.declared.lock().expect("lock");
-        cache.insert(assignee.to_string(), (Instant::now(), d));
+        self.declared
+            .insert(assignee.to_string(), (Instant::now(), d));
     }
 
     /// The override of `key`, if one was set.

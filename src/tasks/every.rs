@@ -143,10 +143,7 @@ impl TaskService {
                 stop: Stop::Done,
             },
         };
-        let (picks, mut next) = merge(ledger, queued, filter.limit);
-        if let Some(c) = next.as_mut() {
-            c.horizon = horizon;
-        }
+        let (picks, next) = merge(ledger, queued, (filter.limit, horizon));
         // Recorded oldest first, so that their records keep the order they were queued in.
         let mut tasks = Vec::with_capacity(picks.len());
         for pick in picks.into_iter().rev() {
@@ -384,7 +381,12 @@ enum Pick {
 /// next page: each walk resumes at its first task left out, or where it ended when none was.
 /// A walk that may hold more tasks newer than the other's next stops the merge where its
 /// tasks run out (the page comes back short, with a cursor).
-fn merge(ledger: WalkPage, queued: QueuePage, limit: usize) -> (Vec<Pick>, Option<Cursor>) {
+/// The cursor keeps the walk's `horizon`.
+fn merge(
+    ledger: WalkPage,
+    queued: QueuePage,
+    (limit, horizon): (usize, Option<u64>),
+) -> (Vec<Pick>, Option<Cursor>) {
     let (ledger_end, queue_end) = (ledger.next, queued.stop);
     let mut l = ledger.found.into_iter().peekable();
     let mut q = queued.found.into_iter().peekable();
@@ -421,7 +423,7 @@ fn merge(ledger: WalkPage, queued: QueuePage, limit: usize) -> (Vec<Pick>, Optio
     let next = (seq > 0 || queue.is_some()).then_some(Cursor {
         seq,
         queue,
-        horizon: None,
+        horizon,
     });
     (picks, next)
 }
