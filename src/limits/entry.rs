@@ -37,7 +37,16 @@ pub struct Holders {
     /// A lane's tasks that wait, in creation order (empty for other keys).
     #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
     pub queue: VecDeque<Waiter>,
+    /// A lane's tasks that finished last, oldest first (at most [`FINISHED_KEPT`]): the API puts
+    /// a task in line just after creating it, and an idle worker may have run it by then, so
+    /// [`join`](Self::join) passes these over instead of leaving them in line for good.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub finished: VecDeque<String>,
 }
+
+/// How many finished tasks a lane remembers (see [`Holders::finished`]). The API's join comes
+/// milliseconds after its create, and a lane runs one task at a time.
+const FINISHED_KEPT: usize = 8;
 
 /// Why a task may not take a key now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,10 +115,14 @@ impl Holders {
         Ok(())
     }
 
-    /// Puts `id` at the back of a lane's line unless it is in it or holds the lane already.
-    /// Returns whether it was added.
+    /// Puts `id` at the back of a lane's line unless it is in it, holds the lane already or
+    /// finished lately. Returns whether it was added.
     pub fn join(&mut self, id: &str, now_ms: i64) -> bool {
-        if self.holders.contains_key(id) || self.queue.iter().any(|w| w.id == id) {
+        let known = |f: &String| f == id;
+        if self.holders.contains_key(id)
+            || self.queue.iter().any(|w| w.id == id)
+            || self.finished.iter().any(known)
+        {
             return false;
         }
         self.queue.push_back(Waiter {
@@ -120,12 +133,14 @@ impl Holders {
     }
 
     /// A lane's turn: `id` takes the lane when nobody holds it and `id` is first in line
-    /// (joining the line first if it is not in it).
+    /// (joining the line first if it is not in it; a task that finished before runs again, a
+    /// retry).
     pub fn take_turn(&mut self, id: &str, hold: Hold, now_ms: i64) -> Result<(), Refusal> {
         if let Some(h) = self.holders.get_mut(id) {
             *h = hold;
             return Ok(());
         }
+        self.finished.retain(|f| f != id);
         self.join(id, now_ms);
         let position = self.queue.iter().position(|w| w.id == id).unwrap_or(0);
         if self.holders.is_empty() && position == 0 {
@@ -162,6 +177,20 @@ impl Holders {
         self.queue.retain(|w| w.id != id);
         self.holders.remove(id);
         before != self.queue.len() + self.holders.len()
+    }
+
+    /// Takes `id` out of a lane because its task finished: it leaves the line or its turn, and
+    /// a late [`join`](Self::join) does not put it back. Returns whether anything changed.
+    pub fn finish(&mut self, id: &str) -> bool {
+        let left = self.forget(id);
+        if self.finished.iter().any(|f| f == id) {
+            return left;
+        }
+        self.finished.push_back(id.to_string());
+        if self.finished.len() > FINISHED_KEPT {
+            self.finished.pop_front();
+        }
+        true
     }
 
     /// Moves `id`'s hold to a later time (a renewal).
@@ -267,6 +296,42 @@ mod tests {
         ));
         assert!(lane.release("a", "t100"));
         assert!(lane.take_turn("b", hold(100), 1).is_ok());
+    }
+
+    #[test]
+    fn a_task_that_finished_before_it_was_put_in_line_is_not_put_back() {
+        let mut lane = Holders::new("chat:1");
+        assert!(lane.take_turn("a", hold(100), 1).is_ok());
+        assert!(lane.release("a", "t100"));
+        assert!(lane.finish("a"));
+        assert!(!lane.join("a", 2), "the API's late join of a finished task");
+        lane.join("b", 3);
+        assert!(lane.take_turn("b", hold(100), 4).is_ok());
+    }
+
+    #[test]
+    fn a_finished_lane_task_that_is_retried_takes_its_turn_after_the_tasks_before_it() {
+        let mut lane = Holders::new("chat:1");
+        assert!(lane.finish("a"));
+        lane.join("b", 1);
+        assert!(matches!(
+            lane.take_turn("a", hold(100), 2),
+            Err(Refusal::Behind { ref head, ahead: 1, running: false }) if head == "b"
+        ));
+        assert!(lane.take_turn("b", hold(100), 3).is_ok());
+        assert!(lane.release("b", "t100"));
+        assert!(lane.take_turn("a", hold(100), 4).is_ok());
+    }
+
+    #[test]
+    fn a_lane_remembers_only_its_last_finished_tasks() {
+        let mut lane = Holders::new("chat:1");
+        for i in 0..=FINISHED_KEPT {
+            lane.finish(&format!("t{i}"));
+        }
+        assert_eq!(lane.finished.len(), FINISHED_KEPT);
+        assert!(lane.join("t0", 1), "the oldest is forgotten");
+        assert!(!lane.join(&format!("t{FINISHED_KEPT}"), 1));
     }
 
     #[test]

@@ -230,7 +230,9 @@ impl Limits {
             let (task, token) = (&permit.task, &permit.token);
             store::change(self.kv().await?, entry, Holders::default, |h| {
                 let released = h.release(task, token);
-                if released && *lane && !finished {
+                if released && *lane && finished {
+                    h.finish(task);
+                } else if released && *lane {
                     h.queue.push_front(super::Waiter {
                         id: task.clone(),
                         since_ms: now_ms(),
@@ -250,16 +252,20 @@ impl Limits {
     /// `cancel`), so the next task of its keys need not wait for the hold to lapse.
     pub async fn forget_task(&self, task: &crate::domain::Task) -> Result<(), LimitsError> {
         let (a, id) = (task.assigned_to.as_str(), task.id.as_str());
-        let mut entries = vec![(store::cap_key(a), String::new())];
+        let mut entries = vec![(store::cap_key(a), String::new(), false)];
         if let Some(lane) = &task.lane {
-            entries.push((store::entry_key(a, "l", lane), lane.clone()));
+            entries.push((store::entry_key(a, "l", lane), lane.clone(), true));
         }
         if let Some(key) = &task.concurrency_key {
-            entries.push((store::entry_key(a, "c", key), key.clone()));
+            entries.push((store::entry_key(a, "c", key), key.clone(), false));
         }
-        for (entry, key) in entries {
+        for (entry, key, lane) in entries {
             let kv = self.kv().await?;
-            store::change(kv, &entry, || Holders::new(&key), |h| (h.forget(id), ())).await?;
+            let leave = |h: &mut Holders| match lane {
+                true => h.finish(id),
+                false => h.forget(id),
+            };
+            store::change(kv, &entry, || Holders::new(&key), |h| (leave(h), ())).await?;
         }
         Ok(())
     }

@@ -216,14 +216,15 @@ impl Limits {
             .await
     }
 
-    /// Takes `task` out of `lane` (it finished, or is gone): the next one's turn.
+    /// Takes `task` out of `lane` (it finished, or is gone): the next one's turn. A later
+    /// [`join_lane`](Self::join_lane) of it does not put it back.
     pub async fn leave_lane(
         &self,
         assignee: &str,
         lane: &str,
         task: &str,
     ) -> Result<(), LimitsError> {
-        self.change_lane(assignee, lane, |h| h.forget(task)).await
+        self.change_lane(assignee, lane, |h| h.finish(task)).await
     }
 
     /// Applies `f` to `lane`'s entry (stored when `f` says it changed it).

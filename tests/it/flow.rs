@@ -8,7 +8,9 @@ use crate::workers::finished;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::Duration;
-use taskfleet::domain::{DeclaredLimits, Share, Task};
+use taskfleet::bus::{Bus, ConnectOptions, TopologyConfig};
+use taskfleet::domain::{DeclaredLimits, FlowKeys, Share, Task};
+use taskfleet::limits::{Gate, Limits};
 
 /// Creates a task for `assignee` with `extra` fields merged into the body; returns its id.
 async fn create_with(app: &TestApp, assignee: &str, name: &str, extra: Value) -> String {
@@ -320,6 +322,54 @@ async fn a_waiting_task_says_what_it_waits_for_and_the_limits_list_shows_the_key
             .as_str(),
         "completed"
     );
+}
+
+#[tokio::test]
+async fn a_lane_task_that_ran_before_the_api_put_it_in_line_holds_no_place_in_it() {
+    // Arrange: an idle worker took the lane's turn for a task and finished it before the API,
+    // just after the create, got to put the task in line.
+    let app = TestApp::spawn().await;
+    let limits = Limits::new(&bus_of(&app).await);
+    let lane = FlowKeys {
+        lane: Some("chat:9".into()),
+        ..FlowKeys::default()
+    };
+    let lease = Duration::from_secs(30);
+    let Gate::Go(permit) = limits
+        .acquire("flow9", "first", &lane, "w1", lease)
+        .await
+        .unwrap()
+    else {
+        panic!("the lane's first task takes its turn");
+    };
+    limits.release(&permit, true).await.expect("finished");
+
+    // Act: the API's join, late.
+    limits.join_lane("flow9", "chat:9", "first").await.unwrap();
+
+    // Assert: nobody waits in the lane, and its next task takes its turn at once.
+    let (status, view) = app
+        .call(app.req(Method::GET, "/api/limits?assignee=flow9"))
+        .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["keys"][0]["key"], "chat:9", "{view}");
+    assert_eq!(view["keys"][0]["waiting"], 0, "{view}");
+    let next = limits.acquire("flow9", "second", &lane, "w1", lease).await;
+    assert!(matches!(next, Ok(Gate::Go(_))), "{next:?}");
+}
+
+/// A connection of taskfleet's own to the app's NATS server.
+async fn bus_of(app: &TestApp) -> Bus {
+    let options = ConnectOptions {
+        url: app.nats.url(),
+        name: "test".into(),
+        connect_timeout: Duration::from_secs(5),
+        user: None,
+        password: None,
+    };
+    Bus::connect(&options, &TopologyConfig::default())
+        .await
+        .expect("connect")
 }
 
 #[tokio::test]
