@@ -72,6 +72,15 @@ struct Ctx {
     api: String,
 }
 
+/// What a call without a task id says when `session` started none: the usual slip is a start
+/// with `--session` (or `$OPENCLAW_SESSION`) and a later call without it.
+fn no_task(session: &str) -> String {
+    format!(
+        "no task: session `{session}` started none; pass an ID, or run `pulse start` first \
+         (a task started with --session or $OPENCLAW_SESSION is found with the same session)"
+    )
+}
+
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("taskfleet pulse: {msg}");
     ExitCode::FAILURE
@@ -93,7 +102,7 @@ impl Ctx {
         let id = id
             .or_else(|| std::env::var("TASKFLEET_TASK_ID").ok())
             .or_else(|| self.spool.last_task(self.session_name()))
-            .ok_or("no task: pass an ID, or run `pulse start` first")?;
+            .ok_or_else(|| no_task(self.session_name()))?;
         Ok((self.spool.resolve(&id), text))
     }
 

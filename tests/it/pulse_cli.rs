@@ -295,6 +295,27 @@ async fn status_prints_json_and_plain_lines_with_step_progress() {
 }
 
 #[tokio::test]
+async fn a_call_without_the_session_its_task_started_in_says_which_session_it_looked_in() {
+    // Arrange: a task started in the session `sess-1`.
+    let app = TestApp::spawn().await;
+    let state = tempfile::tempdir().unwrap();
+    ok(cli(&app, state.path(), BIN, &["pulse", "start", "Report"])).await;
+
+    // Act: the next call names no session.
+    let mut next = cli(&app, state.path(), BIN, &["pulse", "next", "x done"]);
+    next.env_remove("OPENCLAW_SESSION");
+    let out = next.output().await.expect("run the CLI");
+
+    // Assert
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        err.contains("session `default` started none") && err.contains("--session"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn status_of_a_finished_task_shows_no_progress_it_reported_while_running() {
     // Arrange: a task that reported 60 % and what it was doing, then finished.
     let app = TestApp::spawn().await;
