@@ -77,13 +77,14 @@ impl Output {
             println!("(no tasks)");
             return;
         }
+        let aw = width(tasks.iter().map(|t| t.assigned_to.as_str()), 14);
         println!(
-            "{:<26}  {:<3} {:<9} {:<14} {:<6} {:<19} NAME",
+            "{:<26}  {:<3} {:<9} {:<aw$} {:<6} {:<19} NAME",
             "ID", "PRI", "STATUS", "ASSIGNEE", "KIND", "CREATED"
         );
         for t in tasks {
             println!(
-                "{:<26}  {:<3} {:<9} {:<14} {:<6} {:<19} {}",
+                "{:<26}  {:<3} {:<9} {:<aw$} {:<6} {:<19} {}",
                 t.id.as_str(),
                 t.priority.as_str(),
                 t.status.as_str(),
@@ -101,13 +102,14 @@ impl Output {
             return;
         }
         let st = |s: Option<crate::domain::TaskStatus>| s.map(|s| s.as_str()).unwrap_or("-");
+        let ow = width(rows.iter().map(|r| r.operator.as_str()), 12);
         println!(
-            "{:<19}  {:<9} {:<9} {:<9} {:<12} MESSAGE",
+            "{:<19}  {:<9} {:<9} {:<9} {:<ow$} MESSAGE",
             "TIME", "ACTION", "FROM", "TO", "OPERATOR"
         );
         for r in rows {
             println!(
-                "{:<19}  {:<9} {:<9} {:<9} {:<12} {}",
+                "{:<19}  {:<9} {:<9} {:<9} {:<ow$} {}",
                 r.created_time.format("%Y-%m-%d %H:%M:%S").to_string(),
                 r.action,
                 st(r.old_status),
@@ -117,4 +119,14 @@ impl Output {
             );
         }
     }
+}
+
+/// A column as wide as its widest value (in characters), and at least `min`: a worker's name
+/// as a log's operator (`anna@web-1-7-3f2a`) or a long assignee no longer shifts the next column.
+fn width<'a>(values: impl Iterator<Item = &'a str>, min: usize) -> usize {
+    values
+        .map(|v| v.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(min)
 }

@@ -1,6 +1,6 @@
 //! The `taskfleet` binary: `task` subcommands against a running API, and `up` as a user runs it.
 
-use crate::harness::app::ADMIN_KEY;
+use crate::harness::app::{worker_settings, ADMIN_KEY};
 use crate::harness::{eventually, TestApp};
 use std::path::Path;
 use std::process::{Output, Stdio};
@@ -147,6 +147,45 @@ async fn task_logs_print_one_row_per_entry_when_a_result_has_many_lines() {
         rows[3].contains("complete") && rows[3].ends_with("line 1…"),
         "{log}"
     );
+}
+
+#[tokio::test]
+async fn task_list_and_logs_keep_their_columns_for_long_assignee_and_worker_names() {
+    // Arrange: a worker-run task of an assignee with a long name; its log's operator is the
+    // worker's name (`<assignee>@<host>-…`).
+    let app = TestApp::spawn().await;
+    let assignee = "a-bot-with-a-rather-long-name";
+    let _worker = app.worker(assignee, 1, worker_settings()).await;
+    let body = serde_json::json!({"task_name": "tidy up", "assigned_to": assignee, "kind": "noop"});
+    let id = app.admin.create_task(&body).await.expect("create").id;
+    let id = id.as_str();
+    crate::workers::finished(&app, id, Duration::from_secs(15)).await;
+
+    // Act
+    let list = stdout(&taskfleet(&app, &["task", "list", "-a", assignee]).await);
+    let logs = stdout(&taskfleet(&app, &["task", "logs", id]).await);
+
+    // Assert: each row's last column starts where its heading does.
+    let at = list
+        .lines()
+        .next()
+        .and_then(|h| h.find("NAME"))
+        .expect("a heading");
+    assert_eq!(
+        list.lines().nth(1).and_then(|r| r.get(at..)),
+        Some("tidy up"),
+        "{list}"
+    );
+    let at = logs
+        .lines()
+        .next()
+        .and_then(|h| h.find("MESSAGE"))
+        .expect("a heading");
+    let complete = logs
+        .lines()
+        .find(|r| r.contains(" complete "))
+        .expect("{logs}");
+    assert_eq!(complete.get(at..), Some("ok"), "{logs}");
 }
 
 #[tokio::test]
