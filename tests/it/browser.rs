@@ -129,6 +129,36 @@ async fn signing_in_with_enter_shows_the_overview_where_a_task_posted_over_http_
     browser.close().await;
 }
 
+#[tokio::test]
+async fn signed_out_the_page_offers_only_the_sign_in_and_signing_out_hides_the_navigation_again() {
+    // Arrange
+    let app = TestApp::spawn().await;
+    let browser = Browser::start(DESKTOP).await;
+    browser.open(&format!("{}/", app.url)).await;
+    browser
+        .find("the key field", "[data-test=signin-key]")
+        .await;
+    let shown = r#"return ["nav", "signout", "signin-form"].map((t) => {
+        const e = document.querySelector(`[data-test=${t}]`);
+        return e.getClientRects().length > 0; });"#;
+    let before = browser.js(shown, vec![]).await;
+
+    // Act
+    sign_in(&browser, &app, ADMIN_KEY).await;
+    let signed_in = browser.js(shown, vec![]).await;
+    click(&browser, "the sign-out button", "[data-test=signout]").await;
+    browser
+        .find("the key field", "[data-test=signin-key]")
+        .await;
+    let after = browser.js(shown, vec![]).await;
+
+    // Assert: [navigation, sign-out button, sign-in form] on screen.
+    assert_eq!(before, json!([false, false, true]), "signed out");
+    assert_eq!(signed_in, json!([true, true, false]), "signed in");
+    assert_eq!(after, json!([false, false, true]), "signed out again");
+    browser.close().await;
+}
+
 /// Follows each navigation link (as a person clicks it) and saves its page.
 async fn click_through_the_pages(browser: &Browser) {
     let pages = [
