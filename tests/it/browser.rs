@@ -216,6 +216,15 @@ async fn a_running_commands_output_appears_live_on_its_page_and_cancel_after_con
     watch_the_output_arrive(&browser).await;
     browser.js("document.activeElement.blur();", vec![]).await; // no focus ring in the picture
     browser.screenshot("task").await;
+    let shown_id = browser.text_of("[data-test=task-id]").await;
+    let payload = browser.text_of("[data-test=task-payload]").await;
+    assert_eq!(shown_id.as_deref(), Some(id.as_str()), "the id, to copy");
+    assert!(
+        payload.is_some_and(|p| p.contains("echo first line")),
+        "what it runs"
+    );
+    let measured = browser.text_of("[data-test=task-progress]").await;
+    assert_eq!(measured, None, "no progress bar for a task without steps");
 
     // Act: cancel, first changing our mind, then meaning it.
     click(&browser, "the cancel button", "[data-test=task-cancel]").await;

@@ -47,7 +47,8 @@ export async function task(root, ctx, id) {
     .finally(() => ctx.live(false));
 }
 
-/** Name, status, lease holder, progress and the action buttons. */
+/** Name, the task's facts, its progress (when it has steps or a percentage) and the action
+ * buttons. */
 function header(t, ctx, path, refresh) {
   const ok = allowed(t);
   const act = (verb, label, test) => h("button", {
@@ -56,22 +57,36 @@ function header(t, ctx, path, refresh) {
   }, label);
   const p = t.progress || {};
   const total = p.total || (t.steps || []).length;
+  const measured = total > 0 || p.percent > 0;
   return [
     h("h1", {}, t.task_name),
-    h("dl", {},
-      h("dt", {}, "Status"), h("dd", { "data-test": "task-status" }, status(t.status)),
-      h("dt", {}, "Lease holder"), h("dd", { "data-test": "task-lease" }, t.lease ? t.lease.holder : "–"),
-      h("dt", {}, "Assignee / priority / kind"), h("dd", {}, `${t.assigned_to} / ${t.priority} / ${t.kind}`),
-      h("dt", {}, "Attempt"), h("dd", {}, `${t.attempt} of ${t.max_attempts}`),
-      h("dt", {}, "Created"), h("dd", {}, when(t.created_time)),
-      t.waiting_for ? [h("dt", {}, "Waiting for"), h("dd", {}, t.waiting_for)] : null,
-      t.error ? [h("dt", {}, "Error"), h("dd", { class: "error" }, t.error)] : null),
-    h("label", { for: "task-progress" }, `Progress: ${p.current || ""} ${p.done || 0}/${total || 0}`),
-    h("progress", { id: "task-progress", "data-test": "task-progress", max: 100, value: p.percent || 0 }, `${p.percent || 0}%`),
+    facts(t),
+    measured ? h("label", { for: "task-progress" }, `Progress: ${p.current || ""} ${p.done || 0}/${total}`) : null,
+    measured ? h("progress", { id: "task-progress", "data-test": "task-progress", max: 100, value: p.percent || 0 }, `${p.percent || 0}%`) : null,
     h("div", { class: "actions" },
       act("cancel", "Cancel", "task-cancel"), act("retry", "Retry", "task-retry"), act("complete", "Complete", "task-complete")),
-    t.result !== null && t.result !== undefined ? h("pre", {}, JSON.stringify(t.result, null, 2)) : null,
+    t.result !== null && t.result !== undefined
+      ? [h("h2", {}, "Result"), h("pre", { "data-test": "task-result" }, JSON.stringify(t.result, null, 2))] : null,
   ];
+}
+
+/** What a person looks up first: the id to copy, who runs the task and since when, and what it
+ * runs (its payload). */
+function facts(t) {
+  const row = (label, value, test) => [h("dt", {}, label), h("dd", { "data-test": test }, value)];
+  const payload = t.payload && Object.keys(t.payload).length ? JSON.stringify(t.payload, null, 2) : null;
+  return h("dl", {},
+    row("Status", status(t.status), "task-status"),
+    row("ID", h("code", {}, t.id), "task-id"),
+    row("Lease holder", t.lease ? t.lease.holder : "–", "task-lease"),
+    row("Assignee / priority / kind", `${t.assigned_to} / ${t.priority} / ${t.kind}`),
+    row("Attempt", `${t.attempt} of ${t.max_attempts}`),
+    row("Created", t.created_by ? `${when(t.created_time)} by ${t.created_by}` : when(t.created_time)),
+    t.started_time ? row("Started", when(t.started_time)) : null,
+    t.finished_time ? row("Finished", when(t.finished_time)) : null,
+    t.waiting_for ? row("Waiting for", t.waiting_for) : null,
+    t.error ? [h("dt", {}, "Error"), h("dd", { class: "error" }, t.error)] : null,
+    payload ? row("Payload", h("pre", {}, payload), "task-payload") : null);
 }
 
 /** Actions that come in runs (a chunk of output a second, a heartbeat a minute): a run of them
