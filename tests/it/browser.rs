@@ -11,12 +11,13 @@ use crate::harness::process::{processes_with, unique_sleep};
 use crate::harness::receiver::{Answer, Endpoint};
 use crate::harness::relay::webhook;
 use crate::harness::{eventually, TestApp};
-use crate::workers::create_kind;
+use crate::workers::{create_kind, finished};
 use fantoccini::key::Key;
 use fantoccini::Locator;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+use taskfleet::domain::{DeclaredLimits, Rate};
 
 /// Opens the dashboard, types `key` into the sign-in form, presses Enter, and waits for the
 /// overview.
@@ -157,6 +158,63 @@ async fn signed_out_the_page_offers_only_the_sign_in_and_signing_out_hides_the_n
     assert_eq!(signed_in, json!([true, true, false]), "signed in");
     assert_eq!(after, json!([false, false, true]), "signed out again");
     browser.close().await;
+}
+
+#[tokio::test]
+async fn the_limits_page_shows_a_rate_keys_rate_the_overrides_and_what_the_workers_declared() {
+    // Arrange: a worker that declares limits, an override, and a rate key in use.
+    let app = TestApp::spawn().await;
+    let mut settings = worker_settings();
+    settings.limits = DeclaredLimits {
+        concurrency: [("repo:*".to_string(), 2)].into(),
+        rate: [("channel:*".to_string(), Rate::parse("20/min").unwrap())].into(),
+        max_running: Some(4),
+        ..DeclaredLimits::default()
+    };
+    let _worker = app.worker("lim", 2, settings).await;
+    let set = app
+        .req(Method::PUT, "/api/limits/lim/repo%3Aweb")
+        .json(&json!({"concurrency": 1}));
+    let (status, body) = app.call(set).await;
+    assert_eq!(status, 200, "{body}");
+    let body = json!({"task_name": "say hi", "assigned_to": "lim", "kind": "noop",
+        "rate_key": "channel:tg-1"});
+    let id = app.admin.create_task(&body).await.expect("create").id;
+    finished(&app, id.as_str(), PATIENCE).await;
+
+    // Act
+    let browser = Browser::start(DESKTOP).await;
+    sign_in(&browser, &app, ADMIN_KEY).await;
+    visit(&browser, &app, "#/limits", "page-limits").await;
+    browser.screenshot("limits-in-use").await;
+
+    // Assert
+    let keys = table_rows(&browser, "limits-table").await;
+    let rate = keys
+        .iter()
+        .find(|r| r[2] == "channel:tg-1")
+        .expect("the rate key");
+    assert_eq!(rate[..4], ["lim", "rate", "channel:tg-1", "20/min"]);
+    let overrides = table_rows(&browser, "limits-overrides").await;
+    assert_eq!(overrides, [["lim", "repo:web", "1", "–", "–"]]);
+    let declared = table_rows(&browser, "limits-declared").await;
+    assert_eq!(
+        declared,
+        [
+            ["lim", "concurrency", "repo:*", "2"],
+            ["lim", "rate", "channel:*", "20/min"],
+            ["lim", "max_running", "–", "4"],
+        ]
+    );
+    browser.close().await;
+}
+
+/// The cells' text of each body row of the table `[data-test=<test>]`.
+async fn table_rows(browser: &Browser, test: &str) -> Vec<Vec<String>> {
+    let script = "return [...document.querySelectorAll(`[data-test=${arguments[0]}] tbody tr`)]
+        .map((r) => [...r.cells].map((c) => c.innerText.trim()));";
+    let rows = browser.js(script, vec![json!(test)]).await;
+    serde_json::from_value(rows).expect("rows of cells")
 }
 
 /// Follows each navigation link (as a person clicks it) and saves its page.

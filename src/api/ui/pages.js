@@ -434,16 +434,41 @@ export async function workers(root) {
   ], items, (w) => w.id)));
 }
 
-/** Limits (#/limits): the keys in use. */
+/** Limits (#/limits): the keys in use (a rate key's limit is its rate), the overrides set
+ * through the API, and what each assignee's workers declared (`[worker.limits]`). */
 export async function limits(root) {
   const o = await get("/api/limits");
+  const limit = (k) => (k.rate ? `${k.rate}${k.burst > 1 ? `, burst ${k.burst}` : ""}` : k.limit ?? "–");
+  const note = (k) => (k.next_slot_in_s > 0 ? `next slot in ${k.next_slot_in_s.toFixed(1)} s` : "");
   root.append(h("section", { "data-test": "page-limits" }, h("h1", {}, "Limits"), table("limits-table", [
     ["Assignee", (k) => k.assignee],
     ["Kind", (k) => String(k.kind)],
     ["Key", (k) => k.key],
-    ["Limit", (k) => k.limit ?? "–"],
+    ["Limit", limit],
     ["Running", (k) => (k.running || []).length],
     ["Waiting", (k) => k.waiting ?? 0],
+    ["Note", note],
   ], o.keys || [], (k) => `${k.assignee}/${k.key}`),
-  h("h2", {}, "Declared"), h("pre", {}, JSON.stringify(o.declared, null, 2))));
+  h("h2", {}, "Overrides"), table("limits-overrides", [
+    ["Assignee", (v) => v.assignee],
+    ["Key", (v) => v.key],
+    ["Concurrency", (v) => v.concurrency ?? "–"],
+    ["Rate", (v) => v.rate ?? "–"],
+    ["Burst", (v) => v.burst ?? "–"],
+  ], o.overrides || [], (v) => `${v.assignee}/${v.key}`),
+  h("h2", {}, "Declared by the workers"), table("limits-declared", [
+    ["Assignee", (d) => d.assignee],
+    ["Kind", (d) => d.kind],
+    ["Pattern", (d) => d.pattern || "–"],
+    ["Limit", (d) => String(d.value)],
+  ], declaredRows(o.declared || {}), (d) => `${d.assignee}/${d.kind}/${d.pattern}`)));
+}
+
+/** One row per pattern the workers of each assignee declared, and one for its cap. */
+function declaredRows(declared) {
+  return Object.entries(declared).flatMap(([assignee, d]) => [
+    ...["concurrency", "rate", "burst"].flatMap((kind) =>
+      Object.entries(d[kind] || {}).map(([pattern, value]) => ({ assignee, kind, pattern, value }))),
+    ...(d.max_running != null ? [{ assignee, kind: "max_running", pattern: "", value: d.max_running }] : []),
+  ]);
 }
