@@ -126,6 +126,23 @@ async fn signing_in_with_enter_shows_the_overview_where_a_task_posted_over_http_
     );
     browser.js("document.activeElement.blur();", vec![]).await; // no focus ring in the picture
     browser.screenshot("overview").await;
+    let failed = "[data-test=overview-assignees] tr[data-id=ops] td[data-label^=Failed] a";
+    click(&browser, "ops's failures of the last hour", failed).await;
+    browser
+        .find("the task list", "[data-test=tasks-status]")
+        .await;
+    let filters = browser
+        .js(
+            "return [document.querySelector('[data-test=tasks-assignee]').value,
+                document.querySelector('[data-test=tasks-status]').value];",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        filters,
+        json!(["ops", "failed"]),
+        "the list the count stands for"
+    );
     click_through_the_pages(&browser).await;
     browser.close().await;
 }

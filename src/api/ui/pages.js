@@ -131,6 +131,14 @@ function relayParts(r) {
   ], r.destinations, (x) => x.destination)];
 }
 
+/** `text` linked to the task list of `assignee` in `status` (any status when ""); "–" when
+ * there is nothing to show. */
+function tasksOf(assignee, status, text) {
+  if (text === null || text === undefined) return "–";
+  const q = new URLSearchParams(status ? { assigned_to: assignee, status } : { assigned_to: assignee });
+  return h("a", { href: `#/tasks?${q}` }, String(text));
+}
+
 /** The overview's cards and tables. */
 function overviewParts(o) {
   const d = o.deliveries;
@@ -147,18 +155,18 @@ function overviewParts(o) {
     r ? h("a", { class: `card${disabled ? " alert" : ""}`, href: "#/deliveries", "data-test": "overview-disabled" },
       h("b", {}, disabled), "disabled destinations") : null);
   const queues = table("overview-queues", [
-    ["Assignee", (q) => h("a", { href: `#/tasks?assigned_to=${encodeURIComponent(q.assignee)}` }, q.assignee)],
+    ["Assignee", (q) => tasksOf(q.assignee, "", q.assignee)],
     ["Priority", (q) => q.priority],
     ["Queued", (q) => q.queued],
-    ["Running", (q) => q.running],
+    ["Running", (q) => tasksOf(q.assignee, "running", q.running)],
     ["Stalled", (q) => q.stalled],
     ["Oldest pending", (q) => age(q.oldest_pending_s)],
     ["Messages", (q) => q.depth],
   ], o.queues, (q) => `${q.assignee}/${q.priority}`);
   const people = table("overview-assignees", [
-    ["Assignee", (a) => a.assignee],
-    ["Scheduled", (a) => a.scheduled ?? "–"],
-    ["Failed (1 h)", (a) => a.failed_last_hour ?? "–"],
+    ["Assignee", (a) => tasksOf(a.assignee, "", a.assignee)],
+    ["Scheduled", (a) => tasksOf(a.assignee, "scheduled", a.scheduled)],
+    ["Failed (1 h)", (a) => tasksOf(a.assignee, "failed", a.failed_last_hour)],
     ["Workers", (a) => a.workers_online],
     ["Finished (15 min)", (a) => throughputCell(a.throughput)],
   ], o.assignees, (a) => a.assignee);
