@@ -157,7 +157,7 @@ function overviewParts(o) {
   const queues = table("overview-queues", [
     ["Assignee", (q) => tasksOf(q.assignee, "", q.assignee)],
     ["Priority", (q) => q.priority],
-    ["Queued", (q) => q.queued],
+    ["Queued", (q) => tasksOf(q.assignee, "pending", q.queued)],
     ["Running", (q) => tasksOf(q.assignee, "running", q.running)],
     ["Stalled", (q) => q.stalled],
     ["Oldest pending", (q) => age(q.oldest_pending_s)],
