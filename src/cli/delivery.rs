@@ -142,11 +142,20 @@ pub(super) async fn run(args: DeliveryArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// One line per delivery record of a listing.
+/// One line per delivery record of a listing, under a heading.
 fn print_records(value: &Value) {
-    for r in value.as_array().into_iter().flatten() {
+    let records = value.as_array().map_or(&[][..], Vec::as_slice);
+    if records.is_empty() {
+        println!("(no deliveries)");
+        return;
+    }
+    println!(
+        "{:<26}  {:<9} {:<20} {:<8}  reason",
+        "id", "status", "destination", "attempts"
+    );
+    for r in records {
         println!(
-            "{}  {:<9} {:<20} attempts {}  {}",
+            "{:<26}  {:<9} {:<20} {:<8}  {}",
             r["job"]["id"].as_str().unwrap_or(""),
             r["status"].as_str().unwrap_or(""),
             r["job"]["name"]

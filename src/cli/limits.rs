@@ -105,11 +105,16 @@ pub(super) async fn run(args: LimitsArgs) -> ExitCode {
 
 /// One line per key in use: assignee, kind, key, limit, running, waiting.
 fn print_table(view: &Value) {
+    let keys = view["keys"].as_array().map_or(&[][..], Vec::as_slice);
+    if keys.is_empty() {
+        println!("(no keys in use)");
+        return;
+    }
     println!(
         "{:<14} {:<12} {:<32} {:>10} {:>8} {:>8}  note",
         "assignee", "kind", "key", "limit", "running", "waiting"
     );
-    for k in view["keys"].as_array().into_iter().flatten() {
+    for k in keys {
         let limit = match (&k["limit"], &k["rate"]) {
             (Value::Number(n), _) => n.to_string(),
             (_, Value::String(r)) => r.clone(),

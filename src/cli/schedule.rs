@@ -190,6 +190,10 @@ fn print_list(all: &[ScheduleView], json: bool) {
         println!("{}", serde_json::to_string_pretty(all).unwrap_or_default());
         return;
     }
+    if all.is_empty() {
+        println!("(no schedules)");
+        return;
+    }
     println!(
         "{:<24} {:<16} {:<16} {:<6} {:<21} {:<28} status",
         "name", "cron", "timezone", "paused", "next fire", "last task"

@@ -189,6 +189,28 @@ async fn task_list_and_logs_keep_their_columns_for_long_assignee_and_worker_name
 }
 
 #[tokio::test]
+async fn listing_commands_say_when_there_is_nothing_to_list() {
+    // Arrange: a fleet with no tasks, deliveries, keys in use or schedules.
+    let app = TestApp::spawn().await;
+    let commands: [(&[&str], &str); 5] = [
+        (&["task", "list", "-a", "nobody"], "(no tasks)"),
+        (&["task", "dead"], "(no dead letters)"),
+        (&["delivery", "list"], "(no deliveries)"),
+        (&["limits", "-a", "nobody"], "(no keys in use)"),
+        (&["schedule", "list"], "(no schedules)"),
+    ];
+
+    for (args, said) in commands {
+        // Act
+        let out = taskfleet(&app, args).await;
+
+        // Assert
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert_eq!(stdout(&out).trim(), said, "{args:?}");
+    }
+}
+
+#[tokio::test]
 async fn task_commands_exit_non_zero_with_the_servers_message() {
     let app = TestApp::spawn().await;
     let id = app.create("x", "anna", "P1").await;

@@ -62,7 +62,9 @@ async fn delivery_list_pages_on_with_the_cursor_it_prints() {
     // holds all three, full, prints no next one.
     let ids = |o: &Output| -> Vec<String> {
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
-        out.lines()
+        let mut lines = out.lines();
+        assert!(lines.next().is_some_and(|h| h.starts_with("id ")), "{out}");
+        lines
             .map(|l| l.split_whitespace().next().unwrap().to_string())
             .collect()
     };
@@ -143,9 +145,10 @@ async fn a_dead_delivery_is_listed_with_every_attempt_and_replays_with_the_same_
     assert!(cli.status.success(), "{cli:?}");
     let out = String::from_utf8_lossy(&cli.stdout);
     let line = out.lines().find(|l| l.contains(&id)).expect(&out);
+    let columns: Vec<&str> = line.split_whitespace().collect();
     assert!(
-        line.contains("dead") && line.contains("attempts 4"),
-        "{line}"
+        columns[1] == "dead" && columns[3] == "4",
+        "status dead, 4 attempts: {out}"
     );
 
     // Act: the receiver recovers; replay it.
