@@ -118,10 +118,9 @@ impl Holders {
     /// Puts `id` at the back of a lane's line unless it is in it, holds the lane already or
     /// finished lately. Returns whether it was added.
     pub fn join(&mut self, id: &str, now_ms: i64) -> bool {
-        let known = |f: &String| f == id;
         if self.holders.contains_key(id)
             || self.queue.iter().any(|w| w.id == id)
-            || self.finished.iter().any(known)
+            || self.finished.iter().any(|f| f == id)
         {
             return false;
         }
