@@ -184,7 +184,7 @@ async fn task_list_and_logs_keep_their_columns_for_long_assignee_and_worker_name
     let complete = logs
         .lines()
         .find(|r| r.contains(" complete "))
-        .expect("{logs}");
+        .unwrap_or_else(|| panic!("no complete row: {logs}"));
     assert_eq!(complete.get(at..), Some("ok"), "{logs}");
 }
 
