@@ -53,7 +53,8 @@ pub(super) async fn status(
     as_json: bool,
 ) -> ExitCode {
     let _ = spool.replay(client).await;
-    let tasks = match current_tasks(client, spool, session.unwrap_or("default"), id).await {
+    let session = session.unwrap_or("default");
+    let tasks = match current_tasks(client, spool, session, id).await {
         Ok(tasks) => tasks,
         Err(e) => {
             eprintln!("taskfleet pulse: {e}");
@@ -68,6 +69,9 @@ pub(super) async fn status(
         .collect();
     if as_json {
         print_json(&tasks, &stalled);
+    } else if tasks.is_empty() {
+        // A session other than the one the task was started in is the usual reason.
+        println!("no current tasks in session `{session}`");
     } else {
         print_lines(&tasks, &stalled, rule.as_ref().map(stall_note));
     }
@@ -154,10 +158,6 @@ fn print_json(tasks: &[Task], stalled: &[bool]) {
 
 /// One line per task: icon, name, status, steps (a bar on a terminal), age, a stall warning.
 fn print_lines(tasks: &[Task], stalled: &[bool], note: Option<String>) {
-    if tasks.is_empty() {
-        println!("no current tasks");
-        return;
-    }
     let tty = std::io::stdout().is_terminal();
     for (t, &is_stalled) in tasks.iter().zip(stalled) {
         let p = &t.progress;

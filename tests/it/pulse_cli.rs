@@ -295,7 +295,7 @@ async fn status_prints_json_and_plain_lines_with_step_progress() {
 }
 
 #[tokio::test]
-async fn a_call_without_the_session_its_task_started_in_says_which_session_it_looked_in() {
+async fn calls_without_the_session_their_task_started_in_say_which_session_they_looked_in() {
     // Arrange: a task started in the session `sess-1`.
     let app = TestApp::spawn().await;
     let state = tempfile::tempdir().unwrap();
@@ -306,6 +306,10 @@ async fn a_call_without_the_session_its_task_started_in_says_which_session_it_lo
     next.env_remove("OPENCLAW_SESSION");
     let out = next.output().await.expect("run the CLI");
 
+    let mut status = cli(&app, state.path(), BIN, &["pulse", "status"]);
+    status.env_remove("OPENCLAW_SESSION");
+    let status = ok(status).await;
+
     // Assert
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{out:?}");
@@ -313,6 +317,8 @@ async fn a_call_without_the_session_its_task_started_in_says_which_session_it_lo
         err.contains("session `default` started none") && err.contains("--session"),
         "{err}"
     );
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(said.trim(), "no current tasks in session `default`");
 }
 
 #[tokio::test]
