@@ -181,9 +181,58 @@ impl From<&TaskEvent> for LogEntry {
             action: e.kind.action().to_string(),
             old_status: e.old_status,
             new_status: e.new_status,
-            message: e.message.clone(),
+            message: e.message.clone().or_else(|| output_line(e)),
             operator: e.operator.clone(),
             created_time: e.time,
         }
+    }
+}
+
+/// Most characters of a command's output an `output` row of the task log shows.
+const OUTPUT_LINE_CHARS: usize = 200;
+
+/// The note of an `output` row (the event carries none of its own): the first line of the
+/// chunk, `stderr: ` before one from stderr, cut at [`OUTPUT_LINE_CHARS`].
+fn output_line(e: &TaskEvent) -> Option<String> {
+    if e.kind != EventKind::Output {
+        return None;
+    }
+    let line = e.data.get("text")?.as_str()?.lines().next()?;
+    let mut shown: String = line.chars().take(OUTPUT_LINE_CHARS).collect();
+    if shown.len() < line.len() {
+        shown.push('…');
+    }
+    match e.data.get("stream").and_then(Value::as_str) {
+        Some("stderr") => Some(format!("stderr: {shown}")),
+        _ => Some(shown),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(stream: &str, text: &str) -> LogEntry {
+        let id = TaskId::parse("01M9899TQJD5XP7GCCXPCKCKEJ").unwrap();
+        let who = Assignee::parse("anna").unwrap();
+        let mut e = TaskEvent::new(&id, &who, EventKind::Output, "anna@w1");
+        e.data = serde_json::json!({"stream": stream, "text": text});
+        LogEntry::from(&e)
+    }
+
+    #[test]
+    fn an_output_row_of_the_log_shows_the_chunks_first_line_cut_at_200_characters() {
+        assert_eq!(
+            output("stdout", "one\ntwo\n").message.as_deref(),
+            Some("one")
+        );
+        assert_eq!(
+            output("stderr", "bad\n").message.as_deref(),
+            Some("stderr: bad")
+        );
+        let long = "é".repeat(300);
+        let shown = output("stdout", &long).message.unwrap();
+        assert_eq!(shown.chars().count(), 201, "200 characters and an ellipsis");
+        assert!(shown.ends_with('…'));
     }
 }

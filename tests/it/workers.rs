@@ -69,7 +69,7 @@ pub(crate) async fn actions(app: &TestApp, id: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn an_exec_task_runs_and_completes_with_its_output_as_result() {
+async fn an_exec_task_completes_with_its_output_as_result_and_its_log_shows_the_output() {
     let app = TestApp::spawn().await;
     let _worker = app.worker("anna", 2, worker_settings()).await;
 
@@ -86,20 +86,25 @@ async fn an_exec_task_runs_and_completes_with_its_output_as_result() {
     assert_eq!(task.status.as_str(), "completed", "{task:?}");
     assert_eq!(task.result, Some(json!("hello\n")));
     assert_eq!(task.attempt, 1);
-    let actions: Vec<String> = app
-        .admin
-        .logs(&id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|l| l.action)
-        .collect();
-    assert_eq!(actions.first().map(String::as_str), Some("create"));
+    let logs = app.admin.logs(&id).await.unwrap();
+    let actions: Vec<&str> = logs.iter().map(|l| l.action.as_str()).collect();
+    assert_eq!(actions.first(), Some(&"create"));
     assert!(
-        actions.contains(&"start".to_string()) && actions.contains(&"output".to_string()),
+        actions.contains(&"start") && actions.contains(&"output"),
         "{actions:?}"
     );
-    assert_eq!(actions.last().map(String::as_str), Some("complete"));
+    assert_eq!(actions.last(), Some(&"complete"));
+    let mut output: Vec<&str> = logs
+        .iter()
+        .filter(|l| l.action == "output")
+        .filter_map(|l| l.message.as_deref())
+        .collect();
+    output.sort();
+    assert_eq!(
+        output,
+        ["hello", "stderr: oops"],
+        "the output rows say what came"
+    );
 }
 
 #[tokio::test]
