@@ -9,7 +9,7 @@ pub struct WorkersArgs {
     #[command(flatten)]
     flags: super::api_flags::ApiFlags,
     /// Only this assignee's workers.
-    #[arg(long)]
+    #[arg(short, long)]
     assignee: Option<String>,
 }
 
@@ -29,6 +29,10 @@ pub(super) async fn run(args: WorkersArgs) -> ExitCode {
             "{}",
             serde_json::to_string_pretty(&workers).unwrap_or_default()
         );
+        return ExitCode::SUCCESS;
+    }
+    if workers.is_empty() {
+        println!("(no workers or relays alive)");
         return ExitCode::SUCCESS;
     }
     let now = chrono::Utc::now();

@@ -192,8 +192,9 @@ async fn task_list_and_logs_keep_their_columns_for_long_assignee_and_worker_name
 async fn listing_commands_say_when_there_is_nothing_to_list() {
     // Arrange: a fleet with no tasks, deliveries, keys in use or schedules.
     let app = TestApp::spawn().await;
-    let commands: [(&[&str], &str); 5] = [
+    let commands: [(&[&str], &str); 6] = [
         (&["task", "list", "-a", "nobody"], "(no tasks)"),
+        (&["workers", "-a", "nobody"], "(no workers or relays alive)"),
         (&["task", "dead"], "(no dead letters)"),
         (&["delivery", "list"], "(no deliveries)"),
         (&["limits", "-a", "nobody"], "(no keys in use)"),
