@@ -276,8 +276,9 @@ fn up_command(data: &Path, api_port: u16, nats_port: u16) -> Command {
     cmd
 }
 
-/// Reads `up`'s stdout until the banner is complete; returns the nats-server pid it printed.
-async fn wait_until_up(child: &mut tokio::process::Child) -> i32 {
+/// Reads `up`'s stdout until the banner is complete; returns the nats-server pid it printed, or
+/// what `up` said on stderr if it exited first.
+async fn until_up(child: &mut tokio::process::Child) -> Result<i32, String> {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut pid = None;
     let read = async {
@@ -289,19 +290,39 @@ async fn wait_until_up(child: &mut tokio::process::Child) -> i32 {
                     .and_then(|p| p.parse().ok());
             }
             if line.starts_with("Press Ctrl-C") {
-                return;
+                return Ok(());
             }
         }
         let mut err = String::new();
         if let Some(mut stderr) = child.stderr.take() {
             let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut err).await;
         }
-        panic!("taskfleet up exited before it was ready; it said:\n{err}");
+        Err(err)
     };
     tokio::time::timeout(Duration::from_secs(90), read)
         .await
-        .expect("up became ready");
-    pid.expect("banner names the nats-server pid")
+        .expect("up became ready or exited")?;
+    Ok(pid.expect("banner names the nats-server pid"))
+}
+
+/// Starts `up` (as [`up_command`] makes it, then `adjust`) and waits until it is up; returns
+/// the process, its nats-server's pid and the API's port. [`free_port`] hands out a port that
+/// is free when asked, and another test's server may take it before `up` binds it: a start
+/// that fails with "Address already in use" is tried again on other ports, three times at most.
+async fn start_up(data: &Path, adjust: impl Fn(&mut Command)) -> (tokio::process::Child, i32, u16) {
+    let mut said = String::new();
+    for _ in 0..3 {
+        let api_port = free_port();
+        let mut cmd = up_command(data, api_port, free_port());
+        adjust(&mut cmd);
+        let mut child = cmd.spawn().unwrap();
+        match until_up(&mut child).await {
+            Ok(pid) => return (child, pid, api_port),
+            Err(err) if err.contains("Address already in use") => said = err,
+            Err(err) => panic!("taskfleet up exited before it was ready; it said:\n{err}"),
+        }
+    }
+    panic!("taskfleet up found its ports taken three times; it said:\n{said}");
 }
 
 /// Starts `up` with a worker for each of `assignees` (a TOML array) and waits until it is up:
@@ -312,11 +333,10 @@ async fn up_with_workers(
 ) -> (tokio::process::Child, i32, taskfleet::client::ApiClient) {
     let config = data.join("fleet.toml");
     std::fs::write(&config, format!("[fleet]\nassignees = {assignees}\n")).unwrap();
-    let api_port = free_port();
-    let mut cmd = up_command(data, api_port, free_port());
-    cmd.arg("--config").arg(&config);
-    let mut child = cmd.spawn().unwrap();
-    let nats_pid = wait_until_up(&mut child).await;
+    let (child, nats_pid, api_port) = start_up(data, |cmd| {
+        cmd.arg("--config").arg(&config);
+    })
+    .await;
     let key = std::fs::read_to_string(data.join("api-key")).unwrap();
     let url = format!("http://127.0.0.1:{api_port}");
     let client = taskfleet::client::ApiClient::new(&url, Some(key.trim().to_string()));
@@ -340,13 +360,9 @@ async fn finished(
 async fn up_serves_the_api_with_a_generated_key_and_stops_nats_on_sigterm() {
     // Arrange
     let data = tempfile::tempdir().unwrap();
-    let api_port = free_port();
-    let mut child = up_command(data.path(), api_port, free_port())
-        .spawn()
-        .unwrap();
 
     // Act
-    let nats_pid = wait_until_up(&mut child).await;
+    let (mut child, nats_pid, api_port) = start_up(data.path(), |_| {}).await;
     let key_file = data.path().join("api-key");
     let key = std::fs::read_to_string(&key_file)
         .unwrap()
@@ -386,11 +402,12 @@ async fn up_serves_the_api_with_a_generated_key_and_stops_nats_on_sigterm() {
 async fn up_with_an_empty_nats_url_starts_its_own_nats_server_as_without_one() {
     // Arrange: `--nats-url ""`, as a script passing an unset variable writes it.
     let data = tempfile::tempdir().unwrap();
-    let mut up = up_command(data.path(), free_port(), free_port());
-    let mut child = up.args(["--nats-url", ""]).spawn().unwrap();
 
     // Act
-    let nats_pid = wait_until_up(&mut child).await;
+    let (mut child, nats_pid, _) = start_up(data.path(), |up| {
+        up.args(["--nats-url", ""]);
+    })
+    .await;
 
     // Assert
     assert!(
@@ -434,10 +451,7 @@ async fn up_that_fails_halfway_leaves_no_nats_server_behind() {
 #[tokio::test]
 async fn up_killed_with_sigkill_takes_its_nats_server_with_it() {
     let data = tempfile::tempdir().unwrap();
-    let mut child = up_command(data.path(), free_port(), free_port())
-        .spawn()
-        .unwrap();
-    let nats_pid = wait_until_up(&mut child).await;
+    let (mut child, nats_pid, _) = start_up(data.path(), |_| {}).await;
 
     child.kill().await.unwrap();
 
