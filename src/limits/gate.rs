@@ -252,22 +252,18 @@ impl Limits {
     /// `cancel`), so the next task of its keys need not wait for the hold to lapse.
     pub async fn forget_task(&self, task: &crate::domain::Task) -> Result<(), LimitsError> {
         let (a, id) = (task.assigned_to.as_str(), task.id.as_str());
-        let mut entries = vec![(store::cap_key(a), String::new(), false)];
-        if let Some(lane) = &task.lane {
-            entries.push((store::entry_key(a, "l", lane), lane.clone(), true));
-        }
+        let mut entries = vec![(store::cap_key(a), String::new())];
         if let Some(key) = &task.concurrency_key {
-            entries.push((store::entry_key(a, "c", key), key.clone(), false));
+            entries.push((store::entry_key(a, "c", key), key.clone()));
         }
-        for (entry, key, lane) in entries {
+        for (entry, key) in entries {
             let kv = self.kv().await?;
-            let leave = |h: &mut Holders| match lane {
-                true => h.finish(id),
-                false => h.forget(id),
-            };
-            store::change(kv, &entry, || Holders::new(&key), |h| (leave(h), ())).await?;
+            store::change(kv, &entry, || Holders::new(&key), |h| (h.forget(id), ())).await?;
         }
-        Ok(())
+        match &task.lane {
+            Some(lane) => self.leave_lane(a, lane, id).await,
+            None => Ok(()),
+        }
     }
 }
 

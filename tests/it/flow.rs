@@ -8,7 +8,7 @@ use crate::workers::finished;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::Duration;
-use taskfleet::bus::{Bus, ConnectOptions, TopologyConfig};
+use taskfleet::bus::{Bus, TopologyConfig};
 use taskfleet::domain::{DeclaredLimits, FlowKeys, Share, Task};
 use taskfleet::limits::{Gate, Limits};
 
@@ -360,13 +360,7 @@ async fn a_lane_task_that_ran_before_the_api_put_it_in_line_holds_no_place_in_it
 
 /// A connection of taskfleet's own to the app's NATS server.
 async fn bus_of(app: &TestApp) -> Bus {
-    let options = ConnectOptions {
-        url: app.nats.url(),
-        name: "test".into(),
-        connect_timeout: Duration::from_secs(5),
-        user: None,
-        password: None,
-    };
+    let options = crate::migrate::options(&app.nats.url());
     Bus::connect(&options, &TopologyConfig::default())
         .await
         .expect("connect")

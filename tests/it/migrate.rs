@@ -93,7 +93,8 @@ fn migrate(url: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn options(url: &str) -> ConnectOptions {
+/// Connect options of a taskfleet process of its own, with no credentials, to `url`.
+pub(crate) fn options(url: &str) -> ConnectOptions {
     ConnectOptions {
         url: url.to_string(),
         name: "test".into(),
