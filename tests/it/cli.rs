@@ -1,6 +1,7 @@
 //! The `taskfleet` binary: `task` subcommands against a running API, and `up` as a user runs it.
 
 use crate::harness::app::{worker_settings, ADMIN_KEY};
+use crate::harness::ports::{self, free_port, port_taken};
 use crate::harness::{eventually, TestApp};
 use std::path::Path;
 use std::process::{Output, Stdio};
@@ -241,14 +242,6 @@ async fn task_commands_exit_non_zero_with_the_servers_message() {
     assert!(String::from_utf8_lossy(&unauthorized.stderr).contains("401"));
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn alive(pid: i32) -> bool {
     // Signal 0 checks existence; a zombie is reaped by init quickly, so also look at /proc state.
     let exists = u32::try_from(pid).is_ok_and(|p| taskfleet::sys::signal_process(p, 0).is_ok());
@@ -258,21 +251,13 @@ fn alive(pid: i32) -> bool {
     exists && !zombie
 }
 
+/// `up` as [`ports::up_command`] makes it, with no API key from the environment (it generates
+/// one) and its output read by the test.
 fn up_command(data: &Path, api_port: u16, nats_port: u16) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["up", "--data-dir"])
-        .arg(data)
-        .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
-        .args([
-            "--nats-config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/nats.conf"),
-        ])
-        .env("TASKFLEET_NATS__LOCAL_PORT", nats_port.to_string())
-        .env_remove("TASKFLEET_API_KEY")
-        .env_remove("NATS_URL")
+    let mut cmd = ports::up_command(data, api_port, nats_port);
+    cmd.env_remove("TASKFLEET_API_KEY")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
     cmd
 }
 
@@ -308,7 +293,8 @@ async fn until_up(child: &mut tokio::process::Child) -> Result<i32, String> {
 /// Starts `up` (as [`up_command`] makes it, then `adjust`) and waits until it is up; returns
 /// the process, its nats-server's pid and the API's port. [`free_port`] hands out a port that
 /// is free when asked, and another test's server may take it before `up` binds it: a start
-/// that fails with "Address already in use" is tried again on other ports, three times at most.
+/// that fails because a port was taken (the API's or nats-server's) is tried again on other
+/// ports, three times at most.
 async fn start_up(data: &Path, adjust: impl Fn(&mut Command)) -> (tokio::process::Child, i32, u16) {
     let mut said = String::new();
     for _ in 0..3 {
@@ -318,7 +304,7 @@ async fn start_up(data: &Path, adjust: impl Fn(&mut Command)) -> (tokio::process
         let mut child = cmd.spawn().unwrap();
         match until_up(&mut child).await {
             Ok(pid) => return (child, pid, api_port),
-            Err(err) if err.contains("Address already in use") => said = err,
+            Err(err) if port_taken(&err) => said = err,
             Err(err) => panic!("taskfleet up exited before it was ready; it said:\n{err}"),
         }
     }

@@ -5,10 +5,12 @@
 use crate::harness::app::worker_settings;
 use crate::harness::dies_with_test;
 use crate::harness::eventually;
+use crate::harness::ports::{free_port, port_taken, up_command};
 use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
 use futures::StreamExt;
 use secrecy::ExposeSecret;
 use serde_json::json;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -685,27 +687,7 @@ async fn up_secure_runs_every_process_as_its_own_user() {
     let data = tempfile::tempdir().unwrap();
     let config = data.path().join("fleet.toml");
     std::fs::write(&config, "[fleet]\nassignees = [\"anna\"]\n").unwrap();
-    let (api_port, nats_port) = (free_port(), free_port());
-    let mut up = tokio::process::Command::new(env!("CARGO_BIN_EXE_taskfleet"));
-    dies_with_test(up.as_std_mut());
-    let mut child = up
-        .arg("--config")
-        .arg(&config)
-        .args(["up", "--secure", "--data-dir"])
-        .arg(data.path())
-        .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
-        .args([
-            "--nats-config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/nats.conf"),
-        ])
-        .env("TASKFLEET_NATS__LOCAL_PORT", nats_port.to_string())
-        .env("TASKFLEET_API_KEY", "test-admin-key-0123456789")
-        .env_remove("NATS_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (mut child, api_port, nats_port) = start_secure_up(data.path(), &config).await;
     let client = taskfleet::client::ApiClient::new(
         &format!("http://127.0.0.1:{api_port}"),
         Some("test-admin-key-0123456789".into()),
@@ -761,12 +743,57 @@ async fn up_secure_runs_every_process_as_its_own_user() {
     assert!(started.elapsed() < Duration::from_secs(60));
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `taskfleet up --secure` with `config` and its data in `data`, its API on `api_port` and its
+/// nats-server on `nats_port`; what it says goes to `data/up.log`.
+fn secure_up(data: &Path, config: &Path, api_port: u16, nats_port: u16) -> tokio::process::Child {
+    let log = std::fs::File::create(data.join("up.log")).expect("up's log file");
+    up_command(data, api_port, nats_port)
+        .arg("--secure")
+        .arg("--config")
+        .arg(config)
+        .env("TASKFLEET_API_KEY", "test-admin-key-0123456789")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn taskfleet up")
+}
+
+/// Starts [`secure_up`] on ports [`free_port`] hands out and waits (60 s at most) until its API
+/// answers; returns it with the API's and nats-server's ports. Another test may take a port
+/// before `up` binds it: a start that fails so is tried again on others, three times at most.
+async fn start_secure_up(data: &Path, config: &Path) -> (tokio::process::Child, u16, u16) {
+    let mut said = String::new();
+    for _ in 0..3 {
+        let (api_port, nats_port) = (free_port(), free_port());
+        let mut child = secure_up(data, config, api_port, nats_port);
+        let healthz = format!("http://127.0.0.1:{api_port}/healthz");
+        let answered = eventually(
+            "up's API to answer, or up to exit",
+            Duration::from_secs(60),
+            || {
+                let exited = child.try_wait().expect("try_wait").is_some();
+                let healthz = healthz.clone();
+                async move {
+                    if exited {
+                        return Some(false);
+                    }
+                    let answer =
+                        tokio::time::timeout(Duration::from_secs(2), reqwest::get(&healthz));
+                    answer.await.ok()?.ok().map(|_| true)
+                }
+            },
+        )
+        .await;
+        if answered {
+            return (child, api_port, nats_port);
+        }
+        said = std::fs::read_to_string(data.join("up.log")).unwrap_or_default();
+        assert!(
+            port_taken(&said),
+            "taskfleet up --secure exited before its API answered; it said:\n{said}"
+        );
+    }
+    panic!("taskfleet up --secure found its ports taken three times; it said:\n{said}");
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@
 //! delivery records, which carry the task): it must stay out of logs and error bodies.
 
 use crate::harness::eventually;
+use crate::harness::ports::{free_port, port_taken};
 use crate::harness::receiver::{Answer, Endpoint};
 use base64::Engine as _;
 use rand::distr::{Alphanumeric, SampleString};
@@ -241,15 +242,30 @@ impl Proc {
 
     /// Waits (bounded) until the log has a line containing `needle`, and returns that line.
     async fn wait_line(&mut self, needle: &str, limit: Duration) -> String {
+        let pid = self.child.id();
+        self.until_line(needle, limit)
+            .await
+            .unwrap_or_else(|(status, text)| panic!("{pid} exited with {status}:\n{text}"))
+    }
+
+    /// As [`Proc::wait_line`], but a process that exits first gives its exit status and log.
+    async fn until_line(
+        &mut self,
+        needle: &str,
+        limit: Duration,
+    ) -> Result<String, (ExitStatus, String)> {
         let (log, pid) = (self.log.clone(), self.child.id());
         let child = &mut self.child;
         eventually(&format!("{pid} to log {needle:?}"), limit, || {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("{pid} exited with {status}:\n{text}");
-            }
-            let line = text.lines().find(|l| l.contains(needle)).map(String::from);
-            async move { line }
+            let found = match child.try_wait() {
+                Ok(Some(status)) => Some(Err((status, text))),
+                _ => text
+                    .lines()
+                    .find(|l| l.contains(needle))
+                    .map(|l| Ok(l.to_string())),
+            };
+            async move { found }
         })
         .await
     }
@@ -319,12 +335,45 @@ async fn run_cli(args: &[&str], env: &[(&str, String)]) -> String {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Starts `up --secure` with `config` and its data in `dir/data`, its API on a port it picks
+/// and its nats-server on one [`free_port`] hands out, and waits for its banner; returns it, the
+/// NATS port and the API's URL. Another test may take the NATS port before nats-server binds
+/// it: a start that fails so is tried again on another, three times at most.
+async fn start_up(p: &Planted, config: &str, dir: &Path) -> (Proc, u16, String) {
+    let data = dir.join("data");
+    let nats_conf = concat!(env!("CARGO_MANIFEST_DIR"), "/nats.conf");
+    let up_args = [
+        "--config",
+        config,
+        "up",
+        "--secure",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--api-addr",
+        "127.0.0.1:0",
+        "--nats-config",
+        nats_conf,
+    ];
+    let mut said = String::new();
+    for _ in 0..3 {
+        let nats_port = free_port();
+        let mut env = p.env(nats_port);
+        env.push(("TASKFLEET_API_KEY", p.admin_key.clone()));
+        let mut up = Proc::start(&up_args, &env, dir.join("up.log"));
+        match up
+            .until_line("API:     http", Duration::from_secs(90))
+            .await
+        {
+            Ok(line) => {
+                let api = line.split_whitespace().last().unwrap().to_string();
+                up.wait_line("Press Ctrl-C", Duration::from_secs(30)).await;
+                return (up, nats_port, api);
+            }
+            Err((_, text)) if port_taken(&text) => said = text,
+            Err((status, text)) => panic!("up exited with {status}:\n{text}"),
+        }
+    }
+    panic!("up found its NATS port taken three times; it said:\n{said}");
 }
 
 /// `KEY=value` of an env file.
@@ -358,27 +407,8 @@ impl Fleet {
         let config = dir.path().join("fleet.toml");
         std::fs::write(&config, rx.config()).unwrap();
         let (config, data) = (config.to_str().unwrap(), dir.path().join("data"));
-        let nats_port = free_port();
+        let (up, nats_port, api) = start_up(p, config, dir.path()).await;
         let env = p.env(nats_port);
-        let mut up_env = env.clone();
-        up_env.push(("TASKFLEET_API_KEY", p.admin_key.clone()));
-        let nats_conf = concat!(env!("CARGO_MANIFEST_DIR"), "/nats.conf");
-        let up_args = [
-            "--config",
-            config,
-            "up",
-            "--secure",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--api-addr",
-            "127.0.0.1:0",
-            "--nats-config",
-            nats_conf,
-        ];
-        let mut up = Proc::start(&up_args, &up_env, dir.path().join("up.log"));
-        let api_line = up.wait_line("API:     http", Duration::from_secs(90)).await;
-        let api = api_line.split_whitespace().last().unwrap().to_string();
-        up.wait_line("Press Ctrl-C", Duration::from_secs(30)).await;
 
         let nats_url = format!("nats://127.0.0.1:{nats_port}");
         let env_file = data.join("nats-auth/worker-anna.env");

@@ -1,6 +1,6 @@
 //! `Browser`: headless Chromium driven over WebDriver, for the dashboard's browser tests
-//! (tests/it/browser.rs). Each browser has its own `chromedriver` on a free loopback port (in a
-//! process group of its own, with Chromium under it) and its own throw-away profile; `Drop`
+//! (tests/it/browser.rs). Each browser has its own `chromedriver` on a loopback port it picks
+//! itself (in a process group of its own, with Chromium under it) and its own throw-away profile; `Drop`
 //! SIGKILLs the group. Chromium and chromedriver are Debian's packages (`/usr/bin/chromium`,
 //! `/usr/bin/chromedriver`, or `$CHROMIUM` / `$CHROMEDRIVER`), which
 //! `scripts/ensure-chromium.sh` installs; without them every browser test fails, naming it.
@@ -62,10 +62,15 @@ fn binary(var: &str, default: &str) -> PathBuf {
     path
 }
 
-/// A loopback port nothing listens on right now.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("its address").port()
+/// The port a chromedriver started with `--port=0` says in `log` it listens on ("ChromeDriver
+/// was started successfully on port N"), once it has said so.
+fn driver_port(log: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let (_, rest) = text.split_once("started successfully on port ")?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The Chromium flags of every session: headless, no sandbox (root in CI), nothing that calls
@@ -98,9 +103,10 @@ impl Browser {
         let chromedriver = binary("CHROMEDRIVER", "/usr/bin/chromedriver");
         let profile = tempfile::tempdir().expect("browser profile dir");
         let log = profile.path().join("chromedriver.log");
-        let port = free_port();
+        // Port 0: chromedriver binds a free port itself and logs which; a port probed here
+        // first could be taken by another test before chromedriver bound it.
         let driver = dies_with_test(&mut Command::new(&chromedriver))
-            .arg(format!("--port={port}"))
+            .arg("--port=0")
             .arg(format!("--log-path={}", log.display()))
             .process_group(0)
             .stdin(Stdio::null())
@@ -108,6 +114,12 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", chromedriver.display()));
+        let port = eventually(
+            &format!("chromedriver to say its port in {}", log.display()),
+            Duration::from_secs(20),
+            || async { driver_port(&log) },
+        )
+        .await;
         let url = format!("http://127.0.0.1:{port}");
         let browser_profile = profile.path().join("chromium");
         let mut options = json!({

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod events;
 pub mod nats;
 pub mod otlp;
+pub mod ports;
 pub mod process;
 pub mod receiver;
 pub mod relay;
