@@ -120,9 +120,14 @@ pub async fn withdraw(bus: &Bus, me: &Announcement) -> Result<(), BusError> {
     Ok(())
 }
 
-/// Announces `me` every third of its TTL until `shutdown`, with the running task ids `running`
-/// gives at each renewal; then withdraws it. A failed write is logged and tried at the next
-/// renewal (the entry may lapse meanwhile: it comes back with the next write).
+/// How often [`keep_announced`] looks whether the running tasks changed since its last write.
+const CHANGE_CHECK: Duration = Duration::from_secs(1);
+
+/// Announces `me` every third of its TTL until `shutdown`, and within [`CHANGE_CHECK`] of a
+/// change of the running task ids `running` gives (a task started or finished shows in
+/// `taskfleet workers` within about a second, at most one write a second however busy); then
+/// withdraws it. A failed write is logged and tried at the next check (the entry may lapse
+/// meanwhile: it comes back with the next write).
 pub async fn keep_announced(
     bus: Bus,
     mut me: Announcement,
@@ -130,16 +135,28 @@ pub async fn keep_announced(
     shutdown: CancellationToken,
 ) {
     let every = Duration::from_secs(me.ttl_s).div_f64(3.0);
-    let mut tick = tokio::time::interval(every);
+    let mut tick = tokio::time::interval(every.min(CHANGE_CHECK));
+    // The tick of the last write that landed (ticks are exact multiples of the period, so a
+    // renewal comes at the first tick at least `every` after it).
+    let mut written: Option<tokio::time::Instant> = None;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let at = tokio::select! {
+            at = tick.tick() => at,
             _ = shutdown.cancelled() => break,
+        };
+        let mut now_running = running();
+        now_running.sort_unstable();
+        let due = written.is_none_or(|w| at - w >= every);
+        if !due && now_running == me.running {
+            continue;
         }
-        me.running = running();
+        me.running = now_running;
         me.last_seen = Utc::now();
-        if let Err(e) = announce(&bus, &me).await {
-            tracing::warn!(error.message = %e, "cannot renew this process's announcement");
+        match announce(&bus, &me).await {
+            Ok(()) => written = Some(at),
+            Err(e) => {
+                tracing::warn!(error.message = %e, "cannot renew this process's announcement");
+            }
         }
     }
     if let Err(e) = withdraw(&bus, &me).await {

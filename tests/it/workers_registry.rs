@@ -101,6 +101,79 @@ async fn a_worker_is_listed_with_its_running_tasks_and_gone_once_it_stops() {
     );
 }
 
+/// The ids the worker of `assignee` announced as running, once it is listed.
+async fn announced_running(client: &taskfleet::client::ApiClient, assignee: &str) -> Vec<String> {
+    let listed = listed(client, Some(assignee)).await;
+    listed
+        .first()
+        .map(|w| w.running.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_started_task_shows_among_the_workers_running_ones_within_seconds_not_at_the_next_renewal(
+) {
+    // Arrange: renewals 10 s apart (TTL 30 s); the worker listed, idle.
+    let app = TestApp::spawn().await;
+    let settings = taskfleet::config::WorkerConfig {
+        registry_ttl_s: 30,
+        ..worker_settings()
+    };
+    let _worker = app.worker("anna", 2, settings).await;
+    eventually(
+        "the worker in the list",
+        Duration::from_secs(10),
+        || async { (listed(&app.admin, Some("anna")).await.len() == 1).then_some(()) },
+    )
+    .await;
+
+    // Act: a task that runs for 4 s.
+    let task = app
+        .admin
+        .create_task(
+            &json!({"task_name": "sleep", "assigned_to": "anna", "kind": "exec",
+            "payload": {"command": "sleep 4"}}),
+        )
+        .await
+        .unwrap();
+    let id = task.id.to_string();
+    let created = Instant::now();
+    eventually(
+        "the task among the worker's running ones",
+        Duration::from_secs(15),
+        || async {
+            announced_running(&app.admin, "anna")
+                .await
+                .contains(&id)
+                .then_some(())
+        },
+    )
+    .await;
+    let shown = created.elapsed();
+    eventually("the task to finish", Duration::from_secs(15), || async {
+        let t = app.admin.get_task(&id).await.ok()?;
+        t.status.is_terminal().then_some(())
+    })
+    .await;
+    let finished = Instant::now();
+    eventually(
+        "the finished task to leave the worker's running ones",
+        Duration::from_secs(15),
+        || async {
+            announced_running(&app.admin, "anna")
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Assert: both within a few seconds, long before the renewal 10 s after the first write.
+    assert!(shown < Duration::from_secs(3), "shown after {shown:?}");
+    let gone = finished.elapsed();
+    assert!(gone < Duration::from_secs(3), "gone after {gone:?}");
+}
+
 #[tokio::test]
 async fn a_killed_worker_drops_out_within_its_ttl() {
     // Arrange: a worker process announcing with a 2 s TTL.
