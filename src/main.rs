@@ -11,6 +11,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = taskfleet::cli::parse();
+    if cli.prints_and_exits() {
+        // `taskfleet task list | head -1` ends quietly instead of panicking on the closed pipe.
+        taskfleet::sys::default_sigpipe();
+    }
     // A worker spends its time waiting on NATS and its tasks' processes: one thread answers a
     // pushed task without waking another (idle dispatch p50 1.0 → 0.85 ms, docs/benchmarks.md).
     let mut runtime = if cli.one_thread() {

@@ -1,4 +1,4 @@
-//! The only module with `unsafe` code: process groups and the parent-death signal.
+//! The only module with `unsafe` code: process groups, the parent-death signal and SIGPIPE's default.
 //!
 //! The crate denies `unsafe_code` everywhere else (`lib.rs`). Each raw call sits in one small safe
 //! function here, with the argument checks that make it sound and a `SAFETY:` note:
@@ -71,6 +71,19 @@ pub fn die_with_parent(cmd: &mut Command, sig: Signal) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (cmd, sig);
+}
+
+/// Restores the default action of SIGPIPE (end the process), which Rust's runtime sets to
+/// ignore: a command whose output goes to a pipe its reader closed early (`taskfleet task list |
+/// head -1`) then ends quietly, as other Unix tools do, instead of panicking on the failed
+/// print. Only for commands that print and exit: a server keeps ignoring it (a write to a pipe
+/// of a task's process that exited must be an error it handles, not its end).
+pub fn default_sigpipe() {
+    // SAFETY: signal(2) with SIG_DFL installs no handler (no code of ours runs on the signal);
+    // called in `main` before the runtime starts any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 #[cfg(test)]

@@ -195,6 +195,19 @@ impl Cli {
     pub fn one_thread(&self) -> bool {
         matches!(self.command, Command::Worker(_))
     }
+
+    /// Whether the command prints and exits (everything but the services and `migrate`), so a
+    /// closed pipe on its output may end it (see [`crate::sys::default_sigpipe`]).
+    pub fn prints_and_exits(&self) -> bool {
+        !matches!(
+            self.command,
+            Command::Up(_)
+                | Command::Api(_)
+                | Command::Worker(_)
+                | Command::Relay(_)
+                | Command::Migrate(_)
+        )
+    }
 }
 
 /// Runs a parsed command line and returns the process exit code.

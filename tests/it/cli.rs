@@ -36,6 +36,40 @@ fn stdout(o: &Output) -> String {
 }
 
 #[tokio::test]
+async fn a_listing_piped_into_a_reader_that_stopped_reading_ends_quietly() {
+    // Arrange: a task to list, and a pipe whose reader is gone (`taskfleet task list | head -0`).
+    let app = TestApp::spawn().await;
+    let made = taskfleet(&app, &["task", "create", "-n", "greet", "-a", "anna"]).await;
+    assert!(made.status.success(), "{made:?}");
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+
+    // Act
+    let out = Command::new(BIN)
+        .args(["task", "list", "-a", "anna"])
+        .env("TASKFLEET_API_URL", &app.url)
+        .env("TASKFLEET_API_KEY", ADMIN_KEY)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run taskfleet")
+        .wait_with_output()
+        .await
+        .expect("its exit");
+
+    // Assert: ended by SIGPIPE, as `ls | head` ends `ls`; no panic, no backtrace.
+    use std::os::unix::process::ExitStatusExt;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
+
+#[tokio::test]
 async fn task_commands_create_list_start_complete_and_show_the_log() {
     let app = TestApp::spawn().await;
 
