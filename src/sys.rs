@@ -1,4 +1,4 @@
-//! The only module with `unsafe` code: process groups, the parent-death signal and SIGPIPE's default.
+//! The only module with `unsafe` code: process groups, the parent-death signal, SIGPIPE.
 //!
 //! The crate denies `unsafe_code` everywhere else (`lib.rs`). Each raw call sits in one small safe
 //! function here, with the argument checks that make it sound and a `SAFETY:` note:
