@@ -19,8 +19,13 @@ pub enum ClientError {
         /// The server's message.
         message: String,
     },
-    /// The API could not be reached.
-    #[error("cannot reach the taskfleet API at {url}: {source}")]
+    /// The API could not be reached: the innermost cause (`Connection refused`, a DNS
+    /// failure, a timeout), and where to point the client instead.
+    #[error(
+        "cannot reach the taskfleet API at {url}: {} (is it running? `taskfleet up` starts \
+         one; --api or TASKFLEET_API_URL names another)",
+        root_cause(source)
+    )]
     Unreachable {
         /// Base URL.
         url: String,
@@ -30,6 +35,15 @@ pub enum ClientError {
     /// The response was not what the API sends.
     #[error("unexpected response from the API: {0}")]
     Decode(String),
+}
+
+/// The innermost error of `e`'s chain (reqwest's own says only "error sending request").
+pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    inner.to_string()
 }
 
 /// A client for one API base URL and key.

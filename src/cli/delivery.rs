@@ -109,11 +109,10 @@ pub(super) async fn run(args: DeliveryArgs) -> ExitCode {
     }
     let resp = match req.send().await {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!(
-                "error: cannot reach the taskfleet API at {}: {e}",
-                client.base()
-            );
+        Err(source) => {
+            let url = client.base().to_string();
+            let e = crate::client::ClientError::Unreachable { url, source };
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };

@@ -51,7 +51,7 @@ pub(super) async fn send(client: &ApiClient, call: &SpooledCall) -> Result<Value
     let resp = req
         .send()
         .await
-        .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        .map_err(|e| CallError::Unreachable(crate::client::root_cause(&e)))?;
     let status = resp.status();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
     if status.is_success() {

@@ -36,6 +36,39 @@ fn stdout(o: &Output) -> String {
 }
 
 #[tokio::test]
+async fn commands_against_an_api_that_is_not_there_say_why_and_where_to_point_them() {
+    // Arrange: a port nothing listens on.
+    let url = format!("http://127.0.0.1:{}", free_port());
+
+    // Act
+    let mut said = Vec::new();
+    for args in [&["task", "list"][..], &["delivery", "list"], &["workers"]] {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("TASKFLEET_API_URL", &url)
+            .env("TASKFLEET_API_KEY", ADMIN_KEY)
+            .output()
+            .await
+            .expect("run taskfleet");
+        said.push((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
+    }
+
+    // Assert: the cause, not reqwest's "error sending request", and the way to another API.
+    for (code, stderr) in said {
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("cannot reach the taskfleet API at {url}")),
+            "{stderr}"
+        );
+        assert!(stderr.contains("Connection refused"), "{stderr}");
+        assert!(stderr.contains("TASKFLEET_API_URL"), "{stderr}");
+    }
+}
+
+#[tokio::test]
 async fn a_listing_piped_into_a_reader_that_stopped_reading_ends_quietly() {
     // Arrange: a task to list, and a pipe whose reader is gone (`taskfleet task list | head -0`).
     let app = TestApp::spawn().await;
