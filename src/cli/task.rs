@@ -3,7 +3,7 @@
 
 use super::output::{Output, MESSAGE_CHARS};
 use crate::client::{ApiClient, ClientError};
-use crate::domain::EventKind;
+use crate::domain::{EventKind, TaskStatus};
 use crate::text::message::first_line;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
@@ -180,6 +180,10 @@ struct CreateArgs {
     when: When,
     #[command(flatten)]
     flow: FlowFlags,
+    /// Wait until the task finishes, its events on stderr; then print it and exit 0 if it
+    /// completed, 1 if it failed or was cancelled (Ctrl-C stops the wait, not the task).
+    #[arg(long)]
+    wait: bool,
 }
 
 /// Flow control of a new task (limits per key across every replica; see `taskfleet limits`).
@@ -283,7 +287,7 @@ fn bad_flag(message: String) -> ClientError {
 pub(super) async fn run(args: TaskArgs) -> ExitCode {
     let client = args.flags.client(None);
     match execute(&client, &args).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             if matches!(&e, ClientError::Api { status: 401, .. }) {
@@ -296,11 +300,16 @@ pub(super) async fn run(args: TaskArgs) -> ExitCode {
     }
 }
 
-async fn execute(client: &ApiClient, args: &TaskArgs) -> Result<(), ClientError> {
+/// Runs `args`' subcommand; its exit code (only `create --wait` ends in anything but success
+/// without an error).
+async fn execute(client: &ApiClient, args: &TaskArgs) -> Result<ExitCode, ClientError> {
     let out = Output {
         json: args.flags.json,
     };
     match &args.cmd {
+        TaskCmd::Create(create) if create.wait => {
+            return create_and_wait(client, out, create).await
+        }
         TaskCmd::Create(create) => out.task(&client.create_task(&create.body()?).await?),
         TaskCmd::Get { id } => out.task(&client.get_task(id).await?),
         TaskCmd::List(args) => list(client, out, args).await?,
@@ -360,7 +369,7 @@ async fn execute(client: &ApiClient, args: &TaskArgs) -> Result<(), ClientError>
         } => dead(client, out, assignee.clone(), (*limit, after.clone())).await?,
         TaskCmd::Watch { id, follow } => watch(client, out, id, *follow).await?,
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `--result` as JSON (`--result-json`) or as a string.
@@ -489,21 +498,33 @@ async fn dead(
 /// `task watch`: prints events as they come, until the task ends (or forever with `follow`).
 async fn watch(client: &ApiClient, out: Output, id: &str, follow: bool) -> Result<(), ClientError> {
     eprintln!("watching task {id} (Ctrl-C to stop) …");
+    follow_events(client, out, id, follow, |line| println!("{line}")).await
+}
+
+/// Reads `id`'s events (those so far, then live ones) and hands each, as a line (JSON with
+/// `out.json`), to `print`, until the task ends (or forever with `follow`) or the feed does.
+async fn follow_events(
+    client: &ApiClient,
+    out: Output,
+    id: &str,
+    follow: bool,
+    print: impl Fn(String),
+) -> Result<(), ClientError> {
     let events = client.watch(id).await?;
     futures::pin_mut!(events);
     while let Some(ev) = events.next().await {
         let ev = ev?;
         if out.json {
-            println!("{}", serde_json::to_string(&ev).unwrap_or_default());
+            print(serde_json::to_string(&ev).unwrap_or_default());
         } else {
             // An output event carries its lines in `data.text`, not in `message`.
             let text = ev.message.as_deref().or(ev.data["text"].as_str());
-            println!(
+            print(format!(
                 "{}  {:<10} {}",
                 ev.time.format("%Y-%m-%d %H:%M:%S"),
                 ev.kind.as_str(),
                 first_line(text.unwrap_or(""), MESSAGE_CHARS)
-            );
+            ));
         }
         let terminal = matches!(
             ev.kind,
@@ -514,6 +535,42 @@ async fn watch(client: &ApiClient, out: Output, id: &str, follow: bool) -> Resul
         }
     }
     Ok(())
+}
+
+/// `task create --wait`: creates the task, prints its events on stderr until it finishes, then
+/// the task as it finished on stdout; success only if it completed.
+async fn create_and_wait(
+    client: &ApiClient,
+    out: Output,
+    create: &CreateArgs,
+) -> Result<ExitCode, ClientError> {
+    let task = client.create_task(&create.body()?).await?;
+    let id = task.id.to_string();
+    eprintln!(
+        "created task {id}; waiting for it to finish (Ctrl-C stops the wait, not the task) …"
+    );
+    let text = Output { json: false };
+    follow_events(client, text, &id, false, |line| eprintln!("{line}")).await?;
+    let done = client.get_task(&id).await?;
+    out.task(&done);
+    Ok(match done.status {
+        TaskStatus::Completed => ExitCode::SUCCESS,
+        status if status.is_terminal() => {
+            let why = done.error.as_deref().unwrap_or("no reason given");
+            eprintln!(
+                "error: task {id} {status}: {}",
+                first_line(why, MESSAGE_CHARS)
+            );
+            ExitCode::FAILURE
+        }
+        status => {
+            eprintln!(
+                "error: the API's event feed ended while task {id} was {status}; \
+                 `taskfleet task watch {id}` follows it again"
+            );
+            ExitCode::FAILURE
+        }
+    })
 }
 
 fn query(pairs: &[(&'static str, Option<String>)]) -> Vec<(&'static str, String)> {

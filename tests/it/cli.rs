@@ -36,6 +36,51 @@ fn stdout(o: &Output) -> String {
 }
 
 #[tokio::test]
+async fn create_with_wait_returns_when_the_task_finishes_and_its_exit_status_says_how() {
+    // Arrange
+    let app = TestApp::spawn().await;
+    let _worker = app.worker("anna", 2, worker_settings()).await;
+    let create = |name: &'static str, command: &'static str| {
+        let payload = serde_json::json!({ "command": command }).to_string();
+        let app = &app;
+        async move {
+            let args = ["task", "create", "-n", name, "-a", "anna", "--kind", "exec"];
+            let wait = ["--payload", &payload, "--wait"];
+            taskfleet(app, &[&args[..], &wait[..]].concat()).await
+        }
+    };
+
+    // Act: one that takes a moment and succeeds, one that fails.
+    let ok = create("ok", "sleep 0.5; echo hi").await;
+    let bad = create("bad", "echo oops >&2; exit 3").await;
+
+    // Assert: the finished task on stdout, its events on stderr, the outcome as exit status.
+    let (ok_err, bad_err) = (
+        String::from_utf8_lossy(&ok.stderr),
+        String::from_utf8_lossy(&bad.stderr),
+    );
+    assert_eq!(ok.status.code(), Some(0), "{ok_err}");
+    assert!(
+        stdout(&ok).contains("status:      completed"),
+        "{}",
+        stdout(&ok)
+    );
+    assert!(ok_err.contains("waiting for it to finish"), "{ok_err}");
+    assert!(ok_err.lines().any(|l| l.contains("completed")), "{ok_err}");
+    assert_eq!(bad.status.code(), Some(1), "{bad_err}");
+    assert!(
+        stdout(&bad).contains("status:      failed"),
+        "{}",
+        stdout(&bad)
+    );
+    let line = bad_err.lines().last().unwrap_or_default();
+    assert!(
+        line.starts_with("error: task ") && line.contains(" failed: "),
+        "{bad_err}"
+    );
+}
+
+#[tokio::test]
 async fn commands_against_an_api_that_is_not_there_say_why_and_where_to_point_them() {
     // Arrange: a port nothing listens on.
     let url = format!("http://127.0.0.1:{}", free_port());
