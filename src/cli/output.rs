@@ -42,10 +42,11 @@ impl Output {
             println!("lease:       {} (fencing token {})", l.holder, l.token);
         }
         if let Some(r) = &t.result {
+            // A command's output ends with a newline: not a blank line in the listing.
             println!(
                 "result:      {}",
                 r.as_str()
-                    .map(str::to_string)
+                    .map(|s| s.trim_end().to_string())
                     .unwrap_or_else(|| r.to_string())
             );
         }

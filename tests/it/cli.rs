@@ -65,6 +65,9 @@ async fn create_with_wait_returns_when_the_task_finishes_and_its_exit_status_say
         "{}",
         stdout(&ok)
     );
+    // The command's output ends with a newline; the listing shows no blank line for it.
+    let ok_out = stdout(&ok);
+    assert!(ok_out.contains("result:      hi\ncreated:"), "{ok_out}");
     assert!(ok_err.contains("waiting for it to finish"), "{ok_err}");
     assert!(ok_err.lines().any(|l| l.contains("completed")), "{ok_err}");
     assert_eq!(bad.status.code(), Some(1), "{bad_err}");
