@@ -3,7 +3,7 @@
 
 use super::output::{Output, MESSAGE_CHARS};
 use crate::client::{ApiClient, ClientError};
-use crate::domain::{EventKind, TaskStatus};
+use crate::domain::{EventKind, Task, TaskStatus};
 use crate::text::message::first_line;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
@@ -109,8 +109,11 @@ enum TaskCmd {
     Watch {
         id: String,
         /// Keep following after the task finishes.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "exit_status")]
         follow: bool,
+        /// Exit 0 only if the task completed, 1 if it failed or was cancelled.
+        #[arg(long)]
+        exit_status: bool,
     },
 }
 
@@ -367,7 +370,16 @@ async fn execute(client: &ApiClient, args: &TaskArgs) -> Result<ExitCode, Client
             limit,
             after,
         } => dead(client, out, assignee.clone(), (*limit, after.clone())).await?,
-        TaskCmd::Watch { id, follow } => watch(client, out, id, *follow).await?,
+        TaskCmd::Watch {
+            id,
+            follow,
+            exit_status,
+        } => {
+            watch(client, out, id, *follow).await?;
+            if *exit_status {
+                return Ok(outcome(&client.get_task(id).await?));
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -553,7 +565,14 @@ async fn create_and_wait(
     follow_events(client, text, &id, false, |line| eprintln!("{line}")).await?;
     let done = client.get_task(&id).await?;
     out.task(&done);
-    Ok(match done.status {
+    Ok(outcome(&done))
+}
+
+/// The exit code of a wait for `done` to finish: success only if it completed; otherwise why
+/// not, on stderr.
+fn outcome(done: &Task) -> ExitCode {
+    let id = &done.id;
+    match done.status {
         TaskStatus::Completed => ExitCode::SUCCESS,
         status if status.is_terminal() => {
             let why = done.error.as_deref().unwrap_or("no reason given");
@@ -570,7 +589,7 @@ async fn create_and_wait(
             );
             ExitCode::FAILURE
         }
-    })
+    }
 }
 
 fn query(pairs: &[(&'static str, Option<String>)]) -> Vec<(&'static str, String)> {

@@ -84,6 +84,68 @@ async fn create_with_wait_returns_when_the_task_finishes_and_its_exit_status_say
 }
 
 #[tokio::test]
+async fn watch_with_exit_status_exits_as_the_task_ended_and_without_it_always_succeeds() {
+    // Arrange: a task that failed and one that completed, both over the API.
+    let app = TestApp::spawn().await;
+    let finish = |action: &'static str| {
+        let app = &app;
+        async move {
+            let created = taskfleet(
+                app,
+                &["task", "create", "-n", action, "-a", "anna", "--json"],
+            )
+            .await;
+            let task: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+            let id = task["id"].as_str().unwrap().to_string();
+            assert!(taskfleet(app, &["task", "start", &id])
+                .await
+                .status
+                .success());
+            let done = taskfleet(
+                app,
+                &[
+                    "task",
+                    action,
+                    &id,
+                    if action == "fail" { "-e" } else { "-r" },
+                    "x",
+                ],
+            )
+            .await;
+            assert!(done.status.success(), "{done:?}");
+            id
+        }
+    };
+    let (failed, completed) = (finish("fail").await, finish("complete").await);
+
+    // Act
+    let watch = |id: &str, flag: Option<&str>| {
+        let args: Vec<String> = ["task", "watch", id]
+            .into_iter()
+            .chain(flag)
+            .map(String::from)
+            .collect();
+        let app = &app;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            taskfleet(app, &args).await.status.code()
+        }
+    };
+    let failed_strict = watch(&failed, Some("--exit-status")).await;
+    let completed_strict = watch(&completed, Some("--exit-status")).await;
+    let failed_plain = watch(&failed, None).await;
+
+    // Assert
+    assert_eq!(failed_strict, Some(1));
+    assert_eq!(completed_strict, Some(0));
+    assert_eq!(
+        failed_plain,
+        Some(0),
+        "without the flag, watching is all it does"
+    );
+}
+
+#[tokio::test]
 async fn commands_against_an_api_that_is_not_there_say_why_and_where_to_point_them() {
     // Arrange: a port nothing listens on.
     let url = format!("http://127.0.0.1:{}", free_port());
