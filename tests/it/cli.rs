@@ -1,7 +1,7 @@
 //! The `taskfleet` binary: `task` subcommands against a running API, and `up` as a user runs it.
 
 use crate::harness::app::{worker_settings, ADMIN_KEY};
-use crate::harness::ports::{self, free_port, port_taken};
+use crate::harness::ports::{self, free_port};
 use crate::harness::{eventually, TestApp};
 use std::path::Path;
 use std::process::{Output, Stdio};
@@ -473,19 +473,16 @@ async fn until_up(child: &mut tokio::process::Child) -> Result<i32, String> {
 /// that fails because a port was taken (the API's or nats-server's) is tried again on other
 /// ports, three times at most.
 async fn start_up(data: &Path, adjust: impl Fn(&mut Command)) -> (tokio::process::Child, i32, u16) {
-    let mut said = String::new();
-    for _ in 0..3 {
+    let adjust = &adjust;
+    ports::start_on_free_ports("taskfleet up", || async move {
         let api_port = free_port();
         let mut cmd = up_command(data, api_port, free_port());
         adjust(&mut cmd);
         let mut child = cmd.spawn().unwrap();
-        match until_up(&mut child).await {
-            Ok(pid) => return (child, pid, api_port),
-            Err(err) if port_taken(&err) => said = err,
-            Err(err) => panic!("taskfleet up exited before it was ready; it said:\n{err}"),
-        }
-    }
-    panic!("taskfleet up found its ports taken three times; it said:\n{said}");
+        let pid = until_up(&mut child).await?;
+        Ok((child, pid, api_port))
+    })
+    .await
 }
 
 /// Starts `up` with a worker for each of `assignees` (a TOML array) and waits until it is up:

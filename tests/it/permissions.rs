@@ -5,7 +5,7 @@
 use crate::harness::app::worker_settings;
 use crate::harness::dies_with_test;
 use crate::harness::eventually;
-use crate::harness::ports::{free_port, port_taken, up_command};
+use crate::harness::ports::{free_port, start_on_free_ports, up_command};
 use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
 use futures::StreamExt;
 use secrecy::ExposeSecret;
@@ -762,8 +762,7 @@ fn secure_up(data: &Path, config: &Path, api_port: u16, nats_port: u16) -> tokio
 /// answers; returns it with the API's and nats-server's ports. Another test may take a port
 /// before `up` binds it: a start that fails so is tried again on others, three times at most.
 async fn start_secure_up(data: &Path, config: &Path) -> (tokio::process::Child, u16, u16) {
-    let mut said = String::new();
-    for _ in 0..3 {
+    start_on_free_ports("taskfleet up --secure", || async move {
         let (api_port, nats_port) = (free_port(), free_port());
         let mut child = secure_up(data, config, api_port, nats_port);
         let healthz = format!("http://127.0.0.1:{api_port}/healthz");
@@ -784,16 +783,12 @@ async fn start_secure_up(data: &Path, config: &Path) -> (tokio::process::Child, 
             },
         )
         .await;
-        if answered {
-            return (child, api_port, nats_port);
+        match answered {
+            true => Ok((child, api_port, nats_port)),
+            false => Err(std::fs::read_to_string(data.join("up.log")).unwrap_or_default()),
         }
-        said = std::fs::read_to_string(data.join("up.log")).unwrap_or_default();
-        assert!(
-            port_taken(&said),
-            "taskfleet up --secure exited before its API answered; it said:\n{said}"
-        );
-    }
-    panic!("taskfleet up --secure found its ports taken three times; it said:\n{said}");
+    })
+    .await
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@
 //! delivery records, which carry the task): it must stay out of logs and error bodies.
 
 use crate::harness::eventually;
-use crate::harness::ports::{free_port, port_taken};
+use crate::harness::ports::{free_port, start_on_free_ports};
 use crate::harness::receiver::{Answer, Endpoint};
 use base64::Engine as _;
 use rand::distr::{Alphanumeric, SampleString};
@@ -354,26 +354,21 @@ async fn start_up(p: &Planted, config: &str, dir: &Path) -> (Proc, u16, String) 
         "--nats-config",
         nats_conf,
     ];
-    let mut said = String::new();
-    for _ in 0..3 {
+    let up_args = &up_args;
+    start_on_free_ports("taskfleet up --secure", || async move {
         let nats_port = free_port();
         let mut env = p.env(nats_port);
         env.push(("TASKFLEET_API_KEY", p.admin_key.clone()));
-        let mut up = Proc::start(&up_args, &env, dir.join("up.log"));
-        match up
-            .until_line("API:     http", Duration::from_secs(90))
+        let mut up = Proc::start(up_args, &env, dir.join("up.log"));
+        let wait = up.until_line("API:     http", Duration::from_secs(90));
+        let line = wait
             .await
-        {
-            Ok(line) => {
-                let api = line.split_whitespace().last().unwrap().to_string();
-                up.wait_line("Press Ctrl-C", Duration::from_secs(30)).await;
-                return (up, nats_port, api);
-            }
-            Err((_, text)) if port_taken(&text) => said = text,
-            Err((status, text)) => panic!("up exited with {status}:\n{text}"),
-        }
-    }
-    panic!("up found its NATS port taken three times; it said:\n{said}");
+            .map_err(|(status, text)| format!("(exit {status})\n{text}"))?;
+        let api = line.split_whitespace().last().unwrap().to_string();
+        up.wait_line("Press Ctrl-C", Duration::from_secs(30)).await;
+        Ok((up, nats_port, api))
+    })
+    .await
 }
 
 /// `KEY=value` of an env file.

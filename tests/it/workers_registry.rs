@@ -36,6 +36,13 @@ async fn online(app: &TestApp, assignee: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Creates an exec task for anna that sleeps `secs` seconds; its id.
+async fn sleep_for_anna(client: &taskfleet::client::ApiClient, secs: u32) -> String {
+    let task = json!({"task_name": "sleep", "assigned_to": "anna", "kind": "exec",
+        "payload": {"command": format!("sleep {secs}")}});
+    client.create_task(&task).await.unwrap().id.to_string()
+}
+
 #[tokio::test]
 async fn a_worker_is_listed_with_its_running_tasks_and_gone_once_it_stops() {
     // Arrange
@@ -49,15 +56,7 @@ async fn a_worker_is_listed_with_its_running_tasks_and_gone_once_it_stops() {
     let _relay = app.relay(relay_settings()).await;
 
     // Act: a task that runs for a while.
-    let task = app
-        .admin
-        .create_task(
-            &json!({"task_name": "sleep", "assigned_to": "anna", "kind": "exec",
-            "payload": {"command": "sleep 6"}}),
-        )
-        .await
-        .unwrap();
-    let id = task.id.to_string();
+    let id = sleep_for_anna(&app.admin, 6).await;
     let running = eventually(
         "the task among the worker's running ones",
         Duration::from_secs(15),
@@ -128,15 +127,7 @@ async fn a_started_task_shows_among_the_workers_running_ones_within_seconds_not_
     .await;
 
     // Act: a task that runs for 4 s.
-    let task = app
-        .admin
-        .create_task(
-            &json!({"task_name": "sleep", "assigned_to": "anna", "kind": "exec",
-            "payload": {"command": "sleep 4"}}),
-        )
-        .await
-        .unwrap();
-    let id = task.id.to_string();
+    let id = sleep_for_anna(&app.admin, 4).await;
     let created = Instant::now();
     eventually(
         "the task among the worker's running ones",

@@ -1,6 +1,7 @@
 //! Loopback ports for servers a test starts that cannot pick their own (`taskfleet up`'s API and
 //! nats-server, which must keep their port across a restart), and the `up` command on them.
 
+use std::future::Future;
 use std::path::Path;
 
 /// A loopback port nothing listens on when asked. It is released before the caller's server
@@ -18,6 +19,26 @@ pub fn free_port() -> u16 {
 /// "Address already in use" from a Rust server, "address already in use" from nats-server.
 pub fn port_taken(said: &str) -> bool {
     said.to_ascii_lowercase().contains("address already in use")
+}
+
+/// Runs `start` (a server start that picks its ports with [`free_port`] and waits until the
+/// server is ready, or gives what the server said when it exited first) until it succeeds. A
+/// start that failed because a port was taken ([`port_taken`]) is tried again on others, three
+/// times at most; any other failure panics, naming `what`.
+pub async fn start_on_free_ports<T, F, Fut>(what: &str, mut start: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let mut said = String::new();
+    for _ in 0..3 {
+        match start().await {
+            Ok(started) => return started,
+            Err(err) if port_taken(&err) => said = err,
+            Err(err) => panic!("{what} exited before it was ready; it said:\n{err}"),
+        }
+    }
+    panic!("{what} found its ports taken three times; it said:\n{said}");
 }
 
 /// `taskfleet up` with its data in `data`, its API on `api_port` and its nats-server (from the
