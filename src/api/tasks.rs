@@ -128,6 +128,8 @@ pub(super) struct ListQuery {
     kind: Option<String>,
     /// Text the task's name holds, compared case-insensitively.
     q: Option<String>,
+    /// Only tasks finished at or after this time (RFC 3339), with a final `status`.
+    finished_after: Option<String>,
 }
 
 /// Longest `q` accepted, in characters.
@@ -198,6 +200,40 @@ fn parse_status(
     }
 }
 
+/// `finished_after`: an RFC 3339 time, for a listing of a final status only (those list the
+/// most recently finished first, so the walk can stop at the first task finished before it).
+fn parse_finished_after(
+    raw: Option<&str>,
+    status: Option<TaskStatus>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    let Some(raw) = raw.filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let when = chrono::DateTime::parse_from_rfc3339(raw).map_err(|_| {
+        ApiError::BadRequest(format!(
+            "finished_after must be an RFC 3339 time such as 2026-12-07T18:00:00Z, got {raw:?}"
+        ))
+    })?;
+    match status {
+        Some(TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled) => {
+            Ok(Some(when.with_timezone(&chrono::Utc)))
+        }
+        _ => Err(ApiError::BadRequest(
+            "finished_after needs status=completed, failed or cancelled".into(),
+        )),
+    }
+}
+
+/// Ends `page` at its first task finished before `cutoff`: a listing of a final status is
+/// newest finished first, so none after it is due either, and no next page is offered.
+fn cut_at(page: &mut crate::tasks::Page, cutoff: chrono::DateTime<chrono::Utc>) {
+    let older = (page.tasks.iter()).position(|t| t.finished_time.is_none_or(|f| f < cutoff));
+    if let Some(at) = older {
+        page.tasks.truncate(at);
+        page.next = None;
+    }
+}
+
 fn parse_limit(raw: Option<&str>, state: &AppState) -> Result<usize, ApiError> {
     let Some(raw) = raw.filter(|s| !s.is_empty()) else {
         return Ok(state.limits.default_page);
@@ -211,7 +247,8 @@ fn parse_limit(raw: Option<&str>, state: &AppState) -> Result<usize, ApiError> {
     }
 }
 
-/// `GET /api/tasks?assigned_to=&status=&priority=&kind=&q=&limit=&before=`, newest first. A
+/// `GET /api/tasks?assigned_to=&status=&priority=&kind=&q=&finished_after=&limit=&before=`,
+/// newest first. A
 /// full page carries the next page's cursor in `X-Next-Cursor` (and a `Link: <…>; rel="next"`);
 /// pass it as `before`. With `priority`, `kind` or `q` (checked on each task read, see
 /// `TaskService::list_page`) one call walks a bounded number of tasks: a page may come back
@@ -235,6 +272,7 @@ pub(super) async fn list(
         })?),
     };
     let (priority, kind, name_contains) = parse_narrowing(&q)?;
+    let finished_after = parse_finished_after(q.finished_after.as_deref(), status)?;
     let filter = ListFilter {
         assignee,
         status,
@@ -247,6 +285,9 @@ pub(super) async fn list(
         unchanged_since,
     };
     let mut page = state.tasks.list_page(&filter).await?;
+    if let Some(cutoff) = finished_after {
+        cut_at(&mut page, cutoff);
+    }
     if filter.status.is_none() {
         // A listing by status shows what it walked; one of every status shows states as
         // `GET /api/tasks/{id}` does (a fired delayed task no one recorded yet is pending).
@@ -275,6 +316,7 @@ fn next_link(q: &ListQuery, f: &ListFilter, next: Cursor) -> String {
         ("priority", &q.priority),
         ("kind", &q.kind),
         ("q", &q.q),
+        ("finished_after", &q.finished_after),
     ];
     for (k, v) in given {
         if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {

@@ -141,6 +141,30 @@ struct ListArgs {
     /// The page after the one that printed this cursor.
     #[arg(long)]
     before: Option<String>,
+    /// Only tasks finished within this long (10m, 1h, 2d), with --status completed, failed or
+    /// cancelled: the API's `finished_after`.
+    #[arg(long)]
+    since: Option<String>,
+}
+
+impl ListArgs {
+    /// `finished_after` for `--since`: now less the duration.
+    fn finished_after(&self) -> Result<Option<String>, ClientError> {
+        let Some(since) = &self.since else {
+            return Ok(None);
+        };
+        let back = humantime::parse_duration(since).map_err(|e| {
+            bad_flag(format!(
+                "--since {since:?} is not a duration like 10m or 2h: {e}"
+            ))
+        })?;
+        let at = (chrono::Duration::from_std(back).ok())
+            .and_then(|back| chrono::Utc::now().checked_sub_signed(back))
+            .ok_or_else(|| bad_flag(format!("--since {since:?} reaches before any date")))?;
+        Ok(Some(
+            at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        ))
+    }
 }
 
 /// `task create`'s flags.
@@ -451,6 +475,7 @@ async fn list(client: &ApiClient, out: Output, args: &ListArgs) -> Result<(), Cl
         ("q", args.text.clone()),
         ("limit", args.limit.map(|l| l.to_string())),
         ("before", args.before.clone()),
+        ("finished_after", args.finished_after()?),
     ]);
     let (tasks, next) = client.list_tasks_page(&q).await?;
     out.tasks(&tasks);

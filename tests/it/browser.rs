@@ -143,6 +143,22 @@ async fn signing_in_with_enter_shows_the_overview_where_a_task_posted_over_http_
         json!(["ops", "failed"]),
         "the list the count stands for"
     );
+    let since = browser
+        .find("the list's cut-off", "[data-test=tasks-finished-after]")
+        .await;
+    assert!(since.text().await.unwrap().starts_with("Finished since"));
+    let minutes_back = browser
+        .js(
+            "const q = new URLSearchParams(location.hash.split('?')[1]);
+            return (Date.now() - Date.parse(q.get('finished_after'))) / 60000;",
+            vec![],
+        )
+        .await;
+    let minutes_back = minutes_back.as_f64().expect("a cut-off in the link");
+    assert!(
+        (59.0..62.0).contains(&minutes_back),
+        "the failures of the last hour, not all of them: {minutes_back} min back"
+    );
     click_through_the_pages(&browser).await;
     browser.close().await;
 }

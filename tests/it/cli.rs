@@ -278,6 +278,51 @@ async fn task_list_filters_by_priority_and_pages_on_with_the_cursor_it_prints() 
 }
 
 #[tokio::test]
+async fn task_list_since_shows_only_what_finished_within_that_long_and_says_what_is_wrong() {
+    // Arrange: one of anna's two tasks failed a moment ago.
+    let app = TestApp::spawn().await;
+    let failed = app.create("broke", "anna", "P1").await;
+    app.create("waiting", "anna", "P1").await;
+    app.admin.action(&failed, "start", None).await.unwrap();
+    let boom = serde_json::json!({"error": "boom"});
+    app.admin
+        .action(&failed, "fail", Some(&boom))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let list = |since: &'static str, status: &'static str| {
+        let app = &app;
+        async move {
+            let args = ["task", "list", "-a", "anna", "-s", status, "--since", since];
+            taskfleet(app, &args).await
+        }
+    };
+
+    // Act
+    let hour = list("1h", "failed").await;
+    let moment = list("100ms", "failed").await;
+    let not_a_duration = list("soon", "failed").await;
+    let not_final = list("1h", "pending").await;
+
+    // Assert: within the hour, the failed task; within 100 ms, none (it failed 300 ms ago).
+    assert!(hour.status.success(), "{hour:?}");
+    let rows: Vec<String> = (stdout(&hour).lines().skip(1))
+        .map(|l| l[..26].to_string())
+        .collect();
+    assert_eq!(rows, [failed.as_str()], "{}", stdout(&hour));
+    assert!(moment.status.success(), "{moment:?}");
+    assert!(
+        stdout(&moment).contains("(no tasks)"),
+        "{}",
+        stdout(&moment)
+    );
+    for (out, says) in [(not_a_duration, "--since"), (not_final, "finished_after")] {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success() && err.contains(says), "{err}");
+    }
+}
+
+#[tokio::test]
 async fn task_dead_pages_on_with_the_cursor_it_prints() {
     // Arrange: three dead letters, as workers leave them.
     let app = TestApp::spawn().await;

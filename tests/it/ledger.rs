@@ -612,6 +612,54 @@ async fn a_failed_listing_shows_tasks_as_read_by_id_and_drops_one_once_retried_o
 }
 
 #[tokio::test]
+async fn a_final_status_listing_since_a_time_shows_only_tasks_finished_after_it_and_ends_there() {
+    // Arrange: anna's t0 fails, then (a moment later) t1 and t2; the cut-off lies between.
+    let app = TestApp::spawn().await;
+    let ids = started_tasks(&app, 3).await;
+    let boom = json!({"error": "boom"});
+    app.admin
+        .action(&ids[0], "fail", Some(&boom))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let cutoff = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for id in &ids[1..] {
+        app.admin.action(id, "fail", Some(&boom)).await.unwrap();
+    }
+    failed_of_anna(&app, 3).await;
+
+    // Act
+    let since = format!("assigned_to=anna&status=failed&finished_after={cutoff}");
+    let (listed, next) = page(&app, &format!("{since}&limit=10")).await;
+    let paged: Vec<Task> = pages(&app, &format!("{since}&limit=1")).await.concat();
+
+    // Assert: the two failed after the cut-off, newest first, with no page of older ones; a
+    // page at a time gives the same two.
+    let want = [ids[2].as_str(), ids[1].as_str()];
+    let got: Vec<&str> = listed.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(got, want);
+    assert_eq!(next, None, "no older page is due");
+    let got: Vec<&str> = paged.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(got, want);
+    let (all, _) = page(&app, "assigned_to=anna&status=failed&limit=10").await;
+    assert_eq!(all.len(), 3, "without the filter, all three");
+
+    // Assert: a time that is not RFC 3339, or a status not listed by finish time, is a 400.
+    for bad in [
+        "status=failed&finished_after=yesterday".to_string(),
+        format!("status=pending&finished_after={cutoff}"),
+        format!("finished_after={cutoff}"),
+    ] {
+        let (status, body) = app
+            .call(app.req(Method::GET, &format!("/api/tasks?{bad}")))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(body.to_string().contains("finished_after"), "{body}");
+    }
+}
+
+#[tokio::test]
 async fn finished_tasks_age_out_after_the_retention_and_pending_and_running_ones_never_do() {
     // Arrange: a retention of 1 s, swept every second.
     let app = TestApp::spawn_with(|c| {

@@ -133,10 +133,16 @@ function relayParts(r) {
 
 /** `text` linked to the task list of `assignee` in `status` (any status when ""); "–" when
  * there is nothing to show. */
-function tasksOf(assignee, status, text) {
+function tasksOf(assignee, status, text, finishedAfter) {
   if (text === null || text === undefined) return "–";
   const q = new URLSearchParams(status ? { assigned_to: assignee, status } : { assigned_to: assignee });
+  if (finishedAfter) q.set("finished_after", finishedAfter);
   return h("a", { href: `#/tasks?${q}` }, String(text));
+}
+
+/** An hour before now, as the API's `finished_after` takes it. */
+function hourAgo() {
+  return new Date(Date.now() - 3_600_000).toISOString();
 }
 
 /** The overview's cards and tables. */
@@ -166,7 +172,7 @@ function overviewParts(o) {
   const people = table("overview-assignees", [
     ["Assignee", (a) => tasksOf(a.assignee, "", a.assignee)],
     ["Scheduled", (a) => tasksOf(a.assignee, "scheduled", a.scheduled)],
-    ["Failed (1 h)", (a) => tasksOf(a.assignee, "failed", a.failed_last_hour)],
+    ["Failed (1 h)", (a) => tasksOf(a.assignee, "failed", a.failed_last_hour, hourAgo())],
     ["Workers", (a) => a.workers_online],
     ["Finished (15 min)", (a) => throughputCell(a.throughput)],
   ], o.assignees, (a) => a.assignee);
@@ -189,9 +195,13 @@ function choice(id, test, values, current) {
 /** Most list calls one "load" makes while filters that narrow after reading return short pages. */
 const MAX_CALLS = 5;
 
+/** Statuses whose listing is newest finished first, so `finished_after` can narrow it. */
+const FINAL = ["completed", "failed", "cancelled"];
+
 /**
- * Tasks (#/tasks?assigned_to=&status=&priority=&kind=&q=): filters kept in the hash query (so a
- * filtered list can be linked), newest first, "older" paging through X-Next-Cursor.
+ * Tasks (#/tasks?assigned_to=&status=&priority=&kind=&q=&finished_after=): filters kept in the
+ * hash query (so a filtered list can be linked), newest first, "older" paging through
+ * X-Next-Cursor. `finished_after` (the overview's "Failed (1 h)") shows as a note that removes it.
  */
 export async function tasks(root, ctx) {
   const q = routeQuery();
@@ -201,6 +211,7 @@ export async function tasks(root, ctx) {
   const priority = choice("f-priority", "tasks-priority", ["", "p0", "p1", "p2"], (q.get("priority") || "").toLowerCase());
   const kind = choice("f-kind", "tasks-kind", ["", "manual", "exec", "agent", "hook", "noop"], q.get("kind") || "");
   const text = h("input", { id: "f-text", "data-test": "tasks-text", type: "search", maxlength: 200, value: q.get("q") || "" });
+  let finishedAfter = q.get("finished_after") || "";
   const list = h("div", {});
   const older = h("button", { type: "button", class: "secondary", "data-test": "tasks-older", hidden: true }, "Older");
   let loaded = [];
@@ -214,7 +225,8 @@ export async function tasks(root, ctx) {
   const filters = () => {
     const p = new URLSearchParams();
     const given = { assigned_to: assignee.value.trim(), status: state.value, priority: priority.value,
-      kind: kind.value, q: text.value.trim() };
+      kind: kind.value, q: text.value.trim(),
+      finished_after: FINAL.includes(state.value) ? finishedAfter : "" };
     for (const [k, v] of Object.entries(given)) if (v) p.set(k, v);
     return p;
   };
@@ -248,7 +260,10 @@ export async function tasks(root, ctx) {
     field("Name contains", text), h("button", { type: "submit", "data-test": "tasks-apply" }, "Apply"));
   text.addEventListener("input", paint);
   older.addEventListener("click", () => load(true));
-  root.append(h("section", { "data-test": "page-tasks" }, h("h1", {}, "Tasks"), form, list, older));
+  const since = finishedAfter && FINAL.includes(state.value) ? h("p", { class: "muted", "data-test": "tasks-finished-after" },
+    `Finished since ${when(finishedAfter)} `,
+    h("a", { href: "#", onclick: (e) => { finishedAfter = ""; apply(e); } }, "show all")) : null;
+  root.append(h("section", { "data-test": "page-tasks" }, h("h1", {}, "Tasks"), form, since, list, older));
   await load(false);
 }
 
