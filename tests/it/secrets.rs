@@ -221,19 +221,26 @@ destinations = ["ops", "audit", "tg", "webchat"]
 struct Proc {
     child: Child,
     log: PathBuf,
+    /// Where this process's part of the log begins (an earlier attempt's may come before).
+    from: usize,
 }
 
 impl Proc {
     /// Starts `taskfleet <args>` with `env` (and no inherited config, key, OTLP or NATS URL).
+    /// The log is appended to: a start again on other ports (a port was taken) keeps what the
+    /// first attempt logged, so the secret checks read every attempt.
     fn start(args: &[&str], env: &[(&str, String)], log: PathBuf) -> Self {
-        let out = std::fs::File::create(&log).expect("log file");
+        let out = (std::fs::OpenOptions::new().create(true).append(true))
+            .open(&log)
+            .expect("log file");
+        let from = out.metadata().expect("log file").len() as usize;
         let err = out.try_clone().expect("log file");
         let child = taskfleet_command(args, env)
             .stdout(out)
             .stderr(err)
             .spawn()
             .expect("spawn taskfleet");
-        Self { child, log }
+        Self { child, log, from }
     }
 
     fn text(&self) -> String {
@@ -254,10 +261,11 @@ impl Proc {
         needle: &str,
         limit: Duration,
     ) -> Result<String, (ExitStatus, String)> {
-        let (log, pid) = (self.log.clone(), self.child.id());
+        let (log, pid, from) = (self.log.clone(), self.child.id(), self.from);
         let child = &mut self.child;
         eventually(&format!("{pid} to log {needle:?}"), limit, || {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let text = text.get(from..).unwrap_or_default().to_string();
             let found = match child.try_wait() {
                 Ok(Some(status)) => Some(Err((status, text))),
                 _ => text
