@@ -159,6 +159,26 @@ async fn signing_in_with_enter_shows_the_overview_where_a_task_posted_over_http_
         (59.0..62.0).contains(&minutes_back),
         "the failures of the last hour, not all of them: {minutes_back} min back"
     );
+    browser.js("location.hash = '#/';", vec![]).await;
+    let queued = "[data-test=overview-queues] tr[data-id='anna/P1'] td[data-label=Queued] a";
+    click(&browser, "anna's P1 queue", queued).await;
+    let list = browser
+        .text_until("the queue's tasks", "[data-test=tasks-table]", |t| {
+            t.contains("from curl")
+        })
+        .await;
+    let filters = browser
+        .js(
+            "return ['assignee', 'status', 'priority'].map((f) =>
+                document.querySelector(`[data-test=tasks-${f}]`).value);",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        filters,
+        json!(["anna", "pending", "p1"]),
+        "the queue the row stands for: {list}"
+    );
     click_through_the_pages(&browser).await;
     browser.close().await;
 }

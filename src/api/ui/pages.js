@@ -133,10 +133,10 @@ function relayParts(r) {
 
 /** `text` linked to the task list of `assignee` in `status` (any status when ""); "–" when
  * there is nothing to show. */
-function tasksOf(assignee, status, text, finishedAfter) {
+function tasksOf(assignee, status, text, more = {}) {
   if (text === null || text === undefined) return "–";
   const q = new URLSearchParams(status ? { assigned_to: assignee, status } : { assigned_to: assignee });
-  if (finishedAfter) q.set("finished_after", finishedAfter);
+  for (const [k, v] of Object.entries(more)) q.set(k, v);
   return h("a", { href: `#/tasks?${q}` }, String(text));
 }
 
@@ -163,8 +163,8 @@ function overviewParts(o) {
   const queues = table("overview-queues", [
     ["Assignee", (q) => tasksOf(q.assignee, "", q.assignee)],
     ["Priority", (q) => q.priority],
-    ["Queued", (q) => tasksOf(q.assignee, "pending", q.queued)],
-    ["Running", (q) => tasksOf(q.assignee, "running", q.running)],
+    ["Queued", (q) => tasksOf(q.assignee, "pending", q.queued, { priority: q.priority.toLowerCase() })],
+    ["Running", (q) => tasksOf(q.assignee, "running", q.running, { priority: q.priority.toLowerCase() })],
     ["Stalled", (q) => q.stalled],
     ["Oldest pending", (q) => age(q.oldest_pending_s)],
     ["Messages", (q) => q.depth],
@@ -172,7 +172,7 @@ function overviewParts(o) {
   const people = table("overview-assignees", [
     ["Assignee", (a) => tasksOf(a.assignee, "", a.assignee)],
     ["Scheduled", (a) => tasksOf(a.assignee, "scheduled", a.scheduled)],
-    ["Failed (1 h)", (a) => tasksOf(a.assignee, "failed", a.failed_last_hour, hourAgo())],
+    ["Failed (1 h)", (a) => tasksOf(a.assignee, "failed", a.failed_last_hour, { finished_after: hourAgo() })],
     ["Workers", (a) => a.workers_online],
     ["Finished (15 min)", (a) => throughputCell(a.throughput)],
   ], o.assignees, (a) => a.assignee);
