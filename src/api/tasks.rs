@@ -249,9 +249,10 @@ fn parse_limit(raw: Option<&str>, state: &AppState) -> Result<usize, ApiError> {
 
 /// `GET /api/tasks?assigned_to=&status=&priority=&kind=&q=&finished_after=&limit=&before=`,
 /// newest first. A full page carries the next page's cursor in `X-Next-Cursor` (and a
-/// `Link: <…>; rel="next"`); pass it as `before`. With `priority`, `kind` or `q` (checked on each task read, see
-/// `TaskService::list_page`) one call walks a bounded number of tasks: a page may come back
-/// short, even empty, with a cursor to walk on from; only a page without a cursor is the end.
+/// `Link: <…>; rel="next"`); pass it as `before`. With `priority`, `kind` or `q` (checked on
+/// each task read, see `TaskService::list_page`) one call walks a bounded number of tasks: a
+/// page may come back short, even empty, with a cursor to walk on from; only a page without a
+/// cursor is the end. `finished_after` ends the listing at the first task finished before it.
 pub(super) async fn list(
     State(state): State<AppState>,
     who: Principal,
