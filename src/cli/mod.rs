@@ -371,7 +371,11 @@ async fn worker(cfg: Config, args: WorkerArgs, token: CancellationToken) -> anyh
     let mut opts = crate::worker::WorkerOptions::from_config(&cfg, assignee, cfg.api.addr);
     opts.concurrency = args.concurrency.unwrap_or(opts.concurrency);
     if cfg.fleet.task_token_secret.is_none() {
-        tracing::warn!("no fleet.task_token_secret: running tasks get no TASKFLEET_TASK_TOKEN");
+        tracing::warn!(
+            "no fleet.task_token_secret: running tasks get no TASKFLEET_TASK_TOKEN (set \
+             TASKFLEET_FLEET__TASK_TOKEN_SECRET to the API's; `up` writes its own to \
+             <data-dir>/task-token-secret)"
+        );
     }
     let listen = args.health_listen.or(cfg.worker.health_listen);
     let name = opts.worker_id.clone();
