@@ -48,6 +48,34 @@ fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// Whether `--name` is on the command line.
+fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
+/// How `cas` writes each task, read from the command line once (not per task).
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    /// `--steps`: step appends between the claim and the finish.
+    steps: usize,
+    /// `--pipelined-steps`: after the claim, the steps and the finish are sent at once, each
+    /// guarded on the claim's own subject (which they do not write) at the claim's sequence: a
+    /// takeover's new claim refuses them, a cancel would not (a layout question, not measured).
+    pipelined: bool,
+    /// `--free-after-claim`: the slot is given back once the finish is sent.
+    free_after_claim: bool,
+}
+
+impl Shape {
+    fn from_args() -> Self {
+        Self {
+            steps: arg("--steps", 0),
+            pipelined: flag("--pipelined-steps"),
+            free_after_claim: flag("--free-after-claim"),
+        }
+    }
+}
+
 /// A record of about the size of taskfleet's (the event and the task's state), for task `id`.
 fn record(id: &str, kind: &str) -> bytes::Bytes {
     let pad = "x".repeat(1_200);
@@ -131,26 +159,23 @@ async fn pipelined(js: &Context, consumer: PullConsumer, n: usize) -> Res<f64> {
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
-/// One task the `cas` way: claim awaited, finish awaited, ack not. The slot is given back after
-/// the claim with `--free-after-claim` (taskfleet frees it once the finish is sent).
+/// One task the `cas` way (see [`Shape`]): claim awaited, steps and finish awaited (or sent
+/// together), ack not.
 async fn claim_and_finish(
     js: Context,
     msg: jetstream::Message,
+    shape: Shape,
     mut slot: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Res<()> {
     let id = task_id(&msg.payload);
-    let steps: usize = arg("--steps", 0);
     let kinds = std::iter::once("started")
-        .chain(std::iter::repeat_n("step", steps))
+        .chain(std::iter::repeat_n("step", shape.steps))
         .chain(std::iter::once("completed"));
-    // `--pipelined-steps`: after the claim, the steps and the finish are sent at once, each
-    // guarded on the claim's own subject (which they do not write) at the claim's sequence: a
-    // takeover's new claim refuses them, a cancel would not (a layout question, not measured).
-    let pipelined = std::env::args().any(|a| a == "--pipelined-steps");
+    let pipelined = shape.pipelined;
     let mut expected = 0;
     let mut sent = Vec::new();
     for (i, kind) in kinds.enumerate() {
-        if kind == "completed" && std::env::args().any(|a| a == "--free-after-claim") {
+        if kind == "completed" && shape.free_after_claim {
             slot.take();
         }
         let guard = match (pipelined, i) {
@@ -181,6 +206,7 @@ async fn claim_and_finish(
 /// `cas`: taskfleet's waits per task, `--concurrency` tasks at once.
 async fn cas(js: &Context, consumer: PullConsumer, n: usize) -> Res<f64> {
     let slots = Arc::new(Semaphore::new(arg("--concurrency", 64)));
+    let shape = Shape::from_args();
     let mut messages = consumer.messages().await?;
     let started = Instant::now();
     let mut running = FuturesUnordered::new();
@@ -188,7 +214,7 @@ async fn cas(js: &Context, consumer: PullConsumer, n: usize) -> Res<f64> {
         let slot = slots.clone().acquire_owned().await?;
         let msg = messages.next().await.expect("open")?;
         let js = js.clone();
-        running.push(tokio::spawn(claim_and_finish(js, msg, Some(slot))));
+        running.push(tokio::spawn(claim_and_finish(js, msg, shape, Some(slot))));
     }
     while let Some(done) = running.next().await {
         done??;
@@ -255,7 +281,7 @@ fn now_us() -> u128 {
 async fn consume(js: &Context, consumer: PullConsumer, mode: &str, n: usize) -> Res<()> {
     // `--live`: the tasks are queued while they are consumed, 64 publishes awaited at a time
     // (as `make bench` creates them), and the rate counts from the first publish.
-    let live = std::env::args().any(|a| a == "--live");
+    let live = flag("--live");
     let queued = if live {
         None
     } else {
