@@ -153,11 +153,7 @@ impl ListArgs {
         let Some(since) = &self.since else {
             return Ok(None);
         };
-        let back = humantime::parse_duration(since).map_err(|e| {
-            bad_flag(format!(
-                "--since {since:?} is not a duration like 10m or 2h: {e}"
-            ))
-        })?;
+        let back = duration_flag("--since", since)?;
         let at = (chrono::Duration::from_std(back).ok())
             .and_then(|back| chrono::Utc::now().checked_sub_signed(back))
             .ok_or_else(|| bad_flag(format!("--since {since:?} reaches before any date")))?;
@@ -165,6 +161,15 @@ impl ListArgs {
             at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         ))
     }
+}
+
+/// The value of a duration flag (`--in`, `--since`): `10m`, `2h`, `1d`…
+fn duration_flag(flag: &str, value: &str) -> Result<std::time::Duration, ClientError> {
+    humantime::parse_duration(value).map_err(|e| {
+        bad_flag(format!(
+            "{flag} {value:?} is not a duration like 10m or 2h: {e}"
+        ))
+    })
 }
 
 /// `task create`'s flags.
@@ -249,9 +254,7 @@ impl When {
             body["run_at"] = at.as_str().into();
         }
         if let Some(d) = &self.in_ {
-            let d = humantime::parse_duration(d).map_err(|e| {
-                bad_flag(format!("--in {d:?} is not a duration like 10m or 2h: {e}"))
-            })?;
+            let d = duration_flag("--in", d)?;
             body["delay_s"] = d.as_secs().max(u64::from(d.subsec_nanos() > 0)).into();
         }
         Ok(())
